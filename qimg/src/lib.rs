@@ -1,0 +1,60 @@
+//! The `.qimg` bundle format, version 1: one signed file per release that release
+//! engineers build and storage nodes verify and install.
+//!
+//! A bundle is a POSIX ustar archive, read front to back in one pass:
+//! `manifest.json` (the signed metadata), `signatures/<KEYID>.minisig` (Ed25519,
+//! minisign format), then one `payload/<name>[.zst]` member per component, in
+//! manifest order. The full specification is `docs/qimg-format.md`.
+//!
+//! This crate holds the format only: encoding, decoding, signing and verification,
+//! and the dm-verity hash tree. It has no knowledge of how images are built
+//! (`imagebuild`) or installed (the upgrade engine), and pulls in nothing a node does
+//! not need.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), qimg::Error> {
+//! use qimg::{BundleReader, NoProgress, PublicKey, TrustedKeys};
+//! let key = PublicKey::from_file_text(&std::fs::read_to_string("release.pub").unwrap())?;
+//! let file = std::io::BufReader::new(std::fs::File::open("release.qimg").unwrap());
+//! let (reader, _signers) = BundleReader::open_verified(file, &TrustedKeys::new([key]))?;
+//! let checked = reader.finish(&NoProgress)?;
+//! println!("{} components verified", checked.len());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+pub mod manifest;
+pub mod payload;
+pub mod reader;
+pub mod sign;
+pub mod tar;
+mod version;
+pub mod verity;
+pub mod writer;
+
+pub use error::{Error, Part};
+pub use manifest::{BuildInfo, Component, ComponentKind, Compression, Manifest, Sha256, Target};
+pub use payload::{PayloadInfo, PayloadWriter};
+pub use reader::BundleReader;
+pub use sign::{KeyId, PublicKey, SecretKey, Signature, TrustedKeys};
+pub use version::Version;
+pub use verity::{VerityBuilder, VerityInfo};
+pub use writer::write_bundle;
+
+/// How long-running library work reports progress. The CLI renders it; libraries
+/// never print.
+pub trait Progress: Sync {
+    /// A new phase begins; `total` bytes are expected when known.
+    fn start(&self, _what: &str, _total: Option<u64>) {}
+    /// `bytes` more bytes are done.
+    fn advance(&self, _bytes: u64) {}
+    /// The phase is done.
+    fn finish(&self) {}
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}

@@ -1,0 +1,157 @@
+//! Writing a bundle: manifest, signatures, payloads, end-of-archive, in one pass.
+
+use std::io::{self, Read, Write};
+
+use crate::manifest::{MANIFEST_MEMBER, MAX_MANIFEST_SIZE, Manifest};
+use crate::sign::Signature;
+use crate::tar::{self, Header};
+use crate::{Error, Part, Progress};
+
+/// Name of the member holding the signature by `key_id`.
+pub fn signature_member(key_id: crate::KeyId) -> String {
+    format!("signatures/{key_id}.minisig")
+}
+
+struct Out<W> {
+    inner: W,
+    pos: u64,
+}
+
+impl<W: Write> Out<W> {
+    fn put(&mut self, bytes: &[u8], what: &str) -> Result<(), Error> {
+        self.inner.write_all(bytes).map_err(|source| Error::Write {
+            what: what.to_owned(),
+            source,
+        })?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn header(&mut self, name: &str, size: u64, mtime: u64) -> Result<(), Error> {
+        let h = Header {
+            name: name.to_owned(),
+            size,
+            mtime,
+        };
+        self.put(&h.encode(), name)
+    }
+
+    fn pad(&mut self, what: &str) -> Result<(), Error> {
+        let n = tar::padding(self.pos) as usize;
+        self.put(&[0u8; tar::BLOCK][..n], what)
+    }
+
+    fn member(&mut self, name: &str, data: &[u8], mtime: u64) -> Result<(), Error> {
+        self.header(name, data.len() as u64, mtime)?;
+        self.put(data, name)?;
+        self.pad(name)
+    }
+}
+
+/// Writes a complete bundle to `out` and returns it.
+///
+/// `payloads` yields each component's stored bytes, in manifest order; each must
+/// hold exactly the component's `stored_size` bytes. The caller signs
+/// `manifest.to_bytes()` (see [`crate::SecretKey::sign`]).
+pub fn write_bundle<W: Write>(
+    out: W,
+    manifest: &Manifest,
+    signatures: &[Signature],
+    payloads: &mut [&mut dyn Read],
+    progress: &dyn Progress,
+) -> Result<W, Error> {
+    let manifest_bytes = manifest.to_bytes()?;
+    if manifest_bytes.len() as u64 > MAX_MANIFEST_SIZE {
+        return Err(Error::ManifestTooLarge {
+            size: manifest_bytes.len() as u64,
+            max: MAX_MANIFEST_SIZE,
+        });
+    }
+    if payloads.len() != manifest.components.len() {
+        return Err(Error::InvalidManifest {
+            field: "components".into(),
+            reason: format!(
+                "{} components but {} payloads given",
+                manifest.components.len(),
+                payloads.len()
+            ),
+        });
+    }
+    let mut ids: Vec<_> = signatures.iter().map(|s| s.key_id).collect();
+    ids.sort();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::MalformedSignature {
+            member: "signatures/".into(),
+            reason: "two signatures by the same key".into(),
+        });
+    }
+    let mtime = manifest.build.source_date_epoch;
+    if mtime >= 1 << 33 {
+        return Err(Error::InvalidManifest {
+            field: "build.source_date_epoch".into(),
+            reason: "does not fit a tar header".into(),
+        });
+    }
+    let total: u64 = manifest.components.iter().map(|c| c.stored_size).sum();
+    progress.start("writing bundle", Some(total));
+    let mut out = Out { inner: out, pos: 0 };
+    out.member(MANIFEST_MEMBER, &manifest_bytes, mtime)?;
+    for sig in signatures {
+        out.member(
+            &signature_member(sig.key_id),
+            sig.to_file_text().as_bytes(),
+            mtime,
+        )?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for (component, source) in manifest.components.iter().zip(payloads.iter_mut()) {
+        let name = component.member_name();
+        out.header(&name, component.stored_size, mtime)?;
+        let mut left = component.stored_size;
+        let short = |actual| Error::SizeMismatch {
+            component: component.name.clone(),
+            part: Part::Stored,
+            expected: component.stored_size,
+            actual,
+        };
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = read_some(source, &mut buf[..want], &name)?;
+            if n == 0 {
+                return Err(short(component.stored_size - left));
+            }
+            out.put(&buf[..n], &name)?;
+            left -= n as u64;
+            progress.advance(n as u64);
+        }
+        if read_some(source, &mut buf[..1], &name)? != 0 {
+            return Err(short(component.stored_size + 1));
+        }
+        out.pad(&name)?;
+    }
+    // End of archive: at least two zero blocks, then zeros to a whole record.
+    let end = (out.pos + 2 * tar::BLOCK as u64).div_ceil(tar::RECORD) * tar::RECORD;
+    let zeros = vec![0u8; (end - out.pos) as usize];
+    out.put(&zeros, "end of archive")?;
+    out.inner.flush().map_err(|source| Error::Write {
+        what: "bundle".into(),
+        source,
+    })?;
+    progress.finish();
+    Ok(out.inner)
+}
+
+fn read_some(r: &mut dyn Read, buf: &mut [u8], name: &str) -> Result<usize, Error> {
+    loop {
+        match r.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Write {
+                    what: format!("{name} (reading its staged payload)"),
+                    source,
+                });
+            }
+        }
+    }
+}
