@@ -245,3 +245,49 @@ pub enum Error {
 fn fmt_ids(ids: &[KeyId]) -> String {
     ids.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
 }
+
+impl Error {
+    /// A stable, kebab-case identifier of the error variant, for JSON reports and
+    /// scripts. Documented in `docs/qimg-format.md`; never renamed.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Read { .. } => "read",
+            Error::Write { .. } => "write",
+            Error::Truncated { .. } => "truncated",
+            Error::TrailingData { .. } => "trailing-data",
+            Error::BadHeader { .. } => "bad-header",
+            Error::UnsafeMemberName { .. } => "unsafe-member-name",
+            Error::DuplicateMember { .. } => "duplicate-member",
+            Error::UnexpectedMember { .. } => "unexpected-member",
+            Error::MemberNotInManifest { .. } => "member-not-in-manifest",
+            Error::MissingMember { .. } => "missing-member",
+            Error::NonZeroPadding { .. } => "non-zero-padding",
+            Error::ManifestTooLarge { .. } => "manifest-too-large",
+            Error::ManifestJson { .. } => "manifest-json",
+            Error::UnsupportedFormatVersion { .. } => "unsupported-format-version",
+            Error::UnknownComponentKind { .. } => "unknown-component-kind",
+            Error::DuplicateComponent { .. } => "duplicate-component",
+            Error::InvalidManifest { .. } => "invalid-manifest",
+            Error::InvalidVersion { .. } => "invalid-version",
+            Error::SizeMismatch { .. } => "size-mismatch",
+            Error::DecompressionBomb { .. } => "decompression-bomb",
+            Error::Decompress { .. } => "decompress",
+            Error::HashMismatch { .. } => "hash-mismatch",
+            Error::Unsigned => "unsigned",
+            Error::NoTrustedSignature { .. } => "no-trusted-signature",
+            Error::BadSignature { .. } => "bad-signature",
+            Error::MalformedSignature { .. } => "malformed-signature",
+            Error::MalformedKey { .. } => "malformed-key",
+            Error::Cancelled => "cancelled",
+        }
+    }
+
+    /// True when the error is about the bundle's content (a negative verification
+    /// answer), false when it is about the environment (I/O, keys, cancellation).
+    pub fn is_verification_failure(&self) -> bool {
+        !matches!(
+            self,
+            Error::Read { .. } | Error::Write { .. } | Error::MalformedKey { .. } | Error::Cancelled
+        )
+    }
+}

@@ -43,18 +43,29 @@ pub use verity::{VerityBuilder, VerityInfo};
 pub use writer::write_bundle;
 
 /// How long-running library work reports progress. The CLI renders it; libraries
-/// never print.
+/// never print. Tasks may run on several threads at once, each with its own handle.
 pub trait Progress: Sync {
-    /// A new phase begins; `total` bytes are expected when known.
-    fn start(&self, _what: &str, _total: Option<u64>) {}
+    /// A task begins; `total` bytes are expected when known. The task ends when the
+    /// handle is dropped.
+    fn begin(&self, what: &str, total: Option<u64>) -> Box<dyn Task>;
+}
+
+/// One running task of a [`Progress`].
+pub trait Task: Send + Sync {
     /// `bytes` more bytes are done.
-    fn advance(&self, _bytes: u64) {}
-    /// The phase is done.
-    fn finish(&self) {}
+    fn advance(&self, bytes: u64);
 }
 
 /// A [`Progress`] that ignores everything.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoProgress;
 
-impl Progress for NoProgress {}
+impl Progress for NoProgress {
+    fn begin(&self, _what: &str, _total: Option<u64>) -> Box<dyn Task> {
+        Box::new(NoProgress)
+    }
+}
+
+impl Task for NoProgress {
+    fn advance(&self, _bytes: u64) {}
+}

@@ -16,7 +16,7 @@ use crate::payload::MAX_WINDOW_LOG;
 use crate::sign::{KeyId, Signature, TrustedKeys};
 use crate::tar::{self, Header};
 use crate::writer::signature_member;
-use crate::{Error, Part, Progress};
+use crate::{Error, Part, Progress, Task};
 
 /// Largest signature member a reader accepts.
 pub const MAX_SIGNATURE_SIZE: u64 = 4096;
@@ -359,13 +359,12 @@ impl<R: Read> BundleReader<R> {
             });
         }
         let data_offset = self.src.pos;
-        progress.start(&c.name, Some(c.stored_size));
+        let task = progress.begin(&c.name, Some(c.stored_size));
         match c.compression {
-            Compression::None => self.copy_plain(&c, sink, progress)?,
-            Compression::Zstd => self.copy_zstd(&c, sink, progress)?,
+            Compression::None => self.copy_plain(&c, sink, task.as_ref())?,
+            Compression::Zstd => self.copy_zstd(&c, sink, task.as_ref())?,
         }
         self.src.padding(&h.name)?;
-        progress.finish();
         self.next += 1;
         Ok(Some(ComponentCheck {
             component: c,
@@ -373,7 +372,7 @@ impl<R: Read> BundleReader<R> {
         }))
     }
 
-    fn copy_plain<W: Write>(&mut self, c: &Component, mut sink: W, progress: &dyn Progress) -> Result<(), Error> {
+    fn copy_plain<W: Write>(&mut self, c: &Component, mut sink: W, progress: &dyn Task) -> Result<(), Error> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         let mut left = c.stored_size;
@@ -396,7 +395,7 @@ impl<R: Read> BundleReader<R> {
         &mut self,
         c: &Component,
         sink: W,
-        progress: &dyn Progress,
+        progress: &dyn Task,
     ) -> Result<(), Error> {
         let (to_worker, from_reader) = mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
         let (give_back, recycled) = mpsc::channel::<Vec<u8>>();

@@ -93,7 +93,7 @@ pub fn write_bundle<W: Write>(
         });
     }
     let total: u64 = manifest.components.iter().map(|c| c.stored_size).sum();
-    progress.start("writing bundle", Some(total));
+    let task = progress.begin("writing bundle", Some(total));
     let mut out = Out { inner: out, pos: 0 };
     out.member(MANIFEST_MEMBER, &manifest_bytes, mtime)?;
     for sig in signatures {
@@ -122,7 +122,7 @@ pub fn write_bundle<W: Write>(
             }
             out.put(&buf[..n], &name)?;
             left -= n as u64;
-            progress.advance(n as u64);
+            task.advance(n as u64);
         }
         if read_some(source, &mut buf[..1], &name)? != 0 {
             return Err(short(component.stored_size + 1));
@@ -137,7 +137,6 @@ pub fn write_bundle<W: Write>(
         what: "bundle".into(),
         source,
     })?;
-    progress.finish();
     Ok(out.inner)
 }
 

@@ -1,0 +1,370 @@
+//! Building a signed bundle from a release spec.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use qimg::{
+    BuildInfo, Component, ComponentKind, Manifest, PayloadInfo, PayloadWriter, Progress,
+    SecretKey, VerityBuilder,
+};
+
+use crate::spec::ReleaseSpec;
+use crate::{Cancel, Error, TOOL, squashfs};
+
+/// Chunk size for streaming inputs.
+const CHUNK: usize = 4 << 20;
+
+/// What to build.
+pub struct BuildOptions<'a> {
+    /// The validated spec.
+    pub spec: &'a ReleaseSpec,
+    /// Timestamp for every file, member and the manifest.
+    pub source_date_epoch: u64,
+    /// Keys to sign with (at least one; several during a key rotation).
+    pub keys: &'a [SecretKey],
+    /// Output path of the `.qimg`.
+    pub out: &'a Path,
+    /// Progress sink.
+    pub progress: &'a dyn Progress,
+    /// Cancellation flag.
+    pub cancel: &'a Cancel,
+}
+
+/// One staged payload, waiting in the staging directory.
+struct Staged {
+    name: String,
+    kind: ComponentKind,
+    info: PayloadInfo,
+    path: PathBuf,
+}
+
+fn output_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Output {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Number of zstd worker threads: every core. The output does not depend on it.
+fn workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Derives 32 bytes from the release identity and a label, so salts and UUIDs are
+/// the same for the same inputs and differ between releases and components.
+fn derive(spec: &ReleaseSpec, component: &str, label: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        "qimg-derive-v1",
+        label,
+        &spec.product,
+        &spec.version.to_string(),
+        component,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// A UUID (RFC 9562 version 8, vendor-specific) from derived bytes.
+fn derive_uuid(spec: &ReleaseSpec, component: &str) -> [u8; 16] {
+    let mut u: [u8; 16] = derive(spec, component, "verity-uuid")[..16]
+        .try_into()
+        .expect("16 bytes");
+    u[6] = (u[6] & 0x0f) | 0x80;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// Copies `input` into `sink` in chunks, honouring cancellation and reporting progress.
+fn pump(
+    input: &mut dyn Read,
+    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    task: &dyn qimg::Task,
+    cancel: &Cancel,
+    input_path: &Path,
+    output_path: &Path,
+) -> Result<u64, Error> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        cancel.check()?;
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(Error::Input {
+                    path: input_path.to_owned(),
+                    source,
+                });
+            }
+        };
+        sink(&buf[..n]).map_err(output_err(output_path))?;
+        total += n as u64;
+        task.advance(n as u64);
+    }
+}
+
+fn payload_writer(path: &Path, level: i32) -> Result<PayloadWriter<BufWriter<File>>, Error> {
+    let file = File::create(path).map_err(output_err(path))?;
+    PayloadWriter::zstd(BufWriter::with_capacity(1 << 20, file), level, workers())
+        .map_err(output_err(path))
+}
+
+fn finish_payload(pw: PayloadWriter<BufWriter<File>>, path: &Path) -> Result<PayloadInfo, Error> {
+    let (out, info) = pw.finish().map_err(output_err(path))?;
+    out.into_inner()
+        .map_err(|e| Error::Output {
+            path: path.to_owned(),
+            source: e.into_error(),
+        })?
+        .sync_all()
+        .map_err(output_err(path))?;
+    Ok(info)
+}
+
+/// Stages a file as is (UKI, firmware), zstd-compressed.
+fn stage_file(
+    input: &Path,
+    name: &str,
+    kind: ComponentKind,
+    staging: &Path,
+    opts: &BuildOptions,
+) -> Result<Staged, Error> {
+    let path = staging.join(format!("{name}.payload"));
+    let mut src = File::open(input).map_err(|source| Error::Input {
+        path: input.to_owned(),
+        source,
+    })?;
+    let total = src.metadata().map(|m| m.len()).ok();
+    let task = opts.progress.begin(name, total);
+    let mut pw = payload_writer(&path, opts.spec.level)?;
+    pump(
+        &mut src,
+        &mut |b| pw.write_all(b),
+        task.as_ref(),
+        opts.cancel,
+        input,
+        &path,
+    )?;
+    let info = finish_payload(pw, &path)?;
+    Ok(Staged {
+        name: name.to_owned(),
+        kind,
+        info,
+        path,
+    })
+}
+
+/// Stages a directory as squashfs followed by its dm-verity hash area, compressed.
+fn stage_tree(
+    root: &Path,
+    name: &str,
+    platform: bool,
+    staging: &Path,
+    opts: &BuildOptions,
+) -> Result<Staged, Error> {
+    let image_path = staging.join(format!("{name}.squashfs"));
+    let mtime = u32::try_from(opts.source_date_epoch)
+        .map_err(|_| Error::Usage("SOURCE_DATE_EPOCH does not fit squashfs's 32-bit time".into()))?;
+    {
+        let task = opts
+            .progress
+            .begin(&format!("{name}: squashfs"), Some(squashfs::tree_size(root)?));
+        let file = File::create(&image_path).map_err(output_err(&image_path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        squashfs::build(root, &mut out, opts.spec.level, mtime, task.as_ref(), opts.cancel)?;
+        out.flush().map_err(output_err(&image_path))?;
+    }
+    let mut image = File::open(&image_path).map_err(output_err(&image_path))?;
+    let image_len = image.seek(SeekFrom::End(0)).map_err(output_err(&image_path))?;
+    image.rewind().map_err(output_err(&image_path))?;
+
+    let path = staging.join(format!("{name}.payload"));
+    let task = opts.progress.begin(&format!("{name}: verity + zstd"), Some(image_len));
+    let salt = derive(opts.spec, name, "verity-salt");
+    let mut verity = VerityBuilder::new(&salt, derive_uuid(opts.spec, name));
+    let mut pw = payload_writer(&path, opts.spec.level)?;
+    let mut feed = |b: &[u8]| {
+        verity.update(b);
+        pw.write_all(b)
+    };
+    pump(&mut image, &mut feed, task.as_ref(), opts.cancel, &image_path, &path)?;
+    let pad = (4096 - image_len % 4096) % 4096;
+    feed(&vec![0u8; pad as usize]).map_err(output_err(&path))?;
+    let (info, area) = verity
+        .finish()
+        .map_err(|reason| Error::Usage(format!("{name}: {reason}")))?;
+    pw.write_all(&area).map_err(output_err(&path))?;
+    let payload = finish_payload(pw, &path)?;
+    drop(image);
+    std::fs::remove_file(&image_path).map_err(output_err(&image_path))?;
+    let filesystem = "squashfs".to_owned();
+    let kind = if platform {
+        ComponentKind::PlatformRoot {
+            filesystem,
+            verity: info,
+        }
+    } else {
+        ComponentKind::Container {
+            filesystem,
+            verity: info,
+        }
+    };
+    Ok(Staged {
+        name: name.to_owned(),
+        kind,
+        info: payload,
+        path,
+    })
+}
+
+type Job<'a> = Box<dyn FnOnce(&Path) -> Result<Staged, Error> + Send + 'a>;
+
+/// Builds, signs and writes the bundle. Returns its manifest.
+pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
+    let spec = opts.spec;
+    if opts.keys.is_empty() {
+        return Err(Error::Usage("at least one signing key is needed".into()));
+    }
+    let out_dir = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let staging = tempfile::Builder::new()
+        .prefix(".qimg-staging-")
+        .tempdir_in(&out_dir)
+        .map_err(output_err(&out_dir))?;
+
+    // Components in manifest order; each stages on its own thread.
+    let mut jobs: Vec<Job> = Vec::new();
+    if let Some((root, uki)) = &spec.platform {
+        jobs.push(Box::new(move |st| stage_tree(root, "rootfs", true, st, opts)));
+        jobs.push(Box::new(move |st| {
+            stage_file(uki, "uki", ComponentKind::BootUki, st, opts)
+        }));
+    }
+    if let Some(root) = &spec.container {
+        jobs.push(Box::new(move |st| stage_tree(root, "container", false, st, opts)));
+    }
+    for fw in &spec.firmware {
+        jobs.push(Box::new(move |st| {
+            let kind = ComponentKind::Firmware {
+                component_id: fw.component_id.clone(),
+                version: fw.version.clone(),
+            };
+            stage_file(&fw.file, &format!("fw-{}", fw.component_id), kind, st, opts)
+        }));
+    }
+    let staged: Vec<Result<Staged, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let st = staging.path();
+                s.spawn(move || {
+                    let r = job(st);
+                    if r.is_err() {
+                        // Stop the other jobs early; the first error is reported.
+                        opts.cancel.cancel();
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("staging thread panicked"))
+            .collect()
+    });
+    // Report the root cause, not the cancellations it triggered.
+    let mut first_err = None;
+    let mut parts = Vec::new();
+    for r in staged {
+        match r {
+            Ok(s) => parts.push(s),
+            Err(Error::Cancelled) => first_err = first_err.or(Some(Error::Cancelled)),
+            Err(e) if matches!(first_err, None | Some(Error::Cancelled)) => first_err = Some(e),
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    let manifest = Manifest {
+        product: spec.product.clone(),
+        version: spec.version.clone(),
+        platform_version: spec.platform_version.clone(),
+        target: spec.target,
+        compatible_models: spec.compatible_models.clone(),
+        min_installed_version: spec.min_installed_version.clone(),
+        build: BuildInfo {
+            tool: TOOL.into(),
+            source_date_epoch: opts.source_date_epoch,
+        },
+        components: parts
+            .iter()
+            .map(|s| Component {
+                name: s.name.clone(),
+                kind: s.kind.clone(),
+                size: s.info.size,
+                sha256: s.info.sha256,
+                compression: s.info.compression,
+                stored_size: s.info.stored_size,
+                stored_sha256: s.info.stored_sha256,
+            })
+            .collect(),
+    };
+    let bundle_err = |source| Error::Bundle {
+        path: opts.out.to_owned(),
+        source,
+    };
+    let manifest_bytes = manifest.to_bytes().map_err(bundle_err)?;
+    let comment = format!(
+        "timestamp:{}\tfile:manifest.json\t{} {}",
+        opts.source_date_epoch, spec.product, spec.version
+    );
+    let mut signatures = Vec::new();
+    for key in opts.keys {
+        let sig = key.sign(&manifest_bytes, &comment);
+        key.public().verify(&manifest_bytes, &sig).map_err(bundle_err)?;
+        signatures.push(sig);
+    }
+
+    opts.cancel.check()?;
+    let mut files = Vec::new();
+    for p in &parts {
+        files.push(File::open(&p.path).map_err(output_err(&p.path))?);
+    }
+    let mut readers: Vec<&mut dyn Read> = files.iter_mut().map(|f| f as &mut dyn Read).collect();
+    let tmp = tempfile::Builder::new()
+        .prefix(".qimg-partial-")
+        .tempfile_in(&out_dir)
+        .map_err(output_err(&out_dir))?;
+    let out = BufWriter::with_capacity(1 << 20, tmp);
+    let out = qimg::write_bundle(out, &manifest, &signatures, &mut readers, opts.progress)
+        .map_err(bundle_err)?;
+    let tmp = out.into_inner().map_err(|e| Error::Output {
+        path: opts.out.to_owned(),
+        source: e.into_error(),
+    })?;
+    opts.cancel.check()?;
+    // tempfile creates 0600; a bundle is not secret.
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(output_err(opts.out))?;
+    tmp.persist(opts.out).map_err(|e| Error::Output {
+        path: opts.out.to_owned(),
+        source: e.error,
+    })?;
+    if let Ok(dir) = File::open(&out_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(manifest)
+}

@@ -1,0 +1,143 @@
+//! Building release artifacts: signed `.qimg` bundles from a release spec.
+//!
+//! The pipeline ([`bundle::build`]) stages each component in a private directory next
+//! to the output (squashfs + dm-verity for root directories, zstd for everything),
+//! writes the manifest, signs it, writes the bundle to a temporary file and renames
+//! it into place. Nothing partial is ever left at the output path; on an error or a
+//! cancellation the staging directory is removed.
+//!
+//! The `imagebuild` binary is a thin CLI over this library.
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub mod bundle;
+pub mod demo;
+pub mod keys;
+pub mod report;
+pub mod sample;
+pub mod spec;
+pub mod squashfs;
+
+/// Name and version of this tool, recorded in every manifest.
+pub const TOOL: &str = concat!("imagebuild ", env!("CARGO_PKG_VERSION"));
+
+/// A cancellation flag shared between the CLI's signal handler and the library.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag that is not set.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Asks running work to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Errors of the `imagebuild` library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The release spec is not valid TOML of the expected shape.
+    #[error("release spec {path} cannot be parsed")]
+    SpecParse {
+        /// The spec file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A release spec field is invalid.
+    #[error("release spec {path}: field {field}: {reason}")]
+    SpecInvalid {
+        /// The spec file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An input file or directory cannot be read.
+    #[error("reading input {path}")]
+    Input {
+        /// The input.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An input tree holds a file of a type squashfs cannot store.
+    #[error("unsupported file type at {path}")]
+    UnsupportedFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// backhand failed to build an image.
+    #[error("building squashfs image of {root}")]
+    Squashfs {
+        /// The tree.
+        root: PathBuf,
+        /// The cause.
+        #[source]
+        source: backhand::BackhandError,
+    },
+    /// Writing a staged payload or the output failed.
+    #[error("writing {path}")]
+    Output {
+        /// The file being written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An output already exists and is not overwritten.
+    #[error("{path} already exists; refusing to overwrite it")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file is invalid.
+    #[error("key file {path}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: qimg::Error,
+    },
+    /// A bundle could not be written, read or verified.
+    #[error("bundle {path}")]
+    Bundle {
+        /// The bundle file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: qimg::Error,
+    },
+    /// Invalid build options.
+    #[error("{0}")]
+    Usage(String),
+    /// The build was cancelled (Ctrl-C).
+    #[error("cancelled")]
+    Cancelled,
+}

@@ -1,0 +1,284 @@
+//! `imagebuild`: build, inspect and verify signed `.qimg` release bundles.
+//!
+//! Exit codes: 0 success; 1 a negative answer (verification failed); 2 an error
+//! (bad arguments, unreadable input, I/O failure, interrupted).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use imagebuild::bundle::{self, BuildOptions};
+use imagebuild::spec::ReleaseSpec;
+use imagebuild::{Cancel, demo, keys, report};
+use qimg::TrustedKeys;
+
+#[derive(Parser)]
+#[command(version, about = "Build, inspect and verify signed .qimg release bundles")]
+struct Cli {
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a signing key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build a signed bundle from a release spec.
+    Bundle {
+        /// The release spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Secret key to sign with; repeat to sign with several keys (key rotation).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the resulting manifest as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a bundle's manifest, components and signatures (nothing is verified).
+    Inspect {
+        /// The bundle.
+        file: PathBuf,
+        /// Machine-readable output (schema imagebuild.inspect/1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a bundle's signature and every component; exit 1 if anything fails.
+    Verify {
+        /// The bundle.
+        file: PathBuf,
+        /// Trusted public key; repeat for several.
+        #[arg(long, required = true)]
+        pubkey: Vec<PathBuf>,
+        /// Machine-readable output (schema imagebuild.verify/1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a signed example bundle from generated sample content, then inspect it.
+    Demo {
+        /// Directory for the key pair, the sample inputs and the bundle.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Progress bars on stderr, one per running task.
+struct Bars {
+    multi: MultiProgress,
+}
+
+struct Bar(ProgressBar);
+
+impl qimg::Task for Bar {
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl qimg::Progress for Bars {
+    fn begin(&self, what: &str, total: Option<u64>) -> Box<dyn qimg::Task> {
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(
+                ProgressStyle::with_template(
+                    "{msg:24} [{bar:30}] {binary_bytes:>10}/{binary_total_bytes:<10} {binary_bytes_per_sec:>12}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner(),
+        };
+        Box::new(Bar(self.multi.add(bar.with_message(what.to_owned()))))
+    }
+}
+
+fn bars(quiet: bool) -> Bars {
+    let target = if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    Bars {
+        multi: MultiProgress::with_draw_target(target),
+    }
+}
+
+/// Writes to stdout; a closed pipe is not an error.
+fn out(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing stdout"),
+        _ => Ok(()),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<()> {
+    out(&(serde_json::to_string_pretty(value)? + "\n"))
+}
+
+fn source_date_epoch(spec: &ReleaseSpec) -> Result<u64> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"));
+    }
+    if let Some(v) = spec.source_date_epoch {
+        return Ok(v);
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    eprintln!(
+        "imagebuild: neither SOURCE_DATE_EPOCH nor source_date_epoch is set; using the current time {now} (the bundle will not be reproducible)"
+    );
+    Ok(now)
+}
+
+fn install_interrupt_handler(cancel: &Cancel) -> Result<()> {
+    let c = cancel.clone();
+    ctrlc::set_handler(move || {
+        if c.is_cancelled() {
+            // Second Ctrl-C: leave now.
+            std::process::exit(2);
+        }
+        eprintln!("imagebuild: interrupted; removing partial output");
+        c.cancel();
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let progress = bars(cli.quiet);
+    let cancel = Cancel::new();
+    match cli.command {
+        Command::Keygen { out: prefix } => {
+            let files = keys::generate(&prefix)?;
+            eprintln!(
+                "imagebuild: key {} written: {} (secret, mode 0600) and {}",
+                files.id,
+                files.secret.display(),
+                files.public.display()
+            );
+            out(&format!("{}\n", files.id))?;
+        }
+        Command::Bundle {
+            spec,
+            key,
+            out: output,
+            json: as_json,
+        } => {
+            install_interrupt_handler(&cancel)?;
+            let spec_data = ReleaseSpec::load(&spec)?;
+            let keys = key
+                .iter()
+                .map(|k| keys::load_secret(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let start = Instant::now();
+            let manifest = bundle::build(&BuildOptions {
+                spec: &spec_data,
+                source_date_epoch: source_date_epoch(&spec_data)?,
+                keys: &keys,
+                out: &output,
+                progress: &progress,
+                cancel: &cancel,
+            })?;
+            let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "imagebuild: wrote {} ({}) in {:.1} s",
+                output.display(),
+                report::human_size(size),
+                start.elapsed().as_secs_f64()
+            );
+            if as_json {
+                out(std::str::from_utf8(&manifest.to_bytes()?)?)?;
+            }
+        }
+        Command::Inspect {
+            file,
+            json: as_json,
+        } => {
+            let r = report::inspect(&file)?;
+            if as_json {
+                json(&r)?;
+            } else {
+                out(&r.render())?;
+            }
+        }
+        Command::Verify {
+            file,
+            pubkey,
+            json: as_json,
+        } => {
+            let keys = pubkey
+                .iter()
+                .map(|k| keys::load_public(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let r = report::verify(&file, &TrustedKeys::new(keys), &progress)?;
+            if as_json {
+                json(&r)?;
+            } else {
+                out(&r.render())?;
+            }
+            if !r.ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Demo { out: dir } => {
+            install_interrupt_handler(&cancel)?;
+            let d = demo::run(&dir, &progress, &cancel)?;
+            let r = report::inspect(&d.bundle)?;
+            out(&r.render())?;
+            out(&format!(
+                "\nverify it:  imagebuild verify {} --pubkey {}\n",
+                rel(&d.bundle),
+                rel(&d.public_key)
+            ))?;
+            if !check_tool("minisign") {
+                return Ok(ExitCode::SUCCESS);
+            }
+            out(&format!(
+                "or by hand: tar -xf {b} manifest.json signatures/ && minisign -V -p {p} -m manifest.json -x signatures/*.minisig\n",
+                b = rel(&d.bundle),
+                p = rel(&d.public_key)
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rel(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn check_tool(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imagebuild: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
