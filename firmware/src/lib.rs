@@ -1,14 +1,10 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! Node firmware inventory and safe flashing during the prepare phase (issue
+//! "Node firmware").
+//!
+//! This crate will hold: the inventory of a node's firmware components, the plan
+//! that compares it with a bundle's `firmware` components, pre-flight checks, a
+//! persistent journal that survives reboots, and the flashing back-ends, tested
+//! against fake flashers; plus the `qfirmware` CLI.
+//!
+//! Nothing is implemented yet; the crate exists so the workspace has its final shape.
+#![deny(missing_docs)]

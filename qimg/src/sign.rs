@@ -27,6 +27,9 @@
 //! | 62     | 64   | Ed25519 seed ‖ public key                      |
 //! | 126    | 32   | BLAKE2b-256(algorithm ‖ key id ‖ secret key)   |
 //!
+//! (minisign writes zeros in the checksum of unencrypted keys and never checks it;
+//! qimg writes the real checksum and accepts either.)
+//!
 //! Signature (`.minisig`): four lines, `untrusted comment: …`, base64 of 74 bytes
 //! (`Ed`, key id, 64-byte signature over the message), `trusted comment: …`,
 //! base64 of the 64-byte global signature over (signature ‖ trusted comment).
@@ -203,7 +206,11 @@ impl SecretKey {
         let key = SigningKey::from_keypair_bytes(&pair)
             .map_err(|_| key_err("secret key: seed and public half do not match"))?;
         let sk = SecretKey { id, key };
-        if sk.checksum()[..] != b[126..158] {
+        // minisign only checks the checksum when it decrypts a key, and for
+        // unencrypted keys (`-W`) it stores zeros; accept those, reject a wrong one.
+        // The seed/public-key consistency check above still guards the key itself.
+        let stored = &b[126..158];
+        if stored.iter().any(|&x| x != 0) && sk.checksum()[..] != *stored {
             return Err(key_err("secret key: checksum mismatch"));
         }
         Ok(sk)
@@ -432,6 +439,19 @@ mod tests {
         let bad = format!("untrusted comment: x\n{}\n", B64.encode(b));
         let err = SecretKey::from_file_text(&bad).unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn zero_checksum_as_minisign_writes_it_is_accepted() {
+        let text = key(6).to_file_text();
+        let mut b = B64.decode(text.lines().nth(1).unwrap()).unwrap();
+        b[126..158].fill(0);
+        let zeroed = format!("untrusted comment: x\n{}\n", B64.encode(&b));
+        assert_eq!(SecretKey::from_file_text(&zeroed).unwrap().public(), key(6).public());
+        // but a public half that does not match the seed is refused
+        b[100] ^= 1;
+        let bad = format!("untrusted comment: x\n{}\n", B64.encode(&b));
+        assert!(SecretKey::from_file_text(&bad).is_err());
     }
 
     #[test]
