@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use qimg::{
-    BuildInfo, Component, ComponentKind, Manifest, PayloadInfo, PayloadWriter, Progress,
-    SecretKey, VerityBuilder,
+    BuildInfo, Component, ComponentKind, Manifest, PayloadInfo, PayloadWriter, Progress, SecretKey,
+    VerityBuilder,
 };
 
 use crate::spec::ReleaseSpec;
@@ -170,23 +170,36 @@ fn stage_tree(
     opts: &BuildOptions,
 ) -> Result<Staged, Error> {
     let image_path = staging.join(format!("{name}.squashfs"));
-    let mtime = u32::try_from(opts.source_date_epoch)
-        .map_err(|_| Error::Usage("SOURCE_DATE_EPOCH does not fit squashfs's 32-bit time".into()))?;
+    let mtime = u32::try_from(opts.source_date_epoch).map_err(|_| {
+        Error::Usage("SOURCE_DATE_EPOCH does not fit squashfs's 32-bit time".into())
+    })?;
     {
-        let task = opts
-            .progress
-            .begin(&format!("{name}: squashfs"), Some(squashfs::tree_size(root)?));
+        let task = opts.progress.begin(
+            &format!("{name}: squashfs"),
+            Some(squashfs::tree_size(root)?),
+        );
         let file = File::create(&image_path).map_err(output_err(&image_path))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        squashfs::build(root, &mut out, opts.spec.level, mtime, task.as_ref(), opts.cancel)?;
+        squashfs::build(
+            root,
+            &mut out,
+            opts.spec.level,
+            mtime,
+            task.as_ref(),
+            opts.cancel,
+        )?;
         out.flush().map_err(output_err(&image_path))?;
     }
     let mut image = File::open(&image_path).map_err(output_err(&image_path))?;
-    let image_len = image.seek(SeekFrom::End(0)).map_err(output_err(&image_path))?;
+    let image_len = image
+        .seek(SeekFrom::End(0))
+        .map_err(output_err(&image_path))?;
     image.rewind().map_err(output_err(&image_path))?;
 
     let path = staging.join(format!("{name}.payload"));
-    let task = opts.progress.begin(&format!("{name}: verity + zstd"), Some(image_len));
+    let task = opts
+        .progress
+        .begin(&format!("{name}: verity + zstd"), Some(image_len));
     let salt = derive(opts.spec, name, "verity-salt");
     let mut verity = VerityBuilder::new(&salt, derive_uuid(opts.spec, name));
     let mut pw = payload_writer(&path, opts.spec.level)?;
@@ -194,7 +207,14 @@ fn stage_tree(
         verity.update(b);
         pw.write_all(b)
     };
-    pump(&mut image, &mut feed, task.as_ref(), opts.cancel, &image_path, &path)?;
+    pump(
+        &mut image,
+        &mut feed,
+        task.as_ref(),
+        opts.cancel,
+        &image_path,
+        &path,
+    )?;
     let pad = (4096 - image_len % 4096) % 4096;
     feed(&vec![0u8; pad as usize]).map_err(output_err(&path))?;
     let (info, area) = verity
@@ -244,13 +264,17 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     // Components in manifest order; each stages on its own thread.
     let mut jobs: Vec<Job> = Vec::new();
     if let Some((root, uki)) = &spec.platform {
-        jobs.push(Box::new(move |st| stage_tree(root, "rootfs", true, st, opts)));
+        jobs.push(Box::new(move |st| {
+            stage_tree(root, "rootfs", true, st, opts)
+        }));
         jobs.push(Box::new(move |st| {
             stage_file(uki, "uki", ComponentKind::BootUki, st, opts)
         }));
     }
     if let Some(root) = &spec.container {
-        jobs.push(Box::new(move |st| stage_tree(root, "container", false, st, opts)));
+        jobs.push(Box::new(move |st| {
+            stage_tree(root, "container", false, st, opts)
+        }));
     }
     for fw in &spec.firmware {
         jobs.push(Box::new(move |st| {
@@ -332,7 +356,9 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     let mut signatures = Vec::new();
     for key in opts.keys {
         let sig = key.sign(&manifest_bytes, &comment);
-        key.public().verify(&manifest_bytes, &sig).map_err(bundle_err)?;
+        key.public()
+            .verify(&manifest_bytes, &sig)
+            .map_err(bundle_err)?;
         signatures.push(sig);
     }
 

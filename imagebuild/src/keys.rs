@@ -109,7 +109,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let prefix = d.path().join("release");
         let files = generate(&prefix).unwrap();
-        let mode = std::fs::metadata(&files.secret).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&files.secret)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let sk = load_secret(&files.secret).unwrap();
         let pk = load_public(&files.public).unwrap();

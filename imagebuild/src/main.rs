@@ -18,11 +18,17 @@ use imagebuild::{Cancel, demo, keys, report};
 use qimg::TrustedKeys;
 
 #[derive(Parser)]
-#[command(version, about = "Build, inspect and verify signed .qimg release bundles")]
+#[command(
+    version,
+    about = "Build, inspect and verify signed .qimg release bundles"
+)]
 struct Cli {
     /// No progress bars.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Log each task's duration on stderr.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,19 +86,30 @@ enum Command {
 /// Progress bars on stderr, one per running task.
 struct Bars {
     multi: MultiProgress,
+    verbose: bool,
 }
 
-struct Bar(ProgressBar);
+struct Bar {
+    bar: ProgressBar,
+    what: String,
+    start: Instant,
+    verbose: bool,
+}
 
 impl qimg::Task for Bar {
     fn advance(&self, bytes: u64) {
-        self.0.inc(bytes);
+        self.bar.inc(bytes);
     }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
+        if self.verbose {
+            let secs = self.start.elapsed().as_secs_f64();
+            let rate = self.bar.position() as f64 / secs.max(1e-9) / (1 << 20) as f64;
+            eprintln!("imagebuild: {}: {secs:.2} s ({rate:.0} MiB/s)", self.what);
+        }
     }
 }
 
@@ -108,11 +125,16 @@ impl qimg::Progress for Bars {
             ),
             None => ProgressBar::new_spinner(),
         };
-        Box::new(Bar(self.multi.add(bar.with_message(what.to_owned()))))
+        Box::new(Bar {
+            bar: self.multi.add(bar.with_message(what.to_owned())),
+            what: what.to_owned(),
+            start: Instant::now(),
+            verbose: self.verbose,
+        })
     }
 }
 
-fn bars(quiet: bool) -> Bars {
+fn bars(quiet: bool, verbose: bool) -> Bars {
     let target = if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
     } else {
@@ -120,6 +142,7 @@ fn bars(quiet: bool) -> Bars {
     };
     Bars {
         multi: MultiProgress::with_draw_target(target),
+        verbose,
     }
 }
 
@@ -166,7 +189,7 @@ fn install_interrupt_handler(cancel: &Cancel) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let progress = bars(cli.quiet);
+    let progress = bars(cli.quiet, cli.verbose);
     let cancel = Cancel::new();
     match cli.command {
         Command::Keygen { out: prefix } => {
@@ -269,7 +292,8 @@ fn rel(p: &Path) -> String {
 }
 
 fn check_tool(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
 }
 
 fn main() -> ExitCode {

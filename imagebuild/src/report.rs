@@ -146,7 +146,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Verifies signatures and every component of a bundle. Verification failures are
 /// a report with `ok == false`; only environmental problems (unreadable file, I/O
 /// errors) are `Err`.
-pub fn verify(path: &Path, keys: &TrustedKeys, progress: &dyn Progress) -> Result<VerifyReport, Error> {
+pub fn verify(
+    path: &Path,
+    keys: &TrustedKeys,
+    progress: &dyn Progress,
+) -> Result<VerifyReport, Error> {
     let mut report = VerifyReport {
         schema: VERIFY_SCHEMA.into(),
         file: path.to_owned(),
@@ -230,14 +234,22 @@ impl InspectReport {
         let mut s = String::new();
         let m = Manifest::parse(&serde_json::to_vec(&self.manifest).expect("json"))
             .expect("the manifest was validated when read");
-        let _ = writeln!(s, "bundle:     {} ({})", self.file.display(), human_size(self.file_size));
+        let _ = writeln!(
+            s,
+            "bundle:     {} ({})",
+            self.file.display(),
+            human_size(self.file_size)
+        );
         let _ = writeln!(
             s,
             "release:    {} {} (platform {}, target {})",
             m.product,
             m.version,
             m.platform_version,
-            serde_json::to_value(m.target).expect("json").as_str().unwrap_or("?")
+            serde_json::to_value(m.target)
+                .expect("json")
+                .as_str()
+                .unwrap_or("?")
         );
         let _ = writeln!(s, "models:     {}", m.compatible_models.join(", "));
         let _ = writeln!(s, "installs over: {} or newer", m.min_installed_version);
@@ -250,7 +262,11 @@ impl InspectReport {
             let _ = writeln!(s, "signatures: none");
         }
         for sig in &self.signatures {
-            let _ = writeln!(s, "signature:  key {} \"{}\"", sig.key_id, sig.trusted_comment);
+            let _ = writeln!(
+                s,
+                "signature:  key {} \"{}\"",
+                sig.key_id, sig.trusted_comment
+            );
         }
         let _ = writeln!(s, "components:");
         let _ = writeln!(
@@ -266,7 +282,10 @@ impl InspectReport {
                 c.kind.name(),
                 human_size(c.size),
                 human_size(c.stored_size),
-                serde_json::to_value(c.compression).expect("json").as_str().unwrap_or("?"),
+                serde_json::to_value(c.compression)
+                    .expect("json")
+                    .as_str()
+                    .unwrap_or("?"),
                 c.sha256
             );
             match &c.kind {
@@ -282,7 +301,11 @@ impl InspectReport {
                     component_id,
                     version,
                 } => {
-                    let _ = writeln!(s, "  {:<14} firmware for {component_id}, version {version}", "");
+                    let _ = writeln!(
+                        s,
+                        "  {:<14} firmware for {component_id}, version {version}",
+                        ""
+                    );
                 }
                 ComponentKind::BootUki => {}
             }
@@ -304,14 +327,26 @@ impl VerifyReport {
                 Status::Failed => "FAILED",
                 Status::Unchecked => "not checked",
             };
-            let _ = writeln!(s, "{:<14} {:<14} {:>11}  {status}", c.name, c.kind, human_size(c.size));
+            let _ = writeln!(
+                s,
+                "{:<14} {:<14} {:>11}  {status}",
+                c.name,
+                c.kind,
+                human_size(c.size)
+            );
         }
         match &self.failure {
             None => {
                 let _ = writeln!(s, "{}: verified", self.file.display());
             }
             Some(f) => {
-                let _ = writeln!(s, "{}: verification FAILED [{}]: {}", self.file.display(), f.code, f.message);
+                let _ = writeln!(
+                    s,
+                    "{}: verification FAILED [{}]: {}",
+                    self.file.display(),
+                    f.code,
+                    f.message
+                );
             }
         }
         s

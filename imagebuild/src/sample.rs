@@ -40,10 +40,46 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "cluster", "node", "slot", "verity", "upgrade", "prepare", "commit", "platform", "container",
-    "firmware", "rolling", "reboot", "quorum", "protect", "stripe", "journal", "inode", "extent",
-    "snapshot", "replica", "checksum", "metadata", "allocator", "scheduler", "the", "a", "of",
-    "and", "to", "in", "is", "for", "on", "with", "0x1f", "42", "ok", "error", "warn", "info",
+    "cluster",
+    "node",
+    "slot",
+    "verity",
+    "upgrade",
+    "prepare",
+    "commit",
+    "platform",
+    "container",
+    "firmware",
+    "rolling",
+    "reboot",
+    "quorum",
+    "protect",
+    "stripe",
+    "journal",
+    "inode",
+    "extent",
+    "snapshot",
+    "replica",
+    "checksum",
+    "metadata",
+    "allocator",
+    "scheduler",
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "0x1f",
+    "42",
+    "ok",
+    "error",
+    "warn",
+    "info",
 ];
 
 /// Writes `size` bytes of text-like (compressible) content.
@@ -86,7 +122,12 @@ pub fn write_random(path: &Path, size: u64, rng: &mut Rng) -> std::io::Result<()
 /// (created if missing): nested directories, text and binary files of mixed sizes,
 /// an executable, an empty file, a relative symlink and an `etc/os-release`.
 /// Returns the number of regular files written.
-pub fn generate_tree(root: &Path, total: u64, seed: u64, os_version: &str) -> std::io::Result<usize> {
+pub fn generate_tree(
+    root: &Path,
+    total: u64,
+    seed: u64,
+    os_version: &str,
+) -> std::io::Result<usize> {
     let mut rng = Rng::new(seed);
     let dirs = [
         "etc",
@@ -102,7 +143,9 @@ pub fn generate_tree(root: &Path, total: u64, seed: u64, os_version: &str) -> st
     }
     fs::write(
         root.join("etc/os-release"),
-        format!("ID=qimg-sample\nNAME=\"qimg sample OS\"\nVERSION_ID={os_version}\nIMAGE_VERSION={os_version}\n"),
+        format!(
+            "ID=qimg-sample\nNAME=\"qimg sample OS\"\nVERSION_ID={os_version}\nIMAGE_VERSION={os_version}\n"
+        ),
     )?;
     fs::write(root.join("etc/empty"), b"")?;
     let tool = root.join("usr/bin/tool");
@@ -145,7 +188,10 @@ mod tests {
         let n = generate_tree(a.path(), 300_000, 7, "1.0").unwrap();
         assert_eq!(generate_tree(b.path(), 300_000, 7, "1.0").unwrap(), n);
         let list = |p: &Path| {
-            let mut v: Vec<_> = walk(p).into_iter().map(|x| x.strip_prefix(p).unwrap().to_owned()).collect();
+            let mut v: Vec<_> = walk(p)
+                .into_iter()
+                .map(|x| x.strip_prefix(p).unwrap().to_owned())
+                .collect();
             v.sort();
             v
         };

@@ -188,19 +188,26 @@ impl ReleaseSpec {
                 })
                 .collect(),
         };
-        spec.check_inputs().map_err(|(field, reason)| invalid(&field, reason))?;
+        spec.check_inputs()
+            .map_err(|(field, reason)| invalid(&field, reason))?;
         Ok(spec)
     }
 
     fn check_inputs(&self) -> Result<(), (String, String)> {
         let dir = |field: &str, p: &Path| match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err((field.to_owned(), format!("{} is not a directory", p.display()))),
+            Ok(_) => Err((
+                field.to_owned(),
+                format!("{} is not a directory", p.display()),
+            )),
             Err(e) => Err((field.to_owned(), format!("{}: {e}", p.display()))),
         };
         let file = |field: &str, p: &Path| match std::fs::metadata(p) {
             Ok(m) if m.is_file() => Ok(()),
-            Ok(_) => Err((field.to_owned(), format!("{} is not a regular file", p.display()))),
+            Ok(_) => Err((
+                field.to_owned(),
+                format!("{} is not a regular file", p.display()),
+            )),
             Err(e) => Err((field.to_owned(), format!("{}: {e}", p.display()))),
         };
         if let Some((root, uki)) = &self.platform {
@@ -262,7 +269,10 @@ min_installed_version = "7.0.0"
             "{BASE}\n[platform]\nroot = \"rootfs\"\nuki = \"uki.efi\"\n[[firmware]]\ncomponent_id = \"bmc\"\nversion = \"A04\"\nfile = \"bmc.bin\"\n"
         );
         let s = ReleaseSpec::parse(&text, d.path()).unwrap();
-        assert_eq!(s.platform, Some((d.path().join("rootfs"), d.path().join("uki.efi"))));
+        assert_eq!(
+            s.platform,
+            Some((d.path().join("rootfs"), d.path().join("uki.efi")))
+        );
         assert_eq!(s.firmware[0].file, d.path().join("bmc.bin"));
         assert_eq!(s.level, DEFAULT_LEVEL);
         assert_eq!(s.version.to_string(), "7.1.0.1");
@@ -272,8 +282,14 @@ min_installed_version = "7.0.0"
     fn bad_specs_name_the_field() {
         let d = setup();
         let cases = [
-            ("[platform]\nroot = \"nope\"\nuki = \"uki.efi\"\n", "platform.root"),
-            ("[platform]\nroot = \"rootfs\"\nuki = \"rootfs\"\n", "platform.uki"),
+            (
+                "[platform]\nroot = \"nope\"\nuki = \"uki.efi\"\n",
+                "platform.root",
+            ),
+            (
+                "[platform]\nroot = \"rootfs\"\nuki = \"rootfs\"\n",
+                "platform.uki",
+            ),
             ("[compression]\nlevel = 22\n", "compression.level"),
             ("", "platform"),
             (

@@ -39,12 +39,13 @@ impl Read for LazyReader<'_> {
         if self.done {
             return Ok(0);
         }
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(File::open(&self.path).map_err(|e| {
-                io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
-            })?),
-        };
+        let file =
+            match &mut self.file {
+                Some(f) => f,
+                None => self.file.insert(File::open(&self.path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
+                })?),
+            };
         let n = file.read(buf)?;
         if n == 0 {
             self.file = None;

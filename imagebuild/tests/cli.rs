@@ -50,7 +50,10 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let out = ok(imagebuild().arg("keygen").arg("--out").arg(dir.join(name)));
     let id = String::from_utf8(out.stdout).unwrap();
     assert_eq!(id.trim().len(), 16, "key id on stdout: {id:?}");
-    (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")))
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    )
 }
 
 /// Files in `dir` whose names start with a dot (staging and partial outputs).
@@ -66,9 +69,15 @@ fn hidden_files(dir: &Path) -> Vec<String> {
 fn keygen_bundle_inspect_verify() {
     let d = tempfile::tempdir().unwrap();
     let (sk, pk) = keygen(d.path(), "release");
-    assert_eq!(std::fs::metadata(&sk).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&sk).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // keygen never overwrites
-    let again = run(imagebuild().arg("keygen").arg("--out").arg(d.path().join("release")));
+    let again = run(imagebuild()
+        .arg("keygen")
+        .arg("--out")
+        .arg(d.path().join("release")));
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
@@ -81,8 +90,15 @@ fn keygen_bundle_inspect_verify() {
         .arg(&sk)
         .arg("--out")
         .arg(&bundle));
-    assert_eq!(std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777, 0o644);
-    assert!(hidden_files(d.path()).is_empty(), "{:?}", hidden_files(d.path()));
+    assert_eq!(
+        std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(
+        hidden_files(d.path()).is_empty(),
+        "{:?}",
+        hidden_files(d.path())
+    );
 
     let out = ok(imagebuild().arg("inspect").arg("--json").arg(&bundle));
     let r: InspectReport = serde_json::from_slice(&out.stdout).unwrap();
@@ -95,9 +111,17 @@ fn keygen_bundle_inspect_verify() {
     assert_eq!(names, ["rootfs", "uki", "container"]);
     assert_eq!(r.signatures.len(), 1);
     let human = String::from_utf8(ok(imagebuild().arg("inspect").arg(&bundle)).stdout).unwrap();
-    assert!(human.contains("qumulo-core 3.0.1 (platform 3.0, target cloud)"), "{human}");
+    assert!(
+        human.contains("qumulo-core 3.0.1 (platform 3.0, target cloud)"),
+        "{human}"
+    );
 
-    let out = ok(imagebuild().arg("verify").arg(&bundle).arg("--pubkey").arg(&pk).arg("--json"));
+    let out = ok(imagebuild()
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--pubkey")
+        .arg(&pk)
+        .arg("--json"));
     let v: VerifyReport = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.schema, VERIFY_SCHEMA);
     assert!(v.ok);
@@ -111,31 +135,61 @@ fn keygen_bundle_inspect_verify() {
     bytes[at] ^= 0x55;
     let bad = d.path().join("bad.qimg");
     std::fs::write(&bad, &bytes).unwrap();
-    let out = run(imagebuild().arg("verify").arg(&bad).arg("--pubkey").arg(&pk).arg("--json"));
+    let out = run(imagebuild()
+        .arg("verify")
+        .arg(&bad)
+        .arg("--pubkey")
+        .arg(&pk)
+        .arg("--json"));
     assert_eq!(out.status.code(), Some(1));
     let v: VerifyReport = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v.ok);
     let failure = v.failure.unwrap();
     assert_eq!(failure.code, "hash-mismatch");
-    let failed: Vec<_> = v.components.iter().filter(|c| c.status == Status::Failed).collect();
+    let failed: Vec<_> = v
+        .components
+        .iter()
+        .filter(|c| c.status == Status::Failed)
+        .collect();
     assert_eq!(failed.len(), 1);
-    assert!(failure.message.contains(&failed[0].name), "{}", failure.message);
-    let human = run(imagebuild().arg("verify").arg(&bad).arg("--pubkey").arg(&pk));
+    assert!(
+        failure.message.contains(&failed[0].name),
+        "{}",
+        failure.message
+    );
+    let human = run(imagebuild()
+        .arg("verify")
+        .arg(&bad)
+        .arg("--pubkey")
+        .arg(&pk));
     assert_eq!(human.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&human.stdout).contains("verification FAILED [hash-mismatch]"));
 
     // Untrusted key: exit 1.
     let (_, other) = keygen(d.path(), "other");
-    let out = run(imagebuild().arg("verify").arg(&bundle).arg("--pubkey").arg(&other).arg("--json"));
+    let out = run(imagebuild()
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--pubkey")
+        .arg(&other)
+        .arg("--json"));
     assert_eq!(out.status.code(), Some(1));
     let v: VerifyReport = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.failure.unwrap().code, "no-trusted-signature");
 
     // Errors, not answers: exit 2.
-    let out = run(imagebuild().arg("verify").arg(&bundle).arg("--pubkey").arg(d.path().join("nope.pub")));
+    let out = run(imagebuild()
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--pubkey")
+        .arg(d.path().join("nope.pub")));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.pub"));
-    let out = run(imagebuild().arg("verify").arg(d.path().join("nope.qimg")).arg("--pubkey").arg(&pk));
+    let out = run(imagebuild()
+        .arg("verify")
+        .arg(d.path().join("nope.qimg"))
+        .arg("--pubkey")
+        .arg(&pk));
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -164,7 +218,10 @@ fn same_inputs_give_identical_bytes() {
     let one = build(&spec_a, &d.path().join("1.qimg"));
     let two = build(&spec_b, &d.path().join("2.qimg"));
     let three = build(&spec_a, &d.path().join("3.qimg"));
-    assert!(one == two, "different bundles from the same content in another place");
+    assert!(
+        one == two,
+        "different bundles from the same content in another place"
+    );
     assert!(one == three, "different bundles from the same inputs");
     // A different SOURCE_DATE_EPOCH changes the bytes.
     ok(imagebuild()
@@ -191,7 +248,9 @@ fn bad_input_leaves_nothing_behind() {
     let broken = d.path().join("broken.toml");
     std::fs::write(
         &broken,
-        std::fs::read_to_string(&spec).unwrap().replace("uki.efi", "missing.efi"),
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("uki.efi", "missing.efi"),
     )
     .unwrap();
     let out = run(imagebuild()
@@ -203,7 +262,10 @@ fn bad_input_leaves_nothing_behind() {
         .arg(&target));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("platform.uki") && err.contains("missing.efi"), "{err}");
+    assert!(
+        err.contains("platform.uki") && err.contains("missing.efi"),
+        "{err}"
+    );
     assert!(!target.exists());
     assert!(hidden_files(&out_dir).is_empty());
 
@@ -242,30 +304,57 @@ fn ctrl_c_removes_partial_output() {
     // Wait until staging has begun.
     let start = Instant::now();
     while hidden_files(&out_dir).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "staging never started");
-        assert!(child.try_wait().unwrap().is_none(), "finished before it could be interrupted");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "staging never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be interrupted"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
     // SIGINT, as Ctrl-C sends.
-    let rc = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let rc = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(rc.success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert!(!target.exists());
-    assert!(hidden_files(&out_dir).is_empty(), "{:?}", hidden_files(&out_dir));
+    assert!(
+        hidden_files(&out_dir).is_empty(),
+        "{:?}",
+        hidden_files(&out_dir)
+    );
 }
 
 #[test]
 fn demo_runs_on_a_fresh_directory() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("demo");
-    let out = ok(imagebuild().arg("demo").arg("--quiet").arg("--out").arg(&dir));
+    let out = ok(imagebuild()
+        .arg("demo")
+        .arg("--quiet")
+        .arg("--out")
+        .arg(&dir));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("qimg-demo 7.1.0.1"), "{text}");
     let bundle = dir.join("qimg-demo-7.1.0.1.qimg");
-    let out = ok(imagebuild().arg("verify").arg(&bundle).arg("--pubkey").arg(dir.join("demo.pub")));
+    let out = ok(imagebuild()
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--pubkey")
+        .arg(dir.join("demo.pub")));
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
     // Running it again reuses the key and gives the same bundle.
     let first = std::fs::read(&bundle).unwrap();

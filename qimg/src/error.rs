@@ -178,7 +178,9 @@ pub enum Error {
         actual: u64,
     },
     /// Decompression produced more than the manifest's size (a decompression bomb).
-    #[error("component {component:?}: decompresses to more than the {limit} bytes the manifest says")]
+    #[error(
+        "component {component:?}: decompresses to more than the {limit} bytes the manifest says"
+    )]
     DecompressionBomb {
         /// Component name.
         component: String,
@@ -195,7 +197,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A hash disagrees with the manifest.
-    #[error("component {component:?}: sha256 of the {part} is {actual}, the manifest says {expected}")]
+    #[error(
+        "component {component:?}: sha256 of the {part} is {actual}, the manifest says {expected}"
+    )]
     HashMismatch {
         /// Component name.
         component: String,
@@ -243,7 +247,10 @@ pub enum Error {
 }
 
 fn fmt_ids(ids: &[KeyId]) -> String {
-    ids.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Error {
@@ -287,7 +294,10 @@ impl Error {
     pub fn is_verification_failure(&self) -> bool {
         !matches!(
             self,
-            Error::Read { .. } | Error::Write { .. } | Error::MalformedKey { .. } | Error::Cancelled
+            Error::Read { .. }
+                | Error::Write { .. }
+                | Error::MalformedKey { .. }
+                | Error::Cancelled
         )
     }
 }

@@ -29,8 +29,8 @@ pub mod payload;
 pub mod reader;
 pub mod sign;
 pub mod tar;
-mod version;
 pub mod verity;
+mod version;
 pub mod writer;
 
 pub use error::{Error, Part};
@@ -38,8 +38,8 @@ pub use manifest::{BuildInfo, Component, ComponentKind, Compression, Manifest, S
 pub use payload::{PayloadInfo, PayloadWriter};
 pub use reader::BundleReader;
 pub use sign::{KeyId, PublicKey, SecretKey, Signature, TrustedKeys};
-pub use version::Version;
 pub use verity::{VerityBuilder, VerityInfo};
+pub use version::Version;
 pub use writer::write_bundle;
 
 /// How long-running library work reports progress. The CLI renders it; libraries

@@ -136,9 +136,8 @@ impl ComponentKind {
     /// dm-verity parameters, for kinds that carry a hash tree.
     pub fn verity(&self) -> Option<&VerityInfo> {
         match self {
-            ComponentKind::PlatformRoot { verity, .. } | ComponentKind::Container { verity, .. } => {
-                Some(verity)
-            }
+            ComponentKind::PlatformRoot { verity, .. }
+            | ComponentKind::Container { verity, .. } => Some(verity),
             _ => None,
         }
     }
@@ -274,7 +273,10 @@ impl RawComponent {
         let kind = match self.kind.as_str() {
             "platform-root" | "container" => {
                 if self.firmware.is_some() {
-                    return Err(invalid(field("firmware"), "only firmware components have it"));
+                    return Err(invalid(
+                        field("firmware"),
+                        "only firmware components have it",
+                    ));
                 }
                 let filesystem = self
                     .filesystem
@@ -282,7 +284,9 @@ impl RawComponent {
                 if filesystem != "squashfs" {
                     return Err(invalid(field("filesystem"), "only squashfs is defined"));
                 }
-                let verity = self.verity.ok_or_else(|| invalid(field("verity"), "missing"))?;
+                let verity = self
+                    .verity
+                    .ok_or_else(|| invalid(field("verity"), "missing"))?;
                 if self.kind == "platform-root" {
                     ComponentKind::PlatformRoot { filesystem, verity }
                 } else {
@@ -298,11 +302,16 @@ impl RawComponent {
                 }
                 if self.kind == "boot-uki" {
                     if self.firmware.is_some() {
-                        return Err(invalid(field("firmware"), "only firmware components have it"));
+                        return Err(invalid(
+                            field("firmware"),
+                            "only firmware components have it",
+                        ));
                     }
                     ComponentKind::BootUki
                 } else {
-                    let fw = self.firmware.ok_or_else(|| invalid(field("firmware"), "missing"))?;
+                    let fw = self
+                        .firmware
+                        .ok_or_else(|| invalid(field("firmware"), "missing"))?;
                     check_text(&field("firmware.component_id"), &fw.component_id)?;
                     check_text(&field("firmware.version"), &fw.version)?;
                     ComponentKind::Firmware {
@@ -425,7 +434,11 @@ impl Manifest {
             compatible_models: self.compatible_models.clone(),
             min_installed_version: self.min_installed_version.clone(),
             build: self.build.clone(),
-            components: self.components.iter().map(RawComponent::from_component).collect(),
+            components: self
+                .components
+                .iter()
+                .map(RawComponent::from_component)
+                .collect(),
         };
         let mut out =
             serde_json::to_vec_pretty(&raw).map_err(|source| Error::ManifestJson { source })?;
@@ -458,11 +471,19 @@ impl Manifest {
             ));
         }
         if self.components.is_empty() {
-            return Err(invalid("components", "a bundle carries at least one component"));
+            return Err(invalid(
+                "components",
+                "a bundle carries at least one component",
+            ));
         }
         let mut names = HashSet::new();
         let mut firmware_ids = HashSet::new();
-        let count = |kind: &str| self.components.iter().filter(|c| c.kind.name() == kind).count();
+        let count = |kind: &str| {
+            self.components
+                .iter()
+                .filter(|c| c.kind.name() == kind)
+                .count()
+        };
         for c in &self.components {
             check_name("components[].name", &c.name)?;
             if !names.insert(c.name.as_str()) {
@@ -480,7 +501,8 @@ impl Manifest {
                 ));
             }
             if let Some(v) = c.kind.verity() {
-                v.validate().map_err(|reason| invalid(field("verity"), reason))?;
+                v.validate()
+                    .map_err(|reason| invalid(field("verity"), reason))?;
                 if c.size != v.hash_offset + verity::hash_area_size(v.data_blocks) {
                     return Err(invalid(
                         field("size"),

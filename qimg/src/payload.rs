@@ -48,7 +48,11 @@ impl<W: Write> HashingWriter<W> {
 
     /// Returns the inner writer, the byte count and the digest.
     pub fn finish(self) -> (W, u64, Digest256) {
-        (self.inner, self.len, Digest256(self.hasher.finalize().into()))
+        (
+            self.inner,
+            self.len,
+            Digest256(self.hasher.finalize().into()),
+        )
     }
 }
 
@@ -169,7 +173,9 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut v = Vec::new();
         for i in 0..400_000u32 {
-            v.extend_from_slice(format!("line {} {}\n", i % 977, i.wrapping_mul(2654435761)).as_bytes());
+            v.extend_from_slice(
+                format!("line {} {}\n", i % 977, i.wrapping_mul(2654435761)).as_bytes(),
+            );
         }
         v
     }
@@ -196,7 +202,10 @@ mod tests {
         assert!(info1.stored_size < info1.size / 2);
         assert_eq!(zstd::decode_all(&one[..]).unwrap(), data);
         assert_eq!(info1.sha256.0, <[u8; 32]>::from(Sha256::digest(&data)));
-        assert_eq!(info1.stored_sha256.0, <[u8; 32]>::from(Sha256::digest(&one)));
+        assert_eq!(
+            info1.stored_sha256.0,
+            <[u8; 32]>::from(Sha256::digest(&one))
+        );
     }
 
     #[test]

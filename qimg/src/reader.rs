@@ -11,7 +11,9 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Component, Compression, MANIFEST_MEMBER, MAX_MANIFEST_SIZE, Manifest, Sha256 as Digest256};
+use crate::manifest::{
+    Component, Compression, MANIFEST_MEMBER, MAX_MANIFEST_SIZE, Manifest, Sha256 as Digest256,
+};
 use crate::payload::MAX_WINDOW_LOG;
 use crate::sign::{KeyId, Signature, TrustedKeys};
 use crate::tar::{self, Header};
@@ -92,10 +94,7 @@ impl<R: Read> Src<R> {
     fn small_member(&mut self, h: &Header, max: u64) -> Result<Vec<u8>, Error> {
         if h.size > max {
             return Err(if h.name == MANIFEST_MEMBER {
-                Error::ManifestTooLarge {
-                    size: h.size,
-                    max,
-                }
+                Error::ManifestTooLarge { size: h.size, max }
             } else {
                 Error::MalformedSignature {
                     member: h.name.clone(),
@@ -297,7 +296,11 @@ impl<R: Read> BundleReader<R> {
         if self.seen.contains(&name) {
             return Error::DuplicateMember { offset, name };
         }
-        let listed = self.manifest.components.iter().any(|c| c.member_name() == name);
+        let listed = self
+            .manifest
+            .components
+            .iter()
+            .any(|c| c.member_name() == name);
         match expected {
             Some(c) if listed => Error::UnexpectedMember {
                 offset,
@@ -372,7 +375,12 @@ impl<R: Read> BundleReader<R> {
         }))
     }
 
-    fn copy_plain<W: Write>(&mut self, c: &Component, mut sink: W, progress: &dyn Task) -> Result<(), Error> {
+    fn copy_plain<W: Write>(
+        &mut self,
+        c: &Component,
+        mut sink: W,
+        progress: &dyn Task,
+    ) -> Result<(), Error> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         let mut left = c.stored_size;
@@ -380,7 +388,8 @@ impl<R: Read> BundleReader<R> {
             let n = left.min(CHUNK as u64) as usize;
             self.src.fill(&mut buf[..n], &c.member_name())?;
             hasher.update(&buf[..n]);
-            sink.write_all(&buf[..n]).map_err(|source| sink_err(c, source))?;
+            sink.write_all(&buf[..n])
+                .map_err(|source| sink_err(c, source))?;
             left -= n as u64;
             progress.advance(n as u64);
         }
@@ -401,13 +410,16 @@ impl<R: Read> BundleReader<R> {
         let (give_back, recycled) = mpsc::channel::<Vec<u8>>();
         let member = c.member_name();
         let (stored, content) = std::thread::scope(|s| {
-            let worker = s.spawn(move || decompress(c, ChannelReader::new(from_reader, give_back), sink));
+            let worker =
+                s.spawn(move || decompress(c, ChannelReader::new(from_reader, give_back), sink));
             let mut hasher = Sha256::new();
             let mut left = c.stored_size;
             let mut result = Ok(());
             while left > 0 {
                 let n = left.min(CHUNK as u64) as usize;
-                let mut buf = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                let mut buf = recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
                 buf.resize(n, 0);
                 if let Err(e) = self.src.fill(&mut buf, &member) {
                     result = Err(e);
@@ -457,7 +469,12 @@ fn sink_err(c: &Component, source: io::Error) -> Error {
     }
 }
 
-fn check_hash(c: &Component, part: Part, expected: &Digest256, hasher: Sha256) -> Result<(), Error> {
+fn check_hash(
+    c: &Component,
+    part: Part,
+    expected: &Digest256,
+    hasher: Sha256,
+) -> Result<(), Error> {
     let actual = Digest256(hasher.finalize().into());
     if &actual != expected {
         return Err(Error::HashMismatch {
@@ -472,7 +489,11 @@ fn check_hash(c: &Component, part: Part, expected: &Digest256, hasher: Sha256) -
 
 /// Decompresses with a bounded window, stopping as soon as the output exceeds the
 /// manifest's size.
-fn decompress<W: Write>(c: &Component, input: ChannelReader, mut sink: W) -> Result<(u64, Sha256), Error> {
+fn decompress<W: Write>(
+    c: &Component,
+    input: ChannelReader,
+    mut sink: W,
+) -> Result<(u64, Sha256), Error> {
     let corrupt = |source| Error::Decompress {
         component: c.name.clone(),
         source,
@@ -497,7 +518,8 @@ fn decompress<W: Write>(c: &Component, input: ChannelReader, mut sink: W) -> Res
             });
         }
         hasher.update(&buf[..n]);
-        sink.write_all(&buf[..n]).map_err(|source| sink_err(c, source))?;
+        sink.write_all(&buf[..n])
+            .map_err(|source| sink_err(c, source))?;
     }
     sink.flush().map_err(|source| sink_err(c, source))?;
     Ok((size, hasher))

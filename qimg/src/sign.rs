@@ -72,7 +72,11 @@ impl fmt::Debug for KeyId {
 impl std::str::FromStr for KeyId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+        if s.len() != 16
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        {
             return Err(());
         }
         let n = u64::from_str_radix(s, 16).map_err(|_| ())?;
@@ -114,7 +118,9 @@ fn two_lines(text: &str, what: &str) -> Result<Vec<u8>, Error> {
     let mut lines = text.lines();
     let comment = lines.next().unwrap_or_default();
     if !comment.starts_with("untrusted comment: ") {
-        return Err(key_err(format!("{what}: first line is not an untrusted comment")));
+        return Err(key_err(format!(
+            "{what}: first line is not an untrusted comment"
+        )));
     }
     let data = lines
         .next()
@@ -306,7 +312,10 @@ impl Signature {
     /// The untrusted comment qimg writes. Readers require exactly this text, so that
     /// every byte of a bundle is covered by some check.
     pub fn untrusted_comment(&self) -> String {
-        format!("untrusted comment: qimg manifest signature by key {}", self.key_id)
+        format!(
+            "untrusted comment: qimg manifest signature by key {}",
+            self.key_id
+        )
     }
 
     /// Encodes the `.minisig` file.
@@ -335,7 +344,10 @@ impl Signature {
             .decode(lines[1])
             .map_err(|_| "signature line is not base64".to_owned())?;
         if b.len() != SIG_LEN {
-            return Err(format!("signature is {} bytes, expected {SIG_LEN}", b.len()));
+            return Err(format!(
+                "signature is {} bytes, expected {SIG_LEN}",
+                b.len()
+            ));
         }
         if b[0..2] != ALG_ED {
             return Err("algorithm is not legacy Ed25519 (`Ed`)".into());
@@ -447,7 +459,10 @@ mod tests {
         let mut b = B64.decode(text.lines().nth(1).unwrap()).unwrap();
         b[126..158].fill(0);
         let zeroed = format!("untrusted comment: x\n{}\n", B64.encode(&b));
-        assert_eq!(SecretKey::from_file_text(&zeroed).unwrap().public(), key(6).public());
+        assert_eq!(
+            SecretKey::from_file_text(&zeroed).unwrap().public(),
+            key(6).public()
+        );
         // but a public half that does not match the seed is refused
         b[100] ^= 1;
         let bad = format!("untrusted comment: x\n{}\n", B64.encode(&b));
@@ -461,9 +476,12 @@ mod tests {
         let text = sig.to_file_text();
         assert_eq!(Signature::from_file_text(&text).unwrap(), sig);
         let trusted = TrustedKeys::new([sk.public()]);
-        assert_eq!(trusted.verify(b"manifest", &[sig.clone()]).unwrap(), vec![sk.id]);
+        assert_eq!(
+            trusted.verify(b"manifest", std::slice::from_ref(&sig)).unwrap(),
+            vec![sk.id]
+        );
         assert!(matches!(
-            trusted.verify(b"manifesT", &[sig.clone()]),
+            trusted.verify(b"manifesT", std::slice::from_ref(&sig)),
             Err(Error::BadSignature { .. })
         ));
         let mut other = sig.clone();
@@ -472,7 +490,10 @@ mod tests {
             trusted.verify(b"manifest", &[other]),
             Err(Error::BadSignature { .. })
         ));
-        assert!(matches!(trusted.verify(b"manifest", &[]), Err(Error::Unsigned)));
+        assert!(matches!(
+            trusted.verify(b"manifest", &[]),
+            Err(Error::Unsigned)
+        ));
         let stranger = TrustedKeys::new([key(4).public()]);
         assert!(matches!(
             stranger.verify(b"manifest", &[sig]),
@@ -488,7 +509,9 @@ mod tests {
         for i in 0..text.len() {
             let mut b = text.clone().into_bytes();
             b[i] ^= 0x01;
-            let Ok(t) = String::from_utf8(b) else { continue };
+            let Ok(t) = String::from_utf8(b) else {
+                continue;
+            };
             let caught = match Signature::from_file_text(&t) {
                 Err(_) => true,
                 Ok(sig) => trusted.verify(b"m", &[sig]).is_err(),

@@ -206,8 +206,7 @@ impl Header {
             field,
             reason: reason.to_owned(),
         };
-        if &b[OFF_MAGIC..OFF_MAGIC + 6] != b"ustar\0" || &b[OFF_VERSION..OFF_VERSION + 2] != b"00"
-        {
+        if &b[OFF_MAGIC..OFF_MAGIC + 6] != b"ustar\0" || &b[OFF_VERSION..OFF_VERSION + 2] != b"00" {
             return Err(field("magic", "not a POSIX ustar header"));
         }
         match b[OFF_TYPEFLAG] {
@@ -332,7 +331,16 @@ mod tests {
     #[test]
     fn member_names() {
         assert!(check_member_name("payload/rootfs.zst").is_ok());
-        for bad in ["", "/etc/passwd", "a/../b", "..", "./a", "a//b", "a/", "a\\b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            "./a",
+            "a//b",
+            "a/",
+            "a\\b",
+        ] {
             assert!(check_member_name(bad).is_err(), "{bad:?}");
         }
     }

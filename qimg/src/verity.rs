@@ -89,7 +89,14 @@ impl VerityInfo {
 /// Formats 16 bytes as a lower-case 8-4-4-4-12 UUID.
 pub fn format_uuid(b: &[u8; 16]) -> String {
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Parses a lower-case 8-4-4-4-12 UUID.

@@ -188,7 +188,11 @@ file = "bmc.bin"
 }
 
 /// Builds a bundle from the spec at `spec` into `out`, signed by `keys`.
-pub fn build(spec: &Path, out: &Path, keys: &[SecretKey]) -> Result<qimg::Manifest, imagebuild::Error> {
+pub fn build(
+    spec: &Path,
+    out: &Path,
+    keys: &[SecretKey],
+) -> Result<qimg::Manifest, imagebuild::Error> {
     let spec = ReleaseSpec::load(spec)?;
     bundle::build(&BuildOptions {
         spec: &spec,

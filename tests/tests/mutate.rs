@@ -22,7 +22,10 @@ fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
         (any::<prop::sample::Index>(), 1u8..=255).prop_map(|(i, x)| Damage::Flip(i, x)),
         any::<prop::sample::Index>().prop_map(Damage::Truncate),
-        (any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..600))
+        (
+            any::<prop::sample::Index>(),
+            prop::collection::vec(any::<u8>(), 1..600)
+        )
             .prop_map(|(i, v)| Damage::Insert(i, v)),
         (any::<prop::sample::Index>(), 1usize..600).prop_map(|(i, n)| Damage::Delete(i, n)),
     ]

@@ -65,7 +65,10 @@ fn byte_flip_in_the_manifest_is_a_bad_signature() {
         let mut b = f.bytes.clone();
         b[start + at] ^= 0x01;
         assert!(
-            matches!(verify_bytes(&b, &f.trusted()), Err(Error::BadSignature { .. })),
+            matches!(
+                verify_bytes(&b, &f.trusted()),
+                Err(Error::BadSignature { .. })
+            ),
             "manifest byte {at}"
         );
     }
@@ -81,7 +84,12 @@ fn byte_flip_anywhere_in_the_signature_member_fails_on_the_signature() {
         b[start + at] ^= 0x01;
         let c = code(&b, &f.trusted());
         assert!(
-            ["malformed-signature", "bad-signature", "no-trusted-signature"].contains(&c),
+            [
+                "malformed-signature",
+                "bad-signature",
+                "no-trusted-signature"
+            ]
+            .contains(&c),
             "signature byte {at}: {c}"
         );
     }
@@ -95,13 +103,23 @@ fn byte_flip_in_any_header_or_padding_is_caught() {
         for at in (0..512).step_by(7) {
             let mut b = f.bytes.clone();
             b[m.offset as usize + at] ^= 0x01;
-            assert_eq!(code(&b, &f.trusted()), "bad-header", "{} header byte {at}", m.header.name);
+            assert_eq!(
+                code(&b, &f.trusted()),
+                "bad-header",
+                "{} header byte {at}",
+                m.header.name
+            );
         }
         let pad_start = m.offset as usize + 512 + m.data.len();
         if m.data.len() % 512 != 0 {
             let mut b = f.bytes.clone();
             b[pad_start] = 1;
-            assert_eq!(code(&b, &f.trusted()), "non-zero-padding", "{}", m.header.name);
+            assert_eq!(
+                code(&b, &f.trusted()),
+                "non-zero-padding",
+                "{}",
+                m.header.name
+            );
         }
     }
 }
@@ -123,7 +141,11 @@ fn reordered_removed_duplicated_and_extra_members() {
 
     let mut m = base.clone();
     m.0.remove(uki);
-    assert_eq!(code(&m.build(), &keys), "unexpected-member", "removed middle");
+    assert_eq!(
+        code(&m.build(), &keys),
+        "unexpected-member",
+        "removed middle"
+    );
 
     let mut m = base.clone();
     m.0.remove(fw);
@@ -135,41 +157,75 @@ fn reordered_removed_duplicated_and_extra_members() {
 
     let mut m = base.clone();
     m.0.push(m.0[fw].clone());
-    assert_eq!(code(&m.build(), &keys), "duplicate-member", "payload twice at end");
+    assert_eq!(
+        code(&m.build(), &keys),
+        "duplicate-member",
+        "payload twice at end"
+    );
 
     let mut m = base.clone();
     m.0.insert(1, m.0[0].clone());
-    assert_eq!(code(&m.build(), &keys), "duplicate-member", "manifest twice");
+    assert_eq!(
+        code(&m.build(), &keys),
+        "duplicate-member",
+        "manifest twice"
+    );
 
     let mut m = base.clone();
     m.0.insert(2, m.0[1].clone());
-    assert_eq!(code(&m.build(), &keys), "duplicate-member", "signature twice");
+    assert_eq!(
+        code(&m.build(), &keys),
+        "duplicate-member",
+        "signature twice"
+    );
 
     let mut m = base.clone();
     m.0.swap(0, 1);
-    assert_eq!(code(&m.build(), &keys), "unexpected-member", "signature first");
+    assert_eq!(
+        code(&m.build(), &keys),
+        "unexpected-member",
+        "signature first"
+    );
 
     let mut m = base.clone();
     let mut extra = m.0[fw].clone();
     extra.header.name = "payload/extra.zst".into();
     m.0.push(extra);
-    assert_eq!(code(&m.build(), &keys), "member-not-in-manifest", "extra member");
+    assert_eq!(
+        code(&m.build(), &keys),
+        "member-not-in-manifest",
+        "extra member"
+    );
 
     let mut m = base.clone();
     let mut sig = m.0[1].clone();
     sig.header.name = "signatures/late.minisig".into();
     m.0.insert(root + 1, sig);
-    assert_eq!(code(&m.build(), &keys), "unexpected-member", "late signature");
+    assert_eq!(
+        code(&m.build(), &keys),
+        "unexpected-member",
+        "late signature"
+    );
 }
 
 #[test]
 fn unsafe_member_names() {
     let f = Fixture::new(100_000);
-    for name in ["/etc/passwd", "payload/../../x", "../manifest.json", "payload//x", "./x"] {
+    for name in [
+        "/etc/passwd",
+        "payload/../../x",
+        "../manifest.json",
+        "payload//x",
+        "./x",
+    ] {
         let mut m = Members::parse(&f.bytes);
         let last = m.0.len() - 1;
         m.0[last].header.name = name.into();
-        assert_eq!(code(&m.build(), &f.trusted()), "unsafe-member-name", "{name}");
+        assert_eq!(
+            code(&m.build(), &f.trusted()),
+            "unsafe-member-name",
+            "{name}"
+        );
     }
 }
 
@@ -206,7 +262,10 @@ fn truncation_at_any_offset() {
     }
     for at in offsets.into_iter().filter(|&a| a < len) {
         let got = verify_bytes(&f.bytes[..at], &f.trusted());
-        assert!(matches!(got, Err(Error::Truncated { .. })), "cut at {at}: {got:?}");
+        assert!(
+            matches!(got, Err(Error::Truncated { .. })),
+            "cut at {at}: {got:?}"
+        );
     }
 }
 
@@ -216,7 +275,12 @@ fn trailing_data() {
     for extra in [&b"x"[..], &[0u8; 512][..], &[0u8; 10240][..]] {
         let mut b = f.bytes.clone();
         b.extend_from_slice(extra);
-        assert_eq!(code(&b, &f.trusted()), "trailing-data", "{} bytes", extra.len());
+        assert_eq!(
+            code(&b, &f.trusted()),
+            "trailing-data",
+            "{} bytes",
+            extra.len()
+        );
     }
 }
 
@@ -228,7 +292,10 @@ fn signature_problems() {
     m.0.remove(1);
     assert_eq!(code(&m.build(), &f.trusted()), "unsigned");
     // Signed by a key we do not trust.
-    assert_eq!(code(&f.bytes, &TrustedKeys::new([test_key(9).public()])), "no-trusted-signature");
+    assert_eq!(
+        code(&f.bytes, &TrustedKeys::new([test_key(9).public()])),
+        "no-trusted-signature"
+    );
     // Signed by the wrong key under the trusted key's id.
     let impostor = qimg::SecretKey::from_seed([9; 32], f.key.id);
     let mut m = Members::parse(&f.bytes);
@@ -236,7 +303,10 @@ fn signature_problems() {
     m.0[1].header.size = m.0[1].data.len() as u64;
     assert_eq!(code(&m.build(), &f.trusted()), "bad-signature");
     // No keys at all.
-    assert_eq!(code(&f.bytes, &TrustedKeys::default()), "no-trusted-signature");
+    assert_eq!(
+        code(&f.bytes, &TrustedKeys::default()),
+        "no-trusted-signature"
+    );
 }
 
 #[test]
@@ -247,7 +317,11 @@ fn two_keys_during_rotation() {
     let (old, new) = (test_key(1), test_key(2));
     tests::build(&spec, &out, &[old, new]).unwrap();
     let bytes = std::fs::read(&out).unwrap();
-    for trusted in [vec![test_key(1).public()], vec![test_key(2).public()], vec![test_key(2).public(), test_key(1).public()]] {
+    for trusted in [
+        vec![test_key(1).public()],
+        vec![test_key(2).public()],
+        vec![test_key(2).public(), test_key(1).public()],
+    ] {
         assert_eq!(verify_bytes(&bytes, &TrustedKeys::new(trusted)).unwrap(), 4);
     }
 }
@@ -257,7 +331,10 @@ fn signed_manifests_with_bad_content() {
     let f = Fixture::new(100_000);
     let keys = f.trusted();
     let b = resign(&f, |v| v["format_version"] = 2.into());
-    assert!(matches!(verify_bytes(&b, &keys), Err(Error::UnsupportedFormatVersion { found: 2 })));
+    assert!(matches!(
+        verify_bytes(&b, &keys),
+        Err(Error::UnsupportedFormatVersion { found: 2 })
+    ));
     let b = resign(&f, |v| v["components"][1]["kind"] = "bios-settings".into());
     assert_eq!(code(&b, &keys), "unknown-component-kind");
     let b = resign(&f, |v| v["components"][3]["name"] = "uki".into());
@@ -272,12 +349,20 @@ fn signed_manifests_with_bad_content() {
     });
     assert!(matches!(
         verify_bytes(&b, &keys),
-        Err(Error::SizeMismatch { part: Part::Content, .. })
+        Err(Error::SizeMismatch {
+            part: Part::Content,
+            ..
+        })
     ));
-    let b = resign(&f, |v| v["components"][3]["sha256"] = "00".repeat(32).into());
+    let b = resign(&f, |v| {
+        v["components"][3]["sha256"] = "00".repeat(32).into()
+    });
     assert!(matches!(
         verify_bytes(&b, &keys),
-        Err(Error::HashMismatch { part: Part::Content, .. })
+        Err(Error::HashMismatch {
+            part: Part::Content,
+            ..
+        })
     ));
 }
 

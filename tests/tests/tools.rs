@@ -36,7 +36,10 @@ fn tar_lists_members_in_format_order() {
     let f = Fixture::new(400_000);
     let out = run(Command::new("tar").arg("-tvf").arg(&f.bundle));
     let text = String::from_utf8(out.stdout).unwrap();
-    let names: Vec<&str> = text.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
     let sig = format!("signatures/{}.minisig", f.key.id);
     assert_eq!(
         names,
@@ -49,8 +52,14 @@ fn tar_lists_members_in_format_order() {
             "payload/fw-bmc.zst"
         ]
     );
-    assert!(text.lines().all(|l| l.starts_with("-rw-r--r-- root/root")), "{text}");
-    assert!(text.contains("2023-11-14 22:13"), "mtime is SOURCE_DATE_EPOCH: {text}");
+    assert!(
+        text.lines().all(|l| l.starts_with("-rw-r--r-- root/root")),
+        "{text}"
+    );
+    assert!(
+        text.contains("2023-11-14 22:13"),
+        "mtime is SOURCE_DATE_EPOCH: {text}"
+    );
 }
 
 #[test]
@@ -61,7 +70,11 @@ fn payloads_match_inputs_by_unsquashfs_veritysetup_and_zstd() {
     let f = Fixture::new(3_000_000);
     let x = f.dir.path().join("x");
     std::fs::create_dir(&x).unwrap();
-    run(Command::new("tar").arg("-xf").arg(&f.bundle).arg("-C").arg(&x));
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&f.bundle)
+        .arg("-C")
+        .arg(&x));
     let manifest = manifest_json(&x);
     for (name, input) in [("rootfs", "rootfs"), ("container", "container")] {
         let c = manifest["components"]
@@ -90,7 +103,10 @@ fn payloads_match_inputs_by_unsquashfs_veritysetup_and_zstd() {
         let src = f.dir.path().join(input);
         assert_eq!(listed, listing(&src), "{name}: unsquashfs -l");
         let extracted = x.join(format!("{name}-tree"));
-        run(Command::new("unsquashfs").arg("-d").arg(&extracted).arg(&img));
+        run(Command::new("unsquashfs")
+            .arg("-d")
+            .arg(&extracted)
+            .arg(&img));
         for rel in listing(&src) {
             let (a, b) = (src.join(&rel), extracted.join(&rel));
             let (ma, mb) = (
@@ -99,12 +115,19 @@ fn payloads_match_inputs_by_unsquashfs_veritysetup_and_zstd() {
             );
             assert_eq!(ma.file_type(), mb.file_type(), "{rel}");
             if ma.is_file() {
-                assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{rel}");
+                assert_eq!(
+                    std::fs::read(&a).unwrap(),
+                    std::fs::read(&b).unwrap(),
+                    "{rel}"
+                );
                 use std::os::unix::fs::PermissionsExt;
                 assert_eq!(ma.permissions().mode(), mb.permissions().mode(), "{rel}");
             }
             if ma.file_type().is_symlink() {
-                assert_eq!(std::fs::read_link(&a).unwrap(), std::fs::read_link(&b).unwrap());
+                assert_eq!(
+                    std::fs::read_link(&a).unwrap(),
+                    std::fs::read_link(&b).unwrap()
+                );
             }
         }
 
@@ -130,7 +153,11 @@ fn payloads_match_inputs_by_unsquashfs_veritysetup_and_zstd() {
             .arg(format!("--uuid={}", v["uuid"].as_str().unwrap())));
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains(root), "root hash differs:\n{text}");
-        assert_eq!(std::fs::read(&hash).unwrap(), &bytes[offset as usize..], "{name}: hash area");
+        assert_eq!(
+            std::fs::read(&hash).unwrap(),
+            &bytes[offset as usize..],
+            "{name}: hash area"
+        );
     }
 }
 
@@ -142,7 +169,11 @@ fn minisign_verifies_the_manifest_signature_and_our_tool_reads_minisign_keys() {
     let f = Fixture::new(100_000);
     let x = f.dir.path().join("x");
     std::fs::create_dir(&x).unwrap();
-    run(Command::new("tar").arg("-xf").arg(&f.bundle).arg("-C").arg(&x));
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&f.bundle)
+        .arg("-C")
+        .arg(&x));
     std::fs::write(x.join("key.pub"), f.key.public().to_file_text()).unwrap();
     let sig = x.join(format!("signatures/{}.minisig", f.key.id));
     let out = run(Command::new("minisign")

@@ -136,7 +136,10 @@ fn duplicate_component_names() {
         parse_value(&v),
         Err(Error::DuplicateComponent { name }) if name == "uki"
     ));
-    assert!(matches!(m.to_bytes(), Err(Error::DuplicateComponent { .. })));
+    assert!(matches!(
+        m.to_bytes(),
+        Err(Error::DuplicateComponent { .. })
+    ));
 }
 
 #[test]
@@ -174,7 +177,9 @@ fn field_rules() {
         ("components", |m| {
             m.components.remove(1);
         }),
-        ("components[].name", |m| m.components[0].name = "../x".into()),
+        ("components[].name", |m| {
+            m.components[0].name = "../x".into()
+        }),
         ("components[rootfs].size", |m| m.components[0].size += 1),
         ("components[rootfs].verity", |m| {
             if let ComponentKind::PlatformRoot { verity, .. } = &mut m.components[0].kind {

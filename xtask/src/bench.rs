@@ -1,0 +1,404 @@
+//! `cargo xtask bench bundle`: our bundle build and verify against the same work
+//! done with the standard tools, on the same input, in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{deps, root, step, target_dir};
+
+/// Wall time, CPU time and peak memory of one process.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    wall: f64,
+    cpu: f64,
+    max_rss_kib: u64,
+}
+
+impl Usage {
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            wall: self.wall + o.wall,
+            cpu: self.cpu + o.cpu,
+            max_rss_kib: self.max_rss_kib.max(o.max_rss_kib),
+        }
+    }
+}
+
+/// Runs a command to completion and measures it with wait4's rusage.
+fn measure(cmd: &mut Command) -> Result<Usage, String> {
+    let start = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: waiting for our own child pid with valid out-pointers.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed().as_secs_f64();
+    if rc != pid {
+        return Err(format!("wait4 failed for {cmd:?}"));
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return Err(format!("{cmd:?} failed (status {status})"));
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Usage {
+        wall,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss as u64,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Opts {
+    size_mib: u64,
+    level: i32,
+    runs: usize,
+    dir: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        size_mib: 1024,
+        level: 3,
+        runs: 3,
+        dir: target_dir().join("bench"),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--size" => o.size_mib = val("--size")?.parse().map_err(|_| "bad --size")?,
+            "--level" => o.level = val("--level")?.parse().map_err(|_| "bad --level")?,
+            "--runs" => o.runs = val("--runs")?.parse().map_err(|_| "bad --runs")?,
+            "--dir" => o.dir = PathBuf::from(val("--dir")?),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if o.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    Ok(o)
+}
+
+pub fn main(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("bundle") => bundle(&parse(&args[1..])?),
+        _ => Err(
+            "usage: cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]"
+                .into(),
+        ),
+    }
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines().next().unwrap_or("").trim().to_owned()
+        })
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|k| k.parse::<u64>().ok())
+        .map_or(0, |k| k / 1024 / 1024);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {mem} GiB; load {}; {}; {}; {}; {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        first_line(Command::new("mksquashfs").arg("-version")),
+        first_line(Command::new("veritysetup").arg("--version")),
+        first_line(Command::new("zstd").arg("--version")),
+        first_line(Command::new("openssl").arg("version")),
+    )
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn bundle(o: &Opts) -> Result<(), String> {
+    deps::ensure(deps::BENCH_PACKAGES)?;
+    step(
+        "release build",
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "build",
+            "--release",
+            "-p",
+            "imagebuild",
+        ]),
+    )?;
+    let exe = target_dir().join("release/imagebuild");
+    let io = |e: std::io::Error| e.to_string();
+    let input = o.dir.join(format!("input-{}m", o.size_mib));
+    let work = o.dir.join("work");
+    if !input.join(".complete").exists() {
+        let _ = std::fs::remove_dir_all(&input);
+        eprintln!(
+            "xtask: generating a {} MiB tree in {}",
+            o.size_mib,
+            input.display()
+        );
+        let n =
+            imagebuild::sample::generate_tree(&input.join("rootfs"), o.size_mib << 20, 42, "1.0")
+                .map_err(io)?;
+        let mut rng = imagebuild::sample::Rng::new(43);
+        imagebuild::sample::write_random(&input.join("uki.efi"), 16 << 20, &mut rng).map_err(io)?;
+        std::fs::write(
+            input.join("release.toml"),
+            format!(
+                "product = \"bench\"\nversion = \"1.0\"\nplatform_version = \"1.0\"\ntarget = \"onprem\"\n\
+                 compatible_models = [\"bench\"]\nmin_installed_version = \"1.0\"\n\
+                 [compression]\nlevel = {}\n[platform]\nroot = \"rootfs\"\nuki = \"uki.efi\"\n",
+                o.level
+            ),
+        )
+        .map_err(io)?;
+        std::fs::write(input.join(".complete"), n.to_string()).map_err(io)?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io)?;
+    let key = work.join("bench");
+    imagebuild::keys::generate(&key).map_err(|e| e.to_string())?;
+    let ours = work.join("ours.qimg");
+    let sde = "1700000000";
+    let level = format!("-{}", o.level);
+
+    let mut build_ours = vec![];
+    let mut build_std = vec![];
+    let mut steps_std: Vec<Vec<(String, Usage)>> = vec![];
+    let mut verify_ours = vec![];
+    let mut sha = vec![];
+    let mut ossl = vec![];
+    for run in 1..=o.runs {
+        eprintln!("xtask: run {run}/{}", o.runs);
+        let _ = std::fs::remove_file(&ours);
+        build_ours.push(measure(
+            Command::new(&exe)
+                .env("SOURCE_DATE_EPOCH", sde)
+                .args(["bundle", "-q", "--spec"])
+                .arg(input.join("release.toml"))
+                .arg("--key")
+                .arg(key.with_extension("key"))
+                .arg("--out")
+                .arg(&ours),
+        )?);
+
+        // The same work with standard tools: squashfs, dm-verity appended in place,
+        // zstd on all cores, SHA-256 of content and stored payloads, tar.
+        let sq = work.join("root.img");
+        for f in ["root.img", "rootfs.zst", "uki.zst", "std.tar"] {
+            let _ = std::fs::remove_file(work.join(f));
+        }
+        let mut steps = vec![];
+        steps.push((
+            "mksquashfs".to_owned(),
+            measure(
+                Command::new("mksquashfs")
+                    .arg(input.join("rootfs"))
+                    .arg(&sq)
+                    .args(["-comp", "zstd", "-Xcompression-level", &o.level.to_string()])
+                    .args([
+                        "-b",
+                        "131072",
+                        "-all-root",
+                        "-noappend",
+                        "-quiet",
+                        "-no-progress",
+                    ])
+                    .args(["-mkfs-time", sde, "-all-time", sde]),
+            )?,
+        ));
+        let data = file_size(&sq);
+        steps.push((
+            "veritysetup format".to_owned(),
+            measure(
+                Command::new("veritysetup")
+                    .arg("format")
+                    .arg(&sq)
+                    .arg(&sq)
+                    .arg(format!("--hash-offset={data}"))
+                    .arg(format!("--salt={}", "ab".repeat(32)))
+                    .arg("--uuid=01234567-89ab-8def-8123-456789abcdef")
+                    .stdout(std::process::Stdio::null()),
+            )?,
+        ));
+        steps.push((
+            "zstd -T0".to_owned(),
+            measure(
+                Command::new("zstd")
+                    .args(["-T0", "-q", "-f", &level])
+                    .arg(&sq)
+                    .arg("-o")
+                    .arg(work.join("rootfs.zst")),
+            )?
+            .add(measure(
+                Command::new("zstd")
+                    .args(["-T0", "-q", "-f", &level])
+                    .arg(input.join("uki.efi"))
+                    .arg("-o")
+                    .arg(work.join("uki.zst")),
+            )?),
+        ));
+        steps.push((
+            "sha256sum".to_owned(),
+            measure(
+                Command::new("sha256sum")
+                    .arg(&sq)
+                    .arg(input.join("uki.efi"))
+                    .arg(work.join("rootfs.zst"))
+                    .arg(work.join("uki.zst"))
+                    .stdout(std::process::Stdio::null()),
+            )?,
+        ));
+        steps.push((
+            "tar".to_owned(),
+            measure(
+                Command::new("tar")
+                    .arg("-cf")
+                    .arg(work.join("std.tar"))
+                    .arg("-C")
+                    .arg(&work)
+                    .args(["rootfs.zst", "uki.zst"]),
+            )?,
+        ));
+        build_std.push(steps.iter().fold(Usage::default(), |a, (_, u)| a.add(*u)));
+        steps_std.push(steps);
+
+        let quiet = |c: &mut Command| {
+            c.stdout(std::process::Stdio::null());
+        };
+        let mut v = Command::new(&exe);
+        v.args(["verify", "-q"])
+            .arg(&ours)
+            .arg("--pubkey")
+            .arg(key.with_extension("pub"));
+        quiet(&mut v);
+        verify_ours.push(measure(&mut v)?);
+        let mut s = Command::new("sha256sum");
+        s.arg(&ours);
+        quiet(&mut s);
+        sha.push(measure(&mut s)?);
+        let mut s = Command::new("openssl");
+        s.args(["dgst", "-sha256"]).arg(&ours);
+        quiet(&mut s);
+        ossl.push(measure(&mut s)?);
+    }
+
+    let bundle_size = file_size(&ours);
+    let mib = bundle_size as f64 / (1 << 20) as f64;
+    let wall = |v: &[Usage]| median(v.iter().map(|u| u.wall).collect());
+    let cpu = |v: &[Usage]| median(v.iter().map(|u| u.cpu).collect());
+    let rss = |v: &[Usage]| v.iter().map(|u| u.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    let (ours_b, std_b) = (wall(&build_ours), wall(&build_std));
+    let (ver, sha_t, ossl_t) = (wall(&verify_ours), wall(&sha), wall(&ossl));
+    let fastest_sha = sha_t.min(ossl_t);
+    let tp = |t: f64| mib / t;
+    let verdict = |ok: bool| if ok { "meets target" } else { "MISSES target" };
+
+    let mut r = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(r, "machine: {}", machine());
+    let _ = writeln!(
+        r,
+        "input: {} MiB tree + 16 MiB UKI, zstd level {}, {} run(s), medians; bundle {:.1} MiB",
+        o.size_mib, o.level, o.runs, mib
+    );
+    let _ = writeln!(
+        r,
+        "\n| build | wall s | CPU s | peak RSS MiB |\n|---|---:|---:|---:|"
+    );
+    let _ = writeln!(
+        r,
+        "| imagebuild bundle | {ours_b:.2} | {:.2} | {:.0} |",
+        cpu(&build_ours),
+        rss(&build_ours)
+    );
+    for (i, (name, _)) in steps_std[0].iter().enumerate() {
+        let col: Vec<Usage> = steps_std.iter().map(|s| s[i].1).collect();
+        let _ = writeln!(
+            r,
+            "| {name} | {:.2} | {:.2} | {:.0} |",
+            wall(&col),
+            cpu(&col),
+            rss(&col)
+        );
+    }
+    let _ = writeln!(
+        r,
+        "| standard pipeline total | {std_b:.2} | {:.2} | {:.0} |",
+        cpu(&build_std),
+        rss(&build_std)
+    );
+    let ratio = ours_b / std_b;
+    let _ = writeln!(
+        r,
+        "\nbuild ratio ours/pipeline: {ratio:.2} (target <= 0.80: {})",
+        verdict(ratio <= 0.8)
+    );
+    let _ = writeln!(
+        r,
+        "\n| verify (same {mib:.0} MiB) | wall s | MiB/s | peak RSS MiB |\n|---|---:|---:|---:|"
+    );
+    let _ = writeln!(
+        r,
+        "| imagebuild verify | {ver:.2} | {:.0} | {:.1} |",
+        tp(ver),
+        rss(&verify_ours)
+    );
+    let _ = writeln!(
+        r,
+        "| sha256sum | {sha_t:.2} | {:.0} | {:.1} |",
+        tp(sha_t),
+        rss(&sha)
+    );
+    let _ = writeln!(
+        r,
+        "| openssl dgst -sha256 | {ossl_t:.2} | {:.0} | {:.1} |",
+        tp(ossl_t),
+        rss(&ossl)
+    );
+    let vr = fastest_sha / ver;
+    let _ = writeln!(
+        r,
+        "\nverify throughput / fastest sha256: {vr:.2} (target >= 0.90: {}); verify peak RSS {:.1} MiB (target <= 64: {})",
+        verdict(vr >= 0.9),
+        rss(&verify_ours),
+        verdict(rss(&verify_ours) <= 64.0)
+    );
+    println!("{r}");
+    let _ = root();
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Debian packages the tests and benchmarks need: installed with apt when running
+//! as root, otherwise listed so a person can install them.
+
+use std::process::Command;
+
+/// What the test suite needs, with the tools it checks for.
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("squashfs-tools", "unsquashfs"),
+    ("cryptsetup-bin", "veritysetup"),
+    ("minisign", "minisign"),
+    ("zstd", "zstd"),
+    ("tar", "tar"),
+];
+
+/// What `cargo xtask bench` additionally needs.
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("squashfs-tools", "mksquashfs"),
+    ("cryptsetup-bin", "veritysetup"),
+    ("zstd", "zstd"),
+    ("coreutils", "sha256sum"),
+    ("openssl", "openssl"),
+    ("tar", "tar"),
+];
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Makes sure every package's tool is on PATH, installing the missing packages with
+/// apt-get when root. Prints exactly what it installs.
+pub fn ensure(packages: &[(&str, &str)]) -> Result<(), String> {
+    let mut missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, tool)| !on_path(tool))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        eprintln!(
+            "xtask: Debian packages present: {}",
+            packages.iter().map(|p| p.0).collect::<Vec<_>>().join(" ")
+        );
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        return Err(format!(
+            "missing Debian packages: {list}\n  install them with: sudo apt-get install -y {list}"
+        ));
+    }
+    eprintln!("xtask: installing Debian packages: {list}");
+    let install = |update: bool| -> bool {
+        if update {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        }
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Package lists may be missing or stale on a fresh machine: update once on failure.
+    if !install(false) && !install(true) {
+        return Err(format!("apt-get install {list} failed"));
+    }
+    let still: Vec<&str> = packages
+        .iter()
+        .filter(|(_, tool)| !on_path(tool))
+        .map(|(_, tool)| *tool)
+        .collect();
+    if !still.is_empty() {
+        return Err(format!(
+            "after installing, still not on PATH: {}",
+            still.join(" ")
+        ));
+    }
+    Ok(())
+}
