@@ -185,6 +185,7 @@ fn stage_tree(
             &mut out,
             opts.spec.level,
             mtime,
+            workers() as usize,
             task.as_ref(),
             opts.cancel,
         )?;
@@ -367,18 +368,19 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     for p in &parts {
         files.push(File::open(&p.path).map_err(output_err(&p.path))?);
     }
-    let mut readers: Vec<&mut dyn Read> = files.iter_mut().map(|f| f as &mut dyn Read).collect();
-    let tmp = tempfile::Builder::new()
+    let mut tmp = tempfile::Builder::new()
         .prefix(".qimg-partial-")
         .tempfile_in(&out_dir)
         .map_err(output_err(&out_dir))?;
-    let out = BufWriter::with_capacity(1 << 20, tmp);
-    let out = qimg::write_bundle(out, &manifest, &signatures, &mut readers, opts.progress)
-        .map_err(bundle_err)?;
-    let tmp = out.into_inner().map_err(|e| Error::Output {
-        path: opts.out.to_owned(),
-        source: e.into_error(),
-    })?;
+    // Unbuffered files on both sides: payloads are copied inside the kernel.
+    qimg::write_bundle(
+        tmp.as_file_mut(),
+        &manifest,
+        &signatures,
+        &mut files,
+        opts.progress,
+    )
+    .map_err(bundle_err)?;
     opts.cancel.check()?;
     // tempfile creates 0600; a bundle is not secret.
     tmp.as_file()

@@ -477,7 +477,9 @@ mod tests {
         assert_eq!(Signature::from_file_text(&text).unwrap(), sig);
         let trusted = TrustedKeys::new([sk.public()]);
         assert_eq!(
-            trusted.verify(b"manifest", std::slice::from_ref(&sig)).unwrap(),
+            trusted
+                .verify(b"manifest", std::slice::from_ref(&sig))
+                .unwrap(),
             vec![sk.id]
         );
         assert!(matches!(

@@ -48,16 +48,21 @@ impl<W: Write> Out<W> {
     }
 }
 
+/// Payload bytes are copied in steps of this size, for progress.
+const COPY_STEP: u64 = 64 << 20;
+
 /// Writes a complete bundle to `out` and returns it.
 ///
 /// `payloads` yields each component's stored bytes, in manifest order; each must
 /// hold exactly the component's `stored_size` bytes. The caller signs
-/// `manifest.to_bytes()` (see [`crate::SecretKey::sign`]).
-pub fn write_bundle<W: Write>(
+/// `manifest.to_bytes()` (see [`crate::SecretKey::sign`]). When `W` and `R` are
+/// files, payloads are copied inside the kernel (`copy_file_range`), so pass them
+/// unbuffered.
+pub fn write_bundle<W: Write, R: Read>(
     out: W,
     manifest: &Manifest,
     signatures: &[Signature],
-    payloads: &mut [&mut dyn Read],
+    payloads: &mut [R],
     progress: &dyn Progress,
 ) -> Result<W, Error> {
     let manifest_bytes = manifest.to_bytes()?;
@@ -103,28 +108,34 @@ pub fn write_bundle<W: Write>(
             mtime,
         )?;
     }
-    let mut buf = vec![0u8; 1 << 20];
     for (component, source) in manifest.components.iter().zip(payloads.iter_mut()) {
         let name = component.member_name();
         out.header(&name, component.stored_size, mtime)?;
-        let mut left = component.stored_size;
         let short = |actual| Error::SizeMismatch {
             component: component.name.clone(),
             part: Part::Stored,
             expected: component.stored_size,
             actual,
         };
+        let mut left = component.stored_size;
         while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let n = read_some(source, &mut buf[..want], &name)?;
-            if n == 0 {
+            let step = left.min(COPY_STEP);
+            let n =
+                io::copy(&mut source.by_ref().take(step), &mut out.inner).map_err(|source| {
+                    Error::Write {
+                        what: format!("{name} (copying its staged payload)"),
+                        source,
+                    }
+                })?;
+            out.pos += n;
+            task.advance(n);
+            left -= n;
+            if n < step {
                 return Err(short(component.stored_size - left));
             }
-            out.put(&buf[..n], &name)?;
-            left -= n as u64;
-            task.advance(n as u64);
         }
-        if read_some(source, &mut buf[..1], &name)? != 0 {
+        let mut one = [0u8; 1];
+        if read_some(source, &mut one, &name)? != 0 {
             return Err(short(component.stored_size + 1));
         }
         out.pad(&name)?;
@@ -140,7 +151,7 @@ pub fn write_bundle<W: Write>(
     Ok(out.inner)
 }
 
-fn read_some(r: &mut dyn Read, buf: &mut [u8], name: &str) -> Result<usize, Error> {
+fn read_some(r: &mut impl Read, buf: &mut [u8], name: &str) -> Result<usize, Error> {
     loop {
         match r.read(buf) {
             Ok(n) => return Ok(n),
