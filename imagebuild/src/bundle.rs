@@ -1,7 +1,7 @@
 //! Building a signed bundle from a release spec.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -12,6 +12,7 @@ use qimg::{
 };
 
 use crate::spec::ReleaseSpec;
+use crate::spill::Spill;
 use crate::{Cancel, Error, TOOL, squashfs};
 
 /// Chunk size for streaming inputs.
@@ -31,7 +32,13 @@ pub struct BuildOptions<'a> {
     pub progress: &'a dyn Progress,
     /// Cancellation flag.
     pub cancel: &'a Cancel,
+    /// Bytes of a filesystem image kept in memory while it is staged; larger images
+    /// go to a temporary file. Several images may be staged at once.
+    pub staging_memory: u64,
 }
+
+/// Default for [`BuildOptions::staging_memory`]: 1 GiB.
+pub const DEFAULT_STAGING_MEMORY: u64 = 1 << 30;
 
 /// One staged payload, waiting in the staging directory.
 struct Staged {
@@ -173,29 +180,25 @@ fn stage_tree(
     let mtime = u32::try_from(opts.source_date_epoch).map_err(|_| {
         Error::Usage("SOURCE_DATE_EPOCH does not fit squashfs's 32-bit time".into())
     })?;
+    // The image is staged in memory up to the cap, then in an unnamed temporary file.
+    let mut staged = Spill::new(opts.staging_memory, staging);
     {
         let task = opts.progress.begin(
             &format!("{name}: squashfs"),
             Some(squashfs::tree_size(root)?),
         );
-        let file = File::create(&image_path).map_err(output_err(&image_path))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
         squashfs::build(
             root,
-            &mut out,
+            &mut staged,
             opts.spec.level,
             mtime,
             workers() as usize,
             task.as_ref(),
             opts.cancel,
         )?;
-        out.flush().map_err(output_err(&image_path))?;
     }
-    let mut image = File::open(&image_path).map_err(output_err(&image_path))?;
-    let image_len = image
-        .seek(SeekFrom::End(0))
-        .map_err(output_err(&image_path))?;
-    image.rewind().map_err(output_err(&image_path))?;
+    let image_len = staged.len();
+    let mut image = staged.into_reader().map_err(output_err(&image_path))?;
 
     let path = staging.join(format!("{name}.payload"));
     let task = opts
@@ -224,7 +227,6 @@ fn stage_tree(
     pw.write_all(&area).map_err(output_err(&path))?;
     let payload = finish_payload(pw, &path)?;
     drop(image);
-    std::fs::remove_file(&image_path).map_err(output_err(&image_path))?;
     let filesystem = "squashfs".to_owned();
     let kind = if platform {
         ComponentKind::PlatformRoot {

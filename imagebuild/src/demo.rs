@@ -98,6 +98,7 @@ pub fn run(out_dir: &Path, progress: &dyn Progress, cancel: &Cancel) -> Result<D
         out: &bundle_path,
         progress,
         cancel,
+        staging_memory: bundle::DEFAULT_STAGING_MEMORY,
     })?;
     Ok(DemoOutput {
         bundle: bundle_path,

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod report;
 pub mod sample;
 pub mod spec;
+pub mod spill;
 pub mod squashfs;
 
 /// Name and version of this tool, recorded in every manifest.

@@ -55,6 +55,10 @@ enum Command {
         /// Print the resulting manifest as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// MiB of memory each filesystem image may use while staged; larger images
+        /// are staged in a temporary file next to the output.
+        #[arg(long, default_value_t = bundle::DEFAULT_STAGING_MEMORY >> 20)]
+        staging_memory: u64,
     },
     /// Show a bundle's manifest, components and signatures (nothing is verified).
     Inspect {
@@ -207,6 +211,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             key,
             out: output,
             json: as_json,
+            staging_memory,
         } => {
             install_interrupt_handler(&cancel)?;
             let spec_data = ReleaseSpec::load(&spec)?;
@@ -222,6 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out: &output,
                 progress: &progress,
                 cancel: &cancel,
+                staging_memory: staging_memory << 20,
             })?;
             let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
             eprintln!(

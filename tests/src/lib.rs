@@ -201,6 +201,7 @@ pub fn build(
         out,
         progress: &NoProgress,
         cancel: &Cancel::new(),
+        staging_memory: bundle::DEFAULT_STAGING_MEMORY,
     })
 }
 
