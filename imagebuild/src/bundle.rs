@@ -67,8 +67,8 @@ fn derive(spec: &ReleaseSpec, component: &str, label: &str) -> [u8; 32] {
     for part in [
         "qimg-derive-v1",
         label,
-        &spec.product,
-        &spec.version.to_string(),
+        &spec.release.product,
+        &spec.release.version.to_string(),
         component,
     ] {
         h.update((part.len() as u64).to_le_bytes());
@@ -324,12 +324,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     }
 
     let manifest = Manifest {
-        product: spec.product.clone(),
-        version: spec.version.clone(),
-        platform_version: spec.platform_version.clone(),
-        target: spec.target,
-        compatible_models: spec.compatible_models.clone(),
-        min_installed_version: spec.min_installed_version.clone(),
+        release: spec.release.clone(),
         build: BuildInfo {
             tool: TOOL.into(),
             source_date_epoch: opts.source_date_epoch,
@@ -354,7 +349,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     let manifest_bytes = manifest.to_bytes().map_err(bundle_err)?;
     let comment = format!(
         "timestamp:{}\tfile:manifest.json\t{} {}",
-        opts.source_date_epoch, spec.product, spec.version
+        opts.source_date_epoch, spec.release.product, spec.release.version
     );
     let mut signatures = Vec::new();
     for key in opts.keys {

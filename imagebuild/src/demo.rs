@@ -90,7 +90,10 @@ pub fn run(out_dir: &Path, progress: &dyn Progress, cancel: &Cancel) -> Result<D
     std::fs::write(&spec_path, SPEC).map_err(io_err(&spec_path))?;
 
     let spec = ReleaseSpec::load(&spec_path)?;
-    let bundle_path = out_dir.join(format!("{}-{}.qimg", spec.product, spec.version));
+    let bundle_path = out_dir.join(format!(
+        "{}-{}.qimg",
+        spec.release.product, spec.release.version
+    ));
     bundle::build(&BuildOptions {
         spec: &spec,
         source_date_epoch: DEMO_EPOCH,

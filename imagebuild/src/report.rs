@@ -232,8 +232,9 @@ impl InspectReport {
     /// Renders the report for a person.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let m = Manifest::parse(&serde_json::to_vec(&self.manifest).expect("json"))
+        let manifest = Manifest::parse(&serde_json::to_vec(&self.manifest).expect("json"))
             .expect("the manifest was validated when read");
+        let m = &manifest.release;
         let _ = writeln!(
             s,
             "bundle:     {} ({})",
@@ -256,7 +257,7 @@ impl InspectReport {
         let _ = writeln!(
             s,
             "built by:   {} (SOURCE_DATE_EPOCH {})",
-            m.build.tool, m.build.source_date_epoch
+            manifest.build.tool, manifest.build.source_date_epoch
         );
         if self.signatures.is_empty() {
             let _ = writeln!(s, "signatures: none");
@@ -274,7 +275,7 @@ impl InspectReport {
             "  {:<14} {:<14} {:>11} {:>11}  {:<6} sha256",
             "name", "kind", "size", "stored", "codec"
         );
-        for c in &m.components {
+        for c in &manifest.components {
             let _ = writeln!(
                 s,
                 "  {:<14} {:<14} {:>11} {:>11}  {:<6} {}",

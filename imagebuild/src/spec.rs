@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::Error;
-use qimg::{Target, Version};
+use qimg::{Release, Target, Version};
 
 /// Default zstd level: fast enough for development builds, within 10% of level 19's
 /// size on already-dense data.
@@ -97,18 +97,8 @@ pub struct FirmwareInput {
 /// A validated release spec with absolute input paths.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReleaseSpec {
-    /// Product name.
-    pub product: String,
-    /// Release version.
-    pub version: Version,
-    /// Platform (host OS) version.
-    pub platform_version: Version,
-    /// Install target.
-    pub target: Target,
-    /// Supported hardware models.
-    pub compatible_models: Vec<String>,
-    /// Oldest version this release installs over.
-    pub min_installed_version: Version,
+    /// What the release is, validated with the manifest's own rules.
+    pub release: Release,
     /// SOURCE_DATE_EPOCH from the spec, if given.
     pub source_date_epoch: Option<u64>,
     /// zstd level.
@@ -167,13 +157,21 @@ impl ReleaseSpec {
             ));
         }
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let spec = ReleaseSpec {
+        let release = Release {
             product: raw.product,
             version: version("version", &raw.version)?,
             platform_version: version("platform_version", &raw.platform_version)?,
             target: raw.target,
             compatible_models: raw.compatible_models,
             min_installed_version: version("min_installed_version", &raw.min_installed_version)?,
+        };
+        // The manifest's rules, checked now rather than after the build.
+        release.validate().map_err(|e| match e {
+            qimg::Error::InvalidManifest { field, reason } => invalid(&field, reason),
+            other => invalid("release", other.to_string()),
+        })?;
+        let spec = ReleaseSpec {
+            release,
             source_date_epoch: raw.source_date_epoch,
             level,
             platform: raw.platform.map(|p| (abs(p.root), abs(p.uki))),
@@ -194,22 +192,8 @@ impl ReleaseSpec {
     }
 
     fn check_inputs(&self) -> Result<(), (String, String)> {
-        let dir = |field: &str, p: &Path| match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err((
-                field.to_owned(),
-                format!("{} is not a directory", p.display()),
-            )),
-            Err(e) => Err((field.to_owned(), format!("{}: {e}", p.display()))),
-        };
-        let file = |field: &str, p: &Path| match std::fs::metadata(p) {
-            Ok(m) if m.is_file() => Ok(()),
-            Ok(_) => Err((
-                field.to_owned(),
-                format!("{} is not a regular file", p.display()),
-            )),
-            Err(e) => Err((field.to_owned(), format!("{}: {e}", p.display()))),
-        };
+        let dir = |field: &str, p: &Path| check_path(field, p, true);
+        let file = |field: &str, p: &Path| check_path(field, p, false);
         if let Some((root, uki)) = &self.platform {
             dir("platform.root", root)?;
             file("platform.uki", uki)?;
@@ -238,6 +222,22 @@ impl ReleaseSpec {
             return Err(("platform".into(), "the spec names no inputs".into()));
         }
         Ok(())
+    }
+}
+
+/// Checks that `p` is a directory (`dir`) or a regular file.
+fn check_path(field: &str, p: &Path, dir: bool) -> Result<(), (String, String)> {
+    match std::fs::metadata(p) {
+        Ok(m) if (dir && m.is_dir()) || (!dir && m.is_file()) => Ok(()),
+        Ok(_) => Err((
+            field.to_owned(),
+            format!(
+                "{} is not {}",
+                p.display(),
+                if dir { "a directory" } else { "a regular file" }
+            ),
+        )),
+        Err(e) => Err((field.to_owned(), format!("{}: {e}", p.display()))),
     }
 }
 
@@ -275,7 +275,7 @@ min_installed_version = "7.0.0"
         );
         assert_eq!(s.firmware[0].file, d.path().join("bmc.bin"));
         assert_eq!(s.level, DEFAULT_LEVEL);
-        assert_eq!(s.version.to_string(), "7.1.0.1");
+        assert_eq!(s.release.version.to_string(), "7.1.0.1");
     }
 
     #[test]
@@ -303,6 +303,15 @@ min_installed_version = "7.0.0"
                 other => panic!("{extra}: {other:?}"),
             }
         }
+        // The manifest's own rules apply when the spec is read, before any build.
+        let bad_product = format!(
+            "{}\n[[firmware]]\ncomponent_id = \"bmc\"\nversion = \"1\"\nfile = \"bmc.bin\"\n",
+            BASE.replace("qumulo-core", "Qumulo Core")
+        );
+        assert!(matches!(
+            ReleaseSpec::parse(&bad_product, d.path()),
+            Err(Error::SpecInvalid { field, .. }) if field == "product"
+        ));
         let bad_version = BASE.replace("7.1.0.1", "7.1-rc1");
         assert!(matches!(
             ReleaseSpec::parse(&bad_version, d.path()),

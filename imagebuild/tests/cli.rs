@@ -14,6 +14,20 @@ fn imagebuild() -> Command {
     c
 }
 
+/// `imagebuild bundle -q [extra...] --spec SPEC --key KEY --out OUT`.
+fn bundle_cmd(spec: &Path, key: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = imagebuild();
+    c.args(["bundle", "-q"])
+        .args(extra)
+        .arg("--spec")
+        .arg(spec)
+        .arg("--key")
+        .arg(key)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("imagebuild runs")
 }
@@ -83,13 +97,7 @@ fn keygen_bundle_inspect_verify() {
 
     let spec = inputs(d.path(), 300_000);
     let bundle = d.path().join("r.qimg");
-    ok(imagebuild()
-        .args(["bundle", "--quiet", "--spec"])
-        .arg(&spec)
-        .arg("--key")
-        .arg(&sk)
-        .arg("--out")
-        .arg(&bundle));
+    ok(&mut bundle_cmd(&spec, &sk, &bundle, &[]));
     assert_eq!(
         std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777,
         0o644
@@ -105,8 +113,8 @@ fn keygen_bundle_inspect_verify() {
     assert_eq!(r.schema, INSPECT_SCHEMA);
     assert_eq!(r.file_size, std::fs::metadata(&bundle).unwrap().len());
     let m = qimg::Manifest::parse(&serde_json::to_vec(&r.manifest).unwrap()).unwrap();
-    assert_eq!(m.version.to_string(), "3.0.1");
-    assert_eq!(m.target, qimg::Target::Cloud);
+    assert_eq!(m.release.version.to_string(), "3.0.1");
+    assert_eq!(m.release.target, qimg::Target::Cloud);
     let names: Vec<_> = m.components.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["rootfs", "uki", "container"]);
     assert_eq!(r.signatures.len(), 1);
@@ -206,13 +214,7 @@ fn same_inputs_give_identical_bytes() {
     std::fs::create_dir_all(&b).unwrap();
     let spec_b = inputs(&b, 500_000);
     let build = |spec: &Path, out: &Path| {
-        ok(imagebuild()
-            .args(["bundle", "-q", "--spec"])
-            .arg(spec)
-            .arg("--key")
-            .arg(&sk)
-            .arg("--out")
-            .arg(out));
+        ok(&mut bundle_cmd(spec, &sk, out, &[]));
         std::fs::read(out).unwrap()
     };
     let one = build(&spec_a, &d.path().join("1.qimg"));
@@ -223,15 +225,21 @@ fn same_inputs_give_identical_bytes() {
         "different bundles from the same content in another place"
     );
     assert!(one == three, "different bundles from the same inputs");
+    // Staging in a temporary file instead of memory changes nothing.
+    let spilled = d.path().join("5.qimg");
+    ok(&mut bundle_cmd(
+        &spec_a,
+        &sk,
+        &spilled,
+        &["--staging-memory", "0"],
+    ));
+    assert!(
+        std::fs::read(&spilled).unwrap() == one,
+        "spilled staging differs"
+    );
     // A different SOURCE_DATE_EPOCH changes the bytes.
-    ok(imagebuild()
-        .env("SOURCE_DATE_EPOCH", "1700000001")
-        .args(["bundle", "-q", "--spec"])
-        .arg(&spec_a)
-        .arg("--key")
-        .arg(&sk)
-        .arg("--out")
-        .arg(d.path().join("4.qimg")));
+    ok(bundle_cmd(&spec_a, &sk, &d.path().join("4.qimg"), &[])
+        .env("SOURCE_DATE_EPOCH", "1700000001"));
     assert!(std::fs::read(d.path().join("4.qimg")).unwrap() != one);
 }
 
@@ -253,13 +261,7 @@ fn bad_input_leaves_nothing_behind() {
             .replace("uki.efi", "missing.efi"),
     )
     .unwrap();
-    let out = run(imagebuild()
-        .args(["bundle", "-q", "--spec"])
-        .arg(&broken)
-        .arg("--key")
-        .arg(&sk)
-        .arg("--out")
-        .arg(&target));
+    let out = run(&mut bundle_cmd(&broken, &sk, &target, &[]));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -271,13 +273,7 @@ fn bad_input_leaves_nothing_behind() {
 
     // An existing bundle is replaced only by a complete new one.
     std::fs::write(&target, b"previous release").unwrap();
-    let out = run(imagebuild()
-        .args(["bundle", "-q", "--spec"])
-        .arg(&broken)
-        .arg("--key")
-        .arg(&sk)
-        .arg("--out")
-        .arg(&target));
+    let out = run(&mut bundle_cmd(&broken, &sk, &target, &[]));
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(std::fs::read(&target).unwrap(), b"previous release");
 }
@@ -291,13 +287,7 @@ fn ctrl_c_removes_partial_output() {
     let out_dir = d.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let target = out_dir.join("x.qimg");
-    let mut child = imagebuild()
-        .args(["bundle", "-q", "--spec"])
-        .arg(&spec)
-        .arg("--key")
-        .arg(&sk)
-        .arg("--out")
-        .arg(&target)
+    let mut child = bundle_cmd(&spec, &sk, &target, &[])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -34,7 +34,9 @@ mod version;
 pub mod writer;
 
 pub use error::{Error, Part};
-pub use manifest::{BuildInfo, Component, ComponentKind, Compression, Manifest, Sha256, Target};
+pub use manifest::{
+    BuildInfo, Component, ComponentKind, Compression, Manifest, Release, Sha256, Target,
+};
 pub use payload::{PayloadInfo, PayloadWriter};
 pub use reader::BundleReader;
 pub use sign::{KeyId, PublicKey, SecretKey, Signature, TrustedKeys};

@@ -175,9 +175,10 @@ impl Component {
     }
 }
 
-/// The manifest.
+/// What a release is and where it may be installed: the manifest fields a release
+/// spec sets (serialized flat in the manifest).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Manifest {
+pub struct Release {
     /// Product name, `[a-z0-9][a-z0-9._-]*`.
     pub product: String,
     /// Release version.
@@ -191,6 +192,40 @@ pub struct Manifest {
     pub compatible_models: Vec<String>,
     /// Oldest installed version this release may be installed over.
     pub min_installed_version: Version,
+}
+
+impl Release {
+    /// Checks the product name, the models and the version order.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_name("product", &self.product)?;
+        if self.compatible_models.is_empty() {
+            return Err(invalid("compatible_models", "must name at least one model"));
+        }
+        let mut models = HashSet::new();
+        for m in &self.compatible_models {
+            check_text("compatible_models", m)?;
+            if !models.insert(m) {
+                return Err(invalid("compatible_models", format!("{m:?} listed twice")));
+            }
+        }
+        if self.min_installed_version > self.version {
+            return Err(invalid(
+                "min_installed_version",
+                format!(
+                    "{} is newer than the release version {}",
+                    self.min_installed_version, self.version
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The release.
+    pub release: Release,
     /// Build metadata.
     pub build: BuildInfo,
     /// Payloads, in the order their members appear in the bundle.
@@ -404,12 +439,14 @@ impl Manifest {
         let raw: RawManifest =
             serde_json::from_value(value).map_err(|source| Error::ManifestJson { source })?;
         let manifest = Manifest {
-            product: raw.product,
-            version: raw.version,
-            platform_version: raw.platform_version,
-            target: raw.target,
-            compatible_models: raw.compatible_models,
-            min_installed_version: raw.min_installed_version,
+            release: Release {
+                product: raw.product,
+                version: raw.version,
+                platform_version: raw.platform_version,
+                target: raw.target,
+                compatible_models: raw.compatible_models,
+                min_installed_version: raw.min_installed_version,
+            },
             build: raw.build,
             components: raw
                 .components
@@ -425,14 +462,15 @@ impl Manifest {
     /// pure function of the manifest, so signing it is reproducible.
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
         self.validate()?;
+        let r = &self.release;
         let raw = RawManifest {
             format_version: FORMAT_VERSION,
-            product: self.product.clone(),
-            version: self.version.clone(),
-            platform_version: self.platform_version.clone(),
-            target: self.target,
-            compatible_models: self.compatible_models.clone(),
-            min_installed_version: self.min_installed_version.clone(),
+            product: r.product.clone(),
+            version: r.version.clone(),
+            platform_version: r.platform_version.clone(),
+            target: r.target,
+            compatible_models: r.compatible_models.clone(),
+            min_installed_version: r.min_installed_version.clone(),
             build: self.build.clone(),
             components: self
                 .components
@@ -449,27 +487,8 @@ impl Manifest {
     /// Checks everything serde cannot: names, uniqueness, version order, size and
     /// hash consistency, and which kinds may appear together.
     pub fn validate(&self) -> Result<(), Error> {
-        check_name("product", &self.product)?;
+        self.release.validate()?;
         check_text("build.tool", &self.build.tool)?;
-        if self.compatible_models.is_empty() {
-            return Err(invalid("compatible_models", "must name at least one model"));
-        }
-        let mut models = HashSet::new();
-        for m in &self.compatible_models {
-            check_text("compatible_models", m)?;
-            if !models.insert(m) {
-                return Err(invalid("compatible_models", format!("{m:?} listed twice")));
-            }
-        }
-        if self.min_installed_version > self.version {
-            return Err(invalid(
-                "min_installed_version",
-                format!(
-                    "{} is newer than the release version {}",
-                    self.min_installed_version, self.version
-                ),
-            ));
-        }
         if self.components.is_empty() {
             return Err(invalid(
                 "components",
@@ -536,7 +555,7 @@ impl Manifest {
     /// True when moving from an installed platform version needs a reboot into the
     /// other slot (a platform upgrade) rather than only a container swap.
     pub fn needs_platform_upgrade(&self, installed_platform: &Version) -> bool {
-        &self.platform_version != installed_platform
+        &self.release.platform_version != installed_platform
     }
 
     /// The component with this name.

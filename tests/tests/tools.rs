@@ -24,6 +24,18 @@ fn listing(root: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Extracts the fixture's bundle with tar into `<fixture>/x`.
+fn extract(f: &Fixture) -> std::path::PathBuf {
+    let x = f.dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&f.bundle)
+        .arg("-C")
+        .arg(&x));
+    x
+}
+
 fn manifest_json(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
 }
@@ -68,13 +80,7 @@ fn payloads_match_inputs_by_unsquashfs_veritysetup_and_zstd() {
         return;
     }
     let f = Fixture::new(3_000_000);
-    let x = f.dir.path().join("x");
-    std::fs::create_dir(&x).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&f.bundle)
-        .arg("-C")
-        .arg(&x));
+    let x = extract(&f);
     let manifest = manifest_json(&x);
     for (name, input) in [("rootfs", "rootfs"), ("container", "container")] {
         let c = manifest["components"]
@@ -167,13 +173,7 @@ fn minisign_verifies_the_manifest_signature_and_our_tool_reads_minisign_keys() {
         return;
     }
     let f = Fixture::new(100_000);
-    let x = f.dir.path().join("x");
-    std::fs::create_dir(&x).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&f.bundle)
-        .arg("-C")
-        .arg(&x));
+    let x = extract(&f);
     std::fs::write(x.join("key.pub"), f.key.public().to_file_text()).unwrap();
     let sig = x.join(format!("signatures/{}.minisig", f.key.id));
     let out = run(Command::new("minisign")

@@ -52,6 +52,11 @@ fn measure(cmd: &mut Command) -> Result<Usage, String> {
     })
 }
 
+/// Writes back dirty pages (untimed) so one measurement does not pay for another's writes.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -205,6 +210,8 @@ fn bundle(o: &Opts) -> Result<(), String> {
     for run in 1..=o.runs {
         eprintln!("xtask: run {run}/{}", o.runs);
         let _ = std::fs::remove_file(&ours);
+        // Each build starts with no dirty pages left by the previous one.
+        settle();
         build_ours.push(measure(
             Command::new(&exe)
                 .env("SOURCE_DATE_EPOCH", sde)
@@ -222,6 +229,7 @@ fn bundle(o: &Opts) -> Result<(), String> {
         for f in ["root.img", "rootfs.zst", "uki.zst", "std.tar"] {
             let _ = std::fs::remove_file(work.join(f));
         }
+        settle();
         let mut steps = vec![];
         steps.push((
             "mksquashfs".to_owned(),

@@ -34,12 +34,14 @@ fn component(name: &str, kind: ComponentKind) -> Component {
 
 pub(crate) fn sample() -> Manifest {
     Manifest {
-        product: "qumulo-core".into(),
-        version: "7.1.0.1".parse().unwrap(),
-        platform_version: "7.1.0".parse().unwrap(),
-        target: Target::Onprem,
-        compatible_models: vec!["q-24t".into(), "q-48t".into()],
-        min_installed_version: "7.0.0".parse().unwrap(),
+        release: Release {
+            product: "qumulo-core".into(),
+            version: "7.1.0.1".parse().unwrap(),
+            platform_version: "7.1.0".parse().unwrap(),
+            target: Target::Onprem,
+            compatible_models: vec!["q-24t".into(), "q-48t".into()],
+            min_installed_version: "7.0.0".parse().unwrap(),
+        },
         build: BuildInfo {
             tool: "imagebuild 0.1.0".into(),
             source_date_epoch: 1_700_000_000,
@@ -166,13 +168,13 @@ fn field_rules() {
     type Edit = fn(&mut Manifest);
     let cases: &[(&str, Edit)] = &[
         ("min_installed_version", |m| {
-            m.min_installed_version = "8".parse().unwrap()
+            m.release.min_installed_version = "8".parse().unwrap()
         }),
-        ("compatible_models", |m| m.compatible_models.clear()),
+        ("compatible_models", |m| m.release.compatible_models.clear()),
         ("compatible_models", |m| {
-            m.compatible_models.push("q-24t".into())
+            m.release.compatible_models.push("q-24t".into())
         }),
-        ("product", |m| m.product = "Qumulo Core".into()),
+        ("product", |m| m.release.product = "Qumulo Core".into()),
         ("components", |m| m.components.clear()),
         ("components", |m| {
             m.components.remove(1);
@@ -279,12 +281,14 @@ proptest! {
         }),
     ) {
         let m = Manifest {
-            product: "p".into(),
-            min_installed_version: version.clone(),
-            version,
-            platform_version: platform,
-            target: if cloud { Target::Cloud } else { Target::Onprem },
-            compatible_models: models.into_iter().collect(),
+            release: Release {
+                product: "p".into(),
+                min_installed_version: version.clone(),
+                version,
+                platform_version: platform,
+                target: if cloud { Target::Cloud } else { Target::Onprem },
+                compatible_models: models.into_iter().collect(),
+            },
             build: BuildInfo { tool: "t".into(), source_date_epoch: sde },
             components,
         };
