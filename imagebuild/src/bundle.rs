@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use qimg::{
-    BuildInfo, Component, ComponentKind, Manifest, PayloadInfo, PayloadWriter, Progress, SecretKey,
-    VerityBuilder,
+    BuildInfo, Component, ComponentKind, Compression, Manifest, PayloadInfo, PayloadWriter,
+    Progress, SecretKey, VerityBuilder,
 };
 
 use crate::spec::ReleaseSpec;
@@ -117,10 +117,17 @@ fn pump(
     }
 }
 
-fn payload_writer(path: &Path, level: i32) -> Result<PayloadWriter<BufWriter<File>>, Error> {
+fn payload_writer(
+    path: &Path,
+    compression: Compression,
+    level: i32,
+) -> Result<PayloadWriter<BufWriter<File>>, Error> {
     let file = File::create(path).map_err(output_err(path))?;
-    PayloadWriter::zstd(BufWriter::with_capacity(1 << 20, file), level, workers())
-        .map_err(output_err(path))
+    let out = BufWriter::with_capacity(1 << 20, file);
+    match compression {
+        Compression::None => Ok(PayloadWriter::plain(out)),
+        Compression::Zstd => PayloadWriter::zstd(out, level, workers()).map_err(output_err(path)),
+    }
 }
 
 fn finish_payload(pw: PayloadWriter<BufWriter<File>>, path: &Path) -> Result<PayloadInfo, Error> {
@@ -150,7 +157,7 @@ fn stage_file(
     })?;
     let total = src.metadata().map(|m| m.len()).ok();
     let task = opts.progress.begin(name, total);
-    let mut pw = payload_writer(&path, opts.spec.level)?;
+    let mut pw = payload_writer(&path, Compression::Zstd, opts.spec.level)?;
     pump(
         &mut src,
         &mut |b| pw.write_all(b),
@@ -203,10 +210,10 @@ fn stage_tree(
     let path = staging.join(format!("{name}.payload"));
     let task = opts
         .progress
-        .begin(&format!("{name}: verity + zstd"), Some(image_len));
+        .begin(&format!("{name}: verity + payload"), Some(image_len));
     let salt = derive(opts.spec, name, "verity-salt");
     let mut verity = VerityBuilder::new(&salt, derive_uuid(opts.spec, name));
-    let mut pw = payload_writer(&path, opts.spec.level)?;
+    let mut pw = payload_writer(&path, opts.spec.images, opts.spec.level)?;
     let mut feed = |b: &[u8]| {
         verity.update(b);
         pw.write_all(b)

@@ -208,8 +208,16 @@ pub fn build(
 impl Fixture {
     /// Builds a fixture with trees of about `tree_bytes` each.
     pub fn new(tree_bytes: u64) -> Fixture {
+        Fixture::with_spec(tree_bytes, "")
+    }
+
+    /// Like [`Fixture::new`], with `extra` TOML appended to the spec.
+    pub fn with_spec(tree_bytes: u64, extra: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let spec_path = write_inputs(dir.path(), tree_bytes);
+        let mut text = std::fs::read_to_string(&spec_path).unwrap();
+        text.push_str(extra);
+        std::fs::write(&spec_path, text).unwrap();
         let key = test_key(1);
         let bundle = dir.path().join("out.qimg");
         build(&spec_path, &bundle, std::slice::from_ref(&key)).unwrap();

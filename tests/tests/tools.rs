@@ -230,3 +230,35 @@ fn minisign_verifies_the_manifest_signature_and_our_tool_reads_minisign_keys() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn images_stored_without_second_compression_are_usable_as_is() {
+    if !(tool("tar") && tool("unsquashfs") && tool("veritysetup")) {
+        return;
+    }
+    let f = Fixture::with_spec(1_000_000, "[compression]\nimages = \"none\"\n");
+    assert_eq!(tests::verify_bytes(&f.bytes, &f.trusted()).unwrap(), 4);
+    let x = extract(&f);
+    let manifest = manifest_json(&x);
+    let c = &manifest["components"][0];
+    assert_eq!(c["compression"], "none");
+    assert_eq!(c["stored_sha256"], c["sha256"]);
+    assert_eq!(
+        manifest["components"][1]["compression"], "zstd",
+        "the UKI is still compressed"
+    );
+    // The member is the slot content itself: squashfs, then the hash area.
+    let img = x.join("payload/rootfs");
+    let listed = run(Command::new("unsquashfs").args(["-l", "-d", ""]).arg(&img));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("/etc/os-release"));
+    let v = &c["verity"];
+    run(Command::new("veritysetup")
+        .arg("verify")
+        .arg(&img)
+        .arg(&img)
+        .arg(v["root_hash"].as_str().unwrap())
+        .arg(format!(
+            "--hash-offset={}",
+            v["hash_offset"].as_u64().unwrap()
+        )));
+}
