@@ -214,20 +214,36 @@ fn stage_tree(
     let salt = derive(opts.spec, name, "verity-salt");
     let mut verity = VerityBuilder::new(&salt, derive_uuid(opts.spec, name));
     let mut pw = payload_writer(&path, opts.spec.images, opts.spec.level)?;
-    let mut feed = |b: &[u8]| {
-        verity.update(b);
-        pw.write_all(b)
-    };
-    pump(
-        &mut image,
-        &mut feed,
-        task.as_ref(),
-        opts.cancel,
-        &image_path,
-        &path,
-    )?;
-    let pad = (4096 - image_len % 4096) % 4096;
-    feed(&vec![0u8; pad as usize]).map_err(output_err(&path))?;
+    // The hash tree is built on its own thread from shared chunks while this thread
+    // feeds the payload writer.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
+    let (pumped, verity) = std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            for chunk in rx {
+                verity.update(&chunk);
+            }
+            verity
+        });
+        let mut feed = |b: &[u8]| {
+            let _ = tx.send(std::sync::Arc::from(b));
+            pw.write_all(b)
+        };
+        let pumped = pump(
+            &mut image,
+            &mut feed,
+            task.as_ref(),
+            opts.cancel,
+            &image_path,
+            &path,
+        )
+        .and_then(|_| {
+            let pad = (4096 - image_len % 4096) % 4096;
+            feed(&vec![0u8; pad as usize]).map_err(output_err(&path))
+        });
+        drop(tx);
+        (pumped, hasher.join().expect("verity thread panicked"))
+    });
+    pumped?;
     let (info, area) = verity
         .finish()
         .map_err(|reason| Error::Usage(format!("{name}: {reason}")))?;
