@@ -28,6 +28,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "minisign" => "minisign",
         "zstd" => "zstd",
         "tar" => "tar",
+        "sgdisk" => "gdisk",
         _ => "?",
     }
 }

@@ -10,6 +10,7 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("minisign", "minisign"),
     ("zstd", "zstd"),
     ("tar", "tar"),
+    ("gdisk", "sgdisk"),
 ];
 
 /// What `cargo xtask bench` additionally needs.
