@@ -182,7 +182,7 @@ fn other_owners_attribute_bits_are_preserved() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let (path, mut f) = disk(d.path(), "d.raw");
+    let (path, f) = disk(d.path(), "d.raw");
     // Another tool sets type-specific bit 50 on the data partition and bit 55 on slot B.
     run(Command::new("sgdisk")
         .args(["-A", "6:set:50", "-A", "4:set:55"])
