@@ -79,6 +79,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build a Unified Kernel Image from the systemd EFI stub.
+    Uki {
+        /// The stub (package systemd-boot-efi).
+        #[arg(long, default_value = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub")]
+        stub: PathBuf,
+        /// The kernel image.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The initrd.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// The kernel command line.
+        #[arg(long)]
+        cmdline: String,
+        /// os-release file for .osrel (IMAGE_ID/IMAGE_VERSION decide boot order).
+        #[arg(long)]
+        os_release: PathBuf,
+        /// .uname (default: read from the kernel's setup header).
+        #[arg(long)]
+        uname: Option<String>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Build a signed example bundle from generated sample content, then inspect it.
     Demo {
         /// Directory for the key pair, the sample inputs and the bundle.
@@ -268,6 +292,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if !r.ok {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Uki {
+            stub,
+            kernel,
+            initrd,
+            cmdline,
+            os_release,
+            uname,
+            out: output,
+        } => {
+            let sections = imagebuild::uki::build_files(
+                &stub,
+                &kernel,
+                initrd.as_deref(),
+                &os_release,
+                &cmdline,
+                uname,
+                &output,
+            )?;
+            eprintln!("imagebuild: wrote {}", output.display());
+            for s in sections {
+                out(&format!(
+                    "{:<10} vma {:#010x} size {:#010x}\n",
+                    s.name, s.virtual_address, s.virtual_size
+                ))?;
             }
         }
         Command::Demo { out: dir } => {

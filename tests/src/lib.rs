@@ -29,6 +29,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "zstd" => "zstd",
         "tar" => "tar",
         "sgdisk" => "gdisk",
+        "objdump" => "binutils",
         _ => "?",
     }
 }
@@ -50,6 +51,24 @@ pub fn tool(name: &str) -> bool {
         "{name} is not installed (Debian package {}); `cargo xtask ci` installs it. \
          Set {SKIP_ENV}=1 to skip tests that need it.",
         package_of(name)
+    );
+}
+
+/// The systemd EFI stub, from Debian's systemd-boot-efi.
+pub const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// Like [`tool`], for a file a Debian package provides.
+pub fn file_from_package(path: &str, package: &str) -> bool {
+    if Path::new(path).is_file() {
+        return true;
+    }
+    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {path} is missing and {SKIP_ENV}=1");
+        return false;
+    }
+    panic!(
+        "{path} is missing (Debian package {package}); `cargo xtask ci` installs it. \
+         Set {SKIP_ENV}=1 to skip tests that need it."
     );
 }
 

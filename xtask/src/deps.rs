@@ -11,7 +11,14 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("zstd", "zstd"),
     ("tar", "tar"),
     ("gdisk", "sgdisk"),
+    ("binutils", "objdump"),
 ];
+
+/// Files the tests need, with the Debian package that provides each.
+pub const TEST_FILES: &[(&str, &str)] = &[(
+    "systemd-boot-efi",
+    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+)];
 
 /// What `cargo xtask bench` additionally needs.
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[
@@ -23,9 +30,56 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("tar", "tar"),
 ];
 
+/// Installs the packages of missing files (see [`ensure`]).
+pub fn ensure_files(files: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<(&str, &str)> = files
+        .iter()
+        .filter(|(_, path)| !std::path::Path::new(path).is_file())
+        .map(|(pkg, path)| (*pkg, *path))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // Install the packages that provide them.
+    install(&missing.iter().map(|(p, _)| *p).collect::<Vec<_>>())?;
+    for (_, path) in files {
+        if !std::path::Path::new(path).is_file() {
+            return Err(format!("after installing, still missing: {path}"));
+        }
+    }
+    Ok(())
+}
+
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Installs `missing` packages with apt-get when root; otherwise fails with the list.
+fn install(missing: &[&str]) -> Result<(), String> {
+    let list = missing.join(" ");
+    if !is_root() {
+        return Err(format!(
+            "missing Debian packages: {list}\n  install them with: sudo apt-get install -y {list}"
+        ));
+    }
+    eprintln!("xtask: installing Debian packages: {list}");
+    let run = |update: bool| -> bool {
+        if update {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        }
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Package lists may be missing or stale on a fresh machine: update once on failure.
+    if !run(false) && !run(true) {
+        return Err(format!("apt-get install {list} failed"));
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -51,28 +105,7 @@ pub fn ensure(packages: &[(&str, &str)]) -> Result<(), String> {
         );
         return Ok(());
     }
-    let list = missing.join(" ");
-    if !is_root() {
-        return Err(format!(
-            "missing Debian packages: {list}\n  install them with: sudo apt-get install -y {list}"
-        ));
-    }
-    eprintln!("xtask: installing Debian packages: {list}");
-    let install = |update: bool| -> bool {
-        if update {
-            let _ = Command::new("apt-get").args(["update", "-q"]).status();
-        }
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    // Package lists may be missing or stale on a fresh machine: update once on failure.
-    if !install(false) && !install(true) {
-        return Err(format!("apt-get install {list} failed"));
-    }
+    install(&missing)?;
     let still: Vec<&str> = packages
         .iter()
         .filter(|(_, tool)| !on_path(tool))

@@ -75,6 +75,7 @@ fn cargo() -> Command {
 fn ci() -> Result<(), String> {
     let start = std::time::Instant::now();
     deps::ensure(deps::TEST_PACKAGES)?;
+    deps::ensure_files(deps::TEST_FILES)?;
     step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(
         "clippy",
