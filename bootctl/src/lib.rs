@@ -7,6 +7,10 @@
 //! - [`model`]: a pure model of systemd-boot 252's entry selection and renames.
 //! - [`layout`]: the node disk layout (DPS partition types, derived identifiers).
 //! - [`table`]: reading, validating and writing the GPT with the `gpt` crate.
+//! - [`uki`]: building Unified Kernel Images and inspecting them (goblin).
+//!
+//! The `qbootctl` binary (named so it never shadows systemd's `bootctl` on a node) is
+//! a thin CLI over this library.
 //!
 //! Still to come: the ESP backends (a mounted directory on a live node, the FAT
 //! partition inside an image file offline), UKI building and inspection, and the
@@ -18,6 +22,7 @@ pub mod fnmatch;
 pub mod layout;
 pub mod model;
 pub mod table;
+pub mod uki;
 pub mod verscmp;
 
 /// Errors of the `bootctl` library.
@@ -32,6 +37,21 @@ pub enum Error {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not a Unified Kernel Image (or a stub one can be built from).
+    #[error("not a UKI: {reason}")]
+    NotUki {
+        /// What is wrong.
+        reason: String,
     },
     /// The partition table is damaged, inconsistent, or would become so.
     #[error("partition table: {reason}")]

@@ -1,5 +1,5 @@
-//! Building release artifacts: signed `.qimg` bundles from a release spec, and
-//! Unified Kernel Images ([`uki`]).
+//! Building release artifacts: signed `.qimg` bundles from a release spec. The
+//! `imagebuild uki` command uses `bootctl::uki::build`.
 //!
 //! The pipeline ([`bundle::build`]) stages each component in a private directory next
 //! to the output (squashfs + dm-verity for root directories, zstd for everything),
@@ -22,7 +22,6 @@ pub mod sample;
 pub mod spec;
 pub mod spill;
 pub mod squashfs;
-pub mod uki;
 
 /// Name and version of this tool, recorded in every manifest.
 pub const TOOL: &str = concat!("imagebuild ", env!("CARGO_PKG_VERSION"));
@@ -136,12 +135,6 @@ pub enum Error {
         /// The cause.
         #[source]
         source: qimg::Error,
-    },
-    /// A Unified Kernel Image cannot be built from these inputs.
-    #[error("building the UKI: {reason}")]
-    Uki {
-        /// What is wrong.
-        reason: String,
     },
     /// Invalid build options.
     #[error("{0}")]

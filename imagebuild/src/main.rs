@@ -303,7 +303,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             uname,
             out: output,
         } => {
-            let sections = imagebuild::uki::build_files(
+            let sections = bootctl::uki::build::build_files(
                 &stub,
                 &kernel,
                 initrd.as_deref(),

@@ -29,7 +29,7 @@ fn objdump_lists_the_uki_sections_in_canonical_order() {
     )
     .unwrap();
     let out = p("x.efi");
-    imagebuild::uki::build_files(
+    bootctl::uki::build::build_files(
         std::path::Path::new(STUB),
         &p("vmlinuz"),
         Some(&p("initrd")),
@@ -68,4 +68,49 @@ fn objdump_lists_the_uki_sections_in_canonical_order() {
     let private =
         String::from_utf8(run(Command::new("objdump").arg("-p").arg(&out)).stdout).unwrap();
     assert!(private.contains("(EFI application)"), "{private}");
+}
+
+#[test]
+fn inspection_reads_back_what_was_built_and_names_what_is_wrong() {
+    if !file_from_package(STUB, "systemd-boot-efi") {
+        return;
+    }
+    use bootctl::uki::build::{UkiInputs, build};
+    use bootctl::uki::inspect;
+    let stub = std::fs::read(STUB).unwrap();
+    let inputs = UkiInputs {
+        stub: stub.clone(),
+        osrel: b"ID=qimg\nIMAGE_ID=qimg-core\nIMAGE_VERSION=7.1.0\nPRETTY_NAME=\"qimg 7.1.0\"\n"
+            .to_vec(),
+        cmdline: "console=ttyS0 quiet\n".into(),
+        kernel: fake_kernel(),
+        initrd: None,
+        uname: None,
+    };
+    let info = inspect(&build(&inputs).unwrap()).unwrap();
+    assert_eq!(info.id.as_deref(), Some("qimg"));
+    assert_eq!(info.image_id.as_deref(), Some("qimg-core"));
+    assert_eq!(info.version.as_deref(), Some("7.1.0"));
+    assert_eq!(info.title.as_deref(), Some("qimg 7.1.0"));
+    assert_eq!(info.cmdline.as_deref(), Some("console=ttyS0 quiet"));
+    assert_eq!(info.kernel_release.as_deref(), Some("6.1.0-99-amd64"));
+    let linux = info.sections.iter().find(|s| s.name == ".linux").unwrap();
+    assert_eq!(linux.size, 300_000);
+    assert!(
+        !info.sections.iter().any(|s| s.name == ".initrd"),
+        "no initrd was given"
+    );
+
+    let reason = |bytes: &[u8]| match inspect(bytes) {
+        Err(bootctl::Error::NotUki { reason }) => reason,
+        other => panic!("{other:?}"),
+    };
+    assert!(reason(b"#!/bin/sh\n").contains("not a PE image"));
+    assert!(reason(&stub).contains("no .linux section"));
+    // An EFI boot-service driver (subsystem 11) is not an EFI application.
+    let mut driver = build(&inputs).unwrap();
+    let pe = u32::from_le_bytes(driver[0x3c..0x40].try_into().unwrap()) as usize;
+    let subsystem = pe + 4 + 20 + 68;
+    driver[subsystem] = 11;
+    assert!(reason(&driver).contains("not an EFI application"));
 }

@@ -1,4 +1,4 @@
-//! Unified Kernel Images: the distribution's systemd EFI stub plus `.osrel`,
+//! Building Unified Kernel Images: the distribution's systemd EFI stub plus `.osrel`,
 //! `.cmdline`, `.linux`, `.initrd` and `.uname` sections (UAPI.5), written in Rust.
 //!
 //! The stub's headers and sections are kept byte for byte; new section headers go
@@ -116,7 +116,7 @@ struct Pe {
 }
 
 fn bad(reason: impl Into<String>) -> Error {
-    Error::Uki {
+    Error::NotUki {
         reason: reason.into(),
     }
 }
@@ -322,7 +322,7 @@ pub fn build_files(
     out: &Path,
 ) -> Result<Vec<SectionHeader>, Error> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| Error::Input {
+        std::fs::read(p).map_err(|source| Error::File {
             path: p.to_owned(),
             source,
         })
@@ -340,7 +340,7 @@ pub fn build_files(
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let write_err = |source| Error::Output {
+    let write_err = |source| Error::File {
         path: out.to_owned(),
         source,
     };
