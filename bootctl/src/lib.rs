@@ -7,17 +7,18 @@
 //! - [`model`]: a pure model of systemd-boot 252's entry selection and renames.
 //! - [`layout`]: the node disk layout (DPS partition types, derived identifiers).
 //! - [`table`]: reading, validating and writing the GPT with the `gpt` crate.
+//! - [`esp`]: the ESP as a mounted directory or inside an image (fatfs), one interface.
 //! - [`uki`]: building Unified Kernel Images and inspecting them (goblin).
 //!
 //! The `qbootctl` binary (named so it never shadows systemd's `bootctl` on a node) is
 //! a thin CLI over this library.
 //!
-//! Still to come: the ESP backends (a mounted directory on a live node, the FAT
-//! partition inside an image file offline), UKI building and inspection, and the
-//! `qbootctl` CLI (`status`, `set-next`, `mark-good`, `mark-bad`, `rollback`).
+//! Still to come: installing and blessing entries, slot writes, `imagebuild disk`,
+//! and the rest of the `qbootctl` CLI (`status`, `set-next`, `mark-good`, `mark-bad`, `rollback`).
 #![deny(missing_docs)]
 
 pub mod counter;
+pub mod esp;
 pub mod fnmatch;
 pub mod layout;
 pub mod model;
@@ -37,6 +38,35 @@ pub enum Error {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// An ESP operation failed.
+    #[error("ESP: {op} {path}")]
+    Esp {
+        /// The operation.
+        op: &'static str,
+        /// The path on the ESP.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file does not fit the ESP; nothing was changed.
+    #[error("ESP is full: {path} needs {needed} bytes, {free} are free")]
+    EspFull {
+        /// The file.
+        path: String,
+        /// Bytes needed (with slack).
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// A path on the ESP is not acceptable.
+    #[error("bad ESP path {path:?}: {reason}")]
+    BadPath {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// Reading or writing a file failed.
     #[error("{path}")]

@@ -30,6 +30,8 @@ pub fn package_of(tool: &str) -> &'static str {
         "tar" => "tar",
         "sgdisk" => "gdisk",
         "objdump" => "binutils",
+        "fsck.vfat" => "dosfstools",
+        "mdir" => "mtools",
         _ => "?",
     }
 }

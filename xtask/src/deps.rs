@@ -12,6 +12,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tar", "tar"),
     ("gdisk", "sgdisk"),
     ("binutils", "objdump"),
+    ("dosfstools", "fsck.vfat"),
+    ("mtools", "mdir"),
 ];
 
 /// Files the tests need, with the Debian package that provides each.

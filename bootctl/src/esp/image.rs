@@ -1,0 +1,203 @@
+//! The ESP inside a disk image, through `fatfs` over the partition's byte range.
+
+use std::io::{Read, Seek, Write};
+
+use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
+
+use super::{DIRS, Esp, Slice, TMP_SUFFIX, check_path, check_room, esp_err, fat};
+use crate::Error;
+
+/// Formats the byte range as FAT32 with the given volume id and label, creates the
+/// standard directories ([`DIRS`]) and repairs their `.`/`..` entries so that
+/// `fsck.vfat` finds nothing to fix.
+pub fn format<D: Read + Write + Seek>(
+    dev: &mut D,
+    start: u64,
+    len: u64,
+    volume_id: u32,
+) -> Result<(), Error> {
+    let mut slice = Slice::new(&mut *dev, start, len);
+    let e = |op| esp_err(op, "ESP");
+    fatfs::format_volume(
+        &mut slice,
+        FormatVolumeOptions::new()
+            .fat_type(FatType::Fat32)
+            .volume_id(volume_id)
+            .volume_label(*b"ESP        "),
+    )
+    .map_err(e("formatting"))?;
+    {
+        let fs = FileSystem::new(&mut slice, FsOptions::new().update_accessed_date(false))
+            .map_err(e("mounting"))?;
+        for d in DIRS {
+            fs.root_dir()
+                .create_dir(d)
+                .map_err(e("creating directories in"))?;
+        }
+        // Fills in the FSInfo free-cluster count, which fatfs 0.3.6 leaves unset.
+        fs.stats().map_err(e("counting free space of"))?;
+        fs.unmount().map_err(e("unmounting"))?;
+    }
+    for d in DIRS {
+        fat::fix_dot_entries(&mut slice, d).map_err(e("repairing directories of"))?;
+    }
+    Ok(())
+}
+
+/// An ESP inside an image, mounted with fatfs. Call [`Esp::flush`] (or drop it) to
+/// write the filesystem's bookkeeping back.
+pub struct ImageEsp<D: Read + Write + Seek> {
+    fs: Option<FileSystem<Slice<D>>>,
+}
+
+impl<D: Read + Write + Seek> ImageEsp<D> {
+    /// Mounts the FAT filesystem in `len` bytes of `dev` from `start`.
+    pub fn open(dev: D, start: u64, len: u64) -> Result<ImageEsp<D>, Error> {
+        let fs = FileSystem::new(
+            Slice::new(dev, start, len),
+            FsOptions::new().update_accessed_date(false),
+        )
+        .map_err(esp_err("mounting", "ESP"))?;
+        Ok(ImageEsp { fs: Some(fs) })
+    }
+
+    fn fs(&self) -> &FileSystem<Slice<D>> {
+        self.fs.as_ref().expect("open until flushed")
+    }
+
+    fn split(path: &str) -> (&str, &str) {
+        path.rsplit_once('/').unwrap_or(("", path))
+    }
+}
+
+impl<D: Read + Write + Seek> Esp for ImageEsp<D> {
+    fn list(&mut self, dir: &str) -> Result<Vec<String>, Error> {
+        check_path(dir)?;
+        let d = self
+            .fs()
+            .root_dir()
+            .open_dir(dir)
+            .map_err(esp_err("listing", dir))?;
+        let mut out = vec![];
+        for e in d.iter() {
+            let e = e.map_err(esp_err("listing", dir))?;
+            if e.is_file() {
+                out.push(e.file_name());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, Error> {
+        check_path(path)?;
+        let mut f = self
+            .fs()
+            .root_dir()
+            .open_file(path)
+            .map_err(esp_err("reading", path))?;
+        let mut v = vec![];
+        f.read_to_end(&mut v).map_err(esp_err("reading", path))?;
+        Ok(v)
+    }
+
+    fn exists(&mut self, path: &str) -> Result<bool, Error> {
+        check_path(path)?;
+        let (dir, name) = Self::split(path);
+        let root = self.fs().root_dir();
+        let d = if dir.is_empty() {
+            root
+        } else {
+            match root.open_dir(dir) {
+                Ok(d) => d,
+                Err(_) => return Ok(false),
+            }
+        };
+        for e in d.iter() {
+            if e.map_err(esp_err("listing", dir))?
+                .file_name()
+                .eq_ignore_ascii_case(name)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn free_bytes(&mut self) -> Result<u64, Error> {
+        let s = self
+            .fs()
+            .stats()
+            .map_err(esp_err("measuring free space of", "ESP"))?;
+        Ok(u64::from(s.free_clusters()) * u64::from(s.cluster_size()))
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), Error> {
+        check_path(from)?;
+        check_path(to)?;
+        if self.exists(to)? {
+            return Err(Error::Esp {
+                op: "renaming onto",
+                path: to.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let (dir, _) = Self::split(to);
+        let root = self.fs().root_dir();
+        let dst = if dir.is_empty() {
+            root.clone()
+        } else {
+            root.open_dir(dir).map_err(esp_err("renaming into", to))?
+        };
+        root.rename(from, &dst, Self::split(to).1)
+            .map_err(esp_err("renaming", from))
+    }
+
+    fn remove(&mut self, path: &str) -> Result<(), Error> {
+        check_path(path)?;
+        self.fs()
+            .root_dir()
+            .remove(path)
+            .map_err(esp_err("removing", path))
+    }
+
+    fn write_new(&mut self, path: &str, data: &[u8]) -> Result<(), Error> {
+        check_path(path)?;
+        if self.exists(path)? {
+            return Err(Error::Esp {
+                op: "writing",
+                path: path.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        check_room(self, path, data.len() as u64)?;
+        let tmp = format!("{path}{TMP_SUFFIX}");
+        {
+            let mut f = self
+                .fs()
+                .root_dir()
+                .create_file(&tmp)
+                .map_err(esp_err("creating", path))?;
+            f.truncate().map_err(esp_err("writing", path))?;
+            f.write_all(data)
+                .and_then(|()| f.flush())
+                .map_err(esp_err("writing", path))?;
+        }
+        self.rename(&tmp, path)
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if let Some(fs) = self.fs.take() {
+            fs.stats()
+                .map_err(esp_err("counting free space of", "ESP"))?;
+            fs.unmount().map_err(esp_err("unmounting", "ESP"))?;
+        }
+        Ok(())
+    }
+}
+
+impl<D: Read + Write + Seek> Drop for ImageEsp<D> {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}

@@ -1,0 +1,188 @@
+//! The ESP inside a disk image (fatfs) and as a directory, checked with fsck.vfat,
+//! mdir and sgdisk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bootctl::Error;
+use bootctl::esp::{self, DirEsp, Esp, ImageEsp};
+use bootctl::layout::{LayoutSpec, MIB};
+use bootctl::table;
+use tests::{run, tool};
+
+const DISK: u64 = 384 * MIB;
+
+/// A disk with the standard layout and a formatted ESP; returns (path, ESP start, ESP length).
+fn disk(dir: &Path) -> (PathBuf, u64, u64) {
+    let path = dir.join("disk.raw");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(DISK).unwrap();
+    let spec = LayoutSpec {
+        product: "qimg-demo".into(),
+        esp_mib: 64,
+        root_mib: 100,
+        verity_mib: 4,
+        min_data_mib: 8,
+    };
+    let t = table::create(&mut f, &spec.plan(DISK).unwrap()).unwrap();
+    let p = &t.partitions[&1];
+    let (start, len) = (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512);
+    esp::format(&mut f, start, len, 0x1234_abcd).unwrap();
+    (path, start, len)
+}
+
+fn open(path: &Path, start: u64, len: u64) -> ImageEsp<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    ImageEsp::open(f, start, len).unwrap()
+}
+
+/// fsck.vfat -n on the ESP cut out of the image (dosfstools cannot take an offset).
+fn fsck(path: &Path, start: u64, len: u64) {
+    let mut buf = vec![0u8; len as usize];
+    let mut f = File::open(path).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    let cut = path.with_extension("esp");
+    std::fs::write(&cut, &buf).unwrap();
+    let out = run(Command::new("fsck.vfat").arg("-n").arg(&cut));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Fix") && !text.contains("Expected") && !text.contains("uninitialized"),
+        "{text}"
+    );
+}
+
+fn mdir(path: &Path, start: u64, dir: &str) -> String {
+    let out = run(Command::new("mdir")
+        .arg("-i")
+        .arg(format!("{}@@{start}", path.display()))
+        .arg(format!("::/{dir}")));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn image_esp_is_clean_for_fsck_and_readable_by_mtools() {
+    if !(tool("fsck.vfat") && tool("mdir") && tool("sgdisk")) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (path, start, len) = disk(d.path());
+    fsck(&path, start, len);
+    {
+        let mut e = open(&path, start, len);
+        e.write_new("EFI/BOOT/BOOTX64.EFI", &vec![0xaa; 150_000])
+            .unwrap();
+        e.write_new("loader/loader.conf", b"timeout 0\neditor no\n")
+            .unwrap();
+        e.write_new("EFI/Linux/qimg-demo-a-7.0.0.efi", &vec![1; 400_000])
+            .unwrap();
+        e.write_new("EFI/Linux/qimg-demo-b-7.1.0+3-0.efi", &vec![2; 400_000])
+            .unwrap();
+        // What systemd-boot does on a boot attempt: a same-length rename.
+        e.rename(
+            "EFI/Linux/qimg-demo-b-7.1.0+3-0.efi",
+            "EFI/Linux/qimg-demo-b-7.1.0+2-1.efi",
+        )
+        .unwrap();
+        e.flush().unwrap();
+    }
+    fsck(&path, start, len);
+    run(Command::new("sgdisk").arg("-v").arg(&path));
+    let listing = mdir(&path, start, "EFI/Linux");
+    assert!(listing.contains("qimg-demo-a-7.0.0.efi"), "{listing}");
+    assert!(listing.contains("qimg-demo-b-7.1.0+2-1.efi"), "{listing}");
+    assert!(!listing.contains("qimg-tmp"), "{listing}");
+    let mut e = open(&path, start, len);
+    assert_eq!(
+        e.list("EFI/Linux").unwrap(),
+        ["qimg-demo-a-7.0.0.efi", "qimg-demo-b-7.1.0+2-1.efi"]
+    );
+    assert_eq!(
+        e.read("loader/loader.conf").unwrap(),
+        b"timeout 0\neditor no\n"
+    );
+    assert_eq!(e.read("EFI/BOOT/BOOTX64.EFI").unwrap().len(), 150_000);
+}
+
+#[test]
+fn full_esp_is_refused_before_anything_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let (path, start, len) = disk(d.path());
+    let before = std::fs::read(&path).unwrap();
+    let mut e = open(&path, start, len);
+    let free = e.free_bytes().unwrap();
+    match e.write_new("EFI/Linux/huge.efi", &vec![0; free as usize]) {
+        Err(Error::EspFull {
+            needed, free: f, ..
+        }) => {
+            assert!(needed > f);
+            assert_eq!(f, free);
+        }
+        other => panic!("{other:?}"),
+    }
+    e.flush().unwrap();
+    drop(e);
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a refused write changed the disk"
+    );
+}
+
+#[test]
+fn same_inputs_same_esp_bytes() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let write = |dir: &Path| {
+        let (path, start, len) = disk(dir);
+        let mut e = open(&path, start, len);
+        e.write_new("EFI/Linux/x+3-0.efi", b"uki").unwrap();
+        e.rename("EFI/Linux/x+3-0.efi", "EFI/Linux/x+2-1.efi")
+            .unwrap();
+        e.flush().unwrap();
+        drop(e);
+        std::fs::read(&path).unwrap()
+    };
+    assert!(write(a.path()) == write(b.path()));
+}
+
+#[test]
+fn both_backends_keep_the_same_rules() {
+    let d = tempfile::tempdir().unwrap();
+    let (path, start, len) = disk(d.path());
+    let dir = d.path().join("mounted");
+    for sub in esp::DIRS {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let mut image = open(&path, start, len);
+    let mut mounted = DirEsp::new(&dir);
+    for e in [&mut image as &mut dyn Esp, &mut mounted] {
+        e.write_new("EFI/Linux/a.efi", b"a").unwrap();
+        e.write_new("EFI/Linux/b.efi", b"b").unwrap();
+        // Never replace an existing file, by write or by rename.
+        assert!(e.write_new("EFI/Linux/a.efi", b"x").is_err());
+        assert!(e.rename("EFI/Linux/a.efi", "EFI/Linux/b.efi").is_err());
+        assert_eq!(e.read("EFI/Linux/a.efi").unwrap(), b"a");
+        e.rename("EFI/Linux/a.efi", "EFI/Linux/c.efi").unwrap();
+        assert!(!e.exists("EFI/Linux/a.efi").unwrap());
+        e.remove("EFI/Linux/b.efi").unwrap();
+        assert_eq!(e.list("EFI/Linux").unwrap(), ["c.efi"]);
+        for bad in ["/EFI/x", "EFI/../x", "", "EFI//x"] {
+            assert!(
+                matches!(e.write_new(bad, b""), Err(Error::BadPath { .. })),
+                "{bad}"
+            );
+        }
+        assert!(e.free_bytes().unwrap() > 0);
+    }
+}
