@@ -7,17 +7,19 @@
 //! - [`model`]: a pure model of systemd-boot 252's entry selection and renames.
 //! - [`layout`]: the node disk layout (DPS partition types, derived identifiers).
 //! - [`table`]: reading, validating and writing the GPT with the `gpt` crate.
+//! - [`entries`]: slot entries on the ESP: install, bless, mark bad, what boots next.
 //! - [`esp`]: the ESP as a mounted directory or inside an image (fatfs), one interface.
 //! - [`uki`]: building Unified Kernel Images and inspecting them (goblin).
 //!
 //! The `qbootctl` binary (named so it never shadows systemd's `bootctl` on a node) is
 //! a thin CLI over this library.
 //!
-//! Still to come: installing and blessing entries, slot writes, `imagebuild disk`,
+//! Still to come: slot writes, `imagebuild disk`,
 //! and the rest of the `qbootctl` CLI (`status`, `set-next`, `mark-good`, `mark-bad`, `rollback`).
 #![deny(missing_docs)]
 
 pub mod counter;
+pub mod entries;
 pub mod esp;
 pub mod fnmatch;
 pub mod layout;

@@ -264,3 +264,20 @@ pub fn verify_bytes(bytes: &[u8], keys: &qimg::TrustedKeys) -> Result<usize, qim
     let (reader, _) = qimg::BundleReader::open_verified(bytes, keys)?;
     Ok(reader.finish(&NoProgress)?.len())
 }
+
+/// A small UKI built from the real systemd stub, with `IMAGE_ID=<product>` and
+/// `IMAGE_VERSION=<version>` (the kernel is a stand-in: enough for the loader's model,
+/// not for booting).
+pub fn small_uki(product: &str, version: &str) -> Vec<u8> {
+    let mut kernel = vec![0u8; 8192];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    bootctl::uki::build::build(&bootctl::uki::build::UkiInputs {
+        stub: std::fs::read(STUB).expect("systemd-boot-efi stub"),
+        osrel: format!("ID={product}\nIMAGE_ID={product}\nIMAGE_VERSION={version}\n").into_bytes(),
+        cmdline: "console=ttyS0".into(),
+        kernel,
+        initrd: None,
+        uname: Some("6.1.0-0-amd64".into()),
+    })
+    .expect("building a UKI")
+}

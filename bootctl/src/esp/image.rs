@@ -1,6 +1,8 @@
 //! The ESP inside a disk image, through `fatfs` over the partition's byte range.
 
+use std::cell::RefCell;
 use std::io::{Read, Seek, Write};
+use std::rc::Rc;
 
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 
@@ -44,25 +46,81 @@ pub fn format<D: Read + Write + Seek>(
     Ok(())
 }
 
-/// An ESP inside an image, mounted with fatfs. Call [`Esp::flush`] (or drop it) to
-/// write the filesystem's bookkeeping back.
+/// A device shared between the mounted filesystem and its owner, so the owner can
+/// unmount (which writes fatfs's bookkeeping), flush and mount again.
+#[derive(Debug)]
+struct Shared<D>(Rc<RefCell<D>>);
+
+impl<D> Clone for Shared<D> {
+    fn clone(&self) -> Self {
+        Shared(Rc::clone(&self.0))
+    }
+}
+
+impl<D: Read> Read for Shared<D> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+impl<D: Write> Write for Shared<D> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+impl<D: Seek> Seek for Shared<D> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.0.borrow_mut().seek(to)
+    }
+}
+
+type Fs<D> = FileSystem<Slice<Shared<D>>>;
+
+/// An ESP inside an image, mounted with fatfs. [`Esp::flush`] writes the
+/// filesystem's bookkeeping and flushes the device; dropping does the same.
 pub struct ImageEsp<D: Read + Write + Seek> {
-    fs: Option<FileSystem<Slice<D>>>,
+    dev: Shared<D>,
+    start: u64,
+    len: u64,
+    fs: Option<Fs<D>>,
+}
+
+fn mount<D: Read + Write + Seek>(dev: &Shared<D>, start: u64, len: u64) -> Result<Fs<D>, Error> {
+    FileSystem::new(
+        Slice::new(dev.clone(), start, len),
+        FsOptions::new().update_accessed_date(false),
+    )
+    .map_err(esp_err("mounting", "ESP"))
 }
 
 impl<D: Read + Write + Seek> ImageEsp<D> {
     /// Mounts the FAT filesystem in `len` bytes of `dev` from `start`.
     pub fn open(dev: D, start: u64, len: u64) -> Result<ImageEsp<D>, Error> {
-        let fs = FileSystem::new(
-            Slice::new(dev, start, len),
-            FsOptions::new().update_accessed_date(false),
-        )
-        .map_err(esp_err("mounting", "ESP"))?;
-        Ok(ImageEsp { fs: Some(fs) })
+        let dev = Shared(Rc::new(RefCell::new(dev)));
+        let fs = mount(&dev, start, len)?;
+        Ok(ImageEsp {
+            dev,
+            start,
+            len,
+            fs: Some(fs),
+        })
     }
 
-    fn fs(&self) -> &FileSystem<Slice<D>> {
-        self.fs.as_ref().expect("open until flushed")
+    fn fs(&self) -> &Fs<D> {
+        self.fs.as_ref().expect("mounted except inside flush")
+    }
+
+    fn unmount(&mut self) -> Result<(), Error> {
+        if let Some(fs) = self.fs.take() {
+            fs.stats()
+                .map_err(esp_err("counting free space of", "ESP"))?;
+            fs.unmount().map_err(esp_err("unmounting", "ESP"))?;
+        }
+        self.dev.flush().map_err(esp_err("flushing", "ESP"))
     }
 
     fn split(path: &str) -> (&str, &str) {
@@ -187,17 +245,14 @@ impl<D: Read + Write + Seek> Esp for ImageEsp<D> {
     }
 
     fn flush(&mut self) -> Result<(), Error> {
-        if let Some(fs) = self.fs.take() {
-            fs.stats()
-                .map_err(esp_err("counting free space of", "ESP"))?;
-            fs.unmount().map_err(esp_err("unmounting", "ESP"))?;
-        }
+        self.unmount()?;
+        self.fs = Some(mount(&self.dev, self.start, self.len)?);
         Ok(())
     }
 }
 
 impl<D: Read + Write + Seek> Drop for ImageEsp<D> {
     fn drop(&mut self) {
-        let _ = self.flush();
+        let _ = self.unmount();
     }
 }

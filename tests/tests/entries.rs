@@ -1,0 +1,135 @@
+//! Slot entries on an ESP inside a disk image, driven through the loader model.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use bootctl::entries::{self, EntryState, LINUX_DIR};
+use bootctl::esp::{self, Esp, ImageEsp};
+use bootctl::layout::{LayoutSpec, MIB, Slot};
+use bootctl::model::{EfiVars, Reason};
+use bootctl::table;
+use tests::{STUB, file_from_package, small_uki};
+
+const P: &str = "qimg-demo";
+
+fn esp_image(dir: &Path) -> ImageEsp<File> {
+    let path = dir.join("disk.raw");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(256 * MIB).unwrap();
+    let spec = LayoutSpec {
+        product: P.into(),
+        esp_mib: 64,
+        root_mib: 40,
+        verity_mib: 2,
+        min_data_mib: 8,
+    };
+    let t = table::create(&mut f, &spec.plan(256 * MIB).unwrap()).unwrap();
+    let p = &t.partitions[&1];
+    let (start, len) = (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512);
+    esp::format(&mut f, start, len, 1).unwrap();
+    ImageEsp::open(f, start, len).unwrap()
+}
+
+/// What the loader does on a boot: select, then rename the counted entry.
+fn loader_boot(e: &mut dyn Esp) -> String {
+    let (found, sel) = entries::next(e, P, &EfiVars::default()).unwrap();
+    let chosen = &found[sel.chosen.unwrap()].entry;
+    let next = chosen.file_after_boot();
+    if next != chosen.file {
+        e.rename(
+            &format!("{LINUX_DIR}/{}", chosen.file),
+            &format!("{LINUX_DIR}/{next}"),
+        )
+        .unwrap();
+    }
+    next
+}
+
+fn names(e: &mut dyn Esp) -> Vec<String> {
+    e.list(LINUX_DIR).unwrap()
+}
+
+#[test]
+fn upgrade_try_bless_and_fallback() {
+    if !file_from_package(STUB, "systemd-boot-efi") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut e = esp_image(d.path());
+    let a = entries::install(&mut e, P, Slot::A, "7.0.0", &small_uki(P, "7.0.0"), None).unwrap();
+    assert_eq!(a, "qimg-demo-a-7.0.0.efi");
+    // Healthy upgrade: B with 3 tries boots first, is blessed, A stays as fallback.
+    let b = entries::install(&mut e, P, Slot::B, "7.1.0", &small_uki(P, "7.1.0"), Some(3)).unwrap();
+    assert_eq!(b, "qimg-demo-b-7.1.0+3-0.efi");
+    let booted = loader_boot(&mut e);
+    assert_eq!(booted, "qimg-demo-b-7.1.0+2-1.efi");
+    let blessed = entries::bless(&mut e, P, &booted).unwrap();
+    assert_eq!(blessed, "qimg-demo-b-7.1.0.efi");
+    assert_eq!(
+        names(&mut e),
+        ["qimg-demo-a-7.0.0.efi", "qimg-demo-b-7.1.0.efi"]
+    );
+    for _ in 0..3 {
+        assert_eq!(loader_boot(&mut e), "qimg-demo-b-7.1.0.efi");
+    }
+    // Broken upgrade into A: three tries, then B again, and A shows as bad.
+    entries::install(&mut e, P, Slot::A, "7.2.0", &small_uki(P, "7.2.0"), Some(3)).unwrap();
+    assert_eq!(
+        names(&mut e),
+        ["qimg-demo-a-7.2.0+3-0.efi", "qimg-demo-b-7.1.0.efi"]
+    );
+    let booted: Vec<String> = (0..5).map(|_| loader_boot(&mut e)).collect();
+    assert_eq!(
+        booted,
+        [
+            "qimg-demo-a-7.2.0+2-1.efi",
+            "qimg-demo-a-7.2.0+1-2.efi",
+            "qimg-demo-a-7.2.0+0-3.efi",
+            "qimg-demo-b-7.1.0.efi",
+            "qimg-demo-b-7.1.0.efi"
+        ]
+    );
+    let (found, sel) = entries::next(&mut e, P, &EfiVars::default()).unwrap();
+    assert_eq!(sel.reason, Reason::FirstInOrder);
+    let a_entry = found.iter().find(|x| x.slot == Some(Slot::A)).unwrap();
+    assert_eq!(
+        EntryState::of(a_entry.entry.counter),
+        EntryState::Bad { done: 3 }
+    );
+}
+
+#[test]
+fn mark_bad_makes_the_other_slot_boot_and_stale_entries_go() {
+    if !file_from_package(STUB, "systemd-boot-efi") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut e = esp_image(d.path());
+    entries::install(&mut e, P, Slot::A, "1.0", &small_uki(P, "1.0"), None).unwrap();
+    entries::install(&mut e, P, Slot::B, "2.0", &small_uki(P, "2.0"), Some(2)).unwrap();
+    let bad = entries::mark_bad(&mut e, "qimg-demo-b-2.0+2-0.efi").unwrap();
+    assert_eq!(bad, "qimg-demo-b-2.0+0-0.efi");
+    assert_eq!(loader_boot(&mut e), "qimg-demo-a-1.0.efi");
+    // Reinstalling a slot replaces its entries; a foreign UKI is left alone.
+    e.write_new("EFI/Linux/other-os.efi", &small_uki("other", "9"))
+        .unwrap();
+    entries::install(&mut e, P, Slot::B, "2.1", &small_uki(P, "2.1"), Some(3)).unwrap();
+    assert_eq!(
+        names(&mut e),
+        [
+            "other-os.efi",
+            "qimg-demo-a-1.0.efi",
+            "qimg-demo-b-2.1+3-0.efi"
+        ]
+    );
+    // Removing a slot's entries (before overwriting it) leaves the other slot bootable.
+    entries::remove_slot_entries(&mut e, P, Slot::B).unwrap();
+    assert_eq!(names(&mut e), ["other-os.efi", "qimg-demo-a-1.0.efi"]);
+    assert!(entries::install(&mut e, P, Slot::B, "3", &small_uki(P, "3"), Some(10)).is_err());
+}
