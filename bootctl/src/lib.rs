@@ -8,13 +8,14 @@
 //! - [`layout`]: the node disk layout (DPS partition types, derived identifiers).
 //! - [`table`]: reading, validating and writing the GPT with the `gpt` crate.
 //! - [`entries`]: slot entries on the ESP: install, bless, mark bad, what boots next.
+//! - [`slot`]: writing a platform root image into a slot (data + verity partitions).
 //! - [`esp`]: the ESP as a mounted directory or inside an image (fatfs), one interface.
 //! - [`uki`]: building Unified Kernel Images and inspecting them (goblin).
 //!
 //! The `qbootctl` binary (named so it never shadows systemd's `bootctl` on a node) is
 //! a thin CLI over this library.
 //!
-//! Still to come: slot writes, `imagebuild disk`,
+//! Still to come: `imagebuild disk`,
 //! and the rest of the `qbootctl` CLI (`status`, `set-next`, `mark-good`, `mark-bad`, `rollback`).
 #![deny(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod esp;
 pub mod fnmatch;
 pub mod layout;
 pub mod model;
+pub mod slot;
 pub mod table;
 pub mod uki;
 pub mod verscmp;
@@ -68,6 +70,14 @@ pub enum Error {
         /// The path.
         path: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// A slot's partitions are too small for an image; nothing was written.
+    #[error("slot {slot:?} is too small: {reason}")]
+    SlotTooSmall {
+        /// The slot.
+        slot: layout::Slot,
+        /// Sizes.
         reason: String,
     },
     /// Reading or writing a file failed.
