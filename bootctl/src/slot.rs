@@ -14,7 +14,6 @@ use gpt::DiskDevice;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::esp::Slice;
 use crate::layout::{EMPTY, ROOT_TYPE, Slot, VERITY_TYPE, slot_label, uuids_from_root_hash};
 use crate::table::{self, Table};
 
@@ -97,51 +96,16 @@ fn relabel<D: DiskDevice>(
     })
 }
 
-/// Copies `len` bytes from `src` into `dst`, leaving all-zero 4 KiB blocks unwritten
-/// when the destination is known to be zero (`sparse`), so image files stay sparse.
-fn copy<R: Read, W: Write + Seek>(
-    src: &mut R,
-    dst: &mut W,
-    len: u64,
-    sparse: bool,
-) -> Result<(), Error> {
-    let io = |what: &str| {
-        let what = what.to_owned();
-        move |source| Error::Device { what, source }
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        src.read_exact(&mut buf[..n])
-            .map_err(io("reading the slot image"))?;
-        for block in buf[..n].chunks(4096) {
-            if sparse && block.iter().all(|&b| b == 0) {
-                dst.seek(SeekFrom::Current(block.len() as i64))
-                    .map_err(io("writing the slot"))?;
-            } else {
-                dst.write_all(block).map_err(io("writing the slot"))?;
-            }
-        }
-        left -= n as u64;
-    }
-    dst.flush().map_err(io("flushing the slot"))
-}
-
-/// Writes `image` (read from `src`) into `slot`. The caller has removed the slot's
-/// boot entries. `sparse` says the slot's partitions are known to be all zeros (a
-/// fresh image file), so zero blocks can be skipped.
-pub fn write<D: DiskDevice, R: Read>(
+/// Checks that `image` fits `slot` and may go there, then marks the slot `_empty`.
+/// Returns where to write.
+pub fn begin<D: DiskDevice>(
     dev: &mut D,
     slot: Slot,
     image: &SlotImage,
-    src: &mut R,
-    sparse: bool,
-) -> Result<Table, Error> {
+) -> Result<SlotParts, Error> {
     let t = table::read(dev)?;
     let p = parts(&t, slot)?;
-    let label =
-        slot_label(&image.product, &image.version).map_err(|reason| Error::BadTable { reason })?;
+    slot_label(&image.product, &image.version).map_err(|reason| Error::BadTable { reason })?;
     let hash_len =
         image
             .size
@@ -172,17 +136,114 @@ pub fn write<D: DiskDevice, R: Read>(
         });
     }
     relabel(dev, p, EMPTY, None)?;
-    copy(
-        src,
-        &mut Slice::new(&mut *dev, p.root.1, p.root.2),
-        image.hash_offset,
-        sparse,
-    )?;
-    copy(
-        src,
-        &mut Slice::new(&mut *dev, p.verity.1, p.verity.2),
-        hash_len,
-        sparse,
-    )?;
-    relabel(dev, p, &label, Some(uuids_from_root_hash(&image.root_hash)))
+    Ok(p)
+}
+
+/// Receives the image's bytes in order and writes the data area into the root
+/// partition and the hash area into the verity partition, never outside them.
+pub struct SlotSink<'d, D> {
+    dev: &'d mut D,
+    parts: SlotParts,
+    hash_offset: u64,
+    size: u64,
+    pos: u64,
+    sparse: bool,
+}
+
+impl<'d, D: Write + Seek> SlotSink<'d, D> {
+    /// A sink for `image` into `parts` (from [`begin`]). With `sparse`, all-zero 4 KiB
+    /// blocks are skipped: only for partitions known to hold zeros (a fresh image).
+    pub fn new(dev: &'d mut D, parts: SlotParts, image: &SlotImage, sparse: bool) -> Self {
+        SlotSink {
+            dev,
+            parts,
+            hash_offset: image.hash_offset,
+            size: image.size,
+            pos: 0,
+            sparse,
+        }
+    }
+}
+
+impl<D: Write + Seek> Write for SlotSink<'_, D> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "more data than the image size",
+            ));
+        }
+        // Stay within the current area.
+        let (area_start, area_end, part_start) = if self.pos < self.hash_offset {
+            (0, self.hash_offset, self.parts.root.1)
+        } else {
+            (self.hash_offset, self.size, self.parts.verity.1)
+        };
+        let n = (buf.len() as u64).min(area_end - self.pos) as usize;
+        let at = part_start + (self.pos - area_start);
+        let data = &buf[..n];
+        let skip = self.sparse
+            && n.is_multiple_of(4096)
+            && at.is_multiple_of(4096)
+            && data.iter().all(|&b| b == 0);
+        if !skip {
+            self.dev.seek(SeekFrom::Start(at))?;
+            self.dev.write_all(data)?;
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.dev.flush()
+    }
+}
+
+/// After the image was written and verified: the slot's partitions get the version
+/// label and the DPS UUIDs derived from the root hash.
+pub fn commit<D: DiskDevice>(
+    dev: &mut D,
+    parts: SlotParts,
+    image: &SlotImage,
+) -> Result<Table, Error> {
+    let label =
+        slot_label(&image.product, &image.version).map_err(|reason| Error::BadTable { reason })?;
+    relabel(
+        dev,
+        parts,
+        &label,
+        Some(uuids_from_root_hash(&image.root_hash)),
+    )
+}
+
+/// Writes `image` (read from `src`) into `slot`: [`begin`], copy, [`commit`]. The
+/// caller has removed the slot's boot entries.
+pub fn write<D: DiskDevice, R: Read>(
+    dev: &mut D,
+    slot: Slot,
+    image: &SlotImage,
+    src: &mut R,
+    sparse: bool,
+) -> Result<Table, Error> {
+    let p = begin(dev, slot, image)?;
+    let mut sink = SlotSink::new(&mut *dev, p, image, sparse);
+    let copied =
+        std::io::copy(&mut src.take(image.size), &mut sink).map_err(|source| Error::Device {
+            what: format!("writing slot {slot:?}"),
+            source,
+        })?;
+    sink.flush().map_err(|source| Error::Device {
+        what: format!("flushing slot {slot:?}"),
+        source,
+    })?;
+    if copied != image.size {
+        return Err(Error::Device {
+            what: format!("writing slot {slot:?}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the image ended after {copied} of {} bytes", image.size),
+            ),
+        });
+    }
+    commit(dev, p, image)
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod bundle;
 pub mod demo;
+pub mod disk;
 pub mod keys;
 pub mod report;
 pub mod sample;
@@ -135,6 +136,13 @@ pub enum Error {
         /// The cause.
         #[source]
         source: qimg::Error,
+    },
+    /// A boot-slot operation (layout, ESP, slot write) failed.
+    #[error("disk image")]
+    Boot {
+        /// The cause.
+        #[source]
+        source: bootctl::Error,
     },
     /// Invalid build options.
     #[error("{0}")]

@@ -1,0 +1,223 @@
+//! `imagebuild disk`: a fresh, bootable node disk image from a bundle.
+//!
+//! Layout (`bootctl::layout`): ESP, root/verity A, root/verity B, data. The ESP gets
+//! the distribution's systemd-boot as `/EFI/BOOT/BOOTX64.EFI` and
+//! `/EFI/systemd/systemd-bootx64.efi`, and a `loader.conf` with `timeout 0`,
+//! `editor no` and no `default` (a `default` matching a counted entry would defeat
+//! fallback). Slot A gets the bundle's platform root (verified while it streams in)
+//! and its UKI as an uncounted entry; slot B stays `_empty`. Slots are labelled with
+//! the *platform* version: instant upgrades change the release version without
+//! touching the slot. The image is sparse, written to a temporary file and renamed.
+
+use std::fs::{File, OpenOptions};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use bootctl::entries;
+use bootctl::esp::{self, Esp, ImageEsp};
+use bootctl::layout::{LayoutSpec, MIB, Slot, derive_uuid};
+use bootctl::slot::{self, SlotImage, SlotSink};
+use bootctl::table;
+use qimg::{BundleReader, ComponentKind, Progress, Target, TrustedKeys};
+
+use crate::{Cancel, Error};
+
+/// Default systemd-boot binary (Debian's systemd-boot-efi).
+pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// Written to `loader/loader.conf`.
+pub const LOADER_CONF: &str = "timeout 0\neditor no\n";
+
+/// What to build.
+pub struct DiskOptions<'a> {
+    /// The bundle.
+    pub bundle: &'a Path,
+    /// Keys to verify the bundle's signature with; `None` checks digests only.
+    pub keys: Option<&'a TrustedKeys>,
+    /// Output image.
+    pub out: &'a Path,
+    /// Total size; `None` fits the layout (cloud images round up to whole GiB).
+    pub size: Option<u64>,
+    /// systemd-boot EFI binary.
+    pub systemd_boot: &'a Path,
+    /// Image target; must match the bundle's.
+    pub target: Target,
+    /// ESP size in MiB.
+    pub esp_mib: u64,
+    /// Root partition size per slot in MiB; `None`: the image plus 25%.
+    pub root_mib: Option<u64>,
+    /// Data partition size in MiB (at least).
+    pub data_mib: u64,
+    /// Progress sink.
+    pub progress: &'a dyn Progress,
+    /// Cancellation.
+    pub cancel: &'a Cancel,
+}
+
+/// What was built.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DiskReport {
+    /// The image.
+    pub file: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Slot A's label.
+    pub slot_a: String,
+    /// Slot B's label.
+    pub slot_b: String,
+    /// The boot entry installed for slot A.
+    pub entry: String,
+}
+
+fn boot(source: bootctl::Error) -> Error {
+    Error::Boot { source }
+}
+
+fn mib_up(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB)
+}
+
+/// Builds the disk image.
+pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
+    let bundle_err = |source| Error::Bundle {
+        path: o.bundle.to_owned(),
+        source,
+    };
+    let input = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Input { path, source }
+    };
+    let systemd_boot = std::fs::read(o.systemd_boot).map_err(input(o.systemd_boot))?;
+    let file = BufReader::with_capacity(1 << 20, File::open(o.bundle).map_err(input(o.bundle))?);
+    let mut reader = match o.keys {
+        Some(keys) => {
+            BundleReader::open_verified(file, keys)
+                .map_err(bundle_err)?
+                .0
+        }
+        None => BundleReader::open(file).map_err(bundle_err)?,
+    };
+    let m = reader.manifest().clone();
+    if m.release.target != o.target {
+        return Err(Error::Usage(format!(
+            "the bundle is for {:?} machines, the image for {:?}",
+            m.release.target, o.target
+        )));
+    }
+    let root = m
+        .components
+        .iter()
+        .find_map(|c| match &c.kind {
+            ComponentKind::PlatformRoot { verity, .. } => Some((c, verity)),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Usage("the bundle has no platform-root: nothing to boot".into()))?;
+    let (root_c, verity) = root;
+    let hash_bytes = root_c.size - verity.hash_offset;
+    let spec = LayoutSpec {
+        product: m.release.product.clone(),
+        esp_mib: o.esp_mib,
+        root_mib: o
+            .root_mib
+            .unwrap_or_else(|| mib_up(verity.hash_offset + verity.hash_offset / 4).max(64)),
+        verity_mib: mib_up(hash_bytes + hash_bytes / 4).max(2),
+        min_data_mib: o.data_mib,
+    };
+    let needed =
+        (2 + spec.esp_mib + 2 * (spec.root_mib + spec.verity_mib) + spec.min_data_mib) * MIB;
+    let mut size = o.size.unwrap_or(needed);
+    if o.target == Target::Cloud {
+        size = size.div_ceil(1 << 30) << 30; // EBS snapshots are whole GiB
+    }
+    let plan = spec.plan(size).map_err(Error::Usage)?;
+    let version = m.release.platform_version.to_string();
+    let image = SlotImage {
+        product: m.release.product.clone(),
+        version: version.clone(),
+        hash_offset: verity.hash_offset,
+        size: root_c.size,
+        root_hash: verity.root_hash.0,
+    };
+
+    let dir = match o.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let out_err = |source| Error::Output {
+        path: o.out.to_owned(),
+        source,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".disk-partial-")
+        .tempfile_in(&dir)
+        .map_err(out_err)?;
+    let mut dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tmp.path())
+        .map_err(out_err)?;
+    dev.set_len(size).map_err(out_err)?;
+    let t = table::create(&mut dev, &plan).map_err(boot)?;
+    let esp_part = &t.partitions[&1];
+    let (esp_start, esp_len) = (
+        esp_part.first_lba * 512,
+        (esp_part.last_lba - esp_part.first_lba + 1) * 512,
+    );
+    let vol = u32::from_le_bytes(
+        derive_uuid(&[b"esp-volume", plan.disk_guid.as_bytes()]).as_bytes()[..4]
+            .try_into()
+            .expect("4"),
+    );
+    esp::format(&mut dev, esp_start, esp_len, vol).map_err(boot)?;
+
+    // Stream the bundle once: the platform root into slot A, the UKI into memory;
+    // other components are verified and left for the node.
+    let parts = slot::begin(&mut dev, Slot::A, &image).map_err(boot)?;
+    let mut uki = Vec::new();
+    for c in &m.components {
+        o.cancel.check()?;
+        let got = match &c.kind {
+            ComponentKind::PlatformRoot { .. } => {
+                let mut sink = SlotSink::new(&mut dev, parts, &image, true);
+                reader.next_component(&mut sink, o.progress)
+            }
+            ComponentKind::BootUki => reader.next_component(&mut uki, o.progress),
+            _ => reader.next_component(std::io::sink(), o.progress),
+        };
+        got.map_err(bundle_err)?;
+    }
+    reader.finish(o.progress).map_err(bundle_err)?;
+    if uki.is_empty() {
+        return Err(Error::Usage("the bundle has no boot-uki".into()));
+    }
+    let t = slot::commit(&mut dev, parts, &image).map_err(boot)?;
+
+    let esp_dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tmp.path())
+        .map_err(out_err)?;
+    let mut esp = ImageEsp::open(esp_dev, esp_start, esp_len).map_err(boot)?;
+    esp.write_new("EFI/BOOT/BOOTX64.EFI", &systemd_boot)
+        .map_err(boot)?;
+    esp.write_new("EFI/systemd/systemd-bootx64.efi", &systemd_boot)
+        .map_err(boot)?;
+    esp.write_new(entries::LOADER_CONF, LOADER_CONF.as_bytes())
+        .map_err(boot)?;
+    let entry = entries::install(&mut esp, &m.release.product, Slot::A, &version, &uki, None)
+        .map_err(boot)?;
+    esp.flush().map_err(boot)?;
+    drop(esp);
+    dev.sync_all().map_err(out_err)?;
+    drop(dev);
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(out_err)?;
+    tmp.persist(o.out).map_err(|e| out_err(e.error))?;
+    Ok(DiskReport {
+        file: o.out.to_owned(),
+        size,
+        slot_a: slot::label(&t, Slot::A).map_err(boot)?,
+        slot_b: slot::label(&t, Slot::B).map_err(boot)?,
+        entry,
+    })
+}
