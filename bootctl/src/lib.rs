@@ -9,6 +9,8 @@
 //! - [`table`]: reading, validating and writing the GPT with the `gpt` crate.
 //! - [`entries`]: slot entries on the ESP: install, bless, mark bad, what boots next.
 //! - [`slot`]: writing a platform root image into a slot (data + verity partitions).
+//! - [`status`]: what `qbootctl` reports and does (status, mark-good, mark-bad,
+//!   rollback, set-next); [`efivars`]: the loader's EFI variables.
 //! - [`esp`]: the ESP as a mounted directory or inside an image (fatfs), one interface.
 //! - [`uki`]: building Unified Kernel Images and inspecting them (goblin).
 //!
@@ -20,12 +22,14 @@
 #![deny(missing_docs)]
 
 pub mod counter;
+pub mod efivars;
 pub mod entries;
 pub mod esp;
 pub mod fnmatch;
 pub mod layout;
 pub mod model;
 pub mod slot;
+pub mod status;
 pub mod table;
 pub mod uki;
 pub mod verscmp;
@@ -78,6 +82,12 @@ pub enum Error {
         /// The slot.
         slot: layout::Slot,
         /// Sizes.
+        reason: String,
+    },
+    /// No entry to act on, or no fallback: a negative answer.
+    #[error("{reason}")]
+    NoEntry {
+        /// Why.
         reason: String,
     },
     /// Reading or writing a file failed.

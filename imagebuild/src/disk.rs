@@ -203,6 +203,19 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
         .map_err(boot)?;
     esp.write_new(entries::LOADER_CONF, LOADER_CONF.as_bytes())
         .map_err(boot)?;
+    // Sizes are fixed at first install: record them, with the product, for qbootctl
+    // and later upgrades.
+    let record = bootctl::status::LayoutRecord {
+        schema: "qimg.layout/1".into(),
+        product: m.release.product.clone(),
+        esp_mib: spec.esp_mib,
+        root_mib: spec.root_mib,
+        verity_mib: spec.verity_mib,
+    };
+    let mut record = serde_json::to_vec_pretty(&record).expect("serializable");
+    record.push(b'\n');
+    esp.write_new(bootctl::status::LAYOUT_RECORD, &record)
+        .map_err(boot)?;
     let entry = entries::install(&mut esp, &m.release.product, Slot::A, &version, &uki, None)
         .map_err(boot)?;
     esp.flush().map_err(boot)?;
