@@ -149,6 +149,29 @@ fn from_disk<D: DiskDevice>(
     Ok(t)
 }
 
+/// The GPT header fields checked before the `gpt` crate sees a device (offsets in
+/// the header sector): `0` signature `EFI PART`; `80` u32 number of partition entries;
+/// `84` u32 size of one entry. A damaged or hostile header could otherwise make the
+/// crate allocate an arbitrarily large entry array.
+const MAX_ENTRIES: u32 = 16_384;
+
+fn check_header_sizes<D: Read + Seek>(dev: &mut D, lba: u64) -> Result<(), Error> {
+    let mut h = [0u8; 92];
+    dev.seek(SeekFrom::Start(lba * SECTOR))
+        .map_err(io_err("reading a GPT header"))?;
+    if dev.read_exact(&mut h).is_err() || &h[0..8] != b"EFI PART" {
+        return Ok(()); // not a header: the crate reports it
+    }
+    let entries = u32::from_le_bytes(h[80..84].try_into().expect("4 bytes")); // offset 80
+    let size = u32::from_le_bytes(h[84..88].try_into().expect("4 bytes")); // offset 84
+    if entries > MAX_ENTRIES || !(128..=4096).contains(&size) || !size.is_power_of_two() {
+        return Err(Error::BadTable {
+            reason: format!("GPT header at LBA {lba} declares {entries} entries of {size} bytes"),
+        });
+    }
+    Ok(())
+}
+
 /// Reads and validates the table. A damaged primary (header or array) with a sound
 /// backup, or the reverse, is accepted and reported in [`Table::recovered`]; both
 /// damaged is [`Error::BadTable`].
@@ -159,6 +182,8 @@ pub fn read<D: DiskDevice>(dev: &mut D) -> Result<Table, Error> {
             reason: "device too small for a GPT".into(),
         });
     }
+    check_header_sizes(dev, 1)?;
+    check_header_sizes(dev, sectors - 1)?;
     let primary = GptConfig::new()
         .writable(false)
         .logical_block_size(LB)

@@ -257,3 +257,43 @@ mod slots {
         assert_eq!(s.next.unwrap().slot, Some('a'));
     }
 }
+
+#[test]
+fn an_image_without_an_esp_is_a_clear_error() {
+    use bootctl::layout::{LayoutSpec, MIB};
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("noesp.raw");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(256 * MIB).unwrap();
+    let spec = LayoutSpec {
+        product: "x".into(),
+        esp_mib: 64,
+        root_mib: 40,
+        verity_mib: 2,
+        min_data_mib: 8,
+    };
+    bootctl::table::create(&mut f, &spec.plan(256 * MIB).unwrap()).unwrap();
+    bootctl::table::update(&mut f, |p| {
+        p.remove(&1);
+        Ok(())
+    })
+    .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let out = qbootctl()
+        .args(["--image", path.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no ESP"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&path).unwrap() == before);
+}

@@ -205,3 +205,63 @@ fn other_owners_attribute_bits_are_preserved() {
     sgdisk_ok(&path);
     drop(f);
 }
+
+mod roundtrip {
+    use super::*;
+    use gpt::partition::Partition;
+    use gpt::partition_types::{OperatingSystem, Type};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Arbitrary valid partitions written by `update` read back identical.
+        #[test]
+        fn partitions_round_trip(
+            parts in prop::collection::vec(
+                (1u64..8, any::<u128>(), any::<u128>(), any::<u64>(), "[a-zA-Z0-9_ .-]{0,36}"),
+                1..6,
+            )
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let (_, mut f) = disk(d.path(), "p.raw");
+            let mut next = 2048u64;
+            let mut want = std::collections::BTreeMap::new();
+            for (i, (mib, ty, guid, flags, name)) in parts.into_iter().enumerate() {
+                let first = next;
+                let last = first + mib * 2048 - 1;
+                next = last + 1;
+                want.insert(i as u32 + 1, Partition {
+                    part_type_guid: Type { guid: uuid::Uuid::from_u128(ty | 1), os: OperatingSystem::None },
+                    part_guid: uuid::Uuid::from_u128(guid | 1),
+                    first_lba: first,
+                    last_lba: last,
+                    flags,
+                    name,
+                });
+            }
+            let w = want.clone();
+            let t = table::update(&mut f, move |p| { *p = w; Ok(()) }).unwrap();
+            prop_assert_eq!(&t.partitions, &want);
+            prop_assert_eq!(table::read(&mut f).unwrap().partitions, want);
+        }
+    }
+}
+
+#[test]
+fn a_disk_without_our_layout_is_refused_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let (path, mut f) = disk(d.path(), "x.raw");
+    // Turn the slot-B root partition into something else (an unknown type).
+    table::update(&mut f, |p| {
+        p.get_mut(&4).unwrap().part_type_guid.guid = uuid::Uuid::from_u128(0x1234);
+        Ok(())
+    })
+    .unwrap();
+    let t = table::read(&mut f).unwrap();
+    let before = bytes(&path);
+    match bootctl::slot::parts(&t, bootctl::layout::Slot::B) {
+        Err(Error::BadTable { reason }) => assert!(reason.contains("2 root"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(bytes(&path) == before);
+}
