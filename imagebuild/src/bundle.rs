@@ -11,7 +11,7 @@ use qimg::{
     Progress, SecretKey, VerityBuilder,
 };
 
-use crate::spec::ReleaseSpec;
+use crate::spec::{PlatformInput, ReleaseSpec, UkiInput};
 use crate::spill::Spill;
 use crate::{Cancel, Error, TOOL, squashfs};
 
@@ -150,16 +150,29 @@ fn stage_file(
     staging: &Path,
     opts: &BuildOptions,
 ) -> Result<Staged, Error> {
-    let path = staging.join(format!("{name}.payload"));
     let mut src = File::open(input).map_err(|source| Error::Input {
         path: input.to_owned(),
         source,
     })?;
     let total = src.metadata().map(|m| m.len()).ok();
+    stage_reader(&mut src, total, input, name, kind, staging, opts)
+}
+
+/// Stages bytes from `src`, zstd-compressed; `input` names them in errors.
+fn stage_reader(
+    src: &mut dyn Read,
+    total: Option<u64>,
+    input: &Path,
+    name: &str,
+    kind: ComponentKind,
+    staging: &Path,
+    opts: &BuildOptions,
+) -> Result<Staged, Error> {
+    let path = staging.join(format!("{name}.payload"));
     let task = opts.progress.begin(name, total);
     let mut pw = payload_writer(&path, Compression::Zstd, opts.spec.level)?;
     pump(
-        &mut src,
+        src,
         &mut |b| pw.write_all(b),
         task.as_ref(),
         opts.cancel,
@@ -173,6 +186,54 @@ fn stage_file(
         info,
         path,
     })
+}
+
+/// The platform: the root image, then its UKI (built here with `roothash=` when the
+/// spec gives its parts, so it finds its root in either slot).
+fn stage_platform(
+    p: &PlatformInput,
+    staging: &Path,
+    opts: &BuildOptions,
+) -> Result<Vec<Staged>, Error> {
+    let root = stage_tree(&p.root, "rootfs", true, staging, opts)?;
+    let uki = match &p.uki {
+        UkiInput::File(f) => stage_file(f, "uki", ComponentKind::BootUki, staging, opts)?,
+        UkiInput::Build {
+            stub,
+            kernel,
+            initrd,
+            cmdline,
+            os_release,
+        } => {
+            let verity = root.kind.verity().expect("a platform root has verity");
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|source| Error::Input {
+                    path: path.to_owned(),
+                    source,
+                })
+            };
+            let inputs = bootctl::uki::build::UkiInputs {
+                stub: read(stub)?,
+                osrel: read(os_release)?,
+                cmdline: format!("{} roothash={}", cmdline.trim(), verity.root_hash),
+                kernel: read(kernel)?,
+                initrd: initrd.as_deref().map(read).transpose()?,
+                uname: None,
+            };
+            let bytes =
+                bootctl::uki::build::build(&inputs).map_err(|source| Error::Boot { source })?;
+            stage_reader(
+                &mut &bytes[..],
+                Some(bytes.len() as u64),
+                kernel,
+                "uki",
+                ComponentKind::BootUki,
+                staging,
+                opts,
+            )?
+        }
+    };
+    Ok(vec![root, uki])
 }
 
 /// Stages a directory as squashfs followed by its dm-verity hash area, compressed.
@@ -270,7 +331,7 @@ fn stage_tree(
     })
 }
 
-type Job<'a> = Box<dyn FnOnce(&Path) -> Result<Staged, Error> + Send + 'a>;
+type Job<'a> = Box<dyn FnOnce(&Path) -> Result<Vec<Staged>, Error> + Send + 'a>;
 
 /// Builds, signs and writes the bundle. Returns its manifest.
 pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
@@ -289,17 +350,12 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
 
     // Components in manifest order; each stages on its own thread.
     let mut jobs: Vec<Job> = Vec::new();
-    if let Some((root, uki)) = &spec.platform {
-        jobs.push(Box::new(move |st| {
-            stage_tree(root, "rootfs", true, st, opts)
-        }));
-        jobs.push(Box::new(move |st| {
-            stage_file(uki, "uki", ComponentKind::BootUki, st, opts)
-        }));
+    if let Some(p) = &spec.platform {
+        jobs.push(Box::new(move |st| stage_platform(p, st, opts)));
     }
     if let Some(root) = &spec.container {
         jobs.push(Box::new(move |st| {
-            stage_tree(root, "container", false, st, opts)
+            stage_tree(root, "container", false, st, opts).map(|s| vec![s])
         }));
     }
     for fw in &spec.firmware {
@@ -309,9 +365,10 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
                 version: fw.version.clone(),
             };
             stage_file(&fw.file, &format!("fw-{}", fw.component_id), kind, st, opts)
+                .map(|s| vec![s])
         }));
     }
-    let staged: Vec<Result<Staged, Error>> = std::thread::scope(|s| {
+    let staged: Vec<Result<Vec<Staged>, Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .into_iter()
             .map(|job| {
@@ -336,7 +393,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     let mut parts = Vec::new();
     for r in staged {
         match r {
-            Ok(s) => parts.push(s),
+            Ok(s) => parts.extend(s),
             Err(Error::Cancelled) => first_err = first_err.or(Some(Error::Cancelled)),
             Err(e) if matches!(first_err, None | Some(Error::Cancelled)) => first_err = Some(e),
             Err(_) => {}

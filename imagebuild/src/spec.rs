@@ -14,9 +14,14 @@
 //! images = "zstd"                   # or "none": store filesystem images (already
 //!                                   # zstd inside) without a second compression pass
 //!
-//! [platform]                        # optional; both fields together
+//! [platform]                        # optional
 //! root = "rootfs"                   # directory -> squashfs + dm-verity
-//! uki = "platform.efi"              # Unified Kernel Image file
+//! uki = "platform.efi"              # a prebuilt Unified Kernel Image, or build one:
+//! # kernel = "vmlinuz"              #   the UKI is built after the root image, with
+//! # initrd = "initrd.img"           #   ` roothash=<verity root hash>` appended to
+//! # cmdline = "console=ttyS0"       #   cmdline, so it finds its root in either slot
+//! # os_release = "os-release"       #   (Discoverable Partitions Specification)
+//! # stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"   # optional
 //!
 //! [container]                       # optional
 //! root = "container"                # directory -> squashfs + dm-verity
@@ -69,7 +74,44 @@ struct RawCompression {
 #[serde(deny_unknown_fields)]
 struct RawPlatform {
     root: PathBuf,
-    uki: PathBuf,
+    uki: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    os_release: Option<PathBuf>,
+    stub: Option<PathBuf>,
+}
+
+/// Default systemd stub for UKIs built during bundling.
+pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// Where the platform's UKI comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UkiInput {
+    /// A prebuilt UKI, carried as is.
+    File(PathBuf),
+    /// Built during bundling, with `roothash=` appended to `cmdline`.
+    Build {
+        /// systemd EFI stub.
+        stub: PathBuf,
+        /// Kernel.
+        kernel: PathBuf,
+        /// Initrd.
+        initrd: Option<PathBuf>,
+        /// Command line (without `roothash=`).
+        cmdline: String,
+        /// os-release for `.osrel`.
+        os_release: PathBuf,
+    },
+}
+
+/// The platform inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformInput {
+    /// Root filesystem directory.
+    pub root: PathBuf,
+    /// The UKI.
+    pub uki: UkiInput,
 }
 
 #[derive(Deserialize)]
@@ -110,8 +152,8 @@ pub struct ReleaseSpec {
     /// squashfs blocks are already compressed, so `None` skips a pass that saves
     /// about 0.01% (measured in docs/benchmarks.md); the default is zstd.
     pub images: qimg::Compression,
-    /// Platform root directory and UKI file.
-    pub platform: Option<(PathBuf, PathBuf)>,
+    /// Platform root directory and UKI.
+    pub platform: Option<PlatformInput>,
     /// Container root directory.
     pub container: Option<PathBuf>,
     /// Firmware inputs.
@@ -182,7 +224,11 @@ impl ReleaseSpec {
             source_date_epoch: raw.source_date_epoch,
             level,
             images: raw.compression.images.unwrap_or(qimg::Compression::Zstd),
-            platform: raw.platform.map(|p| (abs(p.root), abs(p.uki))),
+            platform: raw
+                .platform
+                .map(|p| platform_input(p, &abs))
+                .transpose()
+                .map_err(|(field, reason)| invalid(&field, reason))?,
             container: raw.container.map(|c| abs(c.root)),
             firmware: raw
                 .firmware
@@ -202,9 +248,31 @@ impl ReleaseSpec {
     fn check_inputs(&self) -> Result<(), (String, String)> {
         let dir = |field: &str, p: &Path| check_path(field, p, true);
         let file = |field: &str, p: &Path| check_path(field, p, false);
-        if let Some((root, uki)) = &self.platform {
-            dir("platform.root", root)?;
-            file("platform.uki", uki)?;
+        if let Some(p) = &self.platform {
+            dir("platform.root", &p.root)?;
+            match &p.uki {
+                UkiInput::File(f) => file("platform.uki", f)?,
+                UkiInput::Build {
+                    stub,
+                    kernel,
+                    initrd,
+                    os_release,
+                    cmdline,
+                } => {
+                    file("platform.stub", stub)?;
+                    file("platform.kernel", kernel)?;
+                    if let Some(i) = initrd {
+                        file("platform.initrd", i)?;
+                    }
+                    file("platform.os_release", os_release)?;
+                    if cmdline.contains("roothash=") {
+                        return Err((
+                            "platform.cmdline".into(),
+                            "roothash= is added by imagebuild".into(),
+                        ));
+                    }
+                }
+            }
         }
         if let Some(root) = &self.container {
             dir("container.root", root)?;
@@ -231,6 +299,37 @@ impl ReleaseSpec {
         }
         Ok(())
     }
+}
+
+fn platform_input(
+    p: RawPlatform,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<PlatformInput, (String, String)> {
+    let uki = match (p.uki, p.kernel, p.cmdline, p.os_release) {
+        (Some(f), None, None, None) if p.initrd.is_none() && p.stub.is_none() => {
+            UkiInput::File(abs(f))
+        }
+        (None, Some(kernel), Some(cmdline), Some(os_release)) => UkiInput::Build {
+            stub: p
+                .stub
+                .map(abs)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STUB)),
+            kernel: abs(kernel),
+            initrd: p.initrd.map(abs),
+            cmdline,
+            os_release: abs(os_release),
+        },
+        _ => {
+            return Err((
+                "platform".into(),
+                "give either uki, or kernel + cmdline + os_release (+ initrd, stub)".into(),
+            ));
+        }
+    };
+    Ok(PlatformInput {
+        root: abs(p.root),
+        uki,
+    })
 }
 
 /// Checks that `p` is a directory (`dir`) or a regular file.
@@ -279,7 +378,10 @@ min_installed_version = "7.0.0"
         let s = ReleaseSpec::parse(&text, d.path()).unwrap();
         assert_eq!(
             s.platform,
-            Some((d.path().join("rootfs"), d.path().join("uki.efi")))
+            Some(PlatformInput {
+                root: d.path().join("rootfs"),
+                uki: UkiInput::File(d.path().join("uki.efi"))
+            })
         );
         assert_eq!(s.firmware[0].file, d.path().join("bmc.bin"));
         assert_eq!(s.level, DEFAULT_LEVEL);
@@ -300,6 +402,14 @@ min_installed_version = "7.0.0"
             ),
             ("[compression]\nlevel = 22\n", "compression.level"),
             ("", "platform"),
+            (
+                "[platform]\nroot = \"rootfs\"\nuki = \"uki.efi\"\nkernel = \"uki.efi\"\n",
+                "platform",
+            ),
+            (
+                "[platform]\nroot = \"rootfs\"\nkernel = \"uki.efi\"\ncmdline = \"roothash=1\"\nos_release = \"bmc.bin\"\nstub = \"uki.efi\"\n",
+                "platform.cmdline",
+            ),
             (
                 "[[firmware]]\ncomponent_id = \"B M C\"\nversion = \"1\"\nfile = \"bmc.bin\"\n",
                 "firmware[0].component_id",

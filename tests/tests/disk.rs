@@ -201,3 +201,53 @@ fn a_tampered_or_untrusted_bundle_makes_no_image() {
         assert!(leftovers.is_empty());
     }
 }
+
+#[test]
+fn a_uki_built_in_the_bundle_names_its_root_by_hash() {
+    if !(file_from_package(STUB, "systemd-boot-efi")
+        && file_from_package(SYSTEMD_BOOT, "systemd-boot-efi"))
+    {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let spec = tests::write_inputs(d.path(), 300_000);
+    let mut kernel = vec![0u8; 8192];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(d.path().join("vmlinuz"), kernel).unwrap();
+    std::fs::write(
+        d.path().join("os-release"),
+        "ID=qumulo-core\nIMAGE_ID=qumulo-core\nIMAGE_VERSION=2.0\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "uki = \"uki.efi\"",
+        "kernel = \"vmlinuz\"\ncmdline = \"console=ttyS0\"\nos_release = \"os-release\"",
+    );
+    std::fs::write(&spec, text).unwrap();
+    let key = tests::test_key(1);
+    let bundle = d.path().join("b.qimg");
+    tests::build(&spec, &bundle, std::slice::from_ref(&key)).unwrap();
+
+    let mut r = qimg::BundleReader::open(std::fs::File::open(&bundle).unwrap()).unwrap();
+    let m = r.manifest().clone();
+    let root_hash = m.components[0].kind.verity().unwrap().root_hash.to_string();
+    let mut uki = Vec::new();
+    r.next_component(std::io::sink(), &NoProgress).unwrap();
+    r.next_component(&mut uki, &NoProgress).unwrap();
+    let info = bootctl::uki::inspect(&uki).unwrap();
+    assert_eq!(
+        info.cmdline.as_deref(),
+        Some(format!("console=ttyS0 roothash={root_hash}").as_str())
+    );
+
+    let trusted = qimg::TrustedKeys::new([key.public()]);
+    let img = make(d.path(), "disk.raw", &bundle, &trusted);
+    let t = table::read(&mut std::fs::File::open(&img).unwrap()).unwrap();
+    let p = slot::parts(&t, Slot::A).unwrap();
+    let uuid = t.partitions[&p.root.0].part_guid.simple().to_string();
+    assert_eq!(
+        uuid,
+        root_hash[..32],
+        "slot A's root partition UUID is the first half of the root hash"
+    );
+}
