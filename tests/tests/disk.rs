@@ -251,3 +251,45 @@ fn a_uki_built_in_the_bundle_names_its_root_by_hash() {
         "slot A's root partition UUID is the first half of the root hash"
     );
 }
+
+#[test]
+fn cloud_images_are_whole_gib_and_targets_must_match() {
+    if !file_from_package(SYSTEMD_BOOT, "systemd-boot-efi") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let spec = tests::write_inputs(d.path(), 200_000);
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("target = \"onprem\"", "target = \"cloud\"");
+    std::fs::write(&spec, text).unwrap();
+    let key = tests::test_key(1);
+    let bundle = d.path().join("c.qimg");
+    tests::build(&spec, &bundle, std::slice::from_ref(&key)).unwrap();
+    let trusted = qimg::TrustedKeys::new([key.public()]);
+    let opts = |target, out: &Path| {
+        build(&DiskOptions {
+            bundle: &bundle,
+            keys: Some(&trusted),
+            out,
+            size: None,
+            systemd_boot: Path::new(SYSTEMD_BOOT),
+            target,
+            esp_mib: 64,
+            root_mib: None,
+            data_mib: 16,
+            progress: &NoProgress,
+            cancel: &Cancel::new(),
+        })
+    };
+    let out = d.path().join("cloud.raw");
+    let r = opts(Target::Cloud, &out).unwrap();
+    assert_eq!(r.size % (1 << 30), 0);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), r.size);
+    let wrong = d.path().join("onprem.raw");
+    assert!(matches!(
+        opts(Target::Onprem, &wrong),
+        Err(imagebuild::Error::Usage(_))
+    ));
+    assert!(!wrong.exists());
+}
