@@ -115,9 +115,10 @@ enum Command {
         /// it only the bundle's digests are checked.
         #[arg(long)]
         pubkey: Vec<PathBuf>,
-        /// Total size in MiB (default: what the layout needs).
-        #[arg(long)]
-        size_mib: Option<u64>,
+        /// Total size, in bytes or with a K, M, G or T suffix (binary units; default:
+        /// what the layout needs).
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
         /// systemd-boot EFI binary.
         #[arg(long, default_value = imagebuild::disk::SYSTEMD_BOOT)]
         systemd_boot: PathBuf,
@@ -358,7 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bundle,
             out: output,
             pubkey,
-            size_mib,
+            size,
             systemd_boot,
             target,
             esp_mib,
@@ -381,7 +382,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bundle: &bundle,
                 keys: (!trusted.is_empty()).then_some(&trusted),
                 out: &output,
-                size: size_mib.map(|m| m << 20),
+                size,
                 systemd_boot: &systemd_boot,
                 target,
                 esp_mib,
@@ -424,6 +425,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1234`, `512M`, `2G`: binary units.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix {c:?}")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn rel(p: &Path) -> String {
