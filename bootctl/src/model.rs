@@ -52,6 +52,29 @@ pub struct OsRelease {
 }
 
 impl OsRelease {
+    /// The title systemd-boot shows: `PRETTY_NAME`, `IMAGE_ID`, `NAME` or `ID`.
+    pub fn title(&self) -> Option<String> {
+        self.pretty_name
+            .clone()
+            .or_else(|| self.image_id.clone())
+            .or_else(|| self.name.clone())
+            .or_else(|| self.id.clone())
+    }
+
+    /// The version systemd-boot orders by: `IMAGE_VERSION`, `VERSION`, `VERSION_ID` or `BUILD_ID`.
+    pub fn boot_version(&self) -> Option<String> {
+        self.image_version
+            .clone()
+            .or_else(|| self.version.clone())
+            .or_else(|| self.version_id.clone())
+            .or_else(|| self.build_id.clone())
+    }
+
+    /// The sort key: `IMAGE_ID` or `ID`.
+    pub fn sort_key(&self) -> Option<String> {
+        self.image_id.clone().or_else(|| self.id.clone())
+    }
+
     /// Parses os-release text (`KEY=value` lines; quotes around values removed).
     pub fn parse(text: &str) -> OsRelease {
         let mut o = OsRelease::default();
@@ -117,20 +140,9 @@ impl Entry {
         {
             return None;
         }
-        let o = osrel;
-        let title = o
-            .pretty_name
-            .clone()
-            .or_else(|| o.image_id.clone())
-            .or_else(|| o.name.clone())
-            .or_else(|| o.id.clone())?;
-        let version = o
-            .image_version
-            .clone()
-            .or_else(|| o.version.clone())
-            .or_else(|| o.version_id.clone())
-            .or_else(|| o.build_id.clone());
-        let sort_key = o.image_id.clone().or_else(|| o.id.clone());
+        let title = osrel.title()?;
+        let version = osrel.boot_version();
+        let sort_key = osrel.sort_key();
         // systemd-boot parses the counter with an exact ".efi" suffix.
         let counter = EntryName::parse(file, ".efi").and_then(|n| n.counter);
         Some(Entry {

@@ -58,16 +58,14 @@ fn inspect_uki_json_and_exit_codes() {
 }
 
 mod slots {
-    use std::fs::OpenOptions;
     use std::path::Path;
     use std::process::{Command, Output};
 
     use bootctl::efivars::LoaderVars;
     use bootctl::entries::{self, EntryState};
-    use bootctl::esp::{self, DirEsp, Esp, ImageEsp};
-    use bootctl::layout::{LayoutSpec, MIB, Slot};
+    use bootctl::esp::{self, DirEsp, Esp};
+    use bootctl::layout::{MIB, Slot};
     use bootctl::status::{LAYOUT_RECORD, LayoutRecord, Status};
-    use bootctl::table;
     use tests::{STUB, file_from_package, small_uki};
 
     const P: &str = "qimg-demo";
@@ -105,27 +103,8 @@ mod slots {
 
     /// A disk image: slot A good at 1.0, slot B trying 2.0 with 3 tries.
     fn image(dir: &Path) -> String {
-        let path = dir.join("disk.raw");
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(256 * MIB).unwrap();
-        let spec = LayoutSpec {
-            product: P.into(),
-            esp_mib: 64,
-            root_mib: 40,
-            verity_mib: 2,
-            min_data_mib: 8,
-        };
-        let t = table::create(&mut f, &spec.plan(256 * MIB).unwrap()).unwrap();
-        let p = &t.partitions[&1];
-        let (start, len) = (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512);
-        esp::format(&mut f, start, len, 9).unwrap();
-        let mut e = ImageEsp::open(f, start, len).unwrap();
+        let (path, f, t) = tests::layout_disk(dir, "disk.raw", 256 * MIB, &tests::small_layout(P));
+        let mut e = tests::formatted_esp(f, &t, 9);
         record(&mut e);
         entries::install(&mut e, P, Slot::A, "1.0", &small_uki(P, "1.0"), None).unwrap();
         entries::install(&mut e, P, Slot::B, "2.0", &small_uki(P, "2.0"), Some(3)).unwrap();
@@ -260,25 +239,9 @@ mod slots {
 
 #[test]
 fn an_image_without_an_esp_is_a_clear_error() {
-    use bootctl::layout::{LayoutSpec, MIB};
     let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("noesp.raw");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(256 * MIB).unwrap();
-    let spec = LayoutSpec {
-        product: "x".into(),
-        esp_mib: 64,
-        root_mib: 40,
-        verity_mib: 2,
-        min_data_mib: 8,
-    };
-    bootctl::table::create(&mut f, &spec.plan(256 * MIB).unwrap()).unwrap();
+    let (path, mut f, _) =
+        tests::layout_disk(d.path(), "noesp.raw", 256 << 20, &tests::small_layout("x"));
     bootctl::table::update(&mut f, |p| {
         p.remove(&1);
         Ok(())

@@ -281,3 +281,52 @@ pub fn small_uki(product: &str, version: &str) -> Vec<u8> {
     })
     .expect("building a UKI")
 }
+
+/// A small node layout for tests: 64 MiB ESP, 40 MiB roots, 2 MiB verity.
+pub fn small_layout(product: &str) -> bootctl::layout::LayoutSpec {
+    bootctl::layout::LayoutSpec {
+        product: product.into(),
+        esp_mib: 64,
+        root_mib: 40,
+        verity_mib: 2,
+        min_data_mib: 8,
+    }
+}
+
+/// A sparse disk image `dir/name` of `size` bytes with `spec`'s layout written.
+pub fn layout_disk(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    spec: &bootctl::layout::LayoutSpec,
+) -> (PathBuf, std::fs::File, bootctl::table::Table) {
+    let path = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(size).unwrap();
+    let t = bootctl::table::create(&mut f, &spec.plan(size).unwrap()).unwrap();
+    assert_eq!(t.recovered, None);
+    (path, f, t)
+}
+
+/// The ESP's byte range (start, length) in a table with the standard layout.
+pub fn esp_range(t: &bootctl::table::Table) -> (u64, u64) {
+    let p = &t.partitions[&1];
+    (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512)
+}
+
+/// Formats the ESP of a standard-layout disk and mounts it.
+pub fn formatted_esp(
+    mut f: std::fs::File,
+    t: &bootctl::table::Table,
+    volume_id: u32,
+) -> bootctl::esp::ImageEsp<std::fs::File> {
+    let (start, len) = esp_range(t);
+    bootctl::esp::format(&mut f, start, len, volume_id).unwrap();
+    bootctl::esp::ImageEsp::open(f, start, len).unwrap()
+}

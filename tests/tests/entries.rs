@@ -1,39 +1,19 @@
 //! Slot entries on an ESP inside a disk image, driven through the loader model.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 
 use bootctl::entries::{self, EntryState, LINUX_DIR};
-use bootctl::esp::{self, Esp, ImageEsp};
-use bootctl::layout::{LayoutSpec, MIB, Slot};
+use bootctl::esp::{Esp, ImageEsp};
+use bootctl::layout::{MIB, Slot};
 use bootctl::model::{EfiVars, Reason};
-use bootctl::table;
-use tests::{STUB, file_from_package, small_uki};
+use tests::{STUB, file_from_package, formatted_esp, layout_disk, small_layout, small_uki};
 
 const P: &str = "qimg-demo";
 
 fn esp_image(dir: &Path) -> ImageEsp<File> {
-    let path = dir.join("disk.raw");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(256 * MIB).unwrap();
-    let spec = LayoutSpec {
-        product: P.into(),
-        esp_mib: 64,
-        root_mib: 40,
-        verity_mib: 2,
-        min_data_mib: 8,
-    };
-    let t = table::create(&mut f, &spec.plan(256 * MIB).unwrap()).unwrap();
-    let p = &t.partitions[&1];
-    let (start, len) = (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512);
-    esp::format(&mut f, start, len, 1).unwrap();
-    ImageEsp::open(f, start, len).unwrap()
+    let (_, f, t) = layout_disk(dir, "disk.raw", 256 * MIB, &small_layout(P));
+    formatted_esp(f, &t, 1)
 }
 
 /// What the loader does on a boot: select, then rename the counted entry.

@@ -8,34 +8,19 @@ use std::process::Command;
 
 use bootctl::Error;
 use bootctl::esp::{self, DirEsp, Esp, ImageEsp};
-use bootctl::layout::{LayoutSpec, MIB};
-use bootctl::table;
-use tests::{run, tool};
+use bootctl::layout::MIB;
+use tests::{esp_range, formatted_esp, layout_disk, run, small_layout, tool};
 
 const DISK: u64 = 384 * MIB;
 
 /// A disk with the standard layout and a formatted ESP; returns (path, ESP start, ESP length).
 fn disk(dir: &Path) -> (PathBuf, u64, u64) {
-    let path = dir.join("disk.raw");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(DISK).unwrap();
-    let spec = LayoutSpec {
-        product: "qimg-demo".into(),
-        esp_mib: 64,
-        root_mib: 100,
-        verity_mib: 4,
-        min_data_mib: 8,
-    };
-    let t = table::create(&mut f, &spec.plan(DISK).unwrap()).unwrap();
-    let p = &t.partitions[&1];
-    let (start, len) = (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512);
-    esp::format(&mut f, start, len, 0x1234_abcd).unwrap();
+    let mut spec = small_layout("qimg-demo");
+    spec.root_mib = 100;
+    spec.verity_mib = 4;
+    let (path, f, t) = layout_disk(dir, "disk.raw", DISK, &spec);
+    let (start, len) = esp_range(&t);
+    drop(formatted_esp(f, &t, 0x1234_abcd));
     (path, start, len)
 }
 

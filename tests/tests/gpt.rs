@@ -1,6 +1,6 @@
 //! The node disk layout's GPT, written and read by `bootctl::table`, checked by sgdisk.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::process::Command;
 
@@ -23,18 +23,7 @@ fn spec() -> LayoutSpec {
 
 /// A sparse disk image with a fresh layout.
 fn disk(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, File) {
-    let path = dir.join(name);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(DISK).unwrap();
-    let plan = spec().plan(DISK).unwrap();
-    let t = table::create(&mut f, &plan).unwrap();
-    assert_eq!(t.recovered, None);
+    let (path, f, _) = tests::layout_disk(dir, name, DISK, &spec());
     (path, f)
 }
 

@@ -1,35 +1,21 @@
 //! Writing a slot changes only that slot (sentinels everywhere else), and a failed or
 //! refused write leaves nothing that claims a version.
 
-use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::process::Command;
 
-use bootctl::layout::{EMPTY, LayoutSpec, MIB, Slot, uuids_from_root_hash};
+use bootctl::layout::{EMPTY, MIB, Slot, uuids_from_root_hash};
 use bootctl::slot::{self, SlotImage};
 use bootctl::{Error, table};
-use tests::{run, tool};
+use tests::{layout_disk, run, small_layout, tool};
 
 const DISK: u64 = 256 * MIB;
 
 fn setup(dir: &std::path::Path) -> (std::path::PathBuf, std::fs::File) {
-    let path = dir.join("disk.raw");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(DISK).unwrap();
-    let spec = LayoutSpec {
-        product: "qimg-demo".into(),
-        esp_mib: 40,
-        root_mib: 64,
-        verity_mib: 2,
-        min_data_mib: 8,
-    };
-    let t = table::create(&mut f, &spec.plan(DISK).unwrap()).unwrap();
+    let mut spec = small_layout("qimg-demo");
+    spec.esp_mib = 40;
+    spec.root_mib = 64;
+    let (path, mut f, t) = layout_disk(dir, "disk.raw", DISK, &spec);
     // Sentinels at the first and last 16 bytes of every partition.
     for (n, p) in &t.partitions {
         for at in [p.first_lba * 512, (p.last_lba + 1) * 512 - 16] {

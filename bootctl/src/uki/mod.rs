@@ -103,23 +103,12 @@ pub fn inspect(bytes: &[u8]) -> Result<UkiInfo, Error> {
             "no .linux section: this is not a UKI (a bare stub?)",
         ));
     }
-    let o = &osrel;
     Ok(UkiInfo {
         schema: INSPECT_SCHEMA.into(),
-        id: o.id.clone(),
-        image_id: o.image_id.clone(),
-        version: o
-            .image_version
-            .clone()
-            .or_else(|| o.version.clone())
-            .or_else(|| o.version_id.clone())
-            .or_else(|| o.build_id.clone()),
-        title: o
-            .pretty_name
-            .clone()
-            .or_else(|| o.image_id.clone())
-            .or_else(|| o.name.clone())
-            .or_else(|| o.id.clone()),
+        id: osrel.id.clone(),
+        image_id: osrel.image_id.clone(),
+        version: osrel.boot_version(),
+        title: osrel.title(),
         cmdline,
         kernel_release,
         sections,
