@@ -15,6 +15,9 @@ use crate::esp::Esp;
 use crate::layout::Slot;
 use crate::model::{self, EfiVars, Entry, LoaderConf, OsRelease, Selection};
 
+/// Tries a newly installed slot entry gets unless told otherwise.
+pub const DEFAULT_TRIES: u32 = 3;
+
 /// Where Type #2 entries live.
 pub const LINUX_DIR: &str = "EFI/Linux";
 /// Where loader.conf lives.
@@ -131,7 +134,9 @@ pub fn loader_conf(esp: &mut dyn Esp) -> Result<LoaderConf, Error> {
 }
 
 /// Installs `uki` as slot `slot`'s entry for `version` with `tries` tries
-/// (1..=9), then removes the slot's other entries. Returns the new file name.
+/// (1..=9; [`DEFAULT_TRIES`] for an upgrade; `None` for an uncounted, already-trusted
+/// entry such as a factory image's), then removes the slot's other entries.
+/// Returns the new file name.
 pub fn install(
     esp: &mut dyn Esp,
     product: &str,

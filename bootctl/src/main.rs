@@ -61,7 +61,7 @@ enum Command {
         /// a or b.
         slot: char,
         /// Tries (1-9).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = entries::DEFAULT_TRIES)]
         tries: u32,
     },
     /// Show what a Unified Kernel Image contains: version, id, cmdline, kernel, sections.
