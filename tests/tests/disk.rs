@@ -23,22 +23,31 @@ fn cut(path: &Path, start: u64, len: u64, to: &Path) {
     std::fs::write(to, buf).unwrap();
 }
 
-fn make(dir: &Path, name: &str, bundle: &Path, key: &qimg::TrustedKeys) -> std::path::PathBuf {
-    let out = dir.join(name);
+/// Builds a disk image from `bundle` with small test sizes.
+fn disk_image(
+    bundle: &Path,
+    keys: &qimg::TrustedKeys,
+    out: &Path,
+    target: Target,
+) -> Result<imagebuild::disk::DiskReport, imagebuild::Error> {
     build(&DiskOptions {
         bundle,
-        keys: Some(key),
-        out: &out,
+        keys: Some(keys),
+        out,
         size: None,
         systemd_boot: Path::new(SYSTEMD_BOOT),
-        target: Target::Onprem,
+        target,
         esp_mib: 64,
         root_mib: None,
         data_mib: 16,
         progress: &NoProgress,
         cancel: &Cancel::new(),
     })
-    .unwrap();
+}
+
+fn make(dir: &Path, name: &str, bundle: &Path, key: &qimg::TrustedKeys) -> std::path::PathBuf {
+    let out = dir.join(name);
+    disk_image(bundle, key, &out, Target::Onprem).unwrap();
     out
 }
 
@@ -173,19 +182,7 @@ fn a_tampered_or_untrusted_bundle_makes_no_image() {
         ),
     ] {
         let out = d.path().join("x.raw");
-        let r = build(&DiskOptions {
-            bundle,
-            keys: Some(&keys),
-            out: &out,
-            size: None,
-            systemd_boot: Path::new(SYSTEMD_BOOT),
-            target: Target::Onprem,
-            esp_mib: 64,
-            root_mib: None,
-            data_mib: 16,
-            progress: &NoProgress,
-            cancel: &Cancel::new(),
-        });
+        let r = disk_image(bundle, &keys, &out, Target::Onprem);
         assert!(matches!(r, Err(imagebuild::Error::Bundle { .. })), "{r:?}");
         assert!(!out.exists());
         let leftovers: Vec<_> = std::fs::read_dir(d.path())
@@ -267,21 +264,7 @@ fn cloud_images_are_whole_gib_and_targets_must_match() {
     let bundle = d.path().join("c.qimg");
     tests::build(&spec, &bundle, std::slice::from_ref(&key)).unwrap();
     let trusted = qimg::TrustedKeys::new([key.public()]);
-    let opts = |target, out: &Path| {
-        build(&DiskOptions {
-            bundle: &bundle,
-            keys: Some(&trusted),
-            out,
-            size: None,
-            systemd_boot: Path::new(SYSTEMD_BOOT),
-            target,
-            esp_mib: 64,
-            root_mib: None,
-            data_mib: 16,
-            progress: &NoProgress,
-            cancel: &Cancel::new(),
-        })
-    };
+    let opts = |target, out: &Path| disk_image(&bundle, &trusted, out, target);
     let out = d.path().join("cloud.raw");
     let r = opts(Target::Cloud, &out).unwrap();
     assert_eq!(r.size % (1 << 30), 0);
