@@ -157,6 +157,13 @@ pub fn install(
         None => EntryName::parse(&format!("{stem}.efi"), ".efi").expect("ends in .efi"),
     }
     .to_string();
+    // A writer killed earlier may have left a temporary file: the loader ignores it,
+    // and it goes now.
+    for f in esp.list(LINUX_DIR)? {
+        if f.ends_with(crate::esp::TMP_SUFFIX) {
+            esp.remove(&format!("{LINUX_DIR}/{f}"))?;
+        }
+    }
     let old: Vec<String> = scan(esp, product)?
         .into_iter()
         .filter(|e| e.slot == Some(slot))

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod counter;
+pub mod crashpoint;
 pub mod efivars;
 pub mod entries;
 pub mod esp;

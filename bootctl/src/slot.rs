@@ -180,6 +180,9 @@ impl<D: Write + Seek> Write for SlotSink<'_, D> {
             (self.hash_offset, self.size, self.parts.verity.1)
         };
         let n = (buf.len() as u64).min(area_end - self.pos) as usize;
+        if self.pos < self.size / 2 && self.pos + n as u64 >= self.size / 2 {
+            crate::crashpoint::reached("slot-write");
+        }
         let at = part_start + (self.pos - area_start);
         let data = &buf[..n];
         let skip = self.sparse

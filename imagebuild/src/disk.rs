@@ -234,3 +234,97 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
         entry,
     })
 }
+
+/// Installs a bundle's platform into `slot` of an existing node image, the way a
+/// node's prepare phase does: remove the slot's entries; write the platform root as
+/// it streams in (verified); label the slot; install its UKI as an entry with `tries`
+/// tries. The other slot and its entries are untouched. Returns the new entry's name.
+pub fn install_slot(
+    image: &Path,
+    bundle: &Path,
+    keys: Option<&TrustedKeys>,
+    slot: Slot,
+    tries: Option<u32>,
+    progress: &dyn Progress,
+) -> Result<String, Error> {
+    let bundle_err = |source| Error::Bundle {
+        path: bundle.to_owned(),
+        source,
+    };
+    let out_err = |source| Error::Output {
+        path: image.to_owned(),
+        source,
+    };
+    let file = BufReader::with_capacity(
+        1 << 20,
+        File::open(bundle).map_err(|source| Error::Input {
+            path: bundle.to_owned(),
+            source,
+        })?,
+    );
+    let mut reader = match keys {
+        Some(k) => BundleReader::open_verified(file, k).map_err(bundle_err)?.0,
+        None => BundleReader::open(file).map_err(bundle_err)?,
+    };
+    let m = reader.manifest().clone();
+    let (root_c, verity) = m
+        .components
+        .iter()
+        .find_map(|c| {
+            c.kind
+                .verity()
+                .filter(|_| matches!(c.kind, ComponentKind::PlatformRoot { .. }))
+                .map(|v| (c, v))
+        })
+        .ok_or_else(|| Error::Usage("the bundle has no platform-root".into()))?;
+    let version = m.release.platform_version.to_string();
+    let img = SlotImage {
+        product: m.release.product.clone(),
+        version: version.clone(),
+        hash_offset: verity.hash_offset,
+        size: root_c.size,
+        root_hash: verity.root_hash.0,
+    };
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)
+            .map_err(out_err)
+    };
+    let mut dev = open()?;
+    let t = table::read(&mut dev).map_err(boot)?;
+    let (_, esp_part) = *t
+        .of_type(bootctl::layout::ESP_TYPE)
+        .first()
+        .ok_or_else(|| Error::Usage("the image has no ESP".into()))?;
+    let (esp_start, esp_len) = (
+        esp_part.first_lba * 512,
+        (esp_part.last_lba - esp_part.first_lba + 1) * 512,
+    );
+    {
+        let mut esp = ImageEsp::open(open()?, esp_start, esp_len).map_err(boot)?;
+        entries::remove_slot_entries(&mut esp, &m.release.product, slot).map_err(boot)?;
+    }
+    let parts = slot::begin(&mut dev, slot, &img).map_err(boot)?;
+    let mut uki = Vec::new();
+    for c in &m.components {
+        let got = match &c.kind {
+            ComponentKind::PlatformRoot { .. } => {
+                let mut sink = SlotSink::new(&mut dev, parts, &img, false);
+                reader.next_component(&mut sink, progress)
+            }
+            ComponentKind::BootUki => reader.next_component(&mut uki, progress),
+            _ => reader.next_component(std::io::sink(), progress),
+        };
+        got.map_err(bundle_err)?;
+    }
+    reader.finish(progress).map_err(bundle_err)?;
+    slot::commit(&mut dev, parts, &img).map_err(boot)?;
+    dev.sync_all().map_err(out_err)?;
+    let mut esp = ImageEsp::open(open()?, esp_start, esp_len).map_err(boot)?;
+    let entry = entries::install(&mut esp, &m.release.product, slot, &version, &uki, tries)
+        .map_err(boot)?;
+    esp.flush().map_err(boot)?;
+    Ok(entry)
+}

@@ -241,6 +241,7 @@ impl<D: Read + Write + Seek> Esp for ImageEsp<D> {
                 .and_then(|()| f.flush())
                 .map_err(esp_err("writing", path))?;
         }
+        crate::crashpoint::reached("entry-write");
         self.rename(&tmp, path)
     }
 

@@ -193,6 +193,7 @@ impl Esp for DirEsp {
         f.write_all(data)
             .and_then(|()| f.sync_all())
             .map_err(esp_err("writing", path))?;
+        crate::crashpoint::reached("entry-write");
         self.rename(&tmp, path)
     }
 
