@@ -171,3 +171,36 @@ fn both_backends_keep_the_same_rules() {
         assert!(e.free_bytes().unwrap() > 0);
     }
 }
+
+#[test]
+fn files_carry_valid_fat_timestamps() {
+    // Firmware validates timestamps when systemd-boot renames an entry; month 0 or
+    // day 0 made OVMF refuse the boot-counting rename ("Invalid Parameter").
+    let d = tempfile::tempdir().unwrap();
+    let (path, start, len) = disk(d.path());
+    {
+        let mut e = open(&path, start, len);
+        e.write_new("EFI/Linux/x+3-0.efi", b"uki").unwrap();
+        e.flush().unwrap();
+    }
+    let mut f = File::options().read(true).write(true).open(&path).unwrap();
+    let fs = fatfs::FileSystem::new(
+        bootctl::esp::Slice::new(&mut f, start, len),
+        fatfs::FsOptions::new(),
+    )
+    .unwrap();
+    let dir = fs.root_dir().open_dir("EFI/Linux").unwrap();
+    let mut seen = 0;
+    for e in dir.iter() {
+        let e = e.unwrap();
+        for date in [e.created().date, e.modified().date] {
+            assert!(
+                date.year >= 1980 && (1..=12).contains(&date.month) && (1..=31).contains(&date.day),
+                "{}: {date:?}",
+                e.file_name()
+            );
+        }
+        seen += usize::from(e.is_file());
+    }
+    assert_eq!(seen, 1);
+}

@@ -10,6 +10,7 @@
 
 mod bench;
 mod deps;
+mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -19,8 +20,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench::main(&args[1..]),
+        Some("qemu-test") => qemu::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask ci | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]"
                 .to_owned(),
         ),
     };

@@ -9,6 +9,43 @@ use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 use super::{DIRS, Esp, Slice, TMP_SUFFIX, check_path, check_room, esp_err, fat};
 use crate::Error;
 
+/// The timestamp of every file qimg writes on an ESP: 1980-01-01 00:00, the FAT
+/// epoch. Fixed, so images are reproducible; valid, because firmware checks it:
+/// fatfs's default without a clock is month 0 day 0, and OVMF's FAT driver then
+/// refuses systemd-boot's boot-counting rename with "Invalid Parameter" (measured).
+#[derive(Debug)]
+struct FatEpoch;
+
+impl fatfs::TimeProvider for FatEpoch {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FAT_EPOCH: FatEpoch = FatEpoch;
+
+fn options() -> FsOptions {
+    FsOptions::new()
+        .update_accessed_date(false)
+        .time_provider(&FAT_EPOCH)
+}
+
 /// Formats the byte range as FAT32 with the given volume id and label, creates the
 /// standard directories ([`DIRS`]) and repairs their `.`/`..` entries so that
 /// `fsck.vfat` finds nothing to fix.
@@ -29,8 +66,7 @@ pub fn format<D: Read + Write + Seek>(
     )
     .map_err(e("formatting"))?;
     {
-        let fs = FileSystem::new(&mut slice, FsOptions::new().update_accessed_date(false))
-            .map_err(e("mounting"))?;
+        let fs = FileSystem::new(&mut slice, options()).map_err(e("mounting"))?;
         for d in DIRS {
             fs.root_dir()
                 .create_dir(d)
@@ -90,11 +126,8 @@ pub struct ImageEsp<D: Read + Write + Seek> {
 }
 
 fn mount<D: Read + Write + Seek>(dev: &Shared<D>, start: u64, len: u64) -> Result<Fs<D>, Error> {
-    FileSystem::new(
-        Slice::new(dev.clone(), start, len),
-        FsOptions::new().update_accessed_date(false),
-    )
-    .map_err(esp_err("mounting", "ESP"))
+    FileSystem::new(Slice::new(dev.clone(), start, len), options())
+        .map_err(esp_err("mounting", "ESP"))
 }
 
 impl<D: Read + Write + Seek> ImageEsp<D> {
