@@ -2,7 +2,10 @@
 //!
 //! - `cargo xtask ci`: installs the Debian packages the tests need (as root; else
 //!   stops and lists them), then runs every gate CI runs: rustfmt, clippy with
-//!   warnings denied, all tests, and a build of the fuzz targets.
+//!   warnings denied, all tests, a build of the fuzz targets, and `qemu-test`
+//!   (`QIMG_SKIP_QEMU=1` skips it, saying so).
+//! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
+//!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
 //! - `cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]`:
 //!   builds a bundle from a generated tree and does the same work with the standard
 //!   tools on the same input, printing both times, the ratio, verify throughput
@@ -104,6 +107,15 @@ fn ci() -> Result<(), String> {
             ])
             .arg(target_dir().join("fuzz")),
     )?;
+    // The boot chain on real firmware. It fails (it never skips itself) when QEMU,
+    // OVMF or the kernel cannot be had; a person can opt out explicitly.
+    if std::env::var("QIMG_SKIP_QEMU").as_deref() == Ok("1") {
+        eprintln!("xtask: SKIPPED qemu-test because QIMG_SKIP_QEMU=1");
+    } else {
+        let t = std::time::Instant::now();
+        qemu::main(&[])?;
+        eprintln!("xtask: == qemu-test: passed in {:.1} s", t.elapsed().as_secs_f64());
+    }
     eprintln!("xtask: ci passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
 }
