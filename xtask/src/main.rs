@@ -114,7 +114,10 @@ fn ci() -> Result<(), String> {
     } else {
         let t = std::time::Instant::now();
         qemu::main(&[])?;
-        eprintln!("xtask: == qemu-test: passed in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "xtask: == qemu-test: passed in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     eprintln!("xtask: ci passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())

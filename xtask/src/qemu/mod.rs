@@ -263,13 +263,26 @@ fn expect(cond: bool, what: &str) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what.to_owned()) }
 }
 
+/// A slot's entry state and reason, as `qbootctl --image DISK --json status` reports it.
 fn slot_state(
-    ctx: &Ctx,
+    _ctx: &Ctx,
     disk: &Path,
     slot: Slot,
 ) -> Result<(Option<EntryState>, Option<String>), String> {
-    let mut esp = ctx.esp(disk)?;
-    let s = bootctl::status::status(&mut esp, PRODUCT, None, None).map_err(|e| e.to_string())?;
+    let out = Command::new(target_dir().join("debug/qbootctl"))
+        .arg("--image")
+        .arg(disk)
+        .args(["--json", "status"])
+        .output()
+        .map_err(|e| format!("qbootctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "qbootctl status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let s: bootctl::status::Status =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("qbootctl status JSON: {e}"))?;
     let r = &s.slots[if slot == Slot::A { 0 } else { 1 }];
     Ok((r.state, r.reason.clone()))
 }
@@ -571,14 +584,17 @@ pub fn main(args: &[String]) -> Result<(), String> {
             Err(format!("qemu: {status}"))
         };
     }
-    // install-slot runs as its own process so it can be killed.
+    // install-slot runs as its own process so it can be killed; qbootctl reads the
+    // ESP state after the boots.
     crate::step(
-        "imagebuild binary",
+        "imagebuild and qbootctl binaries",
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
             "build",
             "-q",
             "-p",
             "imagebuild",
+            "-p",
+            "bootctl",
         ]),
     )?;
     let exe = target_dir().join("debug/imagebuild");
