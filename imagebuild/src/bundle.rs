@@ -360,12 +360,15 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     }
     for fw in &spec.firmware {
         jobs.push(Box::new(move |st| {
-            let kind = ComponentKind::Firmware {
-                component_id: fw.component_id.clone(),
-                version: fw.version.clone(),
-            };
-            stage_file(&fw.file, &format!("fw-{}", fw.component_id), kind, st, opts)
-                .map(|s| vec![s])
+            let kind = ComponentKind::Firmware(fw.info.clone());
+            stage_file(
+                &fw.file,
+                &format!("fw-{}", fw.info.component_id),
+                kind,
+                st,
+                opts,
+            )
+            .map(|s| vec![s])
         }));
     }
     let staged: Vec<Result<Vec<Staged>, Error>> = std::thread::scope(|s| {

@@ -298,14 +298,11 @@ impl InspectReport {
                         "", verity.root_hash, verity.hash_offset
                     );
                 }
-                ComponentKind::Firmware {
-                    component_id,
-                    version,
-                } => {
+                ComponentKind::Firmware(fw) => {
                     let _ = writeln!(
                         s,
-                        "  {:<14} firmware for {component_id}, version {version}",
-                        ""
+                        "  {:<14} firmware for {}, version {} ({:?}, activates {:?})",
+                        "", fw.component_id, fw.version, fw.version_format, fw.activation
                     );
                 }
                 ComponentKind::BootUki => {}

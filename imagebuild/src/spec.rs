@@ -30,6 +30,13 @@
 //! component_id = "bmc"
 //! version = "2.14.1"
 //! file = "firmware/bmc.bin"
+//! # optional, as in the manifest (docs/qimg-format.md):
+//! # version_format = "triplet"      # plain (default), triplet, quad, hex
+//! # device = { esrt_guid = "…", vendor = "…", model = "…" }
+//! # lowest_installed = "2.0.0"
+//! # highest_installed = "2.14.0"
+//! # compatible_platforms = ["7.0.0", "7.1.0"]
+//! # activation = "reboot"           # immediate (default) or reboot
 //! ```
 //!
 //! Relative paths are relative to the spec file's directory.
@@ -123,18 +130,16 @@ struct RawContainer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFirmware {
-    component_id: String,
-    version: String,
     file: PathBuf,
+    #[serde(flatten)]
+    info: qimg::FirmwareInfo,
 }
 
 /// A firmware input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirmwareInput {
-    /// Device component it is for.
-    pub component_id: String,
-    /// Its version string.
-    pub version: String,
+    /// What the manifest says about it (component id, version, device match, ...).
+    pub info: qimg::FirmwareInfo,
     /// The payload file.
     pub file: PathBuf,
 }
@@ -234,8 +239,7 @@ impl ReleaseSpec {
                 .firmware
                 .into_iter()
                 .map(|f| FirmwareInput {
-                    component_id: f.component_id,
-                    version: f.version,
+                    info: f.info,
                     file: abs(f.file),
                 })
                 .collect(),
@@ -279,7 +283,10 @@ impl ReleaseSpec {
         }
         for (i, fw) in self.firmware.iter().enumerate() {
             let field = format!("firmware[{i}]");
-            let id = &fw.component_id;
+            let id = &fw.info.component_id;
+            fw.info
+                .validate()
+                .map_err(|reason| (field.clone(), reason))?;
             let ok = !id.is_empty()
                 && id.len() <= 60
                 && id.as_bytes()[0].is_ascii_alphanumeric()
@@ -384,6 +391,7 @@ min_installed_version = "7.0.0"
             })
         );
         assert_eq!(s.firmware[0].file, d.path().join("bmc.bin"));
+        assert_eq!(s.firmware[0].info, qimg::FirmwareInfo::new("bmc", "A04"));
         assert_eq!(s.level, DEFAULT_LEVEL);
         assert_eq!(s.release.version.to_string(), "7.1.0.1");
     }
@@ -402,6 +410,10 @@ min_installed_version = "7.0.0"
             ),
             ("[compression]\nlevel = 22\n", "compression.level"),
             ("", "platform"),
+            (
+                "[[firmware]]\ncomponent_id = \"bmc\"\nversion = \"2.1\"\nversion_format = \"triplet\"\nfile = \"bmc.bin\"\n",
+                "firmware[0]",
+            ),
             (
                 "[platform]\nroot = \"rootfs\"\nuki = \"uki.efi\"\nkernel = \"uki.efi\"\n",
                 "platform",

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod firmware;
 pub mod manifest;
 pub mod payload;
 pub mod reader;
@@ -34,6 +35,7 @@ mod version;
 pub mod writer;
 
 pub use error::{Error, Part};
+pub use firmware::{Activation, DeviceMatch, FirmwareInfo, VersionFormat};
 pub use manifest::{
     BuildInfo, Component, ComponentKind, Compression, Manifest, Release, Sha256, Target,
 };

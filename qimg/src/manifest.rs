@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::firmware::FirmwareInfo;
 use crate::verity::{self, VerityInfo};
 use crate::{Error, Version};
 
@@ -114,12 +115,7 @@ pub enum ComponentKind {
         verity: VerityInfo,
     },
     /// A firmware payload for one device component.
-    Firmware {
-        /// Which device component it is for (e.g. `bmc`, `bios`, `nic0`).
-        component_id: String,
-        /// The firmware's own version string.
-        version: String,
-    },
+    Firmware(FirmwareInfo),
 }
 
 impl ComponentKind {
@@ -261,14 +257,7 @@ struct RawComponent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verity: Option<VerityInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    firmware: Option<RawFirmware>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFirmware {
-    component_id: String,
-    version: String,
+    firmware: Option<FirmwareInfo>,
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
@@ -349,10 +338,7 @@ impl RawComponent {
                         .ok_or_else(|| invalid(field("firmware"), "missing"))?;
                     check_text(&field("firmware.component_id"), &fw.component_id)?;
                     check_text(&field("firmware.version"), &fw.version)?;
-                    ComponentKind::Firmware {
-                        component_id: fw.component_id,
-                        version: fw.version,
-                    }
+                    ComponentKind::Firmware(fw)
                 }
             }
             other => {
@@ -380,17 +366,7 @@ impl RawComponent {
                 (Some(filesystem.clone()), Some(verity.clone()), None)
             }
             ComponentKind::BootUki => (None, None, None),
-            ComponentKind::Firmware {
-                component_id,
-                version,
-            } => (
-                None,
-                None,
-                Some(RawFirmware {
-                    component_id: component_id.clone(),
-                    version: version.clone(),
-                }),
-            ),
+            ComponentKind::Firmware(fw) => (None, None, Some(fw.clone())),
         };
         RawComponent {
             name: c.name.clone(),
@@ -529,13 +505,15 @@ impl Manifest {
                     ));
                 }
             }
-            if let ComponentKind::Firmware { component_id, .. } = &c.kind
-                && !firmware_ids.insert(component_id.as_str())
-            {
-                return Err(invalid(
-                    field("firmware.component_id"),
-                    format!("two payloads for {component_id:?}"),
-                ));
+            if let ComponentKind::Firmware(fw) = &c.kind {
+                if !firmware_ids.insert(fw.component_id.as_str()) {
+                    return Err(invalid(
+                        field("firmware.component_id"),
+                        format!("two payloads for {:?}", fw.component_id),
+                    ));
+                }
+                fw.validate()
+                    .map_err(|reason| invalid(field("firmware"), reason))?;
             }
         }
         for kind in ["platform-root", "boot-uki", "container"] {

@@ -64,10 +64,19 @@ pub(crate) fn sample() -> Manifest {
             ),
             component(
                 "fw-bmc",
-                ComponentKind::Firmware {
-                    component_id: "bmc".into(),
-                    version: "2.14.1".into(),
-                },
+                ComponentKind::Firmware(crate::FirmwareInfo {
+                    version_format: crate::VersionFormat::Triplet,
+                    device: crate::DeviceMatch {
+                        esrt_guid: Some("6a2b1f7e-36c2-4b0e-9f2a-2b7c3a1d5e10".into()),
+                        vendor: Some("ACME".into()),
+                        model: None,
+                    },
+                    lowest_installed: Some("2.0.0".into()),
+                    highest_installed: Some("2.14.0".into()),
+                    compatible_platforms: vec!["7.0.0".parse().unwrap(), "7.1.0".parse().unwrap()],
+                    activation: crate::Activation::Reboot,
+                    ..crate::FirmwareInfo::new("bmc", "2.14.1")
+                }),
             ),
         ],
     }
@@ -102,6 +111,12 @@ fn json_shape_is_as_documented() {
     assert_eq!(v["components"][1]["kind"], "boot-uki");
     assert!(v["components"][1].get("verity").is_none());
     assert_eq!(v["components"][3]["firmware"]["component_id"], "bmc");
+    assert_eq!(v["components"][3]["firmware"]["version_format"], "triplet");
+    assert_eq!(v["components"][3]["firmware"]["activation"], "reboot");
+    assert_eq!(
+        v["components"][3]["firmware"]["compatible_platforms"][1],
+        "7.1.0"
+    );
 }
 
 #[test]
@@ -191,6 +206,11 @@ fn field_rules() {
         ("components[uki].stored_size", |m| {
             m.components[1].compression = Compression::None
         }),
+        ("components[fw-bmc].firmware", |m| {
+            if let ComponentKind::Firmware(f) = &mut m.components[3].kind {
+                f.lowest_installed = Some("two".into());
+            }
+        }),
         ("components[fw-bmc2].firmware.component_id", |m| {
             let mut fw = m.components[3].clone();
             fw.name = "fw-bmc2".into();
@@ -231,10 +251,24 @@ fn arb_component(i: usize) -> impl Strategy<Value = Component> {
         filesystem: "squashfs".into(),
         verity: verity(b),
     });
-    let firmware =
-        ("[a-z]{1,8}", "[0-9A-Za-z. ]{1,12}").prop_map(move |(id, v)| ComponentKind::Firmware {
-            component_id: format!("{id}{i}"),
-            version: v.trim().to_string() + "1",
+    let firmware = (
+        "[a-z]{1,8}",
+        "[0-9A-Za-z. ]{1,12}",
+        any::<u32>(),
+        any::<bool>(),
+        prop::collection::vec(arb_version(), 0..3),
+    )
+        .prop_map(move |(id, v, n, quad, platforms)| {
+            let mut f =
+                crate::FirmwareInfo::new(&format!("{id}{i}"), &(v.trim().to_string() + "1"));
+            if quad {
+                f.version_format = crate::VersionFormat::Quad;
+                f.version = crate::VersionFormat::Quad.from_u32(n);
+                f.lowest_installed = Some(crate::VersionFormat::Quad.from_u32(n / 2));
+                f.activation = crate::Activation::Reboot;
+            }
+            f.compatible_platforms = platforms;
+            ComponentKind::Firmware(f)
         });
     let kind = if i == 0 {
         prop_oneof![container, firmware].boxed()
