@@ -1,10 +1,40 @@
-//! Node firmware inventory and safe flashing during the prepare phase (issue
-//! "Node firmware").
+//! Node firmware: inventory, plan and (next) safe flashing during prepare.
 //!
-//! This crate will hold: the inventory of a node's firmware components, the plan
-//! that compares it with a bundle's `firmware` components, pre-flight checks, a
-//! persistent journal that survives reboots, and the flashing back-ends, tested
-//! against fake flashers; plus the `qfirmware` CLI.
+//! Done so far (issue "Node firmware", in progress):
+//! - [`inventory`]: what a node has, read through a root path (DMI, ESRT, NVMe,
+//!   external probe commands).
+//! - [`plan`]: inventory + a bundle's firmware payloads → skip, flash, or refuse with
+//!   the reason (downgrade, format mismatch, outside lowest/highest, no device,
+//!   incompatible with the fallback slot's platform, ESP too small for a capsule).
 //!
-//! Nothing is implemented yet; the crate exists so the workspace has its final shape.
+//! Still to come: the flash backends (UEFI capsule-on-disk, flash device file,
+//! external vendor tool, simulated device with fault injection), the persistent
+//! journal, and the `qfirmware` CLI.
 #![deny(missing_docs)]
+
+pub mod inventory;
+pub mod plan;
+
+use std::path::PathBuf;
+
+/// Errors of the `firmware` library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file of the inventory cannot be understood.
+    #[error("inventory: {path}: {reason}")]
+    Inventory {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A probe command failed.
+    #[error("probing {component_id}: {reason}")]
+    Probe {
+        /// The device.
+        component_id: String,
+        /// What failed.
+        reason: String,
+    },
+}
