@@ -12,7 +12,9 @@
 //! journal, and the `qfirmware` CLI.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod inventory;
+pub mod journal;
 pub mod plan;
 
 use std::path::PathBuf;
@@ -28,6 +30,15 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// The journal cannot be read or written.
+    #[error("journal {path}")]
+    Journal {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// A probe command failed.
     #[error("probing {component_id}: {reason}")]

@@ -204,3 +204,21 @@ fn files_carry_valid_fat_timestamps() {
     }
     assert_eq!(seen, 1);
 }
+
+#[test]
+fn directories_created_later_are_clean_for_fsck() {
+    if !tool("fsck.vfat") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (path, start, len) = disk(d.path());
+    {
+        let mut e = open(&path, start, len);
+        e.create_dir("EFI/UpdateCapsule").unwrap();
+        e.create_dir("EFI/UpdateCapsule").unwrap(); // idempotent
+        e.write_new("EFI/UpdateCapsule/fw.cap", b"capsule").unwrap();
+        e.flush().unwrap();
+        assert_eq!(e.list("EFI/UpdateCapsule").unwrap(), ["fw.cap"]);
+    }
+    fsck(&path, start, len);
+}

@@ -128,6 +128,26 @@ fn cluster_of(e: &[u8; ENTRY]) -> u32 {
         | u32::from(u16::from_le_bytes([e[26], e[27]]))
 }
 
+/// The long name spelled by the LFN entries before a short entry (stored last part
+/// first; 13 UTF-16 units each at offsets 1, 14 and 28).
+fn long_name(lfn: &[[u8; ENTRY]]) -> Option<String> {
+    if lfn.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<&[u8; ENTRY]> = lfn.iter().collect();
+    parts.sort_by_key(|e| e[0] & 0x1f);
+    let mut units = vec![];
+    for e in parts {
+        for range in [1..11, 14..26, 28..32] {
+            for c in e[range].chunks_exact(2) {
+                units.push(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+    }
+    let end = units.iter().position(|&u| u == 0 || u == 0xffff).unwrap_or(units.len());
+    String::from_utf16(&units[..end]).ok()
+}
+
 fn short_name(name: &str) -> Option<[u8; 11]> {
     let up = name.to_ascii_uppercase();
     if up.is_empty() || up.len() > 8 || !up.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -149,23 +169,36 @@ fn dot_entry(name: &[u8; 11], cluster: u32, template: &[u8; ENTRY]) -> [u8; ENTR
     e
 }
 
-/// Repairs the `.` and `..` entries of the directory at `path` (components must be
-/// 8.3 names; every directory on the way is repaired too): the directory's first two
+/// Repairs the `.` and `..` entries of the directory at `path` (found by long or
+/// short name; every directory on the way is repaired too): the directory's first two
 /// entries become plain short entries, `..` pointing at cluster 0 when the parent
 /// is the root, and the long-name slots fatfs used are cleared.
 pub fn fix_dot_entries<D: Read + Write + Seek>(dev: &mut D, path: &str) -> io::Result<()> {
     let bpb = Bpb::read(dev)?;
     let mut parent = bpb.root_cluster;
     for part in path.split('/').filter(|p| !p.is_empty()) {
-        let want = short_name(part)
-            .ok_or_else(|| bad(format!("{part:?} is not an 8.3 directory name")))?;
+        let want = short_name(part);
         let entries = bpb.entries(dev, parent)?;
-        let (_, e) = entries
-            .iter()
-            .find(|(_, e)| {
-                e[0] != 0xe5 && e[11] != ATTR_LFN && e[11] & ATTR_DIR != 0 && e[..11] == want
-            })
-            .ok_or_else(|| bad(format!("directory {part:?} not found")))?;
+        let mut lfn: Vec<[u8; ENTRY]> = vec![];
+        let mut found = None;
+        for (_, e) in &entries {
+            if e[0] == 0xe5 {
+                lfn.clear();
+                continue;
+            }
+            if e[11] == ATTR_LFN {
+                lfn.push(*e);
+                continue;
+            }
+            let by_long = long_name(&lfn).is_some_and(|n| n.eq_ignore_ascii_case(part));
+            let by_short = want.is_some_and(|w| e[..11] == w);
+            lfn.clear();
+            if e[11] & ATTR_DIR != 0 && (by_long || by_short) {
+                found = Some(*e);
+                break;
+            }
+        }
+        let e = &found.ok_or_else(|| bad(format!("directory {part:?} not found")))?;
         let dir = cluster_of(e);
         let own = bpb.entries(dev, dir)?;
         let template = own

@@ -278,6 +278,25 @@ impl<D: Read + Write + Seek> Esp for ImageEsp<D> {
         self.rename(&tmp, path)
     }
 
+    fn create_dir(&mut self, path: &str) -> Result<(), Error> {
+        check_path(path)?;
+        if self.fs().root_dir().open_dir(path).is_ok() {
+            return Ok(());
+        }
+        self.fs()
+            .root_dir()
+            .create_dir(path)
+            .map_err(esp_err("creating directory", path))?;
+        // fatfs writes `.`/`..` that fsck rejects: unmount, repair, mount again.
+        self.unmount()?;
+        {
+            let mut slice = Slice::new(self.dev.clone(), self.start, self.len);
+            fat::fix_dot_entries(&mut slice, path).map_err(esp_err("repairing directory", path))?;
+        }
+        self.fs = Some(mount(&self.dev, self.start, self.len)?);
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), Error> {
         self.unmount()?;
         self.fs = Some(mount(&self.dev, self.start, self.len)?);

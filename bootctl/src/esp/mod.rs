@@ -49,6 +49,8 @@ pub trait Esp {
     fn remove(&mut self, path: &str) -> Result<(), Error>;
     /// Writes `data` to the new file `path` (temporary name, then rename).
     fn write_new(&mut self, path: &str, data: &[u8]) -> Result<(), Error>;
+    /// Creates a directory and its parents if missing (8.3 names on an image).
+    fn create_dir(&mut self, path: &str) -> Result<(), Error>;
     /// Makes everything durable.
     fn flush(&mut self) -> Result<(), Error>;
 }
@@ -195,6 +197,10 @@ impl Esp for DirEsp {
             .map_err(esp_err("writing", path))?;
         crate::crashpoint::reached("entry-write");
         self.rename(&tmp, path)
+    }
+
+    fn create_dir(&mut self, path: &str) -> Result<(), Error> {
+        std::fs::create_dir_all(self.at(path)?).map_err(esp_err("creating directory", path))
     }
 
     fn flush(&mut self) -> Result<(), Error> {

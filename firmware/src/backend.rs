@@ -1,0 +1,326 @@
+//! Flash backends behind one trait.
+//!
+//! - [`Simulated`]: a device in a directory, with fault injection, for tests and demos.
+//! - [`FlashFile`]: an MTD-like device file: erase-block aligned writes, read-back.
+//! - [`Tool`]: a vendor tool (e.g. `nvme fw-download` + `fw-commit --action=1`) run
+//!   under a time limit, output captured.
+//! - [`Capsule`]: UEFI capsule-on-disk: the capsule under `EFI/UpdateCapsule/` on the
+//!   ESP (live or in an image, through `bootctl`) and bit 0x4 in `OsIndications`.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bootctl::esp::Esp;
+use serde::{Deserialize, Serialize};
+
+/// What verification established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// Checked now (read back, or the device reports the new version).
+    Now,
+    /// Staged: the result is known after the reboot that activates it.
+    AtReboot,
+}
+
+/// A way to put firmware on a device.
+pub trait Flasher {
+    /// Writes `payload`, giving up at `deadline`.
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String>;
+    /// Checks what was written; `version` is the payload's version.
+    fn verify(&mut self, payload: &[u8], version: &str) -> Result<Verified, String>;
+}
+
+/// Faults a [`Simulated`] device can be told to have (`fault.json` in its directory).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "kebab-case")]
+pub enum Fault {
+    /// The write fails after this many bytes.
+    FailAt {
+        /// Bytes written before the failure.
+        byte: usize,
+    },
+    /// The byte at this offset is written wrong.
+    Corrupt {
+        /// Offset.
+        byte: usize,
+    },
+    /// The write never finishes (until the deadline).
+    Hang,
+    /// The write "succeeds" but the device keeps reporting its old version.
+    StaleVersion,
+}
+
+/// A simulated device: `contents` (the firmware), `version`, optional `fault.json`.
+#[derive(Clone, Debug)]
+pub struct Simulated {
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+impl Simulated {
+    fn fault(&self) -> Result<Option<Fault>, String> {
+        match std::fs::read(self.dir.join("fault.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("fault.json: {e}")),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The version the device reports.
+    pub fn version(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("version"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+}
+
+impl Flasher for Simulated {
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+        let fault = self.fault()?;
+        let mut f = std::fs::File::create(self.dir.join("contents")).map_err(|e| e.to_string())?;
+        for (i, chunk) in payload.chunks(4096).enumerate() {
+            let at = i * 4096;
+            if Instant::now() > deadline {
+                return Err("timed out".into());
+            }
+            match &fault {
+                Some(Fault::FailAt { byte }) if at + chunk.len() > *byte => {
+                    f.write_all(&chunk[..byte - at])
+                        .map_err(|e| e.to_string())?;
+                    return Err(format!("device error after {byte} bytes"));
+                }
+                Some(Fault::Hang) => {
+                    while Instant::now() <= deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    return Err("timed out".into());
+                }
+                _ => {}
+            }
+            let mut c = chunk.to_vec();
+            if let Some(Fault::Corrupt { byte }) = &fault
+                && (at..at + chunk.len()).contains(byte)
+            {
+                c[byte - at] ^= 0xff;
+            }
+            f.write_all(&c).map_err(|e| e.to_string())?;
+        }
+        f.sync_all().map_err(|e| e.to_string())
+    }
+
+    fn verify(&mut self, payload: &[u8], version: &str) -> Result<Verified, String> {
+        let got = std::fs::read(self.dir.join("contents")).map_err(|e| e.to_string())?;
+        if got != payload {
+            return Err("read-back differs from the payload".into());
+        }
+        if self.fault()? != Some(Fault::StaleVersion) {
+            std::fs::write(self.dir.join("version"), format!("{version}\n"))
+                .map_err(|e| e.to_string())?;
+        }
+        match self.version() {
+            Some(v) if v == version => Ok(Verified::Now),
+            other => Err(format!(
+                "the device still reports {} after a successful write",
+                other.unwrap_or_else(|| "no version".into())
+            )),
+        }
+    }
+}
+
+/// A flash device file (MTD-like): the payload, padded with 0xff (the erased state)
+/// to whole erase blocks, written block by block at `offset`, then read back.
+#[derive(Clone, Debug)]
+pub struct FlashFile {
+    /// The device file.
+    pub path: PathBuf,
+    /// Erase-block size.
+    pub erase_block: usize,
+    /// Where the image starts.
+    pub offset: u64,
+}
+
+impl FlashFile {
+    fn padded(&self, payload: &[u8]) -> Vec<u8> {
+        let mut p = payload.to_vec();
+        p.resize(
+            payload.len().div_ceil(self.erase_block) * self.erase_block,
+            0xff,
+        );
+        p
+    }
+}
+
+impl Flasher for FlashFile {
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        for (i, block) in self.padded(payload).chunks(self.erase_block).enumerate() {
+            if Instant::now() > deadline {
+                return Err("timed out".into());
+            }
+            f.seek(SeekFrom::Start(self.offset + (i * self.erase_block) as u64))
+                .and_then(|_| f.write_all(block))
+                .map_err(|e| e.to_string())?;
+        }
+        f.sync_all().map_err(|e| e.to_string())
+    }
+
+    fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, String> {
+        let want = self.padded(payload);
+        let mut got = vec![0u8; want.len()];
+        let mut f = std::fs::File::open(&self.path).map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(self.offset))
+            .and_then(|_| f.read_exact(&mut got))
+            .map_err(|e| e.to_string())?;
+        if got != want {
+            return Err("read-back differs from the payload".into());
+        }
+        Ok(Verified::Now)
+    }
+}
+
+/// A vendor tool. `{payload}` in an argument is replaced by the payload's path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tool {
+    /// Commands run in order to write and commit (e.g. `nvme fw-download`, `nvme fw-commit`).
+    pub write: Vec<Vec<String>>,
+    /// A command printing the device's version, for verification; without it the
+    /// result is checked after the reboot.
+    #[serde(default)]
+    pub version: Option<Vec<String>>,
+}
+
+fn run(argv: &[String], deadline: Instant) -> Result<String, String> {
+    let (prog, args) = argv.split_first().ok_or("empty command")?;
+    let mut child = std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{prog} timed out"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!("{prog} failed ({}): {}", out.status, text.trim()));
+    }
+    Ok(text)
+}
+
+impl Flasher for Tool {
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+        let tmp = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+        std::fs::write(tmp.path(), payload).map_err(|e| e.to_string())?;
+        let path = tmp.path().display().to_string();
+        for cmd in &self.write {
+            let argv: Vec<String> = cmd.iter().map(|a| a.replace("{payload}", &path)).collect();
+            run(&argv, deadline)?;
+        }
+        Ok(())
+    }
+
+    fn verify(&mut self, _payload: &[u8], version: &str) -> Result<Verified, String> {
+        let Some(cmd) = &self.version else {
+            return Ok(Verified::AtReboot);
+        };
+        let got = run(cmd, Instant::now() + Duration::from_secs(60))?;
+        if got.trim() == version {
+            Ok(Verified::Now)
+        } else {
+            Err(format!(
+                "the device reports {:?} after the update, expected {version}",
+                got.trim()
+            ))
+        }
+    }
+}
+
+/// `EFI_GLOBAL_VARIABLE`.
+pub const EFI_GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+/// `EFI_OS_INDICATIONS_FILE_CAPSULE_DELIVERY_SUPPORTED`.
+pub const FILE_CAPSULE_DELIVERY: u64 = 0x4;
+/// Where capsules go on the ESP.
+pub const CAPSULE_DIR: &str = "EFI/UpdateCapsule";
+
+fn efivar_u64(dir: &Path, name: &str) -> Result<Option<u64>, String> {
+    match std::fs::read(dir.join(format!("{name}-{EFI_GLOBAL_GUID}"))) {
+        Ok(b) if b.len() >= 12 => Ok(Some(u64::from_le_bytes(
+            b[4..12].try_into().expect("8 bytes"),
+        ))),
+        Ok(_) => Err(format!("{name}: too short")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
+
+/// The bytes of `OsIndications` as efivarfs stores them: attributes (NV|BS|RT), value.
+pub fn os_indications_bytes(value: u64) -> Vec<u8> {
+    let mut b = 7u32.to_le_bytes().to_vec();
+    b.extend_from_slice(&value.to_le_bytes());
+    b
+}
+
+/// UEFI capsule-on-disk.
+pub struct Capsule<'e> {
+    /// The ESP (live or in an image).
+    pub esp: &'e mut dyn Esp,
+    /// efivarfs.
+    pub efivars: PathBuf,
+    /// File name of the capsule (e.g. `fw-bios.cap`).
+    pub file: String,
+}
+
+impl Capsule<'_> {
+    fn path(&self) -> String {
+        format!("{CAPSULE_DIR}/{}", self.file)
+    }
+}
+
+impl Flasher for Capsule<'_> {
+    fn write(&mut self, payload: &[u8], _deadline: Instant) -> Result<(), String> {
+        let supported = efivar_u64(&self.efivars, "OsIndicationsSupported")?.unwrap_or(0);
+        if supported & FILE_CAPSULE_DELIVERY == 0 {
+            return Err(
+                "the firmware does not support capsules on disk (OsIndicationsSupported)".into(),
+            );
+        }
+        let e = |x: bootctl::Error| x.to_string();
+        self.esp.create_dir(CAPSULE_DIR).map_err(e)?;
+        if self.esp.exists(&self.path()).map_err(e)? {
+            self.esp.remove(&self.path()).map_err(e)?;
+        }
+        self.esp.write_new(&self.path(), payload).map_err(e)?;
+        self.esp.flush().map_err(e)?;
+        let now = efivar_u64(&self.efivars, "OsIndications")?.unwrap_or(0);
+        let var = self
+            .efivars
+            .join(format!("OsIndications-{EFI_GLOBAL_GUID}"));
+        let _ = std::fs::remove_file(&var); // efivarfs files are immutable; write anew
+        std::fs::write(&var, os_indications_bytes(now | FILE_CAPSULE_DELIVERY))
+            .map_err(|e| format!("OsIndications: {e}"))
+    }
+
+    fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, String> {
+        let got = self.esp.read(&self.path()).map_err(|e| e.to_string())?;
+        if got != payload {
+            return Err("the staged capsule differs from the payload".into());
+        }
+        Ok(Verified::AtReboot)
+    }
+}
