@@ -51,6 +51,9 @@ pub struct Record {
     pub to: String,
     /// SHA-256 of the payload (hex), to tell a resumed flash of the same payload.
     pub payload_sha256: String,
+    /// The payload's version format (to read an ESRT `u32` after the reboot).
+    #[serde(default)]
+    pub format: qimg::firmware::VersionFormat,
     /// Where it stands.
     pub step: Step,
 }
@@ -167,6 +170,7 @@ mod tests {
             from: Some("1.0".into()),
             to: "2.0".into(),
             payload_sha256: "00".repeat(32),
+            format: Default::default(),
             step: Step::Planned,
         };
         j.put(&r).unwrap();

@@ -6,13 +6,17 @@
 //! - [`plan`]: inventory + a bundle's firmware payloads → skip, flash, or refuse with
 //!   the reason (downgrade, format mismatch, outside lowest/highest, no device,
 //!   incompatible with the fallback slot's platform, ESP too small for a capsule).
+//! - [`backend`]: UEFI capsule-on-disk, flash device file, external vendor tool,
+//!   simulated device with fault injection.
+//! - [`journal`]: one atomically replaced record per component.
+//! - [`flash`]: one planned payload through a backend, journaled step by step,
+//!   resumable; results after the reboot from the inventory (ESRT status).
 //!
-//! Still to come: the flash backends (UEFI capsule-on-disk, flash device file,
-//! external vendor tool, simulated device with fault injection), the persistent
-//! journal, and the `qfirmware` CLI.
+//! Still to come: the `qfirmware` CLI and kill tests at its crash points.
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod flash;
 pub mod inventory;
 pub mod journal;
 pub mod plan;

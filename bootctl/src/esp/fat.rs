@@ -144,7 +144,10 @@ fn long_name(lfn: &[[u8; ENTRY]]) -> Option<String> {
             }
         }
     }
-    let end = units.iter().position(|&u| u == 0 || u == 0xffff).unwrap_or(units.len());
+    let end = units
+        .iter()
+        .position(|&u| u == 0 || u == 0xffff)
+        .unwrap_or(units.len());
     String::from_utf16(&units[..end]).ok()
 }
 

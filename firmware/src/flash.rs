@@ -1,0 +1,282 @@
+//! Flashing one planned payload through a backend, every step journaled, and the
+//! results read after the reboot that activates staged updates.
+//!
+//! Order per component: refuse on weak power → `planned` → `writing` → (backend
+//! write, time-limited) → `written` → (backend verify) → `activated` when the device
+//! already runs the new version, else `verified` (staged) → `failed` with the reason
+//! at any error. A restart with the same payload continues: `verified`/`activated`
+//! are kept, `planned`/`writing`/`written` write again from the start (a half write
+//! is never trusted), `failed` stays failed unless retry is asked for.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use qimg::Sha256;
+use qimg::firmware::VersionFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::backend::{Flasher, Verified};
+use crate::inventory::{Device, InstalledVersion};
+use crate::journal::{Journal, Record, Step};
+use crate::plan::{Action, PlanItem};
+
+/// Schema of journal records.
+pub const JOURNAL_SCHEMA: &str = "qfirmware.journal/1";
+
+/// Knobs of a flash.
+#[derive(Clone, Debug)]
+pub struct FlashOptions {
+    /// Time limit of one backend write.
+    pub timeout: Duration,
+    /// Retry a component whose journal says `failed`.
+    pub retry_failed: bool,
+    /// Root path for `/sys/class/power_supply` (`/` live).
+    pub root: std::path::PathBuf,
+    /// Lowest battery charge (percent) to flash on when not on mains power.
+    pub min_battery: u8,
+}
+
+impl Default for FlashOptions {
+    fn default() -> Self {
+        FlashOptions {
+            timeout: Duration::from_secs(600),
+            retry_failed: false,
+            root: "/".into(),
+            min_battery: 30,
+        }
+    }
+}
+
+/// How a component's flash ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The plan did not say flash.
+    NotPlanned,
+    /// The device runs the new version now.
+    Activated,
+    /// Staged; the reboot activates it.
+    Staged,
+    /// Done before (journal), nothing written this time.
+    AlreadyDone {
+        /// The step the journal holds.
+        step: String,
+    },
+    /// Failed (now, or before and not retried).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Called at every journal step (for progress rendering).
+pub trait StepObserver {
+    /// `component` reached `step`.
+    fn step(&self, component: &str, step: &Step);
+}
+
+/// No progress.
+pub struct Quiet;
+impl StepObserver for Quiet {
+    fn step(&self, _: &str, _: &Step) {}
+}
+
+/// Why flashing on this power is unsafe, if it is: batteries present, no mains
+/// online, and the charge below `min` (fwupd refuses below its battery threshold).
+pub fn power_refusal(root: &Path, min: u8) -> Option<String> {
+    let dir = root.join("sys/class/power_supply");
+    let rd = std::fs::read_dir(&dir).ok()?;
+    let mut mains_online = false;
+    let mut lowest: Option<u8> = None;
+    for e in rd.filter_map(Result::ok) {
+        let p = e.path();
+        let read = |f: &str| {
+            std::fs::read_to_string(p.join(f))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        match read("type").as_str() {
+            "Mains" => mains_online |= read("online") == "1",
+            "Battery" => {
+                if let Ok(c) = read("capacity").parse::<u8>() {
+                    lowest = Some(lowest.map_or(c, |l| l.min(c)));
+                }
+            }
+            _ => {}
+        }
+    }
+    match lowest {
+        Some(c) if !mains_online && c < min => Some(format!(
+            "on battery at {c}% (below {min}%), no mains power online"
+        )),
+        _ => None,
+    }
+}
+
+/// Flashes `item` (when its action is flash) with `payload` through `flasher`.
+///
+/// `payload` must come from a verified bundle read (its digest is the manifest's
+/// `payload_sha256`); the journal ties resumption to that digest.
+#[allow(clippy::too_many_arguments)]
+pub fn flash(
+    journal: &Journal,
+    item: &PlanItem,
+    format: VersionFormat,
+    payload: &[u8],
+    payload_sha256: Sha256,
+    flasher: &mut dyn Flasher,
+    o: &FlashOptions,
+    obs: &dyn StepObserver,
+) -> Result<Outcome, Error> {
+    if item.action != Action::Flash {
+        return Ok(Outcome::NotPlanned);
+    }
+    let sha = payload_sha256.to_string();
+    if let Some(prev) = journal.get(&item.component)?
+        && prev.payload_sha256 == sha
+    {
+        match &prev.step {
+            Step::Verified | Step::Activated => {
+                let step = serde_json::to_value(&prev.step).expect("serializable")["step"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                return Ok(Outcome::AlreadyDone { step });
+            }
+            Step::Failed { reason } if !o.retry_failed => {
+                return Ok(Outcome::Failed {
+                    reason: format!("failed before: {reason} (use --retry to try again)"),
+                });
+            }
+            _ => {}
+        }
+    }
+    let mut rec = Record {
+        schema: JOURNAL_SCHEMA.into(),
+        component: item.component.clone(),
+        device: item.device.clone().unwrap_or_default(),
+        from: item.installed.clone(),
+        to: item.offered.clone(),
+        payload_sha256: sha,
+        format,
+        step: Step::Planned,
+    };
+    let go = |rec: &mut Record, step: Step| -> Result<(), Error> {
+        journal.advance(rec, step)?;
+        obs.step(&rec.component, &rec.step);
+        Ok(())
+    };
+    if let Some(why) = power_refusal(&o.root, o.min_battery) {
+        // Nothing was written: the journal records nothing for it.
+        return Ok(Outcome::Failed { reason: why });
+    }
+    go(&mut rec, Step::Planned)?;
+    go(&mut rec, Step::Writing)?;
+    bootctl::crashpoint::reached("firmware-write");
+    if let Err(reason) = flasher.write(payload, Instant::now() + o.timeout) {
+        go(
+            &mut rec,
+            Step::Failed {
+                reason: reason.clone(),
+            },
+        )?;
+        return Ok(Outcome::Failed { reason });
+    }
+    go(&mut rec, Step::Written)?;
+    bootctl::crashpoint::reached("firmware-written");
+    match flasher.verify(payload, &item.offered) {
+        Ok(Verified::Now) => {
+            go(&mut rec, Step::Activated)?;
+            Ok(Outcome::Activated)
+        }
+        Ok(Verified::AtReboot) => {
+            go(&mut rec, Step::Verified)?;
+            Ok(Outcome::Staged)
+        }
+        Err(reason) => {
+            go(
+                &mut rec,
+                Step::Failed {
+                    reason: reason.clone(),
+                },
+            )?;
+            Ok(Outcome::Failed { reason })
+        }
+    }
+}
+
+/// One staged component's result after the reboot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentResult {
+    /// Component.
+    pub component: String,
+    /// The journal step now.
+    pub step: Step,
+}
+
+/// After a reboot: moves every staged (`verified`) record to `activated` when its
+/// device now reports the new version, or to `failed` with the ESRT's last attempt
+/// status (or "not applied"). Records already final are returned as they are.
+pub fn results(journal: &Journal, devices: &[Device]) -> Result<Vec<ComponentResult>, Error> {
+    let mut out = vec![];
+    for mut rec in journal.all()? {
+        if rec.step == Step::Verified {
+            let dev = devices.iter().find(|d| d.component_id == rec.device);
+            let step = match dev.map(|d| &d.installed) {
+                None => Step::Failed {
+                    reason: format!("device {} is gone after the reboot", rec.device),
+                },
+                Some(InstalledVersion::Text { version }) if *version == rec.to => Step::Activated,
+                Some(InstalledVersion::Esrt {
+                    version,
+                    last_attempt_status,
+                    ..
+                }) => {
+                    if rec.format.from_u32(*version) == rec.to {
+                        Step::Activated
+                    } else if *last_attempt_status != 0 {
+                        Step::Failed {
+                            reason: format!(
+                                "the firmware reports last attempt status {last_attempt_status} ({})",
+                                esrt_status_name(*last_attempt_status)
+                            ),
+                        }
+                    } else {
+                        Step::Failed {
+                            reason: format!(
+                                "not applied: the device still runs {}",
+                                rec.format.from_u32(*version)
+                            ),
+                        }
+                    }
+                }
+                Some(InstalledVersion::Text { version }) => Step::Failed {
+                    reason: format!("not applied: the device still runs {version}"),
+                },
+            };
+            journal.advance(&mut rec, step)?;
+        }
+        out.push(ComponentResult {
+            component: rec.component,
+            step: rec.step,
+        });
+    }
+    Ok(out)
+}
+
+/// UEFI's `LAST_ATTEMPT_STATUS_*` names.
+pub fn esrt_status_name(s: u32) -> &'static str {
+    match s {
+        0 => "success",
+        1 => "unsuccessful",
+        2 => "insufficient resources",
+        3 => "incorrect version",
+        4 => "invalid format",
+        5 => "authentication error",
+        6 => "power: AC not connected",
+        7 => "power: insufficient battery",
+        8 => "unsatisfied dependencies",
+        _ => "vendor specific",
+    }
+}

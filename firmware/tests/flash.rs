@@ -1,0 +1,419 @@
+//! Flash orchestration through every backend, faults, resumption from the journal,
+//! power refusal, and results after the reboot.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use firmware::backend::{Capsule, EFI_GLOBAL_GUID, Fault, FlashFile, Flasher, Simulated, Tool};
+use firmware::flash::{FlashOptions, Outcome, Quiet, flash, results};
+use firmware::inventory::{Device, InstalledVersion};
+use firmware::journal::{Journal, Record, Step};
+use firmware::plan::{Action, PlanItem};
+use qimg::{Sha256, VersionFormat};
+
+fn item(action: Action) -> PlanItem {
+    PlanItem {
+        component: "fw-bmc".into(),
+        component_id: "bmc".into(),
+        device: Some("bmc".into()),
+        installed: Some("1.0".into()),
+        offered: "2.0".into(),
+        action,
+    }
+}
+
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+struct Env {
+    _d: tempfile::TempDir,
+    journal: Journal,
+    dev: Simulated,
+    opts: FlashOptions,
+}
+
+fn env() -> Env {
+    let d = tempfile::tempdir().unwrap();
+    let dev = d.path().join("dev");
+    std::fs::create_dir(&dev).unwrap();
+    std::fs::write(dev.join("version"), "1.0\n").unwrap();
+    std::fs::write(dev.join("contents"), b"old firmware").unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    Env {
+        journal: Journal::open(&d.path().join("journal")).unwrap(),
+        dev: Simulated { dir: dev },
+        opts: FlashOptions {
+            timeout: Duration::from_secs(30),
+            root,
+            ..FlashOptions::default()
+        },
+        _d: d,
+    }
+}
+
+impl Env {
+    fn run(&mut self, p: &[u8], sha: u8, f: &mut dyn Flasher) -> Outcome {
+        flash(
+            &self.journal,
+            &item(Action::Flash),
+            VersionFormat::Triplet,
+            p,
+            Sha256([sha; 32]),
+            f,
+            &self.opts,
+            &Quiet,
+        )
+        .unwrap()
+    }
+    fn sim(&mut self, p: &[u8], sha: u8) -> Outcome {
+        let mut dev = self.dev.clone();
+        self.run(p, sha, &mut dev)
+    }
+    fn step(&self) -> Option<Step> {
+        self.journal.get("fw-bmc").unwrap().map(|r| r.step)
+    }
+    fn fault(&self, f: Option<Fault>) {
+        let p = self.dev.dir.join("fault.json");
+        match f {
+            Some(f) => std::fs::write(p, serde_json::to_vec(&f).unwrap()).unwrap(),
+            None => std::fs::remove_file(p).unwrap(),
+        }
+    }
+    fn contents(&self) -> Vec<u8> {
+        std::fs::read(self.dev.dir.join("contents")).unwrap()
+    }
+}
+
+fn failed(o: &Outcome) -> &str {
+    match o {
+        Outcome::Failed { reason } => reason,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn simulated_device_is_flashed_verified_and_not_flashed_twice() {
+    let mut e = env();
+    let p = payload(10_000);
+    assert_eq!(e.sim(&p, 1), Outcome::Activated);
+    assert_eq!(e.contents(), p);
+    assert_eq!(e.dev.version().as_deref(), Some("2.0"));
+    let rec = e.journal.get("fw-bmc").unwrap().unwrap();
+    assert_eq!(rec.step, Step::Activated);
+    assert_eq!((rec.from.as_deref(), rec.to.as_str()), (Some("1.0"), "2.0"));
+    assert_eq!(rec.payload_sha256, Sha256([1; 32]).to_string());
+    // A second prepare with the same payload writes nothing: a fault would show.
+    e.fault(Some(Fault::FailAt { byte: 0 }));
+    assert_eq!(
+        e.sim(&p, 1),
+        Outcome::AlreadyDone {
+            step: "activated".into()
+        }
+    );
+    assert_eq!(e.contents(), p);
+}
+
+#[test]
+fn items_not_planned_for_flashing_touch_nothing() {
+    let e = env();
+    let refused = Action::Refuse {
+        why: firmware::plan::Refusal::NoDevice,
+    };
+    for a in [Action::Skip, refused] {
+        let mut dev = e.dev.clone();
+        let o = flash(
+            &e.journal,
+            &item(a),
+            VersionFormat::Triplet,
+            b"x",
+            Sha256([0; 32]),
+            &mut dev,
+            &e.opts,
+            &Quiet,
+        )
+        .unwrap();
+        assert_eq!(o, Outcome::NotPlanned);
+    }
+    assert_eq!(e.journal.all().unwrap(), vec![]);
+    assert_eq!(e.contents(), b"old firmware");
+}
+
+#[test]
+fn write_failure_is_journaled_and_only_retried_when_asked() {
+    let mut e = env();
+    let p = payload(20_000);
+    e.fault(Some(Fault::FailAt { byte: 5000 }));
+    let o = e.sim(&p, 2);
+    assert!(failed(&o).contains("after 5000 bytes"), "{o:?}");
+    assert!(matches!(e.step(), Some(Step::Failed { reason }) if reason.contains("5000")));
+    assert_eq!(e.contents(), p[..5000]);
+    assert_eq!(e.dev.version().as_deref(), Some("1.0"));
+    // Without --retry the failure is reported again, nothing is written.
+    e.fault(None);
+    let o = e.sim(&p, 2);
+    assert!(failed(&o).contains("--retry"), "{o:?}");
+    assert_eq!(e.contents(), p[..5000]);
+    // With it, the flash runs from the start.
+    e.opts.retry_failed = true;
+    assert_eq!(e.sim(&p, 2), Outcome::Activated);
+    assert_eq!(e.contents(), p);
+}
+
+#[test]
+fn corrupt_write_and_stale_version_fail_verification() {
+    let mut e = env();
+    let p = payload(9000);
+    e.fault(Some(Fault::Corrupt { byte: 4097 }));
+    let o = e.sim(&p, 3);
+    assert!(failed(&o).contains("read-back differs"), "{o:?}");
+    assert_eq!(e.dev.version().as_deref(), Some("1.0"));
+
+    let mut e = env();
+    e.fault(Some(Fault::StaleVersion));
+    let o = e.sim(&p, 3);
+    assert!(failed(&o).contains("still reports 1.0"), "{o:?}");
+    assert!(matches!(e.step(), Some(Step::Failed { .. })));
+}
+
+#[test]
+fn hanging_device_is_cut_off_at_the_time_limit() {
+    let mut e = env();
+    e.fault(Some(Fault::Hang));
+    e.opts.timeout = Duration::from_millis(300);
+    let t = Instant::now();
+    let o = e.sim(&payload(100), 4);
+    let took = t.elapsed();
+    assert!(failed(&o).contains("timed out"), "{o:?}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn interrupted_flash_resumes_from_the_start_and_new_payload_replaces_old_record() {
+    for interrupted in [Step::Planned, Step::Writing, Step::Written] {
+        let mut e = env();
+        let p = payload(6000);
+        // A half write left behind by a killed prepare.
+        std::fs::write(e.dev.dir.join("contents"), &p[..100]).unwrap();
+        e.journal
+            .put(&Record {
+                schema: "qfirmware.journal/1".into(),
+                component: "fw-bmc".into(),
+                device: "bmc".into(),
+                from: Some("1.0".into()),
+                to: "2.0".into(),
+                payload_sha256: Sha256([5; 32]).to_string(),
+                format: VersionFormat::Triplet,
+                step: interrupted.clone(),
+            })
+            .unwrap();
+        assert_eq!(e.sim(&p, 5), Outcome::Activated, "from {interrupted:?}");
+        assert_eq!(e.contents(), p);
+    }
+    // A record of another payload (an earlier bundle) does not stop this one.
+    let mut e = env();
+    assert_eq!(e.sim(&payload(10), 6), Outcome::Activated);
+    let p = payload(20);
+    assert_eq!(e.sim(&p, 7), Outcome::Activated);
+    assert_eq!(e.contents(), p);
+    assert_eq!(
+        e.journal.get("fw-bmc").unwrap().unwrap().payload_sha256,
+        Sha256([7; 32]).to_string()
+    );
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, format!("{text}\n")).unwrap();
+}
+
+#[test]
+fn low_battery_without_mains_refuses_before_anything_is_written() {
+    let mut e = env();
+    let r = e.opts.root.clone();
+    write(&r, "sys/class/power_supply/BAT0/type", "Battery");
+    write(&r, "sys/class/power_supply/BAT0/capacity", "12");
+    write(&r, "sys/class/power_supply/AC/type", "Mains");
+    write(&r, "sys/class/power_supply/AC/online", "0");
+    let o = e.sim(&payload(100), 8);
+    assert!(failed(&o).contains("12%"), "{o:?}");
+    assert_eq!(e.step(), None);
+    assert_eq!(e.contents(), b"old firmware");
+    // On mains the same charge is fine.
+    write(&r, "sys/class/power_supply/AC/online", "1");
+    assert_eq!(e.sim(&payload(100), 8), Outcome::Activated);
+}
+
+#[test]
+fn flash_file_pads_to_erase_blocks_and_leaves_the_rest_of_the_device() {
+    let mut e = env();
+    let dev = e.opts.root.join("mtd0");
+    std::fs::write(&dev, vec![0xa5u8; 64 * 1024]).unwrap();
+    let p = payload(5000);
+    let mut f = FlashFile {
+        path: dev.clone(),
+        erase_block: 4096,
+        offset: 8192,
+    };
+    assert_eq!(e.run(&p, 9, &mut f), Outcome::Activated);
+    let got = std::fs::read(&dev).unwrap();
+    assert_eq!(got.len(), 64 * 1024);
+    assert!(got[..8192].iter().all(|&b| b == 0xa5), "before the image");
+    assert_eq!(got[8192..8192 + 5000], p[..]);
+    assert!(
+        got[8192 + 5000..8192 + 8192].iter().all(|&b| b == 0xff),
+        "padding"
+    );
+    assert!(
+        got[8192 + 8192..].iter().all(|&b| b == 0xa5),
+        "after the image"
+    );
+}
+
+#[test]
+fn vendor_tool_runs_with_the_payload_and_is_verified_by_its_version_command() {
+    let mut e = env();
+    let dir = e.opts.root.clone();
+    let store = dir.join("flashed.bin");
+    let ver = dir.join("ver");
+    std::fs::write(&ver, "1.0\n").unwrap();
+    let sh = |s: String| vec!["sh".to_string(), "-c".to_string(), s];
+    let mut t = Tool {
+        write: vec![
+            sh(format!("cp \"$0\" {}", store.display())),
+            sh(format!("echo 2.0 > {}", ver.display())),
+        ],
+        version: Some(sh(format!("cat {}", ver.display()))),
+    };
+    // `{payload}` is substituted: pass it as $0.
+    for c in &mut t.write {
+        c.push("{payload}".into());
+    }
+    let p = payload(3000);
+    assert_eq!(e.run(&p, 10, &mut t), Outcome::Activated);
+    assert_eq!(std::fs::read(&store).unwrap(), p);
+
+    // A failing tool: its output reaches the reason.
+    let mut e = env();
+    let mut bad = Tool {
+        write: vec![sh("echo 'image rejected by controller' >&2; exit 3".into())],
+        version: None,
+    };
+    let o = e.run(&p, 11, &mut bad);
+    assert!(failed(&o).contains("image rejected by controller"), "{o:?}");
+    // Without a version command, the result waits for the reboot.
+    let mut e = env();
+    let mut staged = Tool {
+        write: vec![sh("true".into())],
+        version: None,
+    };
+    assert_eq!(e.run(&p, 12, &mut staged), Outcome::Staged);
+    assert_eq!(e.step(), Some(Step::Verified));
+}
+
+fn efivar(dir: &Path, name: &str, value: u64) {
+    let mut b = 7u32.to_le_bytes().to_vec();
+    b.extend_from_slice(&value.to_le_bytes());
+    std::fs::write(dir.join(format!("{name}-{EFI_GLOBAL_GUID}")), b).unwrap();
+}
+
+#[test]
+fn capsule_is_staged_on_the_esp_with_os_indications_set() {
+    let mut e = env();
+    let esp_dir = e.opts.root.join("esp");
+    let vars = e.opts.root.join("efivars");
+    std::fs::create_dir_all(&esp_dir).unwrap();
+    std::fs::create_dir_all(&vars).unwrap();
+    let mut esp = bootctl::esp::DirEsp::new(&esp_dir);
+    let p = payload(40_000);
+    {
+        let mut c = Capsule {
+            esp: &mut esp,
+            efivars: vars.clone(),
+            file: "fw-bmc.cap".into(),
+        };
+        let o = e.run(&p, 13, &mut c);
+        assert!(failed(&o).contains("OsIndicationsSupported"), "{o:?}");
+    }
+    assert!(!esp_dir.join("EFI/UpdateCapsule/fw-bmc.cap").exists());
+
+    let mut e = env();
+    efivar(&vars, "OsIndicationsSupported", 0x1 | 0x4);
+    efivar(&vars, "OsIndications", 0x1); // boot to firmware UI, must be kept
+    let mut c = Capsule {
+        esp: &mut esp,
+        efivars: vars.clone(),
+        file: "fw-bmc.cap".into(),
+    };
+    assert_eq!(e.run(&p, 14, &mut c), Outcome::Staged);
+    assert_eq!(
+        std::fs::read(esp_dir.join("EFI/UpdateCapsule/fw-bmc.cap")).unwrap(),
+        p
+    );
+    let v = std::fs::read(vars.join(format!("OsIndications-{EFI_GLOBAL_GUID}"))).unwrap();
+    assert_eq!(v, [7, 0, 0, 0, 0x5, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(e.step(), Some(Step::Verified));
+}
+
+fn staged(j: &Journal, component: &str, device: &str, to: &str) {
+    j.put(&Record {
+        schema: "qfirmware.journal/1".into(),
+        component: component.into(),
+        device: device.into(),
+        from: None,
+        to: to.into(),
+        payload_sha256: Sha256([0; 32]).to_string(),
+        format: VersionFormat::Quad,
+        step: Step::Verified,
+    })
+    .unwrap();
+}
+
+#[test]
+fn results_after_reboot_activate_or_fail_staged_records() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path()).unwrap();
+    staged(&j, "a-ok", "esrt-ok", "1.2.3.5");
+    staged(&j, "b-battery", "esrt-bad", "1.2.3.5");
+    staged(&j, "c-text", "nvme0", "GXA7902Q");
+    staged(&j, "d-gone", "missing", "1.0");
+    let esrt = |v: u32, s: u32| InstalledVersion::Esrt {
+        version: v,
+        last_attempt_version: 0x0102_0305,
+        last_attempt_status: s,
+    };
+    let dev = |id: &str, installed| Device {
+        component_id: id.into(),
+        installed,
+        esrt_guid: None,
+        vendor: None,
+        model: None,
+    };
+    let devices = [
+        dev("esrt-ok", esrt(0x0102_0305, 0)),
+        dev("esrt-bad", esrt(0x0102_0304, 7)),
+        dev(
+            "nvme0",
+            InstalledVersion::Text {
+                version: "GXA7801Q".into(),
+            },
+        ),
+    ];
+    let r = results(&j, &devices).unwrap();
+    let by = |c: &str| r.iter().find(|x| x.component == c).unwrap().step.clone();
+    assert_eq!(by("a-ok"), Step::Activated);
+    assert!(
+        matches!(by("b-battery"), Step::Failed { reason } if reason.contains("status 7") && reason.contains("battery"))
+    );
+    assert!(
+        matches!(by("c-text"), Step::Failed { reason } if reason.contains("still runs GXA7801Q"))
+    );
+    assert!(matches!(by("d-gone"), Step::Failed { reason } if reason.contains("gone")));
+    // The journal holds the results.
+    assert_eq!(j.get("a-ok").unwrap().unwrap().step, Step::Activated);
+    // A second call changes nothing.
+    assert_eq!(results(&j, &devices).unwrap(), r);
+}
