@@ -160,6 +160,7 @@ pub fn flash(
         to: item.offered.clone(),
         payload_sha256: sha,
         format,
+        boot_id: None,
         step: Step::Planned,
     };
     let go = |rec: &mut Record, step: Step| -> Result<(), Error> {
@@ -191,6 +192,7 @@ pub fn flash(
             Ok(Outcome::Activated)
         }
         Ok(Verified::AtReboot) => {
+            rec.boot_id = boot_id(&o.root);
             go(&mut rec, Step::Verified)?;
             Ok(Outcome::Staged)
         }
@@ -206,6 +208,14 @@ pub fn flash(
     }
 }
 
+/// The running boot's id, read under `root`.
+pub fn boot_id(root: &Path) -> Option<String> {
+    std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 /// One staged component's result after the reboot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentResult {
@@ -217,11 +227,18 @@ pub struct ComponentResult {
 
 /// After a reboot: moves every staged (`verified`) record to `activated` when its
 /// device now reports the new version, or to `failed` with the ESRT's last attempt
-/// status (or "not applied"). Records already final are returned as they are.
-pub fn results(journal: &Journal, devices: &[Device]) -> Result<Vec<ComponentResult>, Error> {
+/// status (or "not applied"). A record staged in the running boot (same boot id
+/// under `root`) stays staged; records already final are returned as they are.
+pub fn results(
+    journal: &Journal,
+    devices: &[Device],
+    root: &Path,
+) -> Result<Vec<ComponentResult>, Error> {
+    let now = boot_id(root);
     let mut out = vec![];
     for mut rec in journal.all()? {
-        if rec.step == Step::Verified {
+        let same_boot = rec.boot_id.is_some() && rec.boot_id == now;
+        if rec.step == Step::Verified && !same_boot {
             let dev = devices.iter().find(|d| d.component_id == rec.device);
             let step = match dev.map(|d| &d.installed) {
                 None => Step::Failed {

@@ -54,6 +54,10 @@ pub struct Record {
     /// The payload's version format (to read an ESRT `u32` after the reboot).
     #[serde(default)]
     pub format: qimg::firmware::VersionFormat,
+    /// The boot id (`/proc/sys/kernel/random/boot_id`) when it was staged: results
+    /// are only judged in a later boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     /// Where it stands.
     pub step: Step,
 }
@@ -171,6 +175,7 @@ mod tests {
             to: "2.0".into(),
             payload_sha256: "00".repeat(32),
             format: Default::default(),
+            boot_id: None,
             step: Step::Planned,
         };
         j.put(&r).unwrap();

@@ -20,6 +20,7 @@ pub mod flash;
 pub mod inventory;
 pub mod journal;
 pub mod plan;
+pub mod prepare;
 
 use std::path::PathBuf;
 
@@ -50,6 +51,48 @@ pub enum Error {
         /// The device.
         component_id: String,
         /// What failed.
+        reason: String,
+    },
+    /// The bundle cannot be opened.
+    #[error("opening bundle {path}")]
+    BundleOpen {
+        /// The bundle.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bundle does not verify or cannot be read.
+    #[error("bundle {path}")]
+    Bundle {
+        /// The bundle.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<qimg::Error>,
+    },
+    /// A firmware payload is larger than a node holds in memory.
+    #[error("firmware component {component:?} is {size} bytes, more than the 256 MiB allowed")]
+    PayloadTooLarge {
+        /// The component.
+        component: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A configuration file cannot be used.
+    #[error("configuration {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A payload to flash has no way to be flashed.
+    #[error("cannot flash {component:?}: {reason}")]
+    NoBackend {
+        /// The component.
+        component: String,
+        /// Why.
         reason: String,
     },
 }

@@ -206,6 +206,7 @@ fn interrupted_flash_resumes_from_the_start_and_new_payload_replaces_old_record(
                 to: "2.0".into(),
                 payload_sha256: Sha256([5; 32]).to_string(),
                 format: VersionFormat::Triplet,
+                boot_id: None,
                 step: interrupted.clone(),
             })
             .unwrap();
@@ -367,6 +368,7 @@ fn staged(j: &Journal, component: &str, device: &str, to: &str) {
         to: to.into(),
         payload_sha256: Sha256([0; 32]).to_string(),
         format: VersionFormat::Quad,
+        boot_id: Some("boot-1".into()),
         step: Step::Verified,
     })
     .unwrap();
@@ -375,7 +377,7 @@ fn staged(j: &Journal, component: &str, device: &str, to: &str) {
 #[test]
 fn results_after_reboot_activate_or_fail_staged_records() {
     let d = tempfile::tempdir().unwrap();
-    let j = Journal::open(d.path()).unwrap();
+    let j = Journal::open(&d.path().join("journal")).unwrap();
     staged(&j, "a-ok", "esrt-ok", "1.2.3.5");
     staged(&j, "b-battery", "esrt-bad", "1.2.3.5");
     staged(&j, "c-text", "nvme0", "GXA7902Q");
@@ -402,7 +404,13 @@ fn results_after_reboot_activate_or_fail_staged_records() {
             },
         ),
     ];
-    let r = results(&j, &devices).unwrap();
+    // In the boot that staged them, nothing is judged yet.
+    let root = d.path().join("root");
+    write(&root, "proc/sys/kernel/random/boot_id", "boot-1");
+    let r = results(&j, &devices, &root).unwrap();
+    assert!(r.iter().all(|x| x.step == Step::Verified), "{r:?}");
+    write(&root, "proc/sys/kernel/random/boot_id", "boot-2");
+    let r = results(&j, &devices, &root).unwrap();
     let by = |c: &str| r.iter().find(|x| x.component == c).unwrap().step.clone();
     assert_eq!(by("a-ok"), Step::Activated);
     assert!(
@@ -415,5 +423,5 @@ fn results_after_reboot_activate_or_fail_staged_records() {
     // The journal holds the results.
     assert_eq!(j.get("a-ok").unwrap().unwrap().step, Step::Activated);
     // A second call changes nothing.
-    assert_eq!(results(&j, &devices).unwrap(), r);
+    assert_eq!(results(&j, &devices, &root).unwrap(), r);
 }

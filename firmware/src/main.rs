@@ -1,0 +1,337 @@
+//! `qfirmware`: node firmware inventory, plan, flash and results.
+//!
+//! Exit codes: 0 success; 1 a negative answer (a payload refused by the plan, a
+//! flash or a staged update that failed); 2 an error.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use firmware::flash::{FlashOptions, Outcome, StepObserver, results};
+use firmware::inventory::{Device, inventory};
+use firmware::journal::{Journal, Step};
+use firmware::plan::{Action, PlanItem, PlanOptions, plan};
+use firmware::prepare::{
+    BackendSpec, Backends, NodeConfig, Payload, flash_all, load_payloads, offers,
+};
+use qimg::{PublicKey, TrustedKeys};
+
+/// Versions of the `--json` documents (docs/qfirmware.md).
+const STATUS_SCHEMA: &str = "qfirmware.status/1";
+const PLAN_SCHEMA: &str = "qfirmware.plan/1";
+const FLASH_SCHEMA: &str = "qfirmware.flash/1";
+const RESULTS_SCHEMA: &str = "qfirmware.results/1";
+
+#[derive(Parser)]
+#[command(version, about = "Node firmware: inventory, plan, flash, results")]
+struct Cli {
+    /// Root of the node's filesystem (sysfs is read under it).
+    #[arg(long, global = true, default_value = "/")]
+    root: PathBuf,
+    /// The flash journal directory.
+    #[arg(long, global = true, default_value = "/var/lib/qimg/firmware")]
+    journal: PathBuf,
+    /// The node's firmware configuration: JSON object, device id → {probe, backend}.
+    #[arg(long, global = true)]
+    devices: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct BundleArgs {
+    /// The bundle.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Trusted public key (repeatable).
+    #[arg(long = "pubkey", required = true)]
+    pubkey: Vec<PathBuf>,
+    /// Flash older firmware over newer.
+    #[arg(long)]
+    allow_older: bool,
+    /// Flash the version already installed.
+    #[arg(long)]
+    allow_reinstall: bool,
+    /// The fallback slot's platform version (refuses firmware it cannot run with).
+    #[arg(long)]
+    fallback_platform: Option<qimg::Version>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Devices, their installed versions, and the journal.
+    Status,
+    /// What a bundle's firmware would do on this node.
+    Plan(BundleArgs),
+    /// Flash what the plan says to flash.
+    Flash {
+        #[command(flatten)]
+        bundle: BundleArgs,
+        /// The mounted ESP, for capsules of ESRT devices without a backend entry.
+        #[arg(long, default_value = "/boot/efi")]
+        esp: PathBuf,
+        /// efivarfs (default: ROOT/sys/firmware/efi/efivars).
+        #[arg(long)]
+        efivars: Option<PathBuf>,
+        /// Time limit of one device write, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Try again components whose journal says failed.
+        #[arg(long)]
+        retry: bool,
+        /// Print the plan and the backends, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// After a reboot: the results of staged updates.
+    Results,
+}
+
+fn out(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing stdout"),
+        _ => Ok(()),
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    out(&format!("{}\n", serde_json::to_string_pretty(v)?))
+}
+
+fn code(negative: bool) -> ExitCode {
+    ExitCode::from(u8::from(negative))
+}
+
+fn step_name(s: &Step) -> String {
+    match s {
+        Step::Failed { reason } => format!("failed: {reason}"),
+        other => serde_json::to_value(other).expect("serializable")["step"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+fn action_text(a: &Action) -> String {
+    match a {
+        Action::Skip => "skip (up to date)".into(),
+        Action::Flash => "flash".into(),
+        Action::Refuse { why } => format!("refuse: {why}"),
+    }
+}
+
+struct Stderr;
+impl StepObserver for Stderr {
+    fn step(&self, component: &str, step: &Step) {
+        eprintln!("qfirmware: {component}: {}", step_name(step));
+    }
+}
+
+fn load(
+    b: &BundleArgs,
+    root: &Path,
+    config: &NodeConfig,
+) -> Result<(Vec<Device>, Vec<Payload>, Vec<PlanItem>)> {
+    let keys = b
+        .pubkey
+        .iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            PublicKey::from_file_text(&text).with_context(|| format!("public key {}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let payloads = load_payloads(&b.bundle, &TrustedKeys::new(keys))?;
+    let devices = inventory(root, &config.probes())?;
+    let o = PlanOptions {
+        allow_older: b.allow_older,
+        allow_reinstall: b.allow_reinstall,
+        fallback_platform: b.fallback_platform.clone(),
+        esp_free: None,
+    };
+    let items = plan(&devices, &offers(&payloads), &o);
+    Ok((devices, payloads, items))
+}
+
+fn print_plan(items: &[PlanItem]) -> Result<()> {
+    for i in items {
+        out(&format!(
+            "{}: {} {} -> {}: {}\n",
+            i.component,
+            i.device.as_deref().unwrap_or(&i.component_id),
+            i.installed.as_deref().unwrap_or("(none)"),
+            i.offered,
+            action_text(&i.action)
+        ))?;
+    }
+    Ok(())
+}
+
+fn refused(items: &[PlanItem]) -> bool {
+    items
+        .iter()
+        .any(|i| matches!(i.action, Action::Refuse { .. }))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = match &cli.devices {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    match cli.command {
+        Command::Status => {
+            let devices = inventory(&cli.root, &config.probes())?;
+            let journal = Journal::open(&cli.journal)?.all()?;
+            if cli.json {
+                print_json(
+                    &json!({"schema": STATUS_SCHEMA, "devices": devices, "journal": journal}),
+                )?;
+            } else {
+                for d in &devices {
+                    out(&format!(
+                        "{}: {}\n",
+                        d.component_id,
+                        serde_json::to_string(&d.installed)?
+                    ))?;
+                }
+                for r in &journal {
+                    out(&format!(
+                        "journal {}: {} -> {}: {}\n",
+                        r.component,
+                        r.from.as_deref().unwrap_or("?"),
+                        r.to,
+                        step_name(&r.step)
+                    ))?;
+                }
+            }
+            Ok(code(false))
+        }
+        Command::Plan(b) => {
+            let (_, _, items) = load(&b, &cli.root, &config)?;
+            if cli.json {
+                print_json(&json!({"schema": PLAN_SCHEMA, "items": items}))?;
+            } else {
+                print_plan(&items)?;
+            }
+            Ok(code(refused(&items)))
+        }
+        Command::Flash {
+            bundle,
+            esp,
+            efivars,
+            timeout,
+            retry,
+            dry_run,
+        } => {
+            let (_, payloads, items) = load(&bundle, &cli.root, &config)?;
+            let efivars = efivars.unwrap_or_else(|| cli.root.join("sys/firmware/efi/efivars"));
+            let b = Backends {
+                by_device: config.backends(),
+                default_capsule: Some(BackendSpec::Capsule { esp, efivars }),
+            };
+            if dry_run {
+                let chosen: Vec<_> = items
+                    .iter()
+                    .map(|i| {
+                        let info = &payloads
+                            .iter()
+                            .find(|p| p.name == i.component)
+                            .expect("planned from payloads")
+                            .info;
+                        (
+                            i,
+                            (i.action == Action::Flash)
+                                .then(|| b.for_item(i, info))
+                                .flatten(),
+                        )
+                    })
+                    .collect();
+                if cli.json {
+                    let items: Vec<_> = chosen
+                        .iter()
+                        .map(|(i, s)| json!({"item": i, "backend": s}))
+                        .collect();
+                    print_json(&json!({"schema": FLASH_SCHEMA, "dry_run": true, "items": items}))?;
+                } else {
+                    print_plan(&items)?;
+                    for (i, s) in chosen.iter().filter(|(i, _)| i.action == Action::Flash) {
+                        out(&format!(
+                            "{}: would flash with {}\n",
+                            i.component,
+                            s.map_or("no backend (error)".into(), |s| serde_json::to_string(s)
+                                .unwrap_or_default())
+                        ))?;
+                    }
+                }
+                return Ok(code(refused(&items)));
+            }
+            let journal = Journal::open(&cli.journal)?;
+            let o = FlashOptions {
+                timeout: Duration::from_secs(timeout),
+                retry_failed: retry,
+                root: cli.root.clone(),
+                ..FlashOptions::default()
+            };
+            let outcomes = flash_all(&journal, &items, &payloads, &b, &o, &Stderr)?;
+            let failed = outcomes
+                .iter()
+                .any(|(_, o)| matches!(o, Outcome::Failed { .. }));
+            if cli.json {
+                let list: Vec<_> = outcomes
+                    .iter()
+                    .map(|(c, o)| json!({"component": c, "result": o}))
+                    .collect();
+                print_json(
+                    &json!({"schema": FLASH_SCHEMA, "dry_run": false, "plan": items, "outcomes": list}),
+                )?;
+            } else {
+                print_plan(&items)?;
+                for (c, o) in &outcomes {
+                    out(&format!(
+                        "{c}: {}\n",
+                        match o {
+                            Outcome::NotPlanned => "not planned".into(),
+                            Outcome::Activated => "flashed, running the new version".into(),
+                            Outcome::Staged => "staged, takes effect at the next reboot".into(),
+                            Outcome::AlreadyDone { step } => format!("already done ({step})"),
+                            Outcome::Failed { reason } => format!("FAILED: {reason}"),
+                        }
+                    ))?;
+                }
+            }
+            Ok(code(failed || refused(&items)))
+        }
+        Command::Results => {
+            let devices = inventory(&cli.root, &config.probes())?;
+            let r = results(&Journal::open(&cli.journal)?, &devices, &cli.root)?;
+            if cli.json {
+                print_json(&json!({"schema": RESULTS_SCHEMA, "results": r}))?;
+            } else {
+                for x in &r {
+                    out(&format!("{}: {}\n", x.component, step_name(&x.step)))?;
+                }
+            }
+            Ok(code(
+                r.iter().any(|x| matches!(x.step, Step::Failed { .. })),
+            ))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qfirmware: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
