@@ -1,4 +1,4 @@
-//! Node firmware: inventory, plan and (next) safe flashing during prepare.
+//! Node firmware: inventory, plan and safe flashing during prepare.
 //!
 //! Done so far (issue "Node firmware", in progress):
 //! - [`inventory`]: what a node has, read through a root path (DMI, ESRT, NVMe,
@@ -12,7 +12,8 @@
 //! - [`flash`]: one planned payload through a backend, journaled step by step,
 //!   resumable; results after the reboot from the inventory (ESRT status).
 //!
-//! Still to come: the `qfirmware` CLI and kill tests at its crash points.
+//! - [`prepare`]: payloads from a verified bundle, the node's device configuration,
+//!   flashing every planned payload; `qfirmware` (src/main.rs) is its CLI.
 #![deny(missing_docs)]
 
 pub mod backend;
