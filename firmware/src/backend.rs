@@ -29,6 +29,11 @@ pub trait Flasher {
     fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String>;
     /// Checks what was written; `version` is the payload's version.
     fn verify(&mut self, payload: &[u8], version: &str) -> Result<Verified, String>;
+    /// The ESP file a staged update left for the firmware (removed once the result
+    /// is known).
+    fn staged_file(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Faults a [`Simulated`] device can be told to have (`fault.json` in its directory).
@@ -322,5 +327,9 @@ impl Flasher for Capsule<'_> {
             return Err("the staged capsule differs from the payload".into());
         }
         Ok(Verified::AtReboot)
+    }
+
+    fn staged_file(&self) -> Option<String> {
+        Some(self.path())
     }
 }

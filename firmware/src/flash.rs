@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bootctl::esp::Esp;
 use qimg::Sha256;
 use qimg::firmware::VersionFormat;
 use serde::{Deserialize, Serialize};
@@ -161,6 +162,7 @@ pub fn flash(
         payload_sha256: sha,
         format,
         boot_id: None,
+        staged_file: None,
         step: Step::Planned,
     };
     let go = |rec: &mut Record, step: Step| -> Result<(), Error> {
@@ -193,6 +195,7 @@ pub fn flash(
         }
         Ok(Verified::AtReboot) => {
             rec.boot_id = boot_id(&o.root);
+            rec.staged_file = flasher.staged_file();
             go(&mut rec, Step::Verified)?;
             Ok(Outcome::Staged)
         }
@@ -229,10 +232,12 @@ pub struct ComponentResult {
 /// device now reports the new version, or to `failed` with the ESRT's last attempt
 /// status (or "not applied"). A record staged in the running boot (same boot id
 /// under `root`) stays staged; records already final are returned as they are.
+/// Staged capsule files of final records are removed from `esp` when given.
 pub fn results(
     journal: &Journal,
     devices: &[Device],
     root: &Path,
+    mut esp: Option<&mut dyn Esp>,
 ) -> Result<Vec<ComponentResult>, Error> {
     let now = boot_id(root);
     let mut out = vec![];
@@ -274,12 +279,30 @@ pub fn results(
             };
             journal.advance(&mut rec, step)?;
         }
+        if rec.step != Step::Verified
+            && let (Some(file), Some(esp)) = (rec.staged_file.clone(), esp.as_deref_mut())
+        {
+            remove_staged(esp, &file).map_err(|reason| Error::Esp {
+                path: file.clone(),
+                reason,
+            })?;
+            rec.staged_file = None;
+            journal.put(&rec)?;
+        }
         out.push(ComponentResult {
             component: rec.component,
             step: rec.step,
         });
     }
     Ok(out)
+}
+
+fn remove_staged(esp: &mut dyn Esp, file: &str) -> Result<(), String> {
+    if esp.exists(file).map_err(|e| e.to_string())? {
+        esp.remove(file).map_err(|e| e.to_string())?;
+        esp.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// UEFI's `LAST_ATTEMPT_STATUS_*` names.

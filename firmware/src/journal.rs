@@ -58,6 +58,9 @@ pub struct Record {
     /// are only judged in a later boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The ESP file of a staged capsule, removed when the result is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_file: Option<String>,
     /// Where it stands.
     pub step: Step,
 }
@@ -176,6 +179,7 @@ mod tests {
             payload_sha256: "00".repeat(32),
             format: Default::default(),
             boot_id: None,
+            staged_file: None,
             step: Step::Planned,
         };
         j.put(&r).unwrap();

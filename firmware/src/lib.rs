@@ -96,4 +96,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The ESP cannot be changed.
+    #[error("esp file {path}: {reason}")]
+    Esp {
+        /// The file on the ESP.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
 }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use bootctl::esp::{DirEsp, Esp};
 use firmware::flash::{FlashOptions, Outcome, StepObserver, results};
 use firmware::inventory::{Device, inventory};
 use firmware::journal::{Journal, Step};
@@ -39,6 +40,10 @@ struct Cli {
     /// The node's firmware configuration: JSON object, device id → {probe, backend}.
     #[arg(long, global = true)]
     devices: Option<PathBuf>,
+    /// The mounted ESP: capsules of ESRT devices without a backend entry go there,
+    /// its free space is checked by the plan, `results` removes applied capsules.
+    #[arg(long, global = true, default_value = "/boot/efi")]
+    esp: PathBuf,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -75,9 +80,6 @@ enum Command {
     Flash {
         #[command(flatten)]
         bundle: BundleArgs,
-        /// The mounted ESP, for capsules of ESRT devices without a backend entry.
-        #[arg(long, default_value = "/boot/efi")]
-        esp: PathBuf,
         /// efivarfs (default: ROOT/sys/firmware/efi/efivars).
         #[arg(long)]
         efivars: Option<PathBuf>,
@@ -135,9 +137,15 @@ impl StepObserver for Stderr {
     }
 }
 
+/// The mounted ESP, when there is one.
+fn esp(path: &Path) -> Option<DirEsp> {
+    path.is_dir().then(|| DirEsp::new(path))
+}
+
 fn load(
     b: &BundleArgs,
     root: &Path,
+    esp_dir: &Path,
     config: &NodeConfig,
 ) -> Result<(Vec<Device>, Vec<Payload>, Vec<PlanItem>)> {
     let keys = b
@@ -155,7 +163,13 @@ fn load(
         allow_older: b.allow_older,
         allow_reinstall: b.allow_reinstall,
         fallback_platform: b.fallback_platform.clone(),
-        esp_free: None,
+        esp_free: match esp(esp_dir) {
+            Some(mut e) => Some(
+                e.free_bytes()
+                    .with_context(|| format!("free space of {}", esp_dir.display()))?,
+            ),
+            None => None,
+        },
     };
     let items = plan(&devices, &offers(&payloads), &o);
     Ok((devices, payloads, items))
@@ -215,7 +229,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(code(false))
         }
         Command::Plan(b) => {
-            let (_, _, items) = load(&b, &cli.root, &config)?;
+            let (_, _, items) = load(&b, &cli.root, &cli.esp, &config)?;
             if cli.json {
                 print_json(&json!({"schema": PLAN_SCHEMA, "items": items}))?;
             } else {
@@ -225,17 +239,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Flash {
             bundle,
-            esp,
             efivars,
             timeout,
             retry,
             dry_run,
         } => {
-            let (_, payloads, items) = load(&bundle, &cli.root, &config)?;
+            let (_, payloads, items) = load(&bundle, &cli.root, &cli.esp, &config)?;
             let efivars = efivars.unwrap_or_else(|| cli.root.join("sys/firmware/efi/efivars"));
             let b = Backends {
                 by_device: config.backends(),
-                default_capsule: Some(BackendSpec::Capsule { esp, efivars }),
+                default_capsule: Some(BackendSpec::Capsule {
+                    esp: cli.esp.clone(),
+                    efivars,
+                }),
             };
             if dry_run {
                 let chosen: Vec<_> = items
@@ -311,7 +327,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Results => {
             let devices = inventory(&cli.root, &config.probes())?;
-            let r = results(&Journal::open(&cli.journal)?, &devices, &cli.root)?;
+            let mut e = esp(&cli.esp);
+            let r = results(
+                &Journal::open(&cli.journal)?,
+                &devices,
+                &cli.root,
+                e.as_mut().map(|e| e as &mut dyn Esp),
+            )?;
             if cli.json {
                 print_json(&json!({"schema": RESULTS_SCHEMA, "results": r}))?;
             } else {

@@ -44,15 +44,14 @@ impl Node {
             .arg(self.p("journal"))
             .arg("--devices")
             .arg(self.p("devices.json"))
+            .arg("--esp")
+            .arg(self.p("esp"))
             .args(args);
         if args.iter().any(|a| *a == "plan" || *a == "flash") {
             c.arg("--bundle")
                 .arg(self.p("fw.qimg"))
                 .arg("--pubkey")
                 .arg(self.p("release.pub"));
-        }
-        if args.first() == Some(&"flash") {
-            c.arg("--esp").arg(self.p("esp"));
         }
         c
     }
@@ -235,6 +234,8 @@ fn plan_dry_run_flash_and_results_after_reboot() {
     let st = n.json(&["results"], 0);
     assert_eq!(step(&st, "bios"), "activated");
     assert_eq!(step(&st, "bmc"), "activated");
+    // The applied capsule is removed from the ESP.
+    assert_eq!(capsule(&n), None);
     let status = n.json(&["status"], 0);
     assert_eq!(status["schema"], "qfirmware.status/1");
     assert!(status["devices"].as_array().unwrap().len() >= 2, "{status}");

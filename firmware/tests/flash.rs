@@ -207,6 +207,7 @@ fn interrupted_flash_resumes_from_the_start_and_new_payload_replaces_old_record(
                 payload_sha256: Sha256([5; 32]).to_string(),
                 format: VersionFormat::Triplet,
                 boot_id: None,
+                staged_file: None,
                 step: interrupted.clone(),
             })
             .unwrap();
@@ -369,6 +370,7 @@ fn staged(j: &Journal, component: &str, device: &str, to: &str) {
         payload_sha256: Sha256([0; 32]).to_string(),
         format: VersionFormat::Quad,
         boot_id: Some("boot-1".into()),
+        staged_file: None,
         step: Step::Verified,
     })
     .unwrap();
@@ -407,10 +409,10 @@ fn results_after_reboot_activate_or_fail_staged_records() {
     // In the boot that staged them, nothing is judged yet.
     let root = d.path().join("root");
     write(&root, "proc/sys/kernel/random/boot_id", "boot-1");
-    let r = results(&j, &devices, &root).unwrap();
+    let r = results(&j, &devices, &root, None).unwrap();
     assert!(r.iter().all(|x| x.step == Step::Verified), "{r:?}");
     write(&root, "proc/sys/kernel/random/boot_id", "boot-2");
-    let r = results(&j, &devices, &root).unwrap();
+    let r = results(&j, &devices, &root, None).unwrap();
     let by = |c: &str| r.iter().find(|x| x.component == c).unwrap().step.clone();
     assert_eq!(by("a-ok"), Step::Activated);
     assert!(
@@ -423,5 +425,5 @@ fn results_after_reboot_activate_or_fail_staged_records() {
     // The journal holds the results.
     assert_eq!(j.get("a-ok").unwrap().unwrap().step, Step::Activated);
     // A second call changes nothing.
-    assert_eq!(results(&j, &devices, &root).unwrap(), r);
+    assert_eq!(results(&j, &devices, &root, None).unwrap(), r);
 }
