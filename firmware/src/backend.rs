@@ -136,14 +136,64 @@ impl Flasher for Simulated {
 
 /// A flash device file (MTD-like): the payload, padded with 0xff (the erased state)
 /// to whole erase blocks, written block by block at `offset`, then read back.
+///
+/// With [`Banks`], the payload goes to the bank that is not active, is read back,
+/// and only then does the active-bank file switch to it (atomically): the running
+/// bank is never written, and a failed write leaves the device as it was.
 #[derive(Clone, Debug)]
 pub struct FlashFile {
     /// The device file.
     pub path: PathBuf,
     /// Erase-block size.
     pub erase_block: usize,
-    /// Where the image starts.
+    /// Where the image starts (the first bank).
     pub offset: u64,
+    /// A second bank, when the device has one.
+    pub banks: Option<Banks>,
+}
+
+/// A device's second bank and which bank is active.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Banks {
+    /// Where the second bank starts.
+    pub second_offset: u64,
+    /// A file holding `0` or `1`: the bank the device boots (missing: 0).
+    pub active_file: PathBuf,
+}
+
+impl Banks {
+    /// The active bank.
+    pub fn active(&self) -> Result<u8, String> {
+        match std::fs::read_to_string(&self.active_file) {
+            Ok(t) => match t.trim() {
+                "0" => Ok(0),
+                "1" => Ok(1),
+                other => Err(format!(
+                    "{}: {other:?} is not a bank (0 or 1)",
+                    self.active_file.display()
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(format!("{}: {e}", self.active_file.display())),
+        }
+    }
+
+    fn switch_to(&self, bank: u8) -> Result<(), String> {
+        let err = |e: std::io::Error| format!("{}: {e}", self.active_file.display());
+        let dir = self
+            .active_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+        tmp.write_all(format!("{bank}\n").as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(err)?;
+        tmp.persist(&self.active_file).map_err(|e| err(e.error))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)
+    }
 }
 
 impl FlashFile {
@@ -155,10 +205,31 @@ impl FlashFile {
         );
         p
     }
+
+    /// Where this flash writes: the inactive bank, or `offset` without banks.
+    fn target(&self) -> Result<(u64, Option<u8>), String> {
+        match &self.banks {
+            None => Ok((self.offset, None)),
+            Some(b) => Ok(match b.active()? {
+                0 => (b.second_offset, Some(1)),
+                _ => (self.offset, Some(0)),
+            }),
+        }
+    }
 }
 
 impl Flasher for FlashFile {
     fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+        let (at, _) = self.target()?;
+        if let Some(b) = &self.banks {
+            let bank = b.second_offset.abs_diff(self.offset);
+            let len = self.padded(payload).len() as u64;
+            if len > bank {
+                return Err(format!(
+                    "the payload needs {len} bytes, a bank holds {bank}: it would overwrite the other bank"
+                ));
+            }
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(&self.path)
@@ -167,7 +238,7 @@ impl Flasher for FlashFile {
             if Instant::now() > deadline {
                 return Err("timed out".into());
             }
-            f.seek(SeekFrom::Start(self.offset + (i * self.erase_block) as u64))
+            f.seek(SeekFrom::Start(at + (i * self.erase_block) as u64))
                 .and_then(|_| f.write_all(block))
                 .map_err(|e| e.to_string())?;
         }
@@ -175,16 +246,23 @@ impl Flasher for FlashFile {
     }
 
     fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, String> {
+        let (at, bank) = self.target()?;
         let want = self.padded(payload);
         let mut got = vec![0u8; want.len()];
         let mut f = std::fs::File::open(&self.path).map_err(|e| e.to_string())?;
-        f.seek(SeekFrom::Start(self.offset))
+        f.seek(SeekFrom::Start(at))
             .and_then(|_| f.read_exact(&mut got))
             .map_err(|e| e.to_string())?;
         if got != want {
             return Err("read-back differs from the payload".into());
         }
-        Ok(Verified::Now)
+        match (bank, &self.banks) {
+            (Some(n), Some(b)) => {
+                b.switch_to(n)?;
+                Ok(Verified::AtReboot)
+            }
+            _ => Ok(Verified::Now),
+        }
     }
 }
 
@@ -199,7 +277,8 @@ pub struct Tool {
     pub version: Option<Vec<String>>,
 }
 
-fn run(argv: &[String], deadline: Instant) -> Result<String, String> {
+/// Runs `argv` until `deadline`; its output, or why it failed (with its output).
+pub(crate) fn run(argv: &[String], deadline: Instant) -> Result<String, String> {
     let (prog, args) = argv.split_first().ok_or("empty command")?;
     let mut child = std::process::Command::new(prog)
         .args(args)

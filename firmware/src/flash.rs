@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::backend::{Flasher, Verified};
-use crate::inventory::{Device, InstalledVersion};
+use crate::inventory::{Device, InstalledVersion, PROBE_TIMEOUT};
 use crate::journal::{Journal, Record, Step};
 use crate::plan::{Action, PlanItem};
 
@@ -36,6 +36,8 @@ pub struct FlashOptions {
     pub root: std::path::PathBuf,
     /// Lowest battery charge (percent) to flash on when not on mains power.
     pub min_battery: u8,
+    /// A command that must succeed before each write (UPS or PDU check).
+    pub power_hook: Option<Vec<String>>,
 }
 
 impl Default for FlashOptions {
@@ -45,6 +47,7 @@ impl Default for FlashOptions {
             retry_failed: false,
             root: "/".into(),
             min_battery: 30,
+            power_hook: None,
         }
     }
 }
@@ -170,9 +173,16 @@ pub fn flash(
         obs.step(&rec.component, &rec.step);
         Ok(())
     };
+    // Power refusals write nothing, so the journal records nothing for them.
     if let Some(why) = power_refusal(&o.root, o.min_battery) {
-        // Nothing was written: the journal records nothing for it.
         return Ok(Outcome::Failed { reason: why });
+    }
+    if let Some(hook) = &o.power_hook
+        && let Err(why) = crate::backend::run(hook, Instant::now() + PROBE_TIMEOUT)
+    {
+        return Ok(Outcome::Failed {
+            reason: format!("power check refused: {why}"),
+        });
     }
     go(&mut rec, Step::Planned)?;
     go(&mut rec, Step::Writing)?;

@@ -150,6 +150,18 @@ impl Journal {
         self.put(record)
     }
 
+    /// Takes the journal's exclusive lock (held until the file is dropped), so two
+    /// flashes never run on one node at once.
+    pub fn lock(&self) -> Result<File, Error> {
+        let p = self.dir.join(".lock");
+        let f = File::create(&p).map_err(jerr(&p))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy { path: p }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Journal { path: p, source: e }),
+        }
+    }
+
     /// Forgets a component (after its result was reported).
     pub fn remove(&self, component: &str) -> Result<(), Error> {
         let p = self.path(component);

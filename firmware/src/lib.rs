@@ -104,4 +104,10 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// Another flash holds the journal.
+    #[error("another qfirmware flash is running (lock {path} is held)")]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+    },
 }

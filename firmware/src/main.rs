@@ -86,6 +86,9 @@ enum Command {
         /// Time limit of one device write, in seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// A shell command that must succeed before each write (UPS/PDU check).
+        #[arg(long)]
+        power_check: Option<String>,
         /// Try again components whose journal says failed.
         #[arg(long)]
         retry: bool,
@@ -240,6 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Flash {
             bundle,
             efivars,
+            power_check,
             timeout,
             retry,
             dry_run,
@@ -293,6 +297,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let o = FlashOptions {
                 timeout: Duration::from_secs(timeout),
                 retry_failed: retry,
+                power_hook: power_check.map(|c| vec!["sh".into(), "-c".into(), c]),
                 root: cli.root.clone(),
                 ..FlashOptions::default()
             };

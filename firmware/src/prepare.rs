@@ -8,7 +8,7 @@ use qimg::{BundleReader, ComponentKind, FirmwareInfo, NoProgress, Sha256, Truste
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::backend::{Capsule, FlashFile, Flasher, Simulated, Tool};
+use crate::backend::{Banks, Capsule, FlashFile, Flasher, Simulated, Tool};
 use crate::flash::{FlashOptions, Outcome, StepObserver, flash};
 use crate::inventory::CommandProbe;
 use crate::journal::Journal;
@@ -106,6 +106,9 @@ pub enum BackendSpec {
         /// Where the image starts.
         #[serde(default)]
         offset: u64,
+        /// The device's second bank, if it has one.
+        #[serde(default)]
+        banks: Option<Banks>,
     },
     /// A vendor tool.
     Tool {
@@ -214,10 +217,12 @@ fn run_one(
             path,
             erase_block,
             offset,
+            banks,
         } => go(&mut FlashFile {
             path: path.clone(),
             erase_block: *erase_block,
             offset: *offset,
+            banks: banks.clone(),
         }),
         BackendSpec::Tool { write, version } => go(&mut Tool {
             write: write.clone(),
@@ -244,6 +249,7 @@ pub fn flash_all(
     o: &FlashOptions,
     obs: &dyn StepObserver,
 ) -> Result<Vec<(String, Outcome)>, Error> {
+    let _lock = journal.lock()?;
     let mut work = vec![];
     for item in plan.iter().filter(|i| i.action == Action::Flash) {
         let p = payloads

@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use firmware::backend::{Capsule, EFI_GLOBAL_GUID, Fault, FlashFile, Flasher, Simulated, Tool};
+use firmware::backend::{
+    Banks, Capsule, EFI_GLOBAL_GUID, Fault, FlashFile, Flasher, Simulated, Tool,
+};
 use firmware::flash::{FlashOptions, Outcome, Quiet, flash, results};
 use firmware::inventory::{Device, InstalledVersion};
 use firmware::journal::{Journal, Record, Step};
@@ -259,6 +261,7 @@ fn flash_file_pads_to_erase_blocks_and_leaves_the_rest_of_the_device() {
         path: dev.clone(),
         erase_block: 4096,
         offset: 8192,
+        banks: None,
     };
     assert_eq!(e.run(&p, 9, &mut f), Outcome::Activated);
     let got = std::fs::read(&dev).unwrap();
@@ -426,4 +429,114 @@ fn results_after_reboot_activate_or_fail_staged_records() {
     assert_eq!(j.get("a-ok").unwrap().unwrap().step, Step::Activated);
     // A second call changes nothing.
     assert_eq!(results(&j, &devices, &root, None).unwrap(), r);
+}
+
+#[test]
+fn two_bank_device_writes_the_inactive_bank_then_switches() {
+    let mut e = env();
+    let dev = e.opts.root.join("mtd1");
+    let active = e.opts.root.join("active-bank");
+    // Bank 0 at 0 holds the running image (0x11), bank 1 at 32 KiB an old one (0x22).
+    let mut img = vec![0x11u8; 32 * 1024];
+    img.extend(vec![0x22u8; 32 * 1024]);
+    std::fs::write(&dev, &img).unwrap();
+    let mut f = FlashFile {
+        path: dev.clone(),
+        erase_block: 4096,
+        offset: 0,
+        banks: Some(Banks {
+            second_offset: 32 * 1024,
+            active_file: active.clone(),
+        }),
+    };
+    let p = payload(6000);
+    assert_eq!(e.run(&p, 20, &mut f), Outcome::Staged);
+    let got = std::fs::read(&dev).unwrap();
+    assert!(
+        got[..32 * 1024].iter().all(|&b| b == 0x11),
+        "running bank untouched"
+    );
+    assert_eq!(got[32 * 1024..32 * 1024 + 6000], p[..]);
+    assert_eq!(std::fs::read_to_string(&active).unwrap().trim(), "1");
+
+    // The next flash goes to bank 0 and leaves bank 1 (now running) alone.
+    let mut e = env();
+    let q = payload(100);
+    assert_eq!(e.run(&q, 21, &mut f), Outcome::Staged);
+    let got = std::fs::read(&dev).unwrap();
+    assert_eq!(got[..100], q[..]);
+    assert_eq!(got[32 * 1024..32 * 1024 + 6000], p[..]);
+    assert_eq!(std::fs::read_to_string(&active).unwrap().trim(), "0");
+
+    // A device that cannot be written keeps its active bank.
+    let mut e = env();
+    let mut gone = FlashFile {
+        path: e.opts.root.join("missing"),
+        ..f.clone()
+    };
+    let o = e.run(&q, 22, &mut gone);
+    assert!(failed(&o).contains("missing"), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&active).unwrap().trim(), "0");
+    // A payload larger than a bank would spill into the running one: refused.
+    let o = e.run(&payload(40 * 1024), 24, &mut f);
+    assert!(failed(&o).contains("overwrite the other bank"), "{o:?}");
+    assert_eq!(
+        std::fs::read(&dev).unwrap()[32 * 1024..32 * 1024 + 6000],
+        p[..]
+    );
+    // A garbled active-bank file is an error, not a guess.
+    std::fs::write(&active, "7\n").unwrap();
+    let o = e.run(&q, 23, &mut f);
+    assert!(failed(&o).contains("not a bank"), "{o:?}");
+}
+
+#[test]
+fn power_hook_must_succeed_before_a_write() {
+    let mut e = env();
+    e.opts.power_hook = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo 'UPS on battery' >&2; exit 1".into(),
+    ]);
+    let o = e.sim(&payload(100), 30);
+    assert!(
+        failed(&o).contains("power check refused") && failed(&o).contains("UPS on battery"),
+        "{o:?}"
+    );
+    assert_eq!(e.step(), None);
+    assert_eq!(e.contents(), b"old firmware");
+    e.opts.power_hook = Some(vec!["true".into()]);
+    assert_eq!(e.sim(&payload(100), 30), Outcome::Activated);
+}
+
+#[test]
+fn a_second_flash_on_the_node_is_refused_while_one_runs() {
+    let e = env();
+    let held = e.journal.lock().unwrap();
+    let err = firmware::prepare::flash_all(
+        &e.journal,
+        &[item(Action::Flash)],
+        &[],
+        &Default::default(),
+        &e.opts,
+        &Quiet,
+    )
+    .unwrap_err();
+    assert!(matches!(err, firmware::Error::Busy { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("another qfirmware flash is running")
+    );
+    drop(held);
+    // Released: the same call now gets past the lock (and stops at the missing payload).
+    let err = firmware::prepare::flash_all(
+        &e.journal,
+        &[item(Action::Flash)],
+        &[],
+        &Default::default(),
+        &e.opts,
+        &Quiet,
+    )
+    .unwrap_err();
+    assert!(matches!(err, firmware::Error::NoBackend { .. }), "{err}");
 }
