@@ -330,3 +330,29 @@ pub fn formatted_esp(
     bootctl::esp::format(&mut f, start, len, volume_id).unwrap();
     bootctl::esp::ImageEsp::open(f, start, len).unwrap()
 }
+
+/// fsck.vfat -n on the ESP cut out of the image (dosfstools cannot take an offset).
+pub fn fsck(path: &Path, start: u64, len: u64) {
+    let mut buf = vec![0u8; len as usize];
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    let cut = path.with_extension("esp");
+    std::fs::write(&cut, &buf).unwrap();
+    let out = run(Command::new("fsck.vfat").arg("-n").arg(&cut));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Fix") && !text.contains("Expected") && !text.contains("uninitialized"),
+        "{text}"
+    );
+}
+
+/// `mdir` of `dir` on the FAT file system at byte `start` of the image.
+pub fn mdir(path: &Path, start: u64, dir: &str) -> String {
+    let out = run(Command::new("mdir")
+        .arg("-i")
+        .arg(format!("{}@@{start}", path.display()))
+        .arg(format!("::/{dir}")));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

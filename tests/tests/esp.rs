@@ -2,14 +2,14 @@
 //! mdir and sgdisk.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bootctl::Error;
 use bootctl::esp::{self, DirEsp, Esp, ImageEsp};
 use bootctl::layout::MIB;
-use tests::{esp_range, formatted_esp, layout_disk, run, small_layout, tool};
+use tests::{esp_range, formatted_esp, fsck, layout_disk, mdir, run, small_layout, tool};
 
 const DISK: u64 = 384 * MIB;
 
@@ -31,30 +31,6 @@ fn open(path: &Path, start: u64, len: u64) -> ImageEsp<File> {
         .open(path)
         .unwrap();
     ImageEsp::open(f, start, len).unwrap()
-}
-
-/// fsck.vfat -n on the ESP cut out of the image (dosfstools cannot take an offset).
-fn fsck(path: &Path, start: u64, len: u64) {
-    let mut buf = vec![0u8; len as usize];
-    let mut f = File::open(path).unwrap();
-    f.seek(SeekFrom::Start(start)).unwrap();
-    f.read_exact(&mut buf).unwrap();
-    let cut = path.with_extension("esp");
-    std::fs::write(&cut, &buf).unwrap();
-    let out = run(Command::new("fsck.vfat").arg("-n").arg(&cut));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !text.contains("Fix") && !text.contains("Expected") && !text.contains("uninitialized"),
-        "{text}"
-    );
-}
-
-fn mdir(path: &Path, start: u64, dir: &str) -> String {
-    let out = run(Command::new("mdir")
-        .arg("-i")
-        .arg(format!("{}@@{start}", path.display()))
-        .arg(format!("::/{dir}")));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
