@@ -60,6 +60,12 @@ pub enum Refusal {
         /// The fallback slot's platform version.
         platform: String,
     },
+    /// Another payload of the bundle is already planned for the same device: one
+    /// image per device per prepare.
+    DeviceTaken {
+        /// The component flashing it.
+        by: String,
+    },
     /// Not enough room on the ESP for the capsule (2× its size, as fwupd requires).
     EspTooSmall {
         /// Bytes needed.
@@ -101,6 +107,9 @@ impl std::fmt::Display for Refusal {
                 f,
                 "the fallback slot's platform {platform} does not run with this firmware"
             ),
+            Refusal::DeviceTaken { by } => {
+                write!(f, "{by} in the same bundle flashes this device already")
+            }
             Refusal::EspTooSmall { needed, free } => {
                 write!(
                     f,
@@ -172,76 +181,93 @@ fn installed_text(d: &Device, f: &FirmwareInfo) -> String {
 
 /// Decides, for each offered payload, what to do on a node with `devices`.
 pub fn plan(devices: &[Device], offers: &[Offer], o: &PlanOptions) -> Vec<PlanItem> {
-    offers
+    let mut items: Vec<PlanItem> = offers
         .iter()
-        .map(|(name, f, size)| {
-            let dev = devices.iter().find(|d| matches(d, f));
-            let installed = dev.map(|d| installed_text(d, f));
-            let item = |action| PlanItem {
-                component: (*name).to_owned(),
-                component_id: f.component_id.clone(),
-                device: dev.map(|d| d.component_id.clone()),
-                installed: installed.clone(),
+        .map(|offer| plan_one(devices, offer, o))
+        .collect();
+    // Never two images for one device: the first payload in bundle order wins.
+    for i in 0..items.len() {
+        if items[i].action != Action::Flash {
+            continue;
+        }
+        if let Some(first) = items[..i]
+            .iter()
+            .find(|x| x.action == Action::Flash && x.device == items[i].device)
+        {
+            let by = first.component.clone();
+            items[i].action = Action::Refuse {
+                why: Refusal::DeviceTaken { by },
+            };
+        }
+    }
+    items
+}
+
+fn plan_one(devices: &[Device], (name, f, size): &Offer, o: &PlanOptions) -> PlanItem {
+    let dev = devices.iter().find(|d| matches(d, f));
+    let installed = dev.map(|d| installed_text(d, f));
+    let item = |action| PlanItem {
+        component: (*name).to_owned(),
+        component_id: f.component_id.clone(),
+        device: dev.map(|d| d.component_id.clone()),
+        installed: installed.clone(),
+        offered: f.version.clone(),
+        action,
+    };
+    let refuse = |why| item(Action::Refuse { why });
+    let Some(inst) = &installed else {
+        return refuse(Refusal::NoDevice);
+    };
+    let fmt = f.version_format;
+    let Some(have) = fmt.parse(inst) else {
+        return refuse(Refusal::FormatMismatch {
+            installed: inst.clone(),
+        });
+    };
+    let offered = fmt.parse(&f.version).expect("validated with the manifest");
+    if let (Some(p), false) = (&o.fallback_platform, f.compatible_platforms.is_empty())
+        && !f.compatible_platforms.contains(p)
+    {
+        return refuse(Refusal::IncompatibleFallback {
+            platform: p.to_string(),
+        });
+    }
+    let cmp = |bound: &str| fmt.parse(bound).and_then(|b: FwVersion| have.compare(&b));
+    if let Some(lowest) = &f.lowest_installed
+        && cmp(lowest) == Some(Ordering::Less)
+    {
+        return refuse(Refusal::BelowLowest {
+            installed: inst.clone(),
+            lowest: lowest.clone(),
+        });
+    }
+    if let Some(highest) = &f.highest_installed
+        && cmp(highest) == Some(Ordering::Greater)
+    {
+        return refuse(Refusal::AboveHighest {
+            installed: inst.clone(),
+            highest: highest.clone(),
+        });
+    }
+    match have.compare(&offered) {
+        Some(Ordering::Equal) if !o.allow_reinstall => return item(Action::Skip),
+        Some(Ordering::Greater) if !o.allow_older => {
+            return refuse(Refusal::Downgrade {
+                installed: inst.clone(),
                 offered: f.version.clone(),
-                action,
-            };
-            let refuse = |why| item(Action::Refuse { why });
-            let Some(inst) = &installed else {
-                return refuse(Refusal::NoDevice);
-            };
-            let fmt = f.version_format;
-            let Some(have) = fmt.parse(inst) else {
-                return refuse(Refusal::FormatMismatch {
-                    installed: inst.clone(),
-                });
-            };
-            let offered = fmt.parse(&f.version).expect("validated with the manifest");
-            if let (Some(p), false) = (&o.fallback_platform, f.compatible_platforms.is_empty())
-                && !f.compatible_platforms.contains(p)
-            {
-                return refuse(Refusal::IncompatibleFallback {
-                    platform: p.to_string(),
-                });
-            }
-            let cmp = |bound: &str| fmt.parse(bound).and_then(|b: FwVersion| have.compare(&b));
-            if let Some(lowest) = &f.lowest_installed
-                && cmp(lowest) == Some(Ordering::Less)
-            {
-                return refuse(Refusal::BelowLowest {
-                    installed: inst.clone(),
-                    lowest: lowest.clone(),
-                });
-            }
-            if let Some(highest) = &f.highest_installed
-                && cmp(highest) == Some(Ordering::Greater)
-            {
-                return refuse(Refusal::AboveHighest {
-                    installed: inst.clone(),
-                    highest: highest.clone(),
-                });
-            }
-            match have.compare(&offered) {
-                Some(Ordering::Equal) if !o.allow_reinstall => return item(Action::Skip),
-                Some(Ordering::Greater) if !o.allow_older => {
-                    return refuse(Refusal::Downgrade {
-                        installed: inst.clone(),
-                        offered: f.version.clone(),
-                    });
-                }
-                // Plain versions that differ are an update: they have no order.
-                _ => {}
-            }
-            let capsule =
-                f.activation == Activation::Reboot && dev.is_some_and(|d| d.esrt_guid.is_some());
-            if let (true, Some(free)) = (capsule, o.esp_free)
-                && free < 2 * size
-            {
-                return refuse(Refusal::EspTooSmall {
-                    needed: 2 * size,
-                    free,
-                });
-            }
-            item(Action::Flash)
-        })
-        .collect()
+            });
+        }
+        // Plain versions that differ are an update: they have no order.
+        _ => {}
+    }
+    let capsule = f.activation == Activation::Reboot && dev.is_some_and(|d| d.esrt_guid.is_some());
+    if let (true, Some(free)) = (capsule, o.esp_free)
+        && free < 2 * size
+    {
+        return refuse(Refusal::EspTooSmall {
+            needed: 2 * size,
+            free,
+        });
+    }
+    item(Action::Flash)
 }

@@ -222,3 +222,39 @@ fn capsules_match_by_esrt_guid_and_need_twice_their_size_on_the_esp() {
     let back: Vec<firmware::plan::PlanItem> = serde_json::from_str(&json).unwrap();
     assert_eq!(back, plan(&inv, &[("fw-sys", &cap, 1000)], &small));
 }
+
+#[test]
+fn two_payloads_for_one_device_flash_only_the_first() {
+    let d = node();
+    let inv = inventory(d.path(), &[]).unwrap();
+    let by_id = fw("bios", "1.2.4", VersionFormat::Triplet);
+    let by_vendor = FirmwareInfo {
+        device: DeviceMatch {
+            vendor: Some("ACME".into()),
+            ..DeviceMatch::default()
+        },
+        ..fw("bios-acme", "1.2.5", VersionFormat::Triplet)
+    };
+    let items = plan(
+        &inv,
+        &[("fw-a", &by_id, 1), ("fw-b", &by_vendor, 1)],
+        &PlanOptions::default(),
+    );
+    assert_eq!(items[0].action, Action::Flash);
+    assert_eq!(items[1].device.as_deref(), Some("bios"));
+    assert_eq!(
+        items[1].action,
+        Action::Refuse {
+            why: Refusal::DeviceTaken { by: "fw-a".into() }
+        }
+    );
+    // A skipped payload does not take the device.
+    let same = fw("bios", "1.2.3", VersionFormat::Triplet);
+    let items = plan(
+        &inv,
+        &[("fw-a", &same, 1), ("fw-b", &by_vendor, 1)],
+        &PlanOptions::default(),
+    );
+    assert_eq!(items[0].action, Action::Skip);
+    assert_eq!(items[1].action, Action::Flash);
+}
