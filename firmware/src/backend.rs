@@ -7,6 +7,7 @@
 //! - [`Capsule`]: UEFI capsule-on-disk: the capsule under `EFI/UpdateCapsule/` on the
 //!   ESP (live or in an image, through `bootctl`) and bit 0x4 in `OsIndications`.
 
+use std::borrow::Cow;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -197,13 +198,23 @@ impl Banks {
 }
 
 impl FlashFile {
-    fn padded(&self, payload: &[u8]) -> Vec<u8> {
-        let mut p = payload.to_vec();
-        p.resize(
-            payload.len().div_ceil(self.erase_block) * self.erase_block,
-            0xff,
-        );
-        p
+    /// The payload as whole erase blocks, the last one padded with 0xff, without
+    /// copying the payload.
+    fn blocks<'p>(&self, payload: &'p [u8]) -> impl Iterator<Item = Cow<'p, [u8]>> {
+        let eb = self.erase_block;
+        payload.chunks(eb).map(move |c| {
+            if c.len() == eb {
+                Cow::Borrowed(c)
+            } else {
+                let mut v = c.to_vec();
+                v.resize(eb, 0xff);
+                Cow::Owned(v)
+            }
+        })
+    }
+
+    fn padded_len(&self, payload: &[u8]) -> u64 {
+        (payload.len().div_ceil(self.erase_block) * self.erase_block) as u64
     }
 
     /// Where this flash writes: the inactive bank, or `offset` without banks.
@@ -223,7 +234,7 @@ impl Flasher for FlashFile {
         let (at, _) = self.target()?;
         if let Some(b) = &self.banks {
             let bank = b.second_offset.abs_diff(self.offset);
-            let len = self.padded(payload).len() as u64;
+            let len = self.padded_len(payload);
             if len > bank {
                 return Err(format!(
                     "the payload needs {len} bytes, a bank holds {bank}: it would overwrite the other bank"
@@ -234,12 +245,12 @@ impl Flasher for FlashFile {
             .write(true)
             .open(&self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        for (i, block) in self.padded(payload).chunks(self.erase_block).enumerate() {
+        for (i, block) in self.blocks(payload).enumerate() {
             if Instant::now() > deadline {
                 return Err("timed out".into());
             }
             f.seek(SeekFrom::Start(at + (i * self.erase_block) as u64))
-                .and_then(|_| f.write_all(block))
+                .and_then(|_| f.write_all(&block))
                 .map_err(|e| e.to_string())?;
         }
         f.sync_all().map_err(|e| e.to_string())
@@ -247,14 +258,16 @@ impl Flasher for FlashFile {
 
     fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, String> {
         let (at, bank) = self.target()?;
-        let want = self.padded(payload);
-        let mut got = vec![0u8; want.len()];
         let mut f = std::fs::File::open(&self.path).map_err(|e| e.to_string())?;
-        f.seek(SeekFrom::Start(at))
-            .and_then(|_| f.read_exact(&mut got))
-            .map_err(|e| e.to_string())?;
-        if got != want {
-            return Err("read-back differs from the payload".into());
+        f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        let mut got = vec![0u8; self.erase_block];
+        for (i, want) in self.blocks(payload).enumerate() {
+            f.read_exact(&mut got).map_err(|e| e.to_string())?;
+            if got[..] != want[..] {
+                return Err(format!(
+                    "read-back differs from the payload in erase block {i}"
+                ));
+            }
         }
         match (bank, &self.banks) {
             (Some(n), Some(b)) => {

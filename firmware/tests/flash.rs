@@ -540,3 +540,26 @@ fn a_second_flash_on_the_node_is_refused_while_one_runs() {
     .unwrap_err();
     assert!(matches!(err, firmware::Error::NoBackend { .. }), "{err}");
 }
+
+#[test]
+fn flash_file_read_back_names_the_erase_block_that_differs() {
+    let d = tempfile::tempdir().unwrap();
+    let dev = d.path().join("mtd2");
+    std::fs::write(&dev, vec![0u8; 32 * 1024]).unwrap();
+    let mut f = FlashFile {
+        path: dev.clone(),
+        erase_block: 4096,
+        offset: 4096,
+        banks: None,
+    };
+    let p = payload(10_000);
+    f.write(&p, Instant::now() + Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(f.verify(&p, "2.0"), Ok(firmware::backend::Verified::Now));
+    // A bit flips in the padding of the last block (the device's third block).
+    let mut img = std::fs::read(&dev).unwrap();
+    img[4096 + 2 * 4096 + 3000] ^= 1;
+    std::fs::write(&dev, img).unwrap();
+    let e = f.verify(&p, "2.0").unwrap_err();
+    assert!(e.contains("erase block 2"), "{e}");
+}

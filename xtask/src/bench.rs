@@ -9,14 +9,14 @@ use crate::{deps, root, step, target_dir};
 
 /// Wall time, CPU time and peak memory of one process.
 #[derive(Clone, Copy, Debug, Default)]
-struct Usage {
-    wall: f64,
+pub(crate) struct Usage {
+    pub wall: f64,
     cpu: f64,
-    max_rss_kib: u64,
+    pub max_rss_kib: u64,
 }
 
 impl Usage {
-    fn add(self, o: Usage) -> Usage {
+    pub(crate) fn add(self, o: Usage) -> Usage {
         Usage {
             wall: self.wall + o.wall,
             cpu: self.cpu + o.cpu,
@@ -26,7 +26,7 @@ impl Usage {
 }
 
 /// Runs a command to completion and measures it with wait4's rusage.
-fn measure(cmd: &mut Command) -> Result<Usage, String> {
+pub(crate) fn measure(cmd: &mut Command) -> Result<Usage, String> {
     let start = Instant::now();
     let child = cmd
         .spawn()
@@ -53,20 +53,20 @@ fn measure(cmd: &mut Command) -> Result<Usage, String> {
 }
 
 /// Writes back dirty pages (untimed) so one measurement does not pay for another's writes.
-fn settle() {
+pub(crate) fn settle() {
     let _ = Command::new("sync").status();
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-struct Opts {
-    size_mib: u64,
+pub(crate) struct Opts {
+    pub size_mib: u64,
     level: i32,
-    runs: usize,
-    dir: PathBuf,
+    pub runs: usize,
+    pub dir: PathBuf,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -100,8 +100,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("bundle") => bundle(&parse(&args[1..])?),
+        Some("firmware") => crate::bench_fw::firmware(&parse(&args[1..])?),
         _ => Err(
-            "usage: cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask bench bundle|firmware [--size MIB] [--level N] [--runs N] [--dir DIR]"
                 .into(),
         ),
     }

@@ -12,6 +12,7 @@
 //!   against sha256sum and openssl, and peak memory.
 
 mod bench;
+mod bench_fw;
 mod deps;
 mod qemu;
 
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("qemu-test") => qemu::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask ci | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware [--size MIB] [--level N] [--runs N] [--dir DIR]"
                 .to_owned(),
         ),
     };
