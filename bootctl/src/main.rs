@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use bootctl::efivars::{EFIVARS, LoaderVars};
 use bootctl::esp::{DirEsp, Esp, ImageEsp};
-use bootctl::layout::{ESP_TYPE, Slot};
+use bootctl::layout::Slot;
 use bootctl::status::{self, Status};
 use bootctl::{entries, slot, table};
 
@@ -105,11 +105,7 @@ fn open(cli: &Cli) -> Result<Target> {
                 image.display()
             );
         }
-        let (_, p) = *t
-            .of_type(ESP_TYPE)
-            .first()
-            .context("the image has no ESP")?;
-        let (start, len) = (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512);
+        let (start, len) = t.esp_range().context("the image has no ESP")?;
         let labels = labels_of(&mut dev)?;
         let esp = ImageEsp::open(dev, start, len)?;
         return Ok(Target {

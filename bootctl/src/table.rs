@@ -50,6 +50,13 @@ pub struct Table {
 }
 
 impl Table {
+    /// Byte range (start, length) of the first ESP, if there is one.
+    pub fn esp_range(&self) -> Option<(u64, u64)> {
+        self.of_type(crate::layout::ESP_TYPE)
+            .first()
+            .map(|(_, p)| (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512))
+    }
+
     /// Partitions of one type, in start-LBA order.
     pub fn of_type(&self, type_guid: Uuid) -> Vec<(u32, &Partition)> {
         let mut v: Vec<(u32, &Partition)> = self

@@ -12,13 +12,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use bootctl::esp::{DirEsp, Esp};
+use bootctl::esp::Esp;
 use firmware::flash::{FlashOptions, Outcome, StepObserver, results};
 use firmware::inventory::{Device, inventory};
 use firmware::journal::{Journal, Step};
 use firmware::plan::{Action, PlanItem, PlanOptions, plan};
 use firmware::prepare::{
-    BackendSpec, Backends, NodeConfig, Payload, flash_all, load_payloads, offers,
+    BackendSpec, Backends, NodeConfig, Payload, flash_all, load_payloads, offers, open_esp,
 };
 use qimg::{PublicKey, TrustedKeys};
 
@@ -40,8 +40,9 @@ struct Cli {
     /// The node's firmware configuration: JSON object, device id → {probe, backend}.
     #[arg(long, global = true)]
     devices: Option<PathBuf>,
-    /// The mounted ESP: capsules of ESRT devices without a backend entry go there,
-    /// its free space is checked by the plan, `results` removes applied capsules.
+    /// The mounted ESP, or a disk image holding one: capsules of ESRT devices without
+    /// a backend entry go there, its free space is checked by the plan, `results`
+    /// removes applied capsules.
     #[arg(long, global = true, default_value = "/boot/efi")]
     esp: PathBuf,
     /// Machine-readable output.
@@ -140,9 +141,12 @@ impl StepObserver for Stderr {
     }
 }
 
-/// The mounted ESP, when there is one.
-fn esp(path: &Path) -> Option<DirEsp> {
-    path.is_dir().then(|| DirEsp::new(path))
+/// The ESP (directory or disk image), when there is one.
+fn esp(path: &Path) -> Result<Option<Box<dyn Esp>>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(open_esp(path)?))
 }
 
 fn load(
@@ -166,7 +170,7 @@ fn load(
         allow_older: b.allow_older,
         allow_reinstall: b.allow_reinstall,
         fallback_platform: b.fallback_platform.clone(),
-        esp_free: match esp(esp_dir) {
+        esp_free: match esp(esp_dir)? {
             Some(mut e) => Some(
                 e.free_bytes()
                     .with_context(|| format!("free space of {}", esp_dir.display()))?,
@@ -332,12 +336,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Results => {
             let devices = inventory(&cli.root, &config.probes())?;
-            let mut e = esp(&cli.esp);
+            let mut e = esp(&cli.esp)?;
             let r = results(
                 &Journal::open(&cli.journal)?,
                 &devices,
                 &cli.root,
-                e.as_mut().map(|e| e as &mut dyn Esp),
+                e.as_mut().map(|b| &mut **b as &mut dyn Esp),
             )?;
             if cli.json {
                 print_json(&json!({"schema": RESULTS_SCHEMA, "results": r}))?;

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use qimg::{BundleReader, ComponentKind, FirmwareInfo, NoProgress, Sha256, TrustedKeys};
 use serde::{Deserialize, Serialize};
 
+use bootctl::esp::{DirEsp, Esp, ImageEsp};
+
 use crate::Error;
 use crate::backend::{Banks, Capsule, FlashFile, Flasher, Simulated, Tool};
 use crate::flash::{FlashOptions, Outcome, StepObserver, flash};
@@ -118,9 +120,9 @@ pub enum BackendSpec {
         #[serde(default)]
         version: Option<Vec<String>>,
     },
-    /// A UEFI capsule staged on the mounted ESP.
+    /// A UEFI capsule staged on the ESP.
     Capsule {
-        /// The mounted ESP.
+        /// The mounted ESP directory, or a disk image holding one.
         esp: PathBuf,
         /// efivarfs.
         efivars: PathBuf,
@@ -206,6 +208,28 @@ impl Backends {
     }
 }
 
+/// The ESP at `path`: a mounted directory, or a disk image file whose GPT has an ESP.
+pub fn open_esp(path: &Path) -> Result<Box<dyn Esp>, Error> {
+    if path.is_dir() {
+        return Ok(Box::new(DirEsp::new(path)));
+    }
+    let err = |reason: String| Error::Config {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| err(format!("not an ESP directory or disk image: {e}")))?;
+    let t = bootctl::table::read(&mut dev).map_err(|e| err(e.to_string()))?;
+    let (start, len) = t
+        .esp_range()
+        .ok_or_else(|| err("the disk image has no ESP".into()))?;
+    let esp = ImageEsp::open(dev, start, len).map_err(|e| err(e.to_string()))?;
+    Ok(Box::new(esp))
+}
+
 fn run_one(
     spec: &BackendSpec,
     component: &str,
@@ -229,9 +253,9 @@ fn run_one(
             version: version.clone(),
         }),
         BackendSpec::Capsule { esp, efivars } => {
-            let mut dir = bootctl::esp::DirEsp::new(esp);
+            let mut esp = open_esp(esp)?;
             go(&mut Capsule {
-                esp: &mut dir,
+                esp: esp.as_mut(),
                 efivars: efivars.clone(),
                 file: format!("{component}.cap"),
             })

@@ -350,3 +350,65 @@ fn kill_at_each_crash_point_then_resume() {
         assert_eq!(capsule(&n).unwrap(), n.bios_payload);
     }
 }
+
+#[test]
+fn capsule_goes_into_the_esp_of_a_disk_image() {
+    use bootctl::esp::{Esp, ImageEsp};
+    let n = node("7.1.0");
+    // `--esp` names a disk image instead of a directory.
+    let img = n.p("esp");
+    std::fs::remove_dir(&img).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&img)
+        .unwrap();
+    let size = 256u64 << 20;
+    f.set_len(size).unwrap();
+    let spec = bootctl::layout::LayoutSpec {
+        product: "qimg-demo".into(),
+        esp_mib: 64,
+        root_mib: 40,
+        verity_mib: 2,
+        min_data_mib: 8,
+    };
+    let t = bootctl::table::create(&mut f, &spec.plan(size).unwrap()).unwrap();
+    let (start, len) = t.esp_range().unwrap();
+    bootctl::esp::format(&mut f, start, len, 0x1234_5678).unwrap();
+    drop(f);
+
+    let plan = n.json(&["plan"], 0);
+    assert_eq!(action_of(&plan["items"], "bios"), "flash");
+    let out = n.json(&["flash"], 0);
+    assert_eq!(out["outcomes"].as_array().unwrap().len(), 2, "{out}");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let mut esp = ImageEsp::open(f, start, len).unwrap();
+    let names = esp.list("EFI/UpdateCapsule").unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let got = esp
+        .read(&format!("EFI/UpdateCapsule/{}", names[0]))
+        .unwrap();
+    assert_eq!(got, n.bios_payload);
+    drop(esp);
+
+    // After the reboot the capsule is removed from the image.
+    write(n.d.path(), "root/proc/sys/kernel/random/boot_id", "boot-2");
+    write(
+        n.d.path(),
+        "root/sys/firmware/efi/esrt/entries/entry0/fw_version",
+        &0x0101_0000u32.to_string(),
+    );
+    n.json(&["results"], 0);
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let mut esp = ImageEsp::open(f, start, len).unwrap();
+    assert!(esp.list("EFI/UpdateCapsule").unwrap().is_empty());
+}

@@ -316,8 +316,7 @@ pub fn layout_disk(
 
 /// The ESP's byte range (start, length) in a table with the standard layout.
 pub fn esp_range(t: &bootctl::table::Table) -> (u64, u64) {
-    let p = &t.partitions[&1];
-    (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512)
+    t.esp_range().expect("the standard layout has an ESP")
 }
 
 /// Formats the ESP of a standard-layout disk and mounts it.
