@@ -512,16 +512,19 @@ fn power_hook_must_succeed_before_a_write() {
 #[test]
 fn a_second_flash_on_the_node_is_refused_while_one_runs() {
     let e = env();
+    let attempt = || {
+        firmware::prepare::flash_all(
+            &e.journal,
+            &[item(Action::Flash)],
+            &[],
+            &Default::default(),
+            &e.opts,
+            &Quiet,
+        )
+        .unwrap_err()
+    };
     let held = e.journal.lock().unwrap();
-    let err = firmware::prepare::flash_all(
-        &e.journal,
-        &[item(Action::Flash)],
-        &[],
-        &Default::default(),
-        &e.opts,
-        &Quiet,
-    )
-    .unwrap_err();
+    let err = attempt();
     assert!(matches!(err, firmware::Error::Busy { .. }), "{err}");
     assert!(
         err.to_string()
@@ -529,15 +532,7 @@ fn a_second_flash_on_the_node_is_refused_while_one_runs() {
     );
     drop(held);
     // Released: the same call now gets past the lock (and stops at the missing payload).
-    let err = firmware::prepare::flash_all(
-        &e.journal,
-        &[item(Action::Flash)],
-        &[],
-        &Default::default(),
-        &e.opts,
-        &Quiet,
-    )
-    .unwrap_err();
+    let err = attempt();
     assert!(matches!(err, firmware::Error::NoBackend { .. }), "{err}");
 }
 

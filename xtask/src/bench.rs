@@ -151,21 +151,36 @@ fn machine() -> String {
     )
 }
 
+/// Builds `packages` in release mode.
+pub(crate) fn release_build(packages: &[&str]) -> Result<(), String> {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(["build", "--release"]);
+    for p in packages {
+        c.args(["-p", p]);
+    }
+    step("release build", &mut c)
+}
+
+/// `imagebuild bundle` of `spec` signed with `key` (a `.key` file) into `out`.
+pub(crate) fn bundle_cmd(exe: &Path, spec: &Path, key: &Path, out: &Path) -> Command {
+    let mut c = Command::new(exe);
+    c.env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["bundle", "-q", "--spec"])
+        .arg(spec)
+        .arg("--key")
+        .arg(key)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
 fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
 fn bundle(o: &Opts) -> Result<(), String> {
     deps::ensure(deps::BENCH_PACKAGES)?;
-    step(
-        "release build",
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "--release",
-            "-p",
-            "imagebuild",
-        ]),
-    )?;
+    release_build(&["imagebuild"])?;
     let exe = target_dir().join("release/imagebuild");
     let io = |e: std::io::Error| e.to_string();
     let input = o.dir.join(format!("input-{}m", o.size_mib));
@@ -218,30 +233,22 @@ fn bundle(o: &Opts) -> Result<(), String> {
         let _ = std::fs::remove_file(&ours);
         // Each build starts with no dirty pages left by the previous one.
         settle();
-        build_ours.push(measure(
-            Command::new(&exe)
-                .env("SOURCE_DATE_EPOCH", sde)
-                .args(["bundle", "-q", "--spec"])
-                .arg(input.join("release.toml"))
-                .arg("--key")
-                .arg(key.with_extension("key"))
-                .arg("--out")
-                .arg(&ours),
-        )?);
+        build_ours.push(measure(&mut bundle_cmd(
+            &exe,
+            &input.join("release.toml"),
+            &key.with_extension("key"),
+            &ours,
+        ))?);
 
         let none = work.join("none.qimg");
         let _ = std::fs::remove_file(&none);
         settle();
-        build_none.push(measure(
-            Command::new(&exe)
-                .env("SOURCE_DATE_EPOCH", sde)
-                .args(["bundle", "-q", "--spec"])
-                .arg(input.join("release-none.toml"))
-                .arg("--key")
-                .arg(key.with_extension("key"))
-                .arg("--out")
-                .arg(&none),
-        )?);
+        build_none.push(measure(&mut bundle_cmd(
+            &exe,
+            &input.join("release-none.toml"),
+            &key.with_extension("key"),
+            &none,
+        ))?);
         let _ = std::fs::remove_file(&none);
 
         // The same work with standard tools: squashfs, dm-verity appended in place,

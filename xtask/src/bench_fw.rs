@@ -4,22 +4,12 @@
 
 use std::process::Command;
 
-use crate::bench::{Opts, measure, median, settle};
+use crate::bench::{Opts, bundle_cmd, measure, median, release_build, settle};
 use crate::{deps, step, target_dir};
 
 pub fn firmware(o: &Opts) -> Result<(), String> {
     deps::ensure(&[("minisign", "minisign"), ("zstd", "zstd"), ("tar", "tar")])?;
-    step(
-        "release build",
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "--release",
-            "-p",
-            "imagebuild",
-            "-p",
-            "firmware",
-        ]),
-    )?;
+    release_build(&["imagebuild", "firmware"])?;
     let io = |e: std::io::Error| e.to_string();
     let rel = target_dir().join("release");
     let w = o.dir.join("firmware");
@@ -38,14 +28,12 @@ pub fn firmware(o: &Opts) -> Result<(), String> {
     imagebuild::keys::generate(&w.join("k")).map_err(|e| e.to_string())?;
     step(
         "bundle",
-        Command::new(rel.join("imagebuild"))
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .args(["bundle", "-q", "--spec"])
-            .arg(w.join("release.toml"))
-            .arg("--key")
-            .arg(w.join("k.key"))
-            .arg("--out")
-            .arg(w.join("fw.qimg")),
+        &mut bundle_cmd(
+            &rel.join("imagebuild"),
+            &w.join("release.toml"),
+            &w.join("k.key"),
+            &w.join("fw.qimg"),
+        ),
     )?;
     let dev = w.join("mtd.img");
     let ver = w.join("version");
