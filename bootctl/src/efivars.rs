@@ -10,6 +10,8 @@ use crate::Error;
 
 /// systemd-boot's vendor GUID (`LoaderEntrySelected`, `LoaderBootCountPath`, …).
 pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+/// `EFI_GLOBAL_VARIABLE` (`OsIndications`, `OsIndicationsSupported`, …).
+pub const EFI_GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 /// Where efivarfs is mounted on a node.
 pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// Non-volatile, boot-service and runtime access.
@@ -21,8 +23,7 @@ pub struct LoaderVars {
     dir: PathBuf,
 }
 
-fn decode(bytes: &[u8]) -> Option<String> {
-    let data = bytes.get(4..)?;
+fn decode(data: &[u8]) -> Option<String> {
     let units: Vec<u16> = data
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -31,13 +32,50 @@ fn decode(bytes: &[u8]) -> Option<String> {
     String::from_utf16(&units).ok()
 }
 
-/// Encodes a string variable as efivarfs expects it (attributes, UTF-16LE, NUL).
-pub fn encode(value: &str) -> Vec<u8> {
+/// The bytes of an efivarfs file holding `data`: attributes (NV|BS|RT), then the data.
+pub fn file_bytes(data: &[u8]) -> Vec<u8> {
     let mut b = ATTR_NV_BS_RT.to_le_bytes().to_vec();
-    for u in value.encode_utf16().chain([0]) {
-        b.extend_from_slice(&u.to_le_bytes());
-    }
+    b.extend_from_slice(data);
     b
+}
+
+/// A string variable's data as systemd-boot writes it: UTF-16LE, NUL-terminated.
+fn encode(value: &str) -> Vec<u8> {
+    value
+        .encode_utf16()
+        .chain([0])
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
+fn var_path(dir: &Path, name: &str, guid: &str) -> PathBuf {
+    dir.join(format!("{name}-{guid}"))
+}
+
+/// The data of variable `name` of vendor `guid` in efivarfs `dir` (the attribute
+/// word stripped), if it is set.
+pub fn read_var(dir: &Path, name: &str, guid: &str) -> Result<Option<Vec<u8>>, Error> {
+    let p = var_path(dir, name, guid);
+    match std::fs::read(&p) {
+        Ok(b) if b.len() >= 4 => Ok(Some(b[4..].to_vec())),
+        Ok(_) => Err(Error::File {
+            path: p,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "shorter than its attribute word",
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::File { path: p, source }),
+    }
+}
+
+/// Sets variable `name` of vendor `guid` to `data` (NV|BS|RT). efivarfs makes
+/// existing variable files immutable, so an existing one is removed first.
+pub fn write_var(dir: &Path, name: &str, guid: &str, data: &[u8]) -> Result<(), Error> {
+    let p = var_path(dir, name, guid);
+    let _ = std::fs::remove_file(&p);
+    std::fs::write(&p, file_bytes(data)).map_err(|source| Error::File { path: p, source })
 }
 
 impl LoaderVars {
@@ -48,26 +86,14 @@ impl LoaderVars {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}-{LOADER_GUID}"))
-    }
-
     /// A string variable, if set.
     pub fn get(&self, name: &str) -> Result<Option<String>, Error> {
-        let p = self.path(name);
-        match std::fs::read(&p) {
-            Ok(b) => Ok(decode(&b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::File { path: p, source }),
-        }
+        Ok(read_var(&self.dir, name, LOADER_GUID)?.and_then(|d| decode(&d)))
     }
 
-    /// Sets a string variable (a new file: efivarfs makes existing ones immutable, so
-    /// an existing variable is removed first).
+    /// Sets a string variable.
     pub fn set(&self, name: &str, value: &str) -> Result<(), Error> {
-        let p = self.path(name);
-        let _ = std::fs::remove_file(&p);
-        std::fs::write(&p, encode(value)).map_err(|source| Error::File { path: p, source })
+        write_var(&self.dir, name, LOADER_GUID, &encode(value))
     }
 
     /// The entry file the loader booted, with its current name: the base name of
@@ -106,5 +132,36 @@ mod tests {
             std::fs::read(d.path().join(format!("LoaderEntrySelected-{LOADER_GUID}"))).unwrap();
         assert_eq!(&raw[..4], &[7, 0, 0, 0]);
         assert_eq!(&raw[raw.len() - 2..], &[0, 0]);
+    }
+
+    #[test]
+    fn raw_variables_strip_and_add_the_attribute_word() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(
+            read_var(d.path(), "OsIndications", EFI_GLOBAL_GUID).unwrap(),
+            None
+        );
+        write_var(
+            d.path(),
+            "OsIndications",
+            EFI_GLOBAL_GUID,
+            &5u64.to_le_bytes(),
+        )
+        .unwrap();
+        let p = d.path().join(format!("OsIndications-{EFI_GLOBAL_GUID}"));
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            [7, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            read_var(d.path(), "OsIndications", EFI_GLOBAL_GUID).unwrap(),
+            Some(5u64.to_le_bytes().to_vec())
+        );
+        // Replacing works although efivarfs files are immutable (removed first).
+        write_var(d.path(), "OsIndications", EFI_GLOBAL_GUID, &[1]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), [7, 0, 0, 0, 1]);
+        std::fs::write(&p, [7, 0]).unwrap();
+        let e = read_var(d.path(), "OsIndications", EFI_GLOBAL_GUID).unwrap_err();
+        assert!(e.to_string().contains("OsIndications"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bootctl::efivars::{EFI_GLOBAL_GUID, read_var, write_var};
 use bootctl::esp::Esp;
 use serde::{Deserialize, Serialize};
 
@@ -348,29 +349,20 @@ impl Flasher for Tool {
     }
 }
 
-/// `EFI_GLOBAL_VARIABLE`.
-pub const EFI_GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 /// `EFI_OS_INDICATIONS_FILE_CAPSULE_DELIVERY_SUPPORTED`.
 pub const FILE_CAPSULE_DELIVERY: u64 = 0x4;
 /// Where capsules go on the ESP.
 pub const CAPSULE_DIR: &str = "EFI/UpdateCapsule";
 
-fn efivar_u64(dir: &Path, name: &str) -> Result<Option<u64>, String> {
-    match std::fs::read(dir.join(format!("{name}-{EFI_GLOBAL_GUID}"))) {
-        Ok(b) if b.len() >= 12 => Ok(Some(u64::from_le_bytes(
-            b[4..12].try_into().expect("8 bytes"),
-        ))),
-        Ok(_) => Err(format!("{name}: too short")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{name}: {e}")),
+/// A `u64` variable of `EFI_GLOBAL_VARIABLE` (`OsIndications*`), if set.
+fn global_u64(dir: &Path, name: &str) -> Result<Option<u64>, String> {
+    match read_var(dir, name, EFI_GLOBAL_GUID).map_err(|e| format!("{name}: {e}"))? {
+        Some(d) => d
+            .get(..8)
+            .map(|b| Some(u64::from_le_bytes(b.try_into().expect("8 bytes"))))
+            .ok_or_else(|| format!("{name}: {} bytes, expected 8", d.len())),
+        None => Ok(None),
     }
-}
-
-/// The bytes of `OsIndications` as efivarfs stores them: attributes (NV|BS|RT), value.
-pub fn os_indications_bytes(value: u64) -> Vec<u8> {
-    let mut b = 7u32.to_le_bytes().to_vec();
-    b.extend_from_slice(&value.to_le_bytes());
-    b
 }
 
 /// UEFI capsule-on-disk.
@@ -391,7 +383,7 @@ impl Capsule<'_> {
 
 impl Flasher for Capsule<'_> {
     fn write(&mut self, payload: &[u8], _deadline: Instant) -> Result<(), String> {
-        let supported = efivar_u64(&self.efivars, "OsIndicationsSupported")?.unwrap_or(0);
+        let supported = global_u64(&self.efivars, "OsIndicationsSupported")?.unwrap_or(0);
         if supported & FILE_CAPSULE_DELIVERY == 0 {
             return Err(
                 "the firmware does not support capsules on disk (OsIndicationsSupported)".into(),
@@ -404,13 +396,14 @@ impl Flasher for Capsule<'_> {
         }
         self.esp.write_new(&self.path(), payload).map_err(e)?;
         self.esp.flush().map_err(e)?;
-        let now = efivar_u64(&self.efivars, "OsIndications")?.unwrap_or(0);
-        let var = self
-            .efivars
-            .join(format!("OsIndications-{EFI_GLOBAL_GUID}"));
-        let _ = std::fs::remove_file(&var); // efivarfs files are immutable; write anew
-        std::fs::write(&var, os_indications_bytes(now | FILE_CAPSULE_DELIVERY))
-            .map_err(|e| format!("OsIndications: {e}"))
+        let now = global_u64(&self.efivars, "OsIndications")?.unwrap_or(0);
+        write_var(
+            &self.efivars,
+            "OsIndications",
+            EFI_GLOBAL_GUID,
+            &(now | FILE_CAPSULE_DELIVERY).to_le_bytes(),
+        )
+        .map_err(|e| format!("OsIndications: {e}"))
     }
 
     fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, String> {

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use bootctl::efivars::EFI_GLOBAL_GUID;
 use imagebuild::bundle::{self, BuildOptions};
 use imagebuild::spec::ReleaseSpec;
 use qimg::{KeyId, NoProgress, SecretKey};
 
 const GUID: &str = "6a2b1f7e-36c2-4b0e-9f2a-2b7c3a1d5e10";
-const EFI_GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 const BIN: &str = env!("CARGO_BIN_EXE_qfirmware");
 
 fn write(root: &Path, rel: &str, text: &str) {
@@ -92,7 +92,11 @@ fn node(bmc_version: &str) -> Node {
     std::fs::create_dir_all(&vars).unwrap();
     let mut v = 7u32.to_le_bytes().to_vec();
     v.extend_from_slice(&4u64.to_le_bytes());
-    std::fs::write(vars.join(format!("OsIndicationsSupported-{EFI_GLOBAL}")), v).unwrap();
+    std::fs::write(
+        vars.join(format!("OsIndicationsSupported-{EFI_GLOBAL_GUID}")),
+        v,
+    )
+    .unwrap();
     let devices = serde_json::json!({
         "bmc": {
             "probe": ["cat", r.join("dev/version")],
@@ -199,7 +203,7 @@ fn plan_dry_run_flash_and_results_after_reboot() {
     assert_eq!(n.dev_contents(), n.bmc_payload);
     assert_eq!(capsule(&n).unwrap(), n.bios_payload);
     let ind = std::fs::read(n.p(&format!(
-        "root/sys/firmware/efi/efivars/OsIndications-{EFI_GLOBAL}"
+        "root/sys/firmware/efi/efivars/OsIndications-{EFI_GLOBAL_GUID}"
     )))
     .unwrap();
     assert_eq!(ind[4], 0x4);

@@ -4,9 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use firmware::backend::{
-    Banks, Capsule, EFI_GLOBAL_GUID, Fault, FlashFile, Flasher, Simulated, Tool,
-};
+use bootctl::efivars::EFI_GLOBAL_GUID;
+use firmware::backend::{Banks, Capsule, Fault, FlashFile, Flasher, Simulated, Tool};
 use firmware::flash::{FlashOptions, Outcome, Quiet, flash, results};
 use firmware::inventory::{Device, InstalledVersion};
 use firmware::journal::{Journal, Record, Step};

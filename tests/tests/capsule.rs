@@ -4,8 +4,9 @@
 
 use std::process::Command;
 
+use bootctl::efivars::EFI_GLOBAL_GUID;
 use bootctl::esp::{Esp, ImageEsp};
-use firmware::backend::{Capsule, EFI_GLOBAL_GUID, Flasher, Verified, os_indications_bytes};
+use firmware::backend::{Capsule, Flasher, Verified};
 use firmware::flash::{FlashOptions, Outcome, Quiet, flash, results};
 use firmware::inventory::{Device, InstalledVersion};
 use firmware::journal::{Journal, Step};
@@ -26,7 +27,7 @@ fn capsule_on_an_image_esp_is_clean_exact_and_removed_after_the_result() {
     std::fs::create_dir(&vars).unwrap();
     std::fs::write(
         vars.join(format!("OsIndicationsSupported-{EFI_GLOBAL_GUID}")),
-        os_indications_bytes(0x4),
+        [7, 0, 0, 0, 0x4, 0, 0, 0, 0, 0, 0, 0],
     )
     .unwrap();
     let root = d.path().join("root");
@@ -87,7 +88,7 @@ fn capsule_on_an_image_esp_is_clean_exact_and_removed_after_the_result() {
     assert_eq!(out.stdout, payload);
     assert_eq!(
         std::fs::read(vars.join(format!("OsIndications-{EFI_GLOBAL_GUID}"))).unwrap(),
-        os_indications_bytes(0x4)
+        [7, 0, 0, 0, 0x4, 0, 0, 0, 0, 0, 0, 0] // NV|BS|RT, FILE_CAPSULE_DELIVERY
     );
 
     // After the reboot the ESRT reports 1.1.0: activated, capsule removed.
