@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bootctl::esp::Esp;
+use qimg::FirmwareInfo;
 use qimg::Sha256;
-use qimg::firmware::VersionFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -118,17 +118,26 @@ pub fn power_refusal(root: &Path, min: u8) -> Option<String> {
     }
 }
 
+/// A firmware payload of a verified bundle.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    /// Component name.
+    pub name: String,
+    /// Its firmware fields.
+    pub info: FirmwareInfo,
+    /// Its content.
+    pub bytes: Vec<u8>,
+    /// Its SHA-256 (checked by the reader); the journal ties resumption to it.
+    pub sha256: Sha256,
+}
+
 /// Flashes `item` (when its action is flash) with `payload` through `flasher`.
 ///
-/// `payload` must come from a verified bundle read (its digest is the manifest's
-/// `payload_sha256`); the journal ties resumption to that digest.
-#[allow(clippy::too_many_arguments)]
+/// `payload` must come from a verified bundle read ([`crate::prepare::load_payloads`]).
 pub fn flash(
     journal: &Journal,
     item: &PlanItem,
-    format: VersionFormat,
-    payload: &[u8],
-    payload_sha256: Sha256,
+    payload: &Payload,
     flasher: &mut dyn Flasher,
     o: &FlashOptions,
     obs: &dyn StepObserver,
@@ -136,17 +145,15 @@ pub fn flash(
     if item.action != Action::Flash {
         return Ok(Outcome::NotPlanned);
     }
-    let sha = payload_sha256.to_string();
+    let sha = payload.sha256.to_string();
     if let Some(prev) = journal.get(&item.component)?
         && prev.payload_sha256 == sha
     {
         match &prev.step {
             Step::Verified | Step::Activated => {
-                let step = serde_json::to_value(&prev.step).expect("serializable")["step"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                return Ok(Outcome::AlreadyDone { step });
+                return Ok(Outcome::AlreadyDone {
+                    step: prev.step.name().to_owned(),
+                });
             }
             Step::Failed { reason } if !o.retry_failed => {
                 return Ok(Outcome::Failed {
@@ -163,7 +170,7 @@ pub fn flash(
         from: item.installed.clone(),
         to: item.offered.clone(),
         payload_sha256: sha,
-        format,
+        format: payload.info.version_format,
         boot_id: None,
         staged_file: None,
         step: Step::Planned,
@@ -187,7 +194,7 @@ pub fn flash(
     go(&mut rec, Step::Planned)?;
     go(&mut rec, Step::Writing)?;
     bootctl::crashpoint::reached("firmware-write");
-    if let Err(reason) = flasher.write(payload, Instant::now() + o.timeout) {
+    if let Err(reason) = flasher.write(&payload.bytes, Instant::now() + o.timeout) {
         go(
             &mut rec,
             Step::Failed {
@@ -198,7 +205,7 @@ pub fn flash(
     }
     go(&mut rec, Step::Written)?;
     bootctl::crashpoint::reached("firmware-written");
-    match flasher.verify(payload, &item.offered) {
+    match flasher.verify(&payload.bytes, &item.offered) {
         Ok(Verified::Now) => {
             go(&mut rec, Step::Activated)?;
             Ok(Outcome::Activated)
@@ -251,43 +258,11 @@ pub fn results(
 ) -> Result<Vec<ComponentResult>, Error> {
     let now = boot_id(root);
     let mut out = vec![];
-    for mut rec in journal.all()? {
+    for before in journal.all()? {
+        let mut rec = before.clone();
         let same_boot = rec.boot_id.is_some() && rec.boot_id == now;
         if rec.step == Step::Verified && !same_boot {
-            let dev = devices.iter().find(|d| d.component_id == rec.device);
-            let step = match dev.map(|d| &d.installed) {
-                None => Step::Failed {
-                    reason: format!("device {} is gone after the reboot", rec.device),
-                },
-                Some(InstalledVersion::Text { version }) if *version == rec.to => Step::Activated,
-                Some(InstalledVersion::Esrt {
-                    version,
-                    last_attempt_status,
-                    ..
-                }) => {
-                    if rec.format.from_u32(*version) == rec.to {
-                        Step::Activated
-                    } else if *last_attempt_status != 0 {
-                        Step::Failed {
-                            reason: format!(
-                                "the firmware reports last attempt status {last_attempt_status} ({})",
-                                esrt_status_name(*last_attempt_status)
-                            ),
-                        }
-                    } else {
-                        Step::Failed {
-                            reason: format!(
-                                "not applied: the device still runs {}",
-                                rec.format.from_u32(*version)
-                            ),
-                        }
-                    }
-                }
-                Some(InstalledVersion::Text { version }) => Step::Failed {
-                    reason: format!("not applied: the device still runs {version}"),
-                },
-            };
-            journal.advance(&mut rec, step)?;
+            rec.step = judge(&rec, devices);
         }
         if rec.step != Step::Verified
             && let (Some(file), Some(esp)) = (rec.staged_file.clone(), esp.as_deref_mut())
@@ -297,6 +272,8 @@ pub fn results(
                 reason,
             })?;
             rec.staged_file = None;
+        }
+        if rec != before {
             journal.put(&rec)?;
         }
         out.push(ComponentResult {
@@ -313,6 +290,32 @@ fn remove_staged(esp: &mut dyn Esp, file: &str) -> Result<(), String> {
         esp.flush().map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// What a staged record became, from its device's version after the reboot.
+fn judge(rec: &Record, devices: &[Device]) -> Step {
+    let failed = |reason: String| Step::Failed { reason };
+    let Some(dev) = devices.iter().find(|d| d.component_id == rec.device) else {
+        return failed(format!("device {} is gone after the reboot", rec.device));
+    };
+    let (running, status) = match &dev.installed {
+        InstalledVersion::Text { version } => (version.clone(), 0),
+        InstalledVersion::Esrt {
+            version,
+            last_attempt_status,
+            ..
+        } => (rec.format.from_u32(*version), *last_attempt_status),
+    };
+    if running == rec.to {
+        Step::Activated
+    } else if status != 0 {
+        failed(format!(
+            "the firmware reports last attempt status {status} ({})",
+            esrt_status_name(status)
+        ))
+    } else {
+        failed(format!("not applied: the device still runs {running}"))
+    }
 }
 
 /// UEFI's `LAST_ATTEMPT_STATUS_*` names.

@@ -36,6 +36,20 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// The step's name, as in the journal (`planned`, …, `failed`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Planned => "planned",
+            Step::Writing => "writing",
+            Step::Written => "written",
+            Step::Verified => "verified",
+            Step::Activated => "activated",
+            Step::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// One component's journal record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -177,6 +191,21 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_names_are_the_serialized_tags() {
+        let all = [
+            Step::Planned,
+            Step::Writing,
+            Step::Written,
+            Step::Verified,
+            Step::Activated,
+            Step::Failed { reason: "x".into() },
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(&s).unwrap()["step"], s.name());
+        }
+    }
 
     #[test]
     fn records_survive_and_replace_atomically() {

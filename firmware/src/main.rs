@@ -13,12 +13,12 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use bootctl::esp::Esp;
-use firmware::flash::{FlashOptions, Outcome, StepObserver, results};
+use firmware::flash::{FlashOptions, Outcome, Payload, StepObserver, results};
 use firmware::inventory::{Device, inventory};
 use firmware::journal::{Journal, Step};
 use firmware::plan::{Action, PlanItem, PlanOptions, plan};
 use firmware::prepare::{
-    BackendSpec, Backends, NodeConfig, Payload, flash_all, load_payloads, offers, open_esp,
+    BackendSpec, Backends, NodeConfig, flash_all, load_payloads, offers, open_esp,
 };
 use qimg::{PublicKey, TrustedKeys};
 
@@ -119,10 +119,7 @@ fn code(negative: bool) -> ExitCode {
 fn step_name(s: &Step) -> String {
     match s {
         Step::Failed { reason } => format!("failed: {reason}"),
-        other => serde_json::to_value(other).expect("serializable")["step"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        other => other.name().to_owned(),
     }
 }
 

@@ -4,30 +4,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use qimg::{BundleReader, ComponentKind, FirmwareInfo, NoProgress, Sha256, TrustedKeys};
+use qimg::{BundleReader, ComponentKind, FirmwareInfo, NoProgress, TrustedKeys};
 use serde::{Deserialize, Serialize};
 
 use bootctl::esp::{DirEsp, Esp, ImageEsp};
 
 use crate::Error;
 use crate::backend::{Banks, Capsule, FlashFile, Flasher, Simulated, Tool};
-use crate::flash::{FlashOptions, Outcome, StepObserver, flash};
+use crate::flash::{FlashOptions, Outcome, Payload, StepObserver, flash};
 use crate::inventory::CommandProbe;
 use crate::journal::Journal;
 use crate::plan::{Action, Offer, PlanItem};
-
-/// A firmware payload of a verified bundle.
-#[derive(Clone, Debug)]
-pub struct Payload {
-    /// Component name.
-    pub name: String,
-    /// Its firmware fields.
-    pub info: FirmwareInfo,
-    /// Its content.
-    pub bytes: Vec<u8>,
-    /// Its SHA-256 (checked by the reader).
-    pub sha256: Sha256,
-}
 
 /// Largest firmware payload held in memory.
 pub const MAX_PAYLOAD: u64 = 256 << 20;
@@ -47,35 +34,36 @@ pub fn load_payloads(bundle: &Path, keys: &TrustedKeys) -> Result<Vec<Payload>, 
     let (mut reader, _) =
         BundleReader::open_verified(std::io::BufReader::new(file), keys).map_err(berr)?;
     let components = reader.manifest().components.clone();
+    // Refused before anything is read.
+    if let Some(c) = components
+        .iter()
+        .find(|c| matches!(c.kind, ComponentKind::Firmware(_)) && c.size > MAX_PAYLOAD)
+    {
+        return Err(Error::PayloadTooLarge {
+            component: c.name.clone(),
+            size: c.size,
+        });
+    }
     let mut out = vec![];
-    for c in &components {
-        if let ComponentKind::Firmware(info) = &c.kind {
-            if c.size > MAX_PAYLOAD {
-                return Err(Error::PayloadTooLarge {
-                    component: c.name.clone(),
-                    size: c.size,
+    for c in components {
+        match c.kind {
+            ComponentKind::Firmware(info) => {
+                let mut bytes = Vec::with_capacity(c.size as usize);
+                reader
+                    .next_component(&mut bytes, &NoProgress)
+                    .map_err(berr)?;
+                out.push(Payload {
+                    name: c.name,
+                    info,
+                    bytes,
+                    sha256: c.sha256,
                 });
             }
-            out.push(Payload {
-                name: c.name.clone(),
-                info: info.clone(),
-                bytes: Vec::with_capacity(c.size as usize),
-                sha256: c.sha256,
-            });
-        }
-    }
-    let mut at = 0;
-    for c in &components {
-        if matches!(c.kind, ComponentKind::Firmware(_)) {
-            let p = &mut out[at];
-            at += 1;
-            reader
-                .next_component(&mut p.bytes, &NoProgress)
-                .map_err(berr)?;
-        } else {
-            reader
-                .next_component(std::io::sink(), &NoProgress)
-                .map_err(berr)?;
+            _ => {
+                reader
+                    .next_component(std::io::sink(), &NoProgress)
+                    .map_err(berr)?;
+            }
         }
     }
     reader.finish(&NoProgress).map_err(berr)?;
@@ -297,16 +285,7 @@ pub fn flash_all(
     let mut out = vec![];
     for (item, p, spec) in work {
         let outcome = run_one(spec, &item.component, &mut |f| {
-            flash(
-                journal,
-                item,
-                p.info.version_format,
-                &p.bytes,
-                p.sha256,
-                f,
-                o,
-                obs,
-            )
+            flash(journal, item, p, f, o, obs)
         })?;
         out.push((item.component.clone(), outcome));
     }

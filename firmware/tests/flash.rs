@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use bootctl::efivars::EFI_GLOBAL_GUID;
 use firmware::backend::{Banks, Capsule, Fault, FlashFile, Flasher, Simulated, Tool};
-use firmware::flash::{FlashOptions, Outcome, Quiet, flash, results};
+use firmware::flash::{FlashOptions, Outcome, Payload, Quiet, flash, results};
 use firmware::inventory::{Device, InstalledVersion};
 use firmware::journal::{Journal, Record, Step};
 use firmware::plan::{Action, PlanItem};
-use qimg::{Sha256, VersionFormat};
+use qimg::{FirmwareInfo, Sha256, VersionFormat};
 
 fn item(action: Action) -> PlanItem {
     PlanItem {
@@ -54,14 +54,27 @@ fn env() -> Env {
     }
 }
 
+/// A triplet-versioned payload whose digest is the label `sha` repeated (the
+/// journal only compares digests).
+fn fw_payload(bytes: &[u8], sha: u8) -> Payload {
+    Payload {
+        name: "fw-bmc".into(),
+        info: FirmwareInfo {
+            version_format: VersionFormat::Triplet,
+            ..FirmwareInfo::new("bmc", "2.0")
+        },
+        bytes: bytes.to_vec(),
+        sha256: Sha256([sha; 32]),
+    }
+}
+
 impl Env {
     fn run(&mut self, p: &[u8], sha: u8, f: &mut dyn Flasher) -> Outcome {
+        let p = fw_payload(p, sha);
         flash(
             &self.journal,
             &item(Action::Flash),
-            VersionFormat::Triplet,
-            p,
-            Sha256([sha; 32]),
+            &p,
             f,
             &self.opts,
             &Quiet,
@@ -124,17 +137,8 @@ fn items_not_planned_for_flashing_touch_nothing() {
     };
     for a in [Action::Skip, refused] {
         let mut dev = e.dev.clone();
-        let o = flash(
-            &e.journal,
-            &item(a),
-            VersionFormat::Triplet,
-            b"x",
-            Sha256([0; 32]),
-            &mut dev,
-            &e.opts,
-            &Quiet,
-        )
-        .unwrap();
+        let p = fw_payload(b"x", 0);
+        let o = flash(&e.journal, &item(a), &p, &mut dev, &e.opts, &Quiet).unwrap();
         assert_eq!(o, Outcome::NotPlanned);
     }
     assert_eq!(e.journal.all().unwrap(), vec![]);

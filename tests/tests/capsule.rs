@@ -7,11 +7,11 @@ use std::process::Command;
 use bootctl::efivars::EFI_GLOBAL_GUID;
 use bootctl::esp::{Esp, ImageEsp};
 use firmware::backend::{Capsule, Flasher, Verified};
-use firmware::flash::{FlashOptions, Outcome, Quiet, flash, results};
+use firmware::flash::{FlashOptions, Outcome, Payload, Quiet, flash, results};
 use firmware::inventory::{Device, InstalledVersion};
 use firmware::journal::{Journal, Step};
 use firmware::plan::{Action, PlanItem};
-use qimg::{Sha256, VersionFormat};
+use qimg::{FirmwareInfo, Sha256, VersionFormat};
 use tests::{esp_range, formatted_esp, fsck, layout_disk, mdir, run, small_layout, tool};
 
 #[test]
@@ -61,12 +61,19 @@ fn capsule_on_an_image_esp_is_clean_exact_and_removed_after_the_result() {
             efivars: vars.clone(),
             file: "fw-bios.cap".into(),
         };
+        let p = Payload {
+            name: "fw-bios".into(),
+            info: FirmwareInfo {
+                version_format: VersionFormat::Triplet,
+                ..FirmwareInfo::new("bios", "1.1.0")
+            },
+            bytes: payload.clone(),
+            sha256: Sha256([9; 32]),
+        };
         let o = flash(
             &journal,
             &item,
-            VersionFormat::Triplet,
-            &payload,
-            Sha256([9; 32]),
+            &p,
             &mut c,
             &FlashOptions {
                 root: root.clone(),

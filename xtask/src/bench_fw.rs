@@ -3,10 +3,27 @@
 //! tools (tar, minisign, zstd, sha256sum, dd with fsync, cmp), on the same input.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::bench::{Opts, bundle_cmd, measure, median, release_build, settle};
 use crate::{deps, step, target_dir};
+
+/// The one file in `dir` (the bundle has one signature and one payload).
+fn only_file(dir: &Path) -> Result<PathBuf, String> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    match &files[..] {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "{}: expected one file, found {files:?}",
+            dir.display()
+        )),
+    }
+}
 
 pub fn firmware(o: &Opts) -> Result<(), String> {
     deps::ensure(&[("minisign", "minisign"), ("zstd", "zstd"), ("tar", "tar")])?;
@@ -97,13 +114,6 @@ pub fn firmware(o: &Opts) -> Result<(), String> {
 
         fresh()?;
         std::fs::create_dir_all(&x).map_err(io)?;
-        let sig = |x: &std::path::Path| -> Result<std::path::PathBuf, String> {
-            let d = std::fs::read_dir(x.join("signatures")).map_err(io)?;
-            d.filter_map(Result::ok)
-                .map(|e| e.path())
-                .next()
-                .ok_or_else(|| "no signature".to_string())
-        };
         let mut t = measure(
             Command::new("tar")
                 .arg("-xf")
@@ -111,7 +121,7 @@ pub fn firmware(o: &Opts) -> Result<(), String> {
                 .arg("-C")
                 .arg(&x),
         )?;
-        let s = sig(&x)?;
+        let s = only_file(&x.join("signatures"))?;
         t = t.add(measure(
             Command::new("minisign")
                 .args(["-Vq", "-p"])
@@ -121,17 +131,7 @@ pub fn firmware(o: &Opts) -> Result<(), String> {
                 .arg("-x")
                 .arg(&s),
         )?);
-        let payload = x.join("payload/fw-dev.zst");
-        let stored = if payload.exists() {
-            payload
-        } else {
-            std::fs::read_dir(x.join("payload"))
-                .map_err(io)?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .next()
-                .ok_or("no payload")?
-        };
+        let stored = only_file(&x.join("payload"))?;
         let plain = x.join("fw.plain");
         t = t.add(measure(
             Command::new("sha256sum")
