@@ -18,7 +18,7 @@ use bootctl::esp::{self, Esp, ImageEsp};
 use bootctl::layout::{LayoutSpec, MIB, Slot, derive_uuid};
 use bootctl::slot::{self, SlotImage, SlotSink};
 use bootctl::table;
-use qimg::{BundleReader, ComponentKind, Progress, Target, TrustedKeys};
+use qimg::{BundleReader, ComponentKind, Progress, Target, TrustedKeys, VerityInfo};
 
 use crate::{Cancel, Error};
 
@@ -72,6 +72,27 @@ fn boot(source: bootctl::Error) -> Error {
     Error::Boot { source }
 }
 
+/// The bundle's platform root: its component, verity parameters, and the slot
+/// image it becomes (product, platform version, sizes, root hash).
+fn platform_root(m: &qimg::Manifest) -> Result<(&qimg::Component, &VerityInfo, SlotImage), Error> {
+    let (c, verity) = m
+        .components
+        .iter()
+        .find_map(|c| match &c.kind {
+            ComponentKind::PlatformRoot { verity, .. } => Some((c, verity)),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Usage("the bundle has no platform-root: nothing to boot".into()))?;
+    let image = SlotImage {
+        product: m.release.product.clone(),
+        version: m.release.platform_version.to_string(),
+        hash_offset: verity.hash_offset,
+        size: c.size,
+        root_hash: verity.root_hash.0,
+    };
+    Ok((c, verity, image))
+}
+
 fn mib_up(bytes: u64) -> u64 {
     bytes.div_ceil(MIB)
 }
@@ -103,15 +124,7 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
             m.release.target, o.target
         )));
     }
-    let root = m
-        .components
-        .iter()
-        .find_map(|c| match &c.kind {
-            ComponentKind::PlatformRoot { verity, .. } => Some((c, verity)),
-            _ => None,
-        })
-        .ok_or_else(|| Error::Usage("the bundle has no platform-root: nothing to boot".into()))?;
-    let (root_c, verity) = root;
+    let (root_c, verity, image) = platform_root(&m)?;
     let hash_bytes = root_c.size - verity.hash_offset;
     let spec = LayoutSpec {
         product: m.release.product.clone(),
@@ -129,14 +142,7 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
         size = size.div_ceil(1 << 30) << 30; // EBS snapshots are whole GiB
     }
     let plan = spec.plan(size).map_err(Error::Usage)?;
-    let version = m.release.platform_version.to_string();
-    let image = SlotImage {
-        product: m.release.product.clone(),
-        version: version.clone(),
-        hash_offset: verity.hash_offset,
-        size: root_c.size,
-        root_hash: verity.root_hash.0,
-    };
+    let version = image.version.clone();
 
     let dir = match o.out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -267,24 +273,8 @@ pub fn install_slot(
         None => BundleReader::open(file).map_err(bundle_err)?,
     };
     let m = reader.manifest().clone();
-    let (root_c, verity) = m
-        .components
-        .iter()
-        .find_map(|c| {
-            c.kind
-                .verity()
-                .filter(|_| matches!(c.kind, ComponentKind::PlatformRoot { .. }))
-                .map(|v| (c, v))
-        })
-        .ok_or_else(|| Error::Usage("the bundle has no platform-root".into()))?;
-    let version = m.release.platform_version.to_string();
-    let img = SlotImage {
-        product: m.release.product.clone(),
-        version: version.clone(),
-        hash_offset: verity.hash_offset,
-        size: root_c.size,
-        root_hash: verity.root_hash.0,
-    };
+    let (_, _, img) = platform_root(&m)?;
+    let version = img.version.clone();
     let open = || {
         OpenOptions::new()
             .read(true)
