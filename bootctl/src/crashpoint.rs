@@ -4,17 +4,28 @@
 //! way). Without the variable this does nothing.
 //!
 //! Points: `slot-write` (half of a slot image written), `entry-write` (a new boot
-//! entry written under its temporary name, not yet renamed).
+//! entry written under its temporary name, not yet renamed); the upgrade engine's
+//! `state:<STATE>` and `step:<step>` after each write of its state record.
 
 /// The environment variable naming the point to stop at.
 pub const ENV: &str = "QIMG_PAUSE_AT";
+/// With this set to a number of seconds, the process goes on after that pause
+/// (so a test can deliver a signal, e.g. Ctrl-C, at an exact step).
+pub const SECS_ENV: &str = "QIMG_PAUSE_SECS";
 
-/// Stops here forever if `QIMG_PAUSE_AT` names this point.
+/// Stops here if `QIMG_PAUSE_AT` names this point: forever, or for
+/// `QIMG_PAUSE_SECS` seconds.
 pub fn reached(name: &str) {
     if std::env::var(ENV).as_deref() == Ok(name) {
         eprintln!("qimg: paused at {name}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+        let secs = std::env::var(SECS_ENV)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok());
+        match secs {
+            Some(s) => std::thread::sleep(std::time::Duration::from_secs_f64(s)),
+            None => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
         }
     }
 }

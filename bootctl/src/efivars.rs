@@ -96,6 +96,17 @@ impl LoaderVars {
         write_var(&self.dir, name, LOADER_GUID, &encode(value))
     }
 
+    /// Deletes a variable (absent is fine).
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        let p = var_path(&self.dir, name, LOADER_GUID);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::File { path: p, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The entry file the loader booted, with its current name: the base name of
     /// `LoaderBootCountPath` (the name after the loader's rename) for a counted entry,
     /// else `LoaderEntrySelected`.

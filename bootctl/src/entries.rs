@@ -177,17 +177,96 @@ pub fn install(
     Ok(name)
 }
 
-/// Removes every entry of `slot` (before its partitions are overwritten).
+/// Suffix of a staged entry: a UKI written during an upgrade's prepare phase under
+/// a name systemd-boot ignores (it only loads `*.efi`), made an entry at commit.
+pub const STAGED_SUFFIX: &str = ".efi.staged";
+
+/// Staged UKIs of `slot` on the ESP.
+pub fn staged(esp: &mut dyn Esp, product: &str, slot: Slot) -> Result<Vec<String>, Error> {
+    Ok(esp
+        .list(LINUX_DIR)?
+        .into_iter()
+        .filter(|f| {
+            f.strip_suffix(STAGED_SUFFIX)
+                .is_some_and(|stem| slot_of(product, stem).0 == Some(slot))
+        })
+        .collect())
+}
+
+/// Stages `uki` as slot `slot`'s next entry for `version` without making it
+/// bootable: `EFI/Linux/<stem>.efi.staged`. Older staged UKIs of the slot go first.
+/// Returns the staged file name.
+pub fn stage(
+    esp: &mut dyn Esp,
+    product: &str,
+    slot: Slot,
+    version: &str,
+    uki: &[u8],
+) -> Result<String, Error> {
+    for f in staged(esp, product, slot)? {
+        esp.remove(&format!("{LINUX_DIR}/{f}"))?;
+    }
+    let name = format!("{}{STAGED_SUFFIX}", stem(product, slot, version));
+    esp.write_new(&format!("{LINUX_DIR}/{name}"), uki)?;
+    esp.flush()?;
+    Ok(name)
+}
+
+/// Makes slot `slot`'s staged UKI its entry with `tries` tries (one rename), after
+/// removing the slot's other entries. Returns the entry's file name.
+pub fn activate_staged(
+    esp: &mut dyn Esp,
+    product: &str,
+    slot: Slot,
+    tries: u32,
+) -> Result<String, Error> {
+    let staged = staged(esp, product, slot)?;
+    let [file] = staged.as_slice() else {
+        return Err(Error::NoEntry {
+            reason: format!(
+                "slot {} has {} staged entries, expected one",
+                slot.letter(),
+                staged.len()
+            ),
+        });
+    };
+    if !(1..=MAX_TRIES).contains(&tries) {
+        return Err(Error::BadPath {
+            path: file.clone(),
+            reason: format!("tries must be 1 to {MAX_TRIES}, not {tries}"),
+        });
+    }
+    let stem = file
+        .strip_suffix(STAGED_SUFFIX)
+        .expect("filtered by suffix");
+    let name = EntryName::counted(stem, tries, ".efi").to_string();
+    for e in scan(esp, product)?
+        .into_iter()
+        .filter(|e| e.slot == Some(slot))
+    {
+        esp.remove(&format!("{LINUX_DIR}/{}", e.entry.file))?;
+    }
+    esp.rename(
+        &format!("{LINUX_DIR}/{file}"),
+        &format!("{LINUX_DIR}/{name}"),
+    )?;
+    esp.flush()?;
+    Ok(name)
+}
+
+/// Removes every entry of `slot`, staged ones included (before its partitions are
+/// overwritten).
 pub fn remove_slot_entries(
     esp: &mut dyn Esp,
     product: &str,
     slot: Slot,
 ) -> Result<Vec<String>, Error> {
-    let old: Vec<String> = scan(esp, product)?
+    let mut old: Vec<String> = scan(esp, product)?
         .into_iter()
         .filter(|e| e.slot == Some(slot))
         .map(|e| e.entry.file)
         .collect();
+    old.extend(staged(esp, product, slot)?);
     for f in &old {
         esp.remove(&format!("{LINUX_DIR}/{f}"))?;
     }

@@ -139,6 +139,14 @@ pub fn begin<D: DiskDevice>(
     Ok(p)
 }
 
+/// Marks `slot` `_empty` (an interrupted or cancelled write; the caller has removed
+/// the slot's entries first). The other slot is untouched.
+pub fn clear<D: DiskDevice>(dev: &mut D, slot: Slot) -> Result<Table, Error> {
+    let t = table::read(dev)?;
+    let p = parts(&t, slot)?;
+    relabel(dev, p, EMPTY, None)
+}
+
 /// Receives the image's bytes in order and writes the data area into the root
 /// partition and the hash area into the verity partition, never outside them.
 pub struct SlotSink<'d, D> {

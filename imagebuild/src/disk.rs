@@ -76,12 +76,7 @@ fn boot(source: bootctl::Error) -> Error {
 /// image it becomes (product, platform version, sizes, root hash).
 fn platform_root(m: &qimg::Manifest) -> Result<(&qimg::Component, &VerityInfo, SlotImage), Error> {
     let (c, verity) = m
-        .components
-        .iter()
-        .find_map(|c| match &c.kind {
-            ComponentKind::PlatformRoot { verity, .. } => Some((c, verity)),
-            _ => None,
-        })
+        .platform_root()
         .ok_or_else(|| Error::Usage("the bundle has no platform-root: nothing to boot".into()))?;
     let image = SlotImage {
         product: m.release.product.clone(),

@@ -9,6 +9,10 @@
 //! min_installed_version = "7.0.0"
 //! source_date_epoch = 1700000000    # optional; SOURCE_DATE_EPOCH in the environment wins
 //!
+//! [settle]                          # optional: a waiting period after the
+//! seconds = 86400                   # previous upgrade before this release may be
+//! reason = "background restripe"    # prepared (the node reports it as blocked)
+//!
 //! [compression]                     # optional
 //! level = 3                         # zstd level for squashfs blocks and payloads, 1..=19
 //! images = "zstd"                   # or "none": store filesystem images (already
@@ -62,6 +66,7 @@ struct RawSpec {
     compatible_models: Vec<String>,
     min_installed_version: String,
     source_date_epoch: Option<u64>,
+    settle: Option<qimg::Settle>,
     #[serde(default)]
     compression: RawCompression,
     platform: Option<RawPlatform>,
@@ -218,6 +223,7 @@ impl ReleaseSpec {
             target: raw.target,
             compatible_models: raw.compatible_models,
             min_installed_version: version("min_installed_version", &raw.min_installed_version)?,
+            settle: raw.settle,
         };
         // The manifest's rules, checked now rather than after the build.
         release.validate().map_err(|e| match e {

@@ -37,7 +37,7 @@ pub mod writer;
 pub use error::{Error, Part};
 pub use firmware::{Activation, DeviceMatch, FirmwareInfo, VersionFormat};
 pub use manifest::{
-    BuildInfo, Component, ComponentKind, Compression, Manifest, Release, Sha256, Target,
+    BuildInfo, Component, ComponentKind, Compression, Manifest, Release, Settle, Sha256, Target,
 };
 pub use payload::{PayloadInfo, PayloadWriter};
 pub use reader::BundleReader;

@@ -188,6 +188,19 @@ pub struct Release {
     pub compatible_models: Vec<String>,
     /// Oldest installed version this release may be installed over.
     pub min_installed_version: Version,
+    /// A waiting period the node must have spent on its installed release before
+    /// this one may be prepared (background work of the previous upgrade).
+    pub settle: Option<Settle>,
+}
+
+/// A release's required waiting period after the previous upgrade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settle {
+    /// Seconds since the previous upgrade's commit.
+    pub seconds: u64,
+    /// Why, shown to the operator while the upgrade is blocked.
+    pub reason: String,
 }
 
 impl Release {
@@ -203,6 +216,9 @@ impl Release {
             if !models.insert(m) {
                 return Err(invalid("compatible_models", format!("{m:?} listed twice")));
             }
+        }
+        if let Some(settle) = &self.settle {
+            check_text("settle.reason", &settle.reason)?;
         }
         if self.min_installed_version > self.version {
             return Err(invalid(
@@ -238,6 +254,8 @@ struct RawManifest {
     target: Target,
     compatible_models: Vec<String>,
     min_installed_version: Version,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settle: Option<Settle>,
     build: BuildInfo,
     components: Vec<RawComponent>,
 }
@@ -422,6 +440,7 @@ impl Manifest {
                 target: raw.target,
                 compatible_models: raw.compatible_models,
                 min_installed_version: raw.min_installed_version,
+                settle: raw.settle,
             },
             build: raw.build,
             components: raw
@@ -447,6 +466,7 @@ impl Manifest {
             target: r.target,
             compatible_models: r.compatible_models.clone(),
             min_installed_version: r.min_installed_version.clone(),
+            settle: r.settle.clone(),
             build: self.build.clone(),
             components: self
                 .components
@@ -534,6 +554,14 @@ impl Manifest {
     /// other slot (a platform upgrade) rather than only a container swap.
     pub fn needs_platform_upgrade(&self, installed_platform: &Version) -> bool {
         &self.release.platform_version != installed_platform
+    }
+
+    /// The platform root component and its dm-verity parameters, if the bundle has one.
+    pub fn platform_root(&self) -> Option<(&Component, &VerityInfo)> {
+        self.components.iter().find_map(|c| match &c.kind {
+            ComponentKind::PlatformRoot { verity, .. } => Some((c, verity)),
+            _ => None,
+        })
     }
 
     /// The component with this name.

@@ -113,3 +113,49 @@ fn mark_bad_makes_the_other_slot_boot_and_stale_entries_go() {
     assert_eq!(names(&mut e), ["other-os.efi", "qimg-demo-a-1.0.efi"]);
     assert!(entries::install(&mut e, P, Slot::B, "3", &small_uki(P, "3"), Some(10)).is_err());
 }
+
+#[test]
+fn a_staged_entry_is_invisible_until_activated() {
+    if !file_from_package(STUB, "systemd-boot-efi") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut e = esp_image(d.path());
+    entries::install(&mut e, P, Slot::A, "7.0.0", &small_uki(P, "7.0.0"), None).unwrap();
+    let old_b =
+        entries::install(&mut e, P, Slot::B, "6.9.0", &small_uki(P, "6.9.0"), None).unwrap();
+    let staged = entries::stage(&mut e, P, Slot::B, "7.1.0", &small_uki(P, "7.1.0")).unwrap();
+    assert_eq!(staged, "qimg-demo-b-7.1.0.efi.staged");
+    // The loader still boots A, and sees only the two real entries.
+    let (found, sel) = entries::next(&mut e, P, &EfiVars::default()).unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(
+        found[sel.chosen.unwrap()].entry.file,
+        "qimg-demo-a-7.0.0.efi"
+    );
+    assert_eq!(
+        entries::staged(&mut e, P, Slot::B).unwrap(),
+        vec![staged.clone()]
+    );
+    assert!(entries::staged(&mut e, P, Slot::A).unwrap().is_empty());
+    // Activation: one rename to a counted name, the slot's old entry gone; it boots next.
+    let name = entries::activate_staged(&mut e, P, Slot::B, 3).unwrap();
+    assert_eq!(name, "qimg-demo-b-7.1.0+3-0.efi");
+    let mut files = names(&mut e);
+    files.sort();
+    assert_eq!(
+        files,
+        vec!["qimg-demo-a-7.0.0.efi".to_string(), name.clone()]
+    );
+    assert!(!files.contains(&old_b));
+    assert_eq!(loader_boot(&mut e), "qimg-demo-b-7.1.0+2-1.efi");
+    // Nothing staged any more: a second activation is refused and changes nothing.
+    let before = names(&mut e);
+    assert!(entries::activate_staged(&mut e, P, Slot::B, 3).is_err());
+    assert_eq!(names(&mut e), before);
+    // Removing a slot's entries takes staged UKIs too.
+    entries::stage(&mut e, P, Slot::A, "7.2.0", &small_uki(P, "7.2.0")).unwrap();
+    let gone = entries::remove_slot_entries(&mut e, P, Slot::A).unwrap();
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert_eq!(names(&mut e), vec!["qimg-demo-b-7.1.0+2-1.efi".to_string()]);
+}

@@ -41,6 +41,7 @@ pub(crate) fn sample() -> Manifest {
             target: Target::Onprem,
             compatible_models: vec!["q-24t".into(), "q-48t".into()],
             min_installed_version: "7.0.0".parse().unwrap(),
+            settle: None,
         },
         build: BuildInfo {
             tool: "imagebuild 0.1.0".into(),
@@ -322,6 +323,7 @@ proptest! {
                 platform_version: platform,
                 target: if cloud { Target::Cloud } else { Target::Onprem },
                 compatible_models: models.into_iter().collect(),
+                settle: None,
             },
             build: BuildInfo { tool: "t".into(), source_date_epoch: sde },
             components,

@@ -1,0 +1,449 @@
+//! The persisted upgrade state: one JSON record (`upgrade.json` in the node's state
+//! directory), rewritten atomically (temporary file, fsync, rename, fsync of the
+//! directory) at every transition, and a lock file held by the process running a
+//! prepare or commit. Killing that process at any point leaves the last record
+//! written; the next `qq` command sees the lock free and recovers
+//! ([`crate::prepare::recover`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, io_err};
+
+/// Schema id of the persisted record.
+pub const RECORD_SCHEMA: &str = "qq.state/1";
+/// Schema id of `qq upgrade_status`.
+pub const STATUS_SCHEMA: &str = "qq.upgrade_status/1";
+
+/// The upgrade's phase, spelled as `qq upgrade_status` prints it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Nothing in progress.
+    #[default]
+    #[serde(rename = "UPGRADE_IDLE")]
+    Idle,
+    /// Verifying the bundle and writing the slot, container and firmware.
+    #[serde(rename = "UPGRADE_PREPARING")]
+    Preparing,
+    /// Everything staged; waiting for commit.
+    #[serde(rename = "UPGRADE_PREPARED")]
+    Prepared,
+    /// Swapping the container, or rebooting into the new slot.
+    #[serde(rename = "UPGRADE_COMMITTING")]
+    Committing,
+    /// The node runs the new release.
+    #[serde(rename = "UPGRADE_COMMITTED")]
+    Committed,
+}
+
+impl Phase {
+    /// The name `qq upgrade_status` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "UPGRADE_IDLE",
+            Phase::Preparing => "UPGRADE_PREPARING",
+            Phase::Prepared => "UPGRADE_PREPARED",
+            Phase::Committing => "UPGRADE_COMMITTING",
+            Phase::Committed => "UPGRADE_COMMITTED",
+        }
+    }
+}
+
+/// What went wrong last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorState {
+    /// Nothing.
+    #[default]
+    #[serde(rename = "UPGRADE_ERROR_NO_ERROR")]
+    NoError,
+    /// Prepare failed; the node is as it was.
+    #[serde(rename = "UPGRADE_ERROR_PREPARE_FAILED")]
+    PrepareFailed,
+    /// Commit failed; the node runs the old release.
+    #[serde(rename = "UPGRADE_ERROR_COMMIT_FAILED")]
+    CommitFailed,
+    /// The new platform did not boot healthy; the node fell back to the old slot.
+    #[serde(rename = "UPGRADE_ERROR_ROLLED_BACK")]
+    RolledBack,
+}
+
+/// Instant (container swap) or platform (reboot into the other slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Only the container changes.
+    Instant,
+    /// The host image changes: the node reboots into the other slot.
+    Platform,
+}
+
+/// A release as installed or to be installed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// Release (container) version.
+    pub version: String,
+    /// Platform version.
+    pub platform_version: String,
+    /// The slot its platform runs from (`a` or `b`).
+    pub slot: char,
+}
+
+/// The last commit that completed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCommit {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// From which release.
+    pub from: String,
+    /// To which release.
+    pub to: String,
+}
+
+/// The persisted record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Always [`RECORD_SCHEMA`].
+    pub schema: String,
+    /// The phase.
+    pub state: Phase,
+    /// What went wrong last.
+    pub error_state: ErrorState,
+    /// The cause, in words.
+    pub error_message: String,
+    /// What is happening or happened.
+    pub details: String,
+    /// The bundle being installed.
+    pub install_path: String,
+    /// Why the last attempt was blocked ("" when it was not).
+    pub blocked_reason: String,
+    /// Until when (Unix seconds) it stays blocked.
+    pub blocked_until: Option<u64>,
+    /// The step within the phase, for recovery.
+    pub step: Option<String>,
+    /// Instant or platform.
+    pub mode: Option<Mode>,
+    /// Rolling reboots requested.
+    pub rolling: bool,
+    /// What the node ran when the upgrade began.
+    pub from: Option<Installed>,
+    /// What it installs.
+    pub to: Option<Installed>,
+    /// The kernel's boot id when the reboot was requested.
+    pub boot_id: Option<String>,
+    /// Why the new platform was given up on (set before the fallback reboot).
+    pub fallback_reason: Option<String>,
+    /// Downtime of the last container swap, in milliseconds.
+    pub downtime_ms: Option<u64>,
+    /// The last completed commit (for settle periods).
+    pub last_commit: Option<LastCommit>,
+    /// When this record was written (Unix seconds).
+    pub updated_at: u64,
+}
+
+impl Default for Record {
+    fn default() -> Record {
+        Record {
+            schema: RECORD_SCHEMA.into(),
+            state: Phase::Idle,
+            error_state: ErrorState::NoError,
+            error_message: String::new(),
+            details: String::new(),
+            install_path: String::new(),
+            blocked_reason: String::new(),
+            blocked_until: None,
+            step: None,
+            mode: None,
+            rolling: false,
+            from: None,
+            to: None,
+            boot_id: None,
+            fallback_reason: None,
+            downtime_ms: None,
+            last_commit: None,
+            updated_at: 0,
+        }
+    }
+}
+
+/// `qq upgrade_status`: the reference's seven fields first, in its order, then ours.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The bundle being installed.
+    pub install_path: String,
+    /// `UPGRADE_IDLE` … `UPGRADE_COMMITTED`.
+    pub state: Phase,
+    /// What is happening or happened.
+    pub details: String,
+    /// The cause of the error state.
+    pub error_message: String,
+    /// `UPGRADE_ERROR_*`.
+    pub error_state: ErrorState,
+    /// True while an upgrade may not start.
+    pub is_blocked: bool,
+    /// Why.
+    pub blocked_reason: String,
+    /// Always [`STATUS_SCHEMA`].
+    pub schema: String,
+    /// Instant or platform, once known.
+    pub mode: Option<Mode>,
+    /// Rolling reboots requested.
+    pub rolling: bool,
+    /// Release the node ran when the upgrade began.
+    pub from_version: Option<String>,
+    /// Release being installed.
+    pub to_version: Option<String>,
+    /// Downtime of the last container swap, in milliseconds.
+    pub downtime_ms: Option<u64>,
+    /// The step within the state.
+    pub step: Option<String>,
+}
+
+/// The state directory: the record and the lock.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Holds the upgrade lock while alive.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    /// The store in `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir).map_err(io_err("creating state directory", dir))?;
+        Ok(Store {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("upgrade.json")
+    }
+
+    /// The record (a fresh one when none was written yet).
+    pub fn load(&self) -> Result<Record, Error> {
+        let p = self.path();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::StateDamaged {
+                path: p,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+            Err(e) => Err(Error::Io {
+                what: "reading",
+                path: p,
+                source: e,
+            }),
+        }
+    }
+
+    /// Writes `r` atomically. A crash point named `state:<STATE>` (and
+    /// `step:<step>` when the step is set) follows every write, for tests.
+    pub fn put(&self, r: &mut Record) -> Result<(), Error> {
+        r.updated_at = crate::now();
+        let mut bytes = serde_json::to_vec_pretty(r).expect("serializable");
+        bytes.push(b'\n');
+        write_atomic(&self.path(), &bytes)?;
+        bootctl::crashpoint::reached(&format!("state:{}", r.state.name()));
+        if let Some(step) = &r.step {
+            bootctl::crashpoint::reached(&format!("step:{step}"));
+        }
+        Ok(())
+    }
+
+    /// Takes the upgrade lock, or says who holds it.
+    pub fn lock(&self) -> Result<Lock, Error> {
+        let p = self.dir.join("lock");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(io_err("opening", &p))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&p).unwrap_or_default();
+            return Err(Error::Blocked {
+                reason: format!(
+                    "another upgrade operation is running (pid {})",
+                    holder.trim()
+                ),
+            });
+        }
+        f.set_len(0).map_err(io_err("writing", &p))?;
+        write!(f, "{}", std::process::id()).map_err(io_err("writing", &p))?;
+        Ok(Lock { _file: f })
+    }
+
+    /// Who holds the lock, if anyone (without taking it for longer than a check).
+    pub fn lock_holder(&self) -> Option<String> {
+        match self.lock() {
+            Ok(_) => None,
+            Err(Error::Blocked { reason }) => Some(reason),
+            Err(_) => None,
+        }
+    }
+
+    /// The `qq upgrade_status` report.
+    pub fn status(&self) -> Result<Status, Error> {
+        let r = self.load()?;
+        Ok(status_of(&r, self.lock_holder(), crate::now()))
+    }
+}
+
+/// The report for record `r`, with the lock holder (if any) and the time now.
+pub fn status_of(r: &Record, lock_holder: Option<String>, now: u64) -> Status {
+    let settle = r
+        .blocked_until
+        .filter(|&t| t > now)
+        .map(|_| r.blocked_reason.clone());
+    // A running prepare or commit is what the state describes, not a block.
+    let lock_holder =
+        lock_holder.filter(|_| !matches!(r.state, Phase::Preparing | Phase::Committing));
+    let (is_blocked, blocked_reason) = match (lock_holder, settle) {
+        (Some(h), _) => (true, h),
+        (None, Some(s)) => (true, s),
+        (None, None) => (false, String::new()),
+    };
+    Status {
+        install_path: r.install_path.clone(),
+        state: r.state,
+        details: r.details.clone(),
+        error_message: r.error_message.clone(),
+        error_state: r.error_state,
+        is_blocked,
+        blocked_reason,
+        schema: STATUS_SCHEMA.into(),
+        mode: r.mode,
+        rolling: r.rolling,
+        from_version: r.from.as_ref().map(|i| i.version.clone()),
+        to_version: r.to.as_ref().map(|i| i.version.clone()),
+        downtime_ms: r.downtime_ms,
+        step: r.step.clone(),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
+/// fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .map_err(io_err("writing", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err("syncing", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| io_err("renaming into", path)(e.error))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_has_the_reference_fields_in_order() {
+        let r = Record {
+            install_path: "/upgrade/qinstall.qimg".into(),
+            state: Phase::Preparing,
+            ..Record::default()
+        };
+        let s = status_of(&r, None, 0);
+        let text = serde_json::to_string_pretty(&s).unwrap();
+        let keys: Vec<String> = serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        // serde_json's map is sorted; check names and the textual order separately.
+        for k in [
+            "install_path",
+            "state",
+            "details",
+            "error_message",
+            "error_state",
+            "is_blocked",
+            "blocked_reason",
+        ] {
+            assert!(keys.contains(&k.to_string()), "{k}");
+        }
+        let order: Vec<usize> = [
+            "\"install_path\"",
+            "\"state\"",
+            "\"details\"",
+            "\"error_message\"",
+            "\"error_state\"",
+            "\"is_blocked\"",
+            "\"blocked_reason\"",
+        ]
+        .iter()
+        .map(|k| text.find(k).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let back: Status = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+        assert!(text.contains("\"state\": \"UPGRADE_PREPARING\""));
+        assert!(text.contains("\"error_state\": \"UPGRADE_ERROR_NO_ERROR\""));
+    }
+
+    #[test]
+    fn blocked_by_the_lock_or_until_a_time() {
+        let r = Record {
+            blocked_until: Some(100),
+            blocked_reason: "settle".into(),
+            ..Record::default()
+        };
+        assert!(status_of(&r, None, 99).is_blocked);
+        assert_eq!(status_of(&r, None, 99).blocked_reason, "settle");
+        assert!(!status_of(&r, None, 100).is_blocked);
+        let s = status_of(&r, Some("pid 7".into()), 200);
+        assert!(s.is_blocked && s.blocked_reason == "pid 7");
+    }
+
+    #[test]
+    fn records_round_trip_and_the_lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.load().unwrap(), Record::default());
+        let mut r = Record {
+            state: Phase::Prepared,
+            mode: Some(Mode::Platform),
+            ..Record::default()
+        };
+        s.put(&mut r).unwrap();
+        assert_eq!(s.load().unwrap(), r);
+        let held = s.lock().unwrap();
+        assert!(matches!(s.lock(), Err(Error::Blocked { .. })));
+        assert!(
+            s.lock_holder()
+                .unwrap()
+                .contains(&std::process::id().to_string())
+        );
+        drop(held);
+        assert!(s.lock_holder().is_none());
+        std::fs::write(d.path().join("upgrade.json"), b"{").unwrap();
+        assert!(matches!(s.load(), Err(Error::StateDamaged { .. })));
+    }
+}

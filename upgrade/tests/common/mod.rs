@@ -1,0 +1,301 @@
+//! Fixtures for the upgrade flows: signed bundles built at test time (real squashfs,
+//! dm-verity, UKIs from the distribution's systemd stub), disk images made by
+//! `imagebuild disk`, simulated nodes, and the `qq` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use imagebuild::disk::{DiskOptions, SYSTEMD_BOOT};
+use imagebuild::sample;
+use qimg::{NoProgress, SecretKey, Target, TrustedKeys};
+use upgrade::node::Node;
+
+pub const PRODUCT: &str = "qimg-demo";
+pub const MODEL: &str = "demo-node-1";
+
+/// What a test release is made of.
+#[derive(Clone, Debug)]
+pub struct Rel {
+    pub version: &'static str,
+    pub platform: &'static str,
+    /// `/etc/qimg/sim-boot` in the platform root (`panic`, `unhealthy`).
+    pub sim_boot: Option<&'static str>,
+    /// The container's /entry reports healthy.
+    pub healthy_container: bool,
+    pub target: &'static str,
+    pub min_installed: &'static str,
+    pub settle: Option<(u64, &'static str)>,
+}
+
+impl Rel {
+    pub const fn new(version: &'static str, platform: &'static str) -> Rel {
+        Rel {
+            version,
+            platform,
+            sim_boot: None,
+            healthy_container: true,
+            target: "onprem",
+            min_installed: "7.0",
+            settle: None,
+        }
+    }
+}
+
+pub fn key(n: u8) -> SecretKey {
+    tests::test_key(n)
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Builds a signed bundle for `rel` in `dir`.
+pub fn build_bundle(dir: &Path, name: &str, rel: &Rel, signer: &SecretKey) -> PathBuf {
+    let src = dir.join(format!("{name}.src"));
+    let _ = std::fs::remove_dir_all(&src);
+    sample::generate_tree(&src.join("rootfs"), 600 << 10, 21, rel.platform).unwrap();
+    write(&src.join("rootfs/etc/qimg/platform"), rel.platform);
+    if let Some(m) = rel.sim_boot {
+        write(&src.join("rootfs").join(upgrade::sim::SIM_BOOT), m);
+    }
+    sample::generate_tree(&src.join("container"), 300 << 10, 22, rel.version).unwrap();
+    let entry = src.join("container/entry");
+    let script = if rel.healthy_container {
+        "#!/bin/sh\necho \"container $QIMG_CONTAINER_VERSION up\"\necho ok > \"$QIMG_HEALTH_FILE\"\nexec sleep 100000\n"
+    } else {
+        "#!/bin/sh\necho \"container $QIMG_CONTAINER_VERSION: database migration failed\" >&2\nexit 3\n"
+    };
+    write(&entry, script);
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&entry).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&entry, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(src.join("uki.efi"), tests::small_uki(PRODUCT, rel.platform)).unwrap();
+    let mut spec = format!(
+        r#"product = "{PRODUCT}"
+version = "{}"
+platform_version = "{}"
+target = "{}"
+compatible_models = ["{MODEL}", "demo-node-2"]
+min_installed_version = "{}"
+[platform]
+root = "rootfs"
+uki = "uki.efi"
+[container]
+root = "container"
+"#,
+        rel.version, rel.platform, rel.target, rel.min_installed
+    );
+    if let Some((secs, why)) = rel.settle {
+        spec.push_str(&format!("[settle]\nseconds = {secs}\nreason = \"{why}\"\n"));
+    }
+    std::fs::write(src.join("release.toml"), spec).unwrap();
+    let out = dir.join(format!("{name}.qimg"));
+    tests::build(
+        &src.join("release.toml"),
+        &out,
+        std::slice::from_ref(signer),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&src).unwrap();
+    out
+}
+
+/// The bundles every flow uses, built once per test binary.
+pub struct Bundles {
+    pub dir: PathBuf,
+    pub factory: PathBuf,
+    pub instant: PathBuf,
+    pub platform: PathBuf,
+    pub panic: PathBuf,
+    pub unhealthy_platform: PathBuf,
+    pub bad_container: PathBuf,
+    pub public_key: PathBuf,
+}
+
+pub fn bundles() -> &'static Bundles {
+    static B: OnceLock<Bundles> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("upgrade-bundles");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = key(1);
+        let public_key = dir.join("release.pub");
+        std::fs::write(&public_key, k.public().to_file_text()).unwrap();
+        let b = |name, rel: Rel| build_bundle(&dir, name, &rel, &k);
+        Bundles {
+            factory: b("factory-7.0.0", Rel::new("7.0.0", "7.0")),
+            instant: b("instant-7.0.1", Rel::new("7.0.1", "7.0")),
+            platform: b("platform-7.1.0", Rel::new("7.1.0", "7.1")),
+            panic: b(
+                "panic-7.1.0",
+                Rel {
+                    sim_boot: Some("panic"),
+                    ..Rel::new("7.1.0", "7.1")
+                },
+            ),
+            unhealthy_platform: b(
+                "unhealthy-7.1.0",
+                Rel {
+                    sim_boot: Some("unhealthy"),
+                    ..Rel::new("7.1.0", "7.1")
+                },
+            ),
+            bad_container: b(
+                "badcontainer-7.0.1",
+                Rel {
+                    healthy_container: false,
+                    ..Rel::new("7.0.1", "7.0")
+                },
+            ),
+            public_key,
+            dir,
+        }
+    })
+}
+
+/// True when the tools the fixtures need exist; otherwise the test fails unless
+/// QIMG_SKIP_TOOL_TESTS=1 says to skip it.
+pub fn have_boot_files() -> bool {
+    let ok = Path::new(tests::STUB).is_file() && Path::new(SYSTEMD_BOOT).is_file();
+    if !ok {
+        assert_eq!(
+            std::env::var("QIMG_SKIP_TOOL_TESTS").as_deref(),
+            Ok("1"),
+            "systemd-boot-efi is missing ({} / {}); `cargo xtask deps` installs it, QIMG_SKIP_TOOL_TESTS=1 skips",
+            tests::STUB,
+            SYSTEMD_BOOT
+        );
+    }
+    ok
+}
+
+/// A simulated node; stops its container when dropped.
+pub struct SimNode {
+    pub dir: tempfile::TempDir,
+    pub node: Node,
+}
+
+impl SimNode {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn qq(&self, args: &[&str]) -> Output {
+        self.qq_env(args, &[])
+    }
+
+    pub fn qq_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.qq_cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    pub fn qq_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_qq"));
+        c.arg("--node").arg(self.path()).args(args);
+        c.env_remove("QIMG_PAUSE_AT").env_remove("QQ_NODE");
+        c
+    }
+
+    /// `qq upgrade_status` parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let o = self.qq(&["upgrade_status"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    pub fn disk(&self) -> Vec<u8> {
+        std::fs::read(&self.node.config.disk).unwrap()
+    }
+
+    /// The byte ranges of a slot's root and verity partitions.
+    pub fn slot_bytes(&self, slot: bootctl::layout::Slot) -> Vec<u8> {
+        let mut f = std::fs::File::open(&self.node.config.disk).unwrap();
+        let t = bootctl::table::read(&mut f).unwrap();
+        let p = bootctl::slot::parts(&t, slot).unwrap();
+        let d = self.disk();
+        let mut out = d[p.root.1 as usize..(p.root.1 + p.root.2) as usize].to_vec();
+        out.extend_from_slice(&d[p.verity.1 as usize..(p.verity.1 + p.verity.2) as usize]);
+        out
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        let mut esp = self.node.esp().unwrap();
+        let mut v = esp.list(bootctl::entries::LINUX_DIR).unwrap();
+        v.sort();
+        v
+    }
+
+    pub fn running(&self) -> upgrade::node::Running {
+        self.node.running().unwrap()
+    }
+
+    pub fn container(&self) -> Option<String> {
+        upgrade::container::runtime(
+            &self.node.config.runtime,
+            &self.node.config.state.join("run"),
+        )
+        .running()
+        .unwrap()
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        let _ = upgrade::container::runtime(
+            &self.node.config.runtime,
+            &self.node.config.state.join("run"),
+        )
+        .stop();
+    }
+}
+
+/// A simulated node made from `factory`: `imagebuild disk`, then `sim::create`.
+pub fn sim_node(factory: &Path) -> SimNode {
+    let b = bundles();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = TrustedKeys::new([key(1).public()]);
+    let img = dir.path().join("disk.img");
+    imagebuild::disk::build(&DiskOptions {
+        bundle: factory,
+        keys: Some(&keys),
+        out: &img,
+        size: None,
+        systemd_boot: Path::new(SYSTEMD_BOOT),
+        target: Target::Onprem,
+        esp_mib: 64,
+        root_mib: Some(8),
+        data_mib: 8,
+        progress: &NoProgress,
+        cancel: &imagebuild::Cancel::new(),
+    })
+    .unwrap();
+    let node = upgrade::sim::create(&upgrade::sim::CreateOptions {
+        dir: dir.path(),
+        disk: &img,
+        bundle: factory,
+        keys: std::slice::from_ref(&b.public_key),
+        model: MODEL,
+        target: Target::Onprem,
+        firmware: None,
+        health_timeout_secs: 2,
+    })
+    .unwrap();
+    SimNode { dir, node }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+}

@@ -1,0 +1,188 @@
+//! Whole upgrades of simulated nodes through the `qq` binary: instant, platform
+//! (healthy, panicking, unhealthy), bad bundles, and the state afterwards.
+
+mod common;
+
+use bootctl::layout::Slot;
+use common::*;
+
+#[test]
+fn instant_upgrade_swaps_the_container_and_touches_no_slot() {
+    if !have_boot_files() {
+        return;
+    }
+    let b = bundles();
+    let n = sim_node(&b.factory);
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+    let s = n.status();
+    assert_eq!(s["state"], "UPGRADE_IDLE");
+    let disk = n.disk();
+    let o = n.qq(&["upgrade_cluster", "--path", b.instant.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["state"], "UPGRADE_COMMITTED", "{s}");
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_NO_ERROR");
+    assert_eq!(s["mode"], "instant");
+    let downtime = s["downtime_ms"].as_u64().unwrap();
+    assert!(downtime < 30_000, "{downtime}");
+    assert!(
+        s["details"].as_str().unwrap().contains("ms of downtime"),
+        "{s}"
+    );
+    assert_eq!(n.container().as_deref(), Some("7.0.1"));
+    assert_eq!(
+        n.disk(),
+        disk,
+        "an instant upgrade writes nothing to the disk"
+    );
+    assert_eq!(n.running().version.as_deref(), Some("7.0.1"));
+    assert_eq!(s, n.status());
+}
+
+#[test]
+fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesses() {
+    if !have_boot_files() {
+        return;
+    }
+    let b = bundles();
+    let n = sim_node(&b.factory);
+    let slot_a = n.slot_bytes(Slot::A);
+    let entries_before = n.entries();
+    assert_eq!(entries_before, vec!["qimg-demo-a-7.0.efi".to_string()]);
+
+    let o = n.qq(&[
+        "upgrade_cluster",
+        "prepare",
+        "--path",
+        b.platform.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["state"], "UPGRADE_PREPARED", "{s}");
+    assert_eq!(s["mode"], "platform");
+    // Prepared: slot A and its entry untouched, B written and labelled, its UKI
+    // staged where the loader does not look; the loader would still boot A.
+    assert_eq!(n.slot_bytes(Slot::A), slot_a);
+    assert_eq!(n.node.slot_label(Slot::B).unwrap(), "qimg-demo_7.1");
+    assert_eq!(
+        n.entries(),
+        vec![
+            "qimg-demo-a-7.0.efi".to_string(),
+            "qimg-demo-b-7.1.efi.staged".to_string()
+        ]
+    );
+    let mut esp = n.node.esp().unwrap();
+    let (found, sel) = bootctl::entries::next(esp.as_mut(), PRODUCT, &Default::default()).unwrap();
+    assert_eq!(found[sel.chosen.unwrap()].entry.file, "qimg-demo-a-7.0.efi");
+    drop(esp);
+    assert_eq!(
+        n.container().as_deref(),
+        Some("7.0.0"),
+        "prepare has no client impact"
+    );
+
+    let o = n.qq(&["upgrade_cluster", "commit"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["state"], "UPGRADE_COMMITTED", "{s}");
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_NO_ERROR");
+    let r = n.running();
+    assert_eq!((r.slot, r.platform_version.as_str()), (Slot::B, "7.1"));
+    assert_eq!(r.version.as_deref(), Some("7.1.0"));
+    assert_eq!(n.container().as_deref(), Some("7.1.0"));
+    // Blessed (uncounted) B, and A kept as the fallback.
+    assert_eq!(
+        n.entries(),
+        vec![
+            "qimg-demo-a-7.0.efi".to_string(),
+            "qimg-demo-b-7.1.efi".to_string()
+        ]
+    );
+    assert_eq!(n.slot_bytes(Slot::A), slot_a);
+}
+
+#[test]
+fn a_platform_that_panics_falls_back_after_its_tries() {
+    if !have_boot_files() {
+        return;
+    }
+    let b = bundles();
+    let n = sim_node(&b.factory);
+    let slot_a = n.slot_bytes(Slot::A);
+    let o = n.qq(&["upgrade_cluster", "--path", b.panic.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_ROLLED_BACK");
+    assert_eq!(
+        s["error_message"], "slot b: 3 tries exhausted, booted slot a 7.0.0",
+        "{s}"
+    );
+    let r = n.running();
+    assert_eq!((r.slot, r.version.as_deref()), (Slot::A, Some("7.0.0")));
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+    assert_eq!(n.slot_bytes(Slot::A), slot_a);
+    assert_eq!(
+        n.entries(),
+        vec![
+            "qimg-demo-a-7.0.efi".to_string(),
+            "qimg-demo-b-7.1+0-3.efi".to_string()
+        ]
+    );
+}
+
+#[test]
+fn an_unhealthy_platform_is_marked_bad_and_the_node_falls_back_at_once() {
+    if !have_boot_files() {
+        return;
+    }
+    let b = bundles();
+    let n = sim_node(&b.factory);
+    let o = n.qq(&[
+        "upgrade_cluster",
+        "--path",
+        b.unhealthy_platform.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_ROLLED_BACK", "{s}");
+    let msg = s["error_message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("slot b: health check failed: platform in slot b reports unhealthy")
+            && msg.ends_with("booted slot a 7.0.0"),
+        "{msg}"
+    );
+    // One try, then marked bad by the health gate.
+    assert!(
+        n.entries().contains(&"qimg-demo-b-7.1+0-1.efi".to_string()),
+        "{:?}",
+        n.entries()
+    );
+    assert_eq!(n.running().slot, Slot::A);
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+}
+
+#[test]
+fn an_unhealthy_container_is_rolled_back_to_the_old_one() {
+    if !have_boot_files() {
+        return;
+    }
+    let b = bundles();
+    let n = sim_node(&b.factory);
+    let o = n.qq(&[
+        "upgrade_cluster",
+        "--path",
+        b.bad_container.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_COMMIT_FAILED");
+    let msg = s["error_message"].as_str().unwrap();
+    assert!(
+        msg.contains("database migration failed") && msg.contains("rolled back to container 7.0.0"),
+        "{msg}"
+    );
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+    assert_eq!(n.running().version.as_deref(), Some("7.0.0"));
+}
