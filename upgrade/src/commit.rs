@@ -43,7 +43,12 @@ pub fn commit(node: &Node, obs: &dyn Observer) -> Result<Record, Error> {
     let store = node.store()?;
     let lock = store.lock()?;
     let mut r = store.load()?;
+    let was_committing = r.state == Phase::Committing;
     crate::prepare::recover(node, &store, &mut r, obs)?;
+    if was_committing && r.state != Phase::Committing {
+        // Recovery finished the interrupted commit: that is this commit's outcome.
+        return Ok(r);
+    }
     let resumable = r.state == Phase::Committing && r.mode == Some(Mode::Platform);
     if r.state != Phase::Prepared && !resumable {
         return Err(Error::WrongState {

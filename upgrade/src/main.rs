@@ -253,9 +253,11 @@ fn detach(node: &Node) -> Result<ExitCode> {
             Ok(())
         });
     }
+    let before = store.load()?;
     let mut child = cmd.spawn().context("starting the background upgrade")?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.lock_holder().is_none()
+    // Return once the background process has written its first state (or ended).
+    while store.load().ok().as_ref() == Some(&before)
         && child.try_wait()?.is_none()
         && std::time::Instant::now() < deadline
     {

@@ -149,10 +149,8 @@ struct CancelWriter<'a, W> {
 impl<W: Write> Write for CancelWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.cancel.check().is_err() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "cancelled by the operator",
-            ));
+            // Not ErrorKind::Interrupted: write_all would retry that forever.
+            return Err(std::io::Error::other("cancelled by the operator"));
         }
         self.inner.write(buf)
     }

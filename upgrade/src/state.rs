@@ -263,24 +263,35 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the upgrade lock, or says who holds it.
-    pub fn lock(&self) -> Result<Lock, Error> {
+    fn lock_file(&self) -> Result<(File, PathBuf), Error> {
         let p = self.dir.join("lock");
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&p)
             .map_err(io_err("opening", &p))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = std::fs::read_to_string(&p).unwrap_or_default();
+        Ok((f, p))
+    }
+
+    fn holder_reason(p: &Path) -> String {
+        let holder = std::fs::read_to_string(p).unwrap_or_default();
+        match holder.trim() {
+            "" => "another upgrade operation is running".into(),
+            pid => format!("another upgrade operation is running (pid {pid})"),
+        }
+    }
+
+    /// Takes the upgrade lock (an open-file-description lock on `lock`, released
+    /// when the process ends however it ends), or says who holds it.
+    pub fn lock(&self) -> Result<Lock, Error> {
+        let (mut f, p) = self.lock_file()?;
+        let mut fl = whole_file(libc::F_WRLCK);
+        // SAFETY: fcntl on a descriptor we own with a valid flock struct.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) } != 0 {
             return Err(Error::Blocked {
-                reason: format!(
-                    "another upgrade operation is running (pid {})",
-                    holder.trim()
-                ),
+                reason: Store::holder_reason(&p),
             });
         }
         f.set_len(0).map_err(io_err("writing", &p))?;
@@ -288,13 +299,16 @@ impl Store {
         Ok(Lock { _file: f })
     }
 
-    /// Who holds the lock, if anyone (without taking it for longer than a check).
+    /// Who holds the lock, if anyone. Only tests the lock (F_OFD_GETLK), so it
+    /// never gets in the way of a process taking it.
     pub fn lock_holder(&self) -> Option<String> {
-        match self.lock() {
-            Ok(_) => None,
-            Err(Error::Blocked { reason }) => Some(reason),
-            Err(_) => None,
+        let (f, p) = self.lock_file().ok()?;
+        let mut fl = whole_file(libc::F_WRLCK);
+        // SAFETY: as in `lock`.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
+            return None;
         }
+        (i32::from(fl.l_type) != libc::F_UNLCK).then(|| Store::holder_reason(&p))
     }
 
     /// The `qq upgrade_status` report.
@@ -302,6 +316,14 @@ impl Store {
         let r = self.load()?;
         Ok(status_of(&r, self.lock_holder(), crate::now()))
     }
+}
+
+fn whole_file(kind: i32) -> libc::flock {
+    // SAFETY: flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
 }
 
 /// The report for record `r`, with the lock holder (if any) and the time now.

@@ -27,6 +27,7 @@ pub struct Rel {
     pub target: &'static str,
     pub min_installed: &'static str,
     pub settle: Option<(u64, &'static str)>,
+    pub models: &'static str,
 }
 
 impl Rel {
@@ -39,6 +40,7 @@ impl Rel {
             target: "onprem",
             min_installed: "7.0",
             settle: None,
+            models: "\"demo-node-1\", \"demo-node-2\"",
         }
     }
 }
@@ -80,7 +82,7 @@ pub fn build_bundle(dir: &Path, name: &str, rel: &Rel, signer: &SecretKey) -> Pa
 version = "{}"
 platform_version = "{}"
 target = "{}"
-compatible_models = ["{MODEL}", "demo-node-2"]
+compatible_models = [{}]
 min_installed_version = "{}"
 [platform]
 root = "rootfs"
@@ -88,7 +90,7 @@ uki = "uki.efi"
 [container]
 root = "container"
 "#,
-        rel.version, rel.platform, rel.target, rel.min_installed
+        rel.version, rel.platform, rel.target, rel.models, rel.min_installed
     );
     if let Some((secs, why)) = rel.settle {
         spec.push_str(&format!("[settle]\nseconds = {secs}\nreason = \"{why}\"\n"));
