@@ -91,7 +91,7 @@ pub fn check(m: &Manifest, n: &NodeFacts) -> Result<(), String> {
             target_name(n.target)
         ));
     }
-    if !r.compatible_models.iter().any(|x| *x == n.model) {
+    if !r.compatible_models.contains(&n.model) {
         return Err(format!(
             "hardware model {} is not supported by {} (supported: {})",
             n.model,
