@@ -28,6 +28,8 @@ pub struct Rel {
     pub min_installed: &'static str,
     pub settle: Option<(u64, &'static str)>,
     pub models: &'static str,
+    /// A BMC firmware payload of this version (triplet).
+    pub bmc: Option<&'static str>,
 }
 
 impl Rel {
@@ -41,6 +43,7 @@ impl Rel {
             min_installed: "7.0",
             settle: None,
             models: "\"demo-node-1\", \"demo-node-2\"",
+            bmc: None,
         }
     }
 }
@@ -52,6 +55,13 @@ pub fn key(n: u8) -> SecretKey {
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
+}
+
+/// The BMC payload of a version.
+pub fn bmc_payload(version: &str) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    v.extend_from_slice(version.as_bytes());
+    v
 }
 
 /// Builds a signed bundle for `rel` in `dir`.
@@ -92,6 +102,12 @@ root = "container"
 "#,
         rel.version, rel.platform, rel.target, rel.models, rel.min_installed
     );
+    if let Some(v) = rel.bmc {
+        std::fs::write(src.join("bmc.bin"), bmc_payload(v)).unwrap();
+        spec.push_str(&format!(
+            "[[firmware]]\ncomponent_id = \"bmc\"\nversion = \"{v}\"\nversion_format = \"triplet\"\nfile = \"bmc.bin\"\n"
+        ));
+    }
     if let Some((secs, why)) = rel.settle {
         spec.push_str(&format!("[settle]\nseconds = {secs}\nreason = \"{why}\"\n"));
     }
@@ -261,6 +277,12 @@ impl Drop for SimNode {
 
 /// A simulated node made from `factory`: `imagebuild disk`, then `sim::create`.
 pub fn sim_node(factory: &Path) -> SimNode {
+    sim_node_with(factory, None)
+}
+
+/// A simulated node with firmware devices (`devices` is written as qfirmware's
+/// device configuration into the node directory).
+pub fn sim_node_with(factory: &Path, devices: Option<serde_json::Value>) -> SimNode {
     let b = bundles();
     let dir = tempfile::tempdir().unwrap();
     let keys = TrustedKeys::new([key(1).public()]);
@@ -279,6 +301,14 @@ pub fn sim_node(factory: &Path) -> SimNode {
         cancel: &imagebuild::Cancel::new(),
     })
     .unwrap();
+    let firmware = devices.map(|d| {
+        let p = dir.path().join("devices.json");
+        std::fs::write(&p, d.to_string()).unwrap();
+        upgrade::node::FirmwareConfig {
+            devices: p,
+            sysroot: dir.path().join("sysroot"),
+        }
+    });
     let node = upgrade::sim::create(&upgrade::sim::CreateOptions {
         dir: dir.path(),
         disk: &img,
@@ -286,7 +316,7 @@ pub fn sim_node(factory: &Path) -> SimNode {
         keys: std::slice::from_ref(&b.public_key),
         model: MODEL,
         target: Target::Onprem,
-        firmware: None,
+        firmware,
         health_timeout_secs: 2,
     })
     .unwrap();
