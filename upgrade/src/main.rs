@@ -74,6 +74,9 @@ enum Command {
     /// After a boot: finish a platform commit, or start the active container.
     #[command(name = "boot_check")]
     BootCheck,
+    /// Power a simulated node off (stop its container).
+    #[command(name = "sim_poweroff")]
+    SimPoweroff,
     /// Create a simulated node from a disk image made by `imagebuild disk`.
     #[command(name = "sim_create")]
     SimCreate {
@@ -428,6 +431,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let r = commit::after_boot(&node, &bars);
             drop(bars);
             finish(&node, r)
+        }
+        Command::SimPoweroff => {
+            let node = load_node(node_path.as_deref())?;
+            anyhow::ensure!(node.config.simulated, "not a simulated node");
+            upgrade::container::runtime(&node.config.runtime, &node.config.state.join("run"))
+                .stop()?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::SimCreate {
             dir,

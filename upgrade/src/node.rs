@@ -150,7 +150,9 @@ impl Node {
         };
         let text = std::fs::read_to_string(&file).map_err(|e| cerr(e.to_string()))?;
         let mut c: NodeConfig = toml::from_str(&text).map_err(|e| cerr(e.to_string()))?;
-        let base = file.parent().unwrap_or(Path::new(".")).to_owned();
+        // Absolute, so paths stay right for processes started elsewhere.
+        let base = std::path::absolute(file.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| cerr(e.to_string()))?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -6,6 +6,8 @@
 //!   (`QIMG_SKIP_QEMU=1` skips it, saying so).
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
+//! - `cargo xtask demo-upgrade [--dir DIR]`: a whole upgrade of a simulated node
+//!   (instant, then platform) with the shipped CLIs (see `demo_upgrade.rs`).
 //! - `cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]`:
 //!   builds a bundle from a generated tree and does the same work with the standard
 //!   tools on the same input, printing both times, the ratio, verify throughput
@@ -13,6 +15,7 @@
 
 mod bench;
 mod bench_fw;
+mod demo_upgrade;
 mod deps;
 mod qemu;
 
@@ -25,8 +28,9 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::main(&args[1..]),
         Some("qemu-test") => qemu::main(&args[1..]),
+        Some("demo-upgrade") => demo_upgrade::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask ci | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware [--size MIB] [--level N] [--runs N] [--dir DIR]"
                 .to_owned(),
         ),
     };
