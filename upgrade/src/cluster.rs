@@ -36,6 +36,19 @@ pub fn commit_batches<T, E>(
     out
 }
 
+/// Commits the prepared upgrade on every node: all at once, or (rolling) one node
+/// at a time, each committed and healthy before the next, stopping at the first
+/// failure. The upgrade reference's protection level decides the batch size on a
+/// real cluster; here it is one node per batch.
+pub fn commit_cluster(
+    nodes: &[crate::node::Node],
+    rolling: bool,
+    obs: &dyn crate::Observer,
+) -> Vec<(usize, Result<crate::state::Record, crate::Error>)> {
+    let b = batches(nodes.len(), rolling, 1);
+    commit_batches(&b, |i| crate::commit::commit(&nodes[i], obs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

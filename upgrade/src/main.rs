@@ -367,8 +367,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return finish(&node, r);
                 }
             }
-            let r = commit::commit(&node, &bars);
+            // One node per cluster for now; the engine commits clusters in batches.
+            let rolling = node.store()?.load()?.rolling;
+            let mut results =
+                upgrade::cluster::commit_cluster(std::slice::from_ref(&node), rolling, &bars);
             drop(bars);
+            let (_, r) = results.pop().expect("one node, one result");
             finish(&node, r)
         }
         Command::UpgradeMode { to, from } => {

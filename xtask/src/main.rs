@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask ci`: installs the Debian packages the tests need (as root; else
 //!   stops and lists them), then runs every gate CI runs: rustfmt, clippy with
-//!   warnings denied, all tests, a build of the fuzz targets, and `qemu-test`
+//!   warnings denied, all tests, the upgrade demo, a build of the fuzz targets, and `qemu-test`
 //!   (`QIMG_SKIP_QEMU=1` skips it, saying so).
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
@@ -99,6 +99,8 @@ fn ci() -> Result<(), String> {
         ]),
     )?;
     step("tests", cargo().args(["test", "--workspace"]))?;
+    // The README's upgrade demo keeps working.
+    demo_upgrade::main(&[])?;
     // The fuzz crate is its own workspace (cargo-fuzz layout); building it here keeps
     // the targets compiling. Running them needs cargo-fuzz: see fuzz/README.md.
     step(
