@@ -121,13 +121,19 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
     }
     let (root_c, verity, image) = platform_root(&m)?;
     let hash_bytes = root_c.size - verity.hash_offset;
+    let root_mib = o
+        .root_mib
+        .unwrap_or_else(|| mib_up(verity.hash_offset + verity.hash_offset / 4).max(64));
+    // The verity partition holds the hash tree of any image that fits the root
+    // partition, so later releases up to that size fit the other slot.
+    let verity_mib = mib_up(hash_bytes + hash_bytes / 4)
+        .max(mib_up(qimg::verity::hash_area_size(root_mib * MIB / 4096)))
+        .max(2);
     let spec = LayoutSpec {
         product: m.release.product.clone(),
         esp_mib: o.esp_mib,
-        root_mib: o
-            .root_mib
-            .unwrap_or_else(|| mib_up(verity.hash_offset + verity.hash_offset / 4).max(64)),
-        verity_mib: mib_up(hash_bytes + hash_bytes / 4).max(2),
+        root_mib,
+        verity_mib,
         min_data_mib: o.data_mib,
     };
     let needed =

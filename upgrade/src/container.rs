@@ -495,7 +495,7 @@ impl Runtime for Process {
             }
             let deadline = Instant::now() + Duration::from_secs(5);
             while alive(r.pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
             if alive(r.pid) {
                 // SAFETY: as above.
@@ -535,7 +535,7 @@ impl Runtime for Process {
                         timeout.as_secs_f64()
                     )));
                 }
-                _ => std::thread::sleep(Duration::from_millis(2)),
+                _ => std::thread::sleep(Duration::from_millis(1)),
             }
         }
     }

@@ -15,6 +15,7 @@
 
 mod bench;
 mod bench_fw;
+mod bench_upgrade;
 mod demo_upgrade;
 mod deps;
 mod qemu;
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
         Some("qemu-test") => qemu::main(&args[1..]),
         Some("demo-upgrade") => demo_upgrade::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask ci | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade [--size MIB] [--level N] [--runs N] [--dir DIR]"
                 .to_owned(),
         ),
     };
