@@ -111,6 +111,11 @@ fn finish_instant(
     r.step = None;
     match started {
         Ok(()) => {
+            obs.step(&format!(
+                "container {} healthy: {:.1} ms of downtime",
+                to.version,
+                downtime.as_secs_f64() * 1e3
+            ));
             r.state = Phase::Committed;
             r.details = format!(
                 "instant upgrade from {} to {}: container swapped with {:.1} ms of downtime",

@@ -444,6 +444,58 @@ mod tests {
         assert!(s.is_blocked && s.blocked_reason == "pid 7");
     }
 
+    fn phase() -> impl proptest::strategy::Strategy<Value = Phase> {
+        proptest::sample::select(vec![
+            Phase::Idle,
+            Phase::Preparing,
+            Phase::Prepared,
+            Phase::Committing,
+            Phase::Committed,
+        ])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_record_round_trips_and_reports_its_fields(
+            state in phase(),
+            err in proptest::sample::select(vec![
+                ErrorState::NoError,
+                ErrorState::PrepareFailed,
+                ErrorState::CommitFailed,
+                ErrorState::RolledBack,
+            ]),
+            text in ".{0,40}",
+            until in proptest::option::of(0u64..2000),
+            now in 0u64..2000,
+            platform in proptest::bool::ANY,
+            downtime in proptest::option::of(0u64..100_000),
+        ) {
+            let r = Record {
+                state,
+                error_state: err,
+                error_message: text.clone(),
+                details: text.clone(),
+                install_path: text.clone(),
+                blocked_reason: text.clone(),
+                blocked_until: until,
+                step: Some(text.clone()),
+                mode: Some(if platform { Mode::Platform } else { Mode::Instant }),
+                from: Some(Installed { version: text.clone(), platform_version: "1".into(), slot: 'a' }),
+                downtime_ms: downtime,
+                last_commit: Some(LastCommit { at: now, from: text.clone(), to: text }),
+                ..Record::default()
+            };
+            let bytes = serde_json::to_vec(&r).unwrap();
+            proptest::prop_assert_eq!(&serde_json::from_slice::<Record>(&bytes).unwrap(), &r);
+            let s = status_of(&r, None, now);
+            proptest::prop_assert_eq!(s.state, state);
+            proptest::prop_assert_eq!(s.error_state, err);
+            proptest::prop_assert_eq!(s.is_blocked, until.is_some_and(|t| t > now));
+            let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            proptest::prop_assert_eq!(back, s);
+        }
+    }
+
     #[test]
     fn records_round_trip_and_the_lock_is_exclusive() {
         let d = tempfile::tempdir().unwrap();
