@@ -121,3 +121,53 @@ pub fn ensure(packages: &[(&str, &str)]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The moto version the cloud tests run against (notes/aws-emulator.md).
+pub const MOTO: &str = "moto[server,ec2,ebs,ssm]==5.2.5";
+
+/// Where the pinned moto lives: a venv under the user's cache, so it survives
+/// clean clones and empty target directories.
+pub fn moto_dir() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::Path::new(&home).join(".cache/qimg/moto-5.2.5")
+}
+
+/// Makes sure the pinned moto server is installed (a Python venv + pip, installing
+/// python3-venv with apt when root if venv is missing) and returns its
+/// `moto_server`. Prints what it installs.
+pub fn ensure_moto() -> Result<std::path::PathBuf, String> {
+    let dir = moto_dir();
+    let server = dir.join("bin/moto_server");
+    if server.is_file() {
+        eprintln!("xtask: moto present: {}", server.display());
+        return Ok(server);
+    }
+    let venv = |dir: &std::path::Path| {
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    if !venv(&dir) {
+        install(&["python3-venv", "python3-pip"])?;
+        let _ = std::fs::remove_dir_all(&dir);
+        if !venv(&dir) {
+            return Err(format!("python3 -m venv {} failed", dir.display()));
+        }
+    }
+    eprintln!(
+        "xtask: installing Python packages with pip: {MOTO} (into {})",
+        dir.display()
+    );
+    let ok = Command::new(dir.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", MOTO])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok || !server.is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(format!("pip install {MOTO} failed"));
+    }
+    Ok(server)
+}

@@ -14,6 +14,7 @@
 //!   against sha256sum and openssl, and peak memory.
 
 mod bench;
+mod bench_cloud;
 mod bench_fw;
 mod bench_upgrade;
 mod demo_upgrade;
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
         Some("qemu-test") => qemu::main(&args[1..]),
         Some("demo-upgrade") => demo_upgrade::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask ci | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade|cloud [--size MIB] [--level N] [--runs N] [--dir DIR]"
                 .to_owned(),
         ),
     };
@@ -99,7 +100,14 @@ fn ci() -> Result<(), String> {
             "warnings",
         ]),
     )?;
-    step("tests", cargo().args(["test", "--workspace"]))?;
+    // The AWS emulator the cloud tests run against (pinned moto, pip).
+    let moto = deps::ensure_moto()?;
+    step(
+        "tests",
+        cargo()
+            .args(["test", "--workspace"])
+            .env("QIMG_MOTO_SERVER", &moto),
+    )?;
     // The README's upgrade demo keeps working.
     demo_upgrade::main(&[])?;
     // The fuzz crate is its own workspace (cargo-fuzz layout); building it here keeps

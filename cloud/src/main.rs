@@ -1,0 +1,338 @@
+//! `qcloud`: publish a cloud disk image as an AMI.
+//!
+//! ```text
+//! qcloud publish --image disk.raw | --bundle X.qimg --pubkey K
+//!                --name NAME --regions us-east-1,eu-west-1 [--launch-permission ID|public]...
+//!                [--ssm-prefix TEMPLATE] [--output ami.json] [--json]
+//!                [--endpoint-url URL] [--profile P] [--concurrency 64] [--tpm] [--imds-v2]
+//! ```
+//!
+//! The first region is where the image is uploaded and registered; the others get
+//! copies. Credentials: the standard AWS chain (environment, profiles, SSO-less
+//! config files, container and instance roles). Exit codes: 0 published everywhere,
+//! 1 published but some regions failed (the output file says which), 2 an error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use cloud::ami::Permission;
+use cloud::publish::{PublishOptions, Published, identity, publish};
+use cloud::{AwsOptions, Progress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "qcloud", version, about = "Publish cloud disk images as AMIs")]
+struct Cli {
+    /// No progress bar.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload, register, copy, share and record an AMI.
+    Publish(Box<PublishArgs>),
+    /// Read and hash an image as an upload would, without uploading (JSON).
+    Scan {
+        /// The image.
+        #[arg(long)]
+        image: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// A raw cloud disk image (made by `imagebuild disk --target cloud`).
+    #[arg(long, conflicts_with = "bundle", required_unless_present = "bundle")]
+    image: Option<PathBuf>,
+    /// A cloud `.qimg`: its disk image is built first (verified with --pubkey).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Public key(s) that must have signed the bundle.
+    #[arg(long)]
+    pubkey: Vec<PathBuf>,
+    /// AMI name.
+    #[arg(long)]
+    name: String,
+    /// Release version (default: the bundle's, or the image's platform version).
+    #[arg(long)]
+    version: Option<String>,
+    /// Product, for a raw image not made by `imagebuild disk` (then --version too).
+    #[arg(long)]
+    product: Option<String>,
+    /// Regions, comma-separated; the first is where the image is uploaded.
+    #[arg(long, value_delimiter = ',', required = true)]
+    regions: Vec<String>,
+    /// Who may launch it: a 12-digit account id or `public` (repeatable).
+    #[arg(long)]
+    launch_permission: Vec<String>,
+    /// SSM parameter: a template with {product} {version} {name} {region}, or a
+    /// prefix (then `<prefix>/{product}/{version}/image_id`).
+    #[arg(long)]
+    ssm_prefix: Option<String>,
+    /// Write the result record here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Print the result record as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Endpoint for every AWS service (an emulator).
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// AWS profile.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Blocks uploaded at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds one HTTP attempt may take.
+    #[arg(long, default_value_t = 20)]
+    attempt_timeout: u64,
+    /// Seconds one call may take with retries.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Seconds to wait for the snapshot and each AMI.
+    #[arg(long, default_value_t = 1800)]
+    wait: u64,
+    /// Seconds between polls while waiting.
+    #[arg(long, default_value_t = 5)]
+    poll: u64,
+    /// NitroTPM 2.0 (UEFI boot is always set).
+    #[arg(long)]
+    tpm: bool,
+    /// Require IMDSv2 on instances.
+    #[arg(long)]
+    imds_v2: bool,
+}
+
+struct Bar {
+    bar: ProgressBar,
+    bytes: AtomicU64,
+}
+
+impl Progress for Bar {
+    fn upload_begin(&self, blocks: u64) {
+        self.bar.set_length(blocks);
+        self.bar.set_position(0);
+        self.bar.set_style(
+            ProgressStyle::with_template("uploading [{bar:30}] {pos}/{len} blocks {msg} {elapsed}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+    }
+    fn block_done(&self, sent: u64) {
+        let b = self.bytes.fetch_add(sent, Ordering::Relaxed) + sent;
+        self.bar.set_message(format!("{} MiB sent", b >> 20));
+        self.bar.inc(1);
+    }
+    fn step(&self, text: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("qcloud: {text}");
+        } else {
+            self.bar.println(format!("qcloud: {text}"));
+        }
+    }
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn summary(p: &Published) -> String {
+    let mut s = format!(
+        "{} {} {} ({} blocks, {} MiB sent{})\n",
+        p.name,
+        p.product,
+        p.version,
+        p.blocks_sent,
+        p.bytes_sent >> 20,
+        if p.reused { ", reused" } else { "" }
+    );
+    for (region, r) in &p.regions {
+        match (&r.image_id, &r.error) {
+            (_, Some(e)) => s.push_str(&format!("  {region}: FAILED: {e}\n")),
+            (Some(id), None) => s.push_str(&format!("  {region}: {id}\n")),
+            (None, None) => s.push_str(&format!("  {region}: ?\n")),
+        }
+    }
+    s
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let a = match cli.command {
+        Command::Publish(a) => a,
+        Command::Scan { image } => {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let start = std::time::Instant::now();
+            let r = tokio::task::spawn_blocking(move || cloud::image::hash_all(&image, threads))
+                .await??;
+            let mut v = serde_json::to_value(&r)?;
+            v["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let launch = a
+        .launch_permission
+        .iter()
+        .map(|p| p.parse::<Permission>().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let work = tempfile::tempdir().context("creating a work directory")?;
+    let (image, product, version, root_hash) = match (&a.image, &a.bundle) {
+        (Some(img), _) => match (identity(img), &a.product, &a.version) {
+            (Ok((product, platform, hash)), _, _) => (
+                img.clone(),
+                product,
+                a.version.clone().unwrap_or(platform),
+                hash,
+            ),
+            // A raw image without qimg's layout: the operator names it.
+            (Err(_), Some(p), Some(v)) => (img.clone(), p.clone(), v.clone(), "unknown".into()),
+            (Err(e), _, _) => {
+                return Err(anyhow::Error::new(e).context(
+                    "not a disk image made by `imagebuild disk`: pass --product and --version",
+                ));
+            }
+        },
+        (None, Some(bundle)) => {
+            anyhow::ensure!(!a.pubkey.is_empty(), "--bundle needs --pubkey");
+            let keys = a
+                .pubkey
+                .iter()
+                .map(|p| {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    qimg::PublicKey::from_file_text(&text)
+                        .with_context(|| format!("public key {}", p.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let keys = qimg::TrustedKeys::new(keys);
+            let out = work.path().join("disk.raw");
+            eprintln!(
+                "qcloud: building the cloud disk image from {}",
+                bundle.display()
+            );
+            imagebuild::disk::build(&imagebuild::disk::DiskOptions {
+                bundle,
+                keys: Some(&keys),
+                out: &out,
+                size: None,
+                systemd_boot: std::path::Path::new(imagebuild::disk::SYSTEMD_BOOT),
+                target: qimg::Target::Cloud,
+                esp_mib: 256,
+                root_mib: None,
+                data_mib: 256,
+                progress: &qimg::NoProgress,
+                cancel: &imagebuild::Cancel::new(),
+            })
+            .map_err(|e| cloud::Error::Build(format!("{e:#}")))?;
+            let (product, platform, hash) = identity(&out)?;
+            let version = match &a.version {
+                Some(v) => v.clone(),
+                None => {
+                    let f = std::fs::File::open(bundle)?;
+                    qimg::BundleReader::open(std::io::BufReader::new(f))?
+                        .manifest()
+                        .release
+                        .version
+                        .to_string()
+                }
+            };
+            let _ = platform;
+            (out, product, version, hash)
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let ssm_template = a.ssm_prefix.as_ref().map(|p| {
+        if p.contains('{') {
+            p.clone()
+        } else {
+            format!(
+                "{}/{{product}}/{{version}}/image_id",
+                p.trim_end_matches('/')
+            )
+        }
+    });
+    let o = PublishOptions {
+        image,
+        name: a.name.clone(),
+        product,
+        version,
+        root_hash,
+        regions: a.regions[1..].to_vec(),
+        launch,
+        ssm_template,
+        concurrency: a.concurrency,
+        tpm: a.tpm,
+        imds_v2: a.imds_v2,
+        wait: Duration::from_secs(a.wait),
+        poll: Duration::from_secs(a.poll),
+        copy_concurrency: 4,
+        aws: AwsOptions {
+            region: a.regions[0].clone(),
+            endpoint_url: a.endpoint_url.clone(),
+            profile: a.profile.clone(),
+            attempt_timeout: Duration::from_secs(a.attempt_timeout),
+            operation_timeout: Duration::from_secs(a.timeout),
+            static_credentials: None,
+        },
+    };
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if cli.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    let progress = Bar {
+        bar,
+        bytes: AtomicU64::new(0),
+    };
+    let p = publish(&o, &progress).await?;
+    progress.bar.finish_and_clear();
+    let json = serde_json::to_string_pretty(&p)? + "\n";
+    if let Some(out) = &a.output {
+        write_atomic(out, json.as_bytes())?;
+    }
+    let text = if a.json { json } else { summary(&p) };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    let failed = p.failed();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("qcloud: failed in {}", failed.join(", "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qcloud: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
