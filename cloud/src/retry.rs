@@ -136,3 +136,86 @@ where
         tokio::time::sleep(poll.min(wait)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::operation::describe_images::DescribeImagesError;
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_the_window_closes() {
+        let policy = Policy {
+            window: Duration::from_millis(300),
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(40),
+        };
+        let mut calls = 0;
+        let start = Instant::now();
+        let r: Result<(), Error> = with_retry("ec2 DescribeImages x", policy, || {
+            calls += 1;
+            async { Err(SdkError::<DescribeImagesError>::timeout_error("slow")) }
+        })
+        .await;
+        let e = r.unwrap_err().to_string();
+        assert!(calls >= 4, "{calls}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(
+            e.starts_with("ec2 DescribeImages x: ")
+                && e.contains(&format!("after {calls} attempt(s)")),
+            "{e}"
+        );
+        // Success after transient failures returns the value.
+        let mut n = 0;
+        let v = with_retry("x", policy, || {
+            n += 1;
+            let fail = n < 3;
+            async move {
+                if fail {
+                    Err(SdkError::<DescribeImagesError>::timeout_error("slow"))
+                } else {
+                    Ok(7)
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((v, n), (7, 3));
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_gives_up_says_what_it_waited_for() {
+        let e = wait_until(
+            "AMI ami-1 to become available".into(),
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            || async { Ok(Look::Pending("pending".into())) },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "gave up waiting after 0 s for AMI ami-1 to become available (last state: pending)"
+        );
+        let mut n = 0;
+        wait_until(
+            "x".into(),
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                let done = n == 3;
+                async move {
+                    Ok(if done {
+                        Look::Done
+                    } else {
+                        Look::Pending("p".into())
+                    })
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+    }
+}
