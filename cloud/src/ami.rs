@@ -183,6 +183,27 @@ pub async fn wait_available(
     .await
 }
 
+/// The snapshot behind an AMI's root device, as EC2 lists it.
+pub async fn root_snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    image_id: &str,
+    policy: Policy,
+) -> Result<Option<String>, Error> {
+    let out = with_retry(&format!("ec2 DescribeImages {image_id}"), policy, || {
+        ec2.describe_images().image_ids(image_id).send()
+    })
+    .await?;
+    Ok(out.images().first().and_then(|i| {
+        let root = i.root_device_name();
+        i.block_device_mappings()
+            .iter()
+            .find(|m| root.is_none() || m.device_name() == root)
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.snapshot_id())
+            .map(str::to_owned)
+    }))
+}
+
 /// Copies `source_image_id` from `source_region` with the destination region's
 /// client; returns the copy's id (reusing an AMI of that name already there).
 pub async fn copy(

@@ -58,6 +58,8 @@ pub struct PublishOptions {
 pub struct RegionResult {
     /// The AMI there.
     pub image_id: Option<String>,
+    /// The snapshot behind its root device there (as EC2 lists it).
+    pub snapshot_id: Option<String>,
     /// The SSM parameter written there.
     pub ssm_parameter: Option<String>,
     /// Launch permissions granted (account ids, `public`).
@@ -127,6 +129,13 @@ async fn finish_region(
         image_id: Some(image_id.to_owned()),
         ..RegionResult::default()
     };
+    match ami::root_snapshot(&ec2, image_id, policy).await {
+        Ok(s) => r.snapshot_id = s,
+        Err(e) => {
+            r.error = Some(e.to_string());
+            return r;
+        }
+    }
     if let Err(e) = ami::grant(&ec2, image_id, &o.launch, policy).await {
         r.error = Some(e.to_string());
         return r;

@@ -234,6 +234,10 @@ async fn a_bundle_is_published_to_every_region_with_permissions_and_parameters()
     for region in ["us-east-1", "eu-west-1", "ap-south-1"] {
         let r = &p["regions"][region];
         assert_eq!(r["error"], serde_json::Value::Null, "{region}: {r}");
+        assert!(
+            r["snapshot_id"].as_str().unwrap().starts_with("snap-"),
+            "{region}: {r}"
+        );
         let id = r["image_id"].as_str().unwrap();
         let conf = moto.conf(region).await;
         let ec2 = aws_sdk_ec2::Client::new(&conf);
