@@ -79,7 +79,15 @@ async fn only_nonzero_blocks_are_sent_and_read_back_equal_and_a_rerun_reuses() {
         moto.qcloud()
             .arg("--image")
             .arg(&img)
-            .args(["--product", "qimg-demo", "--version", "7.1.0", "--json"])
+            .args([
+                "--product",
+                "qimg-demo",
+                "--version",
+                "7.1.0",
+                "--json",
+                "--tpm",
+                "--imds-v2",
+            ])
             .args([
                 "--name",
                 "qimg-demo-7.1.0",
@@ -179,6 +187,11 @@ async fn only_nonzero_blocks_are_sent_and_read_back_equal_and_a_rerun_reuses() {
         (Some(true), Some(0))
     );
     assert_eq!(p["regions"]["us-east-1"]["image_id"], image_id.as_str());
+    assert_eq!(
+        p["snapshot_id"],
+        snap.as_str(),
+        "the reused AMI's snapshot is reported"
+    );
     assert_eq!(snapshots(&ec2).await, before);
 }
 

@@ -47,7 +47,17 @@ impl Moto {
             );
             return None;
         };
-        let mut child = Command::new(&server)
+        // The venv's python runs our launcher (a RegisterImage that keeps what AWS
+        // keeps), then moto's own server.
+        let python = server.with_file_name("python3");
+        let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_launch.py");
+        assert!(
+            python.is_file(),
+            "no python3 next to {} to run the moto launcher",
+            server.display()
+        );
+        let mut child = Command::new(&python)
+            .arg(launcher)
             .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
