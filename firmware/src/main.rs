@@ -16,7 +16,7 @@ use bootctl::esp::Esp;
 use firmware::flash::{FlashOptions, Outcome, Payload, StepObserver, results};
 use firmware::inventory::{Device, inventory};
 use firmware::journal::{Journal, Step};
-use firmware::plan::{Action, PlanItem, PlanOptions, plan};
+use firmware::plan::{Action, PlanItem, PlanOptions, Refusal, plan};
 use firmware::prepare::{
     BackendSpec, Backends, NodeConfig, flash_all, load_payloads, offers, open_esp,
 };
@@ -127,6 +127,9 @@ fn action_text(a: &Action) -> String {
     match a {
         Action::Skip => "skip (up to date)".into(),
         Action::Flash => "flash".into(),
+        Action::Refuse {
+            why: why @ Refusal::Downgrade { .. },
+        } => format!("refuse: {why} (use --allow-older)"),
         Action::Refuse { why } => format!("refuse: {why}"),
     }
 }

@@ -79,10 +79,7 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Downgrade { installed, offered } => {
-                write!(
-                    f,
-                    "{offered} is older than the installed {installed} (use --allow-older)"
-                )
+                write!(f, "{offered} is older than the installed {installed}")
             }
             Refusal::FormatMismatch { installed } => {
                 write!(

@@ -322,6 +322,9 @@ fn check_boot(
                     "platform upgrade from {} to {}: slot {} (platform {}) booted healthy and was blessed",
                     from.version, to.version, to.slot, to.platform_version
                 );
+                if let Some(fw) = firmware_results(node)? {
+                    r.details.push_str(&format!("; firmware: {fw}"));
+                }
                 r.last_commit = Some(LastCommit {
                     at: crate::now(),
                     from: from.version,
@@ -388,6 +391,41 @@ fn check_boot(
         store.put(r)?;
         Ok(false)
     }
+}
+
+/// After a platform reboot: the outcome of firmware staged for activation at reboot
+/// (UEFI capsules), from qfirmware's journal and the devices' versions now; staged
+/// capsule files that reached a final state leave the ESP. `None` without firmware.
+fn firmware_results(node: &Node) -> Result<Option<String>, Error> {
+    let Some(fc) = &node.config.firmware else {
+        return Ok(None);
+    };
+    let fwerr = |source| Error::Firmware { source };
+    let journal_dir = node.config.state.join("firmware");
+    if !journal_dir.exists() {
+        return Ok(None);
+    }
+    let config = firmware::prepare::NodeConfig::load(&fc.devices).map_err(fwerr)?;
+    let devices = firmware::inventory::inventory(&fc.sysroot, &config.probes()).map_err(fwerr)?;
+    let journal = firmware::journal::Journal::open(&journal_dir).map_err(fwerr)?;
+    let mut esp = node.esp()?;
+    let results = firmware::flash::results(&journal, &devices, &fc.sysroot, Some(esp.as_mut()))
+        .map_err(fwerr)?;
+    if results.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        results
+            .iter()
+            .map(|r| match &r.step {
+                firmware::journal::Step::Failed { reason } => {
+                    format!("{} failed: {reason}", r.component)
+                }
+                s => format!("{} {}", r.component, s.name()),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    ))
 }
 
 /// The platform health gate: the simulated node's check, or the configured command.

@@ -114,6 +114,13 @@ fn firmware_is_flashed_during_prepare_and_refusals_stop_it_before_any_write() {
             .contains("firmware fw-bmc: 2.14.1 is older than the installed 3.0.0"),
         "{s}"
     );
+    assert!(
+        !s["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-older"),
+        "{s}"
+    );
     assert_eq!(n.disk(), disk);
     assert_eq!(std::fs::read(dev.path().join("contents")).unwrap(), b"old");
 }
