@@ -226,6 +226,54 @@ mod tests {
         assert_eq!(volume_gib(GIB + 1), 2);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever is written where, the blocks sent are exactly the blocks holding a
+        /// non-zero byte, and each reads back as the file's bytes, zero-padded.
+        #[test]
+        fn sent_blocks_are_exactly_the_nonzero_ones(
+            size in 1u64..(12 * BLOCK),
+            writes in proptest::collection::vec((0u64..(12 * BLOCK), 1usize..3000, 0u8..3), 0..12),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("img");
+            let mut f = File::create(&p).unwrap();
+            f.set_len(size).unwrap();
+            let mut model = vec![0u8; size as usize];
+            for (at, len, byte) in writes {
+                if at >= size {
+                    continue;
+                }
+                let len = len.min((size - at) as usize);
+                f.seek(SeekFrom::Start(at)).unwrap();
+                f.write_all(&vec![byte; len]).unwrap();
+                model[at as usize..at as usize + len].fill(byte);
+            }
+            f.sync_all().unwrap();
+            let (f, s) = scan(&p).unwrap();
+            let sent: Vec<u64> = s
+                .candidates
+                .iter()
+                .copied()
+                .filter(|&b| read_block(&f, s.size, b).unwrap().is_some())
+                .collect();
+            let want: Vec<u64> = model
+                .chunks(BLOCK as usize)
+                .enumerate()
+                .filter(|(_, c)| c.iter().any(|&b| b != 0))
+                .map(|(i, _)| i as u64)
+                .collect();
+            proptest::prop_assert_eq!(&sent, &want);
+            for b in sent {
+                let data = read_block(&f, s.size, b).unwrap().unwrap();
+                let start = (b * BLOCK) as usize;
+                let end = (start + BLOCK as usize).min(model.len());
+                proptest::prop_assert_eq!(&data[..end - start], &model[start..end]);
+                proptest::prop_assert!(data[end - start..].iter().all(|&x| x == 0));
+            }
+        }
+    }
+
     #[test]
     fn candidate_blocks_merge_ranges_in_one_block() {
         assert_eq!(candidate_blocks(&[(0, 10), (20, 30)]), vec![0]);
