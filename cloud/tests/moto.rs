@@ -116,6 +116,10 @@ async fn only_nonzero_blocks_are_sent_and_read_back_equal_and_a_rerun_reuses() {
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
     assert_eq!(written, p, "the output file is the record");
+    // The documented type parses it back, and writes it the same.
+    let typed: cloud::publish::Published = serde_json::from_value(p.clone()).unwrap();
+    assert_eq!(typed.schema, cloud::publish::OUTPUT_SCHEMA);
+    assert_eq!(serde_json::to_value(&typed).unwrap(), p);
 
     // The emulator's own view: exactly these blocks, byte for byte.
     let conf = moto.conf("us-east-1").await;

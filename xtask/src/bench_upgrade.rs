@@ -92,6 +92,20 @@ pub fn upgrade(o: &Opts) -> Result<(), String> {
     let factory = build("factory", "1.0.0", "1.0", 4)?;
     let big = build("platform", "2.0.0", "2.0", o.size_mib)?;
     let node = w.join("node");
+    // Whatever happens, the simulated node's container does not outlive the bench.
+    struct PowerOff(PathBuf, PathBuf);
+    impl Drop for PowerOff {
+        fn drop(&mut self) {
+            if self.1.exists() {
+                let _ = Command::new(&self.0)
+                    .arg("--node")
+                    .arg(&self.1)
+                    .arg("sim_poweroff")
+                    .status();
+            }
+        }
+    }
+    let _off = PowerOff(qq.clone(), node.clone());
     let root_mib = (o.size_mib + o.size_mib / 3 + 16).to_string();
     let fresh_node = || -> Result<(), String> {
         if node.exists() {
