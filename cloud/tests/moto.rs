@@ -384,3 +384,41 @@ fn an_unreachable_endpoint_is_a_clear_error_within_the_timeout() {
     assert!(e.contains("attempt(s)"), "{e}");
     assert!(took < Duration::from_secs(15), "took {took:?}: {e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_that_fails_is_reported_and_the_others_still_publish() {
+    let Some(moto) = Moto::start() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.raw");
+    sparse_image(&img);
+    let out_file = d.path().join("ami.json");
+    let o = moto
+        .qcloud()
+        .arg("--image")
+        .arg(&img)
+        .args([
+            "--product",
+            "p",
+            "--version",
+            "1.0",
+            "--name",
+            "partial",
+            "--timeout",
+            "5",
+        ])
+        .args(["--regions", "us-east-1,eu-west-1,xx-nowhere-1", "--output"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("failed in xx-nowhere-1"),
+        "{}",
+        stderr(&o)
+    );
+    let p: cloud::publish::Published =
+        serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!(p.failed(), vec!["xx-nowhere-1"]);
+    assert!(p.regions["eu-west-1"].image_id.is_some());
+    assert!(p.regions["us-east-1"].image_id.is_some());
+}
