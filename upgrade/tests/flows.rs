@@ -186,3 +186,43 @@ fn an_unhealthy_container_is_rolled_back_to_the_old_one() {
     assert_eq!(n.container().as_deref(), Some("7.0.0"));
     assert_eq!(n.running().version.as_deref(), Some("7.0.0"));
 }
+
+#[test]
+fn consecutive_platform_upgrades_alternate_slots_and_keep_one_fallback() {
+    if !have_boot_files() {
+        return;
+    }
+    let b = bundles();
+    let n = sim_node(&b.factory);
+    let d = tempfile::tempdir().unwrap();
+    let next = build_bundle(d.path(), "7.2.0", &Rel::new("7.2.0", "7.2"), &key(1));
+    let o = n.qq(&["upgrade_cluster", "--path", b.platform.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let slot_b = n.slot_bytes(Slot::B);
+    let o = n.qq(&["upgrade_cluster", "--path", next.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["state"], "UPGRADE_COMMITTED");
+    let r = n.running();
+    assert_eq!((r.slot, r.platform_version.as_str()), (Slot::A, "7.2"));
+    assert_eq!(n.container().as_deref(), Some("7.2.0"));
+    assert_eq!(
+        n.slot_bytes(Slot::B),
+        slot_b,
+        "the fallback slot was not touched"
+    );
+    assert_eq!(
+        n.entries(),
+        vec![
+            "qimg-demo-a-7.2.efi".to_string(),
+            "qimg-demo-b-7.1.efi".to_string()
+        ]
+    );
+    assert_eq!(n.node.slot_label(Slot::A).unwrap(), "qimg-demo_7.2");
+    // Containers: the active one and the one before it; older ones were pruned.
+    let mut kept: Vec<String> = std::fs::read_dir(n.node.config.state.join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, vec!["7.1.0", "7.2.0", "installed.json"]);
+}
