@@ -1,6 +1,6 @@
 //! Boot-slot control for A/B platform upgrades.
 //!
-//! Done so far (issue "Boot slots", in progress):
+//! Modules:
 //! - [`counter`]: systemd-boot's boot-counting file names (`NAME+LEFT-DONE.efi`).
 //! - [`verscmp`]: systemd's version comparison, used to order entries.
 //! - [`fnmatch`]: systemd-boot's glob matching of `default` patterns against entry ids.
@@ -16,9 +16,6 @@
 //!
 //! The `qbootctl` binary (named so it never shadows systemd's `bootctl` on a node) is
 //! a thin CLI over this library.
-//!
-//! Still to come: `imagebuild disk`,
-//! and the rest of the `qbootctl` CLI (`status`, `set-next`, `mark-good`, `mark-bad`, `rollback`).
 #![deny(missing_docs)]
 
 pub mod counter;
