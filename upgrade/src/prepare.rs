@@ -251,7 +251,7 @@ fn run(node: &Node, store: &Store, r: &mut Record, o: &PrepareOptions) -> Result
     r.details = decision.reason.clone();
 
     // Firmware: planned before anything is written, so a refusal changes nothing.
-    let fw = firmware_plan(node, &m).map_err(|e| match e {
+    let fw = firmware_plan(node, &m, &platform).map_err(|e| match e {
         Error::Refused { reason, .. } => refused(reason),
         other => other,
     })?;
@@ -372,8 +372,14 @@ fn run(node: &Node, store: &Store, r: &mut Record, o: &PrepareOptions) -> Result
 type FirmwarePlan = (Vec<PlanItem>, Backends);
 
 /// The firmware plan of an on-prem node with firmware devices, when the bundle
-/// carries firmware. Refused items refuse the bundle.
-fn firmware_plan(node: &Node, m: &Manifest) -> Result<Option<FirmwarePlan>, Error> {
+/// carries firmware. Refused items refuse the bundle. `running` is the platform the
+/// node runs now: after a platform commit it is the fallback, so firmware that
+/// declares `compatible_platforms` without it would strand the fallback slot.
+fn firmware_plan(
+    node: &Node,
+    m: &Manifest,
+    running: &qimg::Version,
+) -> Result<Option<FirmwarePlan>, Error> {
     let Some(fc) = &node.config.firmware else {
         return Ok(None);
     };
@@ -395,7 +401,14 @@ fn firmware_plan(node: &Node, m: &Manifest) -> Result<Option<FirmwarePlan>, Erro
     let devices_config = DeviceConfig::load(&fc.devices).map_err(fwerr)?;
     let devices =
         firmware::inventory::inventory(&fc.sysroot, &devices_config.probes()).map_err(fwerr)?;
-    let plan = firmware::plan::plan(&devices, &offers, &PlanOptions::default());
+    let plan = firmware::plan::plan(
+        &devices,
+        &offers,
+        &PlanOptions {
+            fallback_platform: Some(running.clone()),
+            ..PlanOptions::default()
+        },
+    );
     if let Some((item, why)) = plan.iter().find_map(|i| match &i.action {
         Action::Refuse { why } => Some((i, why)),
         _ => None,

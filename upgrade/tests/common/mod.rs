@@ -30,6 +30,8 @@ pub struct Rel {
     pub models: &'static str,
     /// A BMC firmware payload of this version (triplet).
     pub bmc: Option<&'static str>,
+    /// Its `compatible_platforms` (TOML array body), if it declares them.
+    pub bmc_platforms: Option<&'static str>,
 }
 
 impl Rel {
@@ -44,6 +46,7 @@ impl Rel {
             settle: None,
             models: "\"demo-node-1\", \"demo-node-2\"",
             bmc: None,
+            bmc_platforms: None,
         }
     }
 }
@@ -107,6 +110,9 @@ root = "container"
         spec.push_str(&format!(
             "[[firmware]]\ncomponent_id = \"bmc\"\nversion = \"{v}\"\nversion_format = \"triplet\"\nfile = \"bmc.bin\"\n"
         ));
+        if let Some(p) = rel.bmc_platforms {
+            spec.push_str(&format!("compatible_platforms = [{p}]\n"));
+        }
     }
     if let Some((secs, why)) = rel.settle {
         spec.push_str(&format!("[settle]\nseconds = {secs}\nreason = \"{why}\"\n"));
