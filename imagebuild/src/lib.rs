@@ -11,8 +11,6 @@
 #![deny(missing_docs)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod bundle;
 pub mod demo;
@@ -27,33 +25,11 @@ pub mod squashfs;
 /// Name and version of this tool, recorded in every manifest.
 pub const TOOL: &str = concat!("imagebuild ", env!("CARGO_PKG_VERSION"));
 
-/// A cancellation flag shared between the CLI's signal handler and the library.
-#[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub use qimg::Cancel;
 
-impl Cancel {
-    /// A flag that is not set.
-    pub fn new() -> Cancel {
-        Cancel::default()
-    }
-
-    /// Asks running work to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// True once [`Cancel::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// `Err(Cancelled)` once cancelled.
-    pub fn check(&self) -> Result<(), Error> {
-        if self.is_cancelled() {
-            Err(Error::Cancelled)
-        } else {
-            Ok(())
-        }
+impl From<qimg::Cancelled> for Error {
+    fn from(_: qimg::Cancelled) -> Error {
+        Error::Cancelled
     }
 }
 

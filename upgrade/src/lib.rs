@@ -18,8 +18,6 @@
 #![deny(missing_docs)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod checks;
 pub mod cluster;
@@ -165,28 +163,11 @@ pub(crate) fn io_err(
     move |source| Error::Io { what, path, source }
 }
 
-/// A cancellation flag shared between the CLI's signal handler and the engine.
-#[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub use qimg::Cancel;
 
-impl Cancel {
-    /// A flag that is not set.
-    pub fn new() -> Cancel {
-        Cancel::default()
-    }
-
-    /// Asks the running prepare to stop and undo its work.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// `Err(Cancelled)` once cancelled.
-    pub fn check(&self) -> Result<(), Error> {
-        if self.0.load(Ordering::SeqCst) {
-            Err(Error::Cancelled)
-        } else {
-            Ok(())
-        }
+impl From<qimg::Cancelled> for Error {
+    fn from(_: qimg::Cancelled) -> Error {
+        Error::Cancelled
     }
 }
 
