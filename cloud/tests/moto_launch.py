@@ -4,12 +4,15 @@ Plain moto 5.2.5 stores only an image's name and description (notes/aws-emulator
 block device mappings, boot mode, ENA, TPM, IMDS, architecture and tags are dropped,
 a made-up 15 GiB snapshot backs every image, and duplicate names or unknown snapshots
 are accepted. This launcher patches RegisterImage so the tests can check what qcloud
-registers, then runs moto's own server: `python moto_launch.py -H 127.0.0.1 -p 0`.
+registers, makes EBS report the real block size (524288, not 512: clients that size
+blocks from StartSnapshot, like coldsnap, need it), then runs moto's own server:
+`python moto_launch.py -H 127.0.0.1 -p 0`.
 """
 
 import sys
 
 from moto.core.responses import ActionResult
+from moto.ebs.models import EBSSnapshot
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.amis import Ami
 from moto.ec2.responses.amis import AmisResponse
@@ -60,6 +63,15 @@ def block_device_mappings(self):
     return custom if custom is not None else _stock_bdm.fget(self)
 
 
+_stock_ebs_init = EBSSnapshot.__init__
+
+
+def ebs_snapshot_init(self, *args, **kwargs):
+    _stock_ebs_init(self, *args, **kwargs)
+    self.block_size = 512 * 1024
+
+
+EBSSnapshot.__init__ = ebs_snapshot_init
 AmisResponse.register_image = register_image
 Ami.block_device_mappings = property(block_device_mappings)
 

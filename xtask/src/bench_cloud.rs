@@ -1,8 +1,11 @@
 //! `cargo xtask bench cloud`: `qcloud publish` of a generated 8 GiB sparse image
-//! holding 1 GiB of data to a local moto server (fresh per run), against the time to
-//! merely read and hash the same data (`qcloud scan`, the limit on this side of the
-//! wire). moto itself is single-threaded Python (~160 MiB/s on loopback,
-//! notes/aws-emulator.md), so the upload figure is the emulator's as much as ours.
+//! holding 1 GiB of data to a local moto server (fresh per run, through
+//! `cloud/tests/moto_launch.py` so EBS reports the real block size), against
+//! coldsnap's `upload` of the same image to the same emulator (the standard tool;
+//! installed with `cargo install` into `~/.cache/qimg/coldsnap` when missing) and the
+//! time to merely read and hash the data (`qcloud scan`, the limit on this side of
+//! the wire). moto is single-threaded Python (~160 MiB/s on loopback,
+//! notes/aws-emulator.md), so upload figures are the emulator's as much as ours.
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::process::{Command, Stdio};
@@ -18,7 +21,8 @@ struct Moto(std::process::Child, String);
 
 impl Moto {
     fn start(server: &std::path::Path) -> Result<Moto, String> {
-        let mut child = Command::new(server)
+        let mut child = Command::new(server.with_file_name("python3"))
+            .arg(crate::root().join("cloud/tests/moto_launch.py"))
             .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -47,8 +51,31 @@ impl Drop for Moto {
     }
 }
 
+/// coldsnap, installed with cargo into the user's cache when missing.
+fn coldsnap() -> Result<std::path::PathBuf, String> {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let root = std::path::Path::new(&home).join(".cache/qimg/coldsnap");
+    let bin = root.join("bin/coldsnap");
+    if !bin.is_file() {
+        eprintln!(
+            "xtask: installing coldsnap with cargo into {}",
+            root.display()
+        );
+        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "--locked", "coldsnap", "--root"])
+            .arg(&root)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("cargo install coldsnap failed".into());
+        }
+    }
+    Ok(bin)
+}
+
 pub fn cloud(o: &Opts) -> Result<(), String> {
     let server = deps::ensure_moto()?;
+    let coldsnap = coldsnap()?;
     release_build(&["cloud"])?;
     let qcloud = target_dir().join("release/qcloud");
     let w = o.dir.join("cloud");
@@ -70,7 +97,7 @@ pub fn cloud(o: &Opts) -> Result<(), String> {
         }
         f.sync_all().map_err(io)?;
     }
-    let (mut up, mut hash, mut blocks) = (vec![], vec![], 0);
+    let (mut up, mut cs, mut hash, mut blocks) = (vec![], vec![], vec![], 0);
     for run in 1..=o.runs {
         eprintln!("xtask: run {run}/{}", o.runs);
         let moto = Moto::start(&server)?;
@@ -89,6 +116,20 @@ pub fn cloud(o: &Opts) -> Result<(), String> {
                 .arg(&out)
                 .stdout(Stdio::null()),
         )?;
+        settle();
+        // coldsnap to the same (fresh state) emulator: upload only, no AMI.
+        let c = measure(
+            Command::new(&coldsnap)
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ENDPOINT_URL", &moto.1)
+                .args(["upload", "--no-progress"])
+                .arg(&img)
+                .stdout(Stdio::null()),
+        )?;
+        cs.push(c.wall);
         drop(moto);
         let p: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&out).map_err(io)?).map_err(|e| e.to_string())?;
@@ -103,12 +144,13 @@ pub fn cloud(o: &Opts) -> Result<(), String> {
         )?;
         hash.push(h.wall);
     }
-    let (a, b) = (median(up), median(hash));
+    let (a, c, b) = (median(up), median(cs), median(hash));
     let mib = (blocks * (512 << 10)) as f64 / (1 << 20) as f64;
     println!(
-        "cloud upload, 8 GiB sparse image with {data_mib} MiB of data, median of {} runs:\n  qcloud publish to moto on 127.0.0.1 (scan, {blocks} blocks sent, complete, register): {a:.2} s ({:.0} MiB/s)\n  qcloud scan (read + SHA-256 of the same blocks, no network): {b:.2} s ({:.0} MiB/s)\n  upload / read-and-hash: {:.1}x",
+        "cloud upload, 8 GiB sparse image with {data_mib} MiB of data, median of {} runs:\n  qcloud publish to moto on 127.0.0.1 (scan, {blocks} blocks sent, complete, register): {a:.2} s ({:.0} MiB/s)\n  coldsnap upload to the same emulator (upload only): {c:.2} s\n  ratio qcloud/coldsnap: {:.2}x\n  qcloud scan (read + SHA-256 of the same blocks, no network): {b:.2} s ({:.0} MiB/s)\n  upload / read-and-hash: {:.1}x",
         o.runs,
         mib / a,
+        a / c,
         mib / b,
         a / b
     );
