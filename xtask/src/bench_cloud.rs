@@ -125,7 +125,7 @@ pub fn cloud(o: &Opts) -> Result<(), String> {
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .env("AWS_REGION", "us-east-1")
                 .env("AWS_ENDPOINT_URL", &moto.1)
-                .args(["upload", "--no-progress"])
+                .args(["upload", "--no-progress", "--omit-zero-blocks"])
                 .arg(&img)
                 .stdout(Stdio::null()),
         )?;
