@@ -332,6 +332,20 @@ pub fn status_of(r: &Record, lock_holder: Option<String>, now: u64) -> Status {
         .blocked_until
         .filter(|&t| t > now)
         .map(|_| r.blocked_reason.clone());
+    // A record in the middle of an operation with nobody holding the lock: say so.
+    let mut details = r.details.clone();
+    if lock_holder.is_none() {
+        match (r.state, r.step.as_deref()) {
+            (Phase::Preparing, _) | (Phase::Committing, Some("swap" | "set-next")) => details
+                .push_str(
+                    " (interrupted: no qq process runs it; the next `qq upgrade_cluster` command recovers)",
+                ),
+            (Phase::Committing, Some("reboot" | "fallback")) => {
+                details.push_str(" (waiting for the reboot; `qq boot_check` finishes it)")
+            }
+            _ => {}
+        }
+    }
     // A running prepare or commit is what the state describes, not a block.
     let lock_holder =
         lock_holder.filter(|_| !matches!(r.state, Phase::Preparing | Phase::Committing));
@@ -343,7 +357,7 @@ pub fn status_of(r: &Record, lock_holder: Option<String>, now: u64) -> Status {
     Status {
         install_path: r.install_path.clone(),
         state: r.state,
-        details: r.details.clone(),
+        details,
         error_message: r.error_message.clone(),
         error_state: r.error_state,
         is_blocked,

@@ -160,6 +160,21 @@ fn kill_at_every_transition_of_a_platform_upgrade_then_finish_it() {
         child.wait().unwrap();
         let s = n.status();
         assert_eq!(s["state"], *left, "{point}: {s}");
+        if *left == "UPGRADE_PREPARING" || point.ends_with("set-next") {
+            assert!(
+                s["details"].as_str().unwrap().contains("interrupted"),
+                "{point}: {s}"
+            );
+        }
+        if point.ends_with("reboot") {
+            assert!(
+                s["details"]
+                    .as_str()
+                    .unwrap()
+                    .contains("waiting for the reboot"),
+                "{s}"
+            );
+        }
         assert_eq!(
             n.slot_bytes(Slot::A),
             slot_a,
