@@ -75,11 +75,6 @@ impl Containers {
         self.dir.join(format!(".partial-{version}"))
     }
 
-    /// True when `version` is staged.
-    pub fn is_staged(&self, version: &str) -> bool {
-        self.path(version).join("image.roothash").is_file()
-    }
-
     /// What is installed.
     pub fn installed(&self) -> Result<InstalledContainers, Error> {
         let p = self.dir.join("installed.json");
