@@ -135,19 +135,9 @@ pub async fn register(
         b.send()
     })
     .await?;
-    let id = out
-        .image_id()
-        .ok_or_else(|| Error::Unexpected("RegisterImage returned no image id".into()))?
-        .to_owned();
-    // Tags again on the image itself: some endpoints ignore TagSpecifications.
-    with_retry(&format!("ec2 CreateTags {id}"), policy, || {
-        ec2.create_tags()
-            .resources(&id)
-            .set_tags(Some(ec2_tags(&r.tags)))
-            .send()
-    })
-    .await?;
-    Ok(id)
+    out.image_id()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Unexpected("RegisterImage returned no image id".into()))
 }
 
 /// Waits until `image_id` is `available`; failed states end the wait at once.

@@ -181,6 +181,15 @@ mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
 
+    /// The blocks an upload sends: candidates that do not read as zeros.
+    fn sent_blocks(f: &File, s: &Scan) -> Vec<u64> {
+        s.candidates
+            .iter()
+            .copied()
+            .filter(|&b| read_block(f, s.size, b).unwrap().is_some())
+            .collect()
+    }
+
     #[test]
     fn holes_are_skipped_and_zero_blocks_dropped() {
         let d = tempfile::tempdir().unwrap();
@@ -202,12 +211,7 @@ mod tests {
         for b in [3, 10, 40, 64] {
             assert!(s.candidates.contains(&b), "{b} in {:?}", s.candidates);
         }
-        let sent: Vec<u64> = s
-            .candidates
-            .iter()
-            .copied()
-            .filter(|&b| read_block(&f, s.size, b).unwrap().is_some())
-            .collect();
+        let sent = sent_blocks(&f, &s);
         assert_eq!(sent, vec![3, 40, 64]);
         let r = hash_all(&p, 3).unwrap();
         assert_eq!(
@@ -251,12 +255,7 @@ mod tests {
             }
             f.sync_all().unwrap();
             let (f, s) = scan(&p).unwrap();
-            let sent: Vec<u64> = s
-                .candidates
-                .iter()
-                .copied()
-                .filter(|&b| read_block(&f, s.size, b).unwrap().is_some())
-                .collect();
+            let sent = sent_blocks(&f, &s);
             let want: Vec<u64> = model
                 .chunks(BLOCK as usize)
                 .enumerate()

@@ -152,6 +152,22 @@ async fn finish_region(
     r
 }
 
+/// Deletes a snapshot no AMI refers to after `e` ended the publication; returns
+/// the error to report (both, if the deletion fails too).
+async fn discard(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot: &str,
+    e: Error,
+    o: &PublishOptions,
+    progress: &dyn Progress,
+) -> Error {
+    progress.step(&format!("deleting the orphan snapshot {snapshot}"));
+    match ami::delete_snapshot(ec2, snapshot, o.aws.policy()).await {
+        Ok(()) => e,
+        Err(d) => Error::Unexpected(format!("{e}; deleting snapshot {snapshot} failed too: {d}")),
+    }
+}
+
 /// Publishes. Errors before the base-region AMI is available fail the whole
 /// publication (after deleting an orphan snapshot); region errors are recorded in
 /// the result.
@@ -210,17 +226,8 @@ pub async fn publish(o: &PublishOptions, progress: &dyn Progress) -> Result<Publ
             .await;
             let up = match up {
                 Ok(u) => u,
-                Err((snap, e)) => {
-                    if let Some(s) = snap {
-                        progress.step(&format!("deleting the orphan snapshot {s}"));
-                        if let Err(d) = ami::delete_snapshot(&ec2, &s, policy).await {
-                            return Err(Error::Unexpected(format!(
-                                "{e}; deleting snapshot {s} failed too: {d}"
-                            )));
-                        }
-                    }
-                    return Err(e);
-                }
+                Err((Some(s), e)) => return Err(discard(&ec2, &s, e, o, progress).await),
+                Err((None, e)) => return Err(e),
             };
             out.snapshot_id = Some(up.snapshot_id.clone());
             out.volume_gib = Some(up.volume_gib);
@@ -238,16 +245,7 @@ pub async fn publish(o: &PublishOptions, progress: &dyn Progress) -> Result<Publ
             };
             match ami::register(&ec2, &reg, policy).await {
                 Ok(id) => id,
-                Err(e) => {
-                    progress.step(&format!("deleting the orphan snapshot {}", up.snapshot_id));
-                    if let Err(d) = ami::delete_snapshot(&ec2, &up.snapshot_id, policy).await {
-                        return Err(Error::Unexpected(format!(
-                            "{e}; deleting snapshot {} failed too: {d}",
-                            up.snapshot_id
-                        )));
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(discard(&ec2, &up.snapshot_id, e, o, progress).await),
             }
         }
     };

@@ -352,16 +352,7 @@ fn an_unreachable_endpoint_is_a_clear_error_within_the_timeout() {
     let img = d.path().join("disk.raw");
     sparse_image(&img);
     let start = Instant::now();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_qcloud"))
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args([
-            "-q",
-            "publish",
-            "--endpoint-url",
-            &format!("http://127.0.0.1:{port}"),
-        ])
+    let o = qcloud_publish(&format!("http://127.0.0.1:{port}"))
         .args(["--timeout", "3", "--attempt-timeout", "2"])
         .arg("--image")
         .arg(&img)

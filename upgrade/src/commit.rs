@@ -235,10 +235,7 @@ pub fn resume(node: &Node, store: &Store, r: &mut Record, obs: &dyn Observer) ->
             Err(e) => Err(e),
         },
         _ => {
-            if r.boot_id
-                .as_deref()
-                .is_some_and(|b| b != node.boot_id().unwrap_or_default())
-            {
+            if rebooted(node, r) {
                 check_boot(node, store, r, obs).map(|_| ())
             } else {
                 // Not rebooted yet: `qq upgrade_cluster commit` continues from here.
@@ -248,17 +245,20 @@ pub fn resume(node: &Node, store: &Store, r: &mut Record, obs: &dyn Observer) ->
     }
 }
 
+/// True when the node booted since the record asked for a reboot.
+fn rebooted(node: &Node, r: &Record) -> bool {
+    r.boot_id
+        .as_deref()
+        .is_some_and(|b| b != node.boot_id().unwrap_or_default())
+}
+
 /// After a boot: finishes a platform commit (health gate, bless or fall back), or
 /// on an ordinary boot makes sure the active container runs. `qq boot_check`.
 pub fn after_boot(node: &Node, obs: &dyn Observer) -> Result<Record, Error> {
     let store = node.store()?;
     let lock = store.lock()?;
     let mut r = store.load()?;
-    let rebooted = r
-        .boot_id
-        .as_deref()
-        .is_some_and(|b| b != node.boot_id().unwrap_or_default());
-    if r.state == Phase::Committing && r.mode == Some(Mode::Platform) && rebooted {
+    if r.state == Phase::Committing && r.mode == Some(Mode::Platform) && rebooted(node, &r) {
         if check_boot(node, &store, &mut r, obs)? {
             drop(lock);
             return reboot(node, obs);
@@ -312,9 +312,8 @@ fn check_boot(
         });
         match gate {
             Ok(()) => {
-                let product = node.product()?;
                 let mut esp = node.esp()?;
-                entries::bless(esp.as_mut(), &product, &running.entry)
+                entries::bless(esp.as_mut(), &running.product, &running.entry)
                     .map_err(boot_err("blessing the new entry"))?;
                 r.state = Phase::Committed;
                 r.step = None;
@@ -356,9 +355,8 @@ fn check_boot(
         let reason = match &r.fallback_reason {
             Some(why) => why.clone(),
             None => {
-                let product = node.product()?;
                 let mut esp = node.esp()?;
-                let s = bootctl::status::status(esp.as_mut(), &product, None, None)
+                let s = bootctl::status::status(esp.as_mut(), &running.product, None, None)
                     .map_err(boot_err("reading boot entries"))?;
                 match s
                     .slots

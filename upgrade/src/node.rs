@@ -126,6 +126,8 @@ pub struct Node {
 /// What the node runs now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Running {
+    /// The product the slots belong to.
+    pub product: String,
     /// The booted slot.
     pub slot: Slot,
     /// The booted entry file.
@@ -297,6 +299,7 @@ impl Node {
             .installed()?
             .active;
         Ok(Running {
+            product,
             slot,
             entry,
             platform_version,

@@ -187,7 +187,7 @@ fn run(node: &Node, store: &Store, r: &mut Record, o: &PrepareOptions) -> Result
             .map_err(&berr)?;
     let m = reader.manifest().clone();
     let running = node.running()?;
-    let product = node.product()?;
+    let product = running.product.clone();
     let installed = running
         .version
         .as_deref()

@@ -127,11 +127,7 @@ fn firmware_is_flashed_during_prepare_and_refusals_stop_it_before_any_write() {
 
 #[test]
 fn boot_check_after_an_ordinary_boot_starts_the_active_container() {
-    if !have_boot_files() {
-        return;
-    }
-    let b = bundles();
-    let n = sim_node(&b.factory);
+    let Some(n) = factory_node() else { return };
     upgrade::sim::reboot(&n.node).unwrap();
     assert_eq!(n.container(), None, "a reboot stops the container");
     let o = n.qq(&["boot_check"]);

@@ -8,16 +8,13 @@ use common::*;
 
 #[test]
 fn instant_upgrade_swaps_the_container_and_touches_no_slot() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     assert_eq!(n.container().as_deref(), Some("7.0.0"));
     let s = n.status();
     assert_eq!(s["state"], "UPGRADE_IDLE");
     let disk = n.disk();
-    let o = n.qq(&["upgrade_cluster", "--path", b.instant.to_str().unwrap()]);
+    let o = n.upgrade(&b.instant);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = json(&o);
     assert_eq!(s["state"], "UPGRADE_COMMITTED", "{s}");
@@ -41,11 +38,8 @@ fn instant_upgrade_swaps_the_container_and_touches_no_slot() {
 
 #[test]
 fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesses() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let slot_a = n.slot_bytes(Slot::A);
     let entries_before = n.entries();
     assert_eq!(entries_before, vec!["qimg-demo-a-7.0.efi".to_string()]);
@@ -103,13 +97,10 @@ fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesse
 
 #[test]
 fn a_platform_that_panics_falls_back_after_its_tries() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let slot_a = n.slot_bytes(Slot::A);
-    let o = n.qq(&["upgrade_cluster", "--path", b.panic.to_str().unwrap()]);
+    let o = n.upgrade(&b.panic);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let s = json(&o);
     assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
@@ -133,16 +124,9 @@ fn a_platform_that_panics_falls_back_after_its_tries() {
 
 #[test]
 fn an_unhealthy_platform_is_marked_bad_and_the_node_falls_back_at_once() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
-    let o = n.qq(&[
-        "upgrade_cluster",
-        "--path",
-        b.unhealthy_platform.to_str().unwrap(),
-    ]);
+    let o = n.upgrade(&b.unhealthy_platform);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let s = json(&o);
     assert_eq!(s["error_state"], "UPGRADE_ERROR_ROLLED_BACK", "{s}");
@@ -164,16 +148,9 @@ fn an_unhealthy_platform_is_marked_bad_and_the_node_falls_back_at_once() {
 
 #[test]
 fn an_unhealthy_container_is_rolled_back_to_the_old_one() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
-    let o = n.qq(&[
-        "upgrade_cluster",
-        "--path",
-        b.bad_container.to_str().unwrap(),
-    ]);
+    let o = n.upgrade(&b.bad_container);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let s = json(&o);
     assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
@@ -189,17 +166,14 @@ fn an_unhealthy_container_is_rolled_back_to_the_old_one() {
 
 #[test]
 fn consecutive_platform_upgrades_alternate_slots_and_keep_one_fallback() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let d = tempfile::tempdir().unwrap();
     let next = build_bundle(d.path(), "7.2.0", &Rel::new("7.2.0", "7.2"), &key(1));
-    let o = n.qq(&["upgrade_cluster", "--path", b.platform.to_str().unwrap()]);
+    let o = n.upgrade(&b.platform);
     assert!(o.status.success(), "{}", stderr(&o));
     let slot_b = n.slot_bytes(Slot::B);
-    let o = n.qq(&["upgrade_cluster", "--path", next.to_str().unwrap()]);
+    let o = n.upgrade(&next);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&o)["state"], "UPGRADE_COMMITTED");
     let r = n.running();

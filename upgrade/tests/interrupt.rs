@@ -65,11 +65,8 @@ fn assert_upgraded(n: &SimNode) {
 
 #[test]
 fn ctrl_c_during_the_slot_write_puts_the_node_back() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let slot_a = n.slot_bytes(Slot::A);
     let path = b.platform.to_str().unwrap();
     let child = start_paused(
@@ -189,11 +186,8 @@ fn kill_at_every_transition_of_a_platform_upgrade_then_finish_it() {
 
 #[test]
 fn kill_during_an_instant_swap_then_finish_it() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let path = b.instant.to_str().unwrap();
     let mut child = start_paused(&n, &["upgrade_cluster", "--path", path], "step:swap", None);
     child.kill().unwrap();
@@ -207,11 +201,8 @@ fn kill_during_an_instant_swap_then_finish_it() {
 
 #[test]
 fn a_second_prepare_is_refused_while_one_runs() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let path = b.platform.to_str().unwrap();
     let mut first = start_paused(
         &n,
@@ -240,11 +231,8 @@ fn a_second_prepare_is_refused_while_one_runs() {
 
 #[test]
 fn a_settle_period_blocks_until_it_passed() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let d = tempfile::tempdir().unwrap();
     let k = key(1);
     let long = build_bundle(
@@ -265,7 +253,7 @@ fn a_settle_period_blocks_until_it_passed() {
         },
         &k,
     );
-    let o = n.qq(&["upgrade_cluster", "--path", b.instant.to_str().unwrap()]);
+    let o = n.upgrade(&b.instant);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = n.qq(&[
         "upgrade_cluster",
@@ -284,7 +272,7 @@ fn a_settle_period_blocks_until_it_passed() {
     );
     assert_eq!(s["error_state"], "UPGRADE_ERROR_NO_ERROR");
     std::thread::sleep(Duration::from_millis(1100));
-    let o = n.qq(&["upgrade_cluster", "--path", short.to_str().unwrap()]);
+    let o = n.upgrade(&short);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = json(&o);
     assert_eq!(
@@ -307,11 +295,8 @@ fn wait_for(n: &SimNode, state: &str) -> serde_json::Value {
 
 #[test]
 fn no_monitor_returns_at_once_and_the_upgrade_goes_on() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let path = b.platform.to_str().unwrap();
     let o = n.qq(&["upgrade_cluster", "prepare", "--path", path, "--no-monitor"]);
     assert!(o.status.success(), "{}", stderr(&o));

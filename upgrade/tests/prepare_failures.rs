@@ -9,7 +9,7 @@ use common::*;
 
 fn refused(n: &SimNode, bundle: &std::path::Path, cause: &str) {
     let disk = n.disk();
-    let o = n.qq(&["upgrade_cluster", "--path", bundle.to_str().unwrap()]);
+    let o = n.upgrade(bundle);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let s = json(&o);
     assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
@@ -23,11 +23,8 @@ fn refused(n: &SimNode, bundle: &std::path::Path, cause: &str) {
 
 #[test]
 fn bad_bundles_are_refused_with_their_cause_and_nothing_written() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let d = tempfile::tempdir().unwrap();
     let k = key(1);
     let cloud = build_bundle(
@@ -91,11 +88,8 @@ fn bad_bundles_are_refused_with_their_cause_and_nothing_written() {
 
 #[test]
 fn a_tampered_payload_fails_mid_write_and_the_slot_is_reset() {
-    if !have_boot_files() {
-        return;
-    }
+    let Some(n) = factory_node() else { return };
     let b = bundles();
-    let n = sim_node(&b.factory);
     let mut bytes = std::fs::read(&b.platform).unwrap();
     let members = tests::Members::parse(&bytes);
     let m = members
@@ -140,7 +134,7 @@ fn a_tampered_payload_fails_mid_write_and_the_slot_is_reset() {
     assert_eq!(n.container().as_deref(), Some("7.0.0"));
     assert!(!n.node.config.state.join("containers/7.1.0").exists());
     // The node is fine for the real bundle afterwards.
-    let o = n.qq(&["upgrade_cluster", "--path", b.platform.to_str().unwrap()]);
+    let o = n.upgrade(&b.platform);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&o)["state"], "UPGRADE_COMMITTED");
 }

@@ -93,22 +93,10 @@ impl Moto {
         cloud::sdk_config(&self.aws(region), region).await
     }
 
-    /// `qcloud` with dummy credentials pointed at this server.
+    /// `qcloud publish` with dummy credentials pointed at this server.
     pub fn qcloud(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_qcloud"));
-        c.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .env_remove("QCLOUD_FAIL_AT")
-            .args([
-                "-q",
-                "publish",
-                "--endpoint-url",
-                &self.endpoint,
-                "--poll",
-                "1",
-            ]);
+        let mut c = qcloud_publish(&self.endpoint);
+        c.args(["--poll", "1"]);
         c
     }
 }
@@ -118,6 +106,19 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `qcloud publish` with dummy credentials (no profile, no instance metadata) and
+/// every AWS service at `endpoint`.
+pub fn qcloud_publish(endpoint: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qcloud"));
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("QCLOUD_FAIL_AT")
+        .args(["-q", "publish", "--endpoint-url", endpoint]);
+    c
 }
 
 pub fn stderr(o: &std::process::Output) -> String {

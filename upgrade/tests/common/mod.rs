@@ -209,6 +209,11 @@ impl SimNode {
         self.dir.path()
     }
 
+    /// `qq upgrade_cluster --path BUNDLE` (prepare, then commit).
+    pub fn upgrade(&self, bundle: &Path) -> Output {
+        self.qq(&["upgrade_cluster", "--path", bundle.to_str().unwrap()])
+    }
+
     pub fn qq(&self, args: &[&str]) -> Output {
         self.qq_env(args, &[])
     }
@@ -279,6 +284,13 @@ impl Drop for SimNode {
         )
         .stop();
     }
+}
+
+/// A simulated node made from the shared 7.0.0 factory bundle, or `None` when the
+/// boot files are missing and QIMG_SKIP_TOOL_TESTS=1 says to skip (else the test
+/// fails with the reason).
+pub fn factory_node() -> Option<SimNode> {
+    have_boot_files().then(|| sim_node(&bundles().factory))
 }
 
 /// A simulated node made from `factory`: `imagebuild disk`, then `sim::create`.
