@@ -67,6 +67,42 @@ impl Slot {
     }
 }
 
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.letter())
+    }
+}
+
+/// A slot name that is neither `a` nor `b`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a slot (a or b)")]
+pub struct BadSlot(pub String);
+
+impl std::str::FromStr for Slot {
+    type Err = BadSlot;
+    /// `a` or `b` (either case); anything else is refused, never mapped to a slot.
+    fn from_str(s: &str) -> Result<Slot, BadSlot> {
+        match s {
+            "a" | "A" => Ok(Slot::A),
+            "b" | "B" => Ok(Slot::B),
+            other => Err(BadSlot(other.to_owned())),
+        }
+    }
+}
+
+impl serde::Serialize for Slot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Slot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Slot, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// What a partition is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -167,8 +203,16 @@ pub fn slot_label(product: &str, version: &str) -> Result<String, String> {
     Ok(label)
 }
 
+/// Splits a slot label `<product>_<version>` (the inverse of [`slot_label`]) at its
+/// last `_`: versions have none. `None` for `_empty` and anything without both parts.
+pub fn split_slot_label(label: &str) -> Option<(&str, &str)> {
+    label
+        .rsplit_once('_')
+        .filter(|(p, v)| !p.is_empty() && !v.is_empty())
+}
+
 /// Sectors of 512 bytes.
-const SECTOR: u64 = 512;
+pub const SECTOR: u64 = 512;
 /// The partition entry array: 128 entries of 128 bytes.
 const ARRAY_SECTORS: u64 = 128 * 128 / SECTOR;
 

@@ -19,7 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod counter;
-pub mod crashpoint;
+pub use qutil::crashpoint;
 pub mod efivars;
 pub mod entries;
 pub mod esp;

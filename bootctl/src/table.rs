@@ -18,10 +18,9 @@ use gpt::{DiskDevice, GptConfig};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::layout::{MAX_NAME, Plan};
+use crate::layout::{MAX_NAME, Plan, SECTOR};
 
 const LB: LogicalBlockSize = LogicalBlockSize::Lb512;
-const SECTOR: u64 = 512;
 
 /// Which copy of the table was damaged and recovered from the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,9 +51,12 @@ pub struct Table {
 impl Table {
     /// Byte range (start, length) of the first ESP, if there is one.
     pub fn esp_range(&self) -> Option<(u64, u64)> {
-        self.of_type(crate::layout::ESP_TYPE)
-            .first()
-            .map(|(_, p)| (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512))
+        self.of_type(crate::layout::ESP_TYPE).first().map(|(_, p)| {
+            (
+                p.first_lba * SECTOR,
+                (p.last_lba - p.first_lba + 1) * SECTOR,
+            )
+        })
     }
 
     /// Partitions of one type, in start-LBA order.

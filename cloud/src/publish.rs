@@ -308,14 +308,11 @@ pub fn identity(image: &Path) -> Result<(String, String, String), Error> {
     let t = bootctl::table::read(&mut f).map_err(|e| bad(e.to_string()))?;
     let p = bootctl::slot::parts(&t, bootctl::layout::Slot::A).map_err(|e| bad(e.to_string()))?;
     let label = &t.partitions[&p.root.0].name;
-    let (product, version) = label
-        .rsplit_once('_')
-        .filter(|(p, _)| !p.is_empty())
-        .ok_or_else(|| {
-            bad(format!(
-                "slot A is labelled {label:?}, not <product>_<version>"
-            ))
-        })?;
+    let (product, version) = bootctl::layout::split_slot_label(label).ok_or_else(|| {
+        bad(format!(
+            "slot A is labelled {label:?}, not <product>_<version>"
+        ))
+    })?;
     let mut hash = t.partitions[&p.root.0].part_guid.as_bytes().to_vec();
     hash.extend_from_slice(t.partitions[&p.verity.0].part_guid.as_bytes());
     Ok((product.to_owned(), version.to_owned(), hex::encode(hash)))

@@ -1,21 +1,30 @@
 //! Any bytes as the files `qq` reads back: the upgrade state record, the installed
-//! containers, node.toml. Parsing never panics; records round-trip; a status can be
-//! made of any record at any time.
+//! containers, node.toml. Parsing never panics; a record either converts into the
+//! typed state or is refused naming a field; a typed state round-trips through its
+//! record; a status can be made of any state at any time.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use upgrade::container::InstalledContainers;
 use upgrade::node::NodeConfig;
-use upgrade::state::{Record, status_of};
+use upgrade::store::parse;
+use upgrade::wire::Record;
+use upgrade::state::status_of;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(r) = serde_json::from_slice::<Record>(data) {
-        let bytes = serde_json::to_vec(&r).expect("a record serializes");
-        assert_eq!(serde_json::from_slice::<Record>(&bytes).expect("round trip"), r);
-        let now = data.len() as u64 * 1_000_003;
-        let s = status_of(&r, None, now);
-        assert_eq!(s.state, r.state);
-        assert_eq!(s.is_blocked, r.blocked_until.is_some_and(|t| t > now));
+    match parse(std::path::Path::new("upgrade.json"), data) {
+        Ok(s) => {
+            let bytes = serde_json::to_vec(&Record::from(&s)).expect("a record serializes");
+            let back = parse(std::path::Path::new("upgrade.json"), &bytes).expect("round trip");
+            assert_eq!(back, s);
+            let now = data.len() as u64 * 1_000_003;
+            let st = status_of(&s, None, now);
+            assert_eq!(st.state, s.phase());
+            let blocked = s.blocked.as_ref().is_some_and(|b| b.until.is_some_and(|t| t > now));
+            assert_eq!(st.is_blocked, blocked);
+        }
+        Err(upgrade::Error::StateDamaged { field, .. }) => assert!(!field.is_empty()),
+        Err(e) => panic!("not a damaged-record error: {e:?}"),
     }
     if let Ok(i) = serde_json::from_slice::<InstalledContainers>(data) {
         let bytes = serde_json::to_vec(&i).expect("serializes");

@@ -164,11 +164,7 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
         .map_err(out_err)?;
     dev.set_len(size).map_err(out_err)?;
     let t = table::create(&mut dev, &plan).map_err(boot)?;
-    let esp_part = &t.partitions[&1];
-    let (esp_start, esp_len) = (
-        esp_part.first_lba * 512,
-        (esp_part.last_lba - esp_part.first_lba + 1) * 512,
-    );
+    let (esp_start, esp_len) = t.esp_range().expect("the plan has an ESP");
     let vol = u32::from_le_bytes(
         derive_uuid(&[b"esp-volume", plan.disk_guid.as_bytes()]).as_bytes()[..4]
             .try_into()

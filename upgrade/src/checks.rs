@@ -10,6 +10,7 @@
 use qimg::{Manifest, Target, Version};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Refusal;
 use crate::state::{LastCommit, Mode};
 
 /// The mode and why.
@@ -76,47 +77,43 @@ pub struct NodeFacts {
 
 /// Checks product, target, model, minimum installed version and version order.
 /// Returns the reason the bundle is refused.
-pub fn check(m: &Manifest, n: &NodeFacts) -> Result<(), String> {
+pub fn check(m: &Manifest, n: &NodeFacts) -> Result<(), Refusal> {
     let r = &m.release;
     if r.product != n.product {
-        return Err(format!(
-            "the bundle is {} and the node runs {}",
-            r.product, n.product
-        ));
+        return Err(Refusal::Product {
+            bundle: r.product.clone(),
+            node: n.product.clone(),
+        });
     }
     if r.target != n.target {
-        return Err(format!(
-            "the bundle is for {} nodes and this node is {}",
-            target_name(r.target),
-            target_name(n.target)
-        ));
+        return Err(Refusal::Target {
+            bundle: target_name(r.target),
+            node: target_name(n.target),
+        });
     }
     if !r.compatible_models.contains(&n.model) {
-        return Err(format!(
-            "hardware model {} is not supported by {} (supported: {})",
-            n.model,
-            r.version,
-            r.compatible_models.join(", ")
-        ));
+        return Err(Refusal::Model {
+            model: n.model.clone(),
+            version: r.version.clone(),
+            supported: r.compatible_models.join(", "),
+        });
     }
-    let installed = n
-        .installed
-        .as_ref()
-        .ok_or("the installed release is not known (no active container)")?;
+    let installed = n.installed.as_ref().ok_or(Refusal::InstalledUnknown)?;
     if installed < &r.min_installed_version {
-        return Err(format!(
-            "{} must be installed over {} or newer; the node runs {installed}",
-            r.version, r.min_installed_version
-        ));
+        return Err(Refusal::TooOld {
+            version: r.version.clone(),
+            min: r.min_installed_version.clone(),
+            installed: installed.clone(),
+        });
     }
     if &r.version < installed {
-        return Err(format!(
-            "{} is older than the installed {installed}: downgrades are refused",
-            r.version
-        ));
+        return Err(Refusal::Downgrade {
+            version: r.version.clone(),
+            installed: installed.clone(),
+        });
     }
     if &r.version == installed {
-        return Err(format!("{installed} is already installed"));
+        return Err(Refusal::SameVersion(installed.clone()));
     }
     Ok(())
 }
@@ -214,7 +211,7 @@ mod tests {
         let with = |f: &dyn Fn(&mut NodeFacts)| {
             let mut n = ok.clone();
             f(&mut n);
-            check(&m, &n).unwrap_err()
+            check(&m, &n).unwrap_err().to_string()
         };
         assert!(with(&|n| n.product = "q".into()).contains("node runs q"));
         assert!(with(&|n| n.target = Target::Cloud).contains("for on-prem nodes"));
@@ -230,8 +227,8 @@ mod tests {
         let m = manifest("4.1.0", "4.0.6");
         let last = LastCommit {
             at: 1000,
-            from: "4.0".into(),
-            to: "4.0.6".into(),
+            from: v("4.0"),
+            to: v("4.0.6"),
         };
         let (until, why) = settle(&m, Some(&last), 1050).unwrap();
         assert_eq!(until, 1100);

@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::write_atomic;
-use crate::{Error, io_err};
+use crate::error::{ContainerFailure, Error, io_err};
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    qutil::fs::write_atomic(path, bytes).map_err(io_err("writing", path))
+}
 
 /// How containers run on a node (`[runtime]` in node.toml).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,10 +54,10 @@ pub struct Containers {
     dir: PathBuf,
 }
 
-fn cerr(version: &str) -> impl Fn(String) -> Error + '_ {
-    move |reason| Error::Container {
+fn cerr(version: &str) -> impl Fn(ContainerFailure) -> Error + '_ {
+    move |failure| Error::Container {
         version: version.to_owned(),
-        reason,
+        failure,
     }
 }
 
@@ -81,7 +84,8 @@ impl Containers {
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::StateDamaged {
                 path: p,
-                reason: e.to_string(),
+                field: ".".into(),
+                source: crate::error::Damage::Syntax(e.to_string()),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(InstalledContainers::default())
@@ -142,16 +146,14 @@ impl Containers {
         let dir = self.partial(version);
         let e = cerr(version);
         for mut w in [sink.data, sink.hash] {
-            w.flush()
-                .map_err(|x| e(format!("writing the image: {x}")))?;
-            w.get_ref()
-                .sync_all()
-                .map_err(|x| e(format!("syncing the image: {x}")))?;
+            w.flush().map_err(io_err("writing", &dir))?;
+            w.get_ref().sync_all().map_err(io_err("syncing", &dir))?;
         }
         std::fs::write(dir.join("image.roothash"), hex::encode(root_hash))
             .map_err(io_err("writing", dir.join("image.roothash")))?;
         if extract {
-            extract_squashfs(&dir.join("image.raw"), &dir.join("rootfs")).map_err(&e)?;
+            extract_squashfs(&dir.join("image.raw"), &dir.join("rootfs"))
+                .map_err(|x| e(ContainerFailure::Extract(x)))?;
         }
         let to = self.path(version);
         if to.exists() {
@@ -268,7 +270,7 @@ pub fn extract_squashfs(image: &Path, to: &Path) -> Result<(), String> {
 }
 
 /// Runs containers.
-pub trait Runtime {
+pub trait Runtime: Send + Sync {
     /// Starts the staged container `version` (directory `dir`).
     fn start(&self, version: &str, dir: &Path) -> Result<(), Error>;
     /// Stops whatever container runs (nothing running is fine).
@@ -317,10 +319,10 @@ impl Runtime for Nspawn {
     fn start(&self, version: &str, _dir: &Path) -> Result<(), Error> {
         let o = self.systemctl(&["start", &Nspawn::unit(version)])?;
         if !o.status.success() {
-            return Err(cerr(version)(format!(
-                "systemctl start failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )));
+            return Err(cerr(version)(ContainerFailure::Systemctl {
+                op: "start",
+                stderr: String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            }));
         }
         Ok(())
     }
@@ -328,10 +330,10 @@ impl Runtime for Nspawn {
     fn stop(&self) -> Result<(), Error> {
         let o = self.systemctl(&["stop", "qimg-container@*.service"])?;
         if !o.status.success() {
-            return Err(cerr("*")(format!(
-                "systemctl stop failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )));
+            return Err(cerr("*")(ContainerFailure::Systemctl {
+                op: "stop",
+                stderr: String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            }));
         }
         Ok(())
     }
@@ -344,13 +346,13 @@ impl Runtime for Nspawn {
             match state.as_str() {
                 "active" => return Ok(()),
                 "failed" | "inactive" => {
-                    return Err(cerr(version)(format!("unit is {state}")));
+                    return Err(cerr(version)(ContainerFailure::Unit(state)));
                 }
                 _ if Instant::now() >= deadline => {
-                    return Err(cerr(version)(format!(
-                        "not active after {} s (unit is {state})",
-                        timeout.as_secs()
-                    )));
+                    return Err(cerr(version)(ContainerFailure::Timeout {
+                        secs: timeout.as_secs_f64(),
+                        what: format!("unit is {state}"),
+                    }));
                 }
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -444,7 +446,7 @@ impl Runtime for Process {
         let rootfs = dir.join("rootfs");
         let entry = rootfs.join("entry");
         if !entry.is_file() {
-            return Err(e(format!("the image has no /entry ({})", entry.display())));
+            return Err(e(ContainerFailure::NoEntry(entry)));
         }
         let _ = std::fs::remove_file(self.health_file());
         let log = std::fs::File::create(self.run.join("container.log"))
@@ -467,14 +469,16 @@ impl Runtime for Process {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|x| e(format!("starting /entry: {x}")))?;
+        let child = cmd.spawn().map_err(io_err("starting", &entry))?;
         let pid = child.id() as i32;
         let rec = ProcessRecord {
             pid,
             version: version.to_owned(),
-            start: start_time(pid).ok_or_else(|| e("exited at once".into()))?,
+            start: start_time(pid).ok_or_else(|| {
+                e(ContainerFailure::Exited {
+                    log: "it exited at once".into(),
+                })
+            })?,
         };
         write_atomic(
             &self.record_path(),
@@ -497,7 +501,14 @@ impl Runtime for Process {
                 unsafe {
                     libc::kill(-r.pid, libc::SIGKILL);
                 }
+                let deadline = Instant::now() + Duration::from_secs(10);
                 while alive(r.pid) {
+                    if Instant::now() >= deadline {
+                        return Err(cerr(&r.version)(ContainerFailure::Timeout {
+                            secs: 15.0,
+                            what: format!("pid {} survives SIGTERM and SIGKILL", r.pid),
+                        }));
+                    }
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
@@ -516,19 +527,18 @@ impl Runtime for Process {
             match self.record() {
                 Some(r) if r.version == version && healthy => return Ok(()),
                 Some(r) if r.version != version => {
-                    return Err(e(format!("the running container is {}", r.version)));
+                    return Err(e(ContainerFailure::Other(r.version)));
                 }
                 None => {
-                    return Err(e(format!(
-                        "its entry program exited before it was healthy (log: {})",
-                        self.log_tail()
-                    )));
+                    return Err(e(ContainerFailure::Exited {
+                        log: self.log_tail(),
+                    }));
                 }
                 _ if Instant::now() >= deadline => {
-                    return Err(e(format!(
-                        "not healthy after {:.1} s (no `ok` in $QIMG_HEALTH_FILE)",
-                        timeout.as_secs_f64()
-                    )));
+                    return Err(e(ContainerFailure::Timeout {
+                        secs: timeout.as_secs_f64(),
+                        what: "no `ok` in $QIMG_HEALTH_FILE".into(),
+                    }));
                 }
                 _ => std::thread::sleep(Duration::from_millis(1)),
             }

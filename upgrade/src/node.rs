@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 use bootctl::efivars::LoaderVars;
 use bootctl::esp::{DirEsp, Esp, ImageEsp};
 use bootctl::layout::Slot;
-use qimg::{PublicKey, Target, TrustedKeys};
+use qimg::{PublicKey, Target, TrustedKeys, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::container::RuntimeConfig;
-use crate::{Error, boot_err, io_err};
+use crate::error::{Error, boot_err, io_err};
 
 /// Where `qq` looks without `--node`.
 pub const DEFAULT_CONFIG: &str = "/etc/qimg/node.toml";
@@ -133,9 +133,40 @@ pub struct Running {
     /// The booted entry file.
     pub entry: String,
     /// The booted slot's platform version (from its partition label).
-    pub platform_version: String,
+    pub platform_version: Version,
     /// The installed release (the active container's version).
-    pub version: Option<String>,
+    pub version: Option<Version>,
+}
+
+/// A node's boot disk and ESP, opened once for one operation and passed down.
+pub struct Opened {
+    /// The boot disk (or disk image).
+    pub disk: File,
+    /// The ESP.
+    pub esp: Box<dyn Esp>,
+    /// The product the slots belong to (from the ESP's layout record).
+    pub product: String,
+    disk_path: PathBuf,
+}
+
+impl Opened {
+    /// The partition table, read from the open disk.
+    pub fn table(&mut self) -> Result<bootctl::table::Table, Error> {
+        bootctl::table::read(&mut self.disk).map_err(boot_err("reading the partition table"))
+    }
+
+    /// A slot's partition label.
+    pub fn slot_label(&mut self, slot: Slot) -> Result<String, Error> {
+        let t = self.table()?;
+        bootctl::slot::label(&t, slot).map_err(boot_err("reading slot labels"))
+    }
+
+    /// Flushes the disk to stable storage.
+    pub fn sync(&self) -> Result<(), Error> {
+        self.disk
+            .sync_all()
+            .map_err(io_err("syncing", &self.disk_path))
+    }
 }
 
 impl Node {
@@ -146,15 +177,18 @@ impl Node {
         } else {
             path.to_owned()
         };
-        let cerr = |reason: String| Error::Config {
+        let cerr = |problem: String| Error::Config {
             path: file.clone(),
-            reason,
+            problem,
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| cerr(e.to_string()))?;
-        let mut c: NodeConfig = toml::from_str(&text).map_err(|e| cerr(e.to_string()))?;
+        let text = std::fs::read_to_string(&file).map_err(io_err("reading node config", &file))?;
+        let mut c: NodeConfig = toml::from_str(&text).map_err(|source| Error::ConfigSyntax {
+            path: file.clone(),
+            source,
+        })?;
         // Absolute, so paths stay right for processes started elsewhere.
         let base = std::path::absolute(file.parent().unwrap_or(Path::new(".")))
-            .map_err(|e| cerr(e.to_string()))?;
+            .map_err(io_err("resolving the directory of", &file))?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -191,15 +225,20 @@ impl Node {
             let text = std::fs::read_to_string(p).map_err(io_err("reading key", p))?;
             keys.push(PublicKey::from_file_text(&text).map_err(|e| Error::Config {
                 path: p.clone(),
-                reason: format!("not a public key: {e}"),
+                problem: format!("not a public key: {e}"),
             })?);
         }
         Ok(TrustedKeys::new(keys))
     }
 
     /// The state store.
-    pub fn store(&self) -> Result<crate::state::Store, Error> {
-        crate::state::Store::open(&self.config.state)
+    pub fn store(&self) -> Result<crate::store::Store, Error> {
+        crate::store::Store::open(&self.config.state)
+    }
+
+    /// The staged containers.
+    pub fn containers(&self) -> crate::container::Containers {
+        crate::container::Containers::new(&self.config.state)
     }
 
     /// Opens the boot disk for reading and writing.
@@ -211,20 +250,34 @@ impl Node {
             .map_err(io_err("opening disk", &self.config.disk))
     }
 
-    /// The ESP: the mounted directory, or the FAT inside the disk.
-    pub fn esp(&self) -> Result<Box<dyn Esp>, Error> {
-        if let Some(dir) = &self.config.esp {
-            return Ok(Box::new(DirEsp::new(dir)));
-        }
-        let mut dev = self.disk()?;
-        let t = bootctl::table::read(&mut dev).map_err(boot_err("reading the partition table"))?;
-        let (start, len) = t.esp_range().ok_or_else(|| Error::Config {
-            path: self.config.disk.clone(),
-            reason: "the disk has no ESP".into(),
-        })?;
-        Ok(Box::new(
-            ImageEsp::open(dev, start, len).map_err(boot_err("opening the ESP"))?,
-        ))
+    /// Opens the disk and the ESP (the mounted directory, or the FAT inside the
+    /// disk) and reads the product, once for an operation.
+    pub fn open(&self) -> Result<Opened, Error> {
+        let mut disk = self.disk()?;
+        let mut esp: Box<dyn Esp> = match &self.config.esp {
+            Some(dir) => Box::new(DirEsp::new(dir)),
+            None => {
+                let t = bootctl::table::read(&mut disk)
+                    .map_err(boot_err("reading the partition table"))?;
+                let (start, len) = t.esp_range().ok_or_else(|| Error::Config {
+                    path: self.config.disk.clone(),
+                    problem: "the disk has no ESP".into(),
+                })?;
+                let dev = disk
+                    .try_clone()
+                    .map_err(io_err("opening disk", &self.config.disk))?;
+                Box::new(ImageEsp::open(dev, start, len).map_err(boot_err("opening the ESP"))?)
+            }
+        };
+        let product = bootctl::status::layout_record(esp.as_mut())
+            .map_err(boot_err("reading the layout record"))?
+            .product;
+        Ok(Opened {
+            disk,
+            esp,
+            product,
+            disk_path: self.config.disk.clone(),
+        })
     }
 
     /// The loader's variables.
@@ -232,43 +285,18 @@ impl Node {
         LoaderVars::new(&self.config.efivars)
     }
 
-    /// The product the disk's slots belong to (from the ESP's layout record).
-    pub fn product(&self) -> Result<String, Error> {
-        let mut esp = self.esp()?;
-        Ok(bootctl::status::layout_record(esp.as_mut())
-            .map_err(boot_err("reading the layout record"))?
-            .product)
-    }
-
-    /// The kernel's boot id.
-    pub fn boot_id(&self) -> Result<String, Error> {
-        let p = &self.config.boot_id;
-        Ok(std::fs::read_to_string(p)
-            .map_err(io_err("reading boot id", p))?
-            .trim()
-            .to_owned())
-    }
-
-    /// A slot's partition label.
-    pub fn slot_label(&self, slot: Slot) -> Result<String, Error> {
-        let mut dev = self.disk()?;
-        let t = bootctl::table::read(&mut dev).map_err(boot_err("reading the partition table"))?;
-        bootctl::slot::label(&t, slot).map_err(boot_err("reading slot labels"))
-    }
-
     /// What the node runs now: the booted entry (from the loader's variables), its
     /// slot and platform version, and the active container's release.
-    pub fn running(&self) -> Result<Running, Error> {
-        let product = self.product()?;
+    pub fn running(&self, o: &mut Opened) -> Result<Running, Error> {
+        let booted = |problem: String| Error::Booted { problem };
         let entry = self
             .vars()
             .booted_entry()
             .map_err(boot_err("reading the loader's variables"))?
-            .ok_or_else(|| Error::Reboot {
-                reason: "the loader did not say which entry booted (no LoaderEntrySelected)".into(),
+            .ok_or_else(|| {
+                booted("the loader did not say which entry booted (no LoaderEntrySelected)".into())
             })?;
-        let mut esp = self.esp()?;
-        let found = bootctl::entries::scan(esp.as_mut(), &product)
+        let found = bootctl::entries::scan(o.esp.as_mut(), &o.product)
             .map_err(boot_err("reading boot entries"))?;
         // After a bless (or mark-bad) the entry's name no longer has the counter the
         // loader recorded: match on the name without its counter.
@@ -282,24 +310,35 @@ impl Node {
             .find(|e| e.entry.file.eq_ignore_ascii_case(&entry))
             .or_else(|| found.iter().find(|e| stem(&e.entry.file) == stem(&entry)))
             .and_then(|e| e.slot)
-            .ok_or_else(|| Error::Reboot {
-                reason: format!("the booted entry {entry} is not a slot entry on the ESP"),
+            .ok_or_else(|| {
+                booted(format!(
+                    "the booted entry {entry} is not a slot entry on the ESP"
+                ))
             })?;
-        let label = self.slot_label(slot)?;
-        let platform_version = label
-            .strip_prefix(&format!("{product}_"))
-            .ok_or_else(|| Error::Reboot {
-                reason: format!(
-                    "booted slot {} is labelled {label:?}, not {product}_<version>",
-                    slot.letter()
-                ),
+        let label = o.slot_label(slot)?;
+        let platform_version = bootctl::layout::split_slot_label(&label)
+            .filter(|(p, _)| *p == o.product)
+            .map(|(_, v)| v)
+            .ok_or_else(|| {
+                booted(format!(
+                    "booted slot {slot} is labelled {label:?}, not {}_<version>",
+                    o.product
+                ))
             })?
-            .to_owned();
-        let version = crate::container::Containers::new(&self.config.state)
-            .installed()?
-            .active;
+            .parse()
+            .map_err(|e: qimg::Error| {
+                booted(format!("booted slot {slot}'s label {label:?}: {e}"))
+            })?;
+        let version = match self.containers().installed()?.active {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|e: qimg::Error| Error::StateDamaged {
+                path: self.config.state.join("containers/installed.json"),
+                field: "active".into(),
+                source: crate::error::Damage::Invalid(e.to_string()),
+            })?),
+        };
         Ok(Running {
-            product,
+            product: o.product.clone(),
             slot,
             entry,
             platform_version,

@@ -2,8 +2,15 @@
 //!
 //! A simulated node is a directory: `node.toml` (`simulated = true`), `disk.img`
 //! made by `imagebuild disk`, `efivars/` (the loader's variables, as efivarfs
-//! files), `state/` and `keys/`. A simulated reboot does what the firmware and
-//! systemd-boot would: stop the container (power off), select an entry with
+//! files), `state/` and `keys/`.
+//!
+//! [`SimMachine`] is its [`Machine`]: `reboot` powers the node off (stops the
+//! container), records that a reboot is due and returns, as `systemctl reboot`
+//! does. The hardware is played by [`run_boots`], called by whoever runs the
+//! simulation (`qq` after a commit, tests): for each due reboot it boots the firmware
+//! ([`boot_firmware`]) and then runs the boot path, [`Agent::after_boot`], the same
+//! function `qq boot_check` runs on a real node. The firmware boot does what
+//! systemd-boot would: select an entry with
 //! bootctl's model of systemd-boot 252 and the loader variables, rename a counted
 //! entry on the ESP inside the image (`+3-0` → `+2-1`), set `LoaderEntrySelected`
 //! and `LoaderBootCountPath`, and "boot" the chosen slot's platform: its root
@@ -20,9 +27,13 @@ use bootctl::model::{self, EfiVars};
 use qimg::{BundleReader, ComponentKind, NoProgress, Target};
 use serde::{Deserialize, Serialize};
 
+use crate::agent::Agent;
+use crate::commit::CommitOutcome;
 use crate::container::{Containers, RuntimeConfig};
+use crate::error::{Error, Unhealthy, boot_err, io_err};
+use crate::machine::{Machine, read_boot_id};
 use crate::node::{FirmwareConfig, Node, NodeConfig};
-use crate::{Error, boot_err, io_err};
+use crate::state::BootId;
 
 /// The file in a platform root that makes a simulated boot fail.
 pub const SIM_BOOT: &str = "etc/qimg/sim-boot";
@@ -35,18 +46,85 @@ pub struct Attempt {
     /// The entry the loader chose (name before its rename).
     pub entry: String,
     /// Its slot.
-    pub slot: Option<char>,
+    pub slot: Option<Slot>,
     /// What happened: `booted` or why it failed.
     pub outcome: String,
 }
 
-fn sim_err(reason: String) -> Error {
-    Error::Reboot { reason }
+fn sim_err(problem: String) -> Error {
+    Error::Booted { problem }
+}
+
+/// The machine of a simulated node.
+pub struct SimMachine {
+    node: Node,
+}
+
+impl SimMachine {
+    /// The machine of simulated node `node`.
+    pub fn new(node: &Node) -> SimMachine {
+        SimMachine { node: node.clone() }
+    }
+}
+
+fn due_file(node: &Node) -> PathBuf {
+    node.config.state.join("sim/reboot-due")
+}
+
+/// True when the simulated node was asked to reboot and has not booted since.
+pub fn reboot_due(node: &Node) -> bool {
+    due_file(node).exists()
+}
+
+impl Machine for SimMachine {
+    fn boot_id(&self) -> Result<BootId, Error> {
+        read_boot_id(&self.node.config.boot_id)
+    }
+
+    fn reboot(&self) -> Result<(), Error> {
+        // Power off: nothing keeps running through a reboot.
+        crate::container::runtime(
+            &self.node.config.runtime,
+            &self.node.config.state.join("run"),
+        )
+        .stop()?;
+        let p = due_file(&self.node);
+        qutil::fs::write_atomic(&p, b"due\n").map_err(io_err("writing", &p))
+    }
+
+    fn platform_health(&self, slot: Slot) -> Result<(), Unhealthy> {
+        platform_health(&self.node, slot)
+    }
+}
+
+/// The machine a node runs on: simulated when its config says so.
+pub fn machine_for(node: &Node) -> Box<dyn Machine> {
+    if node.config.simulated {
+        Box::new(SimMachine::new(node))
+    } else {
+        Box::new(crate::machine::LocalMachine::new(node))
+    }
+}
+
+/// Plays the hardware: while a reboot is due, boots the firmware and runs the boot
+/// path ([`Agent::after_boot`]). Returns the outcome the last boot decided (`None`
+/// when no reboot was due or the boots decided nothing).
+pub fn run_boots(agent: &Agent) -> Result<Option<CommitOutcome>, Error> {
+    let mut outcome = None;
+    for _ in 0..MAX_BOOTS {
+        if !reboot_due(agent.node()) {
+            return Ok(outcome);
+        }
+        boot_firmware(agent.node())?;
+        outcome = agent.after_boot(&qimg::NoProgress)?.or(outcome);
+    }
+    Err(sim_err(format!("still rebooting after {MAX_BOOTS} boots")))
 }
 
 /// What a slot's platform says about simulated boots (`None`: boots healthy).
 pub fn platform_marker(node: &Node, slot: Slot) -> Result<Option<String>, String> {
-    let mut dev = node.disk().map_err(|e| e.to_string())?;
+    let mut dev = std::fs::File::open(&node.config.disk)
+        .map_err(|e| format!("{}: {e}", node.config.disk.display()))?;
     let t = bootctl::table::read(&mut dev).map_err(|e| e.to_string())?;
     let label = bootctl::slot::label(&t, slot).map_err(|e| e.to_string())?;
     if label == bootctl::layout::EMPTY {
@@ -73,12 +151,11 @@ pub fn platform_marker(node: &Node, slot: Slot) -> Result<Option<String>, String
 }
 
 /// The simulated platform health gate.
-pub fn platform_health(node: &Node, slot: Slot) -> Result<(), String> {
-    match platform_marker(node, slot)?.as_deref() {
-        Some("unhealthy") => Err(format!(
-            "platform in slot {} reports unhealthy ({SIM_BOOT})",
-            slot.letter()
-        )),
+pub fn platform_health(node: &Node, slot: Slot) -> Result<(), Unhealthy> {
+    match platform_marker(node, slot).map_err(Unhealthy)?.as_deref() {
+        Some("unhealthy") => Err(Unhealthy(format!(
+            "platform in slot {slot} reports unhealthy ({SIM_BOOT})"
+        ))),
         _ => Ok(()),
     }
 }
@@ -92,15 +169,16 @@ fn efi_vars(vars: &bootctl::efivars::LoaderVars) -> Result<EfiVars, Error> {
     })
 }
 
-/// Reboots a simulated node until a platform boots (at most [`MAX_BOOTS`] tries).
-pub fn reboot(node: &Node) -> Result<Vec<Attempt>, Error> {
-    crate::container::runtime(&node.config.runtime, &node.config.state.join("run")).stop()?;
-    let product = node.product()?;
+/// Boots a simulated node's firmware until a platform boots (at most
+/// [`MAX_BOOTS`] tries): the due reboot is done, the boot id changes.
+pub fn boot_firmware(node: &Node) -> Result<Vec<Attempt>, Error> {
     let vars = node.vars();
     let mut attempts = vec![];
     for _ in 0..MAX_BOOTS {
         let mut efi = efi_vars(&vars)?;
-        let mut esp = node.esp()?;
+        let opened = node.open()?;
+        let product = opened.product.clone();
+        let mut esp = opened.esp;
         let found = entries::scan(esp.as_mut(), &product).map_err(boot_err("scanning entries"))?;
         let conf = entries::loader_conf(esp.as_mut()).map_err(boot_err("reading loader.conf"))?;
         let mut plain: Vec<model::Entry> = found.iter().map(|e| e.entry.clone()).collect();
@@ -131,6 +209,7 @@ pub fn reboot(node: &Node) -> Result<Vec<Attempt>, Error> {
         vars.set("LoaderEntrySelected", &plain[i].id)
             .map_err(boot_err("setting LoaderEntrySelected"))?;
         drop(esp);
+        drop(opened.disk);
         let entry = rename
             .as_ref()
             .map_or(booted.clone(), |(old, _)| old.clone());
@@ -145,11 +224,15 @@ pub fn reboot(node: &Node) -> Result<Vec<Attempt>, Error> {
         };
         attempts.push(Attempt {
             entry,
-            slot: slot.map(Slot::letter),
+            slot,
             outcome: outcome.clone().err().unwrap_or_else(|| "booted".into()),
         });
         if outcome.is_ok() {
             new_boot_id(node)?;
+            let due = due_file(node);
+            if due.exists() {
+                std::fs::remove_file(&due).map_err(io_err("removing", &due))?;
+            }
             let log = node.config.state.join("sim/boots.jsonl");
             let mut line = serde_json::to_vec(&attempts).expect("serializable");
             line.push(b'\n');
@@ -180,7 +263,7 @@ fn new_boot_id(node: &Node) -> Result<(), Error> {
 pub struct CreateOptions<'a> {
     /// The node directory (created).
     pub dir: &'a Path,
-    /// A disk image made by `imagebuild disk` (moved into the node directory).
+    /// A disk image made by `imagebuild disk` (copied into the node directory).
     pub disk: &'a Path,
     /// The bundle the image was made from: its container is the factory container.
     pub bundle: &'a Path,
@@ -196,16 +279,45 @@ pub struct CreateOptions<'a> {
     pub health_timeout_secs: u64,
 }
 
-/// Creates a simulated node: node.toml, the disk, efivars, keys; boots it once and
-/// installs and starts the bundle's container as the factory container.
+/// Creates a simulated node in `dir`: node.toml, a copy of the disk (sparse,
+/// reflinked where the file system can; a disk already at `dir/disk.img` is used in
+/// place), efivars, keys; boots it once and installs and starts the bundle's
+/// container as the factory container. On failure everything it created is removed
+/// again and the inputs are untouched.
 pub fn create(o: &CreateOptions) -> Result<Node, Error> {
+    let d = o.dir;
+    let disk = d.join("disk.img");
+    let in_place =
+        disk.exists() && std::fs::canonicalize(&disk).ok() == std::fs::canonicalize(o.disk).ok();
+    let mut ours: Vec<PathBuf> = ["efivars", "state", "keys", crate::node::CONFIG_FILE]
+        .iter()
+        .map(|p| d.join(p))
+        .filter(|p| !p.exists())
+        .collect();
+    if !in_place {
+        ours.push(disk.clone());
+    }
+    let created_dir = !d.exists();
+    create_in(o, in_place).inspect_err(|_| {
+        if created_dir {
+            let _ = std::fs::remove_dir_all(d);
+            return;
+        }
+        for p in &ours {
+            let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+        }
+    })
+}
+
+fn create_in(o: &CreateOptions, in_place: bool) -> Result<Node, Error> {
     let d = o.dir;
     for sub in ["efivars", "state/sim", "keys"] {
         std::fs::create_dir_all(d.join(sub)).map_err(io_err("creating", d.join(sub)))?;
     }
     let disk = d.join("disk.img");
-    if o.disk != disk {
-        std::fs::rename(o.disk, &disk).map_err(io_err("moving the disk image to", &disk))?;
+    if !in_place {
+        qutil::fs::copy_sparse(o.disk, &disk)
+            .map_err(io_err("copying the disk image to", &disk))?;
     }
     let mut keys = vec![];
     for (i, k) in o.keys.iter().enumerate() {
@@ -229,10 +341,7 @@ pub fn create(o: &CreateOptions) -> Result<Node, Error> {
         runtime: RuntimeConfig::Process,
         firmware: o.firmware.clone(),
     };
-    let text = toml::to_string(&config).map_err(|e| Error::Config {
-        path: d.join(crate::node::CONFIG_FILE),
-        reason: e.to_string(),
-    })?;
+    let text = toml::to_string(&config).expect("a node config always serializes");
     let cfg = d.join(crate::node::CONFIG_FILE);
     std::fs::write(&cfg, text).map_err(io_err("writing", &cfg))?;
     let node = Node::load(d)?;
@@ -268,11 +377,12 @@ pub fn create(o: &CreateOptions) -> Result<Node, Error> {
     reader.finish(&NoProgress).map_err(berr)?;
     let (sink, root_hash) = staged.ok_or_else(|| Error::Refused {
         path: o.bundle.to_owned(),
-        reason: "the bundle has no container".into(),
+        reason: crate::error::Refusal::Incomplete("the bundle has no container"),
     })?;
     containers.finish(&version, sink, &root_hash, true)?;
     containers.activate(&version)?;
-    reboot(&node)?;
-    crate::commit::after_boot(&node, &crate::Silent)?;
+    // Power on: the firmware boots, then the boot path starts the container.
+    boot_firmware(&node)?;
+    Agent::new(node.clone(), machine_for(&node)).after_boot(&NoProgress)?;
     Ok(node)
 }

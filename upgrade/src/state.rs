@@ -1,171 +1,466 @@
-//! The persisted upgrade state: one JSON record (`upgrade.json` in the node's state
-//! directory), rewritten atomically (temporary file, fsync, rename, fsync of the
-//! directory) at every transition, and a lock file held by the process running a
-//! prepare or commit. Killing that process at any point leaves the last record
-//! written; the next `qq` command sees the lock free and recovers
-//! ([`crate::prepare::recover`]).
+//! The node's upgrade state as types: a [`Stage`] in which "committing without a
+//! target" or "rebooting without a boot id" cannot be written down, typed steps,
+//! slots and versions. The on-disk [`Record`] is its wire form; `TryFrom<Record>`
+//! refuses a damaged record naming the field, and never panics.
+//!
+//! Also the `qq upgrade_status` report ([`Status`]), computed from the state.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-
+use bootctl::layout::Slot;
+use qimg::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, io_err};
+use crate::error::{Block, Damage};
+pub use crate::wire::{ErrorState, Mode, Phase};
+use crate::wire::{InstalledRecord, LastCommitRecord, RECORD_SCHEMA, Record};
 
-/// Schema id of the persisted record.
-pub const RECORD_SCHEMA: &str = "qq.state/1";
 /// Schema id of `qq upgrade_status`.
 pub const STATUS_SCHEMA: &str = "qq.upgrade_status/1";
 
-/// The upgrade's phase, spelled as `qq upgrade_status` prints it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    /// Nothing in progress.
-    #[default]
-    #[serde(rename = "UPGRADE_IDLE")]
-    Idle,
-    /// Verifying the bundle and writing the slot, container and firmware.
-    #[serde(rename = "UPGRADE_PREPARING")]
-    Preparing,
-    /// Everything staged; waiting for commit.
-    #[serde(rename = "UPGRADE_PREPARED")]
-    Prepared,
-    /// Swapping the container, or rebooting into the new slot.
-    #[serde(rename = "UPGRADE_COMMITTING")]
-    Committing,
-    /// The node runs the new release.
-    #[serde(rename = "UPGRADE_COMMITTED")]
-    Committed,
+/// A release as installed or to be installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    /// Release (container) version.
+    pub version: Version,
+    /// Platform version.
+    pub platform_version: Version,
+    /// The slot its platform runs from.
+    pub slot: Slot,
 }
 
-impl Phase {
-    /// The name `qq upgrade_status` prints.
-    pub fn name(self) -> &'static str {
+/// What an upgrade does, known once prepare has read the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Instant or platform.
+    pub mode: Mode,
+    /// What the node ran when the upgrade began.
+    pub from: Release,
+    /// What it installs.
+    pub to: Release,
+}
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): changes at every boot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BootId(pub String);
+
+impl std::fmt::Display for BootId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a prepare is. Every step after `Verify` has written something that a
+/// failed or interrupted prepare must undo, and carries the plan that says what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrepareStep {
+    /// Checking the signature and the bundle against the node; nothing written.
+    Verify,
+    /// Streaming the bundle into the inactive slot and the container store.
+    Write(Plan),
+    /// Labelling the slot and staging its boot entry.
+    StageEntry(Plan),
+    /// Flashing firmware.
+    Firmware(Plan),
+}
+
+/// Where a commit is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitStep {
+    /// Instant: stopping the old container and starting the new one.
+    Swap,
+    /// Platform: making the new slot's entry boot next.
+    SetNext,
+    /// Platform: the reboot into the new slot was asked for in boot `boot_id`.
+    Reboot {
+        /// The boot the reboot was asked for in.
+        boot_id: BootId,
+    },
+    /// Platform: the new slot failed its health gate; the reboot back into the old
+    /// slot was asked for in boot `boot_id`.
+    Fallback {
+        /// The boot the fallback reboot was asked for in.
+        boot_id: BootId,
+        /// Why the new platform was given up on.
+        reason: String,
+    },
+}
+
+impl CommitStep {
+    /// The boot id a reboot was asked for in, if the step is waiting for one.
+    pub fn boot_id(&self) -> Option<&BootId> {
         match self {
-            Phase::Idle => "UPGRADE_IDLE",
-            Phase::Preparing => "UPGRADE_PREPARING",
-            Phase::Prepared => "UPGRADE_PREPARED",
-            Phase::Committing => "UPGRADE_COMMITTING",
-            Phase::Committed => "UPGRADE_COMMITTED",
+            CommitStep::Reboot { boot_id } | CommitStep::Fallback { boot_id, .. } => Some(boot_id),
+            _ => None,
         }
     }
 }
 
-/// What went wrong last.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorState {
-    /// Nothing.
-    #[default]
-    #[serde(rename = "UPGRADE_ERROR_NO_ERROR")]
-    NoError,
-    /// Prepare failed; the node is as it was.
-    #[serde(rename = "UPGRADE_ERROR_PREPARE_FAILED")]
-    PrepareFailed,
-    /// Commit failed; the node runs the old release.
-    #[serde(rename = "UPGRADE_ERROR_COMMIT_FAILED")]
-    CommitFailed,
-    /// The new platform did not boot healthy; the node fell back to the old slot.
-    #[serde(rename = "UPGRADE_ERROR_ROLLED_BACK")]
-    RolledBack,
+/// The upgrade's stage, with exactly the data each one has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Nothing in progress; `last` is the upgrade that ended last (for the report).
+    Idle {
+        /// The last upgrade's plan, if there was one.
+        last: Option<Plan>,
+    },
+    /// A prepare runs (or was interrupted).
+    Preparing(PrepareStep),
+    /// Everything staged.
+    Prepared(Plan),
+    /// A commit runs, or waits for its reboot.
+    Committing(Plan, CommitStep),
+    /// The node runs the new release.
+    Committed(Plan),
 }
 
-/// Instant (container swap) or platform (reboot into the other slot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Only the container changes.
-    Instant,
-    /// The host image changes: the node reboots into the other slot.
-    Platform,
+impl Default for Stage {
+    fn default() -> Stage {
+        Stage::Idle { last: None }
+    }
 }
 
-/// A release as installed or to be installed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Installed {
-    /// Release (container) version.
-    pub version: String,
-    /// Platform version.
-    pub platform_version: String,
-    /// The slot its platform runs from (`a` or `b`).
-    pub slot: char,
+impl Stage {
+    /// The phase the reference names.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Stage::Idle { .. } => Phase::Idle,
+            Stage::Preparing(_) => Phase::Preparing,
+            Stage::Prepared(_) => Phase::Prepared,
+            Stage::Committing(..) => Phase::Committing,
+            Stage::Committed(_) => Phase::Committed,
+        }
+    }
+
+    /// The plan, when one is known.
+    pub fn plan(&self) -> Option<&Plan> {
+        match self {
+            Stage::Idle { last } => last.as_ref(),
+            Stage::Preparing(PrepareStep::Verify) => None,
+            Stage::Preparing(
+                PrepareStep::Write(p) | PrepareStep::StageEntry(p) | PrepareStep::Firmware(p),
+            )
+            | Stage::Prepared(p)
+            | Stage::Committing(p, _)
+            | Stage::Committed(p) => Some(p),
+        }
+    }
+
+    /// The step's wire name (and crash point suffix), if the stage has steps.
+    pub fn step_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Stage::Preparing(PrepareStep::Verify) => "verify",
+            Stage::Preparing(PrepareStep::Write(_)) => "write",
+            Stage::Preparing(PrepareStep::StageEntry(_)) => "stage-entry",
+            Stage::Preparing(PrepareStep::Firmware(_)) => "firmware",
+            Stage::Committing(_, CommitStep::Swap) => "swap",
+            Stage::Committing(_, CommitStep::SetNext) => "set-next",
+            Stage::Committing(_, CommitStep::Reboot { .. }) => "reboot",
+            Stage::Committing(_, CommitStep::Fallback { .. }) => "fallback",
+            _ => return None,
+        })
+    }
 }
 
-/// The last commit that completed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An upgrade that failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Which kind (never [`ErrorState::NoError`]).
+    pub kind: ErrorState,
+    /// The cause, in words.
+    pub message: String,
+}
+
+/// A block recorded by the last attempt (a settle period).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// Why, in words.
+    pub reason: String,
+    /// Until when (Unix seconds).
+    pub until: Option<u64>,
+}
+
+/// The last completed commit (for settle periods).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastCommit {
     /// When (Unix seconds).
     pub at: u64,
     /// From which release.
-    pub from: String,
+    pub from: Version,
     /// To which release.
-    pub to: String,
+    pub to: Version,
 }
 
-/// The persisted record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// Always [`RECORD_SCHEMA`].
-    pub schema: String,
-    /// The phase.
-    pub state: Phase,
-    /// What went wrong last.
-    pub error_state: ErrorState,
-    /// The cause, in words.
-    pub error_message: String,
-    /// What is happening or happened.
-    pub details: String,
-    /// The bundle being installed.
+/// What the operator asked for with the prepare.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The bundle.
     pub install_path: String,
-    /// Why the last attempt was blocked ("" when it was not).
-    pub blocked_reason: String,
-    /// Until when (Unix seconds) it stays blocked.
-    pub blocked_until: Option<u64>,
-    /// The step within the phase, for recovery.
-    pub step: Option<String>,
-    /// Instant or platform.
-    pub mode: Option<Mode>,
-    /// Rolling reboots requested.
+    /// Rolling reboots at commit.
     pub rolling: bool,
-    /// What the node ran when the upgrade began.
-    pub from: Option<Installed>,
-    /// What it installs.
-    pub to: Option<Installed>,
-    /// The kernel's boot id when the reboot was requested.
-    pub boot_id: Option<String>,
-    /// Why the new platform was given up on (set before the fallback reboot).
-    pub fallback_reason: Option<String>,
+    /// Commit as soon as prepared.
+    pub auto_commit: bool,
+    /// Nodes per batch of a rolling reboot.
+    pub nodes_per_batch: Option<u32>,
+}
+
+/// A node's whole upgrade state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Where the upgrade is.
+    pub stage: Stage,
+    /// What the operator asked for.
+    pub settings: Settings,
+    /// What went wrong last.
+    pub failure: Option<Failure>,
+    /// What is happening or happened, in words.
+    pub details: String,
+    /// Why the last attempt was blocked.
+    pub blocked: Option<Blocked>,
     /// Downtime of the last container swap, in milliseconds.
     pub downtime_ms: Option<u64>,
-    /// The last completed commit (for settle periods).
+    /// The last completed commit.
     pub last_commit: Option<LastCommit>,
-    /// When this record was written (Unix seconds).
+    /// When the record was written (Unix seconds).
     pub updated_at: u64,
 }
 
-impl Default for Record {
-    fn default() -> Record {
+impl NodeState {
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.stage.phase()
+    }
+}
+
+fn release_record(r: &Release) -> InstalledRecord {
+    InstalledRecord {
+        version: r.version.to_string(),
+        platform_version: r.platform_version.to_string(),
+        slot: r.slot.to_string(),
+    }
+}
+
+impl From<&NodeState> for Record {
+    fn from(s: &NodeState) -> Record {
+        let plan = s.stage.plan();
+        let (boot_id, fallback_reason) = match &s.stage {
+            Stage::Committing(_, CommitStep::Reboot { boot_id }) => (Some(boot_id.0.clone()), None),
+            Stage::Committing(_, CommitStep::Fallback { boot_id, reason }) => {
+                (Some(boot_id.0.clone()), Some(reason.clone()))
+            }
+            _ => (None, None),
+        };
         Record {
             schema: RECORD_SCHEMA.into(),
-            state: Phase::Idle,
-            error_state: ErrorState::NoError,
-            error_message: String::new(),
-            details: String::new(),
-            install_path: String::new(),
-            blocked_reason: String::new(),
-            blocked_until: None,
-            step: None,
-            mode: None,
-            rolling: false,
-            from: None,
-            to: None,
-            boot_id: None,
-            fallback_reason: None,
-            downtime_ms: None,
-            last_commit: None,
-            updated_at: 0,
+            state: s.stage.phase(),
+            error_state: s.failure.as_ref().map_or(ErrorState::NoError, |f| f.kind),
+            error_message: s
+                .failure
+                .as_ref()
+                .map_or(String::new(), |f| f.message.clone()),
+            details: s.details.clone(),
+            install_path: s.settings.install_path.clone(),
+            blocked_reason: s
+                .blocked
+                .as_ref()
+                .map_or(String::new(), |b| b.reason.clone()),
+            blocked_until: s.blocked.as_ref().and_then(|b| b.until),
+            step: s.stage.step_name().map(str::to_owned),
+            mode: plan.map(|p| p.mode),
+            rolling: s.settings.rolling,
+            auto_commit: s.settings.auto_commit,
+            nodes_per_batch: s.settings.nodes_per_batch,
+            from: plan.map(|p| release_record(&p.from)),
+            to: plan.map(|p| release_record(&p.to)),
+            boot_id,
+            fallback_reason,
+            downtime_ms: s.downtime_ms,
+            last_commit: s.last_commit.as_ref().map(|l| LastCommitRecord {
+                at: l.at,
+                from: l.from.to_string(),
+                to: l.to.to_string(),
+            }),
+            updated_at: s.updated_at,
         }
+    }
+}
+
+/// A damaged field: its name and what is wrong.
+pub type FieldError = (&'static str, Damage);
+
+fn version(field: &'static str, s: &str) -> Result<Version, FieldError> {
+    s.parse()
+        .map_err(|e: qimg::Error| (field, Damage::Invalid(e.to_string())))
+}
+
+fn release(r: &InstalledRecord, fields: [&'static str; 3]) -> Result<Release, FieldError> {
+    Ok(Release {
+        version: version(fields[0], &r.version)?,
+        platform_version: version(fields[1], &r.platform_version)?,
+        slot: r
+            .slot
+            .parse()
+            .map_err(|e: bootctl::layout::BadSlot| (fields[2], Damage::Invalid(e.to_string())))?,
+    })
+}
+
+impl TryFrom<Record> for NodeState {
+    type Error = FieldError;
+
+    /// Checks every field against the state it is in: what the state needs is
+    /// there, what it forbids is absent, every value parses.
+    fn try_from(r: Record) -> Result<NodeState, FieldError> {
+        if r.schema != RECORD_SCHEMA {
+            return Err((
+                "schema",
+                Damage::Invalid(format!("{:?}, expected {RECORD_SCHEMA:?}", r.schema)),
+            ));
+        }
+        let phase = r.state;
+        let missing = |f: &'static str| (f, Damage::Missing(phase));
+        let unexpected = |f: &'static str| (f, Damage::Unexpected(phase));
+        let plan = || -> Result<Option<Plan>, FieldError> {
+            match (&r.mode, &r.from, &r.to) {
+                (None, None, None) => Ok(None),
+                (Some(mode), Some(from), Some(to)) => {
+                    let from = release(
+                        &from.clone(),
+                        ["from.version", "from.platform_version", "from.slot"],
+                    )?;
+                    let to = release(
+                        &to.clone(),
+                        ["to.version", "to.platform_version", "to.slot"],
+                    )?;
+                    if *mode == Mode::Platform && from.slot == to.slot {
+                        return Err((
+                            "to.slot",
+                            Damage::Invalid(format!(
+                                "a platform upgrade cannot install into the running slot {}",
+                                from.slot
+                            )),
+                        ));
+                    }
+                    Ok(Some(Plan {
+                        mode: *mode,
+                        from,
+                        to,
+                    }))
+                }
+                (None, _, _) => Err(missing("mode")),
+                (_, None, _) => Err(missing("from")),
+                (_, _, None) => Err(missing("to")),
+            }
+        };
+        let need_plan =
+            || plan()?.ok_or_else(|| missing(if r.mode.is_none() { "mode" } else { "from" }));
+        let no_step = || r.step.as_ref().map_or(Ok(()), |_| Err(unexpected("step")));
+        let step = || r.step.as_deref().ok_or_else(|| missing("step"));
+        let stage = match phase {
+            Phase::Idle => {
+                no_step()?;
+                Stage::Idle { last: plan()? }
+            }
+            Phase::Prepared => {
+                no_step()?;
+                Stage::Prepared(need_plan()?)
+            }
+            Phase::Committed => {
+                no_step()?;
+                Stage::Committed(need_plan()?)
+            }
+            Phase::Preparing => Stage::Preparing(match step()? {
+                "verify" => PrepareStep::Verify,
+                "write" => PrepareStep::Write(need_plan()?),
+                "stage-entry" => PrepareStep::StageEntry(need_plan()?),
+                "firmware" => PrepareStep::Firmware(need_plan()?),
+                other => {
+                    return Err((
+                        "step",
+                        Damage::Invalid(format!("{other:?} is not a prepare step")),
+                    ));
+                }
+            }),
+            Phase::Committing => {
+                let p = need_plan()?;
+                let boot_id = || {
+                    r.boot_id
+                        .clone()
+                        .filter(|b| !b.is_empty())
+                        .map(BootId)
+                        .ok_or_else(|| missing("boot_id"))
+                };
+                let s = match (step()?, p.mode) {
+                    ("swap", Mode::Instant) => CommitStep::Swap,
+                    ("set-next", Mode::Platform) => CommitStep::SetNext,
+                    ("reboot", Mode::Platform) => CommitStep::Reboot {
+                        boot_id: boot_id()?,
+                    },
+                    ("fallback", Mode::Platform) => CommitStep::Fallback {
+                        boot_id: boot_id()?,
+                        reason: r
+                            .fallback_reason
+                            .clone()
+                            .ok_or_else(|| missing("fallback_reason"))?,
+                    },
+                    (s @ ("swap" | "set-next" | "reboot" | "fallback"), m) => {
+                        return Err((
+                            "step",
+                            Damage::Invalid(format!("{s:?} is not a step of a {m} commit")),
+                        ));
+                    }
+                    (other, _) => {
+                        return Err((
+                            "step",
+                            Damage::Invalid(format!("{other:?} is not a commit step")),
+                        ));
+                    }
+                };
+                Stage::Committing(p, s)
+            }
+        };
+        let failure = match (r.error_state, r.error_message.is_empty()) {
+            (ErrorState::NoError, true) => None,
+            (ErrorState::NoError, false) => {
+                return Err((
+                    "error_message",
+                    Damage::Invalid("set while error_state is UPGRADE_ERROR_NO_ERROR".into()),
+                ));
+            }
+            (kind, _) => Some(Failure {
+                kind,
+                message: r.error_message.clone(),
+            }),
+        };
+        let blocked = match (r.blocked_reason.is_empty(), r.blocked_until) {
+            (true, None) => None,
+            (true, Some(_)) => return Err(missing("blocked_reason")),
+            (false, until) => Some(Blocked {
+                reason: r.blocked_reason.clone(),
+                until,
+            }),
+        };
+        let last_commit = match &r.last_commit {
+            None => None,
+            Some(l) => Some(LastCommit {
+                at: l.at,
+                from: version("last_commit.from", &l.from)?,
+                to: version("last_commit.to", &l.to)?,
+            }),
+        };
+        Ok(NodeState {
+            stage,
+            settings: Settings {
+                install_path: r.install_path,
+                rolling: r.rolling,
+                auto_commit: r.auto_commit,
+                nodes_per_batch: r.nodes_per_batch,
+            },
+            failure,
+            details: r.details,
+            blocked,
+            downtime_ms: r.downtime_ms,
+            last_commit,
+            updated_at: r.updated_at,
+        })
     }
 }
 
@@ -202,145 +497,23 @@ pub struct Status {
     pub step: Option<String>,
 }
 
-/// The state directory: the record and the lock.
-#[derive(Clone, Debug)]
-pub struct Store {
-    dir: PathBuf,
-}
-
-/// Holds the upgrade lock while alive.
-#[derive(Debug)]
-pub struct Lock {
-    _file: File,
-}
-
-impl Store {
-    /// The store in `dir` (created if missing).
-    pub fn open(dir: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir).map_err(io_err("creating state directory", dir))?;
-        Ok(Store {
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// The state directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.join("upgrade.json")
-    }
-
-    /// The record (a fresh one when none was written yet).
-    pub fn load(&self) -> Result<Record, Error> {
-        let p = self.path();
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::StateDamaged {
-                path: p,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
-            Err(e) => Err(Error::Io {
-                what: "reading",
-                path: p,
-                source: e,
-            }),
-        }
-    }
-
-    /// Writes `r` atomically. A crash point named `state:<STATE>` (and
-    /// `step:<step>` when the step is set) follows every write, for tests.
-    pub fn put(&self, r: &mut Record) -> Result<(), Error> {
-        r.updated_at = crate::now();
-        let mut bytes = serde_json::to_vec_pretty(r).expect("serializable");
-        bytes.push(b'\n');
-        write_atomic(&self.path(), &bytes)?;
-        bootctl::crashpoint::reached(&format!("state:{}", r.state.name()));
-        if let Some(step) = &r.step {
-            bootctl::crashpoint::reached(&format!("step:{step}"));
-        }
-        Ok(())
-    }
-
-    fn lock_file(&self) -> Result<(File, PathBuf), Error> {
-        let p = self.dir.join("lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
-            .map_err(io_err("opening", &p))?;
-        Ok((f, p))
-    }
-
-    fn holder_reason(p: &Path) -> String {
-        let holder = std::fs::read_to_string(p).unwrap_or_default();
-        match holder.trim() {
-            "" => "another upgrade operation is running".into(),
-            pid => format!("another upgrade operation is running (pid {pid})"),
-        }
-    }
-
-    /// Takes the upgrade lock (an open-file-description lock on `lock`, released
-    /// when the process ends however it ends), or says who holds it.
-    pub fn lock(&self) -> Result<Lock, Error> {
-        let (mut f, p) = self.lock_file()?;
-        let mut fl = whole_file(libc::F_WRLCK);
-        // SAFETY: fcntl on a descriptor we own with a valid flock struct.
-        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) } != 0 {
-            return Err(Error::Blocked {
-                reason: Store::holder_reason(&p),
-            });
-        }
-        f.set_len(0).map_err(io_err("writing", &p))?;
-        write!(f, "{}", std::process::id()).map_err(io_err("writing", &p))?;
-        Ok(Lock { _file: f })
-    }
-
-    /// Who holds the lock, if anyone. Only tests the lock (F_OFD_GETLK), so it
-    /// never gets in the way of a process taking it.
-    pub fn lock_holder(&self) -> Option<String> {
-        let (f, p) = self.lock_file().ok()?;
-        let mut fl = whole_file(libc::F_WRLCK);
-        // SAFETY: as in `lock`.
-        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
-            return None;
-        }
-        (i32::from(fl.l_type) != libc::F_UNLCK).then(|| Store::holder_reason(&p))
-    }
-
-    /// The `qq upgrade_status` report.
-    pub fn status(&self) -> Result<Status, Error> {
-        let r = self.load()?;
-        Ok(status_of(&r, self.lock_holder(), crate::now()))
-    }
-}
-
-fn whole_file(kind: i32) -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl
-}
-
-/// The report for record `r`, with the lock holder (if any) and the time now.
-pub fn status_of(r: &Record, lock_holder: Option<String>, now: u64) -> Status {
-    let settle = r
-        .blocked_until
-        .filter(|&t| t > now)
-        .map(|_| r.blocked_reason.clone());
+/// The report for state `s`, with the lock holder (if any) and the time now.
+pub fn status_of(s: &NodeState, lock_holder: Option<Block>, now: u64) -> Status {
+    let settle = s
+        .blocked
+        .as_ref()
+        .filter(|b| b.until.is_some_and(|t| t > now))
+        .map(|b| b.reason.clone());
     // A record in the middle of an operation with nobody holding the lock: say so.
-    let mut details = r.details.clone();
+    let mut details = s.details.clone();
     if lock_holder.is_none() {
-        match (r.state, r.step.as_deref()) {
-            (Phase::Preparing, _) | (Phase::Committing, Some("swap" | "set-next")) => details
-                .push_str(
+        match &s.stage {
+            Stage::Preparing(_) | Stage::Committing(_, CommitStep::Swap | CommitStep::SetNext) => {
+                details.push_str(
                     " (interrupted: no qq process runs it; the next `qq upgrade_cluster` command recovers)",
-                ),
-            (Phase::Committing, Some("reboot" | "fallback")) => {
+                )
+            }
+            Stage::Committing(_, CommitStep::Reboot { .. } | CommitStep::Fallback { .. }) => {
                 details.push_str(" (waiting for the reboot; `qq boot_check` finishes it)")
             }
             _ => {}
@@ -348,190 +521,30 @@ pub fn status_of(r: &Record, lock_holder: Option<String>, now: u64) -> Status {
     }
     // A running prepare or commit is what the state describes, not a block.
     let lock_holder =
-        lock_holder.filter(|_| !matches!(r.state, Phase::Preparing | Phase::Committing));
+        lock_holder.filter(|_| !matches!(s.phase(), Phase::Preparing | Phase::Committing));
     let (is_blocked, blocked_reason) = match (lock_holder, settle) {
-        (Some(h), _) => (true, h),
-        (None, Some(s)) => (true, s),
+        (Some(h), _) => (true, h.to_string()),
+        (None, Some(r)) => (true, r),
         (None, None) => (false, String::new()),
     };
+    let r = Record::from(s);
     Status {
-        install_path: r.install_path.clone(),
+        install_path: r.install_path,
         state: r.state,
         details,
-        error_message: r.error_message.clone(),
+        error_message: r.error_message,
         error_state: r.error_state,
         is_blocked,
         blocked_reason,
         schema: STATUS_SCHEMA.into(),
         mode: r.mode,
         rolling: r.rolling,
-        from_version: r.from.as_ref().map(|i| i.version.clone()),
-        to_version: r.to.as_ref().map(|i| i.version.clone()),
+        from_version: r.from.map(|i| i.version),
+        to_version: r.to.map(|i| i.version),
         downtime_ms: r.downtime_ms,
-        step: r.step.clone(),
+        step: r.step,
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
-/// fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temporary file in", dir))?;
-    tmp.write_all(bytes)
-        .map_err(io_err("writing", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("syncing", tmp.path()))?;
-    tmp.persist(path)
-        .map_err(|e| io_err("renaming into", path)(e.error))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_has_the_reference_fields_in_order() {
-        let r = Record {
-            install_path: "/upgrade/qinstall.qimg".into(),
-            state: Phase::Preparing,
-            ..Record::default()
-        };
-        let s = status_of(&r, None, 0);
-        let text = serde_json::to_string_pretty(&s).unwrap();
-        let keys: Vec<String> = serde_json::from_str::<serde_json::Value>(&text)
-            .unwrap()
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        // serde_json's map is sorted; check names and the textual order separately.
-        for k in [
-            "install_path",
-            "state",
-            "details",
-            "error_message",
-            "error_state",
-            "is_blocked",
-            "blocked_reason",
-        ] {
-            assert!(keys.contains(&k.to_string()), "{k}");
-        }
-        let order: Vec<usize> = [
-            "\"install_path\"",
-            "\"state\"",
-            "\"details\"",
-            "\"error_message\"",
-            "\"error_state\"",
-            "\"is_blocked\"",
-            "\"blocked_reason\"",
-        ]
-        .iter()
-        .map(|k| text.find(k).unwrap())
-        .collect();
-        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
-        let back: Status = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, s);
-        assert!(text.contains("\"state\": \"UPGRADE_PREPARING\""));
-        assert!(text.contains("\"error_state\": \"UPGRADE_ERROR_NO_ERROR\""));
-    }
-
-    #[test]
-    fn blocked_by_the_lock_or_until_a_time() {
-        let r = Record {
-            blocked_until: Some(100),
-            blocked_reason: "settle".into(),
-            ..Record::default()
-        };
-        assert!(status_of(&r, None, 99).is_blocked);
-        assert_eq!(status_of(&r, None, 99).blocked_reason, "settle");
-        assert!(!status_of(&r, None, 100).is_blocked);
-        let s = status_of(&r, Some("pid 7".into()), 200);
-        assert!(s.is_blocked && s.blocked_reason == "pid 7");
-    }
-
-    fn phase() -> impl proptest::strategy::Strategy<Value = Phase> {
-        proptest::sample::select(vec![
-            Phase::Idle,
-            Phase::Preparing,
-            Phase::Prepared,
-            Phase::Committing,
-            Phase::Committed,
-        ])
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_record_round_trips_and_reports_its_fields(
-            state in phase(),
-            err in proptest::sample::select(vec![
-                ErrorState::NoError,
-                ErrorState::PrepareFailed,
-                ErrorState::CommitFailed,
-                ErrorState::RolledBack,
-            ]),
-            text in ".{0,40}",
-            until in proptest::option::of(0u64..2000),
-            now in 0u64..2000,
-            platform in proptest::bool::ANY,
-            downtime in proptest::option::of(0u64..100_000),
-        ) {
-            let r = Record {
-                state,
-                error_state: err,
-                error_message: text.clone(),
-                details: text.clone(),
-                install_path: text.clone(),
-                blocked_reason: text.clone(),
-                blocked_until: until,
-                step: Some(text.clone()),
-                mode: Some(if platform { Mode::Platform } else { Mode::Instant }),
-                from: Some(Installed { version: text.clone(), platform_version: "1".into(), slot: 'a' }),
-                downtime_ms: downtime,
-                last_commit: Some(LastCommit { at: now, from: text.clone(), to: text }),
-                ..Record::default()
-            };
-            let bytes = serde_json::to_vec(&r).unwrap();
-            proptest::prop_assert_eq!(&serde_json::from_slice::<Record>(&bytes).unwrap(), &r);
-            let s = status_of(&r, None, now);
-            proptest::prop_assert_eq!(s.state, state);
-            proptest::prop_assert_eq!(s.error_state, err);
-            proptest::prop_assert_eq!(s.is_blocked, until.is_some_and(|t| t > now));
-            let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
-            proptest::prop_assert_eq!(back, s);
-        }
-    }
-
-    #[test]
-    fn records_round_trip_and_the_lock_is_exclusive() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
-        assert_eq!(s.load().unwrap(), Record::default());
-        let mut r = Record {
-            state: Phase::Prepared,
-            mode: Some(Mode::Platform),
-            ..Record::default()
-        };
-        s.put(&mut r).unwrap();
-        assert_eq!(s.load().unwrap(), r);
-        let held = s.lock().unwrap();
-        assert!(matches!(s.lock(), Err(Error::Blocked { .. })));
-        assert!(
-            s.lock_holder()
-                .unwrap()
-                .contains(&std::process::id().to_string())
-        );
-        drop(held);
-        assert!(s.lock_holder().is_none());
-        std::fs::write(d.path().join("upgrade.json"), b"{").unwrap();
-        assert!(matches!(s.load(), Err(Error::StateDamaged { .. })));
-    }
-}
+mod tests;

@@ -32,7 +32,7 @@ fn instant_upgrade_swaps_the_container_and_touches_no_slot() {
         disk,
         "an instant upgrade writes nothing to the disk"
     );
-    assert_eq!(n.running().version.as_deref(), Some("7.0.1"));
+    assert_eq!(n.version().as_deref(), Some("7.0.1"));
     assert_eq!(s, n.status());
 }
 
@@ -57,7 +57,7 @@ fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesse
     // Prepared: slot A and its entry untouched, B written and labelled, its UKI
     // staged where the loader does not look; the loader would still boot A.
     assert_eq!(n.slot_bytes(Slot::A), slot_a);
-    assert_eq!(n.node.slot_label(Slot::B).unwrap(), "qimg-demo_7.1");
+    assert_eq!(n.slot_label(Slot::B), "qimg-demo_7.1");
     assert_eq!(
         n.entries(),
         vec![
@@ -65,10 +65,11 @@ fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesse
             "qimg-demo-b-7.1.efi.staged".to_string()
         ]
     );
-    let mut esp = n.node.esp().unwrap();
-    let (found, sel) = bootctl::entries::next(esp.as_mut(), PRODUCT, &Default::default()).unwrap();
+    let mut io = n.node.open().unwrap();
+    let (found, sel) =
+        bootctl::entries::next(io.esp.as_mut(), PRODUCT, &Default::default()).unwrap();
     assert_eq!(found[sel.chosen.unwrap()].entry.file, "qimg-demo-a-7.0.efi");
-    drop(esp);
+    drop(io);
     assert_eq!(
         n.container().as_deref(),
         Some("7.0.0"),
@@ -81,8 +82,14 @@ fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesse
     assert_eq!(s["state"], "UPGRADE_COMMITTED", "{s}");
     assert_eq!(s["error_state"], "UPGRADE_ERROR_NO_ERROR");
     let r = n.running();
-    assert_eq!((r.slot, r.platform_version.as_str()), (Slot::B, "7.1"));
-    assert_eq!(r.version.as_deref(), Some("7.1.0"));
+    assert_eq!(
+        (r.slot, r.platform_version.to_string().as_str()),
+        (Slot::B, "7.1")
+    );
+    assert_eq!(
+        r.version.as_ref().map(ToString::to_string).as_deref(),
+        Some("7.1.0")
+    );
     assert_eq!(n.container().as_deref(), Some("7.1.0"));
     // Blessed (uncounted) B, and A kept as the fallback.
     assert_eq!(
@@ -110,7 +117,13 @@ fn a_platform_that_panics_falls_back_after_its_tries() {
         "{s}"
     );
     let r = n.running();
-    assert_eq!((r.slot, r.version.as_deref()), (Slot::A, Some("7.0.0")));
+    assert_eq!(
+        (
+            r.slot,
+            r.version.as_ref().map(ToString::to_string).as_deref()
+        ),
+        (Slot::A, Some("7.0.0"))
+    );
     assert_eq!(n.container().as_deref(), Some("7.0.0"));
     assert_eq!(n.slot_bytes(Slot::A), slot_a);
     assert_eq!(
@@ -161,7 +174,7 @@ fn an_unhealthy_container_is_rolled_back_to_the_old_one() {
         "{msg}"
     );
     assert_eq!(n.container().as_deref(), Some("7.0.0"));
-    assert_eq!(n.running().version.as_deref(), Some("7.0.0"));
+    assert_eq!(n.version().as_deref(), Some("7.0.0"));
 }
 
 #[test]
@@ -177,7 +190,10 @@ fn consecutive_platform_upgrades_alternate_slots_and_keep_one_fallback() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&o)["state"], "UPGRADE_COMMITTED");
     let r = n.running();
-    assert_eq!((r.slot, r.platform_version.as_str()), (Slot::A, "7.2"));
+    assert_eq!(
+        (r.slot, r.platform_version.to_string().as_str()),
+        (Slot::A, "7.2")
+    );
     assert_eq!(n.container().as_deref(), Some("7.2.0"));
     assert_eq!(
         n.slot_bytes(Slot::B),
@@ -191,7 +207,7 @@ fn consecutive_platform_upgrades_alternate_slots_and_keep_one_fallback() {
             "qimg-demo-b-7.1.efi".to_string()
         ]
     );
-    assert_eq!(n.node.slot_label(Slot::A).unwrap(), "qimg-demo_7.2");
+    assert_eq!(n.slot_label(Slot::A), "qimg-demo_7.2");
     // Containers: the active one and the one before it; older ones were pruned.
     let mut kept: Vec<String> = std::fs::read_dir(n.node.config.state.join("containers"))
         .unwrap()

@@ -190,7 +190,7 @@ pub fn have_boot_files() -> bool {
         assert_eq!(
             std::env::var("QIMG_SKIP_TOOL_TESTS").as_deref(),
             Ok("1"),
-            "systemd-boot-efi is missing ({} / {}); `cargo xtask deps` installs it, QIMG_SKIP_TOOL_TESTS=1 skips",
+            "systemd-boot-efi is missing ({} / {}); `cargo xtask ci` installs it, QIMG_SKIP_TOOL_TESTS=1 skips",
             tests::STUB,
             SYSTEMD_BOOT
         );
@@ -205,6 +205,16 @@ pub struct SimNode {
 }
 
 impl SimNode {
+    /// The node's agent (on its simulated machine).
+    pub fn agent(&self) -> upgrade::Agent {
+        upgrade::Agent::new(self.node.clone(), upgrade::sim::machine_for(&self.node))
+    }
+
+    /// A slot's partition label.
+    pub fn slot_label(&self, slot: bootctl::layout::Slot) -> String {
+        self.node.open().unwrap().slot_label(slot).unwrap()
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -256,14 +266,19 @@ impl SimNode {
     }
 
     pub fn entries(&self) -> Vec<String> {
-        let mut esp = self.node.esp().unwrap();
-        let mut v = esp.list(bootctl::entries::LINUX_DIR).unwrap();
+        let mut io = self.node.open().unwrap();
+        let mut v = io.esp.list(bootctl::entries::LINUX_DIR).unwrap();
         v.sort();
         v
     }
 
     pub fn running(&self) -> upgrade::node::Running {
-        self.node.running().unwrap()
+        self.node.running(&mut self.node.open().unwrap()).unwrap()
+    }
+
+    /// The installed release (the active container), as text.
+    pub fn version(&self) -> Option<String> {
+        self.running().version.map(|v| v.to_string())
     }
 
     pub fn container(&self) -> Option<String> {

@@ -13,7 +13,11 @@ pub const ENV: &str = "QIMG_PAUSE_AT";
 /// (so a test can deliver a signal, e.g. Ctrl-C, at an exact step).
 pub const SECS_ENV: &str = "QIMG_PAUSE_SECS";
 
-/// Stops here if `QIMG_PAUSE_AT` names this point: forever, or for
+/// How long a process waits at its crash point to be killed before it gives up.
+pub const MAX_PAUSE_SECS: u64 = 600;
+
+/// Stops here if `QIMG_PAUSE_AT` names this point: until killed (at most
+/// [`MAX_PAUSE_SECS`], then the process exits with status 3), or for
 /// `QIMG_PAUSE_SECS` seconds.
 pub fn reached(name: &str) {
     if std::env::var(ENV).as_deref() == Ok(name) {
@@ -23,9 +27,11 @@ pub fn reached(name: &str) {
             .and_then(|s| s.parse::<f64>().ok());
         match secs {
             Some(s) => std::thread::sleep(std::time::Duration::from_secs_f64(s)),
-            None => loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            },
+            None => {
+                std::thread::sleep(std::time::Duration::from_secs(MAX_PAUSE_SECS));
+                eprintln!("qimg: nobody killed me at {name} within {MAX_PAUSE_SECS} s; exiting");
+                std::process::exit(3);
+            }
         }
     }
 }

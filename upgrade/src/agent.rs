@@ -1,0 +1,383 @@
+//! The engine's one public face: an [`Agent`] per node. `qq`, the REST agent and the
+//! cluster coordinator all call it; the binaries are glue.
+//!
+//! Every operation takes the node's lock, loads the typed state, brings a state left
+//! by a dead process to rest ([`crate::recovery`]), opens the disk and ESP once, and
+//! records each transition before the work it announces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use qimg::Progress;
+
+use crate::commit::{self, CommitOutcome};
+use crate::container::{Runtime, runtime};
+use crate::error::{Error, Op, chain, io_err};
+use crate::machine::Machine;
+use crate::node::{Node, Opened};
+use crate::recovery::{Recovery, recovery};
+use crate::state::{
+    ErrorState, Failure, NodeState, Phase, PrepareStep, Settings, Stage, Status, status_of,
+};
+use crate::store::{Lock, Store};
+use crate::{Cancel, prepare};
+
+/// What an operator asks a prepare for (the REST API's prepare body).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrepareRequest {
+    /// The bundle.
+    pub path: PathBuf,
+    /// Commit as soon as prepared.
+    pub auto_commit: bool,
+    /// Rolling reboots at commit.
+    pub rolling: bool,
+    /// Nodes per batch of a rolling reboot (`None`: the cluster decides).
+    pub nodes_per_batch: Option<u32>,
+}
+
+impl PrepareRequest {
+    /// A prepare of `path` with nothing else asked for.
+    pub fn new(path: impl Into<PathBuf>) -> PrepareRequest {
+        PrepareRequest {
+            path: path.into(),
+            auto_commit: false,
+            rolling: false,
+            nodes_per_batch: None,
+        }
+    }
+}
+
+/// One node's upgrade engine.
+pub struct Agent {
+    node: Node,
+    machine: Box<dyn Machine>,
+    runtime: Box<dyn Runtime>,
+}
+
+/// The limit a `--no-monitor` start waits for the background process to record its
+/// first state.
+pub const DETACH_LIMIT: Duration = Duration::from_secs(10);
+
+impl Agent {
+    /// The agent of `node` on `machine`; the container runtime comes from its config.
+    pub fn new(node: Node, machine: Box<dyn Machine>) -> Agent {
+        let runtime = runtime(&node.config.runtime, &node.config.state.join("run"));
+        Agent {
+            node,
+            machine,
+            runtime,
+        }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &dyn Machine {
+        self.machine.as_ref()
+    }
+
+    /// The container runtime.
+    pub fn runtime(&self) -> &dyn Runtime {
+        self.runtime.as_ref()
+    }
+
+    fn store(&self) -> Result<Store, Error> {
+        self.node.store()
+    }
+
+    fn cx<'a>(&'a self, store: &'a Store, obs: &'a dyn Progress) -> commit::Ctx<'a> {
+        commit::Ctx {
+            node: &self.node,
+            store,
+            machine: self.machine(),
+            runtime: self.runtime(),
+            obs,
+        }
+    }
+
+    /// The typed state.
+    pub fn state(&self) -> Result<NodeState, Error> {
+        self.store()?.load()
+    }
+
+    /// The `qq upgrade_status` report.
+    pub fn status(&self) -> Result<Status, Error> {
+        let store = self.store()?;
+        let st = store.load()?;
+        Ok(status_of(&st, store.lock_holder(), crate::now()))
+    }
+
+    /// What the last commit came to, `None` while it runs or waits for its reboot.
+    pub fn outcome(&self) -> Result<Option<CommitOutcome>, Error> {
+        Ok(CommitOutcome::of(&self.state()?))
+    }
+
+    fn rebooted(&self, st: &NodeState) -> Result<bool, Error> {
+        Ok(match &st.stage {
+            Stage::Committing(_, s) => match s.boot_id() {
+                Some(b) => *b != self.machine.boot_id()?,
+                None => false,
+            },
+            _ => false,
+        })
+    }
+
+    /// Takes the lock, loads the state and carries out its recovery, except for the
+    /// steps of a platform commit that only a commit or a boot continues (returned).
+    fn begin(&self, obs: &dyn Progress) -> Result<(Lock, Store, NodeState, Recovery), Error> {
+        let store = self.store()?;
+        let lock = store.lock()?;
+        let mut st = store.load()?;
+        let r = recovery(&st.stage, self.rebooted(&st)?);
+        let rest = match r {
+            Recovery::AbandonPrepare { step, undo } => {
+                let reset = match &undo {
+                    Some(plan) => prepare::cleanup(&self.node, &mut self.node.open()?, plan)?,
+                    None => None,
+                };
+                st.stage = Stage::Idle { last: undo };
+                st.failure = Some(Failure {
+                    kind: ErrorState::PrepareFailed,
+                    message: format!(
+                        "prepare was interrupted during step {step:?} (the process ended){}; run prepare again",
+                        reset.map_or(String::new(), |s| format!("; slot {s} was reset to _empty"))
+                    ),
+                });
+                st.details = "cleaned up an interrupted prepare".into();
+                store.put(&mut st)?;
+                Recovery::Nothing
+            }
+            Recovery::FinishSwap(plan) => {
+                commit::finish_instant(&self.cx(&store, obs), &mut st, &plan)?;
+                Recovery::Nothing
+            }
+            Recovery::CheckBoot(plan) => {
+                let mut io = self.node.open()?;
+                commit::check_boot(&self.cx(&store, obs), &mut st, &plan, &mut io)?;
+                // A fallback reboot was asked for by check_boot itself.
+                Recovery::Nothing
+            }
+            other => other,
+        };
+        Ok((lock, store, st, rest))
+    }
+
+    /// Prepares an upgrade: verifies the bundle, writes the inactive slot, stages the
+    /// container and flashes firmware. Returns the state in `UPGRADE_PREPARED`; on
+    /// failure the state records `UPGRADE_ERROR_PREPARE_FAILED` with the cause (not
+    /// for a block or a cancel), everything written is undone, and the error is
+    /// returned.
+    pub fn prepare(
+        &self,
+        req: &PrepareRequest,
+        obs: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<NodeState, Error> {
+        let (_lock, store, st, rest) = self.begin(obs)?;
+        let mut io = self.node.open()?;
+        match (&st.stage, rest) {
+            (Stage::Idle { .. } | Stage::Committed(_), _) => {}
+            (Stage::Prepared(plan), _) => {
+                // A new prepare replaces the prepared one (as a second `rauc install`).
+                obs.step("discarding the previously prepared upgrade");
+                prepare::cleanup(&self.node, &mut io, plan)?;
+            }
+            (s, _) => {
+                return Err(Error::WrongState {
+                    op: Op::Prepare,
+                    state: s.phase(),
+                    hint: "a commit is in progress: run `qq upgrade_cluster commit` to finish it",
+                });
+            }
+        }
+        let mut st = NodeState {
+            stage: Stage::Preparing(PrepareStep::Verify),
+            settings: Settings {
+                install_path: req.path.display().to_string(),
+                rolling: req.rolling,
+                auto_commit: req.auto_commit,
+                nodes_per_batch: req.nodes_per_batch,
+            },
+            details: "verifying the bundle".into(),
+            last_commit: st.last_commit,
+            ..NodeState::default()
+        };
+        store.put(&mut st)?;
+        let result = prepare::run(&self.node, &store, &mut st, &mut io, &req.path, obs, cancel);
+        let Err(e) = result else {
+            store.put(&mut st)?;
+            return Ok(st);
+        };
+        let undo = match &st.stage {
+            Stage::Preparing(
+                PrepareStep::Write(p) | PrepareStep::StageEntry(p) | PrepareStep::Firmware(p),
+            ) => Some(p.clone()),
+            _ => None,
+        };
+        let note = match &undo {
+            Some(plan) => match prepare::cleanup(&self.node, &mut io, plan) {
+                Ok(Some(slot)) => format!("; slot {slot} reset to _empty"),
+                Ok(None) => String::new(),
+                Err(c) => format!("; cleaning up failed too: {}", chain(&c)),
+            },
+            None => String::new(),
+        };
+        st.stage = Stage::Idle { last: undo };
+        match &e {
+            Error::Blocked(_) => {} // the block is recorded by prepare::run
+            Error::Cancelled => st.details = format!("prepare cancelled{note}"),
+            _ => {
+                st.failure = Some(Failure {
+                    kind: ErrorState::PrepareFailed,
+                    message: chain(&e),
+                });
+                st.details = format!("prepare failed{note}");
+            }
+        }
+        store.put(&mut st)?;
+        Err(e)
+    }
+
+    /// Commits the prepared upgrade (or continues an interrupted commit). Returns
+    /// how it ended: committed, rebooting (a platform upgrade: the boot path
+    /// decides), rolled back or failed.
+    pub fn commit(&self, obs: &dyn Progress) -> Result<CommitOutcome, Error> {
+        let was = self.state()?;
+        let (_lock, store, mut st, rest) = self.begin(obs)?;
+        if was.phase() == Phase::Committing && rest == Recovery::Nothing {
+            // Recovery finished the interrupted commit: that is this commit's outcome.
+            if let Some(o) = CommitOutcome::of(&st) {
+                return Ok(o);
+            }
+        }
+        match (st.stage.clone(), rest) {
+            (_, Recovery::AwaitReboot) => {
+                // The reboot was asked for and has not happened: ask again.
+                obs.step("asking the machine to reboot again");
+                self.machine.reboot()?;
+                Ok(CommitOutcome::of(&st).expect("a state awaiting a reboot has a boot id"))
+            }
+            (Stage::Committing(plan, _), Recovery::SetNextAgain(_))
+            | (Stage::Prepared(plan), _)
+                if plan.mode == crate::state::Mode::Platform =>
+            {
+                let mut io = self.node.open()?;
+                commit::set_next_and_reboot(&self.cx(&store, obs), &mut st, &plan, &mut io)
+            }
+            (Stage::Prepared(plan), _) => {
+                st.stage = Stage::Committing(plan.clone(), crate::state::CommitStep::Swap);
+                st.details = "swapping the container".into();
+                store.put(&mut st)?;
+                commit::finish_instant(&self.cx(&store, obs), &mut st, &plan)
+            }
+            (s, _) => Err(Error::WrongState {
+                op: Op::Commit,
+                state: s.phase(),
+                hint: "nothing is prepared: run `qq upgrade_cluster prepare --path BUNDLE`",
+            }),
+        }
+    }
+
+    /// Prepares, then commits when the request asks for it (`auto_commit`).
+    pub fn upgrade(
+        &self,
+        req: &PrepareRequest,
+        obs: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<Option<CommitOutcome>, Error> {
+        self.prepare(req, obs, cancel)?;
+        if !req.auto_commit {
+            return Ok(None);
+        }
+        self.commit(obs).map(Some)
+    }
+
+    /// Discards a prepared upgrade: the slot back to `_empty`, the staged entry and
+    /// container gone, the state idle. Refused while a prepare or commit runs.
+    pub fn cancel(&self, obs: &dyn Progress) -> Result<NodeState, Error> {
+        let (_lock, store, mut st, _) = self.begin(obs)?;
+        match st.stage.clone() {
+            Stage::Prepared(plan) => {
+                obs.step("discarding the prepared upgrade");
+                let reset = prepare::cleanup(&self.node, &mut self.node.open()?, &plan)?;
+                st.stage = Stage::Idle { last: Some(plan) };
+                st.details = format!(
+                    "prepared upgrade discarded{}",
+                    reset.map_or(String::new(), |s| format!("; slot {s} reset to _empty"))
+                );
+                store.put(&mut st)?;
+                Ok(st)
+            }
+            s => Err(Error::WrongState {
+                op: Op::Cancel,
+                state: s.phase(),
+                hint: "only a prepared upgrade can be discarded; a commit cannot be cancelled",
+            }),
+        }
+    }
+
+    /// After a boot (`qq boot_check`, run by a unit at every boot): finishes a
+    /// platform commit (health gate, bless or fall back), or on an ordinary boot makes
+    /// sure the active container runs. Returns the commit's outcome when this boot
+    /// decided one.
+    pub fn after_boot(&self, obs: &dyn Progress) -> Result<Option<CommitOutcome>, Error> {
+        let before = self.state()?;
+        let decided = self.rebooted(&before)?;
+        let (_lock, _store, st, _) = self.begin(obs)?;
+        if st.phase() != Phase::Committing {
+            commit::ensure_running(&self.node, self.runtime())?;
+        }
+        Ok(if decided {
+            CommitOutcome::of(&st)
+        } else {
+            None
+        })
+    }
+
+    /// Opens the node's disk and ESP (for callers that inspect them).
+    pub fn open(&self) -> Result<Opened, Error> {
+        self.node.open()
+    }
+
+    /// Starts `cmd` (a process that runs this agent's operation, e.g. `qq … --detached`)
+    /// in its own session, its output in `qq.log` in the state directory, and
+    /// returns once it has recorded its first state or ended, at most
+    /// [`DETACH_LIMIT`]. It outlives the caller and its terminal.
+    pub fn detach(&self, mut cmd: Command) -> Result<(Child, PathBuf), Error> {
+        use std::os::unix::process::CommandExt;
+        let store = self.store()?;
+        let log = store.dir().join("qq.log");
+        let f = std::fs::File::create(&log).map_err(io_err("creating", &log))?;
+        let f2 = f.try_clone().map_err(io_err("opening", &log))?;
+        cmd.stdin(std::process::Stdio::null()).stdout(f2).stderr(f);
+        // SAFETY: setsid is async-signal-safe; the child leaves our session so a
+        // terminal's Ctrl-C never reaches it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let record = store.path();
+        let before = std::fs::read(&record).ok();
+        let mut child = cmd.spawn().map_err(io_err(
+            "starting the background upgrade",
+            Path::new(cmd.get_program()),
+        ))?;
+        let deadline = Instant::now() + DETACH_LIMIT;
+        while std::fs::read(&record).ok() == before
+            && child
+                .try_wait()
+                .map_err(io_err("waiting for", &log))?
+                .is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok((child, log))
+    }
+}

@@ -1,0 +1,105 @@
+//! The machine a node's engine runs on: its boot id, its reboot, its platform
+//! health. Beside [`crate::container::Runtime`] (what runs the container), this is
+//! the engine's other seam: a real node ([`LocalMachine`]) and a simulated one
+//! (`crate::sim::SimMachine`) answer the same calls with the same meaning, so code
+//! tested against simulated nodes runs the production protocol. `reboot` returns
+//! once the reboot was asked for; the boot path then runs
+//! [`crate::agent::Agent::after_boot`] (`qq boot_check` from a unit on a real node).
+
+use std::process::Command;
+
+use bootctl::layout::Slot;
+
+use crate::error::{Error, Unhealthy, io_err};
+use crate::node::Node;
+use crate::state::BootId;
+
+/// A node's machine.
+pub trait Machine: Send + Sync {
+    /// The current boot's id: it changes at every boot.
+    fn boot_id(&self) -> Result<BootId, Error>;
+    /// Asks for a reboot and returns; the node goes down some time later.
+    fn reboot(&self) -> Result<(), Error>;
+    /// The platform health gate for the booted `slot`.
+    fn platform_health(&self, slot: Slot) -> Result<(), Unhealthy>;
+}
+
+/// A real node: the kernel's boot id, the configured reboot and health commands.
+#[derive(Clone, Debug)]
+pub struct LocalMachine {
+    boot_id: std::path::PathBuf,
+    reboot: Vec<String>,
+    health: Option<Vec<String>>,
+}
+
+impl LocalMachine {
+    /// The machine `node.toml` describes.
+    pub fn new(node: &Node) -> LocalMachine {
+        LocalMachine {
+            boot_id: node.config.boot_id.clone(),
+            reboot: node.config.reboot.clone(),
+            health: node.config.platform_health.clone(),
+        }
+    }
+}
+
+/// Reads a boot id file (`/proc/sys/kernel/random/boot_id` on a real node).
+pub fn read_boot_id(path: &std::path::Path) -> Result<BootId, Error> {
+    Ok(BootId(
+        std::fs::read_to_string(path)
+            .map_err(io_err("reading boot id", path))?
+            .trim()
+            .to_owned(),
+    ))
+}
+
+impl Machine for LocalMachine {
+    fn boot_id(&self) -> Result<BootId, Error> {
+        read_boot_id(&self.boot_id)
+    }
+
+    fn reboot(&self) -> Result<(), Error> {
+        let command = self.reboot.join(" ");
+        let (cmd, args) = self.reboot.split_first().ok_or_else(|| Error::Reboot {
+            command: command.clone(),
+            source: std::io::Error::other("empty command"),
+        })?;
+        let status = Command::new(cmd)
+            .args(args)
+            .status()
+            .map_err(|source| Error::Reboot {
+                command: command.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(Error::Reboot {
+                command,
+                source: std::io::Error::other(format!("exited with {status}")),
+            });
+        }
+        Ok(())
+    }
+
+    fn platform_health(&self, _slot: Slot) -> Result<(), Unhealthy> {
+        let Some(cmd) = &self.health else {
+            return Ok(());
+        };
+        let (c, args) = cmd
+            .split_first()
+            .ok_or_else(|| Unhealthy("empty platform_health command".into()))?;
+        let o = Command::new(c)
+            .args(args)
+            .output()
+            .map_err(|e| Unhealthy(format!("running {c}: {e}")))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(Unhealthy(format!(
+                "{} exited with {}: {}",
+                cmd.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stdout).trim()
+            )))
+        }
+    }
+}
