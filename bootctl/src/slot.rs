@@ -98,11 +98,7 @@ fn relabel<D: DiskDevice>(
 
 /// Checks that `image` fits `slot` and may go there, then marks the slot `_empty`.
 /// Returns where to write.
-pub fn begin<D: DiskDevice>(
-    dev: &mut D,
-    slot: Slot,
-    image: &SlotImage,
-) -> Result<SlotParts, Error> {
+fn begin<D: DiskDevice>(dev: &mut D, slot: Slot, image: &SlotImage) -> Result<SlotParts, Error> {
     let t = table::read(dev)?;
     let p = parts(&t, slot)?;
     slot_label(&image.product, &image.version).map_err(|reason| Error::BadTable { reason })?;
@@ -147,48 +143,87 @@ pub fn clear<D: DiskDevice>(dev: &mut D, slot: Slot) -> Result<Table, Error> {
     relabel(dev, p, EMPTY, None)
 }
 
-/// Receives the image's bytes in order and writes the data area into the root
-/// partition and the hash area into the verity partition, never outside them.
-pub struct SlotSink<'d, D> {
+/// The one way an image gets into a slot (imagebuild's disk and install-slot, the
+/// upgrade engine's prepare, `write`): [`SlotWriter::begin`] checks that the image
+/// fits and may go there and marks the slot `_empty`; the image's bytes are then
+/// pushed in order (`Write`): the data area goes into the root partition and the hash
+/// area into the verity partition, never outside them; [`SlotWriter::finish`], once
+/// the caller has verified what it pushed, checks the size and labels the slot with
+/// its version and DPS UUIDs. Dropped unfinished, the slot stays `_empty`.
+pub struct SlotWriter<'d, D> {
     dev: &'d mut D,
     parts: SlotParts,
-    hash_offset: u64,
-    size: u64,
+    image: SlotImage,
+    slot: Slot,
     pos: u64,
     sparse: bool,
 }
 
-impl<'d, D: Write + Seek> SlotSink<'d, D> {
-    /// A sink for `image` into `parts` (from [`begin`]). With `sparse`, all-zero 4 KiB
+impl<'d, D: DiskDevice> SlotWriter<'d, D> {
+    /// Starts writing `image` into `slot` of `dev`. With `sparse`, all-zero 4 KiB
     /// blocks are skipped: only for partitions known to hold zeros (a fresh image).
-    pub fn new(dev: &'d mut D, parts: SlotParts, image: &SlotImage, sparse: bool) -> Self {
-        SlotSink {
+    pub fn begin(
+        dev: &'d mut D,
+        slot: Slot,
+        image: &SlotImage,
+        sparse: bool,
+    ) -> Result<SlotWriter<'d, D>, Error> {
+        let parts = begin(dev, slot, image)?;
+        Ok(SlotWriter {
             dev,
             parts,
-            hash_offset: image.hash_offset,
-            size: image.size,
+            image: image.clone(),
+            slot,
             pos: 0,
             sparse,
+        })
+    }
+
+    /// Where the image goes.
+    pub fn parts(&self) -> SlotParts {
+        self.parts
+    }
+
+    /// After the caller verified the bytes it pushed: checks that the whole image
+    /// arrived, flushes, and labels the slot (version, DPS UUIDs).
+    pub fn finish(self) -> Result<Table, Error> {
+        let slot = self.slot;
+        if self.pos != self.image.size {
+            return Err(Error::Device {
+                what: format!("writing slot {slot}"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the image ended after {} of {} bytes",
+                        self.pos, self.image.size
+                    ),
+                ),
+            });
         }
+        self.dev.flush().map_err(|source| Error::Device {
+            what: format!("flushing slot {slot}"),
+            source,
+        })?;
+        commit(self.dev, self.parts, &self.image)
     }
 }
 
-impl<D: Write + Seek> Write for SlotSink<'_, D> {
+impl<D: Write + Seek> Write for SlotWriter<'_, D> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.pos >= self.size && !buf.is_empty() {
+        if self.pos >= self.image.size && !buf.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::WriteZero,
                 "more data than the image size",
             ));
         }
         // Stay within the current area.
-        let (area_start, area_end, part_start) = if self.pos < self.hash_offset {
-            (0, self.hash_offset, self.parts.root.1)
+        let (area_start, area_end, part_start) = if self.pos < self.image.hash_offset {
+            (0, self.image.hash_offset, self.parts.root.1)
         } else {
-            (self.hash_offset, self.size, self.parts.verity.1)
+            (self.image.hash_offset, self.image.size, self.parts.verity.1)
         };
         let n = (buf.len() as u64).min(area_end - self.pos) as usize;
-        if self.pos < self.size / 2 && self.pos + n as u64 >= self.size / 2 {
+        if self.pos < self.image.size / 2 && self.pos + n as u64 >= self.image.size / 2 {
             crate::crashpoint::reached("slot-write");
         }
         let at = part_start + (self.pos - area_start);
@@ -212,11 +247,7 @@ impl<D: Write + Seek> Write for SlotSink<'_, D> {
 
 /// After the image was written and verified: the slot's partitions get the version
 /// label and the DPS UUIDs derived from the root hash.
-pub fn commit<D: DiskDevice>(
-    dev: &mut D,
-    parts: SlotParts,
-    image: &SlotImage,
-) -> Result<Table, Error> {
+fn commit<D: DiskDevice>(dev: &mut D, parts: SlotParts, image: &SlotImage) -> Result<Table, Error> {
     let label =
         slot_label(&image.product, &image.version).map_err(|reason| Error::BadTable { reason })?;
     relabel(
@@ -227,7 +258,7 @@ pub fn commit<D: DiskDevice>(
     )
 }
 
-/// Writes `image` (read from `src`) into `slot`: [`begin`], copy, [`commit`]. The
+/// Writes `image` (read from `src`) into `slot` through a [`SlotWriter`]. The
 /// caller has removed the slot's boot entries.
 pub fn write<D: DiskDevice, R: Read>(
     dev: &mut D,
@@ -236,25 +267,10 @@ pub fn write<D: DiskDevice, R: Read>(
     src: &mut R,
     sparse: bool,
 ) -> Result<Table, Error> {
-    let p = begin(dev, slot, image)?;
-    let mut sink = SlotSink::new(&mut *dev, p, image, sparse);
-    let copied =
-        std::io::copy(&mut src.take(image.size), &mut sink).map_err(|source| Error::Device {
-            what: format!("writing slot {slot:?}"),
-            source,
-        })?;
-    sink.flush().map_err(|source| Error::Device {
-        what: format!("flushing slot {slot:?}"),
+    let mut w = SlotWriter::begin(dev, slot, image, sparse)?;
+    std::io::copy(&mut src.take(image.size), &mut w).map_err(|source| Error::Device {
+        what: format!("writing slot {slot}"),
         source,
     })?;
-    if copied != image.size {
-        return Err(Error::Device {
-            what: format!("writing slot {slot:?}"),
-            source: std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("the image ended after {copied} of {} bytes", image.size),
-            ),
-        });
-    }
-    commit(dev, p, image)
+    w.finish()
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use bootctl::entries;
 use bootctl::esp::{self, Esp, ImageEsp};
 use bootctl::layout::{LayoutSpec, MIB, Slot, derive_uuid};
-use bootctl::slot::{self, SlotImage, SlotSink};
+use bootctl::slot::{self, SlotImage, SlotWriter};
 use bootctl::table;
 use qimg::{BundleReader, ComponentKind, Progress, Target, TrustedKeys, VerityInfo};
 
@@ -104,7 +104,7 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
     };
     let systemd_boot = std::fs::read(o.systemd_boot).map_err(input(o.systemd_boot))?;
     let file = BufReader::with_capacity(1 << 20, File::open(o.bundle).map_err(input(o.bundle))?);
-    let mut reader = match o.keys {
+    let reader = match o.keys {
         Some(keys) => {
             BundleReader::open_verified(file, keys)
                 .map_err(bundle_err)?
@@ -174,25 +174,16 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
 
     // Stream the bundle once: the platform root into slot A, the UKI into memory;
     // other components are verified and left for the node.
-    let parts = slot::begin(&mut dev, Slot::A, &image).map_err(boot)?;
-    let mut uki = Vec::new();
-    for c in &m.components {
-        o.cancel.check()?;
-        let got = match &c.kind {
-            ComponentKind::PlatformRoot { .. } => {
-                let mut sink = SlotSink::new(&mut dev, parts, &image, true);
-                reader.next_component(&mut sink, o.progress)
-            }
-            ComponentKind::BootUki => reader.next_component(&mut uki, o.progress),
-            _ => reader.next_component(std::io::sink(), o.progress),
-        };
-        got.map_err(bundle_err)?;
-    }
-    reader.finish(o.progress).map_err(bundle_err)?;
-    if uki.is_empty() {
-        return Err(Error::Usage("the bundle has no boot-uki".into()));
-    }
-    let t = slot::commit(&mut dev, parts, &image).map_err(boot)?;
+    let (t, uki) = stream_platform(
+        reader,
+        SlotWriter::begin(&mut dev, Slot::A, &image, true).map_err(boot)?,
+        o.progress,
+        o.cancel,
+    )
+    .map_err(|e| match e {
+        StreamError::Bundle(source) => bundle_err(source),
+        StreamError::Other(e) => e,
+    })?;
 
     let esp_dev = OpenOptions::new()
         .read(true)
@@ -265,7 +256,7 @@ pub fn install_slot(
             source,
         })?,
     );
-    let mut reader = match keys {
+    let reader = match keys {
         Some(k) => BundleReader::open_verified(file, k).map_err(bundle_err)?.0,
         None => BundleReader::open(file).map_err(bundle_err)?,
     };
@@ -281,37 +272,63 @@ pub fn install_slot(
     };
     let mut dev = open()?;
     let t = table::read(&mut dev).map_err(boot)?;
-    let (_, esp_part) = *t
-        .of_type(bootctl::layout::ESP_TYPE)
-        .first()
+    let (esp_start, esp_len) = t
+        .esp_range()
         .ok_or_else(|| Error::Usage("the image has no ESP".into()))?;
-    let (esp_start, esp_len) = (
-        esp_part.first_lba * 512,
-        (esp_part.last_lba - esp_part.first_lba + 1) * 512,
-    );
     {
         let mut esp = ImageEsp::open(open()?, esp_start, esp_len).map_err(boot)?;
         entries::remove_slot_entries(&mut esp, &m.release.product, slot).map_err(boot)?;
     }
-    let parts = slot::begin(&mut dev, slot, &img).map_err(boot)?;
-    let mut uki = Vec::new();
-    for c in &m.components {
-        let got = match &c.kind {
-            ComponentKind::PlatformRoot { .. } => {
-                let mut sink = SlotSink::new(&mut dev, parts, &img, false);
-                reader.next_component(&mut sink, progress)
-            }
-            ComponentKind::BootUki => reader.next_component(&mut uki, progress),
-            _ => reader.next_component(std::io::sink(), progress),
-        };
-        got.map_err(bundle_err)?;
-    }
-    reader.finish(progress).map_err(bundle_err)?;
-    slot::commit(&mut dev, parts, &img).map_err(boot)?;
+    let (_, uki) = stream_platform(
+        reader,
+        SlotWriter::begin(&mut dev, slot, &img, false).map_err(boot)?,
+        progress,
+        &Cancel::new(),
+    )
+    .map_err(|e| match e {
+        StreamError::Bundle(source) => bundle_err(source),
+        StreamError::Other(e) => e,
+    })?;
     dev.sync_all().map_err(out_err)?;
     let mut esp = ImageEsp::open(open()?, esp_start, esp_len).map_err(boot)?;
     let entry = entries::install(&mut esp, &m.release.product, slot, &version, &uki, tries)
         .map_err(boot)?;
     esp.flush().map_err(boot)?;
     Ok(entry)
+}
+
+enum StreamError {
+    Bundle(qimg::Error),
+    Other(Error),
+}
+
+/// Streams a bundle's components once: the platform root into `slot` (the one slot
+/// writer every install path uses), the UKI into memory, everything else verified
+/// and dropped; then the end of the bundle is checked and only then is the slot
+/// labelled. Returns the table after labelling and the UKI.
+fn stream_platform<R: std::io::BufRead>(
+    mut reader: BundleReader<R>,
+    mut slot: SlotWriter<'_, File>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(bootctl::table::Table, Vec<u8>), StreamError> {
+    let m = reader.manifest().clone();
+    let mut uki = Vec::new();
+    for c in &m.components {
+        cancel.check().map_err(|c| StreamError::Other(c.into()))?;
+        match &c.kind {
+            ComponentKind::PlatformRoot { .. } => reader.next_component(&mut slot, progress),
+            ComponentKind::BootUki => reader.next_component(&mut uki, progress),
+            _ => reader.next_component(std::io::sink(), progress),
+        }
+        .map_err(StreamError::Bundle)?;
+    }
+    reader.finish(progress).map_err(StreamError::Bundle)?;
+    if uki.is_empty() {
+        return Err(StreamError::Other(Error::Usage(
+            "the bundle has no boot-uki".into(),
+        )));
+    }
+    let t = slot.finish().map_err(|e| StreamError::Other(boot(e)))?;
+    Ok((t, uki))
 }

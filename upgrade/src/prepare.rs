@@ -16,7 +16,7 @@ use std::path::Path;
 
 use bootctl::entries;
 use bootctl::layout::Slot;
-use bootctl::slot::{self, SlotImage, SlotSink};
+use bootctl::slot::{SlotImage, SlotWriter};
 use firmware::flash::{FlashOptions, Outcome, Payload, Quiet};
 use firmware::plan::{Action, PlanItem, PlanOptions};
 use firmware::prepare::{BackendSpec, Backends, NodeConfig as DeviceConfig};
@@ -168,13 +168,13 @@ pub(crate) fn run(
     st.stage = Stage::Preparing(PrepareStep::Write(plan.clone()));
     store.put(st)?;
     let containers = node.containers();
-    let parts = match &image {
+    let mut slot_writer = match &image {
         Some(img) => {
             obs.step(&format!("writing slot {to_slot}"));
             entries::remove_slot_entries(io.esp.as_mut(), &product, to_slot)
                 .map_err(boot_err("removing the inactive slot's entries"))?;
             Some(
-                slot::begin(&mut io.disk, to_slot, img)
+                SlotWriter::begin(&mut io.disk, to_slot, img, false)
                     .map_err(boot_err(format!("preparing slot {to_slot}")))?,
             )
         }
@@ -186,20 +186,13 @@ pub(crate) fn run(
     let mut payloads = vec![];
     for c in &m.components {
         cancel.check()?;
-        let got = match (&c.kind, parts, &image) {
-            (ComponentKind::PlatformRoot { .. }, Some(p), Some(img)) => {
+        let got = match (&c.kind, slot_writer.as_mut()) {
+            (ComponentKind::PlatformRoot { .. }, Some(w)) => {
                 obs.step(&format!("writing slot {to_slot} (verified as it streams)"));
-                let sink = SlotSink::new(&mut io.disk, p, img, false);
-                reader.next_component(
-                    CancelWriter {
-                        inner: sink,
-                        cancel,
-                    },
-                    obs,
-                )
+                reader.next_component(CancelWriter { inner: w, cancel }, obs)
             }
-            (ComponentKind::BootUki, Some(_), _) => reader.next_component(&mut uki, obs),
-            (ComponentKind::Container { verity, .. }, _, _) => {
+            (ComponentKind::BootUki, Some(_)) => reader.next_component(&mut uki, obs),
+            (ComponentKind::Container { verity, .. }, _) => {
                 obs.step("staging the container");
                 let mut sink = containers.begin(&version, verity.hash_offset)?;
                 let got = reader.next_component(
@@ -212,7 +205,7 @@ pub(crate) fn run(
                 staging = Some(sink);
                 got
             }
-            (ComponentKind::Firmware(info), _, _) if fw.is_some() => {
+            (ComponentKind::Firmware(info), _) if fw.is_some() => {
                 let mut bytes = Vec::with_capacity(c.size as usize);
                 let got = reader.next_component(&mut bytes, obs);
                 payloads.push(Payload {
@@ -235,8 +228,8 @@ pub(crate) fn run(
 
     st.stage = Stage::Preparing(PrepareStep::StageEntry(plan.clone()));
     store.put(st)?;
-    if let (Some(p), Some(img)) = (parts, &image) {
-        slot::commit(&mut io.disk, p, img)
+    if let (Some(w), Some(img)) = (slot_writer, &image) {
+        w.finish()
             .map_err(boot_err(format!("labelling slot {to_slot}")))?;
         io.sync()?;
         entries::stage(io.esp.as_mut(), &product, to_slot, &img.version, &uki)
@@ -370,6 +363,6 @@ pub fn cleanup(node: &Node, io: &mut Opened, plan: &Plan) -> Result<Option<Slot>
     let slot = plan.to.slot;
     entries::remove_slot_entries(io.esp.as_mut(), &io.product, slot)
         .map_err(boot_err("removing the slot's entries"))?;
-    slot::clear(&mut io.disk, slot).map_err(boot_err(format!("clearing slot {slot}")))?;
+    bootctl::slot::clear(&mut io.disk, slot).map_err(boot_err(format!("clearing slot {slot}")))?;
     Ok(Some(slot))
 }
