@@ -193,12 +193,12 @@ pub fn uuids_from_root_hash(root_hash: &[u8; 32]) -> (Uuid, Uuid) {
 }
 
 /// The label of a slot holding `version` of `product`.
-pub fn slot_label(product: &str, version: &str) -> Result<String, String> {
+pub fn slot_label(product: &str, version: &str) -> Result<String, crate::Error> {
     let label = format!("{product}_{version}");
     if label.encode_utf16().count() > MAX_NAME {
-        return Err(format!(
-            "partition name {label:?} is longer than {MAX_NAME} characters"
-        ));
+        return Err(crate::Error::Layout {
+            reason: format!("partition name {label:?} is longer than {MAX_NAME} characters"),
+        });
     }
     Ok(label)
 }
@@ -219,11 +219,16 @@ const ARRAY_SECTORS: u64 = 128 * 128 / SECTOR;
 impl LayoutSpec {
     /// Plans a fresh disk of `disk_bytes`. The data partition takes what is left,
     /// aligned down to 1 MiB.
-    pub fn plan(&self, disk_bytes: u64) -> Result<Plan, String> {
+    pub fn plan(&self, disk_bytes: u64) -> Result<Plan, crate::Error> {
+        self.plan_checked(disk_bytes)
+            .map_err(|reason| crate::Error::Layout { reason })
+    }
+
+    fn plan_checked(&self, disk_bytes: u64) -> Result<Plan, String> {
         if self.esp_mib < 32 || self.root_mib == 0 || self.verity_mib == 0 {
             return Err("the ESP needs at least 32 MiB (FAT32) and slots a non-zero size".into());
         }
-        slot_label(&self.product, "0")?;
+        slot_label(&self.product, "0").map_err(|e| e.to_string())?;
         let sectors = disk_bytes / SECTOR;
         // Last usable LBA: before the backup array and header.
         let last_usable = sectors

@@ -109,4 +109,28 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A disk layout or slot label cannot be made from the given sizes or names.
+    #[error("layout: {reason}")]
+    Layout {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A stable identifier of the kind of error, for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Device { .. } => "device",
+            Error::Esp { .. } => "esp",
+            Error::EspFull { .. } => "esp-full",
+            Error::BadPath { .. } => "bad-path",
+            Error::SlotTooSmall { .. } => "slot-too-small",
+            Error::NoEntry { .. } => "no-entry",
+            Error::File { .. } => "file",
+            Error::NotUki { .. } => "not-uki",
+            Error::BadTable { .. } => "bad-table",
+            Error::Layout { .. } => "layout",
+        }
+    }
 }

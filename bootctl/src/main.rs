@@ -4,8 +4,8 @@
 //! image file. Exit codes: 0 success; 1 a negative answer (no fallback, a slot that
 //! cannot boot next); 2 an error.
 
+use qutil::cli::out;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,8 +46,11 @@ enum Command {
     Status,
     /// Bless the booted entry (or ENTRY): drop its counter, keep one fallback, remove stale entries.
     MarkGood {
-        /// Entry file name (default: the booted entry).
+        /// Entry file name (default: the booted entry; offline, what would boot next).
         entry: Option<String>,
+        /// Bless an entry that has never been tried (no boot counted yet).
+        #[arg(long)]
+        force: bool,
     },
     /// Mark the booted entry (or ENTRY) bad: no tries left.
     MarkBad {
@@ -69,14 +72,6 @@ enum Command {
         /// The UKI.
         file: PathBuf,
     },
-}
-
-/// Writes to stdout; a closed pipe is not an error.
-fn out(text: &str) -> Result<()> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing stdout"),
-        _ => Ok(()),
-    }
 }
 
 /// The ESP, the slot labels and the loader variables the command works with.
@@ -214,13 +209,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let vars = t.vars.as_ref();
     let result = match &cli.command {
         Command::Status => status::status(t.esp.as_mut(), &product, t.labels.clone(), vars),
-        Command::MarkGood { entry } => {
+        Command::MarkGood { entry, force } => {
             let e = status::target_entry(t.esp.as_mut(), &product, entry.as_deref(), vars)?;
-            if bootctl::counter::EntryName::parse(&e, ".efi")
-                .and_then(|n| n.counter)
-                .is_none()
-            {
+            let counter = bootctl::counter::EntryName::parse(&e, ".efi").and_then(|n| n.counter);
+            if counter.is_none() {
                 eprintln!("qbootctl: {e} is already good");
+            } else if counter.is_some_and(|c| c.done == 0) && !force {
+                // Blessing removes boot counting: an entry that never booted would lose
+                // the fallback that protects the node if it cannot.
+                let why = if vars.is_none() && entry.is_none() {
+                    " (offline, mark-good picks what the loader would boot next, not what booted)"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "qbootctl: refusing to bless {e}: it has never been tried (0 boots counted){why}; \
+                     blessing it would end its boot counting and its fallback. Boot it first, \
+                     or pass --force"
+                );
+                return Ok(ExitCode::from(1));
             } else {
                 let new = entries::bless(t.esp.as_mut(), &product, &e)?;
                 eprintln!("qbootctl: blessed {e} as {new}");
@@ -254,11 +261,5 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("qbootctl: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    qutil::cli::main("qbootctl", || run(Cli::parse()))
 }

@@ -101,7 +101,7 @@ fn relabel<D: DiskDevice>(
 fn begin<D: DiskDevice>(dev: &mut D, slot: Slot, image: &SlotImage) -> Result<SlotParts, Error> {
     let t = table::read(dev)?;
     let p = parts(&t, slot)?;
-    slot_label(&image.product, &image.version).map_err(|reason| Error::BadTable { reason })?;
+    slot_label(&image.product, &image.version)?;
     let hash_len =
         image
             .size
@@ -248,8 +248,7 @@ impl<D: Write + Seek> Write for SlotWriter<'_, D> {
 /// After the image was written and verified: the slot's partitions get the version
 /// label and the DPS UUIDs derived from the root hash.
 fn commit<D: DiskDevice>(dev: &mut D, parts: SlotParts, image: &SlotImage) -> Result<Table, Error> {
-    let label =
-        slot_label(&image.product, &image.version).map_err(|reason| Error::BadTable { reason })?;
+    let label = slot_label(&image.product, &image.version)?;
     relabel(
         dev,
         parts,

@@ -41,8 +41,8 @@ pub fn layout_record(esp: &mut dyn Esp) -> Result<LayoutRecord, Error> {
 /// One slot in a status report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotReport {
-    /// `a` or `b`.
-    pub slot: char,
+    /// The slot.
+    pub slot: Slot,
     /// The root partition's label (`<product>_<version>` or `_empty`), when the disk is known.
     pub label: Option<String>,
     /// The slot's boot entry, if any.
@@ -57,7 +57,7 @@ pub struct SlotReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pick {
     /// Slot, if the entry belongs to one.
-    pub slot: Option<char>,
+    pub slot: Option<Slot>,
     /// Entry file.
     pub entry: String,
     /// How this was determined or why it was chosen.
@@ -113,7 +113,7 @@ pub fn status(
     let (found, sel) = entries::next(esp, product, &efi)?;
     let conf = entries::loader_conf(esp)?;
     let pick = |e: &SlotEntry, reason: String| Pick {
-        slot: e.slot.map(Slot::letter),
+        slot: e.slot,
         entry: e.entry.file.clone(),
         reason,
     };
@@ -125,7 +125,7 @@ pub fn status(
             let slot = found
                 .iter()
                 .find(|e| e.entry.file.eq_ignore_ascii_case(&file))
-                .and_then(|e| e.slot.map(Slot::letter));
+                .and_then(|e| e.slot);
             Pick {
                 slot,
                 entry: file,
@@ -147,7 +147,7 @@ pub fn status(
             .find(|e| e.slot == Some(slot));
         let state = e.map(|e| EntryState::of(e.entry.counter));
         slots.push(SlotReport {
-            slot: slot.letter(),
+            slot,
             label: labels.as_ref().map(|l| l[i].clone()),
             entry: e.map(|e| e.entry.file.clone()),
             reason: matches!(state, Some(EntryState::Bad { .. })).then(|| "tries exhausted".into()),
@@ -208,7 +208,7 @@ pub fn rollback(
     let next = s.next.clone().ok_or_else(|| Error::NoEntry {
         reason: "no entries".into(),
     })?;
-    let other = next.slot.map(|c| if c == 'a' { 'b' } else { 'a' });
+    let other = next.slot.map(Slot::other);
     let fallback = s.slots.iter().find(|r| {
         Some(r.slot) == other
             && matches!(r.state, Some(EntryState::Good | EntryState::Trying { .. }))

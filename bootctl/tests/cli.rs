@@ -135,7 +135,7 @@ mod slots {
             String::from_utf8_lossy(&out.stderr)
         );
         let s = status(&["--image", &img]);
-        assert_eq!(s.next.as_ref().unwrap().slot, Some('a'));
+        assert_eq!(s.next.as_ref().unwrap().slot, Some(Slot::A));
         assert_eq!(s.slots[1].state, Some(EntryState::Bad { done: 0 }));
         assert_eq!(s.slots[1].reason.as_deref(), Some("tries exhausted"));
         let before = std::fs::read(&img).unwrap();
@@ -166,8 +166,27 @@ mod slots {
             "a refused set-next changed the image"
         );
 
-        // mark-good blesses what would boot (offline), keeps A as the fallback.
-        assert!(qbootctl(&["--image", &img, "mark-good"]).status.success());
+        // mark-good refuses an entry that was never tried (B is +2-0): nothing changes.
+        let before = std::fs::read(&img).unwrap();
+        let out = qbootctl(&["--image", &img, "mark-good"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refusing to bless qimg-demo-b-2.0+2-0.efi: it has never been tried")
+                && err.contains("what the loader would boot next")
+                && err.contains("--force"),
+            "{err}"
+        );
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "a refused mark-good changed the image"
+        );
+        // Forced, it blesses what would boot (offline) and keeps A as the fallback.
+        assert!(
+            qbootctl(&["--image", &img, "mark-good", "--force"])
+                .status
+                .success()
+        );
         let s = status(&["--image", &img]);
         assert_eq!(s.slots[1].entry.as_deref(), Some("qimg-demo-b-2.0.efi"));
         assert_eq!(s.slots[1].state, Some(EntryState::Good));
@@ -215,7 +234,7 @@ mod slots {
         let booted = s.booted.unwrap();
         assert_eq!(
             (booted.entry.as_str(), booted.slot),
-            ("qimg-demo-b-2.0+2-1.efi", Some('b'))
+            ("qimg-demo-b-2.0+2-1.efi", Some(Slot::B))
         );
         let mut a = live.to_vec();
         a.push("mark-good");
@@ -233,7 +252,7 @@ mod slots {
             Some("qimg-demo-a-1.0+3-0.efi")
         );
         let s = status(&live);
-        assert_eq!(s.next.unwrap().slot, Some('a'));
+        assert_eq!(s.next.unwrap().slot, Some(Slot::A));
     }
 }
 

@@ -40,7 +40,7 @@ pub enum Error {
         code: Option<String>,
     },
     /// Reading the image failed.
-    #[error("image {path}: {source}")]
+    #[error("reading image {path}")]
     Image {
         /// The image.
         path: PathBuf,
@@ -49,8 +49,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Building the cloud disk image from a bundle failed.
-    #[error("building the cloud disk image: {0}")]
-    Build(String),
+    #[error("building the cloud disk image")]
+    Build(#[source] imagebuild::Error),
     /// A wait gave up.
     #[error("gave up waiting after {seconds} s for {what} (last state: {last})")]
     WaitTimeout {
@@ -141,20 +141,6 @@ pub fn fail_point(point: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// How long-running work reports progress; the CLI renders it.
-pub trait Progress: Send + Sync {
-    /// The upload begins: `blocks` candidate blocks.
-    fn upload_begin(&self, blocks: u64);
-    /// One block was handled (`sent` bytes went over the wire; 0 for a zero block).
-    fn block_done(&self, sent: u64);
-    /// A step begins.
-    fn step(&self, text: &str);
-}
-
-/// No progress.
-pub struct Quiet;
-impl Progress for Quiet {
-    fn upload_begin(&self, _: u64) {}
-    fn block_done(&self, _: u64) {}
-    fn step(&self, _: &str) {}
-}
+/// How long-running work reports progress (byte tasks and step lines): the one
+/// trait every crate uses; the CLI renders it with `qutil::cli::Bars`.
+pub use qutil::progress::Progress;

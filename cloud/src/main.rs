@@ -12,18 +12,15 @@
 //! config files, container and instance roles). Exit codes: 0 published everywhere,
 //! 1 published but some regions failed (the output file says which), 2 an error.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cloud::AwsOptions;
 use cloud::ami::Permission;
 use cloud::publish::{PublishOptions, Published, identity, publish};
-use cloud::{AwsOptions, Progress};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
 #[command(name = "qcloud", version, about = "Publish cloud disk images as AMIs")]
@@ -112,47 +109,8 @@ struct PublishArgs {
     imds_v2: bool,
 }
 
-struct Bar {
-    bar: ProgressBar,
-    bytes: AtomicU64,
-}
-
-impl Progress for Bar {
-    fn upload_begin(&self, blocks: u64) {
-        self.bar.set_length(blocks);
-        self.bar.set_position(0);
-        self.bar.set_style(
-            ProgressStyle::with_template("uploading [{bar:30}] {pos}/{len} blocks {msg} {elapsed}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-    }
-    fn block_done(&self, sent: u64) {
-        let b = self.bytes.fetch_add(sent, Ordering::Relaxed) + sent;
-        self.bar.set_message(format!("{} MiB sent", b >> 20));
-        self.bar.inc(1);
-    }
-    fn step(&self, text: &str) {
-        if self.bar.is_hidden() {
-            eprintln!("qcloud: {text}");
-        } else {
-            self.bar.println(format!("qcloud: {text}"));
-        }
-    }
-}
-
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    qutil::fs::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 fn summary(p: &Published) -> String {
@@ -242,7 +200,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 progress: &qimg::NoProgress,
                 cancel: &imagebuild::Cancel::new(),
             })
-            .map_err(|e| cloud::Error::Build(format!("{e:#}")))?;
+            .map_err(cloud::Error::Build)?;
             let (product, platform, hash) = identity(&out)?;
             let version = match &a.version {
                 Some(v) => v.clone(),
@@ -294,29 +252,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             static_credentials: None,
         },
     };
-    let bar = ProgressBar::with_draw_target(
-        None,
-        if cli.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        },
-    );
-    let progress = Bar {
-        bar,
-        bytes: AtomicU64::new(0),
-    };
+    let progress = qutil::cli::Bars::new("qcloud", cli.quiet);
     let p = publish(&o, &progress).await?;
-    progress.bar.finish_and_clear();
+    drop(progress);
     let json = serde_json::to_string_pretty(&p)? + "\n";
     if let Some(out) = &a.output {
         write_atomic(out, json.as_bytes())?;
     }
     let text = if a.json { json } else { summary(&p) };
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-        _ => {}
-    }
+    qutil::cli::out(&text)?;
     let failed = p.failed();
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -326,13 +270,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("qcloud: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+fn main() -> ExitCode {
+    qutil::cli::main("qcloud", || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(run(Cli::parse()))
+    })
 }

@@ -101,7 +101,10 @@ async fn send_blocks(
     o: &UploadOptions,
     progress: &dyn Progress,
 ) -> Result<Uploaded, Error> {
-    progress.upload_begin(scan.candidates.len() as u64);
+    let task = progress.begin(
+        "uploading blocks",
+        Some(scan.candidates.len() as u64 * BLOCK),
+    );
     let size = scan.size;
     let sem = Arc::new(tokio::sync::Semaphore::new(o.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -115,7 +118,7 @@ async fn send_blocks(
         // A failed block ends the upload: stop starting new ones.
         if let Some(done) = tasks.try_join_next() {
             let r: Result<Option<(u64, [u8; 32])>, Error> = done.expect("block task panicked");
-            finished(r, progress, &mut sent)?;
+            finished(r, &*task, &mut sent)?;
         }
         let (ebs, id, file, policy) = (ebs.clone(), id.to_owned(), file.clone(), o.policy);
         tasks.spawn(async move {
@@ -154,8 +157,9 @@ async fn send_blocks(
         });
     }
     while let Some(done) = tasks.join_next().await {
-        finished(done.expect("block task panicked"), progress, &mut sent)?;
+        finished(done.expect("block task panicked"), &*task, &mut sent)?;
     }
+    drop(task);
     fail_point("after-blocks")?;
     sent.sort_by_key(|(i, _)| *i);
     let digests: Vec<[u8; 32]> = sent.iter().map(|(_, d)| *d).collect();
@@ -180,18 +184,16 @@ async fn send_blocks(
     })
 }
 
+/// A block task ended: its block counts as handled (sent, or skipped as zeros).
 fn finished(
     r: Result<Option<(u64, [u8; 32])>, Error>,
-    progress: &dyn Progress,
+    task: &dyn qutil::progress::Task,
     sent: &mut Vec<(u64, [u8; 32])>,
 ) -> Result<(), Error> {
-    match r? {
-        Some(b) => {
-            progress.block_done(BLOCK);
-            sent.push(b);
-        }
-        None => progress.block_done(0),
+    if let Some(b) = r? {
+        sent.push(b);
     }
+    task.advance(BLOCK);
     Ok(())
 }
 

@@ -25,12 +25,36 @@ pub enum Verified {
     AtReboot,
 }
 
+/// Why a device write or check failed, in the device's or the tool's words (kept
+/// in the journal as the `failed` step's reason).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeviceFailure(pub String);
+
+impl From<String> for DeviceFailure {
+    fn from(s: String) -> DeviceFailure {
+        DeviceFailure(s)
+    }
+}
+
+impl From<DeviceFailure> for String {
+    fn from(f: DeviceFailure) -> String {
+        f.0
+    }
+}
+
+impl From<&str> for DeviceFailure {
+    fn from(s: &str) -> DeviceFailure {
+        DeviceFailure(s.to_owned())
+    }
+}
+
 /// A way to put firmware on a device.
 pub trait Flasher {
     /// Writes `payload`, giving up at `deadline`.
-    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String>;
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), DeviceFailure>;
     /// Checks what was written; `version` is the payload's version.
-    fn verify(&mut self, payload: &[u8], version: &str) -> Result<Verified, String>;
+    fn verify(&mut self, payload: &[u8], version: &str) -> Result<Verified, DeviceFailure>;
     /// The ESP file a staged update left for the firmware (removed once the result
     /// is known).
     fn staged_file(&self) -> Option<String> {
@@ -84,7 +108,7 @@ impl Simulated {
 }
 
 impl Flasher for Simulated {
-    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), DeviceFailure> {
         let fault = self.fault()?;
         let mut f = std::fs::File::create(self.dir.join("contents")).map_err(|e| e.to_string())?;
         for (i, chunk) in payload.chunks(4096).enumerate() {
@@ -96,7 +120,7 @@ impl Flasher for Simulated {
                 Some(Fault::FailAt { byte }) if at + chunk.len() > *byte => {
                     f.write_all(&chunk[..byte - at])
                         .map_err(|e| e.to_string())?;
-                    return Err(format!("device error after {byte} bytes"));
+                    return Err(format!("device error after {byte} bytes").into());
                 }
                 Some(Fault::Hang) => {
                     while Instant::now() <= deadline {
@@ -114,10 +138,10 @@ impl Flasher for Simulated {
             }
             f.write_all(&c).map_err(|e| e.to_string())?;
         }
-        f.sync_all().map_err(|e| e.to_string())
+        f.sync_all().map_err(|e| e.to_string().into())
     }
 
-    fn verify(&mut self, payload: &[u8], version: &str) -> Result<Verified, String> {
+    fn verify(&mut self, payload: &[u8], version: &str) -> Result<Verified, DeviceFailure> {
         let got = std::fs::read(self.dir.join("contents")).map_err(|e| e.to_string())?;
         if got != payload {
             return Err("read-back differs from the payload".into());
@@ -131,7 +155,8 @@ impl Flasher for Simulated {
             other => Err(format!(
                 "the device still reports {} after a successful write",
                 other.unwrap_or_else(|| "no version".into())
-            )),
+            )
+            .into()),
         }
     }
 }
@@ -165,7 +190,7 @@ pub struct Banks {
 
 impl Banks {
     /// The active bank.
-    pub fn active(&self) -> Result<u8, String> {
+    pub fn active(&self) -> Result<u8, DeviceFailure> {
         match std::fs::read_to_string(&self.active_file) {
             Ok(t) => match t.trim() {
                 "0" => Ok(0),
@@ -173,28 +198,17 @@ impl Banks {
                 other => Err(format!(
                     "{}: {other:?} is not a bank (0 or 1)",
                     self.active_file.display()
-                )),
+                )
+                .into()),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(format!("{}: {e}", self.active_file.display())),
+            Err(e) => Err(format!("{}: {e}", self.active_file.display()).into()),
         }
     }
 
     fn switch_to(&self, bank: u8) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("{}: {e}", self.active_file.display());
-        let dir = self
-            .active_file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        tmp.write_all(format!("{bank}\n").as_bytes())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(err)?;
-        tmp.persist(&self.active_file).map_err(|e| err(e.error))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)
+        qutil::fs::write_atomic(&self.active_file, format!("{bank}\n").as_bytes())
+            .map_err(|e| format!("{}: {e}", self.active_file.display()))
     }
 }
 
@@ -231,7 +245,7 @@ impl FlashFile {
 }
 
 impl Flasher for FlashFile {
-    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), DeviceFailure> {
         let (at, _) = self.target()?;
         if let Some(b) = &self.banks {
             let bank = b.second_offset.abs_diff(self.offset);
@@ -239,7 +253,7 @@ impl Flasher for FlashFile {
             if len > bank {
                 return Err(format!(
                     "the payload needs {len} bytes, a bank holds {bank}: it would overwrite the other bank"
-                ));
+                ).into());
             }
         }
         let mut f = std::fs::OpenOptions::new()
@@ -254,10 +268,10 @@ impl Flasher for FlashFile {
                 .and_then(|_| f.write_all(&block))
                 .map_err(|e| e.to_string())?;
         }
-        f.sync_all().map_err(|e| e.to_string())
+        f.sync_all().map_err(|e| e.to_string().into())
     }
 
-    fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, String> {
+    fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, DeviceFailure> {
         let (at, bank) = self.target()?;
         let mut f = std::fs::File::open(&self.path).map_err(|e| e.to_string())?;
         f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
@@ -265,9 +279,9 @@ impl Flasher for FlashFile {
         for (i, want) in self.blocks(payload).enumerate() {
             f.read_exact(&mut got).map_err(|e| e.to_string())?;
             if got[..] != want[..] {
-                return Err(format!(
-                    "read-back differs from the payload in erase block {i}"
-                ));
+                return Err(
+                    format!("read-back differs from the payload in erase block {i}").into(),
+                );
             }
         }
         match (bank, &self.banks) {
@@ -322,7 +336,7 @@ pub(crate) fn run(argv: &[String], deadline: Instant) -> Result<String, String> 
 }
 
 impl Flasher for Tool {
-    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+    fn write(&mut self, payload: &[u8], deadline: Instant) -> Result<(), DeviceFailure> {
         let tmp = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
         std::fs::write(tmp.path(), payload).map_err(|e| e.to_string())?;
         let path = tmp.path().display().to_string();
@@ -333,7 +347,7 @@ impl Flasher for Tool {
         Ok(())
     }
 
-    fn verify(&mut self, _payload: &[u8], version: &str) -> Result<Verified, String> {
+    fn verify(&mut self, _payload: &[u8], version: &str) -> Result<Verified, DeviceFailure> {
         let Some(cmd) = &self.version else {
             return Ok(Verified::AtReboot);
         };
@@ -344,7 +358,8 @@ impl Flasher for Tool {
             Err(format!(
                 "the device reports {:?} after the update, expected {version}",
                 got.trim()
-            ))
+            )
+            .into())
         }
     }
 }
@@ -382,7 +397,7 @@ impl Capsule<'_> {
 }
 
 impl Flasher for Capsule<'_> {
-    fn write(&mut self, payload: &[u8], _deadline: Instant) -> Result<(), String> {
+    fn write(&mut self, payload: &[u8], _deadline: Instant) -> Result<(), DeviceFailure> {
         let supported = global_u64(&self.efivars, "OsIndicationsSupported")?.unwrap_or(0);
         if supported & FILE_CAPSULE_DELIVERY == 0 {
             return Err(
@@ -403,10 +418,10 @@ impl Flasher for Capsule<'_> {
             EFI_GLOBAL_GUID,
             &(now | FILE_CAPSULE_DELIVERY).to_le_bytes(),
         )
-        .map_err(|e| format!("OsIndications: {e}"))
+        .map_err(|e| format!("OsIndications: {e}").into())
     }
 
-    fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, String> {
+    fn verify(&mut self, payload: &[u8], _version: &str) -> Result<Verified, DeviceFailure> {
         let got = self.esp.read(&self.path()).map_err(|e| e.to_string())?;
         if got != payload {
             return Err("the staged capsule differs from the payload".into());

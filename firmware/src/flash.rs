@@ -74,18 +74,6 @@ pub enum Outcome {
     },
 }
 
-/// Called at every journal step (for progress rendering).
-pub trait StepObserver {
-    /// `component` reached `step`.
-    fn step(&self, component: &str, step: &Step);
-}
-
-/// No progress.
-pub struct Quiet;
-impl StepObserver for Quiet {
-    fn step(&self, _: &str, _: &Step) {}
-}
-
 /// Why flashing on this power is unsafe, if it is: batteries present, no mains
 /// online, and the charge below `min` (fwupd refuses below its battery threshold).
 pub fn power_refusal(root: &Path, min: u8) -> Option<String> {
@@ -140,7 +128,7 @@ pub fn flash(
     payload: &Payload,
     flasher: &mut dyn Flasher,
     o: &FlashOptions,
-    obs: &dyn StepObserver,
+    obs: &dyn qutil::progress::Progress,
 ) -> Result<Outcome, Error> {
     if item.action != Action::Flash {
         return Ok(Outcome::NotPlanned);
@@ -177,7 +165,7 @@ pub fn flash(
     };
     let go = |rec: &mut Record, step: Step| -> Result<(), Error> {
         journal.advance(rec, step)?;
-        obs.step(&rec.component, &rec.step);
+        obs.step(&format!("{}: {}", rec.component, rec.step.text()));
         Ok(())
     };
     // Power refusals write nothing, so the journal records nothing for them.
@@ -194,7 +182,9 @@ pub fn flash(
     go(&mut rec, Step::Planned)?;
     go(&mut rec, Step::Writing)?;
     bootctl::crashpoint::reached("firmware-write");
-    if let Err(reason) = flasher.write(&payload.bytes, Instant::now() + o.timeout) {
+    if let Err(crate::backend::DeviceFailure(reason)) =
+        flasher.write(&payload.bytes, Instant::now() + o.timeout)
+    {
         go(
             &mut rec,
             Step::Failed {
@@ -216,7 +206,7 @@ pub fn flash(
             go(&mut rec, Step::Verified)?;
             Ok(Outcome::Staged)
         }
-        Err(reason) => {
+        Err(crate::backend::DeviceFailure(reason)) => {
             go(
                 &mut rec,
                 Step::Failed {

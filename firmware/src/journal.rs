@@ -8,7 +8,6 @@
 //! the results after the reboot move it to `activated` or `failed`.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +45,14 @@ impl Step {
             Step::Verified => "verified",
             Step::Activated => "activated",
             Step::Failed { .. } => "failed",
+        }
+    }
+
+    /// The step in words: its name, and for `failed` the reason.
+    pub fn text(&self) -> String {
+        match self {
+            Step::Failed { reason } => format!("failed: {reason}"),
+            other => other.name().to_owned(),
         }
     }
 }
@@ -145,17 +152,9 @@ impl Journal {
     /// Writes `record` durably: temp file, fsync, rename, fsync of the directory.
     pub fn put(&self, record: &Record) -> Result<(), Error> {
         let p = self.path(&record.component);
-        let tmp = self.dir.join(format!(".{}.json.tmp", record.component));
-        let mut f = File::create(&tmp).map_err(jerr(&tmp))?;
         let mut bytes = serde_json::to_vec_pretty(record).expect("serializable");
         bytes.push(b'\n');
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(jerr(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(jerr(&p))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(jerr(&self.dir))
+        qutil::fs::write_atomic(&p, &bytes).map_err(jerr(&p))
     }
 
     /// Moves `record` to `step` and writes it.

@@ -3,7 +3,7 @@
 //! Exit codes: 0 success; 1 a negative answer (a payload refused by the plan, a
 //! flash or a staged update that failed); 2 an error.
 
-use std::io::Write;
+use qutil::cli::out;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use bootctl::esp::Esp;
-use firmware::flash::{FlashOptions, Outcome, Payload, StepObserver, results};
+use firmware::flash::{FlashOptions, Outcome, Payload, results};
 use firmware::inventory::{Device, inventory};
 use firmware::journal::{Journal, Step};
 use firmware::plan::{Action, PlanItem, PlanOptions, Refusal, plan};
@@ -101,26 +101,12 @@ enum Command {
     Results,
 }
 
-fn out(text: &str) -> Result<()> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing stdout"),
-        _ => Ok(()),
-    }
-}
-
 fn print_json(v: &serde_json::Value) -> Result<()> {
     out(&format!("{}\n", serde_json::to_string_pretty(v)?))
 }
 
 fn code(negative: bool) -> ExitCode {
     ExitCode::from(u8::from(negative))
-}
-
-fn step_name(s: &Step) -> String {
-    match s {
-        Step::Failed { reason } => format!("failed: {reason}"),
-        other => other.name().to_owned(),
-    }
 }
 
 fn action_text(a: &Action) -> String {
@@ -131,13 +117,6 @@ fn action_text(a: &Action) -> String {
             why: why @ Refusal::Downgrade { .. },
         } => format!("refuse: {why} (use --allow-older)"),
         Action::Refuse { why } => format!("refuse: {why}"),
-    }
-}
-
-struct Stderr;
-impl StepObserver for Stderr {
-    fn step(&self, component: &str, step: &Step) {
-        eprintln!("qfirmware: {component}: {}", step_name(step));
     }
 }
 
@@ -229,7 +208,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         r.component,
                         r.from.as_deref().unwrap_or("?"),
                         r.to,
-                        step_name(&r.step)
+                        Step::text(&r.step)
                     ))?;
                 }
             }
@@ -305,7 +284,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 root: cli.root.clone(),
                 ..FlashOptions::default()
             };
-            let outcomes = flash_all(&journal, &items, &payloads, &b, &o, &Stderr)?;
+            let outcomes = flash_all(
+                &journal,
+                &items,
+                &payloads,
+                &b,
+                &o,
+                &qutil::cli::Bars::new("qfirmware", false),
+            )?;
             let failed = outcomes
                 .iter()
                 .any(|(_, o)| matches!(o, Outcome::Failed { .. }));
@@ -347,7 +333,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_json(&json!({"schema": RESULTS_SCHEMA, "results": r}))?;
             } else {
                 for x in &r {
-                    out(&format!("{}: {}\n", x.component, step_name(&x.step)))?;
+                    out(&format!("{}: {}\n", x.component, Step::text(&x.step)))?;
                 }
             }
             Ok(code(
@@ -358,11 +344,5 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("qfirmware: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    qutil::cli::main("qfirmware", || run(Cli::parse()))
 }

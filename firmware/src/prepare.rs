@@ -11,7 +11,7 @@ use bootctl::esp::{DirEsp, Esp, ImageEsp};
 
 use crate::Error;
 use crate::backend::{Banks, Capsule, FlashFile, Flasher, Simulated, Tool};
-use crate::flash::{FlashOptions, Outcome, Payload, StepObserver, flash};
+use crate::flash::{FlashOptions, Outcome, Payload, flash};
 use crate::inventory::CommandProbe;
 use crate::journal::Journal;
 use crate::plan::{Action, Offer, PlanItem};
@@ -259,7 +259,7 @@ pub fn flash_all(
     payloads: &[Payload],
     backends: &Backends,
     o: &FlashOptions,
-    obs: &dyn StepObserver,
+    obs: &dyn qutil::progress::Progress,
 ) -> Result<Vec<(String, Outcome)>, Error> {
     let _lock = journal.lock()?;
     let mut work = vec![];

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use bootctl::efivars::EFI_GLOBAL_GUID;
 use firmware::backend::{Banks, Capsule, Fault, FlashFile, Flasher, Simulated, Tool};
-use firmware::flash::{FlashOptions, Outcome, Payload, Quiet, flash, results};
+use firmware::flash::{FlashOptions, Outcome, Payload, flash, results};
 use firmware::inventory::{Device, InstalledVersion};
 use firmware::journal::{Journal, Record, Step};
 use firmware::plan::{Action, PlanItem};
+use qimg::NoProgress as Quiet;
 use qimg::{FirmwareInfo, Sha256, VersionFormat};
 
 fn item(action: Action) -> PlanItem {
@@ -559,5 +560,5 @@ fn flash_file_read_back_names_the_erase_block_that_differs() {
     img[4096 + 2 * 4096 + 3000] ^= 1;
     std::fs::write(&dev, img).unwrap();
     let e = f.verify(&p, "2.0").unwrap_err();
-    assert!(e.contains("erase block 2"), "{e}");
+    assert!(e.0.contains("erase block 2"), "{e}");
 }

@@ -1,5 +1,6 @@
 //! Building a signed bundle from a release spec.
 
+use qutil::fs::AtomicFile;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -448,13 +449,10 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     for p in &parts {
         files.push(File::open(&p.path).map_err(output_err(&p.path))?);
     }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".qimg-partial-")
-        .tempfile_in(&out_dir)
-        .map_err(output_err(&out_dir))?;
+    let mut out = AtomicFile::new(opts.out, "qimg-partial-").map_err(output_err(&out_dir))?;
     // Unbuffered files on both sides: payloads are copied inside the kernel.
     qimg::write_bundle(
-        tmp.as_file_mut(),
+        out.file(),
         &manifest,
         &signatures,
         &mut files,
@@ -462,17 +460,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
     )
     .map_err(bundle_err)?;
     opts.cancel.check()?;
-    // tempfile creates 0600; a bundle is not secret.
-    tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(output_err(opts.out))?;
-    tmp.persist(opts.out).map_err(|e| Error::Output {
-        path: opts.out.to_owned(),
-        source: e.error,
-    })?;
-    if let Ok(dir) = File::open(&out_dir) {
-        let _ = dir.sync_all();
-    }
+    // 0644 (a bundle is not secret), fsync, rename, fsync of the directory.
+    out.commit().map_err(output_err(opts.out))?;
     Ok(manifest)
 }

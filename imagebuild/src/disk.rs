@@ -9,6 +9,7 @@
 //! the *platform* version: instant upgrades change the release version without
 //! touching the slot. The image is sparse, written to a temporary file and renamed.
 
+use qutil::fs::AtomicFile;
 use std::fs::{File, OpenOptions};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -142,25 +143,19 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
     if o.target == Target::Cloud {
         size = size.div_ceil(1 << 30) << 30; // EBS snapshots are whole GiB
     }
-    let plan = spec.plan(size).map_err(Error::Usage)?;
+    let plan = spec.plan(size).map_err(|e| Error::Usage(e.to_string()))?;
     let version = image.version.clone();
 
-    let dir = match o.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
     let out_err = |source| Error::Output {
         path: o.out.to_owned(),
         source,
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".disk-partial-")
-        .tempfile_in(&dir)
-        .map_err(out_err)?;
+    let mut out = AtomicFile::new(o.out, "disk-partial-").map_err(out_err)?;
+    let tmp_path = out.temp_path().to_owned();
     let mut dev = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(tmp.path())
+        .open(&tmp_path)
         .map_err(out_err)?;
     dev.set_len(size).map_err(out_err)?;
     let t = table::create(&mut dev, &plan).map_err(boot)?;
@@ -188,7 +183,7 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
     let esp_dev = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(tmp.path())
+        .open(&tmp_path)
         .map_err(out_err)?;
     let mut esp = ImageEsp::open(esp_dev, esp_start, esp_len).map_err(boot)?;
     esp.write_new("EFI/BOOT/BOOTX64.EFI", &systemd_boot)
@@ -216,10 +211,8 @@ pub fn build(o: &DiskOptions) -> Result<DiskReport, Error> {
     drop(esp);
     dev.sync_all().map_err(out_err)?;
     drop(dev);
-    tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .map_err(out_err)?;
-    tmp.persist(o.out).map_err(|e| out_err(e.error))?;
+    out.file().sync_all().map_err(out_err)?;
+    out.commit().map_err(out_err)?;
     Ok(DiskReport {
         file: o.out.to_owned(),
         size,

@@ -3,14 +3,14 @@
 //! Exit codes: 0 success; 1 a negative answer (verification failed); 2 an error
 //! (bad arguments, unreadable input, I/O failure, interrupted).
 
-use std::io::{IsTerminal, Write};
+use qutil::cli::out;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use qutil::cli::Bars;
 
 use imagebuild::bundle::{self, BuildOptions};
 use imagebuild::spec::ReleaseSpec;
@@ -166,75 +166,8 @@ enum Command {
     },
 }
 
-/// Progress bars on stderr, one per running task.
-struct Bars {
-    multi: MultiProgress,
-    verbose: bool,
-}
-
-struct Bar {
-    bar: ProgressBar,
-    what: String,
-    start: Instant,
-    verbose: bool,
-}
-
-impl qimg::Task for Bar {
-    fn advance(&self, bytes: u64) {
-        self.bar.inc(bytes);
-    }
-}
-
-impl Drop for Bar {
-    fn drop(&mut self) {
-        self.bar.finish_and_clear();
-        if self.verbose {
-            let secs = self.start.elapsed().as_secs_f64();
-            let rate = self.bar.position() as f64 / secs.max(1e-9) / (1 << 20) as f64;
-            eprintln!("imagebuild: {}: {secs:.2} s ({rate:.0} MiB/s)", self.what);
-        }
-    }
-}
-
-impl qimg::Progress for Bars {
-    fn begin(&self, what: &str, total: Option<u64>) -> Box<dyn qimg::Task> {
-        let bar = match total {
-            Some(t) => ProgressBar::new(t).with_style(
-                ProgressStyle::with_template(
-                    "{msg:24} [{bar:30}] {binary_bytes:>10}/{binary_total_bytes:<10} {binary_bytes_per_sec:>12}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            ),
-            None => ProgressBar::new_spinner(),
-        };
-        Box::new(Bar {
-            bar: self.multi.add(bar.with_message(what.to_owned())),
-            what: what.to_owned(),
-            start: Instant::now(),
-            verbose: self.verbose,
-        })
-    }
-}
-
 fn bars(quiet: bool, verbose: bool) -> Bars {
-    let target = if quiet || !std::io::stderr().is_terminal() {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    };
-    Bars {
-        multi: MultiProgress::with_draw_target(target),
-        verbose,
-    }
-}
-
-/// Writes to stdout; a closed pipe is not an error.
-fn out(text: &str) -> Result<()> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing stdout"),
-        _ => Ok(()),
-    }
+    Bars::new("imagebuild", quiet).timings(verbose)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -454,6 +387,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo { out: dir } => {
             install_interrupt_handler(&cancel)?;
             let d = demo::run(&dir, &progress, &cancel)?;
+            for n in &d.notes {
+                eprintln!("imagebuild: note: {n}");
+            }
             let r = report::inspect(&d.bundle)?;
             out(&r.render())?;
             out(&format!(
@@ -505,12 +441,5 @@ fn check_tool(name: &str) -> bool {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("imagebuild: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    qutil::cli::main("imagebuild", || run(Cli::parse()))
 }

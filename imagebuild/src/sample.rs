@@ -104,6 +104,48 @@ pub fn write_text(path: &Path, size: u64, rng: &mut Rng) -> std::io::Result<()> 
     out.flush()
 }
 
+/// A stand-in kernel of `size` bytes: random bytes with a bzImage setup header
+/// (`HdrS` at 0x202). Loaders list and count a UKI made with it; it does not start.
+pub fn stand_in_kernel(size: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut k = vec![0u8; size.max(8192)];
+    rng.fill(&mut k);
+    k[..1024].fill(0); // a zeroed setup header, but for its magic
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k
+}
+
+/// Writes a real Unified Kernel Image to `path`, built from systemd's EFI `stub` with
+/// a stand-in kernel of `kernel_size` bytes and an `.osrel` naming `product` and
+/// `version`: systemd-boot lists it as an entry and sorts it by that version.
+pub fn write_uki(
+    path: &Path,
+    stub: &Path,
+    kernel_size: usize,
+    rng: &mut Rng,
+    product: &str,
+    version: &str,
+) -> std::io::Result<()> {
+    let stub = fs::read(stub).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "systemd's EFI stub {}: {e} (Debian package systemd-boot-efi)",
+                stub.display()
+            ),
+        )
+    })?;
+    let uki = bootctl::uki::build::build(&bootctl::uki::build::UkiInputs {
+        stub,
+        osrel: format!("ID={product}\nIMAGE_ID={product}\nIMAGE_VERSION={version}\n").into_bytes(),
+        cmdline: "console=ttyS0".into(),
+        kernel: stand_in_kernel(kernel_size, rng),
+        initrd: None,
+        uname: Some("6.1.0-0-amd64".into()),
+    })
+    .map_err(std::io::Error::other)?;
+    fs::write(path, uki)
+}
+
 /// Writes `size` random (incompressible) bytes.
 pub fn write_random(path: &Path, size: u64, rng: &mut Rng) -> std::io::Result<()> {
     let mut out = BufWriter::new(fs::File::create(path)?);

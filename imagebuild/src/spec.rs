@@ -261,7 +261,10 @@ impl ReleaseSpec {
         if let Some(p) = &self.platform {
             dir("platform.root", &p.root)?;
             match &p.uki {
-                UkiInput::File(f) => file("platform.uki", f)?,
+                UkiInput::File(f) => {
+                    file("platform.uki", f)?;
+                    check_uki(f).map_err(|reason| ("platform.uki".to_owned(), reason))?;
+                }
                 UkiInput::Build {
                     stub,
                     kernel,
@@ -292,7 +295,7 @@ impl ReleaseSpec {
             let id = &fw.info.component_id;
             fw.info
                 .validate()
-                .map_err(|reason| (field.clone(), reason))?;
+                .map_err(|reason| (field.clone(), reason.0))?;
             let ok = !id.is_empty()
                 && id.len() <= 60
                 && id.as_bytes()[0].is_ascii_alphanumeric()
@@ -346,6 +349,20 @@ fn platform_input(
 }
 
 /// Checks that `p` is a directory (`dir`) or a regular file.
+/// A prebuilt UKI must be what systemd-boot loads as one: a PE EFI application with
+/// a `.linux` (the kernel) and an `.osrel` (the name and version it sorts by) section.
+fn check_uki(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let info = bootctl::uki::inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !info.sections.iter().any(|s| s.name == ".osrel") {
+        return Err(format!(
+            "{}: not a UKI: no .osrel section (systemd-boot needs its name and version)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn check_path(field: &str, p: &Path, dir: bool) -> Result<(), (String, String)> {
     match std::fs::metadata(p) {
         Ok(m) if (dir && m.is_dir()) || (!dir && m.is_file()) => Ok(()),
@@ -382,9 +399,50 @@ min_installed_version = "7.0.0"
         d
     }
 
+    /// `setup()` with a real UKI (built from systemd's stub), or `None` when the stub
+    /// is missing and QIMG_SKIP_TOOL_TESTS=1 (else the test fails, saying why).
+    fn setup_with_uki() -> Option<tempfile::TempDir> {
+        let present = Path::new(DEFAULT_STUB).is_file();
+        if !qutil::require::require(
+            present,
+            DEFAULT_STUB,
+            "Debian package systemd-boot-efi, which `cargo xtask ci` installs",
+            "QIMG_SKIP_TOOL_TESTS",
+        ) {
+            return None;
+        }
+        let d = setup();
+        crate::sample::write_uki(
+            &d.path().join("uki.efi"),
+            Path::new(DEFAULT_STUB),
+            8192,
+            &mut crate::sample::Rng::new(1),
+            "qumulo-core",
+            "7.1.0",
+        )
+        .unwrap();
+        Some(d)
+    }
+
+    #[test]
+    fn a_prebuilt_uki_must_be_a_pe_efi_application_with_linux_and_osrel() {
+        let d = setup();
+        let text = format!("{BASE}\n[platform]\nroot = \"rootfs\"\nuki = \"uki.efi\"\n");
+        match ReleaseSpec::parse(&text, d.path()) {
+            Err(Error::SpecInvalid { field, reason, .. }) => {
+                assert_eq!(field, "platform.uki");
+                assert!(
+                    reason.contains("uki.efi: not a UKI: not a PE image"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn parses_a_full_spec_with_relative_paths() {
-        let d = setup();
+        let Some(d) = setup_with_uki() else { return };
         let text = format!(
             "{BASE}\n[platform]\nroot = \"rootfs\"\nuki = \"uki.efi\"\n[[firmware]]\ncomponent_id = \"bmc\"\nversion = \"A04\"\nfile = \"bmc.bin\"\n"
         );

@@ -48,7 +48,15 @@ fn inputs(dir: &Path, size: u64) -> PathBuf {
     sample::generate_tree(&dir.join("rootfs"), size, 1, "3.0").unwrap();
     sample::generate_tree(&dir.join("container"), size / 4, 2, "3.0").unwrap();
     let mut rng = sample::Rng::new(3);
-    sample::write_random(&dir.join("uki.efi"), 64 << 10, &mut rng).unwrap();
+    sample::write_uki(
+        &dir.join("uki.efi"),
+        Path::new(imagebuild::spec::DEFAULT_STUB),
+        64 << 10,
+        &mut rng,
+        "qumulo-core",
+        "3.0",
+    )
+    .unwrap();
     let spec = dir.join("release.toml");
     std::fs::write(
         &spec,
@@ -350,4 +358,67 @@ fn demo_runs_on_a_fresh_directory() {
     let first = std::fs::read(&bundle).unwrap();
     ok(imagebuild().arg("demo").arg("-q").arg("--out").arg(&dir));
     assert!(std::fs::read(&bundle).unwrap() == first);
+
+    // Its disk boots: the loader lists slot A's entry (the UKI is a real one).
+    if !tests_need_boot_files() {
+        return;
+    }
+    let disk = dir.join("disk.raw");
+    ok(imagebuild()
+        .args(["disk", "-q", "--bundle"])
+        .arg(&bundle)
+        .arg("--pubkey")
+        .arg(dir.join("demo.pub"))
+        .arg("--out")
+        .arg(&disk));
+    let mut f = std::fs::File::open(&disk).unwrap();
+    let t = bootctl::table::read(&mut f).unwrap();
+    let (start, len) = t.esp_range().unwrap();
+    let mut esp = bootctl::esp::ImageEsp::open(f, start, len).unwrap();
+    let s = bootctl::status::status(&mut esp, "qimg-demo", None, None).unwrap();
+    let a = &s.slots[0];
+    assert_eq!(a.slot, bootctl::layout::Slot::A);
+    assert_eq!(a.entry.as_deref(), Some("qimg-demo-a-7.1.0.efi"), "{s:?}");
+    assert_eq!(a.state, Some(bootctl::entries::EntryState::Good), "{s:?}");
+    let next = s.next.expect("the disk has an entry to boot");
+    assert_eq!(next.slot, Some(bootctl::layout::Slot::A));
+}
+
+#[test]
+fn a_bundle_refuses_a_uki_that_is_not_one() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = inputs(d.path(), 1 << 20);
+    std::fs::write(d.path().join("uki.efi"), vec![7u8; 4096]).unwrap();
+    let out = imagebuild()
+        .args(["bundle", "-q", "--spec"])
+        .arg(&spec)
+        .arg("--key")
+        .arg(keygen(d.path(), "k").0)
+        .arg("--out")
+        .arg(d.path().join("x.qimg"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("platform.uki") && err.contains("not a UKI: not a PE image"),
+        "{err}"
+    );
+    assert!(!d.path().join("x.qimg").exists(), "no bundle is written");
+}
+
+/// The systemd-boot files the disk needs, by the one test policy.
+fn tests_need_boot_files() -> bool {
+    qutil::require::require(
+        std::path::Path::new(imagebuild::disk::SYSTEMD_BOOT).is_file()
+            && std::path::Path::new(imagebuild::spec::DEFAULT_STUB).is_file(),
+        "systemd-boot (Debian package systemd-boot-efi)",
+        "`cargo xtask ci` installs it",
+        "QIMG_SKIP_TOOL_TESTS",
+    )
 }

@@ -246,6 +246,24 @@ pub enum Error {
     Cancelled,
 }
 
+/// What is wrong with a value, in words (a field, a signature text, a verity
+/// tree): the callers put it into a typed [`Error`] variant with its context.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<Invalid> for String {
+    fn from(i: Invalid) -> String {
+        i.0
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(s: String) -> Invalid {
+        Invalid(s)
+    }
+}
+
 fn fmt_ids(ids: &[KeyId]) -> String {
     ids.iter()
         .map(|k| k.to_string())

@@ -10,6 +10,7 @@
 //! | `quad` | `a.b.c.d` | the four bytes, most significant first |
 //! | `hex` | `0x` + hex digits | `0x%08x` |
 
+use crate::Invalid;
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
@@ -176,7 +177,7 @@ impl FirmwareInfo {
     }
 
     /// Checks that every version is written in `version_format`.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (what, v) in [
             ("version", Some(&self.version)),
             ("lowest_installed", self.lowest_installed.as_ref()),
@@ -185,10 +186,10 @@ impl FirmwareInfo {
             if let Some(v) = v
                 && self.version_format.parse(v).is_none()
             {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{what} {v:?} is not a {:?} version",
                     self.version_format
-                ));
+                )));
             }
         }
         Ok(())

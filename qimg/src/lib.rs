@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod digest;
 mod error;
 pub mod firmware;
 pub mod manifest;
@@ -34,7 +35,7 @@ pub mod verity;
 mod version;
 pub mod writer;
 
-pub use error::{Error, Part};
+pub use error::{Error, Invalid, Part};
 pub use firmware::{Activation, DeviceMatch, FirmwareInfo, VersionFormat};
 pub use manifest::{
     BuildInfo, Component, ComponentKind, Compression, Manifest, Release, Settle, Sha256, Target,

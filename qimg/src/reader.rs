@@ -15,9 +15,8 @@ use crate::manifest::{
     Component, Compression, MANIFEST_MEMBER, MAX_MANIFEST_SIZE, Manifest, Sha256 as Digest256,
 };
 use crate::payload::MAX_WINDOW_LOG;
-use crate::sign::{KeyId, Signature, TrustedKeys};
+use crate::sign::{KeyId, Signature, TrustedKeys, signature_member};
 use crate::tar::{self, Header};
-use crate::writer::signature_member;
 use crate::{Error, Part, Progress, Task};
 
 /// Largest signature member a reader accepts.
@@ -195,7 +194,7 @@ fn read_head<R: Read>(r: R) -> Result<Head<R>, Error> {
                     reason,
                 };
                 let text = String::from_utf8(data).map_err(|_| malformed("not UTF-8".into()))?;
-                let sig = Signature::from_file_text(&text).map_err(malformed)?;
+                let sig = Signature::from_file_text(&text).map_err(|e| malformed(e.0))?;
                 if signature_member(sig.key_id) != h.name {
                     return Err(malformed(format!(
                         "holds a signature by key {}, not the key its name says",

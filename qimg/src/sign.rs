@@ -34,6 +34,7 @@
 //! (`Ed`, key id, 64-byte signature over the message), `trusted comment: …`,
 //! base64 of the 64-byte global signature over (signature ‖ trusted comment).
 
+use crate::Invalid;
 use std::fmt;
 
 use base64::Engine;
@@ -49,6 +50,12 @@ const CHK_B2: [u8; 2] = *b"B2";
 const PUBLIC_LEN: usize = 42;
 const SECRET_LEN: usize = 158;
 const SIG_LEN: usize = 74;
+
+/// Name of the bundle member holding the signature by `key_id`.
+pub fn signature_member(key_id: KeyId) -> String {
+    format!("signatures/{key_id}.minisig")
+}
+
 /// Longest trusted comment qimg writes or accepts.
 pub const MAX_TRUSTED_COMMENT: usize = 1024;
 
@@ -335,28 +342,28 @@ impl Signature {
 
     /// Decodes a `.minisig` file as qimg writes it; anything else is rejected
     /// (the text must re-encode to exactly the same bytes).
-    pub fn from_file_text(text: &str) -> Result<Signature, String> {
+    pub fn from_file_text(text: &str) -> Result<Signature, Invalid> {
         let lines: Vec<&str> = text.split('\n').collect();
         if lines.len() != 5 || !lines[4].is_empty() {
-            return Err("expected four newline-terminated lines".into());
+            return Err(Invalid("expected four newline-terminated lines".into()));
         }
         let b = B64
             .decode(lines[1])
             .map_err(|_| "signature line is not base64".to_owned())?;
         if b.len() != SIG_LEN {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "signature is {} bytes, expected {SIG_LEN}",
                 b.len()
-            ));
+            )));
         }
         if b[0..2] != ALG_ED {
-            return Err("algorithm is not legacy Ed25519 (`Ed`)".into());
+            return Err(Invalid("algorithm is not legacy Ed25519 (`Ed`)".into()));
         }
         let trusted_comment = lines[2]
             .strip_prefix("trusted comment: ")
             .ok_or_else(|| "third line is not a trusted comment".to_owned())?;
         if trusted_comment.len() > MAX_TRUSTED_COMMENT {
-            return Err("trusted comment too long".into());
+            return Err(Invalid("trusted comment too long".into()));
         }
         let g = B64
             .decode(lines[3])
@@ -371,7 +378,9 @@ impl Signature {
             global_signature,
         };
         if sig.to_file_text() != text {
-            return Err("not in canonical form (comment or encoding differs)".into());
+            return Err(Invalid(
+                "not in canonical form (comment or encoding differs)".into(),
+            ));
         }
         Ok(sig)
     }

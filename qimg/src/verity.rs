@@ -24,10 +24,11 @@
 //! | 88     | 256  | salt, zero-padded             |
 //! | 344    | 168  | padding                       |
 
+use crate::Invalid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Sha256 as Digest256;
+use crate::digest::Sha256 as Digest256;
 
 /// Data and hash block size.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -62,24 +63,24 @@ pub struct VerityInfo {
 
 impl VerityInfo {
     /// Checks the fixed parameters and internal consistency.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.format != 1 || self.hash_algorithm != "sha256" {
-            return Err("only format 1 with sha256 is defined".into());
+            return Err(Invalid("only format 1 with sha256 is defined".into()));
         }
         if u64::from(self.data_block_size) != BLOCK_SIZE
             || u64::from(self.hash_block_size) != BLOCK_SIZE
         {
-            return Err("block sizes must be 4096".into());
+            return Err(Invalid("block sizes must be 4096".into()));
         }
         if self.data_blocks == 0 {
-            return Err("no data blocks".into());
+            return Err(Invalid("no data blocks".into()));
         }
         if Some(self.hash_offset) != self.data_blocks.checked_mul(BLOCK_SIZE) {
-            return Err("hash_offset must be data_blocks * 4096".into());
+            return Err(Invalid("hash_offset must be data_blocks * 4096".into()));
         }
         let salt = hex::decode(&self.salt).map_err(|_| "salt is not hex".to_owned())?;
         if salt.len() > MAX_SALT {
-            return Err("salt longer than 256 bytes".into());
+            return Err(Invalid("salt longer than 256 bytes".into()));
         }
         parse_uuid(&self.uuid).ok_or_else(|| "uuid is not 8-4-4-4-12 hex".to_owned())?;
         Ok(())
@@ -213,12 +214,12 @@ impl VerityBuilder {
 
     /// Finishes the tree. The data must be a non-empty whole number of 4 KiB blocks.
     /// Returns the parameters and the hash area (superblock block, then the tree).
-    pub fn finish(mut self) -> Result<(VerityInfo, Vec<u8>), String> {
+    pub fn finish(mut self) -> Result<(VerityInfo, Vec<u8>), Invalid> {
         if !self.partial.is_empty() || self.data_len == 0 {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "data size {} is not a positive multiple of {BLOCK_SIZE}",
                 self.data_len
-            ));
+            )));
         }
         let data_blocks = self.data_len / BLOCK_SIZE;
         let bs = BLOCK_SIZE as usize;

@@ -3,14 +3,9 @@
 use std::io::{self, Read, Write};
 
 use crate::manifest::{MANIFEST_MEMBER, MAX_MANIFEST_SIZE, Manifest};
-use crate::sign::Signature;
+use crate::sign::{Signature, signature_member};
 use crate::tar::{self, Header};
 use crate::{Error, Part, Progress};
-
-/// Name of the member holding the signature by `key_id`.
-pub fn signature_member(key_id: crate::KeyId) -> String {
-    format!("signatures/{key_id}.minisig")
-}
 
 struct Out<W> {
     inner: W,

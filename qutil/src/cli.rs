@@ -37,43 +37,58 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 /// Runs a binary's `run` and maps its result: `Ok(code)` as is, an error to
-/// [`EXIT_ERROR`] with `tool: error: cause: …` on stderr.
+/// [`EXIT_ERROR`] with [`error`]'s line on stderr.
 pub fn main(tool: &str, run: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
     match run() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{tool}: {e:#}");
+            error(tool, &format!("{e:#}"));
             ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
+/// The one style of an error line: `tool: error: what: cause: …`.
+pub fn error(tool: &str, text: &str) {
+    eprintln!("{tool}: error: {text}");
+}
+
 /// Progress on stderr: a spinner with the current step and a bar per byte task on a
-/// terminal; one line per step (`tool: text`) otherwise; nothing when quiet.
+/// terminal; otherwise (or when quiet) no bars and one line per step (`tool: text`),
+/// the log of what happened.
 pub struct Bars {
     tool: &'static str,
     multi: MultiProgress,
     step: ProgressBar,
     tty: bool,
-    quiet: bool,
+    timings: bool,
 }
 
-struct Bar(ProgressBar);
+struct Bar {
+    bar: ProgressBar,
+    /// `(tool, task, start)` when timings are printed.
+    timed: Option<(&'static str, String, std::time::Instant)>,
+}
 
 impl Task for Bar {
     fn advance(&self, bytes: u64) {
-        self.0.inc(bytes);
+        self.bar.inc(bytes);
     }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
+        if let Some((tool, what, start)) = &self.timed {
+            let secs = start.elapsed().as_secs_f64();
+            let rate = self.bar.position() as f64 / secs.max(1e-9) / (1 << 20) as f64;
+            eprintln!("{tool}: {what}: {secs:.2} s ({rate:.0} MiB/s)");
+        }
     }
 }
 
 impl Bars {
-    /// Bars for `tool`; `quiet` hides everything.
+    /// Bars for `tool`; `quiet` draws none (step lines are still printed).
     pub fn new(tool: &'static str, quiet: bool) -> Bars {
         let tty = !quiet && std::io::stderr().is_terminal();
         let multi = MultiProgress::with_draw_target(if tty {
@@ -93,25 +108,14 @@ impl Bars {
             multi,
             step,
             tty,
-            quiet,
+            timings: false,
         }
     }
 
-    /// True when bars are drawn (stderr is a terminal and not quiet).
-    pub fn is_drawn(&self) -> bool {
-        self.tty
-    }
-
-    /// Prints a line above the bars (or on stderr when none are drawn).
-    pub fn println(&self, text: &str) {
-        if self.quiet {
-            return;
-        }
-        if self.tty {
-            let _ = self.multi.println(text);
-        } else {
-            eprintln!("{text}");
-        }
+    /// Also prints each task's time and rate on stderr when it ends (`--verbose`).
+    pub fn timings(mut self, on: bool) -> Bars {
+        self.timings = on;
+        self
     }
 }
 
@@ -127,13 +131,18 @@ impl Progress for Bars {
             ),
             None => ProgressBar::new_spinner(),
         };
-        Box::new(Bar(self.multi.add(bar.with_message(what.to_owned()))))
+        Box::new(Bar {
+            bar: self.multi.add(bar.with_message(what.to_owned())),
+            timed: self
+                .timings
+                .then(|| (self.tool, what.to_owned(), std::time::Instant::now())),
+        })
     }
 
     fn step(&self, text: &str) {
         if self.tty {
             self.step.set_message(text.to_owned());
-        } else if !self.quiet {
+        } else {
             eprintln!("{}: {text}", self.tool);
         }
     }

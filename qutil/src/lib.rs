@@ -10,3 +10,4 @@ pub mod cli;
 pub mod crashpoint;
 pub mod fs;
 pub mod progress;
+pub mod require;

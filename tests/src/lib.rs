@@ -42,18 +42,15 @@ pub fn package_of(tool: &str) -> &'static str {
 pub fn tool(name: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
-    if found {
-        return true;
-    }
-    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
-        eprintln!("SKIPPED: {name} is not installed and {SKIP_ENV}=1");
-        return false;
-    }
-    panic!(
-        "{name} is not installed (Debian package {}); `cargo xtask ci` installs it. \
-         Set {SKIP_ENV}=1 to skip tests that need it.",
-        package_of(name)
-    );
+    qutil::require::require(
+        found,
+        &format!("the tool {name}"),
+        &format!(
+            "Debian package {}, which `cargo xtask ci` installs",
+            package_of(name)
+        ),
+        SKIP_ENV,
+    )
 }
 
 /// The systemd EFI stub, from Debian's systemd-boot-efi.
@@ -61,17 +58,12 @@ pub const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// Like [`tool`], for a file a Debian package provides.
 pub fn file_from_package(path: &str, package: &str) -> bool {
-    if Path::new(path).is_file() {
-        return true;
-    }
-    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
-        eprintln!("SKIPPED: {path} is missing and {SKIP_ENV}=1");
-        return false;
-    }
-    panic!(
-        "{path} is missing (Debian package {package}); `cargo xtask ci` installs it. \
-         Set {SKIP_ENV}=1 to skip tests that need it."
-    );
+    qutil::require::require(
+        Path::new(path).is_file(),
+        path,
+        &format!("Debian package {package}, which `cargo xtask ci` installs"),
+        SKIP_ENV,
+    )
 }
 
 /// Runs a command and returns its output, failing the test with its stderr if it
@@ -183,7 +175,15 @@ pub fn write_inputs(dir: &Path, tree_bytes: u64) -> PathBuf {
     sample::generate_tree(&dir.join("rootfs"), tree_bytes, 11, "2.0").unwrap();
     sample::generate_tree(&dir.join("container"), tree_bytes / 2, 12, "2.0").unwrap();
     let mut rng = sample::Rng::new(13);
-    sample::write_random(&dir.join("uki.efi"), 100_000, &mut rng).unwrap();
+    sample::write_uki(
+        &dir.join("uki.efi"),
+        Path::new(STUB),
+        100_000,
+        &mut rng,
+        "qumulo-core",
+        "2.0",
+    )
+    .unwrap();
     sample::write_text(&dir.join("bmc.bin"), 50_000, &mut rng).unwrap();
     let spec = dir.join("release.toml");
     std::fs::write(
@@ -269,17 +269,18 @@ pub fn verify_bytes(bytes: &[u8], keys: &qimg::TrustedKeys) -> Result<usize, qim
 /// `IMAGE_VERSION=<version>` (the kernel is a stand-in: enough for the loader's model,
 /// not for booting).
 pub fn small_uki(product: &str, version: &str) -> Vec<u8> {
-    let mut kernel = vec![0u8; 8192];
-    kernel[0x202..0x206].copy_from_slice(b"HdrS");
-    bootctl::uki::build::build(&bootctl::uki::build::UkiInputs {
-        stub: std::fs::read(STUB).expect("systemd-boot-efi stub"),
-        osrel: format!("ID={product}\nIMAGE_ID={product}\nIMAGE_VERSION={version}\n").into_bytes(),
-        cmdline: "console=ttyS0".into(),
-        kernel,
-        initrd: None,
-        uname: Some("6.1.0-0-amd64".into()),
-    })
-    .expect("building a UKI")
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("uki.efi");
+    sample::write_uki(
+        &p,
+        Path::new(STUB),
+        8192,
+        &mut sample::Rng::new(1),
+        product,
+        version,
+    )
+    .expect("building a UKI");
+    std::fs::read(p).unwrap()
 }
 
 /// A small node layout for tests: 64 MiB ESP, 40 MiB roots, 2 MiB verity.

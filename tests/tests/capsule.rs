@@ -7,10 +7,11 @@ use std::process::Command;
 use bootctl::efivars::EFI_GLOBAL_GUID;
 use bootctl::esp::{Esp, ImageEsp};
 use firmware::backend::{Capsule, Flasher, Verified};
-use firmware::flash::{FlashOptions, Outcome, Payload, Quiet, flash, results};
+use firmware::flash::{FlashOptions, Outcome, Payload, flash, results};
 use firmware::inventory::{Device, InstalledVersion};
 use firmware::journal::{Journal, Step};
 use firmware::plan::{Action, PlanItem};
+use qimg::NoProgress as Quiet;
 use qimg::{FirmwareInfo, Sha256, VersionFormat};
 use tests::{esp_range, formatted_esp, fsck, layout_disk, mdir, run, small_layout, tool};
 

@@ -334,11 +334,10 @@ pub(crate) fn check_boot(
             _ => {
                 let s = bootctl::status::status(io.esp.as_mut(), &running.product, None, None)
                     .map_err(boot_err("reading boot entries"))?;
-                let letter = to.slot.letter();
                 match s
                     .slots
                     .iter()
-                    .find(|x| x.slot == letter)
+                    .find(|x| x.slot == to.slot)
                     .and_then(|x| x.state)
                 {
                     Some(EntryState::Bad { done }) => format!("{done} tries exhausted"),

@@ -152,8 +152,7 @@ impl Containers {
         std::fs::write(dir.join("image.roothash"), hex::encode(root_hash))
             .map_err(io_err("writing", dir.join("image.roothash")))?;
         if extract {
-            extract_squashfs(&dir.join("image.raw"), &dir.join("rootfs"))
-                .map_err(|x| e(ContainerFailure::Extract(x)))?;
+            extract_squashfs(&dir.join("image.raw"), &dir.join("rootfs")).map_err(&e)?;
         }
         let to = self.path(version);
         if to.exists() {
@@ -231,7 +230,11 @@ impl Write for StagingSink {
 
 /// Extracts a squashfs image's files into `to` (backhand's reader): regular files
 /// with their modes, directories, symlinks.
-pub fn extract_squashfs(image: &Path, to: &Path) -> Result<(), String> {
+pub fn extract_squashfs(image: &Path, to: &Path) -> Result<(), ContainerFailure> {
+    extract(image, to).map_err(ContainerFailure::Extract)
+}
+
+fn extract(image: &Path, to: &Path) -> Result<(), String> {
     use backhand::{FilesystemReader, InnerNode};
     use std::os::unix::fs::PermissionsExt;
     let f = std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;

@@ -17,7 +17,7 @@ use std::path::Path;
 use bootctl::entries;
 use bootctl::layout::Slot;
 use bootctl::slot::{SlotImage, SlotWriter};
-use firmware::flash::{FlashOptions, Outcome, Payload, Quiet};
+use firmware::flash::{FlashOptions, Outcome, Payload};
 use firmware::plan::{Action, PlanItem, PlanOptions};
 use firmware::prepare::{BackendSpec, Backends, NodeConfig as DeviceConfig};
 use qimg::{BundleReader, ComponentKind, Manifest, Progress, Target};
@@ -249,7 +249,7 @@ pub(crate) fn run(
         st.stage = Stage::Preparing(PrepareStep::Firmware(plan.clone()));
         store.put(st)?;
         obs.step("flashing firmware");
-        flash(node, &items, &payloads, &backends)?;
+        flash(node, &items, &payloads, &backends, obs)?;
     }
     st.details = format!(
         "{} upgrade from {} to {} prepared; run `qq upgrade_cluster commit`",
@@ -327,6 +327,7 @@ fn flash(
     plan: &[PlanItem],
     payloads: &[Payload],
     backends: &Backends,
+    obs: &dyn Progress,
 ) -> Result<(), Error> {
     let fwerr = Error::Firmware;
     let journal =
@@ -342,7 +343,7 @@ fn flash(
         min_battery: 0,
         power_hook: None,
     };
-    let out = firmware::prepare::flash_all(&journal, plan, payloads, backends, &fo, &Quiet)
+    let out = firmware::prepare::flash_all(&journal, plan, payloads, backends, &fo, obs)
         .map_err(fwerr)?;
     for (component, outcome) in out {
         if let Outcome::Failed { reason } = outcome {

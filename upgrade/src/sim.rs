@@ -122,7 +122,11 @@ pub fn run_boots(agent: &Agent) -> Result<Option<CommitOutcome>, Error> {
 }
 
 /// What a slot's platform says about simulated boots (`None`: boots healthy).
-pub fn platform_marker(node: &Node, slot: Slot) -> Result<Option<String>, String> {
+pub fn platform_marker(node: &Node, slot: Slot) -> Result<Option<String>, Unhealthy> {
+    marker(node, slot).map_err(Unhealthy)
+}
+
+fn marker(node: &Node, slot: Slot) -> Result<Option<String>, String> {
     let mut dev = std::fs::File::open(&node.config.disk)
         .map_err(|e| format!("{}: {e}", node.config.disk.display()))?;
     let t = bootctl::table::read(&mut dev).map_err(|e| e.to_string())?;
@@ -152,7 +156,7 @@ pub fn platform_marker(node: &Node, slot: Slot) -> Result<Option<String>, String
 
 /// The simulated platform health gate.
 pub fn platform_health(node: &Node, slot: Slot) -> Result<(), Unhealthy> {
-    match platform_marker(node, slot).map_err(Unhealthy)?.as_deref() {
+    match platform_marker(node, slot)?.as_deref() {
         Some("unhealthy") => Err(Unhealthy(format!(
             "platform in slot {slot} reports unhealthy ({SIM_BOOT})"
         ))),
@@ -219,7 +223,7 @@ pub fn boot_firmware(node: &Node) -> Result<Vec<Attempt>, Error> {
             Some(s) => match platform_marker(node, s) {
                 Ok(Some(m)) if m == "panic" => Err(format!("kernel panic ({SIM_BOOT})")),
                 Ok(_) => Ok(()),
-                Err(e) => Err(e),
+                Err(e) => Err(e.0),
             },
         };
         attempts.push(Attempt {

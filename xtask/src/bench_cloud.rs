@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::process::{Command, Stdio};
 
-use crate::bench::{Opts, measure, median, release_build, settle};
+use crate::harness::{Opts, measure, median, release_build, settle};
 use crate::{deps, target_dir};
 
 fn io(e: std::io::Error) -> String {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::bench::{Opts, bundle_cmd, measure, median, release_build, settle};
+use crate::harness::{Opts, bundle_cmd, measure, median, release_build, settle};
 use crate::{deps, step, target_dir};
 
 /// The one file in `dir` (the bundle has one signature and one payload).

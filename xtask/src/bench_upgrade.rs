@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::bench::{Opts, bundle_cmd, measure, median, release_build, settle};
+use crate::harness::{Opts, bundle_cmd, measure, median, release_build, settle};
 use crate::{deps, step, target_dir};
 
 fn io(e: std::io::Error) -> String {

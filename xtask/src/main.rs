@@ -11,7 +11,11 @@
 //! - `cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]`:
 //!   builds a bundle from a generated tree and does the same work with the standard
 //!   tools on the same input, printing both times, the ratio, verify throughput
-//!   against sha256sum and openssl, and peak memory.
+//!   against sha256sum and openssl, and peak memory (`bench.rs`).
+//! - `cargo xtask bench firmware|upgrade|cloud [--size MIB] [--runs N] [--dir DIR]`:
+//!   `qfirmware flash`, `qq` prepare (and instant downtime), `qcloud publish` against
+//!   their standard equivalents (`bench_fw.rs`, `bench_upgrade.rs`, `bench_cloud.rs`;
+//!   the shared harness is `harness.rs`).
 
 mod bench;
 mod bench_cloud;
@@ -19,6 +23,7 @@ mod bench_fw;
 mod bench_upgrade;
 mod demo_upgrade;
 mod deps;
+mod harness;
 mod qemu;
 
 use std::path::{Path, PathBuf};

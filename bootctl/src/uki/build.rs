@@ -32,7 +32,7 @@
 //! PointerToLinenumbers; `32` NumberOfRelocations (u16); `34` NumberOfLinenumbers
 //! (u16); `36` Characteristics.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::Error;
 
@@ -336,27 +336,10 @@ pub fn build_files(
         uname,
     };
     let bytes = build(&inputs)?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let write_err = |source| Error::File {
+    qutil::fs::write_atomic(out, &bytes).map_err(|source| Error::File {
         path: out.to_owned(),
         source,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".uki-partial-")
-        .tempfile_in(&dir)
-        .map_err(write_err)?;
-    use std::io::Write;
-    tmp.write_all(&bytes)
-        .and_then(|()| {
-            tmp.as_file()
-                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        })
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(write_err)?;
-    tmp.persist(out).map_err(|e| write_err(e.error))?;
+    })?;
     sections(&bytes)
 }
 

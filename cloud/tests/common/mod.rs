@@ -38,15 +38,16 @@ impl Moto {
     /// the tests opted out with `QIMG_SKIP_EMULATOR=1`. Without the opt-out a
     /// missing moto fails the test with the reason.
     pub fn start() -> Option<Moto> {
-        let Some(server) = moto_server() else {
-            assert_eq!(
-                std::env::var("QIMG_SKIP_EMULATOR").as_deref(),
-                Ok("1"),
-                "moto_server not found: `cargo xtask ci` installs it (pip, {}); QIMG_SKIP_EMULATOR=1 skips these tests",
-                "moto[server,ec2,ebs,ssm]==5.2.5"
-            );
+        let server = moto_server();
+        if !qutil::require::require(
+            server.is_some(),
+            "the AWS emulator (moto_server)",
+            "`cargo xtask ci` installs moto[server,ec2,ebs,ssm]==5.2.5 with pip",
+            "QIMG_SKIP_EMULATOR",
+        ) {
             return None;
-        };
+        }
+        let server = server.expect("required above");
         // The venv's python runs our launcher (a RegisterImage that keeps what AWS
         // keeps), then moto's own server.
         let python = server.with_file_name("python3");

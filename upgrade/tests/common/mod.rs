@@ -185,17 +185,8 @@ pub fn bundles() -> &'static Bundles {
 /// True when the tools the fixtures need exist; otherwise the test fails unless
 /// QIMG_SKIP_TOOL_TESTS=1 says to skip it.
 pub fn have_boot_files() -> bool {
-    let ok = Path::new(tests::STUB).is_file() && Path::new(SYSTEMD_BOOT).is_file();
-    if !ok {
-        assert_eq!(
-            std::env::var("QIMG_SKIP_TOOL_TESTS").as_deref(),
-            Ok("1"),
-            "systemd-boot-efi is missing ({} / {}); `cargo xtask ci` installs it, QIMG_SKIP_TOOL_TESTS=1 skips",
-            tests::STUB,
-            SYSTEMD_BOOT
-        );
-    }
-    ok
+    tests::file_from_package(tests::STUB, "systemd-boot-efi")
+        && tests::file_from_package(SYSTEMD_BOOT, "systemd-boot-efi")
 }
 
 /// A simulated node; stops its container when dropped.

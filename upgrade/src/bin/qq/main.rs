@@ -123,10 +123,15 @@ fn finish_outcome(agent: &Agent, outcome: Option<CommitOutcome>) -> Result<ExitC
 /// Prints the error and the status: exit 1 for a negative answer or a failure the
 /// state recorded, 2 otherwise.
 fn finish_error(agent: &Agent, e: &Error) -> Result<ExitCode> {
-    eprintln!("qq: {}", chain(e));
     let recorded = agent.state().is_ok_and(|s| s.failure.is_some());
+    let negative = e.is_negative() || recorded;
+    if negative {
+        eprintln!("qq: {}", chain(e));
+    } else {
+        qutil::cli::error("qq", &chain(e));
+    }
     let _ = print_status(agent);
-    Ok(ExitCode::from(if e.is_negative() || recorded {
+    Ok(ExitCode::from(if negative {
         EXIT_NO
     } else {
         qutil::cli::EXIT_ERROR

@@ -1,0 +1,122 @@
+//! The benchmark harness every `cargo xtask bench` uses: options, per-process
+//! wall/CPU time and peak memory (wait4), medians, release builds, settling the
+//! page cache between runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{step, target_dir};
+
+/// Wall time, CPU time and peak memory of one process.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Usage {
+    pub wall: f64,
+    pub cpu: f64,
+    pub max_rss_kib: u64,
+}
+
+impl Usage {
+    pub(crate) fn add(self, o: Usage) -> Usage {
+        Usage {
+            wall: self.wall + o.wall,
+            cpu: self.cpu + o.cpu,
+            max_rss_kib: self.max_rss_kib.max(o.max_rss_kib),
+        }
+    }
+}
+
+/// Runs a command to completion and measures it with wait4's rusage.
+pub(crate) fn measure(cmd: &mut Command) -> Result<Usage, String> {
+    let start = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: waiting for our own child pid with valid out-pointers.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed().as_secs_f64();
+    if rc != pid {
+        return Err(format!("wait4 failed for {cmd:?}"));
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return Err(format!("{cmd:?} failed (status {status})"));
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Usage {
+        wall,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss as u64,
+    })
+}
+
+/// Writes back dirty pages (untimed) so one measurement does not pay for another's writes.
+pub(crate) fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub(crate) struct Opts {
+    pub size_mib: u64,
+    pub level: i32,
+    pub runs: usize,
+    pub dir: PathBuf,
+}
+
+pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        size_mib: 1024,
+        level: 3,
+        runs: 3,
+        dir: target_dir().join("bench"),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--size" => o.size_mib = val("--size")?.parse().map_err(|_| "bad --size")?,
+            "--level" => o.level = val("--level")?.parse().map_err(|_| "bad --level")?,
+            "--runs" => o.runs = val("--runs")?.parse().map_err(|_| "bad --runs")?,
+            "--dir" => o.dir = PathBuf::from(val("--dir")?),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if o.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    Ok(o)
+}
+
+/// Builds `packages` in release mode.
+pub(crate) fn release_build(packages: &[&str]) -> Result<(), String> {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(["build", "--release"]);
+    for p in packages {
+        c.args(["-p", p]);
+    }
+    step("release build", &mut c)
+}
+
+/// `imagebuild bundle` of `spec` signed with `key` (a `.key` file) into `out`.
+pub(crate) fn bundle_cmd(exe: &Path, spec: &Path, key: &Path, out: &Path) -> Command {
+    let mut c = Command::new(exe);
+    c.env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["bundle", "-q", "--spec"])
+        .arg(spec)
+        .arg("--key")
+        .arg(key)
+        .arg("--out")
+        .arg(out);
+    c
+}
