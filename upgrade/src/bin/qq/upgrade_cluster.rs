@@ -20,7 +20,14 @@ pub struct Args {
     /// Reboot nodes one batch at a time.
     #[arg(long)]
     rolling: bool,
-    /// Return at once; the upgrade runs in the background and cannot be cancelled.
+    #[command(flatten)]
+    run: Monitor,
+}
+
+/// How the work runs: monitored here, or in a detached process.
+#[derive(clap::Args)]
+struct Monitor {
+    /// Return at once; the work goes on in the background and cannot be cancelled.
     #[arg(long)]
     no_monitor: bool,
     #[arg(long, hide = true)]
@@ -37,46 +44,38 @@ enum Phase {
         /// Reboot nodes one batch at a time at commit.
         #[arg(long)]
         rolling: bool,
-        /// Return at once; the prepare runs in the background and cannot be cancelled.
-        #[arg(long)]
-        no_monitor: bool,
-        #[arg(long, hide = true)]
-        detached: bool,
+        #[command(flatten)]
+        run: Monitor,
     },
     /// Swap the container or reboot into the new slot.
     Commit {
-        /// Return at once; the commit runs in the background.
-        #[arg(long)]
-        no_monitor: bool,
-        #[arg(long, hide = true)]
-        detached: bool,
+        #[command(flatten)]
+        run: Monitor,
     },
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let agent = ctx.agent()?;
-    let (request, no_monitor, detached) = match a.phase {
+    let (
+        request,
+        Monitor {
+            no_monitor,
+            detached,
+        },
+    ) = match a.phase {
         None => {
             let path = a.path.context("--path is required without a subcommand")?;
             let mut r = PrepareRequest::new(path);
             r.rolling = a.rolling;
             r.auto_commit = true;
-            (Some(r), a.no_monitor, a.detached)
+            (Some(r), a.run)
         }
-        Some(Phase::Prepare {
-            path,
-            rolling,
-            no_monitor,
-            detached,
-        }) => {
+        Some(Phase::Prepare { path, rolling, run }) => {
             let mut r = PrepareRequest::new(path);
             r.rolling = rolling;
-            (Some(r), no_monitor, detached)
+            (Some(r), run)
         }
-        Some(Phase::Commit {
-            no_monitor,
-            detached,
-        }) => (None, no_monitor, detached),
+        Some(Phase::Commit { run }) => (None, run),
     };
     if no_monitor {
         let mut args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,51 +1,9 @@
-//! `qcloud`: publish a cloud disk image as an AMI.
-//!
-//! ```text
-//! qcloud publish --image disk.raw | --bundle X.qimg --pubkey K
-//!                --name NAME --regions us-east-1,eu-west-1 [--launch-permission ID|public]...
-//!                [--ssm-prefix TEMPLATE] [--output ami.json] [--json]
-//!                [--endpoint-url URL] [--profile P] [--concurrency 64] [--tpm] [--imds-v2]
-//! ```
-//!
-//! The first region is where the image is uploaded and registered; the others get
-//! copies. Credentials: the standard AWS chain (environment, profiles, SSO-less
-//! config files, container and instance roles). Exit codes: 0 published everywhere,
-//! 1 published but some regions failed (the output file says which), 2 an error.
+//! `qcloud publish`: upload, register, copy, share and record an AMI.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Duration;
-
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use cloud::AwsOptions;
-use cloud::ami::Permission;
-use cloud::publish::{PublishOptions, Published, identity, publish};
-
-#[derive(Parser)]
-#[command(name = "qcloud", version, about = "Publish cloud disk images as AMIs")]
-struct Cli {
-    /// No progress bar.
-    #[arg(long, short, global = true)]
-    quiet: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Upload, register, copy, share and record an AMI.
-    Publish(Box<PublishArgs>),
-    /// Read and hash an image as an upload would, without uploading (JSON).
-    Scan {
-        /// The image.
-        #[arg(long)]
-        image: PathBuf,
-    },
-}
+use crate::*;
 
 #[derive(clap::Args)]
-struct PublishArgs {
+pub struct Args {
     /// A raw cloud disk image (made by `imagebuild disk --target cloud`).
     #[arg(long, conflicts_with = "bundle", required_unless_present = "bundle")]
     image: Option<PathBuf>,
@@ -109,44 +67,7 @@ struct PublishArgs {
     imds_v2: bool,
 }
 
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    qutil::fs::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
-
-fn summary(p: &Published) -> String {
-    let mut s = format!(
-        "{} {} {} ({} blocks, {} MiB sent{})\n",
-        p.name,
-        p.product,
-        p.version,
-        p.blocks_sent,
-        p.bytes_sent >> 20,
-        if p.reused { ", reused" } else { "" }
-    );
-    for (region, r) in &p.regions {
-        match (&r.image_id, &r.error) {
-            (_, Some(e)) => s.push_str(&format!("  {region}: FAILED: {e}\n")),
-            (Some(id), None) => s.push_str(&format!("  {region}: {id}\n")),
-            (None, None) => s.push_str(&format!("  {region}: ?\n")),
-        }
-    }
-    s
-}
-
-async fn run(cli: Cli) -> Result<ExitCode> {
-    let a = match cli.command {
-        Command::Publish(a) => a,
-        Command::Scan { image } => {
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let start = std::time::Instant::now();
-            let r = tokio::task::spawn_blocking(move || cloud::image::hash_all(&image, threads))
-                .await??;
-            let mut v = serde_json::to_value(&r)?;
-            v["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            return Ok(ExitCode::SUCCESS);
-        }
-    };
+pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let launch = a
         .launch_permission
         .iter()
@@ -252,7 +173,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             static_credentials: None,
         },
     };
-    let progress = qutil::cli::Bars::new("qcloud", cli.quiet);
+    let progress = qutil::cli::Bars::new("qcloud", ctx.quiet);
     let p = publish(&o, &progress).await?;
     drop(progress);
     let json = serde_json::to_string_pretty(&p)? + "\n";
@@ -270,12 +191,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn main() -> ExitCode {
-    qutil::cli::main("qcloud", || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?
-            .block_on(run(Cli::parse()))
-    })
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    qutil::fs::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn summary(p: &Published) -> String {
+    let mut s = format!(
+        "{} {} {} ({} blocks, {} MiB sent{})\n",
+        p.name,
+        p.product,
+        p.version,
+        p.blocks_sent,
+        p.bytes_sent >> 20,
+        if p.reused { ", reused" } else { "" }
+    );
+    for (region, r) in &p.regions {
+        match (&r.image_id, &r.error) {
+            (_, Some(e)) => s.push_str(&format!("  {region}: FAILED: {e}\n")),
+            (Some(id), None) => s.push_str(&format!("  {region}: {id}\n")),
+            (None, None) => s.push_str(&format!("  {region}: ?\n")),
+        }
+    }
+    s
 }

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use bootctl::efivars::{EFIVARS, LoaderVars};
@@ -17,6 +17,8 @@ use bootctl::esp::{DirEsp, Esp, ImageEsp};
 use bootctl::layout::Slot;
 use bootctl::status::{self, Status};
 use bootctl::{entries, slot, table};
+
+mod cmd;
 
 #[derive(Parser)]
 #[command(version, about = "Boot-loader companion for A/B platform slots")]
@@ -45,33 +47,34 @@ enum Command {
     /// Booted slot, each slot's version and entry state, what boots next and why.
     Status,
     /// Bless the booted entry (or ENTRY): drop its counter, keep one fallback, remove stale entries.
-    MarkGood {
-        /// Entry file name (default: the booted entry; offline, what would boot next).
-        entry: Option<String>,
-        /// Bless an entry that has never been tried (no boot counted yet).
-        #[arg(long)]
-        force: bool,
-    },
+    MarkGood(cmd::mark_good::Args),
     /// Mark the booted entry (or ENTRY) bad: no tries left.
-    MarkBad {
-        /// Entry file name (default: the booted entry).
-        entry: Option<String>,
-    },
+    MarkBad(cmd::mark_bad::Args),
     /// Make the other slot boot next.
     Rollback,
     /// Make SLOT (a or b) boot next, with N tries.
-    SetNext {
-        /// a or b.
-        slot: char,
-        /// Tries (1-9).
-        #[arg(long, default_value_t = entries::DEFAULT_TRIES)]
-        tries: u32,
-    },
+    SetNext(cmd::set_next::Args),
     /// Show what a Unified Kernel Image contains: version, id, cmdline, kernel, sections.
-    InspectUki {
-        /// The UKI.
-        file: PathBuf,
-    },
+    InspectUki(cmd::inspect_uki::Args),
+}
+
+/// What every subcommand on the boot entries gets: the ESP, the slot labels, the
+/// loader variables (live) and the product.
+pub struct Ctx {
+    t: Target,
+    product: String,
+}
+
+impl Ctx {
+    /// The status report as it stands.
+    fn status(&mut self) -> Result<Status, bootctl::Error> {
+        status::status(
+            self.t.esp.as_mut(),
+            &self.product,
+            self.t.labels.clone(),
+            self.t.vars.as_ref(),
+        )
+    }
 }
 
 /// The ESP, the slot labels and the loader variables the command works with.
@@ -183,75 +186,30 @@ fn report(cli: &Cli, s: &Status) -> Result<()> {
     }
 }
 
-fn slot_arg(c: char) -> Result<Slot> {
-    match c.to_ascii_lowercase() {
-        'a' => Ok(Slot::A),
-        'b' => Ok(Slot::B),
-        _ => bail!("slot must be a or b, not {c:?}"),
-    }
-}
-
 fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::InspectUki { file } = &cli.command {
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let info = bootctl::uki::inspect(&bytes).with_context(|| file.display().to_string())?;
-        if cli.json {
-            out(&(serde_json::to_string_pretty(&info)? + "\n"))?;
-        } else {
-            out(&info.render())?;
-        }
-        return Ok(ExitCode::SUCCESS);
+    if let Command::InspectUki(a) = &cli.command {
+        return cmd::inspect_uki::run(&cli, a);
     }
     let mut t = open(&cli)?;
     let product = status::layout_record(t.esp.as_mut())
         .context("reading the qimg layout record on the ESP")?
         .product;
-    let vars = t.vars.as_ref();
+    let mut ctx = Ctx { t, product };
     let result = match &cli.command {
-        Command::Status => status::status(t.esp.as_mut(), &product, t.labels.clone(), vars),
-        Command::MarkGood { entry, force } => {
-            let e = status::target_entry(t.esp.as_mut(), &product, entry.as_deref(), vars)?;
-            let counter = bootctl::counter::EntryName::parse(&e, ".efi").and_then(|n| n.counter);
-            if counter.is_none() {
-                eprintln!("qbootctl: {e} is already good");
-            } else if counter.is_some_and(|c| c.done == 0) && !force {
-                // Blessing removes boot counting: an entry that never booted would lose
-                // the fallback that protects the node if it cannot.
-                let why = if vars.is_none() && entry.is_none() {
-                    " (offline, mark-good picks what the loader would boot next, not what booted)"
-                } else {
-                    ""
-                };
-                eprintln!(
-                    "qbootctl: refusing to bless {e}: it has never been tried (0 boots counted){why}; \
-                     blessing it would end its boot counting and its fallback. Boot it first, \
-                     or pass --force"
-                );
-                return Ok(ExitCode::from(1));
-            } else {
-                let new = entries::bless(t.esp.as_mut(), &product, &e)?;
-                eprintln!("qbootctl: blessed {e} as {new}");
-            }
-            status::status(t.esp.as_mut(), &product, t.labels.clone(), vars)
-        }
-        Command::MarkBad { entry } => {
-            let e = status::target_entry(t.esp.as_mut(), &product, entry.as_deref(), vars)?;
-            let new = entries::mark_bad(t.esp.as_mut(), &e)?;
-            eprintln!("qbootctl: marked {e} bad as {new}");
-            status::status(t.esp.as_mut(), &product, t.labels.clone(), vars)
-        }
-        Command::Rollback => status::rollback(t.esp.as_mut(), &product, vars),
-        Command::SetNext { slot, tries } => {
-            status::set_next(t.esp.as_mut(), &product, slot_arg(*slot)?, *tries, vars)
-        }
-        Command::InspectUki { .. } => unreachable!("handled above"),
+        Command::Status => ctx.status(),
+        Command::MarkGood(a) => cmd::mark_good::run(&mut ctx, a),
+        Command::MarkBad(a) => cmd::mark_bad::run(&mut ctx, a),
+        Command::Rollback => cmd::rollback::run(&mut ctx),
+        Command::SetNext(a) => cmd::set_next::run(&mut ctx, a),
+        Command::InspectUki(_) => unreachable!("handled above"),
     };
-    t.esp.flush()?;
+    ctx.t.esp.flush()?;
     match result {
         Ok(s) => {
             report(&cli, &s)?;
             Ok(ExitCode::SUCCESS)
         }
+        // A negative answer (no fallback, a refused change): nothing was changed.
         Err(bootctl::Error::NoEntry { reason }) => {
             eprintln!("qbootctl: {reason}");
             Ok(ExitCode::from(1))

@@ -1,0 +1,4 @@
+//! One module per `qcloud` subcommand.
+
+pub mod publish;
+pub mod scan;

@@ -1,0 +1,58 @@
+//! `cargo xtask ci`: every gate CI runs, in order (README's test command).
+
+use crate::*;
+
+pub fn main() -> Result<(), String> {
+    let start = std::time::Instant::now();
+    deps::ensure(deps::TEST_PACKAGES)?;
+    deps::ensure_files(deps::TEST_FILES)?;
+    step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // The AWS emulator the cloud tests run against (pinned moto, pip).
+    let moto = deps::ensure_moto()?;
+    step(
+        "tests",
+        cargo()
+            .args(["test", "--workspace"])
+            .env("QIMG_MOTO_SERVER", &moto),
+    )?;
+    // The README's upgrade demo keeps working.
+    demo_upgrade::main(&[])?;
+    // The fuzz crate is its own workspace (cargo-fuzz layout); building it here keeps
+    // the targets compiling. Running them needs cargo-fuzz: see fuzz/README.md.
+    step(
+        "fuzz targets build",
+        cargo()
+            .args([
+                "build",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--target-dir",
+            ])
+            .arg(target_dir().join("fuzz")),
+    )?;
+    // The boot chain on real firmware. It fails (it never skips itself) when QEMU,
+    // OVMF or the kernel cannot be had; a person can opt out explicitly.
+    if std::env::var("QIMG_SKIP_QEMU").as_deref() == Ok("1") {
+        eprintln!("xtask: SKIPPED qemu-test because QIMG_SKIP_QEMU=1");
+    } else {
+        let t = std::time::Instant::now();
+        qemu::main(&[])?;
+        eprintln!(
+            "xtask: == qemu-test: passed in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!("xtask: ci passed in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
