@@ -55,6 +55,9 @@ pub struct EntryName {
     /// Whether the name spells out `-DONE` (`+3` and `+3-0` mean the same; the
     /// loader always writes the long form when it renames).
     pub done_written: bool,
+    /// The counter as the parsed name spelled it, when that is not how it is
+    /// formatted (`+03` is 3 tries to the loader): an unchanged name prints as it was.
+    pub spelled: Option<(Counter, String)>,
 }
 
 fn digits(s: &str) -> Option<(u32, &str)> {
@@ -81,6 +84,7 @@ impl EntryName {
             counter: None,
             suffix: suffix.to_owned(),
             done_written: false,
+            spelled: None,
         };
         let Some(plus) = file.rfind('+') else {
             return Some(uncounted());
@@ -98,11 +102,19 @@ impl EntryName {
         if rest != suffix {
             return Some(uncounted());
         }
+        let counter = Counter { left, done };
+        let text = &file[plus + 1..file.len() - suffix.len()];
+        let canonical = if done_written {
+            format!("{left}-{done}")
+        } else {
+            left.to_string()
+        };
         Some(EntryName {
             stem: file[..plus].to_owned(),
-            counter: Some(Counter { left, done }),
+            counter: Some(counter),
             suffix: suffix.to_owned(),
             done_written,
+            spelled: (text != canonical).then(|| (counter, text.to_owned())),
         })
     }
 
@@ -116,6 +128,7 @@ impl EntryName {
             }),
             suffix: suffix.to_owned(),
             done_written: true,
+            spelled: None,
         }
     }
 
@@ -124,6 +137,7 @@ impl EntryName {
         self.counter.map(|c| EntryName {
             counter: Some(c.bumped()),
             done_written: true,
+            spelled: None,
             ..self.clone()
         })
     }
@@ -133,6 +147,7 @@ impl EntryName {
         EntryName {
             counter: None,
             done_written: false,
+            spelled: None,
             ..self.clone()
         }
     }
@@ -141,6 +156,10 @@ impl EntryName {
 impl fmt::Display for EntryName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.counter {
+            Some(c) if self.spelled.as_ref().is_some_and(|(was, _)| *was == c) => {
+                let text = &self.spelled.as_ref().expect("checked").1;
+                write!(f, "{}+{text}{}", self.stem, self.suffix)
+            }
             Some(c) if self.done_written => {
                 write!(f, "{}+{}-{}{}", self.stem, c.left, c.done, self.suffix)
             }
@@ -225,6 +244,15 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_with_leading_zeros_counts_and_prints_as_written() {
+        // Found by the round-trip proptest: `+00` is 0 tries to the loader.
+        let n = p("x+00.efi");
+        assert_eq!(n.counter, Some(Counter { left: 0, done: 0 }));
+        assert_eq!(n.to_string(), "x+00.efi");
+        assert_eq!(p("x+03-01.efi").next().unwrap().to_string(), "x+2-2.efi");
+    }
+
+    #[test]
     fn blessing_drops_the_counter() {
         assert_eq!(p("slot-b+1-2.efi").blessed().to_string(), "slot-b.efi");
     }
@@ -232,7 +260,7 @@ mod tests {
     proptest! {
         #[test]
         fn format_parse_round_trip(stem in "[a-z0-9._+-]{1,20}", left in 0u32..=MAX_COUNTER, done in 0u32..=MAX_COUNTER) {
-            let n = EntryName { stem, counter: Some(Counter { left, done }), suffix: ".efi".into(), done_written: true };
+            let n = EntryName { stem, counter: Some(Counter { left, done }), suffix: ".efi".into(), done_written: true, spelled: None };
             let parsed = p(&n.to_string());
             prop_assert_eq!(parsed.counter, n.counter);
             prop_assert_eq!(parsed.to_string(), n.to_string());

@@ -327,6 +327,7 @@ pub fn mark_bad(esp: &mut dyn Esp, file: &str) -> Result<String, Error> {
     let bad = EntryName {
         counter: Some(Counter { left: 0, done }),
         done_written: true,
+        spelled: None,
         ..n
     }
     .to_string();

@@ -14,7 +14,9 @@ use gpt::DiskDevice;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::layout::{EMPTY, ROOT_TYPE, Slot, VERITY_TYPE, slot_label, uuids_from_root_hash};
+use crate::layout::{
+    EMPTY, ROOT_TYPE, SECTOR, Slot, VERITY_TYPE, slot_label, uuids_from_root_hash,
+};
 use crate::table::{self, Table};
 
 /// A slot's partitions: (entry number, first byte, length) of root and verity.
@@ -45,7 +47,11 @@ pub fn parts(t: &Table, slot: Slot) -> Result<SlotParts, Error> {
         Slot::B => 1,
     };
     let span = |(n, p): (u32, &gpt::partition::Partition)| {
-        (n, p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512)
+        (
+            n,
+            p.first_lba * SECTOR,
+            (p.last_lba - p.first_lba + 1) * SECTOR,
+        )
     };
     Ok(SlotParts {
         root: span(roots[i]),

@@ -72,6 +72,21 @@ pub enum Error {
     Injected(String),
 }
 
+impl Error {
+    /// A stable identifier of the kind of error, for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Aws { .. } => "aws",
+            Error::Image { .. } => "image",
+            Error::Build(_) => "build",
+            Error::WaitTimeout { .. } => "wait-timeout",
+            Error::Unexpected(_) => "unexpected",
+            Error::Usage(_) => "usage",
+            Error::Injected(_) => "injected",
+        }
+    }
+}
+
 /// Where and how to reach AWS.
 #[derive(Clone, Debug, Default)]
 pub struct AwsOptions {

@@ -7,7 +7,6 @@
 //! with a reason. A capsule (activation at reboot) stays `verified` — staged — until
 //! the results after the reboot move it to `activated` or `failed`.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -152,9 +151,7 @@ impl Journal {
     /// Writes `record` durably: temp file, fsync, rename, fsync of the directory.
     pub fn put(&self, record: &Record) -> Result<(), Error> {
         let p = self.path(&record.component);
-        let mut bytes = serde_json::to_vec_pretty(record).expect("serializable");
-        bytes.push(b'\n');
-        qutil::fs::write_atomic(&p, &bytes).map_err(jerr(&p))
+        qutil::fs::write_json(&p, record).map_err(jerr(&p))
     }
 
     /// Moves `record` to `step` and writes it.
@@ -165,13 +162,11 @@ impl Journal {
 
     /// Takes the journal's exclusive lock (held until the file is dropped), so two
     /// flashes never run on one node at once.
-    pub fn lock(&self) -> Result<File, Error> {
+    pub fn lock(&self) -> Result<qutil::lock::Lock, Error> {
         let p = self.dir.join(".lock");
-        let f = File::create(&p).map_err(jerr(&p))?;
-        match f.try_lock() {
-            Ok(()) => Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy { path: p }),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::Journal { path: p, source: e }),
+        match qutil::lock::try_lock(&p).map_err(jerr(&p))? {
+            Ok(l) => Ok(l),
+            Err(_) => Err(Error::Busy { path: p }),
         }
     }
 

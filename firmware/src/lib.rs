@@ -111,3 +111,21 @@ pub enum Error {
         path: PathBuf,
     },
 }
+
+impl Error {
+    /// A stable identifier of the kind of error, for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Inventory { .. } => "inventory",
+            Error::Journal { .. } => "journal",
+            Error::Probe { .. } => "probe",
+            Error::BundleOpen { .. } => "bundle-open",
+            Error::Bundle { .. } => "bundle",
+            Error::PayloadTooLarge { .. } => "payload-too-large",
+            Error::Config { .. } => "config",
+            Error::NoBackend { .. } => "no-backend",
+            Error::Esp { .. } => "esp",
+            Error::Busy { .. } => "busy",
+        }
+    }
+}

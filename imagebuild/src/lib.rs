@@ -127,3 +127,23 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 }
+
+impl Error {
+    /// A stable identifier of the kind of error, for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::SpecParse { .. } => "spec-parse",
+            Error::SpecInvalid { .. } => "spec-invalid",
+            Error::Input { .. } => "input",
+            Error::UnsupportedFile { .. } => "unsupported-file",
+            Error::Squashfs { .. } => "squashfs",
+            Error::Output { .. } => "output",
+            Error::Exists { .. } => "exists",
+            Error::Key { .. } => "key",
+            Error::Bundle { .. } => "bundle",
+            Error::Boot { .. } => "boot",
+            Error::Usage(_) => "usage",
+            Error::Cancelled => "cancelled",
+        }
+    }
+}

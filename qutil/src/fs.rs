@@ -79,6 +79,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.commit()
 }
 
+/// A JSON record file: `v` pretty-printed with a final newline, replaced atomically
+/// and durably (see [`AtomicFile`]). The upgrade state, the installed-containers
+/// record and the firmware journal's records are written through it.
+pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(v).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
 /// The data ranges of a file (`SEEK_DATA`/`SEEK_HOLE`): (offset, length) pairs
 /// covering every byte that is not a hole. A file system without hole reporting
 /// answers one range covering the whole file.

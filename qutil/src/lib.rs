@@ -9,5 +9,6 @@
 pub mod cli;
 pub mod crashpoint;
 pub mod fs;
+pub mod lock;
 pub mod progress;
 pub mod require;

@@ -82,11 +82,7 @@ fn a_fresh_disk_image_passes_every_standard_check() {
     assert_eq!(slot::label(&t, Slot::B).unwrap(), EMPTY);
 
     // ESP: clean for fsck, entries visible to mtools.
-    let esp = &t.partitions[&1];
-    let (start, len) = (
-        esp.first_lba * 512,
-        (esp.last_lba - esp.first_lba + 1) * 512,
-    );
+    let (start, len) = t.esp_range().unwrap();
     let esp_file = d.path().join("esp.img");
     cut(&img, start, len, &esp_file);
     let fsck = run(Command::new("fsck.vfat").arg("-n").arg(&esp_file));

@@ -102,15 +102,15 @@ impl Containers {
             i.active = Some(version.to_owned());
         }
         std::fs::create_dir_all(&self.dir).map_err(io_err("creating", &self.dir))?;
-        let bytes = serde_json::to_vec_pretty(&i).expect("serializable");
-        write_atomic(&self.dir.join("installed.json"), &bytes)?;
+        let p = self.dir.join("installed.json");
+        qutil::fs::write_json(&p, &i).map_err(io_err("writing", &p))?;
         Ok(i)
     }
 
     /// Puts `active` back as the active container and `previous` as previous.
     pub fn restore(&self, to: &InstalledContainers) -> Result<(), Error> {
-        let bytes = serde_json::to_vec_pretty(to).expect("serializable");
-        write_atomic(&self.dir.join("installed.json"), &bytes)
+        let p = self.dir.join("installed.json");
+        qutil::fs::write_json(&p, to).map_err(io_err("writing", &p))
     }
 
     /// Starts staging `version`: a fresh partial directory and a sink for the

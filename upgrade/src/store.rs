@@ -7,9 +7,6 @@
 //! The file holds [`crate::wire::Record`]; the engine only ever handles the typed
 //! [`crate::state::NodeState`], and [`Store`] converts both ways.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Block, Damage, Error, io_err};
@@ -31,9 +28,6 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<NodeState, Error> {
     NodeState::try_from(record).map_err(|(field, source)| damaged(field.into(), source))
 }
 
-/// How long [`Store::lock`] tries again when this process seems to hold the lock.
-pub const SELF_HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The state directory: the record and the lock.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -42,9 +36,7 @@ pub struct Store {
 
 /// Holds the upgrade lock while alive.
 #[derive(Debug)]
-pub struct Lock {
-    _file: File,
-}
+pub struct Lock(#[allow(dead_code)] qutil::lock::Lock);
 
 impl Store {
     /// The store in `dir` (created if missing).
@@ -81,9 +73,7 @@ impl Store {
     pub fn put(&self, s: &mut NodeState) -> Result<(), Error> {
         s.updated_at = crate::now();
         let r = Record::from(&*s);
-        let mut bytes = serde_json::to_vec_pretty(&r).expect("a record always serializes");
-        bytes.push(b'\n');
-        qutil::fs::write_atomic(&self.path(), &bytes).map_err(io_err("writing", self.path()))?;
+        qutil::fs::write_json(&self.path(), &r).map_err(io_err("writing", self.path()))?;
         bootctl::crashpoint::reached(&format!("state:{}", r.state.name()));
         if let Some(step) = &r.step {
             bootctl::crashpoint::reached(&format!("step:{step}"));
@@ -91,78 +81,24 @@ impl Store {
         Ok(())
     }
 
-    fn lock_file(&self) -> Result<(File, PathBuf), Error> {
-        let p = self.dir.join("lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
-            .map_err(io_err("opening", &p))?;
-        Ok((f, p))
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
     }
 
-    fn holder(p: &Path) -> Block {
-        let pid = std::fs::read_to_string(p).unwrap_or_default();
-        let pid = pid.trim();
-        Block::Locked {
-            pid: (!pid.is_empty()).then(|| pid.to_owned()),
-        }
-    }
-
-    /// Takes the upgrade lock (an open-file-description lock on `lock`, released
-    /// when the process ends however it ends, and held against other threads of
-    /// this process too), or says who holds it.
-    ///
-    /// A lock this process released can stay held for a moment: a child forked by
-    /// another thread (to exec a container or a tool) shares the open file
-    /// description until its exec closes it. So when the holder is this process,
-    /// the lock is tried again for up to [`SELF_HELD_RETRY`] before the answer is
-    /// "blocked".
+    /// Takes the node's upgrade lock (`qutil::lock`: released when the process ends
+    /// however it ends, exclusive between threads too), or says who holds it.
     pub fn lock(&self) -> Result<Lock, Error> {
-        let (mut f, p) = self.lock_file()?;
-        let deadline = std::time::Instant::now() + SELF_HELD_RETRY;
-        loop {
-            let mut fl = whole_file(libc::F_WRLCK);
-            // SAFETY: fcntl on a descriptor we own with a valid flock struct.
-            if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) } == 0 {
-                break;
-            }
-            let holder = Store::holder(&p);
-            let ours = holder
-                == Block::Locked {
-                    pid: Some(std::process::id().to_string()),
-                };
-            if !ours || std::time::Instant::now() >= deadline {
-                return Err(Error::Blocked(holder));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        let p = self.lock_path();
+        match qutil::lock::try_lock(&p).map_err(io_err("locking", &p))? {
+            Ok(l) => Ok(Lock(l)),
+            Err(h) => Err(Error::Blocked(Block::Locked { pid: h.pid })),
         }
-        f.set_len(0).map_err(io_err("writing", &p))?;
-        write!(f, "{}", std::process::id()).map_err(io_err("writing", &p))?;
-        Ok(Lock { _file: f })
     }
 
-    /// Who holds the lock, if anyone. Only tests the lock (F_OFD_GETLK), so it
-    /// never gets in the way of a process taking it.
+    /// Who holds the lock, if anyone (only tests it).
     pub fn lock_holder(&self) -> Option<Block> {
-        let (f, p) = self.lock_file().ok()?;
-        let mut fl = whole_file(libc::F_WRLCK);
-        // SAFETY: as in `lock`.
-        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
-            return None;
-        }
-        (i32::from(fl.l_type) != libc::F_UNLCK).then(|| Store::holder(&p))
+        qutil::lock::holder(&self.lock_path()).map(|h| Block::Locked { pid: h.pid })
     }
-}
-
-fn whole_file(kind: i32) -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{Opts, Usage, bundle_cmd, measure, median, parse, release_build, settle};
-use crate::{deps, root, target_dir};
+use crate::{deps, root, step, target_dir};
 
 pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -84,16 +84,41 @@ fn bundle(o: &Opts) -> Result<(), String> {
         let n =
             imagebuild::sample::generate_tree(&input.join("rootfs"), o.size_mib << 20, 42, "1.0")
                 .map_err(io)?;
+        // A 16 MiB UKI, built by `imagebuild uki` in its own process: building it in
+        // this one would raise the peak RSS wait4 reports for every later child
+        // (posix_spawn children start from the parent's).
         let mut rng = imagebuild::sample::Rng::new(43);
-        imagebuild::sample::write_uki(
-            &input.join("uki.efi"),
-            Path::new(imagebuild::spec::DEFAULT_STUB),
-            16 << 20,
-            &mut rng,
-            "qumulo-core",
-            "1.0",
-        )
-        .map_err(io)?;
+        let kernel = input.join("vmlinuz");
+        imagebuild::sample::write_random(&kernel, 16 << 20, &mut rng).map_err(io)?;
+        let mut header = imagebuild::sample::stand_in_kernel(0, &mut rng);
+        header.truncate(1024);
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&kernel)
+                .map_err(io)?;
+            f.write_all(&header).map_err(io)?;
+        }
+        std::fs::write(input.join("os-release"), "ID=bench\nIMAGE_VERSION=1.0\n").map_err(io)?;
+        step(
+            "uki",
+            Command::new(&exe)
+                .args([
+                    "-q",
+                    "uki",
+                    "--cmdline",
+                    "console=ttyS0",
+                    "--uname",
+                    "6.1.0-0-amd64",
+                ])
+                .arg("--kernel")
+                .arg(&kernel)
+                .arg("--os-release")
+                .arg(input.join("os-release"))
+                .arg("--out")
+                .arg(input.join("uki.efi")),
+        )?;
         std::fs::write(input.join(".complete"), n.to_string()).map_err(io)?;
     }
     // Two specs: the default (every payload zstd) and filesystem images stored as is.

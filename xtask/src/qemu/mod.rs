@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bootctl::entries::{self, EntryState};
 use bootctl::esp::ImageEsp;
-use bootctl::layout::{ESP_TYPE, Slot};
+use bootctl::layout::Slot;
 use bootctl::model::EfiVars;
 use bootctl::{slot, table};
 use imagebuild::Cancel;
@@ -151,8 +151,7 @@ impl Ctx {
             .open(disk)
             .map_err(|e| e.to_string())?;
         let t = table::read(&mut f).map_err(|e| e.to_string())?;
-        let (_, p) = *t.of_type(ESP_TYPE).first().ok_or("no ESP")?;
-        let (start, len) = (p.first_lba * 512, (p.last_lba - p.first_lba + 1) * 512);
+        let (start, len) = t.esp_range().ok_or("no ESP")?;
         ImageEsp::open(f, start, len).map_err(|e| e.to_string())
     }
 
