@@ -22,7 +22,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<NodeState, Error> {
     };
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let record: Record = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
+        // An unknown key named "" has an empty path: name it so the message has one.
+        let field = match e.path().to_string() {
+            p if p.is_empty() => "\"\"".to_owned(),
+            p => p,
+        };
         damaged(field, Damage::Syntax(e.into_inner().to_string()))
     })?;
     NodeState::try_from(record).map_err(|(field, source)| damaged(field.into(), source))

@@ -233,6 +233,11 @@ fn truncated_or_foreign_bytes_are_damaged_not_a_panic() {
             other => panic!("{n} bytes: {other:?}"),
         }
     }
+    // Found by the fuzzer: a key named "" with a bad value had an empty field name.
+    match parse(Path::new("x"), b"{\"\": falsl}") {
+        Err(Error::StateDamaged { field, .. }) => assert_eq!(field, "\"\""),
+        other => panic!("{other:?}"),
+    }
     for junk in [
         &b"\xff\xfe"[..],
         b"[]",
