@@ -18,7 +18,8 @@ use crate::machine::Machine;
 use crate::node::{Node, Opened};
 use crate::recovery::{Recovery, recovery};
 use crate::state::{
-    ErrorState, Failure, NodeState, Phase, PrepareStep, Settings, Stage, Status, status_of,
+    CommitStep, ErrorState, Failure, NodeState, Phase, PrepareStep, Settings, Stage, Status,
+    status_of,
 };
 use crate::store::{Lock, Store};
 use crate::{Cancel, prepare};
@@ -328,7 +329,14 @@ impl Agent {
         let before = self.state()?;
         let decided = self.rebooted(&before)?;
         let (_lock, _store, st, _) = self.begin(obs)?;
-        if st.phase() != Phase::Committing {
+        // The container runs after every boot, except while a reboot the commit asked
+        // for is still to come. A commit cut off before it asked (step set-next) waits
+        // for `qq upgrade_cluster commit`, with the node serving meanwhile.
+        let reboot_pending = matches!(
+            st.stage,
+            Stage::Committing(_, CommitStep::Reboot { .. } | CommitStep::Fallback { .. })
+        );
+        if !reboot_pending {
             commit::ensure_running(&self.node, self.runtime())?;
         }
         Ok(if decided {

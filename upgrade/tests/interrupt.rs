@@ -191,6 +191,40 @@ fn kill_at_every_transition_of_a_platform_upgrade_then_finish_it() {
 }
 
 #[test]
+fn power_lost_during_set_next_the_node_serves_and_commit_finishes() {
+    if !have_boot_files() {
+        return;
+    }
+    let b = bundles();
+    let n = sim_node(&b.factory);
+    let slot_a = n.slot_bytes(Slot::A);
+    let path = b.platform.to_str().unwrap();
+    let mut child = start_paused(
+        &n,
+        &["upgrade_cluster", "--path", path],
+        "step:set-next",
+        None,
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The power goes: the container stops, the firmware boots whatever it picks, and
+    // the boot path runs. No reboot was asked for, so nothing is decided: the node
+    // serves and the commit waits for the operator.
+    n.agent().runtime().stop().unwrap();
+    upgrade::sim::boot_firmware(&n.node).unwrap();
+    let o = n.qq(&["boot_check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["state"], "UPGRADE_COMMITTING", "{s}");
+    assert_eq!(s["step"], "set-next", "{s}");
+    assert!(n.container().is_some(), "the node serves after the boot");
+    let o = n.qq(&["upgrade_cluster", "commit"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_upgraded(&n);
+    assert_eq!(n.slot_bytes(Slot::A), slot_a);
+}
+
+#[test]
 fn kill_during_an_instant_swap_then_finish_it() {
     let Some(n) = factory_node() else { return };
     let b = bundles();
