@@ -12,8 +12,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::progress::{Progress, Task};
 
-/// Success.
-pub const EXIT_OK: u8 = 0;
 /// A negative answer.
 pub const EXIT_NO: u8 = 1;
 /// An error.

@@ -15,11 +15,10 @@ use crate::commit::{self, CommitOutcome};
 use crate::container::{Runtime, runtime};
 use crate::error::{Error, Op, chain, io_err};
 use crate::machine::Machine;
-use crate::node::{Node, Opened};
+use crate::node::Node;
 use crate::recovery::{Recovery, recovery};
 use crate::state::{
-    CommitStep, ErrorState, Failure, NodeState, Phase, PrepareStep, Settings, Stage, Status,
-    status_of,
+    CommitStep, ErrorState, Failure, NodeState, PrepareStep, Settings, Stage, Status, status_of,
 };
 use crate::store::{Lock, Store};
 use crate::{Cancel, prepare};
@@ -47,6 +46,20 @@ impl PrepareRequest {
             nodes_per_batch: None,
         }
     }
+}
+
+/// An operation under way: the lock held, the state loaded and brought to rest, and
+/// the recovery that was found.
+struct Begun {
+    _lock: Lock,
+    store: Store,
+    st: NodeState,
+    found: Recovery,
+}
+
+/// `; slot b reset to _empty` when undoing a prepare reset a slot.
+fn reset_note(reset: Option<bootctl::layout::Slot>) -> String {
+    reset.map_or(String::new(), |s| format!("; slot {s} reset to _empty"))
 }
 
 /// One node's upgrade engine.
@@ -127,44 +140,49 @@ impl Agent {
         })
     }
 
-    /// Takes the lock, loads the state and carries out its recovery, except for the
-    /// steps of a platform commit that only a commit or a boot continues (returned).
-    fn begin(&self, obs: &dyn Progress) -> Result<(Lock, Store, NodeState, Recovery), Error> {
+    /// Takes the lock, loads the state and carries out the recovery it needs: an
+    /// interrupted prepare is undone, an interrupted swap finished, a reboot decided.
+    /// The recovery found is returned: a commit reports what it finished, and the
+    /// platform-commit steps only a commit continues (`SetNextAgain`, `AwaitReboot`)
+    /// are left to it.
+    fn begin(&self, obs: &dyn Progress) -> Result<Begun, Error> {
         let store = self.store()?;
         let lock = store.lock()?;
         let mut st = store.load()?;
-        let r = recovery(&st.stage, self.rebooted(&st)?);
-        let rest = match r {
+        let found = recovery(&st.stage, self.rebooted(&st)?);
+        match &found {
             Recovery::AbandonPrepare { step, undo } => {
-                let reset = match &undo {
+                let reset = match undo {
                     Some(plan) => prepare::cleanup(&self.node, &mut self.node.open()?, plan)?,
                     None => None,
                 };
-                st.stage = Stage::Idle { last: undo };
+                st.stage = Stage::Idle { last: undo.clone() };
                 st.failure = Some(Failure {
                     kind: ErrorState::PrepareFailed,
                     message: format!(
                         "prepare was interrupted during step {step:?} (the process ended){}; run prepare again",
-                        reset.map_or(String::new(), |s| format!("; slot {s} was reset to _empty"))
+                        reset_note(reset)
                     ),
                 });
                 st.details = "cleaned up an interrupted prepare".into();
                 store.put(&mut st)?;
-                Recovery::Nothing
             }
             Recovery::FinishSwap(plan) => {
-                commit::finish_instant(&self.cx(&store, obs), &mut st, &plan)?;
-                Recovery::Nothing
+                commit::finish_instant(&self.cx(&store, obs), &mut st, plan)?;
             }
             Recovery::CheckBoot(plan) => {
+                // A fallback reboot is asked for by check_boot itself.
                 let mut io = self.node.open()?;
-                commit::check_boot(&self.cx(&store, obs), &mut st, &plan, &mut io)?;
-                // A fallback reboot was asked for by check_boot itself.
-                Recovery::Nothing
+                commit::check_boot(&self.cx(&store, obs), &mut st, plan, &mut io)?;
             }
-            other => other,
-        };
-        Ok((lock, store, st, rest))
+            Recovery::Nothing | Recovery::SetNextAgain(_) | Recovery::AwaitReboot => {}
+        }
+        Ok(Begun {
+            _lock: lock,
+            store,
+            st,
+            found,
+        })
     }
 
     /// Prepares an upgrade: verifies the bundle, writes the inactive slot, stages the
@@ -178,16 +196,18 @@ impl Agent {
         obs: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<NodeState, Error> {
-        let (_lock, store, st, rest) = self.begin(obs)?;
+        let Begun {
+            _lock, store, st, ..
+        } = self.begin(obs)?;
         let mut io = self.node.open()?;
-        match (&st.stage, rest) {
-            (Stage::Idle { .. } | Stage::Committed(_), _) => {}
-            (Stage::Prepared(plan), _) => {
+        match &st.stage {
+            Stage::Idle { .. } | Stage::Committed(_) => {}
+            Stage::Prepared(plan) => {
                 // A new prepare replaces the prepared one (as a second `rauc install`).
                 obs.step("discarding the previously prepared upgrade");
                 prepare::cleanup(&self.node, &mut io, plan)?;
             }
-            (s, _) => {
+            s => {
                 return Err(Error::WrongState {
                     op: Op::Prepare,
                     state: s.phase(),
@@ -213,16 +233,11 @@ impl Agent {
             store.put(&mut st)?;
             return Ok(st);
         };
-        let undo = match &st.stage {
-            Stage::Preparing(
-                PrepareStep::Write(p) | PrepareStep::StageEntry(p) | PrepareStep::Firmware(p),
-            ) => Some(p.clone()),
-            _ => None,
-        };
+        // What the step reached says what to undo (nothing before the write step).
+        let undo = st.stage.plan().cloned();
         let note = match &undo {
             Some(plan) => match prepare::cleanup(&self.node, &mut io, plan) {
-                Ok(Some(slot)) => format!("; slot {slot} reset to _empty"),
-                Ok(None) => String::new(),
+                Ok(reset) => reset_note(reset),
                 Err(c) => format!("; cleaning up failed too: {}", chain(&c)),
             },
             None => String::new(),
@@ -247,15 +262,19 @@ impl Agent {
     /// how it ended: committed, rebooting (a platform upgrade: the boot path
     /// decides), rolled back or failed.
     pub fn commit(&self, obs: &dyn Progress) -> Result<CommitOutcome, Error> {
-        let was = self.state()?;
-        let (_lock, store, mut st, rest) = self.begin(obs)?;
-        if was.phase() == Phase::Committing && rest == Recovery::Nothing {
+        let Begun {
+            _lock,
+            store,
+            mut st,
+            found,
+        } = self.begin(obs)?;
+        if matches!(found, Recovery::FinishSwap(_) | Recovery::CheckBoot(_))
+            && let Some(o) = CommitOutcome::of(&st)
+        {
             // Recovery finished the interrupted commit: that is this commit's outcome.
-            if let Some(o) = CommitOutcome::of(&st) {
-                return Ok(o);
-            }
+            return Ok(o);
         }
-        match (st.stage.clone(), rest) {
+        match (st.stage.clone(), found) {
             (_, Recovery::AwaitReboot) => {
                 // The reboot was asked for and has not happened: ask again.
                 obs.step("asking the machine to reboot again");
@@ -270,7 +289,7 @@ impl Agent {
                 commit::set_next_and_reboot(&self.cx(&store, obs), &mut st, &plan, &mut io)
             }
             (Stage::Prepared(plan), _) => {
-                st.stage = Stage::Committing(plan.clone(), crate::state::CommitStep::Swap);
+                st.stage = Stage::Committing(plan.clone(), CommitStep::Swap);
                 st.details = "swapping the container".into();
                 store.put(&mut st)?;
                 commit::finish_instant(&self.cx(&store, obs), &mut st, &plan)
@@ -300,16 +319,18 @@ impl Agent {
     /// Discards a prepared upgrade: the slot back to `_empty`, the staged entry and
     /// container gone, the state idle. Refused while a prepare or commit runs.
     pub fn cancel(&self, obs: &dyn Progress) -> Result<NodeState, Error> {
-        let (_lock, store, mut st, _) = self.begin(obs)?;
+        let Begun {
+            _lock,
+            store,
+            mut st,
+            ..
+        } = self.begin(obs)?;
         match st.stage.clone() {
             Stage::Prepared(plan) => {
                 obs.step("discarding the prepared upgrade");
                 let reset = prepare::cleanup(&self.node, &mut self.node.open()?, &plan)?;
                 st.stage = Stage::Idle { last: Some(plan) };
-                st.details = format!(
-                    "prepared upgrade discarded{}",
-                    reset.map_or(String::new(), |s| format!("; slot {s} reset to _empty"))
-                );
+                st.details = format!("prepared upgrade discarded{}", reset_note(reset));
                 store.put(&mut st)?;
                 Ok(st)
             }
@@ -326,9 +347,9 @@ impl Agent {
     /// sure the active container runs. Returns the commit's outcome when this boot
     /// decided one.
     pub fn after_boot(&self, obs: &dyn Progress) -> Result<Option<CommitOutcome>, Error> {
-        let before = self.state()?;
-        let decided = self.rebooted(&before)?;
-        let (_lock, _store, st, _) = self.begin(obs)?;
+        let Begun {
+            _lock, st, found, ..
+        } = self.begin(obs)?;
         // The container runs after every boot, except while a reboot the commit asked
         // for is still to come. A commit cut off before it asked (step set-next) waits
         // for `qq upgrade_cluster commit`, with the node serving meanwhile.
@@ -339,16 +360,11 @@ impl Agent {
         if !reboot_pending {
             commit::ensure_running(&self.node, self.runtime())?;
         }
-        Ok(if decided {
-            CommitOutcome::of(&st)
-        } else {
-            None
+        // Only a boot the commit asked for decides an outcome.
+        Ok(match found {
+            Recovery::CheckBoot(_) => CommitOutcome::of(&st),
+            _ => None,
         })
-    }
-
-    /// Opens the node's disk and ESP (for callers that inspect them).
-    pub fn open(&self) -> Result<Opened, Error> {
-        self.node.open()
     }
 
     /// Starts `cmd` (a process that runs this agent's operation, e.g. `qq … --detached`)

@@ -3,7 +3,7 @@
 //! the reboot it asked for) to an action. The [`crate::agent::Agent`] carries the
 //! action out; the table is unit-tested case by case below.
 
-use crate::state::{CommitStep, Plan, PrepareStep, Stage};
+use crate::state::{CommitStep, Plan, Stage};
 
 /// The action that brings a state to rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,19 +36,10 @@ pub enum Recovery {
 pub fn recovery(stage: &Stage, rebooted: bool) -> Recovery {
     match stage {
         Stage::Idle { .. } | Stage::Prepared(_) | Stage::Committed(_) => Recovery::Nothing,
-        Stage::Preparing(PrepareStep::Verify) => Recovery::AbandonPrepare {
-            step: "verify",
-            undo: None,
-        },
-        Stage::Preparing(
-            s @ (PrepareStep::Write(p) | PrepareStep::StageEntry(p) | PrepareStep::Firmware(p)),
-        ) => Recovery::AbandonPrepare {
-            step: match s {
-                PrepareStep::Write(_) => "write",
-                PrepareStep::StageEntry(_) => "stage-entry",
-                _ => "firmware",
-            },
-            undo: Some(p.clone()),
+        Stage::Preparing(_) => Recovery::AbandonPrepare {
+            step: stage.step_name().expect("a prepare always has a step"),
+            // Every step after verify has written something; its plan says how to undo.
+            undo: stage.plan().cloned(),
         },
         Stage::Committing(p, CommitStep::Swap) => Recovery::FinishSwap(p.clone()),
         Stage::Committing(p, CommitStep::SetNext) => Recovery::SetNextAgain(p.clone()),
@@ -65,7 +56,7 @@ pub fn recovery(stage: &Stage, rebooted: bool) -> Recovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{BootId, Mode, Release};
+    use crate::state::{BootId, Mode, PrepareStep, Release};
     use bootctl::layout::Slot;
 
     fn plan(mode: Mode) -> Plan {

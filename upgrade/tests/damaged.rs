@@ -3,26 +3,32 @@
 
 mod common;
 
+use bootctl::layout::Slot;
 use common::*;
 
-/// The record of a platform commit waiting for its reboot, as the engine writes it.
+/// The record of a platform commit waiting for its reboot, as the engine writes it
+/// (made from the typed state, so it is the wire form the engine itself produces).
 fn committing() -> serde_json::Value {
-    serde_json::json!({
-        "schema": "qq.state/1",
-        "state": "UPGRADE_COMMITTING",
-        "error_state": "UPGRADE_ERROR_NO_ERROR",
-        "error_message": "",
-        "details": "rebooting into slot b",
-        "install_path": "/upgrade/platform.qimg",
-        "blocked_reason": "",
-        "step": "reboot",
-        "mode": "platform",
-        "rolling": false,
-        "from": {"version": "7.0.0", "platform_version": "7.0", "slot": "a"},
-        "to": {"version": "7.1.0", "platform_version": "7.1", "slot": "b"},
-        "boot_id": "sim-boot-0",
-        "updated_at": 1
-    })
+    use upgrade::state::{BootId, CommitStep, Mode, NodeState, Plan, Release, Stage};
+    let rel = |v: &str, p: &str, slot| Release {
+        version: v.parse().unwrap(),
+        platform_version: p.parse().unwrap(),
+        slot,
+    };
+    let st = NodeState {
+        stage: Stage::Committing(
+            Plan {
+                mode: Mode::Platform,
+                from: rel("7.0.0", "7.0", Slot::A),
+                to: rel("7.1.0", "7.1", Slot::B),
+            },
+            CommitStep::Reboot {
+                boot_id: BootId("sim-boot-0".into()),
+            },
+        ),
+        ..NodeState::default()
+    };
+    serde_json::to_value(upgrade::wire::Record::from(&st)).unwrap()
 }
 
 #[test]

@@ -58,10 +58,8 @@ fn options() -> RolloutOptions {
     }
 }
 
+/// Callers check the boot files (`have_boot_files`) before making their hosts.
 fn check(second: &Host, reason: &str) {
-    if !have_boot_files() {
-        return;
-    }
     let b = bundles();
     let first = host(&b.platform, true);
     let third = host(&b.platform, true);

@@ -98,7 +98,7 @@ fn print_status(agent: &Agent) -> Result<()> {
 
 /// On a simulated node the hardware is ours to play: boots that are due happen now
 /// (on a real node the machine reboots and `qq boot_check` runs from its unit).
-fn settle(agent: &Agent, outcome: CommitOutcome) -> Result<CommitOutcome, Error> {
+fn play_boots(agent: &Agent, outcome: CommitOutcome) -> Result<CommitOutcome, Error> {
     match outcome {
         CommitOutcome::Rebooting { .. } if agent.node().config.simulated => {
             Ok(sim::run_boots(agent)?.unwrap_or(outcome))

@@ -112,7 +112,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         None => agent.commit(&bars).map(Some),
     };
     let result = match result {
-        Ok(Some(o)) => crate::settle(&agent, o).map(Some),
+        Ok(Some(o)) => crate::play_boots(&agent, o).map(Some),
         other => other,
     };
     drop(bars);
