@@ -79,6 +79,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.commit()
 }
 
+/// A secret (private key, token key, password hashes): like [`write_atomic`] but
+/// mode 0600, which the temporary file has from its creation, so the bytes are
+/// never readable by others, not even for a moment.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = AtomicFile::new(path, "tmp-")?.mode(0o600);
+    f.file().write_all(bytes)?;
+    f.commit()
+}
+
 /// A JSON record file: `v` pretty-printed with a final newline, replaced atomically
 /// and durably (see [`AtomicFile`]). The upgrade state, the installed-containers
 /// record and the firmware journal's records are written through it.
@@ -190,6 +199,11 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
+        let s = d.path().join("secret");
+        write_secret(&s, b"k").unwrap();
+        let mode = std::fs::metadata(&s).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&s).unwrap(), b"k");
     }
 
     #[test]

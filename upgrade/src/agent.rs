@@ -18,7 +18,8 @@ use crate::machine::Machine;
 use crate::node::Node;
 use crate::recovery::{Recovery, recovery};
 use crate::state::{
-    CommitStep, ErrorState, Failure, NodeState, PrepareStep, Settings, Stage, Status, status_of,
+    CommitStep, ErrorState, Failure, NodeState, Plan, PrepareStep, Settings, Stage, Status,
+    status_of,
 };
 use crate::store::{Lock, Store};
 use crate::{Cancel, prepare};
@@ -34,6 +35,20 @@ pub struct PrepareRequest {
     pub rolling: bool,
     /// Nodes per batch of a rolling reboot (`None`: the cluster decides).
     pub nodes_per_batch: Option<u32>,
+    /// The path as the operator gave it, shown by the status (`None`: `path`). The
+    /// REST agent resolves a cluster path to a file and shows the cluster path.
+    pub shown_as: Option<String>,
+}
+
+/// What a bundle would do on this node ([`Agent::verify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The plan: from what runs to the bundle's release, instant or platform.
+    pub plan: Plan,
+    /// Why that mode, in words.
+    pub reason: String,
+    /// Why a prepare would be blocked now (a settle period), if it would.
+    pub blocked: Option<String>,
 }
 
 impl PrepareRequest {
@@ -44,6 +59,7 @@ impl PrepareRequest {
             auto_commit: false,
             rolling: false,
             nodes_per_batch: None,
+            shown_as: None,
         }
     }
 }
@@ -185,6 +201,22 @@ impl Agent {
         })
     }
 
+    /// Verifies `path` against the node's keys and checks it against the node,
+    /// reading only the bundle's head: what a prepare would do, or why it is
+    /// refused. Changes nothing and takes no lock.
+    pub fn verify(&self, path: &Path) -> Result<Verified, Error> {
+        let mut io = self.node.open()?;
+        let ex = prepare::examine(&self.node, &mut io, path, &Cancel::new())?;
+        let st = self.state()?;
+        let blocked = crate::checks::settle(&ex.manifest, st.last_commit.as_ref(), crate::now())
+            .map(|(_, why)| why);
+        Ok(Verified {
+            plan: ex.plan,
+            reason: ex.reason,
+            blocked,
+        })
+    }
+
     /// Prepares an upgrade: verifies the bundle, writes the inactive slot, stages the
     /// container and flashes firmware. Returns the state in `UPGRADE_PREPARED`; on
     /// failure the state records `UPGRADE_ERROR_PREPARE_FAILED` with the cause (not
@@ -218,7 +250,10 @@ impl Agent {
         let mut st = NodeState {
             stage: Stage::Preparing(PrepareStep::Verify),
             settings: Settings {
-                install_path: req.path.display().to_string(),
+                install_path: req
+                    .shown_as
+                    .clone()
+                    .unwrap_or_else(|| req.path.display().to_string()),
                 rolling: req.rolling,
                 auto_commit: req.auto_commit,
                 nodes_per_batch: req.nodes_per_batch,

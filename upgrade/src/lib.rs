@@ -38,7 +38,7 @@ pub mod state;
 pub mod store;
 pub mod wire;
 
-pub use agent::{Agent, PrepareRequest};
+pub use agent::{Agent, PrepareRequest, Verified};
 pub use commit::CommitOutcome;
 pub use error::{Error, chain};
 pub use machine::Machine;

@@ -26,7 +26,7 @@ use crate::Cancel;
 use crate::checks::{self, NodeFacts};
 use crate::container::RuntimeConfig;
 use crate::error::{Block, Error, Refusal, boot_err};
-use crate::node::{Node, Opened};
+use crate::node::{Node, Opened, Running};
 use crate::state::{Blocked, Mode, NodeState, Plan, PrepareStep, Release, Stage};
 use crate::store::Store;
 
@@ -76,32 +76,49 @@ fn bundle_err(path: &Path, cancel: &Cancel) -> impl Fn(qimg::Error) -> Error {
     }
 }
 
-/// Runs a prepare from `Preparing(Verify)` up to (not including) `Prepared`,
-/// recording each step in `st` before its work. On error the caller undoes what
-/// `st`'s step says was written ([`cleanup`]).
-pub(crate) fn run(
+/// What a bundle would do on this node, found from its verified head without
+/// writing anything: the plan, the slot image and the container's verity, the
+/// firmware plan, and the reason for the mode. A refusal is an error.
+pub(crate) struct Examined<R: std::io::Read> {
+    /// The reader, positioned after the head.
+    pub reader: BundleReader<R>,
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// What the node runs.
+    pub running: Running,
+    /// From what to what.
+    pub plan: Plan,
+    /// The slot image of a platform upgrade.
+    pub image: Option<SlotImage>,
+    /// The container's verity.
+    pub container: qimg::VerityInfo,
+    /// Firmware to flash (on-prem nodes with devices).
+    pub firmware: Option<FirmwarePlan>,
+    /// Why this mode, in words.
+    pub reason: String,
+}
+
+/// Opens `path`, verifies its signature against the node's keys and checks it
+/// against the node (product, target, model, versions, components, firmware).
+/// Reads only the bundle's head; changes nothing.
+pub(crate) fn examine(
     node: &Node,
-    store: &Store,
-    st: &mut NodeState,
     io: &mut Opened,
     path: &Path,
-    obs: &dyn Progress,
     cancel: &Cancel,
-) -> Result<(), Error> {
+) -> Result<Examined<BufReader<std::fs::File>>, Error> {
     let berr = bundle_err(path, cancel);
-    obs.step("verifying the bundle signature");
     let file = std::fs::File::open(path).map_err(|source| Error::BundleOpen {
         path: path.to_owned(),
         source,
     })?;
-    let (mut reader, _) =
+    let (reader, _) =
         BundleReader::open_verified(BufReader::with_capacity(1 << 20, file), &node.keys()?)
             .map_err(&berr)?;
     let m = reader.manifest().clone();
     let running = node.running(io)?;
-    let product = running.product.clone();
     let facts = NodeFacts {
-        product: product.clone(),
+        product: running.product.clone(),
         model: node.config.model.clone(),
         target: node.config.target,
         installed: running.version.clone(),
@@ -111,13 +128,6 @@ pub(crate) fn run(
         reason,
     };
     checks::check(&m, &facts).map_err(refused)?;
-    if let Some((until, why)) = checks::settle(&m, st.last_commit.as_ref(), crate::now()) {
-        st.blocked = Some(Blocked {
-            reason: why.clone(),
-            until: Some(until),
-        });
-        return Err(Error::Blocked(Block::Settle { until, reason: why }));
-    }
     let decision = checks::mode_on_node(&m, &running.platform_version);
     let to_slot = match decision.mode {
         Mode::Platform => running.slot.other(),
@@ -146,7 +156,7 @@ pub(crate) fn run(
     let plan = Plan {
         mode: decision.mode,
         from: Release {
-            version: installed.clone(),
+            version: installed,
             platform_version: running.platform_version.clone(),
             slot: running.slot,
         },
@@ -156,13 +166,61 @@ pub(crate) fn run(
             slot: to_slot,
         },
     };
-    st.details = decision.reason.clone();
-
     // Firmware: planned before anything is written, so a refusal changes nothing.
-    let fw = firmware_plan(node, &m, &running.platform_version).map_err(|e| match e {
+    let firmware = firmware_plan(node, &m, &running.platform_version).map_err(|e| match e {
         Error::Refused { reason, .. } => refused(reason),
         other => other,
     })?;
+    Ok(Examined {
+        reader,
+        manifest: m,
+        running,
+        plan,
+        image,
+        container,
+        firmware,
+        reason: decision.reason,
+    })
+}
+
+/// Runs a prepare from `Preparing(Verify)` up to (not including) `Prepared`,
+/// recording each step in `st` before its work. On error the caller undoes what
+/// `st`'s step says was written ([`cleanup`]).
+pub(crate) fn run(
+    node: &Node,
+    store: &Store,
+    st: &mut NodeState,
+    io: &mut Opened,
+    path: &Path,
+    obs: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(), Error> {
+    let berr = bundle_err(path, cancel);
+    obs.step("verifying the bundle signature");
+    let Examined {
+        mut reader,
+        manifest: m,
+        running,
+        plan,
+        image,
+        container,
+        firmware: fw,
+        reason,
+    } = examine(node, io, path, cancel)?;
+    let refused = |reason: Refusal| Error::Refused {
+        path: path.to_owned(),
+        reason,
+    };
+    if let Some((until, why)) = checks::settle(&m, st.last_commit.as_ref(), crate::now()) {
+        st.blocked = Some(Blocked {
+            reason: why.clone(),
+            until: Some(until),
+        });
+        return Err(Error::Blocked(Block::Settle { until, reason: why }));
+    }
+    let product = running.product.clone();
+    let to_slot = plan.to.slot;
+    st.details = reason;
     cancel.check()?;
 
     st.stage = Stage::Preparing(PrepareStep::Write(plan.clone()));
@@ -259,7 +317,7 @@ pub(crate) fn run(
     Ok(())
 }
 
-type FirmwarePlan = (Vec<PlanItem>, Backends);
+pub(crate) type FirmwarePlan = (Vec<PlanItem>, Backends);
 
 /// The firmware plan of an on-prem node with firmware devices, when the bundle
 /// carries firmware. Refused items refuse the bundle. `running` is the platform the

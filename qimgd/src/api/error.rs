@@ -1,0 +1,146 @@
+//! Error responses, shaped as Qumulo's: JSON with a stable `error_class` (what a
+//! client branches on) and a `description`, plus the engine's `code` when the
+//! engine said no. Qumulo's client prints `Error <status>: <class>: <description>`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::paths::PathProblem;
+
+/// A refused or failed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable error class.
+    pub class: &'static str,
+    /// What happened, in words.
+    pub description: String,
+    /// The engine's error code, when the engine answered.
+    pub code: Option<&'static str>,
+    /// `Retry-After` seconds (429).
+    pub retry_after: Option<u64>,
+}
+
+/// The JSON body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    /// Who answered.
+    pub module: &'static str,
+    /// Stable error class.
+    pub error_class: &'a str,
+    /// In words.
+    pub description: &'a str,
+    /// The engine's error code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'a str>,
+    /// Always true: every description is meant for the operator.
+    pub user_visible: bool,
+    /// Qumulo's servers send a backtrace; ours is empty.
+    pub stack: [&'a str; 0],
+}
+
+impl ApiError {
+    /// An error of `class` with `status`.
+    pub fn new(status: StatusCode, class: &'static str, description: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            class,
+            description: description.into(),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", description)
+    }
+
+    /// 401 `http_unauthorized_error`.
+    pub fn unauthorized(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "http_unauthorized_error", description)
+    }
+
+    /// 404 `http_not_found_error`.
+    pub fn not_found(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "http_not_found_error", description)
+    }
+
+    /// 409 `upgrade_blocked_error`.
+    pub fn blocked(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "upgrade_blocked_error", description)
+    }
+
+    /// 500 `internal_error`.
+    pub fn internal(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", description)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            module: "qimgd",
+            error_class: self.class,
+            description: &self.description,
+            code: self.code,
+            user_visible: true,
+            stack: [],
+        };
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = s.to_string().parse()
+        {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        r
+    }
+}
+
+impl From<upgrade::Error> for ApiError {
+    fn from(e: upgrade::Error) -> Self {
+        use upgrade::Error as E;
+        let (status, class) = match &e {
+            E::Refused { .. } => (StatusCode::BAD_REQUEST, "upgrade_image_refused_error"),
+            E::Bundle { .. } => (StatusCode::BAD_REQUEST, "upgrade_image_damaged_error"),
+            E::BundleOpen { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                (StatusCode::NOT_FOUND, "fs_no_such_entry_error")
+            }
+            E::BundleOpen { .. } => (StatusCode::BAD_REQUEST, "upgrade_image_unreadable_error"),
+            E::Blocked(_) => (StatusCode::CONFLICT, "upgrade_blocked_error"),
+            E::WrongState { .. } => (StatusCode::CONFLICT, "upgrade_wrong_state_error"),
+            E::Cancelled => (StatusCode::CONFLICT, "upgrade_cancelled_error"),
+            E::StateDamaged { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "upgrade_state_damaged_error",
+            ),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "upgrade_engine_error"),
+        };
+        ApiError {
+            status,
+            class,
+            description: upgrade::chain(&e),
+            code: Some(e.code()),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<PathProblem> for ApiError {
+    fn from(p: PathProblem) -> Self {
+        match p {
+            PathProblem::Missing(_) => {
+                Self::new(StatusCode::NOT_FOUND, "fs_no_such_entry_error", p.to_string())
+            }
+            PathProblem::Dir(_) => Self::internal(p.to_string()),
+            _ => Self::new(
+                StatusCode::BAD_REQUEST,
+                "upgrade_invalid_image_path_error",
+                p.to_string(),
+            ),
+        }
+    }
+}

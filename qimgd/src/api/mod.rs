@@ -1,0 +1,128 @@
+//! The REST API: routes, the shared application state, and authentication.
+//!
+//! Every route except the login requires `Authorization: Bearer <token>`, or a
+//! connection from local root ([`crate::server::Peer::local_root`]). Handlers are
+//! thin: they parse, call the engine's [`upgrade::Agent`] on a blocking thread, and
+//! shape the answer with [`types`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use upgrade::Agent;
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::jobs::Jobs;
+use crate::server::Peer;
+use crate::throttle::Throttle;
+use crate::token::TokenKey;
+use crate::users::Users;
+
+pub mod body;
+pub mod error;
+mod node;
+mod session;
+pub mod types;
+mod upgrade_api;
+
+use error::ApiError;
+pub(crate) use node::hostname;
+
+/// What every request handler shares.
+pub struct App {
+    /// The configuration.
+    pub config: Config,
+    /// The node's upgrade engine.
+    pub agent: Arc<Agent>,
+    /// The users file.
+    pub users: PathBuf,
+    /// The token key.
+    pub key: TokenKey,
+    /// Failed logins per address.
+    pub throttle: Throttle,
+    /// The running engine operation.
+    pub jobs: Arc<Jobs>,
+    /// Node and cluster ids.
+    pub identity: Identity,
+    /// True while a simulated node reboots: connections are dropped.
+    pub down: AtomicBool,
+    /// Set at shutdown: a running prepare stops and is undone.
+    pub cancel: upgrade::Cancel,
+}
+
+/// The shared state.
+pub type Shared = Arc<App>;
+
+/// Runs blocking engine work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker thread failed: {e}")))?
+}
+
+async fn authenticate(
+    State(app): State<Shared>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let local_root = req
+        .extensions()
+        .get::<Peer>()
+        .is_some_and(|p| p.local_root);
+    if !local_root {
+        let token = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthorized("Need to log in first to establish credentials.")
+            })?;
+        let users = Users::load(&app.users)
+            .map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
+        app.key
+            .authenticate(token, &users, upgrade::now())
+            .map_err(|r| ApiError::unauthorized(format!("{r}: log in again")))?;
+    }
+    Ok(next.run(req).await)
+}
+
+/// The API's routes over `app`.
+pub fn router(app: Shared) -> Router {
+    let authed = Router::new()
+        .route("/v1/version", get(node::version))
+        .route("/v1/node/state", get(node::node_state))
+        .route("/v1/cluster/nodes/", get(node::cluster_nodes))
+        .route("/v1/cluster/nodes/{id}", get(node::cluster_node))
+        .route("/v1/shutdown/reboot/status", get(node::reboot_status))
+        .route("/v1/upgrade/status", get(upgrade_api::status_v1))
+        .route("/v2/upgrade/status", get(upgrade_api::status))
+        .route("/v3/upgrade/status", get(upgrade_api::status))
+        .route("/v2/upgrade/blocked", get(upgrade_api::blocked))
+        .route("/v2/upgrade/verify-image", post(upgrade_api::verify))
+        .route("/v2/upgrade/prepare", post(upgrade_api::prepare))
+        .route("/v2/upgrade/commit", post(upgrade_api::commit))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .route("/v1/session/login", post(session::login))
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "http_method_not_allowed_error",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body::BODY_LIMIT))
+        .with_state(app)
+}

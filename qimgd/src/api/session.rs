@@ -1,0 +1,63 @@
+//! `POST /v1/session/login`: a token for a user and password, slowed down per
+//! source address after failures ([`crate::throttle`]).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{Extensions, StatusCode};
+
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::types::{LoginRequest, LoginResponse};
+use super::{Shared, blocking};
+use crate::server::Peer;
+use crate::users::Users;
+
+pub(super) async fn login(
+    State(app): State<Shared>,
+    ext: Extensions,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    // Unix-socket peers have no address: they share one bucket.
+    let ip = ext
+        .get::<Peer>()
+        .and_then(|p| p.ip)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if let Err(wait) = app.throttle.admit(ip, Instant::now()) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth_login_throttled_error",
+            format!("too many failed logins from {ip}: try again in {secs} s"),
+        );
+        e.retry_after = Some(secs);
+        return Err(e);
+    }
+    let a = app.clone();
+    let ok = blocking(move || {
+        let users = Users::load(&a.users).map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
+        Ok(users.verify(&req.username, &req.password).map(|u| u.name.clone()))
+    })
+    .await?;
+    match ok {
+        Some(user) => {
+            app.throttle.succeeded(ip);
+            let token = app
+                .key
+                .issue(&user, upgrade::now(), app.config.token_lifetime_secs);
+            Ok(Json(LoginResponse {
+                bearer_token: token,
+            }))
+        }
+        None => {
+            app.throttle.failed(ip, Instant::now());
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "auth_invalid_credentials_error",
+                "the user name or password is wrong",
+            ))
+        }
+    }
+}

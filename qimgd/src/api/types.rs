@@ -1,0 +1,336 @@
+//! The REST API's bodies, spelled as Qumulo's documented API (field names, enum
+//! spellings), and the pure functions that shape them from the engine's typed
+//! state. Both directions (serde), so clients and tests parse what the agent sends.
+
+use serde::{Deserialize, Serialize};
+use upgrade::state::{CommitStep, NodeState, Plan, Stage};
+use upgrade::wire::Mode;
+
+/// `POST /v1/session/login`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Its answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// `Authorization: Bearer <this>` for later requests.
+    pub bearer_token: String,
+}
+
+/// `POST /v2/upgrade/verify-image`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Path of the upgrade file in the cluster's namespace.
+    pub image_path: String,
+}
+
+/// `POST /v2/upgrade/prepare`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    /// Path of the upgrade file in the cluster's namespace.
+    pub image_path: String,
+    /// Commit as soon as prepared.
+    #[serde(default)]
+    pub auto_commit: bool,
+    /// Reboot a few nodes at a time at commit (platform upgrades).
+    #[serde(default)]
+    pub do_rolling_reboot: bool,
+    /// Nodes per batch of a rolling reboot (`null`: the cluster's default).
+    #[serde(default)]
+    pub num_nodes_to_reboot: Option<u32>,
+}
+
+/// `SOFTWARE_ONLY` (instant) or `SOFTWARE_AND_PLATFORM` (reboot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpgradeType {
+    /// Instant: the container restarts.
+    #[serde(rename = "SOFTWARE_ONLY")]
+    SoftwareOnly,
+    /// Platform: the node reboots into the other slot.
+    #[serde(rename = "SOFTWARE_AND_PLATFORM")]
+    SoftwareAndPlatform,
+}
+
+impl From<Mode> for UpgradeType {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Instant => UpgradeType::SoftwareOnly,
+            Mode::Platform => UpgradeType::SoftwareAndPlatform,
+        }
+    }
+}
+
+/// `POST /v2/upgrade/verify-image`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    /// The bundle's release.
+    pub target_version: String,
+    /// What kind of upgrade it would be.
+    pub upgrade_type: UpgradeType,
+    /// Why it cannot be prepared now (a settle period), or `null`.
+    pub error: Option<String>,
+}
+
+/// The upgrade state of `/v3/upgrade/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpgradeState {
+    /// Nothing in progress.
+    #[serde(rename = "UPGRADE_STATE_IDLE")]
+    Idle,
+    /// Writing the slot, container and firmware.
+    #[serde(rename = "UPGRADE_STATE_PREPARING")]
+    Preparing,
+    /// Ready to commit.
+    #[serde(rename = "UPGRADE_STATE_PREPARED")]
+    Prepared,
+    /// Swapping the container, or choosing the slot to reboot into.
+    #[serde(rename = "UPGRADE_STATE_COMMITTING")]
+    Committing,
+    /// The new release runs.
+    #[serde(rename = "UPGRADE_STATE_COMMITTED")]
+    Committed,
+    /// Rebooting into the new slot (or back).
+    #[serde(rename = "UPGRADE_STATE_REBOOTING")]
+    Rebooting,
+}
+
+/// `settings` of `/v3/upgrade/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeSettings {
+    /// The upgrade file, as the operator named it.
+    pub install_path: String,
+    /// The release being installed (empty until known).
+    pub target_version: String,
+    /// Instant or platform (`null` until known).
+    pub upgrade_type: Option<UpgradeType>,
+    /// Commit as soon as prepared.
+    pub auto_commit: bool,
+    /// Rolling reboots.
+    pub do_rolling_reboot: bool,
+    /// Nodes per batch.
+    pub num_nodes_to_reboot: Option<u32>,
+}
+
+/// `GET /v3/upgrade/status` (and `/v2/upgrade/status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    /// Where the upgrade is.
+    pub state: UpgradeState,
+    /// 0–100 within a prepare, never decreasing; 100 once prepared; `null` when
+    /// no upgrade is known.
+    pub progress: Option<u8>,
+    /// What was asked for; `null` when no upgrade is known.
+    pub settings: Option<UpgradeSettings>,
+    /// The cause of the last failure or rollback, or `null`.
+    pub error_info: Option<String>,
+}
+
+/// `GET /v2/upgrade/blocked`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// True while an upgrade may not start.
+    pub is_blocked: bool,
+    /// True while the cluster is degraded.
+    pub cluster_degraded: bool,
+    /// Why, in words (empty when not blocked).
+    pub blocked_reason: String,
+}
+
+/// `GET /v1/version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// `<product> <release>`: the last word is the installed release.
+    pub revision_id: String,
+    /// The release.
+    pub build_id: String,
+    /// `release`.
+    pub flavor: String,
+    /// Empty: bundles carry no build date.
+    pub build_date: String,
+}
+
+/// `GET /v1/node/state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStateInfo {
+    /// This node's id.
+    pub node_id: u32,
+    /// `ACTIVE` when its container runs, `STOPPED` otherwise.
+    pub state: String,
+    /// The cluster's id.
+    pub cluster_id: String,
+}
+
+/// One entry of `GET /v1/cluster/nodes/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// Node id.
+    pub id: u32,
+    /// `online` or `offline`.
+    pub node_status: String,
+    /// Name.
+    pub node_name: String,
+    /// Node UUID.
+    pub uuid: String,
+    /// Label (empty).
+    pub label: String,
+    /// Hardware model.
+    pub model_number: String,
+    /// Serial number (empty when unknown).
+    pub serial_number: String,
+    /// MAC address (empty when unknown).
+    pub mac_address: String,
+}
+
+/// `GET /v1/shutdown/reboot/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebootStatus {
+    /// `REBOOT_IDLE` or `REBOOT_IN_PROGRESS`.
+    pub state: String,
+    /// Rolling.
+    pub rolling: bool,
+    /// Started by an upgrade.
+    pub upgrade_initiated: bool,
+    /// Nodes in the cluster.
+    pub total_node_count: u32,
+    /// Nodes rebooted so far in this cycle.
+    pub rebooted_node_count: u32,
+    /// Why the cycle paused (empty).
+    pub error_message: String,
+}
+
+/// The upgrade state of an engine state.
+pub fn upgrade_state(s: &Stage) -> UpgradeState {
+    match s {
+        Stage::Idle { .. } => UpgradeState::Idle,
+        Stage::Preparing(_) => UpgradeState::Preparing,
+        Stage::Prepared(_) => UpgradeState::Prepared,
+        Stage::Committing(_, CommitStep::Reboot { .. } | CommitStep::Fallback { .. }) => {
+            UpgradeState::Rebooting
+        }
+        Stage::Committing(..) => UpgradeState::Committing,
+        Stage::Committed(_) => UpgradeState::Committed,
+    }
+}
+
+/// `/v3/upgrade/status` of `st`. `verified` is what the running prepare verified
+/// before the engine recorded a plan; `percent` the prepare's progress.
+pub fn upgrade_status(st: &NodeState, verified: Option<&Plan>, percent: u8) -> UpgradeStatus {
+    let state = upgrade_state(&st.stage);
+    let plan = st
+        .stage
+        .plan()
+        .or(verified.filter(|_| state == UpgradeState::Preparing));
+    let known = !st.settings.install_path.is_empty();
+    let settings = known.then(|| UpgradeSettings {
+        install_path: st.settings.install_path.clone(),
+        target_version: plan.map(|p| p.to.version.to_string()).unwrap_or_default(),
+        upgrade_type: plan.map(|p| p.mode.into()),
+        auto_commit: st.settings.auto_commit,
+        do_rolling_reboot: st.settings.rolling,
+        num_nodes_to_reboot: st.settings.nodes_per_batch,
+    });
+    let progress = match state {
+        UpgradeState::Idle if !known || st.failure.is_some() => None,
+        UpgradeState::Idle => Some(100),
+        UpgradeState::Preparing => Some(percent.min(99)),
+        _ => Some(100),
+    };
+    UpgradeStatus {
+        state,
+        progress,
+        settings,
+        error_info: st.failure.as_ref().map(|f| f.message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bootctl::layout::Slot;
+    use upgrade::state::{Failure, PrepareStep, Release, Settings};
+    use upgrade::wire::ErrorState;
+
+    fn plan(mode: Mode) -> Plan {
+        let r = |v: &str, s| Release {
+            version: v.parse().unwrap(),
+            platform_version: "1.0".parse().unwrap(),
+            slot: s,
+        };
+        Plan {
+            mode,
+            from: r("7.0.0", Slot::A),
+            to: r("7.1.0", Slot::B),
+        }
+    }
+
+    fn with(stage: Stage) -> NodeState {
+        NodeState {
+            stage,
+            settings: Settings {
+                install_path: "/up/x.qimg".into(),
+                ..Settings::default()
+            },
+            ..NodeState::default()
+        }
+    }
+
+    #[test]
+    fn states_and_settings_as_qumulo_spells_them() {
+        let idle = upgrade_status(&NodeState::default(), None, 0);
+        let j = serde_json::to_value(&idle).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"state":"UPGRADE_STATE_IDLE","progress":null,"settings":null,"error_info":null})
+        );
+        let p = plan(Mode::Platform);
+        let s = upgrade_status(&with(Stage::Preparing(PrepareStep::Verify)), Some(&p), 42);
+        assert_eq!(s.state, UpgradeState::Preparing);
+        assert_eq!(s.progress, Some(42));
+        let set = s.settings.unwrap();
+        assert_eq!(set.target_version, "7.1.0");
+        assert_eq!(set.upgrade_type, Some(UpgradeType::SoftwareAndPlatform));
+        let j = serde_json::to_value(upgrade_status(
+            &with(Stage::Prepared(plan(Mode::Instant))),
+            None,
+            0,
+        ))
+        .unwrap();
+        assert_eq!(j["state"], "UPGRADE_STATE_PREPARED");
+        assert_eq!(j["progress"], 100);
+        assert_eq!(j["settings"]["upgrade_type"], "SOFTWARE_ONLY");
+        assert_eq!(j["settings"]["install_path"], "/up/x.qimg");
+        let reboot = Stage::Committing(
+            p.clone(),
+            CommitStep::Reboot {
+                boot_id: upgrade::state::BootId("b".into()),
+            },
+        );
+        assert_eq!(upgrade_status(&with(reboot), None, 0).state, UpgradeState::Rebooting);
+        let swap = Stage::Committing(p.clone(), CommitStep::Swap);
+        assert_eq!(upgrade_status(&with(swap), None, 0).state, UpgradeState::Committing);
+    }
+
+    #[test]
+    fn a_failure_is_error_info_with_settings() {
+        let mut st = with(Stage::Idle {
+            last: Some(plan(Mode::Platform)),
+        });
+        st.failure = Some(Failure {
+            kind: ErrorState::RolledBack,
+            message: "slot b: health check failed".into(),
+        });
+        let s = upgrade_status(&st, None, 0);
+        assert_eq!(s.state, UpgradeState::Idle);
+        assert_eq!(s.error_info.as_deref(), Some("slot b: health check failed"));
+        assert_eq!(s.settings.unwrap().target_version, "7.1.0");
+        assert_eq!(s.progress, None);
+    }
+}

@@ -1,0 +1,53 @@
+//! `qimgd`: the node agent. Glue around the `qimgd` library, one module per
+//! subcommand.
+//!
+//! ```text
+//! qimgd [--config F] serve                      serve the REST API (systemd/qimgd.service)
+//! qimgd [--config F] user add NAME [--password-stdin]
+//! qimgd [--config F] user passwd NAME [--password-stdin]
+//! qimgd [--config F] user remove NAME
+//! qimgd [--config F] user list
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod serve;
+mod user;
+
+#[derive(Parser)]
+#[command(name = "qimgd", version, about = "The node agent: the upgrade REST API over HTTPS")]
+struct Cli {
+    /// The agent's configuration.
+    #[arg(long, global = true, env = "QIMGD_CONFIG", default_value = qimgd::config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API until SIGTERM.
+    Serve,
+    /// Manage the users who may log in.
+    #[command(subcommand)]
+    User(user::Command),
+}
+
+fn config(path: &std::path::Path) -> Result<qimgd::config::Config> {
+    qimgd::config::Config::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve => serve::run(config(&cli.config)?),
+        Command::User(c) => user::run(&config(&cli.config)?, c),
+    }
+}
+
+fn main() -> ExitCode {
+    qutil::cli::main("qimgd", || run(Cli::parse()))
+}

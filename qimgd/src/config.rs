@@ -1,0 +1,162 @@
+//! `qimgd.toml`: where the agent listens, which node it serves, where its users,
+//! keys and certificate live, and where operators put upgrade files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The agent's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTPS listen addresses (default `0.0.0.0:8000`, Qumulo's REST port).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// A Unix socket serving plain HTTP to local processes (Qumulo's client uses one
+    /// with `--socket-path`); peers with uid 0 are trusted without a token.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// The node's `node.toml` (the upgrade engine's node config).
+    pub node: PathBuf,
+    /// The agent's own state: generated certificate, token key, node identity.
+    #[serde(default = "default_state")]
+    pub state: PathBuf,
+    /// The users file (`qimgd user add` writes it).
+    #[serde(default = "default_users")]
+    pub users: PathBuf,
+    /// The directory `image_path`s are resolved in (the cluster's file namespace
+    /// for upgrade files).
+    pub upgrade_dir: PathBuf,
+    /// TLS certificate chain (PEM); with `tls_key`. Without both, a self-signed
+    /// certificate is generated on first start and kept in `state`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// How long a login token is valid.
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
+    /// Trust local root without a token: connections from a loopback address and a
+    /// privileged source port (900–1023, only root can bind them), as Qumulo's
+    /// client makes when run as root against localhost, and Unix-socket peers with
+    /// uid 0.
+    #[serde(default = "yes")]
+    pub trust_local_root: bool,
+    /// This node's id in the cluster.
+    #[serde(default = "default_node_id")]
+    pub node_id: u32,
+    /// This node's name (default: the host name).
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// A simulated node: how long its simulated reboot keeps the API away.
+    #[serde(default = "default_sim_boot_ms")]
+    pub sim_boot_ms: u64,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 8000))]
+}
+fn default_state() -> PathBuf {
+    "/var/lib/qimgd".into()
+}
+fn default_users() -> PathBuf {
+    "/etc/qimgd/users.json".into()
+}
+fn default_token_lifetime() -> u64 {
+    10 * 3600
+}
+fn yes() -> bool {
+    true
+}
+fn default_node_id() -> u32 {
+    1
+}
+fn default_sim_boot_ms() -> u64 {
+    500
+}
+
+/// The default config file.
+pub const DEFAULT_PATH: &str = "/etc/qimgd/qimgd.toml";
+
+impl Config {
+    /// Loads `path`; relative paths inside are relative to its directory.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            op: "reading",
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut c: Config = toml::from_str(&text).map_err(|source| Error::ConfigSyntax {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut c.node,
+            &mut c.state,
+            &mut c.users,
+            &mut c.upgrade_dir,
+        ] {
+            *p = base.join(&*p);
+        }
+        for p in [&mut c.socket, &mut c.tls_cert, &mut c.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            *p = base.join(&*p);
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(Error::Config {
+                path: path.to_owned(),
+                problem: "tls_cert and tls_key go together".into(),
+            });
+        }
+        if c.listen.is_empty() && c.socket.is_none() {
+            return Err(Error::Config {
+                path: path.to_owned(),
+                problem: "nothing to listen on: set listen or socket".into(),
+            });
+        }
+        if c.token_lifetime_secs == 0 {
+            return Err(Error::Config {
+                path: path.to_owned(),
+                problem: "token_lifetime_secs must be positive".into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_and_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("qimgd.toml");
+        std::fs::write(&p, "node = \"node\"\nupgrade_dir = \"/up\"\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.node, d.path().join("node"));
+        assert_eq!(c.upgrade_dir, PathBuf::from("/up"));
+        assert_eq!(c.listen, default_listen());
+        assert!(c.trust_local_root);
+        assert_eq!(c.token_lifetime_secs, 36000);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_half_tls() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("qimgd.toml");
+        std::fs::write(&p, "node = \"n\"\nupgrade_dir = \"u\"\nport = 1\n").unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert_eq!(e.code(), "config");
+        std::fs::write(&p, "node = \"n\"\nupgrade_dir = \"u\"\ntls_cert = \"c\"\n").unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert!(e.to_string().contains("go together"), "{e}");
+    }
+}

@@ -1,0 +1,183 @@
+//! `qimgd serve`: load everything, bind, serve until SIGTERM/SIGINT, then cancel a
+//! running prepare and wait for the engine to bring the node to rest.
+//!
+//! On a simulated node the agent also plays the hardware ([`hardware`]): when the
+//! engine asked the machine to reboot, the API goes away for `sim_boot_ms`, the
+//! firmware boots (bootctl's systemd-boot model) and the boot path runs
+//! ([`upgrade::sim::run_boots`]), as `qimg-boot-check.service` would on a node.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use upgrade::node::Node;
+use upgrade::{Agent, sim};
+
+use crate::api::{App, Shared};
+use crate::config::Config;
+use crate::error::Error;
+use crate::identity::Identity;
+use crate::jobs::{JobKind, Jobs};
+use crate::server::Listeners;
+use crate::throttle::Throttle;
+use crate::tls::{self, TlsFiles};
+use crate::token::TokenKey;
+
+/// How long a shutdown waits for a cancelled operation to end.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long the simulated hardware waits for the operation that asked for the
+/// reboot to return before booting.
+pub const BOOT_WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Loads the node, keys, identity and TLS files of `config`; generates what is
+/// missing (self-signed certificate, token key, identity). Returns the state and
+/// the TLS configuration, and says on stderr what it generated.
+pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Error> {
+    let node = Node::load(&config.node).map_err(Error::Engine)?;
+    let machine = sim::machine_for(&node);
+    let agent = Arc::new(Agent::new(node, machine));
+    let files = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            let files = TlsFiles::generated(&config.state);
+            let mut names = vec![
+                "localhost".to_string(),
+                crate::api::hostname(),
+                "127.0.0.1".into(),
+                "::1".into(),
+            ];
+            names.extend(config.listen.iter().map(|a| a.ip().to_string()));
+            names.retain(|n| n != "0.0.0.0" && n != "::");
+            names.sort();
+            names.dedup();
+            if tls::ensure_self_signed(&files, &names)? {
+                eprintln!(
+                    "qimgd: generated a self-signed certificate {} (key {}, mode 0600)",
+                    files.cert.display(),
+                    files.key.display()
+                );
+            }
+            files
+        }
+    };
+    let tls = tls::server_config(&files)?;
+    let app = Arc::new(App {
+        config: config.clone(),
+        agent,
+        users: config.users.clone(),
+        key: TokenKey::load_or_create(&config.state.join("token.key"))?,
+        throttle: Throttle::default(),
+        jobs: Arc::new(Jobs::default()),
+        identity: Identity::load_or_create(&config.state.join("identity.json"))?,
+        down: AtomicBool::new(false),
+        cancel: upgrade::Cancel::new(),
+    });
+    Ok((app, tls))
+}
+
+/// The simulated node's hardware: plays the reboots the engine asks for.
+pub async fn hardware(app: Shared) {
+    if !app.agent.node().config.simulated {
+        return;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !sim::reboot_due(app.agent.node()) {
+            continue;
+        }
+        app.down.store(true, Ordering::SeqCst);
+        eprintln!("qimgd: the simulated node reboots");
+        // The operation that asked for the reboot returns first (on a real node
+        // the reboot would end it); then the boot holds the slot.
+        let deadline = Instant::now() + BOOT_WAIT_LIMIT;
+        let claim = loop {
+            match app.jobs.claim(JobKind::Commit) {
+                Ok(c) => break Some(c),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(k) => {
+                    eprintln!(
+                        "qimgd: {k} still runs {BOOT_WAIT_LIMIT:?} after the reboot was asked for; booting anyway"
+                    );
+                    break None;
+                }
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(app.config.sim_boot_ms)).await;
+        let a = app.clone();
+        let r = tokio::task::spawn_blocking(move || sim::run_boots(&a.agent)).await;
+        match r {
+            Ok(Ok(o)) => eprintln!("qimgd: booted; the boot decided {o:?}"),
+            Ok(Err(e)) => eprintln!("qimgd: the simulated boot failed: {}", upgrade::chain(&e)),
+            Err(e) => eprintln!("qimgd: the simulated boot failed: {e}"),
+        }
+        drop(claim);
+        app.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Tells systemd the agent is ready (`Type=notify`), when it runs under it.
+fn notify_ready() {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        let sock = std::os::unix::net::UnixDatagram::unbound();
+        if let Ok(s) = sock {
+            let p = path.to_string_lossy();
+            let r = if let Some(abstract_name) = p.strip_prefix('@') {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+                    .and_then(|a| s.send_to_addr(b"READY=1", &a))
+            } else {
+                s.send_to(b"READY=1", &*p)
+            };
+            if let Err(e) = r {
+                eprintln!("qimgd: telling systemd we are ready failed: {e}");
+            }
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT. Prints each listening URL on stdout.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let (app, tls) = build(&config)?;
+    let listeners = Listeners::bind(&config).await?;
+    for u in listeners.urls() {
+        println!("listening {u}");
+    }
+    let router = crate::api::router(app.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in listeners.tcp {
+        tasks.spawn(crate::server::serve_tls(l, tls.clone(), router.clone(), app.clone()));
+    }
+    if let Some(u) = listeners.unix {
+        tasks.spawn(crate::server::serve_unix(u, router.clone(), app.clone()));
+    }
+    tasks.spawn(hardware(app.clone()));
+    notify_ready();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| Error::Io {
+            op: "installing a SIGTERM handler",
+            path: "/".into(),
+            source,
+        })?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("qimgd: stopping");
+    tasks.abort_all();
+    app.cancel.cancel();
+    let deadline = Instant::now() + SHUTDOWN_LIMIT;
+    while let Some(k) = app.jobs.running() {
+        if Instant::now() >= deadline {
+            eprintln!("qimgd: {k} still runs after {SHUTDOWN_LIMIT:?}; leaving it to recovery");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

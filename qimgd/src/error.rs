@@ -1,0 +1,111 @@
+//! The agent library's one error type (the REST errors are in [`crate::api::error`]).
+//! Messages carry the context; the cause is only in `#[source]`.
+
+use std::path::PathBuf;
+
+/// Errors of the agent outside a request: configuration, users, keys, TLS, binding.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("config {path}: {problem}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The configuration cannot be parsed.
+    #[error("config {path} cannot be parsed")]
+    ConfigSyntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Reading or writing a file failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The users file is damaged.
+    #[error("users file {path} is damaged: {problem}")]
+    UsersDamaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// `user add` of a user that exists.
+    #[error("user {0} already exists")]
+    UserExists(String),
+    /// `user passwd|remove` of a user that does not exist.
+    #[error("no user {0}")]
+    NoSuchUser(String),
+    /// A user name or password that may not be used.
+    #[error("{0}")]
+    BadCredentials(&'static str),
+    /// Password hashing failed.
+    #[error("hashing a password: {0}")]
+    Hash(String),
+    /// A key or certificate file is unusable.
+    #[error("{what} {path}: {problem}")]
+    Key {
+        /// Which file.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// TLS could not be set up.
+    #[error("TLS setup")]
+    Tls(#[source] rustls::Error),
+    /// A listen address could not be bound.
+    #[error("listening on {addr}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upgrade engine failed.
+    #[error("upgrade engine")]
+    Engine(#[source] upgrade::Error),
+}
+
+impl Error {
+    /// A stable identifier of the kind of error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config { .. } | Error::ConfigSyntax { .. } => "config",
+            Error::Io { .. } => "io",
+            Error::UsersDamaged { .. } => "users-damaged",
+            Error::UserExists(_) => "user-exists",
+            Error::NoSuchUser(_) => "no-such-user",
+            Error::BadCredentials(_) => "bad-credentials",
+            Error::Hash(_) => "hash",
+            Error::Key { .. } => "key",
+            Error::Tls(_) => "tls",
+            Error::Bind { .. } => "bind",
+            Error::Engine(_) => "engine",
+        }
+    }
+}
+
+/// `map_err` helper for file operations.
+pub(crate) fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { op, path, source }
+}

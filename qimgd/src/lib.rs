@@ -1,0 +1,33 @@
+//! `qimgd`, the node agent: the upgrade engine ([`upgrade::Agent`]) behind an
+//! HTTPS REST API shaped as Qumulo's, so Qumulo's own `qq` client (and ours, and
+//! the Web UI) drive a node through it.
+//!
+//! - [`config`]: the configuration file, `qimgd.toml`.
+//! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown,
+//!   and the simulated node's hardware.
+//! - [`server`]: TLS and Unix-socket listeners, connections, who the peer is
+//!   (local root or not).
+//! - [`api`]: routes, authentication, handlers; [`api::types`] the request and
+//!   response bodies and their shaping from the engine's state; [`api::error`] the
+//!   JSON errors with stable classes; [`api::body`] strict JSON bodies.
+//! - [`jobs`]: the one engine operation at a time on a blocking thread, and its
+//!   never-decreasing progress.
+//! - [`users`], [`token`], [`throttle`]: Argon2id password hashes, HMAC tokens,
+//!   failed logins slowed per address. [`tls`]: certificates. [`identity`]: node
+//!   and cluster ids. [`paths`]: `image_path` resolved inside the upgrade directory.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod identity;
+pub mod jobs;
+pub mod paths;
+pub mod server;
+pub mod throttle;
+pub mod tls;
+pub mod token;
+pub mod users;
+
+pub use error::Error;

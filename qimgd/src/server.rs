@@ -1,0 +1,221 @@
+//! Listeners and connections: HTTPS on TCP (rustls, HTTP/1.1) and plain HTTP on
+//! an optional Unix socket. Each connection learns who its peer is ([`Peer`]) and
+//! passes it to the API as a request extension.
+//!
+//! **Local root** ([`Peer::local_root`]), trusted without a token as Qumulo's
+//! client expects: a TCP peer on a loopback address whose source port is in
+//! 900–1023 (Qumulo's client binds one when it runs as root against localhost)
+//! and below the kernel's `ip_unprivileged_port_start` (so only root could bind
+//! it); or a Unix-socket peer whose `SO_PEERCRED` uid is 0. Anything else needs
+//! a token. `trust_local_root = false` turns both off.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::api::Shared;
+use crate::error::Error;
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The address (`None` on the Unix socket).
+    pub ip: Option<IpAddr>,
+    /// Trusted as local root.
+    pub local_root: bool,
+}
+
+/// The Qumulo client's privileged source ports.
+pub const ROOT_PORTS: std::ops::Range<u16> = 900..1024;
+
+/// The first port an unprivileged process may bind
+/// (`/proc/sys/net/ipv4/ip_unprivileged_port_start`, 1024 when unreadable).
+pub fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// The peer of a TCP connection from `addr`.
+pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: u16) -> Peer {
+    let ip = addr.ip().to_canonical();
+    let port = addr.port();
+    Peer {
+        ip: Some(ip),
+        local_root: trust_local_root
+            && ip.is_loopback()
+            && ROOT_PORTS.contains(&port)
+            && port < unprivileged_start,
+    }
+}
+
+/// The bound sockets.
+pub struct Listeners {
+    /// HTTPS.
+    pub tcp: Vec<TcpListener>,
+    /// Plain HTTP for local processes.
+    pub unix: Option<UnixListener>,
+}
+
+impl Listeners {
+    /// Binds what `config` asks for. A stale socket file is replaced.
+    pub async fn bind(config: &crate::config::Config) -> Result<Listeners, Error> {
+        let mut tcp = vec![];
+        for addr in &config.listen {
+            tcp.push(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })?);
+        }
+        let unix = match &config.socket {
+            Some(p) => {
+                let bind_err = |source| Error::Bind {
+                    addr: p.display().to_string(),
+                    source,
+                };
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir).map_err(bind_err)?;
+                }
+                match std::fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(bind_err(e)),
+                }
+                let l = UnixListener::bind(p).map_err(bind_err)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660))
+                    .map_err(bind_err)?;
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Listeners { tcp, unix })
+    }
+
+    /// What was bound, as URLs.
+    pub fn urls(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| format!("https://{a}"))
+            .collect();
+        if let Some(u) = &self.unix
+            && let Ok(a) = u.local_addr()
+            && let Some(p) = a.as_pathname()
+        {
+            v.push(format!("http+unix://{}", p.display()));
+        }
+        v
+    }
+}
+
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+pub const HEADER_LIMIT: Duration = Duration::from_secs(30);
+
+async fn serve_conn<I>(io: I, peer: Peer, router: Router, app: Shared)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let router = router.clone();
+        let down = app.down.load(Ordering::SeqCst);
+        async move {
+            if down {
+                // A rebooting node answers nothing: the connection drops.
+                return Err(std::io::Error::other("the node is rebooting"));
+            }
+            router
+                .oneshot(req)
+                .await
+                .map_err(|e: Infallible| match e {})
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_LIMIT)
+        .serve_connection(TokioIo::new(io), svc);
+    // A client that goes away mid-request is not the agent's error.
+    let _ = conn.await;
+}
+
+/// Serves HTTPS on `l` until the task is dropped.
+pub async fn serve_tls(l: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router, app: Shared) {
+    let acceptor = TlsAcceptor::from(tls);
+    let unprivileged = unprivileged_port_start();
+    loop {
+        let Ok((stream, addr)) = l.accept().await else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if app.down.load(Ordering::SeqCst) {
+            continue; // dropped: the node is rebooting
+        }
+        let _ = stream.set_nodelay(true);
+        let peer = tcp_peer(addr, app.config.trust_local_root, unprivileged);
+        let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await
+            else {
+                return; // failed or too slow handshake (e.g. an old protocol version)
+            };
+            serve_conn(tls, peer, router, app).await;
+        });
+    }
+}
+
+/// Serves plain HTTP on the Unix socket `l` until the task is dropped.
+pub async fn serve_unix(l: UnixListener, router: Router, app: Shared) {
+    loop {
+        let Ok((stream, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if app.down.load(Ordering::SeqCst) {
+            continue;
+        }
+        let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
+        let peer = Peer {
+            ip: None,
+            local_root: app.config.trust_local_root && root,
+        };
+        let (router, app) = (router.clone(), app.clone());
+        tokio::spawn(serve_conn(stream, peer, router, app));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_root_is_loopback_and_a_privileged_port() {
+        let p = |s: &str| tcp_peer(s.parse().unwrap(), true, 1024).local_root;
+        assert!(p("127.0.0.1:950"));
+        assert!(p("[::1]:1023"));
+        assert!(p("[::ffff:127.0.0.1]:900"));
+        assert!(!p("127.0.0.1:1024"));
+        assert!(!p("127.0.0.1:899"), "below Qumulo's range");
+        assert!(!p("10.0.0.5:950"), "not loopback");
+        assert!(!tcp_peer("127.0.0.1:950".parse().unwrap(), false, 1024).local_root);
+        assert!(
+            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, 800).local_root,
+            "ports any user may bind prove nothing"
+        );
+    }
+}

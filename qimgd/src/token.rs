@@ -1,0 +1,189 @@
+//! Login tokens: `qimgd1.<payload>.<mac>` with a base64url JSON payload (user,
+//! issued, expires, nonce) and an HMAC-SHA256 over it with the node's token key
+//! (32 random bytes, mode 0600). Stateless, so they survive a restart of the agent
+//! and the reboot of an upgrade; in a cluster every node holds the same key, so a
+//! token from one node is accepted by all. A token is void once it expires, its
+//! user is removed, or its user's password changed after it was issued.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, io_err};
+use crate::users::Users;
+
+const PREFIX: &str = "qimgd1";
+
+/// What a token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    /// The user.
+    pub user: String,
+    /// Issued at (Unix seconds).
+    pub iat: u64,
+    /// Expires at (Unix seconds).
+    pub exp: u64,
+    /// Random, so two tokens issued in the same second differ.
+    pub nonce: String,
+}
+
+/// Why a token is not accepted (the client sees only "401").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// Not a token of ours.
+    #[error("the token is malformed")]
+    Malformed,
+    /// The MAC does not match: forged or from another cluster.
+    #[error("the token's signature does not match")]
+    Forged,
+    /// Past its expiry.
+    #[error("the token expired")]
+    Expired,
+    /// The user is gone or changed the password since.
+    #[error("the token's user was removed or changed the password")]
+    Revoked,
+}
+
+/// The key tokens are signed with.
+pub struct TokenKey {
+    key: hmac::Key,
+}
+
+impl TokenKey {
+    /// Loads the key from `path`, generating it (mode 0600) on first use.
+    pub fn load_or_create(path: &Path) -> Result<TokenKey, Error> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = vec![0u8; 32];
+                SystemRandom::new().fill(&mut b).map_err(|_| Error::Key {
+                    what: "token key",
+                    path: path.to_owned(),
+                    problem: "the system random generator failed".into(),
+                })?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+                }
+                qutil::fs::write_secret(path, &b).map_err(io_err("writing", path))?;
+                b
+            }
+            Err(e) => return Err(io_err("reading", path)(e)),
+        };
+        if bytes.len() != 32 {
+            return Err(Error::Key {
+                what: "token key",
+                path: path.to_owned(),
+                problem: format!("{} bytes, expected 32", bytes.len()),
+            });
+        }
+        Ok(TokenKey::from_bytes(&bytes))
+    }
+
+    /// A key from its bytes.
+    pub fn from_bytes(bytes: &[u8]) -> TokenKey {
+        TokenKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+        }
+    }
+
+    /// A token for `user`, valid `lifetime` seconds from `now`.
+    pub fn issue(&self, user: &str, now: u64, lifetime: u64) -> String {
+        let mut nonce = [0u8; 12];
+        // A failing generator leaves zeros: the MAC still protects the token.
+        let _ = SystemRandom::new().fill(&mut nonce);
+        let claims = Claims {
+            user: user.into(),
+            iat: now,
+            exp: now + lifetime,
+            nonce: B64.encode(nonce),
+        };
+        let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let signed = format!("{PREFIX}.{payload}");
+        let mac = hmac::sign(&self.key, signed.as_bytes());
+        format!("{signed}.{}", B64.encode(mac.as_ref()))
+    }
+
+    /// The claims of `token` when its MAC matches and it has not expired at `now`.
+    pub fn check(&self, token: &str, now: u64) -> Result<Claims, Rejected> {
+        let (signed, mac) = token.rsplit_once('.').ok_or(Rejected::Malformed)?;
+        let (prefix, payload) = signed.split_once('.').ok_or(Rejected::Malformed)?;
+        if prefix != PREFIX {
+            return Err(Rejected::Malformed);
+        }
+        let mac = B64.decode(mac).map_err(|_| Rejected::Malformed)?;
+        hmac::verify(&self.key, signed.as_bytes(), &mac).map_err(|_| Rejected::Forged)?;
+        let bytes = B64.decode(payload).map_err(|_| Rejected::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&bytes).map_err(|_| Rejected::Malformed)?;
+        if now >= claims.exp {
+            return Err(Rejected::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// [`TokenKey::check`], and the user still exists with the password the token
+    /// was issued under.
+    pub fn authenticate(&self, token: &str, users: &Users, now: u64) -> Result<Claims, Rejected> {
+        let c = self.check(token, now)?;
+        match users.get(&c.user) {
+            Some(u) if u.changed <= c.iat => Ok(c),
+            _ => Err(Rejected::Revoked),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_check_expire_forge() {
+        let k = TokenKey::from_bytes(&[7; 32]);
+        let t = k.issue("admin", 1000, 60);
+        let c = k.check(&t, 1010).unwrap();
+        assert_eq!((c.user.as_str(), c.iat, c.exp), ("admin", 1000, 1060));
+        assert_eq!(k.check(&t, 1060), Err(Rejected::Expired));
+        assert_ne!(t, k.issue("admin", 1000, 60), "nonces differ");
+        let other = TokenKey::from_bytes(&[8; 32]);
+        assert_eq!(other.check(&t, 1010), Err(Rejected::Forged));
+        // A payload changed to another user, MAC kept.
+        let parts: Vec<&str> = t.split('.').collect();
+        let forged_claims = Claims {
+            user: "root".into(),
+            iat: 1000,
+            exp: 99999,
+            nonce: String::new(),
+        };
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(serde_json::to_vec(&forged_claims).unwrap()),
+            parts[2]
+        );
+        assert_eq!(k.check(&forged, 1010), Err(Rejected::Forged));
+        for bad in ["", "x", "qimgd1.a", "other.a.b", "qimgd1.a.!!"] {
+            assert_eq!(k.check(bad, 0), Err(Rejected::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_file_is_made_once_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state/token.key");
+        let a = TokenKey::load_or_create(&p).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let b = TokenKey::load_or_create(&p).unwrap();
+        let t = a.issue("u", 5, 10);
+        assert!(b.check(&t, 6).is_ok(), "the kept key verifies");
+        std::fs::write(&p, b"short").unwrap();
+        assert_eq!(TokenKey::load_or_create(&p).err().unwrap().code(), "key");
+    }
+}
