@@ -52,6 +52,10 @@ pub struct Config {
     /// This node's name (default: the host name).
     #[serde(default)]
     pub node_name: Option<String>,
+    /// A simulated node: how long its shutdown takes once a reboot is asked for
+    /// (the API still answers, `REBOOTING`, as while systemd stops a node's units).
+    #[serde(default = "default_sim_shutdown_ms")]
+    pub sim_shutdown_ms: u64,
     /// A simulated node: how long its simulated reboot keeps the API away.
     #[serde(default = "default_sim_boot_ms")]
     pub sim_boot_ms: u64,
@@ -74,6 +78,9 @@ fn yes() -> bool {
 }
 fn default_node_id() -> u32 {
     1
+}
+fn default_sim_shutdown_ms() -> u64 {
+    2000
 }
 fn default_sim_boot_ms() -> u64 {
     500

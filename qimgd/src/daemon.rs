@@ -2,7 +2,8 @@
 //! running prepare and wait for the engine to bring the node to rest.
 //!
 //! On a simulated node the agent also plays the hardware ([`hardware`]): when the
-//! engine asked the machine to reboot, the API goes away for `sim_boot_ms`, the
+//! engine asked the machine to reboot, the node shuts down for `sim_shutdown_ms`
+//! (the API answers `REBOOTING`), the API goes away for `sim_boot_ms`, the
 //! firmware boots (bootctl's systemd-boot model) and the boot path runs
 //! ([`upgrade::sim::run_boots`]), as `qimg-boot-check.service` would on a node.
 
@@ -35,6 +36,7 @@ pub const BOOT_WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// the TLS configuration, and says on stderr what it generated.
 pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Error> {
     let node = Node::load(&config.node).map_err(Error::Engine)?;
+    let product = node.open().map_err(Error::Engine)?.product;
     let machine = sim::machine_for(&node);
     let agent = Arc::new(Agent::new(node, machine));
     let files = match (&config.tls_cert, &config.tls_key) {
@@ -68,6 +70,7 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
     let app = Arc::new(App {
         config: config.clone(),
         agent,
+        product,
         users: config.users.clone(),
         key: TokenKey::load_or_create(&config.state.join("token.key"))?,
         throttle: Throttle::default(),
@@ -89,6 +92,8 @@ pub async fn hardware(app: Shared) {
         if !sim::reboot_due(app.agent.node()) {
             continue;
         }
+        eprintln!("qimgd: the simulated node shuts down");
+        tokio::time::sleep(Duration::from_millis(app.config.sim_shutdown_ms)).await;
         app.down.store(true, Ordering::SeqCst);
         eprintln!("qimgd: the simulated node reboots");
         // The operation that asked for the reboot returns first (on a real node

@@ -18,13 +18,16 @@ pub fn main() -> Result<(), String> {
             "warnings",
         ]),
     )?;
-    // The AWS emulator the cloud tests run against (pinned moto, pip).
+    // The AWS emulator the cloud tests run against (pinned moto, pip), and
+    // Qumulo's own qq client the agent's tests drive it with (pinned, pip).
     let moto = deps::ensure_moto()?;
+    let qumulo_qq = deps::ensure_pip(&deps::QUMULO_API)?;
     step(
         "tests",
         cargo()
             .args(["test", "--workspace"])
-            .env("QIMG_MOTO_SERVER", &moto),
+            .env("QIMG_MOTO_SERVER", &moto)
+            .env("QIMG_QUMULO_QQ", &qumulo_qq),
     )?;
     // The README's upgrade demo keeps working.
     demo_upgrade::main(&[])?;

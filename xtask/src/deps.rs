@@ -122,25 +122,53 @@ pub fn ensure(packages: &[(&str, &str)]) -> Result<(), String> {
     Ok(())
 }
 
-/// The moto version the cloud tests run against (notes/aws-emulator.md).
-pub const MOTO: &str = "moto[server,ec2,ebs,ssm]==5.2.5";
-
-/// Where the pinned moto lives: a venv under the user's cache, so it survives
-/// clean clones and empty target directories.
-pub fn moto_dir() -> std::path::PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    std::path::Path::new(&home).join(".cache/qimg/moto-5.2.5")
+/// A pinned Python package in its own venv under the user's cache (so it
+/// survives clean clones and empty target directories), and the program of it
+/// the tests run.
+pub struct PipTool {
+    /// The pip requirement.
+    pub spec: &'static str,
+    /// The venv's directory name under `~/.cache/qimg`.
+    pub dir: &'static str,
+    /// The program in the venv's `bin/`.
+    pub bin: &'static str,
 }
 
-/// Makes sure the pinned moto server is installed (a Python venv + pip, installing
-/// python3-venv with apt when root if venv is missing) and returns its
-/// `moto_server`. Prints what it installs.
+/// The AWS emulator the cloud tests run against (notes/aws-emulator.md).
+pub const MOTO: PipTool = PipTool {
+    spec: "moto[server,ec2,ebs,ssm]==5.2.5",
+    dir: "moto-5.2.5",
+    bin: "moto_server",
+};
+
+/// Qumulo's Python SDK and its `qq` CLI, the client the agent's tests drive it
+/// with (notes/qumulo-rest.md).
+pub const QUMULO_API: PipTool = PipTool {
+    spec: "qumulo-api==7.10.2.1",
+    dir: "qumulo-api-7.10.2.1",
+    bin: "qq",
+};
+
+/// Where a pip tool's venv lives.
+pub fn venv_dir(t: &PipTool) -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::Path::new(&home).join(".cache/qimg").join(t.dir)
+}
+
+/// The pinned moto server, installed if missing.
 pub fn ensure_moto() -> Result<std::path::PathBuf, String> {
-    let dir = moto_dir();
-    let server = dir.join("bin/moto_server");
-    if server.is_file() {
-        eprintln!("xtask: moto present: {}", server.display());
-        return Ok(server);
+    ensure_pip(&MOTO)
+}
+
+/// Makes sure a pinned pip tool is installed (a Python venv + pip, installing
+/// python3-venv with apt when root if venv is missing) and returns its program.
+/// Prints what it installs.
+pub fn ensure_pip(t: &PipTool) -> Result<std::path::PathBuf, String> {
+    let dir = venv_dir(t);
+    let program = dir.join("bin").join(t.bin);
+    if program.is_file() {
+        eprintln!("xtask: {} present: {}", t.spec, program.display());
+        return Ok(program);
     }
     let venv = |dir: &std::path::Path| {
         Command::new("python3")
@@ -158,16 +186,17 @@ pub fn ensure_moto() -> Result<std::path::PathBuf, String> {
         }
     }
     eprintln!(
-        "xtask: installing Python packages with pip: {MOTO} (into {})",
+        "xtask: installing Python packages with pip: {} (into {})",
+        t.spec,
         dir.display()
     );
     let ok = Command::new(dir.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", MOTO])
+        .args(["install", "-q", "--disable-pip-version-check", t.spec])
         .status()
         .is_ok_and(|s| s.success());
-    if !ok || !server.is_file() {
+    if !ok || !program.is_file() {
         let _ = std::fs::remove_dir_all(&dir);
-        return Err(format!("pip install {MOTO} failed"));
+        return Err(format!("pip install {} failed", t.spec));
     }
-    Ok(server)
+    Ok(program)
 }

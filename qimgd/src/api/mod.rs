@@ -40,6 +40,8 @@ pub struct App {
     pub config: Config,
     /// The node's upgrade engine.
     pub agent: Arc<Agent>,
+    /// The product the node's slots belong to (from its ESP, read at start).
+    pub product: String,
     /// The users file.
     pub users: PathBuf,
     /// The token key.

@@ -9,16 +9,20 @@ use super::error::ApiError;
 use super::types::{ClusterNode, NodeStateInfo, RebootStatus, VersionInfo};
 use super::{Shared, blocking};
 
+/// The installed release is the active container's (an atomically replaced
+/// record), so answering never reads the ESP a commit may be changing.
 pub(super) async fn version(State(app): State<Shared>) -> Result<Json<VersionInfo>, ApiError> {
-    let agent = app.agent.clone();
+    let a = app.clone();
     blocking(move || {
-        let node = agent.node();
-        let running = node.running(&mut node.open()?)?;
-        let release = running
-            .version
-            .map_or_else(|| "unknown".to_string(), |v| v.to_string());
+        let release = a
+            .agent
+            .node()
+            .containers()
+            .installed()?
+            .active
+            .unwrap_or_else(|| "unknown".into());
         Ok(Json(VersionInfo {
-            revision_id: format!("{} {release}", running.product),
+            revision_id: format!("{} {release}", a.product),
             build_id: release,
             flavor: "release".into(),
             build_date: String::new(),

@@ -1,6 +1,7 @@
 //! Fixtures for the upgrade flows: signed bundles built at test time (real squashfs,
 //! dm-verity, UKIs from the distribution's systemd stub), disk images made by
-//! `imagebuild disk`, simulated nodes, and the `qq` binary.
+//! `imagebuild disk`, simulated nodes, and the `qq` binary. The agent's tests
+//! (`qimgd/tests`) include this file too.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -228,7 +229,9 @@ impl SimNode {
     }
 
     pub fn qq_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_qq"));
+        // `option_env!`: the agent's tests share these fixtures and have no `qq`.
+        let qq = option_env!("CARGO_BIN_EXE_qq").expect("qq is built for upgrade's tests");
+        let mut c = Command::new(qq);
         c.arg("--node").arg(self.path()).args(args);
         c.env_remove("QIMG_PAUSE_AT").env_remove("QQ_NODE");
         c

@@ -1,0 +1,333 @@
+//! The agent under test: a `qimgd` process serving a simulated node (the upgrade
+//! engine's fixtures: real bundles, disk images by `imagebuild disk`), Qumulo's
+//! own `qq` client from the pinned pip venv, and a raw HTTPS client (ureq) for
+//! requests no polite client sends.
+#![allow(dead_code)]
+
+#[path = "../../../upgrade/tests/common/mod.rs"]
+pub mod fixtures;
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use fixtures::*;
+
+/// The test user and password.
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "qimgd-test-password";
+
+/// How long the agent may take to start listening.
+pub const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// Qumulo's `qq` (qumulo-api 7.10.2.1): `QIMG_QUMULO_QQ`, or the venv `cargo xtask
+/// ci` installs. `None` (test skipped) only with QIMG_SKIP_QUMULO_CLIENT=1;
+/// otherwise a missing client fails the test.
+pub fn qumulo_qq() -> Option<PathBuf> {
+    let p = std::env::var_os("QIMG_QUMULO_QQ")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/qimg/qumulo-api-7.10.2.1/bin/qq")
+        });
+    qutil::require::require(
+        p.is_file(),
+        "Qumulo's qq client (qumulo-api==7.10.2.1)",
+        "`cargo xtask ci` installs it with pip into ~/.cache/qimg/qumulo-api-7.10.2.1",
+        "QIMG_SKIP_QUMULO_CLIENT",
+    )
+    .then_some(p)
+}
+
+/// A running `qimgd` and its simulated node.
+pub struct Agentd {
+    child: Child,
+    /// The node it serves.
+    pub node: SimNode,
+    /// Config, state, users, upgrade directory.
+    pub dir: tempfile::TempDir,
+    /// Ports by listen address.
+    pub ports: HashMap<IpAddr, u16>,
+    /// Where operators put upgrade files.
+    pub upgrade_dir: PathBuf,
+    /// The agent's stderr.
+    pub log: PathBuf,
+    /// The Unix socket.
+    pub socket: PathBuf,
+}
+
+/// Settings a test changes.
+pub struct Options {
+    /// Extra lines for qimgd.toml.
+    pub extra: String,
+    /// Environment for the agent (crash points).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            extra: String::new(),
+            env: vec![],
+        }
+    }
+}
+
+impl Agentd {
+    /// A node made from the 7.0.0 factory bundle, served by a fresh agent with the
+    /// test user, listening on 127.0.0.1 and 127.0.0.2 (ports chosen by the
+    /// kernel) and a Unix socket. `None` when the fixtures' tools are missing and
+    /// QIMG_SKIP_TOOL_TESTS=1.
+    pub fn start() -> Option<Agentd> {
+        Self::start_with(Options::default())
+    }
+
+    /// [`Agentd::start`] with options.
+    pub fn start_with(o: Options) -> Option<Agentd> {
+        let node = factory_node()?;
+        let dir = tempfile::tempdir().unwrap();
+        let upgrade_dir = dir.path().join("upgrade");
+        std::fs::create_dir_all(&upgrade_dir).unwrap();
+        let socket = dir.path().join("run/rest.sock");
+        let config = dir.path().join("qimgd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\nsocket = \"{}\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"upgrade\"\nsim_shutdown_ms = 1000\nsim_boot_ms = 300\n{}",
+                socket.display(),
+                node.path().display(),
+                o.extra
+            ),
+        )
+        .unwrap();
+        let mut users = qimgd::users::Users::load(&dir.path().join("users.json")).unwrap();
+        users.add(USER, PASSWORD).unwrap();
+        let log = dir.path().join("qimgd.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qimgd"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env_remove("QIMG_PAUSE_AT");
+        for (k, v) in &o.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut ports = HashMap::new();
+        let deadline = Instant::now() + START_LIMIT;
+        while ports.len() < 2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "qimgd did not listen within {START_LIMIT:?}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+            if let Some(url) = line.strip_prefix("listening https://") {
+                let addr: std::net::SocketAddr = url.parse().unwrap();
+                ports.insert(addr.ip(), addr.port());
+            }
+        }
+        Some(Agentd {
+            child,
+            node,
+            dir,
+            ports,
+            upgrade_dir,
+            log,
+            socket,
+        })
+    }
+
+    /// The port on `ip` (127.0.0.1 or 127.0.0.2).
+    pub fn port(&self, ip: &str) -> u16 {
+        self.ports[&ip.parse::<IpAddr>().unwrap()]
+    }
+
+    /// Copies `bundle` into the upgrade directory as an operator would; returns
+    /// the cluster path (`/name`).
+    pub fn place(&self, bundle: &Path) -> String {
+        let name = bundle.file_name().unwrap().to_str().unwrap();
+        std::fs::copy(bundle, self.upgrade_dir.join(name)).unwrap();
+        format!("/{name}")
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Qumulo's `qq --host 127.0.0.2 --port P ARGS` (a token connection, since
+    /// 127.0.0.2 is not among the client's local hosts), with its credentials in
+    /// this agent's directory.
+    pub fn qumulo(&self, qq: &Path, args: &[&str]) -> Output {
+        self.qumulo_at(qq, "127.0.0.2", args)
+    }
+
+    /// Qumulo's `qq` against `host`.
+    pub fn qumulo_at(&self, qq: &Path, host: &str, args: &[&str]) -> Output {
+        let port = self.port(if host == "localhost" { "127.0.0.1" } else { host });
+        Command::new(qq)
+            .args(["--host", host, "--port", &port.to_string()])
+            .arg("--credentials-store")
+            .arg(self.dir.path().join("qq-credentials"))
+            .args(["--timeout", "30"])
+            .args(args)
+            .env("HOME", self.dir.path())
+            .env("PYTHONWARNINGS", "ignore")
+            .output()
+            .unwrap()
+    }
+
+    /// A raw HTTPS client for 127.0.0.2 (certificate not verified: self-signed).
+    pub fn client(&self) -> Client {
+        Client {
+            base: format!("https://127.0.0.2:{}", self.port("127.0.0.2")),
+            agent: ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .tls_config(
+                        ureq::tls::TlsConfig::builder()
+                            .disable_verification(true)
+                            .build(),
+                    )
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build(),
+            ),
+            token: None,
+        }
+    }
+
+    /// A client logged in as the test user.
+    pub fn logged_in(&self) -> Client {
+        let mut c = self.client();
+        let (s, b) = c.post(
+            "/v1/session/login",
+            &serde_json::json!({"username": USER, "password": PASSWORD}).to_string(),
+        );
+        assert_eq!(s, 200, "{b}");
+        c.token = Some(b["bearer_token"].as_str().unwrap().to_string());
+        c
+    }
+
+    /// Polls `/v3/upgrade/status` until `done` says so, at most `limit`.
+    pub fn wait_status(
+        &self,
+        c: &Client,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        let mut last = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            if let Ok((200, s)) = c.try_get("/v3/upgrade/status") {
+                if done(&s) {
+                    return s;
+                }
+                last = s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "waited {limit:?} for {what}; last status {last}\nagent log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The node's disk and state record: what a refused request must not change.
+    pub fn node_bytes(&self) -> (Vec<u8>, Vec<u8>) {
+        let rec = self.node.node.store().unwrap().path();
+        (self.node.disk(), std::fs::read(rec).unwrap_or_default())
+    }
+
+    /// Stops the agent (SIGTERM) and waits for it, at most `limit`.
+    pub fn stop(&mut self, limit: Duration) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "qimgd did not stop within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agentd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTPS client.
+pub struct Client {
+    pub base: String,
+    pub agent: ureq::Agent,
+    pub token: Option<String>,
+}
+
+fn parse(body: String) -> serde_json::Value {
+    if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))
+    }
+}
+
+impl Client {
+    fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => r.header("Authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    /// GET: status and JSON body.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.try_get(path).unwrap()
+    }
+
+    /// GET, with connection errors returned.
+    pub fn try_get(&self, path: &str) -> Result<(u16, serde_json::Value), ureq::Error> {
+        let mut r = self
+            .auth(self.agent.get(&format!("{}{path}", self.base)))
+            .call()?;
+        let s = r.status().as_u16();
+        Ok((s, parse(r.body_mut().read_to_string().unwrap_or_default())))
+    }
+
+    /// POST a raw body.
+    pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let mut r = self
+            .auth(self.agent.post(&format!("{}{path}", self.base)))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, parse(r.body_mut().read_to_string().unwrap_or_default()))
+    }
+}
+
+/// Stdout of an output, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -1,0 +1,136 @@
+//! Qumulo's own `qq` (qumulo-api 7.10.2.1, from pip) drives a `qimgd` serving a
+//! simulated node: what that client prints and what the node then runs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn login_version_verify_and_an_instant_upgrade() {
+    let Some(qq) = qumulo_qq() else { return };
+    let Some(a) = Agentd::start() else { return };
+    let b = bundles();
+
+    // Without a token (127.0.0.2 is not one of the client's local hosts).
+    let o = a.qumulo(&qq, &["version"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("Error 401"), "{}", stderr(&o));
+
+    let o = a.qumulo(&qq, &["login", "-u", USER, "-p", "wrong password"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("auth_invalid_credentials_error"), "{}", stderr(&o));
+    let o = a.qumulo(&qq, &["login", "-u", USER, "-p", PASSWORD]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = a.qumulo(&qq, &["version"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["revision_id"].as_str().unwrap().ends_with(" 7.0.0"), "{v}");
+
+    let path = a.place(&b.instant);
+    let before = a.node_bytes();
+    let o = a.qumulo(&qq, &["upgrade_verify_image", "--path", &path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["target_version"], "7.0.1");
+    assert_eq!(v["upgrade_type"], "SOFTWARE_ONLY");
+    assert_eq!(v["error"], serde_json::Value::Null);
+    assert_eq!(a.node_bytes(), before, "verify changes nothing");
+
+    let o = a.qumulo(&qq, &["upgrade_blocked"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["is_blocked"], false, "{v}");
+
+    // The web UI's habit: no leading slash.
+    let o = a.qumulo(&qq, &["upgrade_cluster", "--path", path.trim_start_matches('/')]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}\n{}", stderr(&o), a.log());
+    assert!(
+        out.contains(
+            "Upgrade from version 7.0.0 to 7.0.1 in progress. This will be a SOFTWARE_ONLY upgrade."
+        ),
+        "{out}"
+    );
+    assert!(out.contains("Upgrade committed"), "{out}");
+    assert!(
+        out.contains("Qumulo containers across the cluster will restart shortly"),
+        "{out}"
+    );
+    assert_eq!(a.node.container().as_deref(), Some("7.0.1"));
+
+    let o = a.qumulo(&qq, &["upgrade_status", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    assert_eq!(s["progress"], 100);
+    assert_eq!(s["error_info"], serde_json::Value::Null);
+    assert_eq!(s["settings"]["install_path"], path);
+    assert_eq!(s["settings"]["target_version"], "7.0.1");
+    assert_eq!(s["settings"]["upgrade_type"], "SOFTWARE_ONLY");
+    // No-flag upgrade_cluster sends auto_commit = --no-monitor (false): the
+    // client committed itself on PREPARED.
+    assert_eq!(s["settings"]["auto_commit"], false);
+
+    let o = a.qumulo(&qq, &["version"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["revision_id"].as_str().unwrap().ends_with(" 7.0.1"), "{v}");
+}
+
+#[test]
+fn two_phase_platform_upgrade_with_the_simulated_reboot() {
+    let Some(qq) = qumulo_qq() else { return };
+    let Some(a) = Agentd::start() else { return };
+    let b = bundles();
+    let o = a.qumulo(&qq, &["login", "-u", USER, "-p", PASSWORD]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let path = a.place(&b.platform);
+
+    let o = a.qumulo(&qq, &["upgrade_verify_image", "--path", &path]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["upgrade_type"], "SOFTWARE_AND_PLATFORM", "{v}");
+
+    let o = a.qumulo(&qq, &["upgrade_cluster", "prepare", "--path", &path]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}\n{}", stderr(&o), a.log());
+    assert!(
+        out.contains("This will be a SOFTWARE_AND_PLATFORM upgrade."),
+        "{out}"
+    );
+    assert!(out.contains("Upgrade prepared, commit it to proceed"), "{out}");
+    assert_eq!(a.node.slot_label(bootctl::layout::Slot::B), "qimg-demo_7.1");
+    assert_eq!(a.node.running().slot, bootctl::layout::Slot::A);
+
+    let o = a.qumulo(&qq, &["upgrade_status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["state"], "UPGRADE_STATE_PREPARED", "{s}");
+
+    let c = a.logged_in();
+    let o = a.qumulo(&qq, &["upgrade_cluster", "commit"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}\n{}", stderr(&o), a.log());
+    // The client's monitor: REBOOTING at its first poll prints only "Cluster is
+    // rebooting"; COMMITTING first prints "Upgrade committed" and the rest.
+    assert!(
+        out.contains("Cluster is rebooting")
+            || (out.contains("Upgrade committed") && out.contains("Cluster will reboot shortly")),
+        "{out}"
+    );
+
+    // The node reboots (the API goes away), boots slot B, passes the health gate
+    // and blesses it.
+    let s = a.wait_status(&c, "COMMITTED after the reboot", Duration::from_secs(60), |s| {
+        s["state"] == "UPGRADE_STATE_COMMITTED"
+    });
+    assert_eq!(s["error_info"], serde_json::Value::Null, "{s}");
+    assert_eq!(a.node.running().slot, bootctl::layout::Slot::B);
+    assert_eq!(a.node.version().as_deref(), Some("7.1.0"));
+    let o = a.qumulo(&qq, &["version"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["revision_id"].as_str().unwrap().ends_with(" 7.1.0"), "{v}");
+    // The token survived the reboot: it is signed, not remembered.
+    let o = a.qumulo(&qq, &["upgrade_status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
