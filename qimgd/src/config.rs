@@ -102,12 +102,7 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut c.node,
-            &mut c.state,
-            &mut c.users,
-            &mut c.upgrade_dir,
-        ] {
+        for p in [&mut c.node, &mut c.state, &mut c.users, &mut c.upgrade_dir] {
             *p = base.join(&*p);
         }
         for p in [&mut c.socket, &mut c.tls_cert, &mut c.tls_key]

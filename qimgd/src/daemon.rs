@@ -156,7 +156,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let router = crate::api::router(app.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners.tcp {
-        tasks.spawn(crate::server::serve_tls(l, tls.clone(), router.clone(), app.clone()));
+        tasks.spawn(crate::server::serve_tls(
+            l,
+            tls.clone(),
+            router.clone(),
+            app.clone(),
+        ));
     }
     if let Some(u) = listeners.unix {
         tasks.spawn(crate::server::serve_unix(u, router.clone(), app.clone()));

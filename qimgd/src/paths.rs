@@ -120,12 +120,27 @@ mod tests {
         assert_eq!(resolve(&up, "sub/in").unwrap().shown, "/sub/in");
         assert_eq!(resolve(&up, "").unwrap_err(), PathProblem::Empty);
         assert_eq!(resolve(&up, "///").unwrap_err(), PathProblem::Empty);
-        assert!(matches!(resolve(&up, "../secret"), Err(PathProblem::Traversal(_))));
-        assert!(matches!(resolve(&up, "sub/../../secret"), Err(PathProblem::Traversal(_))));
-        assert!(matches!(resolve(&up, "a\0b"), Err(PathProblem::Traversal(_))));
-        assert!(matches!(resolve(&up, "sub/out"), Err(PathProblem::Escapes(_))));
+        assert!(matches!(
+            resolve(&up, "../secret"),
+            Err(PathProblem::Traversal(_))
+        ));
+        assert!(matches!(
+            resolve(&up, "sub/../../secret"),
+            Err(PathProblem::Traversal(_))
+        ));
+        assert!(matches!(
+            resolve(&up, "a\0b"),
+            Err(PathProblem::Traversal(_))
+        ));
+        assert!(matches!(
+            resolve(&up, "sub/out"),
+            Err(PathProblem::Escapes(_))
+        ));
         assert!(matches!(resolve(&up, "null"), Err(PathProblem::Escapes(_))));
-        assert!(matches!(resolve(&up, "sub"), Err(PathProblem::NotFile(_, "directory"))));
+        assert!(matches!(
+            resolve(&up, "sub"),
+            Err(PathProblem::NotFile(_, "directory"))
+        ));
         assert!(matches!(resolve(&up, "nope"), Err(PathProblem::Missing(_))));
     }
 
@@ -136,6 +151,9 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(matches!(resolve(d.path(), "f"), Err(PathProblem::NotFile(_, "fifo"))));
+        assert!(matches!(
+            resolve(d.path(), "f"),
+            Err(PathProblem::NotFile(_, "fifo"))
+        ));
     }
 }

@@ -73,10 +73,14 @@ impl Listeners {
     pub async fn bind(config: &crate::config::Config) -> Result<Listeners, Error> {
         let mut tcp = vec![];
         for addr in &config.listen {
-            tcp.push(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-                addr: addr.to_string(),
-                source,
-            })?);
+            tcp.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    })?,
+            );
         }
         let unix = match &config.socket {
             Some(p) => {
@@ -154,7 +158,12 @@ where
 }
 
 /// Serves HTTPS on `l` until the task is dropped.
-pub async fn serve_tls(l: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router, app: Shared) {
+pub async fn serve_tls(
+    l: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    app: Shared,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let unprivileged = unprivileged_port_start();
     loop {

@@ -41,7 +41,8 @@ pub fn ensure_self_signed(files: &TlsFiles, names: &[String]) -> Result<bool, Er
         path: files.cert.clone(),
         problem,
     };
-    let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| key_err(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| key_err(e.to_string()))?;
     for p in [&files.cert, &files.key] {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, io_err};
@@ -211,7 +211,10 @@ mod tests {
         assert!(u.verify("admin", "wrong horse").is_none());
         assert!(u.verify("nobody", "correct horse").is_none());
         let mut u = Users::load(&p).unwrap();
-        assert_eq!(u.add("admin", "x".repeat(9).as_str()).unwrap_err().code(), "user-exists");
+        assert_eq!(
+            u.add("admin", "x".repeat(9).as_str()).unwrap_err().code(),
+            "user-exists"
+        );
         let before = u.get("admin").unwrap().changed;
         u.passwd("admin", "battery staple").unwrap();
         let u2 = Users::load(&p).unwrap();
@@ -228,8 +231,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("users.json");
         let mut u = Users::load(&p).unwrap();
-        assert_eq!(u.add("a b", "long enough").unwrap_err().code(), "bad-credentials");
-        assert_eq!(u.add("", "long enough").unwrap_err().code(), "bad-credentials");
+        assert_eq!(
+            u.add("a b", "long enough").unwrap_err().code(),
+            "bad-credentials"
+        );
+        assert_eq!(
+            u.add("", "long enough").unwrap_err().code(),
+            "bad-credentials"
+        );
         assert_eq!(u.add("ok", "short").unwrap_err().code(), "bad-credentials");
         assert!(!p.exists(), "nothing written for a refused user");
         std::fs::write(&p, b"{\"schema\":\"other/1\",\"users\":[]}").unwrap();

@@ -98,13 +98,24 @@ mod tests {
         assert!(parse::<B>(br#"{"a":true}"#).is_ok());
         let e = parse::<B>(br#"{"a":"yes"}"#).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.description.contains("a: invalid type"), "{}", e.description);
+        assert!(
+            e.description.contains("a: invalid type"),
+            "{}",
+            e.description
+        );
         let e = parse::<B>(br#"{"a":true,"b":1}"#).unwrap_err();
-        assert!(e.description.contains("unknown field `b`"), "{}", e.description);
+        assert!(
+            e.description.contains("unknown field `b`"),
+            "{}",
+            e.description
+        );
         let e = parse::<B>(br#"{"a":true} x"#).unwrap_err();
         assert_eq!(e.class, "invalid_request_error");
         assert_eq!(parse::<B>(b"{").unwrap_err().class, "invalid_request_error");
         let big = vec![b' '; BODY_LIMIT + 1];
-        assert_eq!(parse::<B>(&big).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            parse::<B>(&big).unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

@@ -56,12 +56,20 @@ impl ApiError {
 
     /// 400 `invalid_request_error`.
     pub fn bad_request(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", description)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            description,
+        )
     }
 
     /// 401 `http_unauthorized_error`.
     pub fn unauthorized(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "http_unauthorized_error", description)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "http_unauthorized_error",
+            description,
+        )
     }
 
     /// 404 `http_not_found_error`.
@@ -76,7 +84,11 @@ impl ApiError {
 
     /// 500 `internal_error`.
     pub fn internal(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", description)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            description,
+        )
     }
 }
 
@@ -132,9 +144,11 @@ impl From<upgrade::Error> for ApiError {
 impl From<PathProblem> for ApiError {
     fn from(p: PathProblem) -> Self {
         match p {
-            PathProblem::Missing(_) => {
-                Self::new(StatusCode::NOT_FOUND, "fs_no_such_entry_error", p.to_string())
-            }
+            PathProblem::Missing(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "fs_no_such_entry_error",
+                p.to_string(),
+            ),
             PathProblem::Dir(_) => Self::internal(p.to_string()),
             _ => Self::new(
                 StatusCode::BAD_REQUEST,

@@ -75,10 +75,7 @@ async fn authenticate(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let local_root = req
-        .extensions()
-        .get::<Peer>()
-        .is_some_and(|p| p.local_root);
+    let local_root = req.extensions().get::<Peer>().is_some_and(|p| p.local_root);
     if !local_root {
         let token = req
             .headers()
@@ -89,8 +86,7 @@ async fn authenticate(
             .ok_or_else(|| {
                 ApiError::unauthorized("Need to log in first to establish credentials.")
             })?;
-        let users = Users::load(&app.users)
-            .map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
+        let users = Users::load(&app.users).map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
         app.key
             .authenticate(token, &users, upgrade::now())
             .map_err(|r| ApiError::unauthorized(format!("{r}: log in again")))?;

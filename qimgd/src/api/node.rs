@@ -35,9 +35,7 @@ fn container_running(app: &Shared) -> Result<bool, ApiError> {
     Ok(app.agent.runtime().running()?.is_some())
 }
 
-pub(super) async fn node_state(
-    State(app): State<Shared>,
-) -> Result<Json<NodeStateInfo>, ApiError> {
+pub(super) async fn node_state(State(app): State<Shared>) -> Result<Json<NodeStateInfo>, ApiError> {
     let a = app.clone();
     let running = blocking(move || container_running(&a)).await?;
     Ok(Json(NodeStateInfo {

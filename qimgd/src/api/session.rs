@@ -38,7 +38,9 @@ pub(super) async fn login(
     let a = app.clone();
     let ok = blocking(move || {
         let users = Users::load(&a.users).map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
-        Ok(users.verify(&req.username, &req.password).map(|u| u.name.clone()))
+        Ok(users
+            .verify(&req.username, &req.password)
+            .map(|u| u.name.clone()))
     })
     .await?;
     match ok {

@@ -313,9 +313,15 @@ mod tests {
                 boot_id: upgrade::state::BootId("b".into()),
             },
         );
-        assert_eq!(upgrade_status(&with(reboot), None, 0).state, UpgradeState::Rebooting);
+        assert_eq!(
+            upgrade_status(&with(reboot), None, 0).state,
+            UpgradeState::Rebooting
+        );
         let swap = Stage::Committing(p.clone(), CommitStep::Swap);
-        assert_eq!(upgrade_status(&with(swap), None, 0).state, UpgradeState::Committing);
+        assert_eq!(
+            upgrade_status(&with(swap), None, 0).state,
+            UpgradeState::Committing
+        );
     }
 
     #[test]

@@ -31,7 +31,12 @@ pub const START_LIMIT: Duration = Duration::from_secs(10);
 const MAX_BATCH: u32 = 1;
 
 fn no_overrides(q: Option<String>) -> Result<(), ApiError> {
-    for pair in q.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         match pair.split_once('=').unwrap_or((pair, "")) {
             ("override_compatibility_check", v) if v.eq_ignore_ascii_case("false") => {}
             ("override_compatibility_check", _) => {
@@ -40,7 +45,9 @@ fn no_overrides(q: Option<String>) -> Result<(), ApiError> {
                 ));
             }
             (k, _) => {
-                return Err(ApiError::bad_request(format!("unknown query parameter {k:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {k:?}"
+                )));
             }
         }
     }
@@ -236,9 +243,7 @@ pub(super) async fn commit(
     .await?;
     let a = app.clone();
     Ok(start(&app, claim, JobKind::Commit, move || {
-        a.agent
-            .commit(&Observer(a.jobs.meter.clone()))
-            .map(Some)
+        a.agent.commit(&Observer(a.jobs.meter.clone())).map(Some)
     })
     .await)
 }

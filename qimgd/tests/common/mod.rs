@@ -60,20 +60,12 @@ pub struct Agentd {
 }
 
 /// Settings a test changes.
+#[derive(Default)]
 pub struct Options {
     /// Extra lines for qimgd.toml.
     pub extra: String,
     /// Environment for the agent (crash points).
     pub env: Vec<(String, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            extra: String::new(),
-            env: vec![],
-        }
-    }
 }
 
 impl Agentd {
@@ -181,7 +173,11 @@ impl Agentd {
 
     /// Qumulo's `qq` against `host`.
     pub fn qumulo_at(&self, qq: &Path, host: &str, args: &[&str]) -> Output {
-        let port = self.port(if host == "localhost" { "127.0.0.1" } else { host });
+        let port = self.port(if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        });
         Command::new(qq)
             .args(["--host", host, "--port", &port.to_string()])
             .arg("--credentials-store")
@@ -265,7 +261,10 @@ impl Agentd {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "qimgd did not stop within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "qimgd did not stop within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -230,7 +230,9 @@ impl SimNode {
 
     pub fn qq_cmd(&self, args: &[&str]) -> Command {
         // `option_env!`: the agent's tests share these fixtures and have no `qq`.
-        let qq = option_env!("CARGO_BIN_EXE_qq").expect("qq is built for upgrade's tests");
+        let Some(qq) = option_env!("CARGO_BIN_EXE_qq") else {
+            panic!("qq is built only for upgrade's tests")
+        };
         let mut c = Command::new(qq);
         c.arg("--node").arg(self.path()).args(args);
         c.env_remove("QIMG_PAUSE_AT").env_remove("QQ_NODE");

@@ -19,7 +19,11 @@ mod serve;
 mod user;
 
 #[derive(Parser)]
-#[command(name = "qimgd", version, about = "The node agent: the upgrade REST API over HTTPS")]
+#[command(
+    name = "qimgd",
+    version,
+    about = "The node agent: the upgrade REST API over HTTPS"
+)]
 struct Cli {
     /// The agent's configuration.
     #[arg(long, global = true, env = "QIMGD_CONFIG", default_value = qimgd::config::DEFAULT_PATH)]

@@ -1,0 +1,441 @@
+//! Bad input and attacks against a running `qimgd`, each refused with a clear JSON
+//! error and the node's disk and state record byte-identical afterwards.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const AUTHED: &[(&str, &str)] = &[
+    ("GET", "/v1/version"),
+    ("GET", "/v1/node/state"),
+    ("GET", "/v1/cluster/nodes/"),
+    ("GET", "/v1/cluster/nodes/1"),
+    ("GET", "/v1/shutdown/reboot/status"),
+    ("GET", "/v1/upgrade/status"),
+    ("GET", "/v2/upgrade/status"),
+    ("GET", "/v3/upgrade/status"),
+    ("GET", "/v2/upgrade/blocked"),
+    ("POST", "/v2/upgrade/verify-image"),
+    ("POST", "/v2/upgrade/prepare"),
+    ("POST", "/v2/upgrade/commit"),
+];
+
+fn call(c: &Client, method: &str, path: &str) -> (u16, serde_json::Value) {
+    match method {
+        "GET" => c.get(path),
+        _ => c.post(path, r#"{"image_path":"/x.qimg"}"#),
+    }
+}
+
+#[test]
+fn every_endpoint_wants_a_valid_token() {
+    let Some(a) = Agentd::start() else { return };
+    let before = a.node_bytes();
+    let anon = a.client();
+    let good = a.logged_in();
+    let token = good.token.clone().unwrap();
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let other_key = qimgd::token::TokenKey::from_bytes(&[9; 32]).issue(USER, upgrade::now(), 3600);
+    let with = |t: &str| Client {
+        token: Some(t.to_string()),
+        ..a.client()
+    };
+    for (m, p) in AUTHED {
+        for (who, c) in [
+            ("no token", &anon),
+            ("forged", &with(&forged)),
+            ("another key", &with(&other_key)),
+            ("garbage", &with("not-a-token")),
+        ] {
+            let (s, b) = call(c, m, p);
+            assert_eq!(s, 401, "{who} {m} {p}: {b}");
+            assert_eq!(b["error_class"], "http_unauthorized_error", "{b}");
+        }
+    }
+    let (s, b) = good.get("/v1/cluster/nodes/");
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b[0]["id"], 1);
+    assert_eq!(b[0]["model_number"], MODEL);
+    let (s, b) = good.get("/v1/cluster/nodes/2");
+    assert_eq!(
+        (s, b["error_class"].as_str()),
+        (404, Some("http_not_found_error"))
+    );
+    let (s, b) = good.get("/v1/shutdown/reboot/status");
+    assert_eq!(s, 200);
+    assert_eq!(b["state"], "REBOOT_IDLE");
+    let (s, b) = good.get("/v9/nothing");
+    assert_eq!(
+        (s, b["error_class"].as_str()),
+        (404, Some("http_not_found_error"))
+    );
+    assert_eq!(a.node_bytes(), before);
+}
+
+#[test]
+fn tokens_expire_and_die_with_their_user() {
+    let Some(a) = Agentd::start_with(Options {
+        extra: "token_lifetime_secs = 1\n".into(),
+        ..Options::default()
+    }) else {
+        return;
+    };
+    let c = a.logged_in();
+    assert_eq!(c.get("/v3/upgrade/status").0, 200);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (s, b) = c.get("/v3/upgrade/status");
+    assert_eq!(s, 401, "{b}");
+    assert!(
+        b["description"].as_str().unwrap().contains("expired"),
+        "{b}"
+    );
+
+    // Users through the CLI: add one, log in, remove it: its token dies.
+    let qimgd = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qimgd"))
+            .arg("--config")
+            .arg(a.dir.path().join("qimgd.toml"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = qimgd(
+        &["user", "add", "ops", "--password-stdin"],
+        "ops-password-1\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = qimgd(
+        &["user", "add", "ops", "--password-stdin"],
+        "ops-password-1\n",
+    );
+    assert_eq!(o.status.code(), Some(2), "adding twice is an error");
+    assert!(
+        stderr(&o).contains("user ops already exists"),
+        "{}",
+        stderr(&o)
+    );
+    let o = qimgd(&["user", "list"], "");
+    assert_eq!(stdout(&o), format!("{USER}\nops\n"));
+    let mut ops = a.client();
+    let (s, b) = ops.post(
+        "/v1/session/login",
+        &json!({"username": "ops", "password": "ops-password-1"}).to_string(),
+    );
+    assert_eq!(s, 200, "{b}");
+    ops.token = Some(b["bearer_token"].as_str().unwrap().into());
+    assert_eq!(ops.get("/v1/node/state").0, 200);
+    let o = qimgd(&["user", "remove", "ops"], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (s, b) = ops.get("/v1/node/state");
+    assert_eq!(s, 401, "{b}");
+    assert!(
+        b["description"].as_str().unwrap().contains("removed"),
+        "{b}"
+    );
+}
+
+#[test]
+fn failed_logins_are_slowed_down() {
+    let Some(a) = Agentd::start() else { return };
+    let c = a.client();
+    let login = |p: &str| {
+        c.post(
+            "/v1/session/login",
+            &json!({"username": USER, "password": p}).to_string(),
+        )
+    };
+    for _ in 0..qimgd::throttle::FREE_FAILURES {
+        let (s, b) = login("wrong");
+        assert_eq!(s, 401, "{b}");
+        assert_eq!(b["error_class"], "auth_invalid_credentials_error");
+    }
+    // Even the right password waits now, unchecked.
+    let (s, b) = login(PASSWORD);
+    assert_eq!(s, 429, "{b}");
+    assert_eq!(b["error_class"], "auth_login_throttled_error");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (s, b) = login(PASSWORD);
+    assert_eq!(s, 200, "after the wait: {b}");
+    // Unknown users fail the same way.
+    let (s, b) = c.post(
+        "/v1/session/login",
+        &json!({"username": "nobody", "password": "x"}).to_string(),
+    );
+    assert_eq!(
+        (s, b["error_class"].as_str()),
+        (401, Some("auth_invalid_credentials_error"))
+    );
+}
+
+#[test]
+fn malformed_bodies_and_bad_paths_change_nothing() {
+    let Some(a) = Agentd::start() else { return };
+    let b = bundles();
+    let c = a.logged_in();
+    let good = a.place(&b.instant);
+    std::fs::create_dir_all(a.upgrade_dir.join("dir")).unwrap();
+    std::fs::write(a.dir.path().join("outside.qimg"), b"x").unwrap();
+    std::os::unix::fs::symlink("../outside.qimg", a.upgrade_dir.join("escape.qimg")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", a.upgrade_dir.join("zero.qimg")).unwrap();
+    let before = a.node_bytes();
+    let big = format!(r#"{{"image_path":"{}"}}"#, "a".repeat(70_000));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("not json", "{".into(), 400, "invalid_request_error"),
+        ("empty", String::new(), 400, "invalid_request_error"),
+        (
+            "wrong type",
+            json!({"image_path": 5}).to_string(),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "wrong type flag",
+            json!({"image_path": good, "auto_commit": "yes"}).to_string(),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "unknown field",
+            json!({"image_path": good, "force": true}).to_string(),
+            400,
+            "invalid_request_error",
+        ),
+        ("too big", big, 413, "http_payload_too_large_error"),
+        (
+            "traversal",
+            json!({"image_path": "../outside.qimg"}).to_string(),
+            400,
+            "upgrade_invalid_image_path_error",
+        ),
+        (
+            "symlink out",
+            json!({"image_path": "escape.qimg"}).to_string(),
+            400,
+            "upgrade_invalid_image_path_error",
+        ),
+        (
+            "device",
+            json!({"image_path": "/zero.qimg"}).to_string(),
+            400,
+            "upgrade_invalid_image_path_error",
+        ),
+        (
+            "directory",
+            json!({"image_path": "dir"}).to_string(),
+            400,
+            "upgrade_invalid_image_path_error",
+        ),
+        (
+            "missing",
+            json!({"image_path": "/nope.qimg"}).to_string(),
+            404,
+            "fs_no_such_entry_error",
+        ),
+        (
+            "batch without rolling",
+            json!({"image_path": good, "num_nodes_to_reboot": 1}).to_string(),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "batch too big",
+            json!({"image_path": good, "do_rolling_reboot": true, "num_nodes_to_reboot": 2})
+                .to_string(),
+            400,
+            "invalid_request_error",
+        ),
+    ];
+    for (what, body, status, class) in &cases {
+        for ep in ["/v2/upgrade/prepare", "/v2/upgrade/verify-image"] {
+            if ep.ends_with("verify-image") && what.starts_with("batch") {
+                continue;
+            }
+            let (s, r) = c.post(ep, body);
+            assert_eq!(
+                (s, r["error_class"].as_str()),
+                (*status, Some(*class)),
+                "{what} {ep}: {r}"
+            );
+            assert!(!r["description"].as_str().unwrap().is_empty());
+            assert_eq!(a.node_bytes(), before, "{what} {ep} changed the node");
+        }
+    }
+    let (s, r) = c.post(
+        "/v2/upgrade/prepare?override_compatibility_check=True",
+        &json!({"image_path": good}).to_string(),
+    );
+    assert_eq!(
+        (s, r["error_class"].as_str()),
+        (400, Some("invalid_request_error")),
+        "{r}"
+    );
+    let (s, r) = c.post("/v2/upgrade/commit", r#"{"now":true}"#);
+    assert_eq!(
+        (s, r["error_class"].as_str()),
+        (400, Some("invalid_request_error")),
+        "{r}"
+    );
+    // Commit with nothing prepared.
+    let (s, r) = c.post("/v2/upgrade/commit", "");
+    assert_eq!(
+        (s, r["error_class"].as_str()),
+        (409, Some("upgrade_wrong_state_error")),
+        "{r}"
+    );
+    let (s, _) = c.get("/v2/upgrade/prepare");
+    assert_eq!(s, 405);
+    assert_eq!(a.node_bytes(), before);
+}
+
+#[test]
+fn refused_bundles_change_nothing() {
+    let Some(a) = Agentd::start() else { return };
+    let c = a.logged_in();
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = build_bundle(
+        dir.path(),
+        "foreign-7.0.1",
+        &Rel::new("7.0.1", "7.0"),
+        &key(2),
+    );
+    let old = build_bundle(
+        dir.path(),
+        "old-6.9.0",
+        &Rel {
+            min_installed: "6.0",
+            ..Rel::new("6.9.0", "7.0")
+        },
+        &key(1),
+    );
+    let before = a.node_bytes();
+    for (bundle, class, words) in [
+        (
+            &foreign,
+            "upgrade_image_damaged_error",
+            "failed verification",
+        ),
+        (&old, "upgrade_image_refused_error", "downgrade"),
+        (
+            &bundles().factory,
+            "upgrade_image_refused_error",
+            "already installed",
+        ),
+    ] {
+        let p = a.place(bundle);
+        for ep in ["/v2/upgrade/verify-image", "/v2/upgrade/prepare"] {
+            let (s, r) = c.post(ep, &json!({"image_path": p}).to_string());
+            assert_eq!(
+                (s, r["error_class"].as_str()),
+                (400, Some(class)),
+                "{ep} {p}: {r}"
+            );
+            let d = r["description"].as_str().unwrap();
+            assert!(d.contains(words), "{d}");
+            assert!(r["code"].is_string(), "{r}");
+        }
+        assert_eq!(a.node_bytes(), before, "{p}");
+    }
+    let (_, s) = c.get("/v3/upgrade/status");
+    assert_eq!(s["state"], "UPGRADE_STATE_IDLE", "{s}");
+}
+
+#[test]
+fn a_second_prepare_while_one_runs_is_refused_with_the_reason() {
+    let Some(a) = Agentd::start_with(Options {
+        env: vec![
+            ("QIMG_PAUSE_AT".into(), "step:write".into()),
+            ("QIMG_PAUSE_SECS".into(), "3".into()),
+        ],
+        ..Options::default()
+    }) else {
+        return;
+    };
+    let c = a.logged_in();
+    let p = a.place(&bundles().platform);
+    let body = json!({"image_path": p}).to_string();
+    let (s, r) = c.post("/v2/upgrade/prepare", &body);
+    assert_eq!(s, 202, "{r}\n{}", a.log());
+    let (_, st) = c.get("/v3/upgrade/status");
+    assert_eq!(st["state"], "UPGRADE_STATE_PREPARING", "{st}");
+    let record = a.node_bytes().1;
+    let (s, r) = c.post("/v2/upgrade/prepare", &body);
+    assert_eq!(
+        (s, r["error_class"].as_str()),
+        (409, Some("upgrade_blocked_error")),
+        "{r}"
+    );
+    assert!(
+        r["description"]
+            .as_str()
+            .unwrap()
+            .contains("a prepare is running"),
+        "{r}"
+    );
+    let (s, r) = c.post("/v2/upgrade/commit", "");
+    assert_eq!(s, 409, "{r}");
+    let (_, bl) = c.get("/v2/upgrade/blocked");
+    assert_eq!(bl["is_blocked"], true, "{bl}");
+    assert_eq!(
+        a.node_bytes().1,
+        record,
+        "the refused requests wrote nothing"
+    );
+    let s = a.wait_status(&c, "PREPARED", Duration::from_secs(60), |s| {
+        s["state"] == "UPGRADE_STATE_PREPARED"
+    });
+    assert_eq!(s["progress"], 100);
+}
+
+#[test]
+fn old_tls_versions_are_refused() {
+    let Some(a) = Agentd::start() else { return };
+    if !tests::tool("openssl") {
+        return;
+    }
+    let addr = format!("127.0.0.2:{}", a.port("127.0.0.2"));
+    let s_client = |args: &[&str]| {
+        Command::new("openssl")
+            .args(["s_client", "-connect", &addr])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for v in ["-tls1", "-tls1_1"] {
+        // SECLEVEL=0 so the client really offers the old version.
+        let o = s_client(&[v, "-cipher", "DEFAULT:@SECLEVEL=0"]);
+        let text = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(!o.status.success(), "{v} accepted: {text}");
+        // rustls answers an old ClientHello with a fatal alert (handshake failure).
+        assert!(
+            text.contains("alert handshake failure") || text.contains("alert protocol version"),
+            "{v}: {text}"
+        );
+        assert!(text.contains("Cipher is (NONE)"), "{v}: {text}");
+    }
+    for (v, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let o = s_client(&[v]);
+        let text = stdout(&o);
+        assert!(
+            text.contains(&format!("Protocol  : {name}")) || text.contains(&format!("New, {name}")),
+            "{v}: {text}"
+        );
+    }
+}
