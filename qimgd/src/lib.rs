@@ -7,9 +7,9 @@
 //!   and the simulated node's hardware.
 //! - [`server`]: TLS and Unix-socket listeners, connections, who the peer is
 //!   (local root or not).
-//! - [`api`]: routes, authentication, handlers; [`api::types`] the request and
-//!   response bodies and their shaping from the engine's state; [`api::error`] the
-//!   JSON errors with stable classes; [`api::body`] strict JSON bodies.
+//! - [`api`]: routes, authentication, handlers; [`api::shape`] the REST bodies
+//!   (`qapi::types`) shaped from the engine's state; [`api::error`] the JSON
+//!   errors with stable classes; [`api::body`] strict JSON bodies.
 //! - [`jobs`]: the one engine operation at a time on a blocking thread, and its
 //!   never-decreasing progress.
 //! - [`users`], [`token`], [`throttle`]: Argon2id password hashes, HMAC tokens,

@@ -72,7 +72,7 @@ pub fn upgrade(o: &Opts) -> Result<(), String> {
         ("squashfs-tools", "unsquashfs"),
     ])?;
     deps::ensure_files(deps::TEST_FILES)?;
-    release_build(&["imagebuild", "upgrade"])?;
+    release_build(&["imagebuild", "qq"])?;
     let rel = target_dir().join("release");
     let (imagebuild, qq) = (rel.join("imagebuild"), rel.join("qq"));
     let w = o.dir.join("upgrade");

@@ -88,7 +88,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             "-p",
             "bootctl",
             "-p",
-            "upgrade",
+            "qq",
         ]),
     )?;
     let bin = |name: &str| target_dir().join("debug").join(name);

@@ -3,7 +3,7 @@
 //! Every route except the login requires `Authorization: Bearer <token>`, or a
 //! connection from local root ([`crate::server::Peer::local_root`]). Handlers are
 //! thin: they parse, call the engine's [`upgrade::Agent`] on a blocking thread, and
-//! shape the answer with [`types`].
+//! shape the answer with [`shape`] into [`qapi::types`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub mod body;
 pub mod error;
 mod node;
 mod session;
-pub mod types;
+pub mod shape;
 mod upgrade_api;
 
 use error::ApiError;

@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use upgrade::state::{CommitStep, Stage};
 
 use super::error::ApiError;
-use super::types::{ClusterNode, NodeStateInfo, RebootStatus, VersionInfo};
 use super::{Shared, blocking};
+use qapi::types::{ClusterNode, NodeStateInfo, RebootStatus, VersionInfo};
 
 /// The installed release is the active container's (an atomically replaced
 /// record), so answering never reads the ESP a commit may be changing.

@@ -10,10 +10,10 @@ use axum::http::{Extensions, StatusCode};
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::types::{LoginRequest, LoginResponse};
 use super::{Shared, blocking};
 use crate::server::Peer;
 use crate::users::Users;
+use qapi::types::{LoginRequest, LoginResponse};
 
 pub(super) async fn login(
     State(app): State<Shared>,

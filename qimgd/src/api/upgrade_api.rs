@@ -19,10 +19,11 @@ use upgrade::{CommitOutcome, Error, Verified};
 
 use super::body::{JsonBody, NoBody};
 use super::error::ApiError;
-use super::types::{self, Blocked, PrepareRequest, UpgradeStatus, VerifyRequest, VerifyResponse};
+use super::shape;
 use super::{Shared, blocking};
 use crate::jobs::{Claim, JobKind, Observer};
 use crate::paths;
+use qapi::types::{Blocked, PrepareRequest, UpgradeStatus, VerifyRequest, VerifyResponse};
 
 /// How long prepare/commit wait for the engine's first recorded state.
 pub const START_LIMIT: Duration = Duration::from_secs(10);
@@ -58,7 +59,7 @@ pub(super) async fn status(State(app): State<Shared>) -> Result<Json<UpgradeStat
     let agent = app.agent.clone();
     let st = blocking(move || Ok(agent.state()?)).await?;
     let verified = app.jobs.verified().map(|v| v.plan);
-    Ok(Json(types::upgrade_status(
+    Ok(Json(shape::upgrade_status(
         &st,
         verified.as_ref(),
         app.jobs.meter.percent(),
@@ -96,7 +97,7 @@ pub(super) async fn verify(
     let v = blocking(move || Ok(agent.verify(&img.file)?)).await?;
     Ok(Json(VerifyResponse {
         target_version: v.plan.to.version.to_string(),
-        upgrade_type: v.plan.mode.into(),
+        upgrade_type: shape::upgrade_type(v.plan.mode),
         error: v.blocked,
     }))
 }

@@ -4,7 +4,7 @@
 //! requests no polite client sends.
 #![allow(dead_code)]
 
-#[path = "../../../upgrade/tests/common/mod.rs"]
+#[path = "../../../qq/tests/common/mod.rs"]
 pub mod fixtures;
 
 use std::collections::HashMap;

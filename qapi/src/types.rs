@@ -1,10 +1,9 @@
 //! The REST API's bodies, spelled as Qumulo's documented API (field names, enum
-//! spellings), and the pure functions that shape them from the engine's typed
-//! state. Both directions (serde), so clients and tests parse what the agent sends.
+//! spellings, `null`s). Both directions (serde): the agent sends them, clients and
+//! tests parse them back. The agent shapes them from the engine's state
+//! (`qimgd::api::shape`).
 
 use serde::{Deserialize, Serialize};
-use upgrade::state::{CommitStep, NodeState, Plan, Stage};
-use upgrade::wire::Mode;
 
 /// `POST /v1/session/login`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,15 +56,6 @@ pub enum UpgradeType {
     /// Platform: the node reboots into the other slot.
     #[serde(rename = "SOFTWARE_AND_PLATFORM")]
     SoftwareAndPlatform,
-}
-
-impl From<Mode> for UpgradeType {
-    fn from(m: Mode) -> Self {
-        match m {
-            Mode::Instant => UpgradeType::SoftwareOnly,
-            Mode::Platform => UpgradeType::SoftwareAndPlatform,
-        }
-    }
 }
 
 /// `POST /v2/upgrade/verify-image`'s answer.
@@ -204,139 +194,4 @@ pub struct RebootStatus {
     pub rebooted_node_count: u32,
     /// Why the cycle paused (empty).
     pub error_message: String,
-}
-
-/// The upgrade state of an engine state.
-pub fn upgrade_state(s: &Stage) -> UpgradeState {
-    match s {
-        Stage::Idle { .. } => UpgradeState::Idle,
-        Stage::Preparing(_) => UpgradeState::Preparing,
-        Stage::Prepared(_) => UpgradeState::Prepared,
-        Stage::Committing(_, CommitStep::Reboot { .. } | CommitStep::Fallback { .. }) => {
-            UpgradeState::Rebooting
-        }
-        Stage::Committing(..) => UpgradeState::Committing,
-        Stage::Committed(_) => UpgradeState::Committed,
-    }
-}
-
-/// `/v3/upgrade/status` of `st`. `verified` is what the running prepare verified
-/// before the engine recorded a plan; `percent` the prepare's progress.
-pub fn upgrade_status(st: &NodeState, verified: Option<&Plan>, percent: u8) -> UpgradeStatus {
-    let state = upgrade_state(&st.stage);
-    let plan = st
-        .stage
-        .plan()
-        .or(verified.filter(|_| state == UpgradeState::Preparing));
-    let known = !st.settings.install_path.is_empty();
-    let settings = known.then(|| UpgradeSettings {
-        install_path: st.settings.install_path.clone(),
-        target_version: plan.map(|p| p.to.version.to_string()).unwrap_or_default(),
-        upgrade_type: plan.map(|p| p.mode.into()),
-        auto_commit: st.settings.auto_commit,
-        do_rolling_reboot: st.settings.rolling,
-        num_nodes_to_reboot: st.settings.nodes_per_batch,
-    });
-    let progress = match state {
-        UpgradeState::Idle if !known || st.failure.is_some() => None,
-        UpgradeState::Idle => Some(100),
-        UpgradeState::Preparing => Some(percent.min(99)),
-        _ => Some(100),
-    };
-    UpgradeStatus {
-        state,
-        progress,
-        settings,
-        error_info: st.failure.as_ref().map(|f| f.message.clone()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bootctl::layout::Slot;
-    use upgrade::state::{Failure, PrepareStep, Release, Settings};
-    use upgrade::wire::ErrorState;
-
-    fn plan(mode: Mode) -> Plan {
-        let r = |v: &str, s| Release {
-            version: v.parse().unwrap(),
-            platform_version: "1.0".parse().unwrap(),
-            slot: s,
-        };
-        Plan {
-            mode,
-            from: r("7.0.0", Slot::A),
-            to: r("7.1.0", Slot::B),
-        }
-    }
-
-    fn with(stage: Stage) -> NodeState {
-        NodeState {
-            stage,
-            settings: Settings {
-                install_path: "/up/x.qimg".into(),
-                ..Settings::default()
-            },
-            ..NodeState::default()
-        }
-    }
-
-    #[test]
-    fn states_and_settings_as_qumulo_spells_them() {
-        let idle = upgrade_status(&NodeState::default(), None, 0);
-        let j = serde_json::to_value(&idle).unwrap();
-        assert_eq!(
-            j,
-            serde_json::json!({"state":"UPGRADE_STATE_IDLE","progress":null,"settings":null,"error_info":null})
-        );
-        let p = plan(Mode::Platform);
-        let s = upgrade_status(&with(Stage::Preparing(PrepareStep::Verify)), Some(&p), 42);
-        assert_eq!(s.state, UpgradeState::Preparing);
-        assert_eq!(s.progress, Some(42));
-        let set = s.settings.unwrap();
-        assert_eq!(set.target_version, "7.1.0");
-        assert_eq!(set.upgrade_type, Some(UpgradeType::SoftwareAndPlatform));
-        let j = serde_json::to_value(upgrade_status(
-            &with(Stage::Prepared(plan(Mode::Instant))),
-            None,
-            0,
-        ))
-        .unwrap();
-        assert_eq!(j["state"], "UPGRADE_STATE_PREPARED");
-        assert_eq!(j["progress"], 100);
-        assert_eq!(j["settings"]["upgrade_type"], "SOFTWARE_ONLY");
-        assert_eq!(j["settings"]["install_path"], "/up/x.qimg");
-        let reboot = Stage::Committing(
-            p.clone(),
-            CommitStep::Reboot {
-                boot_id: upgrade::state::BootId("b".into()),
-            },
-        );
-        assert_eq!(
-            upgrade_status(&with(reboot), None, 0).state,
-            UpgradeState::Rebooting
-        );
-        let swap = Stage::Committing(p.clone(), CommitStep::Swap);
-        assert_eq!(
-            upgrade_status(&with(swap), None, 0).state,
-            UpgradeState::Committing
-        );
-    }
-
-    #[test]
-    fn a_failure_is_error_info_with_settings() {
-        let mut st = with(Stage::Idle {
-            last: Some(plan(Mode::Platform)),
-        });
-        st.failure = Some(Failure {
-            kind: ErrorState::RolledBack,
-            message: "slot b: health check failed".into(),
-        });
-        let s = upgrade_status(&st, None, 0);
-        assert_eq!(s.state, UpgradeState::Idle);
-        assert_eq!(s.error_info.as_deref(), Some("slot b: health check failed"));
-        assert_eq!(s.settings.unwrap().target_version, "7.1.0");
-        assert_eq!(s.progress, None);
-    }
 }

@@ -231,7 +231,7 @@ impl SimNode {
     pub fn qq_cmd(&self, args: &[&str]) -> Command {
         // `option_env!`: the agent's tests share these fixtures and have no `qq`.
         let Some(qq) = option_env!("CARGO_BIN_EXE_qq") else {
-            panic!("qq is built only for upgrade's tests")
+            panic!("qq is built only for the qq crate's tests")
         };
         let mut c = Command::new(qq);
         c.arg("--node").arg(self.path()).args(args);
