@@ -58,6 +58,17 @@ pub enum UpgradeType {
     SoftwareAndPlatform,
 }
 
+impl UpgradeType {
+    /// Platform (the node reboots) or not.
+    pub fn from_platform(platform: bool) -> UpgradeType {
+        if platform {
+            UpgradeType::SoftwareAndPlatform
+        } else {
+            UpgradeType::SoftwareOnly
+        }
+    }
+}
+
 /// `POST /v2/upgrade/verify-image`'s answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyResponse {

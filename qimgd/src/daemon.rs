@@ -146,13 +146,17 @@ fn notify_ready() {
     }
 }
 
-/// Serves until SIGTERM or SIGINT. Prints each listening URL on stdout.
-pub async fn run(config: Config) -> Result<(), Error> {
+/// Serves until `stop` completes; `listening` gets the bound URLs once bound.
+/// Then cancels a running prepare and waits (at most [`SHUTDOWN_LIMIT`]) for the
+/// engine to bring the node to rest.
+pub async fn serve(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    listening: impl FnOnce(Vec<String>),
+) -> Result<(), Error> {
     let (app, tls) = build(&config)?;
     let listeners = Listeners::bind(&config).await?;
-    for u in listeners.urls() {
-        println!("listening {u}");
-    }
+    listening(listeners.urls());
     let router = crate::api::router(app.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners.tcp {
@@ -167,17 +171,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tasks.spawn(crate::server::serve_unix(u, router.clone(), app.clone()));
     }
     tasks.spawn(hardware(app.clone()));
-    notify_ready();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| Error::Io {
-            op: "installing a SIGTERM handler",
-            path: "/".into(),
-            source,
-        })?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    stop.await;
     eprintln!("qimgd: stopping");
     tasks.abort_all();
     app.cancel.cancel();
@@ -190,4 +184,102 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// `qimgd serve`: serves until SIGTERM or SIGINT, printing each listening URL on
+/// stdout and telling systemd it is ready.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| Error::Io {
+            op: "installing a SIGTERM handler",
+            path: "/".into(),
+            source,
+        })?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    serve(config, stop, |urls| {
+        for u in urls {
+            println!("listening {u}");
+        }
+        notify_ready();
+    })
+    .await
+}
+
+/// An agent serving on its own thread and runtime (tests and benchmarks run one
+/// in-process); stopped when dropped.
+pub struct Background {
+    /// The URLs it listens on.
+    pub urls: Vec<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), Error>>>,
+}
+
+/// How long [`spawn`] waits for the agent to listen.
+pub const SPAWN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Starts an agent for `config` on a thread; returns once it listens.
+pub fn spawn(config: Config) -> Result<Background, Error> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                op: "starting the async runtime",
+                path: "/".into(),
+                source,
+            })?;
+        rt.block_on(serve(
+            config,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |urls| {
+                let _ = url_tx.send(urls);
+            },
+        ))
+    });
+    match url_rx.recv_timeout(SPAWN_LIMIT) {
+        Ok(urls) => Ok(Background {
+            urls,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Err(_) => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(Error::Bind {
+                addr: "all listen addresses".into(),
+                source: std::io::Error::other(format!(
+                    "the agent did not listen within {SPAWN_LIMIT:?}"
+                )),
+            }),
+        },
+    }
+}
+
+impl Background {
+    /// The port it listens on at `ip`.
+    pub fn port(&self, ip: &str) -> Option<u16> {
+        self.urls.iter().find_map(|u| {
+            let a: std::net::SocketAddr = u.strip_prefix("https://")?.parse().ok()?;
+            (a.ip().to_string() == ip).then_some(a.port())
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

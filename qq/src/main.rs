@@ -1,16 +1,26 @@
-//! `qq`: node upgrades, spelled as in the upgrade reference. Glue around
-//! [`upgrade::Agent`]: one module per subcommand, each with its `Args` and `run`.
+//! `qq`: node upgrades, spelled as in the upgrade reference and Qumulo's `qq`. A
+//! client of the node agent's REST API (`qimgd`), or, with `--node`, the engine
+//! itself on a simulated node (local mode: tests and the demo). One module per
+//! subcommand, each with its `Args` and `run`.
 //!
 //! ```text
-//! qq [--node DIR] upgrade_cluster --path P [--rolling] [--no-monitor]     prepare, then commit
-//! qq [--node DIR] upgrade_cluster prepare --path P [--rolling] [--no-monitor]
-//! qq [--node DIR] upgrade_cluster commit [--no-monitor]
-//! qq [--node DIR] upgrade_status
-//! qq [--node DIR] upgrade_mode --to BUNDLE [--from VERSION]
-//! qq [--node DIR] boot_check                 (run at boot by qimg-boot-check.service)
+//! qq [--host H] [--port P] login -u USER [-p PASSWORD]        token kept for later commands
+//! qq [--host H] [--port P] logout
+//! qq [--host H] [--port P] version
+//! qq [TARGET] upgrade_cluster --path P [--rolling [--num-nodes-to-reboot N]] [--no-monitor]
+//! qq [TARGET] upgrade_cluster prepare --path P [--rolling] [--auto-commit] [--no-monitor]
+//! qq [TARGET] upgrade_cluster commit [--no-monitor]
+//! qq [TARGET] upgrade_status [--json]
+//! qq [TARGET] upgrade_verify_image --path P
+//! qq [TARGET] upgrade_blocked
+//! qq --node DIR upgrade_mode --to BUNDLE [--from VERSION]
+//! qq --node DIR boot_check                 (run at boot by qimg-boot-check.service)
 //! qq sim_create --dir D --disk IMG --bundle B --key K --model M   (a simulated node)
-//! qq [--node DIR] sim_poweroff
+//! qq --node DIR sim_poweroff
 //! ```
+//!
+//! TARGET: `--node DIR` (local mode), or the agent: `--socket-path S`, `--host H
+//! [--port P]`, else the agent's Unix socket when it exists, else `localhost`.
 //!
 //! Results (JSON) on stdout; progress and logs on stderr. Exit codes: 0 done, 1 a
 //! negative answer (refused, blocked, failed or rolled back and recorded), 2 an error.
@@ -25,11 +35,16 @@ use upgrade::node::{DEFAULT_CONFIG, Node};
 use upgrade::{Agent, CommitOutcome, Error, chain, sim};
 
 mod boot_check;
+mod login;
+mod remote;
 mod sim_create;
 mod sim_poweroff;
+mod upgrade_blocked;
 mod upgrade_cluster;
 mod upgrade_mode;
 mod upgrade_status;
+mod upgrade_verify_image;
+mod version;
 
 #[derive(Parser)]
 #[command(name = "qq", version, about = "Node upgrades: prepare, commit, status")]
@@ -38,12 +53,35 @@ struct Cli {
     /// default /etc/qimg/node.toml.
     #[arg(long, global = true, env = "QQ_NODE")]
     node: Option<PathBuf>,
+    /// The agent's host (HTTPS).
+    #[arg(long, global = true, env = "QQ_HOST", conflicts_with = "node")]
+    host: Option<String>,
+    /// The agent's port.
+    #[arg(long, global = true, default_value_t = qapi::client::DEFAULT_PORT)]
+    port: u16,
+    /// The agent's Unix socket (plain HTTP; root is trusted without a token).
+    #[arg(long, global = true, conflicts_with_all = ["node", "host"])]
+    socket_path: Option<PathBuf>,
+    /// Where the login token is kept (default: Qumulo's client's place,
+    /// ~/.config/qumulo/credentials/HOST_PORT).
+    #[arg(long, global = true)]
+    credentials_store: Option<PathBuf>,
+    /// Verify the agent's certificate against this CA (default: not verified, as
+    /// with Qumulo's client; appliance certificates are self-signed).
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Seconds each request may take.
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout: u64,
     /// No progress bars.
     #[arg(long, global = true)]
     quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The agent's Unix socket on a node.
+pub const AGENT_SOCKET: &str = "/run/qimgd/rest.sock";
 
 #[derive(Subcommand)]
 enum Command {
@@ -52,7 +90,19 @@ enum Command {
     UpgradeCluster(upgrade_cluster::Args),
     /// The upgrade's state (JSON).
     #[command(name = "upgrade_status")]
-    UpgradeStatus,
+    UpgradeStatus(upgrade_status::Args),
+    /// What a prepare of a bundle would do, or why it is refused.
+    #[command(name = "upgrade_verify_image")]
+    UpgradeVerifyImage(upgrade_verify_image::Args),
+    /// Whether an upgrade may start now.
+    #[command(name = "upgrade_blocked")]
+    UpgradeBlocked,
+    /// Log in to the agent; the token is kept for later commands.
+    Login(login::Args),
+    /// Forget the kept token.
+    Logout,
+    /// The agent's version.
+    Version,
     /// Instant or platform, and why.
     #[command(name = "upgrade_mode")]
     UpgradeMode(upgrade_mode::Args),
@@ -71,9 +121,54 @@ enum Command {
 pub struct Ctx {
     node: Option<PathBuf>,
     quiet: bool,
+    host: Option<String>,
+    port: u16,
+    socket_path: Option<PathBuf>,
+    credentials_store: Option<PathBuf>,
+    options: qapi::Options,
 }
 
 impl Ctx {
+    /// The agent to talk to, or `None` in local mode (`--node`).
+    fn remote(&self) -> Result<Option<remote::Remote>> {
+        if self.node.is_some() {
+            return Ok(None);
+        }
+        let socket = self.socket_path.clone().or_else(|| {
+            let s = PathBuf::from(AGENT_SOCKET);
+            (self.host.is_none() && s.exists()).then_some(s)
+        });
+        let (target, host) = match socket {
+            Some(s) => (qapi::Target::Unix(s), "localhost".to_string()),
+            None => {
+                let host = self.host.clone().unwrap_or_else(|| "localhost".into());
+                (
+                    qapi::Target::Tcp {
+                        host: host.clone(),
+                        port: self.port,
+                    },
+                    host,
+                )
+            }
+        };
+        let store = self
+            .credentials_store
+            .clone()
+            .unwrap_or_else(|| qapi::credentials::default_path(&host, self.port));
+        Ok(Some(remote::Remote {
+            target,
+            store,
+            options: self.options.clone(),
+        }))
+    }
+
+    /// The agent, for commands that only it answers.
+    fn require_remote(&self, what: &str) -> Result<remote::Remote> {
+        self.remote()?.ok_or_else(|| {
+            anyhow::anyhow!("`qq {what}` talks to the agent: drop --node and give --host")
+        })
+    }
+
     fn node(&self) -> Result<Node> {
         Ok(Node::load(
             self.node.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG)),
@@ -142,10 +237,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Ctx {
         node: cli.node,
         quiet: cli.quiet,
+        host: cli.host,
+        port: cli.port,
+        socket_path: cli.socket_path,
+        credentials_store: cli.credentials_store,
+        options: qapi::Options {
+            timeout: std::time::Duration::from_secs(cli.timeout.max(1)),
+            ca: cli.ca_cert,
+            root_port: true,
+        },
     };
     match cli.command {
         Command::UpgradeCluster(a) => upgrade_cluster::run(&ctx, a),
-        Command::UpgradeStatus => upgrade_status::run(&ctx),
+        Command::UpgradeStatus(a) => upgrade_status::run(&ctx, a),
+        Command::UpgradeVerifyImage(a) => upgrade_verify_image::run(&ctx, a),
+        Command::UpgradeBlocked => upgrade_blocked::run(&ctx),
+        Command::Login(a) => login::run(&ctx, a),
+        Command::Logout => login::logout(&ctx),
+        Command::Version => version::run(&ctx),
         Command::UpgradeMode(a) => upgrade_mode::run(&ctx, a),
         Command::BootCheck => boot_check::run(&ctx),
         Command::SimPoweroff => sim_poweroff::run(&ctx),

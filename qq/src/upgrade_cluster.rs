@@ -1,14 +1,19 @@
-//! `qq upgrade_cluster [prepare|commit]`: prepare then commit, or one phase; with
-//! `--no-monitor` the work goes on in a detached process.
+//! `qq upgrade_cluster [prepare|commit]`: prepare then commit, or one phase.
+//! Through the agent (`POST /v2/upgrade/prepare|commit`, then the monitor), or in
+//! local mode on a simulated node (`--node`), where `--no-monitor` runs the work
+//! in a detached process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use qutil::cli::EXIT_NO;
 use upgrade::{Cancel, PrepareRequest};
 
 use crate::Ctx;
+use crate::remote::{self, Ended, Remote, Until};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,6 +25,9 @@ pub struct Args {
     /// Reboot nodes one batch at a time.
     #[arg(long)]
     rolling: bool,
+    /// Nodes per batch of a rolling reboot (needs --rolling).
+    #[arg(long, requires = "rolling")]
+    num_nodes_to_reboot: Option<u32>,
     #[command(flatten)]
     run: Monitor,
 }
@@ -44,6 +52,12 @@ enum Phase {
         /// Reboot nodes one batch at a time at commit.
         #[arg(long)]
         rolling: bool,
+        /// Nodes per batch of a rolling reboot (needs --rolling).
+        #[arg(long, requires = "rolling")]
+        num_nodes_to_reboot: Option<u32>,
+        /// Commit as soon as prepared.
+        #[arg(long)]
+        auto_commit: bool,
         #[command(flatten)]
         run: Monitor,
     },
@@ -54,29 +68,99 @@ enum Phase {
     },
 }
 
+/// How long the monitor follows an upgrade before it leaves it to the agent.
+pub const MONITOR_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
 pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let agent = ctx.agent()?;
-    let (
-        request,
-        Monitor {
-            no_monitor,
-            detached,
-        },
-    ) = match a.phase {
+    let (request, run) = match a.phase {
         None => {
             let path = a.path.context("--path is required without a subcommand")?;
             let mut r = PrepareRequest::new(path);
             r.rolling = a.rolling;
+            r.nodes_per_batch = a.num_nodes_to_reboot;
             r.auto_commit = true;
             (Some(r), a.run)
         }
-        Some(Phase::Prepare { path, rolling, run }) => {
+        Some(Phase::Prepare {
+            path,
+            rolling,
+            num_nodes_to_reboot,
+            auto_commit,
+            run,
+        }) => {
             let mut r = PrepareRequest::new(path);
             r.rolling = rolling;
+            r.nodes_per_batch = num_nodes_to_reboot;
+            r.auto_commit = auto_commit;
             (Some(r), run)
         }
         Some(Phase::Commit { run }) => (None, run),
     };
+    match ctx.remote()? {
+        Some(remote) => run_remote(ctx, &remote, request, run.no_monitor),
+        None => run_local(ctx, request, run),
+    }
+}
+
+/// Through the agent. The path is the cluster path, sent as given.
+fn run_remote(
+    ctx: &Ctx,
+    remote: &Remote,
+    request: Option<PrepareRequest>,
+    no_monitor: bool,
+) -> Result<ExitCode> {
+    let mut c = remote.client()?;
+    let sent = match &request {
+        Some(r) => c.post(
+            "/v2/upgrade/prepare",
+            &qapi::types::PrepareRequest {
+                image_path: r.path.to_string_lossy().into_owned(),
+                auto_commit: r.auto_commit,
+                do_rolling_reboot: r.rolling,
+                num_nodes_to_reboot: r.nodes_per_batch,
+            },
+        ),
+        None => c.post_empty("/v2/upgrade/commit"),
+    };
+    if let Err(e) = sent {
+        return Ok(remote::fail(&e));
+    }
+    if no_monitor {
+        eprintln!(
+            "qq: the agent accepted the request and goes on alone; `qq upgrade_status` follows it"
+        );
+        remote::print_report(&mut c)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let until = match &request {
+        Some(r) if !r.auto_commit => Until::Prepared,
+        _ => Until::Committed,
+    };
+    let bars = ctx.bars();
+    let ended = remote::monitor(&mut c, until, request.is_none(), MONITOR_LIMIT, &bars);
+    drop(bars);
+    let code = match ended {
+        Ok(Ended::Done(_)) => ExitCode::SUCCESS,
+        Ok(Ended::Failed(why)) => {
+            eprintln!("qq: {why}");
+            ExitCode::from(EXIT_NO)
+        }
+        Err(e) => {
+            qutil::cli::error("qq", &format!("{e:#}"));
+            ExitCode::from(qutil::cli::EXIT_ERROR)
+        }
+    };
+    remote::print_report(&mut c)?;
+    Ok(code)
+}
+
+/// On a simulated node, in this process (or a detached one).
+fn run_local(ctx: &Ctx, request: Option<PrepareRequest>, run: Monitor) -> Result<ExitCode> {
+    let agent = ctx.agent()?;
+    let Monitor {
+        no_monitor,
+        detached,
+    } = run;
     if no_monitor {
         let mut args: Vec<String> = std::env::args().skip(1).collect();
         args.retain(|a| a != "--no-monitor");

@@ -1,4 +1,6 @@
-//! `qq upgrade_status`: the state as JSON (schema `qq.upgrade_status/1`).
+//! `qq upgrade_status [--json]`: the upgrade's state as JSON (schema
+//! `qq.upgrade_status/1`), from the agent's `/v1/upgrade/status` or, in local
+//! mode, the node's record.
 
 use std::process::ExitCode;
 
@@ -6,7 +8,23 @@ use anyhow::Result;
 
 use crate::Ctx;
 
-pub fn run(ctx: &Ctx) -> Result<ExitCode> {
-    crate::print_status(&ctx.agent()?)?;
+#[derive(clap::Args)]
+pub struct Args {
+    /// JSON (always; accepted as Qumulo's client spells it).
+    #[arg(long, alias = "raw", alias = "no-monitor")]
+    json: bool,
+}
+
+pub fn run(ctx: &Ctx, _a: Args) -> Result<ExitCode> {
+    match ctx.remote()? {
+        Some(remote) => {
+            let mut c = remote.client()?;
+            match c.get::<serde_json::Value>("/v1/upgrade/status") {
+                Ok(v) => qutil::cli::print_json(&v)?,
+                Err(e) => return Ok(crate::remote::fail(&e)),
+            }
+        }
+        None => crate::print_status(&ctx.agent()?)?,
+    }
     Ok(ExitCode::SUCCESS)
 }

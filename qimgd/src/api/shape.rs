@@ -7,10 +7,7 @@ use upgrade::wire::Mode;
 
 /// The REST spelling of an upgrade mode.
 pub fn upgrade_type(m: Mode) -> UpgradeType {
-    match m {
-        Mode::Instant => UpgradeType::SoftwareOnly,
-        Mode::Platform => UpgradeType::SoftwareAndPlatform,
-    }
+    UpgradeType::from_platform(m == Mode::Platform)
 }
 
 /// The upgrade state of an engine state.

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 pub use fixtures::*;
 
 /// The test user and password.
-pub const USER: &str = "admin";
-pub const PASSWORD: &str = "qimgd-test-password";
+pub const USER: &str = AGENT_USER;
+pub const PASSWORD: &str = AGENT_PASSWORD;
 
 /// How long the agent may take to start listening.
 pub const START_LIMIT: Duration = Duration::from_secs(30);
@@ -81,22 +81,9 @@ impl Agentd {
     pub fn start_with(o: Options) -> Option<Agentd> {
         let node = factory_node()?;
         let dir = tempfile::tempdir().unwrap();
+        let config = agent_config(&node, dir.path(), &o.extra);
         let upgrade_dir = dir.path().join("upgrade");
-        std::fs::create_dir_all(&upgrade_dir).unwrap();
         let socket = dir.path().join("run/rest.sock");
-        let config = dir.path().join("qimgd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\nsocket = \"{}\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"upgrade\"\nsim_shutdown_ms = 1000\nsim_boot_ms = 300\n{}",
-                socket.display(),
-                node.path().display(),
-                o.extra
-            ),
-        )
-        .unwrap();
-        let mut users = qimgd::users::Users::load(&dir.path().join("users.json")).unwrap();
-        users.add(USER, PASSWORD).unwrap();
         let log = dir.path().join("qimgd.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qimgd"));
         cmd.arg("--config")

@@ -1,0 +1,156 @@
+//! `qq` as a client of the agent's REST API: where the agent is, the kept token,
+//! the exit code of an answer, and the monitor of an upgrade that follows the
+//! server's `progress` and waits through a node's reboot.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use qapi::types::{UpgradeState, UpgradeStatus};
+use qapi::{Client, Target};
+use qutil::cli::{EXIT_ERROR, EXIT_NO, print_json};
+
+/// How often the monitor polls.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Where the agent is and how to reach it (the global flags).
+pub struct Remote {
+    /// The agent.
+    pub target: Target,
+    /// The credentials file.
+    pub store: std::path::PathBuf,
+    /// Client options.
+    pub options: qapi::Options,
+}
+
+impl Remote {
+    /// A client with the kept token, if any.
+    pub fn client(&self) -> Result<Client> {
+        let mut c = Client::new(self.target.clone(), self.options.clone())?;
+        c.set_token(qapi::credentials::load(&self.store)?);
+        Ok(c)
+    }
+}
+
+/// Prints an error answer and maps it to an exit code: 1 for a refusal the
+/// operator can act on (4xx), 2 for faults (5xx, unreachable, garbage).
+pub fn fail(e: &qapi::Error) -> ExitCode {
+    match e.status() {
+        Some(401) if e.class() == Some("http_unauthorized_error") => {
+            qutil::cli::error("qq", &format!("{e}: run `qq login -u USER` first"));
+            ExitCode::from(EXIT_ERROR)
+        }
+        Some(s) if (400..500).contains(&s) => {
+            eprintln!("qq: {e}");
+            ExitCode::from(EXIT_NO)
+        }
+        _ => {
+            qutil::cli::error("qq", &upgrade::chain(e));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Prints the node's report (`/v1/upgrade/status`, the shape `qq upgrade_status`
+/// prints in local mode) when the agent answers.
+pub fn print_report(c: &mut Client) -> Result<()> {
+    match c.get::<serde_json::Value>("/v1/upgrade/status") {
+        Ok(v) => print_json(&v),
+        Err(e) => {
+            eprintln!("qq: the node's report is not available: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// What the monitor waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// The prepare ends (`PREPARED`).
+    Prepared,
+    /// The commit ends (`COMMITTED`), through a reboot if there is one.
+    Committed,
+}
+
+/// How a monitored upgrade ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// What was waited for happened.
+    Done(UpgradeStatus),
+    /// The upgrade failed, was refused or rolled back: `error_info`.
+    Failed(String),
+}
+
+/// Follows `/v3/upgrade/status` until `until`, a failure, or `limit`. The
+/// progress bar follows the server's `progress`. Once a commit may be under way
+/// (`commit_started`), an unreachable agent is a node rebooting: the monitor waits
+/// for it to come back.
+pub fn monitor(
+    c: &mut Client,
+    until: Until,
+    commit_started: bool,
+    limit: Duration,
+    bars: &qutil::cli::Bars,
+) -> Result<Ended> {
+    use qimg::Progress;
+    let deadline = Instant::now() + limit;
+    let task = bars.begin("preparing (the agent's progress, %)", Some(100));
+    let mut shown = 0u64;
+    let mut away_since: Option<Instant> = None;
+    loop {
+        match c.get::<UpgradeStatus>("/v3/upgrade/status") {
+            Ok(s) => {
+                if let Some(t) = away_since.take() {
+                    bars.step(&format!(
+                        "the node is back after {:.1} s",
+                        t.elapsed().as_secs_f64()
+                    ));
+                }
+                if let Some(info) = &s.error_info {
+                    return Ok(Ended::Failed(info.clone()));
+                }
+                if s.state == UpgradeState::Preparing
+                    && let Some(p) = s.progress
+                    && u64::from(p) > shown
+                {
+                    task.advance(u64::from(p) - shown);
+                    shown = u64::from(p);
+                }
+                match (s.state, until) {
+                    (UpgradeState::Prepared, Until::Prepared)
+                    | (UpgradeState::Committed, Until::Committed) => {
+                        task.advance(100 - shown.min(100));
+                        return Ok(Ended::Done(s));
+                    }
+                    (UpgradeState::Idle, _) => {
+                        return Ok(Ended::Failed(
+                            "the upgrade ended without being committed (it was discarded)".into(),
+                        ));
+                    }
+                    (UpgradeState::Rebooting, _) if away_since.is_none() => {
+                        bars.step("the node reboots into the new release");
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) if e.is_unreachable() && (commit_started || until == Until::Committed) => {
+                if away_since.is_none() {
+                    bars.step("the node is rebooting; waiting for it to come back");
+                    away_since = Some(Instant::now());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "waited {} s for the upgrade to be {}; it goes on without this client (`qq upgrade_status` follows it)",
+                limit.as_secs(),
+                match until {
+                    Until::Prepared => "prepared",
+                    Until::Committed => "committed",
+                }
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
