@@ -380,7 +380,7 @@ impl Client {
         req.extend_from_slice(body);
         conn.write_all(&req).map_err(io("sending to"))?;
         conn.flush().map_err(io("sending to"))?;
-        read_response(conn, method, path).map_err(|e| match e {
+        read_response(&mut *conn, method).map_err(|e| match e {
             ReadErr::Io(source) => io("reading from")(source),
             ReadErr::Bad(problem) => Error::Protocol {
                 method,
@@ -502,7 +502,24 @@ fn read_line<R: BufRead>(r: &mut R, limit: &mut usize) -> Result<String, ReadErr
     Ok(s.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn read_response(conn: &mut Conn, method: &str, _path: &str) -> Result<Response, ReadErr> {
+/// Parses one answer from `bytes` as the client reads it from a connection (the
+/// fuzz target's entry; `method` matters for `HEAD`).
+pub fn parse_response(bytes: &[u8], method: &'static str) -> Result<Response, Error> {
+    read_response(bytes, method).map_err(|e| match e {
+        ReadErr::Io(source) => Error::Io {
+            op: "reading from",
+            target: "bytes".into(),
+            source,
+        },
+        ReadErr::Bad(problem) => Error::Protocol {
+            method,
+            path: String::new(),
+            problem,
+        },
+    })
+}
+
+fn read_response<R: Read>(conn: R, method: &str) -> Result<Response, ReadErr> {
     let mut r = BufReader::new(conn);
     let mut limit = MAX_HEAD;
     let status_line = read_line(&mut r, &mut limit)?;
@@ -517,7 +534,9 @@ fn read_response(conn: &mut Conn, method: &str, _path: &str) -> Result<Response,
     }
     let status: u16 = code
         .parse()
-        .map_err(|_| ReadErr::Bad(format!("bad status in {status_line:?}")))?;
+        .ok()
+        .filter(|s| (100..1000).contains(s))
+        .ok_or_else(|| ReadErr::Bad(format!("bad status in {status_line:?}")))?;
     let mut length = None;
     let mut chunked = false;
     let mut close = version == "HTTP/1.0";

@@ -151,6 +151,23 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid_and_the_unit_uses_its_path() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let c = Config::load(&root.join("systemd/qimgd.toml")).unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/run/qimgd/rest.sock")));
+        let unit = std::fs::read_to_string(root.join("systemd/qimgd.service")).unwrap();
+        assert!(
+            unit.contains(&format!("--config {DEFAULT_PATH} serve")),
+            "{unit}"
+        );
+        assert!(
+            unit.contains("RuntimeDirectory=qimgd"),
+            "the socket's directory"
+        );
+    }
+
+    #[test]
     fn refuses_unknown_fields_and_half_tls() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("qimgd.toml");
