@@ -57,11 +57,11 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
             names.sort();
             names.dedup();
             if tls::ensure_self_signed(&files, &names)? {
-                eprintln!(
-                    "qimgd: generated a self-signed certificate {} (key {}, mode 0600)",
+                crate::log(&format!(
+                    "generated a self-signed certificate {} (key {}, mode 0600)",
                     files.cert.display(),
                     files.key.display()
-                );
+                ));
             }
             files
         }
@@ -92,10 +92,10 @@ pub async fn hardware(app: Shared) {
         if !sim::reboot_due(app.agent.node()) {
             continue;
         }
-        eprintln!("qimgd: the simulated node shuts down");
+        crate::log("the simulated node shuts down");
         tokio::time::sleep(Duration::from_millis(app.config.sim_shutdown_ms)).await;
         app.down.store(true, Ordering::SeqCst);
-        eprintln!("qimgd: the simulated node reboots");
+        crate::log("the simulated node reboots");
         // The operation that asked for the reboot returns first (on a real node
         // the reboot would end it); then the boot holds the slot.
         let deadline = Instant::now() + BOOT_WAIT_LIMIT;
@@ -106,9 +106,9 @@ pub async fn hardware(app: Shared) {
                     tokio::time::sleep(Duration::from_millis(20)).await
                 }
                 Err(k) => {
-                    eprintln!(
-                        "qimgd: {k} still runs {BOOT_WAIT_LIMIT:?} after the reboot was asked for; booting anyway"
-                    );
+                    crate::log(&format!(
+                        "{k} still runs {BOOT_WAIT_LIMIT:?} after the reboot was asked for; booting anyway"
+                    ));
                     break None;
                 }
             }
@@ -117,9 +117,12 @@ pub async fn hardware(app: Shared) {
         let a = app.clone();
         let r = tokio::task::spawn_blocking(move || sim::run_boots(&a.agent)).await;
         match r {
-            Ok(Ok(o)) => eprintln!("qimgd: booted; the boot decided {o:?}"),
-            Ok(Err(e)) => eprintln!("qimgd: the simulated boot failed: {}", upgrade::chain(&e)),
-            Err(e) => eprintln!("qimgd: the simulated boot failed: {e}"),
+            Ok(Ok(o)) => crate::log(&format!("booted; the boot decided {o:?}")),
+            Ok(Err(e)) => crate::log(&format!(
+                "the simulated boot failed: {}",
+                upgrade::chain(&e)
+            )),
+            Err(e) => crate::log(&format!("the simulated boot failed: {e}")),
         }
         drop(claim);
         app.down.store(false, Ordering::SeqCst);
@@ -140,7 +143,7 @@ fn notify_ready() {
                 s.send_to(b"READY=1", &*p)
             };
             if let Err(e) = r {
-                eprintln!("qimgd: telling systemd we are ready failed: {e}");
+                crate::log(&format!("telling systemd we are ready failed: {e}"));
             }
         }
     }
@@ -172,13 +175,15 @@ pub async fn serve(
     }
     tasks.spawn(hardware(app.clone()));
     stop.await;
-    eprintln!("qimgd: stopping");
+    crate::log("stopping");
     tasks.abort_all();
     app.cancel.cancel();
     let deadline = Instant::now() + SHUTDOWN_LIMIT;
     while let Some(k) = app.jobs.running() {
         if Instant::now() >= deadline {
-            eprintln!("qimgd: {k} still runs after {SHUTDOWN_LIMIT:?}; leaving it to recovery");
+            crate::log(&format!(
+                "{k} still runs after {SHUTDOWN_LIMIT:?}; leaving it to recovery"
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -186,9 +191,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// `qimgd serve`: serves until SIGTERM or SIGINT, printing each listening URL on
-/// stdout and telling systemd it is ready.
-pub async fn run(config: Config) -> Result<(), Error> {
+/// `qimgd serve`: serves until SIGTERM or SIGINT; `listening` gets the bound URLs,
+/// then systemd is told the agent is ready.
+pub async fn run(config: Config, listening: impl FnOnce(Vec<String>)) -> Result<(), Error> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| Error::Io {
             op: "installing a SIGTERM handler",
@@ -202,9 +207,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     };
     serve(config, stop, |urls| {
-        for u in urls {
-            println!("listening {u}");
-        }
+        listening(urls);
         notify_ready();
     })
     .await

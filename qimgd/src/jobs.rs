@@ -72,7 +72,7 @@ impl Progress for Observer {
         Box::new(MeterTask(self.0.clone()))
     }
     fn step(&self, text: &str) {
-        eprintln!("qimgd: {text}");
+        crate::log(text);
     }
 }
 

@@ -5,8 +5,8 @@
 //! - [`config`]: the configuration file, `qimgd.toml`.
 //! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown,
 //!   and the simulated node's hardware.
-//! - [`server`]: TLS and Unix-socket listeners, connections, who the peer is
-//!   (local root or not).
+//! - [`server`]: TLS and Unix-socket listeners and connections; [`peer`]: who
+//!   the peer is (local root or not).
 //! - [`api`]: routes, authentication, handlers; [`api::shape`] the REST bodies
 //!   (`qapi::types`) shaped from the engine's state; [`api::error`] the JSON
 //!   errors with stable classes; [`api::body`] strict JSON bodies.
@@ -24,6 +24,7 @@ pub mod error;
 pub mod identity;
 pub mod jobs;
 pub mod paths;
+pub mod peer;
 pub mod server;
 pub mod throttle;
 pub mod tls;
@@ -31,3 +32,9 @@ pub mod token;
 pub mod users;
 
 pub use error::Error;
+
+/// The agent's log: one line on stderr (the journal, under systemd). The only
+/// place the library writes; results go to clients.
+pub fn log(line: &str) {
+    eprintln!("qimgd: {line}");
+}

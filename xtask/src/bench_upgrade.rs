@@ -64,61 +64,70 @@ fn member(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("no {prefix}* in {}", dir.display()))
 }
 
-pub fn upgrade(o: &Opts) -> Result<(), String> {
-    deps::ensure(&[
-        ("minisign", "minisign"),
-        ("zstd", "zstd"),
-        ("tar", "tar"),
-        ("squashfs-tools", "unsquashfs"),
-    ])?;
-    deps::ensure_files(deps::TEST_FILES)?;
-    release_build(&["imagebuild", "qq"])?;
-    let rel = target_dir().join("release");
-    let (imagebuild, qq) = (rel.join("imagebuild"), rel.join("qq"));
-    let w = o.dir.join("upgrade");
-    let _ = std::fs::remove_dir_all(&w);
-    std::fs::create_dir_all(&w).map_err(io)?;
-    imagebuild::keys::generate(&w.join("k")).map_err(|e| e.to_string())?;
-    let key = w.join("k.key");
-    let build = |name: &str, v: &str, p: &str, mib: u64| -> Result<PathBuf, String> {
-        let spec = inputs(&w.join(format!("src-{name}")), v, p, mib)?;
-        let out = w.join(format!("{name}.qimg"));
+/// A workspace with a signing key, a small factory release and a simulated node
+/// made from it (fresh on demand); the node's container stops when it is dropped.
+pub(crate) struct Lab {
+    /// The working directory.
+    pub w: PathBuf,
+    /// Release binaries.
+    pub imagebuild: PathBuf,
+    pub qq: PathBuf,
+    /// The simulated node's directory.
+    pub node: PathBuf,
+    factory: PathBuf,
+    root_mib: String,
+}
+
+impl Lab {
+    /// In `dir`, for releases up to `size_mib` of platform tree.
+    pub(crate) fn new(dir: &Path, size_mib: u64) -> Result<Lab, String> {
+        let rel = target_dir().join("release");
+        let w = dir.to_owned();
+        let _ = std::fs::remove_dir_all(&w);
+        std::fs::create_dir_all(&w).map_err(io)?;
+        imagebuild::keys::generate(&w.join("k")).map_err(|e| e.to_string())?;
+        let mut lab = Lab {
+            node: w.join("node"),
+            w,
+            imagebuild: rel.join("imagebuild"),
+            qq: rel.join("qq"),
+            factory: PathBuf::new(),
+            root_mib: (size_mib + size_mib / 3 + 16).to_string(),
+        };
+        lab.factory = lab.build("factory", "1.0.0", "1.0", 4)?;
+        Ok(lab)
+    }
+
+    /// A signed release bundle `name`.
+    pub(crate) fn build(&self, name: &str, v: &str, p: &str, mib: u64) -> Result<PathBuf, String> {
+        let spec = inputs(&self.w.join(format!("src-{name}")), v, p, mib)?;
+        let out = self.w.join(format!("{name}.qimg"));
         step(
             &format!("bundle {name}"),
-            &mut bundle_cmd(&imagebuild, &spec, &key, &out),
+            &mut bundle_cmd(&self.imagebuild, &spec, &self.w.join("k.key"), &out),
         )?;
         Ok(out)
-    };
-    let factory = build("factory", "1.0.0", "1.0", 4)?;
-    let big = build("platform", "2.0.0", "2.0", o.size_mib)?;
-    let node = w.join("node");
-    // Whatever happens, the simulated node's container does not outlive the bench.
-    struct PowerOff(PathBuf, PathBuf);
-    impl Drop for PowerOff {
-        fn drop(&mut self) {
-            if self.1.exists() {
-                let _ = Command::new(&self.0)
-                    .arg("--node")
-                    .arg(&self.1)
-                    .arg("sim_poweroff")
-                    .status();
-            }
-        }
     }
-    let _off = PowerOff(qq.clone(), node.clone());
-    let root_mib = (o.size_mib + o.size_mib / 3 + 16).to_string();
-    let fresh_node = || -> Result<(), String> {
-        if node.exists() {
-            let _ = Command::new(&qq)
+
+    fn poweroff(&self) {
+        if self.node.exists() {
+            let _ = Command::new(&self.qq)
                 .arg("--node")
-                .arg(&node)
+                .arg(&self.node)
                 .arg("sim_poweroff")
                 .status();
-            std::fs::remove_dir_all(&node).map_err(io)?;
+        }
+    }
+
+    /// A new simulated node of the factory release.
+    pub(crate) fn fresh_node(&self) -> Result<(), String> {
+        if self.node.exists() {
+            self.poweroff();
+            std::fs::remove_dir_all(&self.node).map_err(io)?;
         }
         step(
             "disk",
-            Command::new(&imagebuild)
+            Command::new(&self.imagebuild)
                 .args([
                     "-q",
                     "disk",
@@ -128,31 +137,53 @@ pub fn upgrade(o: &Opts) -> Result<(), String> {
                     "16",
                     "--root-mib",
                 ])
-                .arg(&root_mib)
+                .arg(&self.root_mib)
                 .arg("--pubkey")
-                .arg(w.join("k.pub"))
+                .arg(self.w.join("k.pub"))
                 .arg("--bundle")
-                .arg(&factory)
+                .arg(&self.factory)
                 .arg("--out")
-                .arg(w.join("disk.img"))
+                .arg(self.w.join("disk.img"))
                 .stdout(Stdio::null()),
         )?;
         step(
             "node",
-            Command::new(&qq)
+            Command::new(&self.qq)
                 .args(["sim_create", "--model", "bench", "--dir"])
-                .arg(&node)
+                .arg(&self.node)
                 .arg("--disk")
-                .arg(w.join("disk.img"))
+                .arg(self.w.join("disk.img"))
                 .arg("--bundle")
-                .arg(&factory)
+                .arg(&self.factory)
                 .arg("--key")
-                .arg(w.join("k.pub"))
+                .arg(self.w.join("k.pub"))
                 .stdout(Stdio::null()),
         )?;
         settle();
         Ok(())
-    };
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.poweroff();
+    }
+}
+
+pub fn upgrade(o: &Opts) -> Result<(), String> {
+    deps::ensure(&[
+        ("minisign", "minisign"),
+        ("zstd", "zstd"),
+        ("tar", "tar"),
+        ("squashfs-tools", "unsquashfs"),
+    ])?;
+    deps::ensure_files(deps::TEST_FILES)?;
+    release_build(&["imagebuild", "qq"])?;
+    let lab = Lab::new(&o.dir.join("upgrade"), o.size_mib)?;
+    let (w, qq, node) = (lab.w.clone(), lab.qq.clone(), lab.node.clone());
+    let build = |name: &str, v: &str, p: &str, mib: u64| lab.build(name, v, p, mib);
+    let fresh_node = || lab.fresh_node();
+    let big = build("platform", "2.0.0", "2.0", o.size_mib)?;
     let x = w.join("x");
     let (mut ours, mut theirs, mut rss) = (vec![], vec![], vec![]);
     for run in 1..=o.runs {

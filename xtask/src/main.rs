@@ -16,8 +16,12 @@
 //!   `qfirmware flash`, `qq` prepare (and instant downtime), `qcloud publish` against
 //!   their standard equivalents (`bench_fw.rs`, `bench_upgrade.rs`, `bench_cloud.rs`;
 //!   the shared harness is `harness.rs`).
+//! - `cargo xtask bench agent [--size MIB] [--runs N] [--dir DIR]`: a prepare through
+//!   `qimgd`'s REST API against `qq` in local mode, status latency under 64 pollers,
+//!   the agent's RSS (`bench_agent.rs`).
 
 mod bench;
+mod bench_agent;
 mod bench_cloud;
 mod bench_fw;
 mod bench_upgrade;

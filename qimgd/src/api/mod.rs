@@ -1,7 +1,7 @@
 //! The REST API: routes, the shared application state, and authentication.
 //!
 //! Every route except the login requires `Authorization: Bearer <token>`, or a
-//! connection from local root ([`crate::server::Peer::local_root`]). Handlers are
+//! connection from local root ([`crate::peer::Peer::local_root`]). Handlers are
 //! thin: they parse, call the engine's [`upgrade::Agent`] on a blocking thread, and
 //! shape the answer with [`shape`] into [`qapi::types`].
 
@@ -19,7 +19,7 @@ use upgrade::Agent;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::jobs::Jobs;
-use crate::server::Peer;
+use crate::peer::Peer;
 use crate::throttle::Throttle;
 use crate::token::TokenKey;
 use crate::users::Users;

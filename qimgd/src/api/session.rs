@@ -11,7 +11,7 @@ use axum::http::{Extensions, StatusCode};
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::{Shared, blocking};
-use crate::server::Peer;
+use crate::peer::Peer;
 use crate::users::Users;
 use qapi::types::{LoginRequest, LoginResponse};
 

@@ -126,9 +126,9 @@ async fn wait_started(app: &Shared, before: Option<Vec<u8>>, done: &AtomicBool) 
     let deadline = Instant::now() + START_LIMIT;
     while !done.load(Ordering::SeqCst) && record(app) == before {
         if Instant::now() >= deadline {
-            eprintln!(
-                "qimgd: the engine recorded no state within {START_LIMIT:?} of the request; answering anyway"
-            );
+            crate::log(&format!(
+                "the engine recorded no state within {START_LIMIT:?} of the request; answering anyway"
+            ));
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -137,9 +137,9 @@ async fn wait_started(app: &Shared, before: Option<Vec<u8>>, done: &AtomicBool) 
 
 fn log_outcome(what: JobKind, r: Result<Option<CommitOutcome>, Error>) {
     match r {
-        Ok(Some(o)) => eprintln!("qimgd: {what} ended: {o:?}"),
-        Ok(None) => eprintln!("qimgd: {what} ended: prepared"),
-        Err(e) => eprintln!("qimgd: {what} failed: {}", upgrade::chain(&e)),
+        Ok(Some(o)) => crate::log(&format!("{what} ended: {o:?}")),
+        Ok(None) => crate::log(&format!("{what} ended: prepared")),
+        Err(e) => crate::log(&format!("{what} failed: {}", upgrade::chain(&e))),
     }
 }
 

@@ -1,0 +1,64 @@
+//! Who is on the other end of a connection, and whether it is **local root**,
+//! trusted without a token as Qumulo's client expects: a TCP peer on a loopback
+//! address whose source port is in 900–1023 (Qumulo's client binds one when it
+//! runs as root against localhost) and below the kernel's
+//! `ip_unprivileged_port_start` (so only root could bind it); or a Unix-socket
+//! peer whose `SO_PEERCRED` uid is 0. Anything else needs a token.
+//! `trust_local_root = false` turns both off.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The address (`None` on the Unix socket).
+    pub ip: Option<IpAddr>,
+    /// Trusted as local root.
+    pub local_root: bool,
+}
+
+/// The Qumulo client's privileged source ports (ours uses the same).
+pub use qapi::client::ROOT_PORTS;
+
+/// The first port an unprivileged process may bind
+/// (`/proc/sys/net/ipv4/ip_unprivileged_port_start`, 1024 when unreadable).
+pub fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// The peer of a TCP connection from `addr`.
+pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: u16) -> Peer {
+    let ip = addr.ip().to_canonical();
+    let port = addr.port();
+    Peer {
+        ip: Some(ip),
+        local_root: trust_local_root
+            && ip.is_loopback()
+            && ROOT_PORTS.contains(&port)
+            && port < unprivileged_start,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_root_is_loopback_and_a_privileged_port() {
+        let p = |s: &str| tcp_peer(s.parse().unwrap(), true, 1024).local_root;
+        assert!(p("127.0.0.1:950"));
+        assert!(p("[::1]:1023"));
+        assert!(p("[::ffff:127.0.0.1]:900"));
+        assert!(!p("127.0.0.1:1024"));
+        assert!(!p("127.0.0.1:899"), "below Qumulo's range");
+        assert!(!p("10.0.0.5:950"), "not loopback");
+        assert!(!tcp_peer("127.0.0.1:950".parse().unwrap(), false, 1024).local_root);
+        assert!(
+            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, 800).local_root,
+            "ports any user may bind prove nothing"
+        );
+    }
+}
