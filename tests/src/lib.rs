@@ -8,6 +8,8 @@
 //!   can craft reordered, duplicated, renamed or resized members.
 //! - [`Fixture`]: a small signed bundle built from content generated at test time.
 
+pub mod etcd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -32,6 +34,9 @@ pub fn package_of(tool: &str) -> &'static str {
         "objdump" => "binutils",
         "fsck.vfat" => "dosfstools",
         "mdir" => "mtools",
+        "etcd" => "etcd-server",
+        "etcdctl" => "etcd-client",
+        "openssl" => "openssl",
         _ => "?",
     }
 }

@@ -14,6 +14,11 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("binutils", "objdump"),
     ("dosfstools", "fsck.vfat"),
     ("mtools", "mdir"),
+    // The cluster: etcd members in the tests, protoc to build etcd-client.
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
+    ("protobuf-compiler", "protoc"),
+    ("openssl", "openssl"),
 ];
 
 /// Files the tests need, with the Debian package that provides each.

@@ -1,0 +1,88 @@
+//! The cluster library's one error type.
+
+use std::path::PathBuf;
+
+/// Errors of the cluster: spec, certificates, etcd.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `cluster.toml` is invalid.
+    #[error("cluster spec {path}: {problem}")]
+    Spec {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate could not be made.
+    #[error("making the certificate of {subject}")]
+    Cert {
+        /// Whose.
+        subject: String,
+        /// The cause.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// `cluster create` into a directory that holds a cluster already.
+    #[error("{0} is not empty: a cluster is created once (its CA would be replaced)")]
+    Exists(PathBuf),
+    /// etcd refused or could not be reached.
+    #[error("etcd: {op}")]
+    Etcd {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// etcd did not answer in time.
+    #[error("etcd: {op}: no answer within {secs} s")]
+    Timeout {
+        /// What was being done.
+        op: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// What etcd holds cannot be used.
+    #[error("etcd key {key}: {problem}")]
+    Damaged {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Error {
+    /// A stable identifier of the kind of error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Spec { .. } => "spec",
+            Error::Io { .. } => "io",
+            Error::Cert { .. } => "cert",
+            Error::Exists(_) => "exists",
+            Error::Etcd { .. } => "etcd",
+            Error::Timeout { .. } => "timeout",
+            Error::Damaged { .. } => "damaged",
+        }
+    }
+}
+
+pub(crate) fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { op, path, source }
+}

@@ -1,0 +1,18 @@
+//! The cluster: what an operator declares once ([`spec`]), what creating it makes
+//! ([`create`]: the CA, each node's certificate and directory, via [`pki`]), the
+//! etcd members the voting nodes run ([`etcd`]), and the state those members
+//! hold ([`store`]: node registrations under leases). The engine (consensus) is
+//! etcd's; this crate only names keys and checks values.
+#![deny(missing_docs)]
+
+pub mod create;
+pub mod error;
+pub mod etcd;
+pub mod pki;
+pub mod spec;
+pub mod store;
+
+pub use create::{Membership, NodeDir, create};
+pub use error::Error;
+pub use spec::{ClusterSpec, NodeSpec};
+pub use store::{NodeInfo, Store};

@@ -1,0 +1,203 @@
+//! The cluster's state in etcd, through `etcd-client` over mutual TLS: node
+//! registrations under leases (a node whose agent stops renewing disappears after
+//! the lease's TTL). Every call has a time limit and names what it waited for.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::create::{Membership, NodeDir};
+use crate::error::{Error, io_err};
+
+/// A node as it registered itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: u32,
+    /// Node name.
+    pub name: String,
+    /// The agent's address.
+    pub address: String,
+    /// Hardware model.
+    pub model: String,
+    /// The installed release.
+    pub installed: Option<String>,
+    /// The booted slot.
+    pub slot: Option<String>,
+    /// `online`, or what is wrong.
+    pub health: String,
+}
+
+/// A connection to the cluster's etcd.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+    limit: Duration,
+}
+
+fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
+    let op = op.into();
+    move |source| Error::Etcd { op, source }
+}
+
+impl Store {
+    /// Connects to the cluster's etcd members with this node's certificate; every
+    /// call is limited to `limit`.
+    pub async fn connect(m: &Membership, files: &NodeDir, limit: Duration) -> Result<Store, Error> {
+        let read = |p: std::path::PathBuf| std::fs::read(&p).map_err(io_err("reading", &p));
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(files.ca())?))
+            .identity(Identity::from_pem(read(files.cert())?, read(files.key())?));
+        let opts = ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(limit)
+            .with_timeout(limit);
+        let endpoints = m.spec.endpoints();
+        let client = tokio::time::timeout(limit, Client::connect(&endpoints, Some(opts)))
+            .await
+            .map_err(|_| Error::Timeout {
+                op: format!("connecting to {}", endpoints.join(",")),
+                secs: limit.as_secs(),
+            })?
+            .map_err(etcd_err(format!("connecting to {}", endpoints.join(","))))?;
+        Ok(Store {
+            client,
+            prefix: m.spec.prefix(),
+            limit,
+        })
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &str,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.limit, f)
+            .await
+            .map_err(|_| Error::Timeout {
+                op: op.into(),
+                secs: self.limit.as_secs(),
+            })?
+            .map_err(etcd_err(op))
+    }
+
+    fn node_key(&self, id: u32) -> String {
+        format!("{}nodes/{id:08}", self.prefix)
+    }
+
+    /// Grants a lease of `ttl_secs` and writes `info` under it; returns the lease.
+    pub async fn register(&self, info: &NodeInfo, ttl_secs: i64) -> Result<i64, Error> {
+        let mut c = self.client.clone();
+        let lease = self
+            .timed("granting a lease", c.lease_grant(ttl_secs, None))
+            .await?
+            .id();
+        self.put_info(info, lease).await?;
+        Ok(lease)
+    }
+
+    /// Rewrites `info` under `lease`.
+    pub async fn put_info(&self, info: &NodeInfo, lease: i64) -> Result<(), Error> {
+        let mut c = self.client.clone();
+        let key = self.node_key(info.id);
+        let value = serde_json::to_vec(info).map_err(|e| Error::Damaged {
+            key: key.clone(),
+            problem: e.to_string(),
+        })?;
+        self.timed(
+            "registering the node",
+            c.put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Renews `lease` once; false when it is gone (expired or revoked).
+    pub async fn renew(&self, lease: i64) -> Result<bool, Error> {
+        let r = async {
+            let mut c = self.client.clone();
+            let (mut keeper, mut stream) = self
+                .timed("renewing the lease", c.lease_keep_alive(lease))
+                .await?;
+            self.timed("renewing the lease", keeper.keep_alive())
+                .await?;
+            self.timed("renewing the lease", stream.message()).await
+        }
+        .await;
+        match r {
+            Ok(r) => Ok(r.is_some_and(|r| r.ttl() > 0)),
+            // etcd 3.4 answers a renewal of an expired lease with this error rather
+            // than with TTL 0 (what the client crate expects from 3.5+).
+            Err(Error::Etcd {
+                source: etcd_client::Error::LeaseKeepAliveError(m),
+                ..
+            }) if m.contains("not found") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The registered nodes, by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        let mut c = self.client.clone();
+        let prefix = format!("{}nodes/", self.prefix);
+        let r = self
+            .timed(
+                "listing the nodes",
+                c.get(prefix, Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|e| Error::Damaged {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    problem: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Keeps `info()` registered under a lease of `ttl`: renews it every third of the
+/// TTL, rewrites the info (it changes after an upgrade), and starts over with a
+/// new lease when the old one is lost or etcd was away. Runs until dropped.
+pub async fn stay_registered(
+    store: Store,
+    ttl: Duration,
+    info: impl Fn() -> NodeInfo,
+    log: impl Fn(&str),
+) {
+    let secs = ttl.as_secs().max(1) as i64;
+    let mut lease: Option<i64> = None;
+    loop {
+        let r = match lease {
+            None => store.register(&info(), secs).await.map(|l| {
+                log(&format!(
+                    "registered in the cluster (lease {l:x}, {secs} s)"
+                ));
+                lease = Some(l);
+            }),
+            Some(l) => match store.renew(l).await {
+                Ok(true) => store.put_info(&info(), l).await,
+                Ok(false) => {
+                    log("the cluster lease expired; registering again");
+                    lease = None;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = r {
+            log(&format!("cluster registration: {e}"));
+        }
+        tokio::time::sleep(ttl / 3).await;
+    }
+}

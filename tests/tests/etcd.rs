@@ -1,0 +1,94 @@
+//! The cluster's etcd on this machine: three real members with mutual TLS from a
+//! cluster CA made by `qcluster::create`; only holders of a certificate from that
+//! CA may read or write; node registrations live exactly as long as their lease.
+
+use std::time::{Duration, Instant};
+
+use qcluster::{NodeInfo, Store};
+use tests::etcd::{EtcdCluster, spec};
+
+fn info(id: u32) -> NodeInfo {
+    NodeInfo {
+        id,
+        name: format!("node{id}"),
+        address: format!("127.0.0.1:{}", 18000 + id),
+        model: "demo-node-1".into(),
+        installed: Some("7.0.0".into()),
+        slot: Some("a".into()),
+        health: "online".into(),
+    }
+}
+
+#[test]
+fn mutual_tls_and_leased_registrations() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec("t1", 3, 1);
+    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+        return;
+    };
+    // A certificate from the cluster CA reads and writes.
+    let o = c.etcdctl(&c.nodes[2], &["put", "/probe", "x"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Another cluster's certificate (another CA) can neither read nor write.
+    let other = qcluster::create(&spec("other", 1, 0), &d.path().join("other")).unwrap();
+    let m = c.nodes[0].load().unwrap();
+    let o = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", m.spec.endpoints().join(",")))
+        .arg(format!("--cacert={}", c.nodes[0].ca().display()))
+        .arg(format!("--cert={}", other[0].cert().display()))
+        .arg(format!("--key={}", other[0].key().display()))
+        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "/probe"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a foreign certificate read the state");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad certificate")
+            || err.contains("deadline exceeded")
+            || err.contains("unknown authority"),
+        "{err}"
+    );
+    // No certificate at all: refused too.
+    let o = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", m.spec.endpoints().join(",")))
+        .arg(format!("--cacert={}", c.nodes[0].ca().display()))
+        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "/probe"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "no certificate read the state");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let limit = Duration::from_secs(10);
+        let s1 = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
+            .await
+            .unwrap();
+        let s3 = Store::connect(&c.nodes[2].load().unwrap(), &c.nodes[2], limit)
+            .await
+            .unwrap();
+        let lease1 = s1.register(&info(1), 2).await.unwrap();
+        let lease2 = s1.register(&info(2), 2).await.unwrap();
+        assert_ne!(lease1, lease2);
+        assert_eq!(s3.nodes().await.unwrap(), vec![info(1), info(2)]);
+        // Node 2 renews, node 1 does not: node 1 is gone after its TTL.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            assert!(s1.renew(lease2).await.unwrap(), "node 2's lease is alive");
+            let ids: Vec<u32> = s3.nodes().await.unwrap().iter().map(|n| n.id).collect();
+            if ids == vec![2] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node 1's registration outlived its lease: {ids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            !s1.renew(lease1).await.unwrap(),
+            "an expired lease cannot be renewed"
+        );
+    });
+}
