@@ -19,6 +19,8 @@ pub struct NodeInfo {
     pub id: u32,
     /// Node name.
     pub name: String,
+    /// Node UUID.
+    pub uuid: String,
     /// The agent's address.
     pub address: String,
     /// Hardware model.

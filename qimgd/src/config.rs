@@ -52,6 +52,13 @@ pub struct Config {
     /// This node's name (default: the host name).
     #[serde(default)]
     pub node_name: Option<String>,
+    /// This node's cluster directory (made by `qimgd cluster create`): the spec,
+    /// its certificate, the shared token key. Without it the node is a cluster of one.
+    #[serde(default)]
+    pub cluster: Option<PathBuf>,
+    /// The TTL of this node's registration in the cluster.
+    #[serde(default = "default_lease")]
+    pub cluster_lease_secs: u64,
     /// A simulated node: how long its shutdown takes once a reboot is asked for
     /// (the API still answers, `REBOOTING`, as while systemd stops a node's units).
     #[serde(default = "default_sim_shutdown_ms")]
@@ -79,6 +86,9 @@ fn yes() -> bool {
 fn default_node_id() -> u32 {
     1
 }
+fn default_lease() -> u64 {
+    10
+}
 fn default_sim_shutdown_ms() -> u64 {
     2000
 }
@@ -105,9 +115,14 @@ impl Config {
         for p in [&mut c.node, &mut c.state, &mut c.users, &mut c.upgrade_dir] {
             *p = base.join(&*p);
         }
-        for p in [&mut c.socket, &mut c.tls_cert, &mut c.tls_key]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut c.socket,
+            &mut c.tls_cert,
+            &mut c.tls_key,
+            &mut c.cluster,
+        ]
+        .into_iter()
+        .flatten()
         {
             *p = base.join(&*p);
         }

@@ -67,17 +67,27 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         }
     };
     let tls = tls::server_config(&files)?;
+    let cluster = match &config.cluster {
+        Some(dir) => Some(crate::cluster::ClusterCtx::load(dir)?),
+        None => None,
+    };
+    // In a cluster every node signs tokens with the cluster's key.
+    let token_key = match &cluster {
+        Some(c) => c.dir.token_key(),
+        None => config.state.join("token.key"),
+    };
     let app = Arc::new(App {
         config: config.clone(),
         agent,
         product,
         users: config.users.clone(),
-        key: TokenKey::load_or_create(&config.state.join("token.key"))?,
+        key: TokenKey::load_or_create(&token_key)?,
         throttle: Throttle::default(),
         jobs: Arc::new(Jobs::default()),
         identity: Identity::load_or_create(&config.state.join("identity.json"))?,
         down: AtomicBool::new(false),
         cancel: upgrade::Cancel::new(),
+        cluster,
     });
     Ok((app, tls))
 }
@@ -129,6 +139,67 @@ pub async fn hardware(app: Shared) {
     }
 }
 
+/// What this node registers: who it is, what it runs.
+fn node_info(app: &Shared, c: &crate::cluster::ClusterCtx) -> qcluster::NodeInfo {
+    let me = c.me();
+    let node = app.agent.node();
+    let installed = node.containers().installed().ok().and_then(|i| i.active);
+    // The booted slot reads the ESP: off the async threads.
+    let slot = tokio::task::block_in_place(|| {
+        node.open()
+            .and_then(|mut o| node.running(&mut o))
+            .ok()
+            .map(|r| r.slot.to_string())
+    });
+    qcluster::NodeInfo {
+        id: me.id,
+        name: me.name.clone(),
+        uuid: app.identity.node_uuid.clone(),
+        address: me.agent.to_string(),
+        model: node.config.model.clone(),
+        installed,
+        slot,
+        health: "online".into(),
+    }
+}
+
+/// Connects to the cluster's etcd (retrying every second until it answers),
+/// then keeps this node registered. Runs until dropped.
+pub async fn join(app: Shared) {
+    let Some(c) = app.cluster.as_ref() else {
+        return;
+    };
+    let mut logged = false;
+    let store = loop {
+        match qcluster::Store::connect(&c.membership, &c.dir, crate::cluster::ETCD_LIMIT).await {
+            Ok(s) => break s,
+            Err(e) => {
+                if !logged {
+                    crate::log(&format!(
+                        "the cluster's etcd is not reachable yet ({e}); retrying every second"
+                    ));
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    c.set_store(store.clone());
+    crate::log("connected to the cluster's etcd");
+    let ttl = Duration::from_secs(app.config.cluster_lease_secs.max(1));
+    let a = app.clone();
+    qcluster::store::stay_registered(
+        store,
+        ttl,
+        move || {
+            let c = a.cluster.as_ref().expect("a cluster member");
+            node_info(&a, c)
+        },
+        crate::log,
+    )
+    .await;
+}
+
 /// Tells systemd the agent is ready (`Type=notify`), when it runs under it.
 fn notify_ready() {
     if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
@@ -174,6 +245,7 @@ pub async fn serve(
         tasks.spawn(crate::server::serve_unix(u, router.clone(), app.clone()));
     }
     tasks.spawn(hardware(app.clone()));
+    tasks.spawn(join(app.clone()));
     stop.await;
     crate::log("stopping");
     tasks.abort_all();

@@ -80,6 +80,9 @@ pub enum Error {
     /// The upgrade engine failed.
     #[error("upgrade engine")]
     Engine(#[source] upgrade::Error),
+    /// The cluster's files or etcd failed.
+    #[error("cluster")]
+    Cluster(#[source] qcluster::Error),
 }
 
 impl Error {
@@ -97,6 +100,7 @@ impl Error {
             Error::Tls(_) => "tls",
             Error::Bind { .. } => "bind",
             Error::Engine(_) => "engine",
+            Error::Cluster(_) => "cluster",
         }
     }
 }

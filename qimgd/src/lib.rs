@@ -3,6 +3,7 @@
 //! the Web UI) drive a node through it.
 //!
 //! - [`config`]: the configuration file, `qimgd.toml`.
+//! - [`cluster`]: this node's membership, its etcd connection and registration.
 //! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown,
 //!   and the simulated node's hardware.
 //! - [`server`]: TLS and Unix-socket listeners and connections; [`peer`]: who
@@ -18,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod error;

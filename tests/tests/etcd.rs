@@ -11,6 +11,7 @@ fn info(id: u32) -> NodeInfo {
     NodeInfo {
         id,
         name: format!("node{id}"),
+        uuid: format!("uuid-{id}"),
         address: format!("127.0.0.1:{}", 18000 + id),
         model: "demo-node-1".into(),
         installed: Some("7.0.0".into()),

@@ -56,6 +56,17 @@ pub struct App {
     pub down: AtomicBool,
     /// Set at shutdown: a running prepare stops and is undone.
     pub cancel: upgrade::Cancel,
+    /// The cluster this node belongs to (`None`: a cluster of one).
+    pub cluster: Option<crate::cluster::ClusterCtx>,
+}
+
+impl App {
+    /// This node's id.
+    pub fn node_id(&self) -> u32 {
+        self.cluster
+            .as_ref()
+            .map_or(self.config.node_id, |c| c.membership.node_id)
+    }
 }
 
 /// The shared state.

@@ -39,7 +39,7 @@ pub(super) async fn node_state(State(app): State<Shared>) -> Result<Json<NodeSta
     let a = app.clone();
     let running = blocking(move || container_running(&a)).await?;
     Ok(Json(NodeStateInfo {
-        node_id: app.config.node_id,
+        node_id: app.node_id(),
         state: if running { "ACTIVE" } else { "STOPPED" }.into(),
         cluster_id: app.identity.cluster_uuid.clone(),
     }))
@@ -65,20 +65,72 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// Every node of the cluster: the registered ones online with what they
+/// registered, the others offline (their lease expired or they never started).
+async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
+    let Some(c) = &app.cluster else {
+        return Ok(vec![this_node(app, true)]);
+    };
+    let store = c.store().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable_error",
+            "this node has not reached the cluster's etcd yet",
+        )
+    })?;
+    let registered = store.nodes().await.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable_error",
+            upgrade::chain(&e),
+        )
+    })?;
+    Ok(c.membership
+        .spec
+        .nodes
+        .iter()
+        .map(|n| match registered.iter().find(|r| r.id == n.id) {
+            Some(r) => ClusterNode {
+                id: n.id,
+                node_status: "online".into(),
+                node_name: n.name.clone(),
+                uuid: r.uuid.clone(),
+                label: String::new(),
+                model_number: r.model.clone(),
+                serial_number: String::new(),
+                mac_address: String::new(),
+            },
+            None => ClusterNode {
+                id: n.id,
+                node_status: "offline".into(),
+                node_name: n.name.clone(),
+                uuid: String::new(),
+                label: String::new(),
+                model_number: String::new(),
+                serial_number: String::new(),
+                mac_address: String::new(),
+            },
+        })
+        .collect())
+}
+
 pub(super) async fn cluster_nodes(
     State(app): State<Shared>,
 ) -> Result<Json<Vec<ClusterNode>>, ApiError> {
-    Ok(Json(vec![this_node(&app, true)]))
+    Ok(Json(all_nodes(&app).await?))
 }
 
 pub(super) async fn cluster_node(
     State(app): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<ClusterNode>, ApiError> {
-    match id.parse::<u32>() {
-        Ok(n) if n == app.config.node_id => Ok(Json(this_node(&app, true))),
-        _ => Err(ApiError::not_found(format!("no node {id} in this cluster"))),
-    }
+    let n: Option<u32> = id.parse().ok();
+    all_nodes(&app)
+        .await?
+        .into_iter()
+        .find(|c| Some(c.id) == n)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no node {id} in this cluster")))
 }
 
 pub(super) async fn reboot_status(

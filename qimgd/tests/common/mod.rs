@@ -66,6 +66,9 @@ pub struct Options {
     pub extra: String,
     /// Environment for the agent (crash points).
     pub env: Vec<(String, String)>,
+    /// Listen addresses instead of 127.0.0.1:0 and 127.0.0.2:0 (keep one on
+    /// 127.0.0.2: the raw client and Qumulo's client use it).
+    pub listen: Option<Vec<String>>,
 }
 
 impl Agentd {
@@ -81,7 +84,11 @@ impl Agentd {
     pub fn start_with(o: Options) -> Option<Agentd> {
         let node = factory_node()?;
         let dir = tempfile::tempdir().unwrap();
-        let config = agent_config(&node, dir.path(), &o.extra);
+        let listen: Vec<&str> = match &o.listen {
+            Some(l) => l.iter().map(String::as_str).collect(),
+            None => AGENT_LISTEN.to_vec(),
+        };
+        let config = agent_config(&node, dir.path(), &listen, &o.extra);
         let upgrade_dir = dir.path().join("upgrade");
         let socket = dir.path().join("run/rest.sock");
         let log = dir.path().join("qimgd.log");

@@ -356,17 +356,21 @@ pub fn sim_node_with(factory: &Path, devices: Option<serde_json::Value>) -> SimN
 pub const AGENT_USER: &str = "admin";
 pub const AGENT_PASSWORD: &str = "qimgd-test-password";
 
-/// An agent's directory for `node`: `qimgd.toml` (listening on 127.0.0.1 and
-/// 127.0.0.2, ports chosen by the kernel, and a Unix socket `run/rest.sock`;
-/// upgrade directory `upgrade/`; quick simulated reboots) plus `extra` lines, and
-/// a users file with the test user. Returns the config file.
-pub fn agent_config(node: &SimNode, dir: &Path, extra: &str) -> PathBuf {
+/// Where a test agent listens unless told: 127.0.0.1 and 127.0.0.2, ports chosen
+/// by the kernel.
+pub const AGENT_LISTEN: &[&str] = &["127.0.0.1:0", "127.0.0.2:0"];
+
+/// An agent's directory for `node`: `qimgd.toml` (listening on `listen`, and a
+/// Unix socket `run/rest.sock`; upgrade directory `upgrade/`; quick simulated
+/// reboots) plus `extra` lines, and a users file with the test user. Returns the
+/// config file.
+pub fn agent_config(node: &SimNode, dir: &Path, listen: &[&str], extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("upgrade")).unwrap();
     let config = dir.join("qimgd.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"upgrade\"\nsim_shutdown_ms = 1000\nsim_boot_ms = 300\n{extra}",
+            "listen = {listen:?}\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"upgrade\"\nsim_shutdown_ms = 1000\nsim_boot_ms = 300\n{extra}",
             node.path().display(),
         ),
     )

@@ -7,6 +7,8 @@
 //! qimgd [--config F] user passwd NAME [--password-stdin]
 //! qimgd [--config F] user remove NAME
 //! qimgd [--config F] user list
+//! qimgd cluster create --spec cluster.toml --out DIR   the CA and each node's directory, once
+//! qimgd [--config F] cluster member [--data-dir D]     this node's etcd member (voters)
 //! ```
 
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod serve;
 mod user;
 
@@ -39,6 +42,9 @@ enum Command {
     /// Manage the users who may log in.
     #[command(subcommand)]
     User(user::Command),
+    /// Make a cluster; run this node's etcd member.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
 }
 
 fn config(path: &std::path::Path) -> Result<qimgd::config::Config> {
@@ -49,6 +55,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve => serve::run(config(&cli.config)?),
         Command::User(c) => user::run(&config(&cli.config)?, c),
+        Command::Cluster(c) => cluster::run(|| config(&cli.config), c),
     }
 }
 

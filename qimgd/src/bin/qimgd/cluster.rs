@@ -1,0 +1,67 @@
+//! `qimgd cluster create|member`: making a cluster once, and running this
+//! node's etcd member (systemd/qimg-etcd.service).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make the cluster from its spec: the CA and one directory per node.
+    Create {
+        /// The spec (`cluster.toml`).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Where to write (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run this node's etcd member (voting nodes only): replaces this process.
+    Member {
+        /// etcd's data directory.
+        #[arg(long, default_value = "/var/lib/qimgd/etcd")]
+        data_dir: PathBuf,
+    },
+}
+
+pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -> Result<ExitCode> {
+    match c {
+        Command::Create { spec, out } => {
+            let s = qcluster::ClusterSpec::load(&spec)?;
+            let dirs = qcluster::create(&s, &out)?;
+            for (n, d) in s.nodes.iter().zip(&dirs) {
+                qutil::cli::out(&format!(
+                    "node {} ({}): {}\n",
+                    n.id,
+                    n.name,
+                    d.dir.display()
+                ))?;
+            }
+            eprintln!(
+                "qimgd: the CA key is {}: keep it off the nodes; copy each node's directory to it and set `cluster =` in its qimgd.toml",
+                out.join("ca/ca.key").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Member { data_dir } => {
+            let config = config()?;
+            let dir = config
+                .cluster
+                .context("this node is in no cluster: set `cluster =` in qimgd.toml")?;
+            let d = qcluster::NodeDir::new(&dir);
+            let m = d.load()?;
+            let Some(args) = qcluster::etcd::member_args(&m, &d, &data_dir) else {
+                bail!(
+                    "node {} is not a voting member of {}",
+                    m.node_id,
+                    m.spec.name
+                );
+            };
+            let e = std::process::Command::new("etcd").args(&args).exec();
+            Err(e).context("starting etcd")
+        }
+    }
+}
