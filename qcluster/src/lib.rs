@@ -1,7 +1,8 @@
 //! The cluster: what an operator declares once ([`spec`]), what creating it makes
 //! ([`create`]: the CA, each node's certificate and directory, via [`pki`]), the
 //! etcd members the voting nodes run ([`etcd`]), and the state those members
-//! hold ([`store`]: node registrations under leases). The engine (consensus) is
+//! hold ([`store`]: node registrations under leases, the coordinator's key, the
+//! upgrade plan and the nodes' reports of [`plan`]). The engine (consensus) is
 //! etcd's; this crate only names keys and checks values.
 #![deny(missing_docs)]
 
@@ -9,10 +10,12 @@ pub mod create;
 pub mod error;
 pub mod etcd;
 pub mod pki;
+pub mod plan;
 pub mod spec;
 pub mod store;
 
 pub use create::{Membership, NodeDir, create};
 pub use error::Error;
+pub use plan::{ClusterPlan, NodeReport, NodeStep, PlanMode, PlanPhase};
 pub use spec::{ClusterSpec, NodeSpec};
 pub use store::{NodeInfo, Store};

@@ -1,16 +1,20 @@
 //! The cluster's state in etcd, through `etcd-client` over mutual TLS: node
 //! registrations under leases (a node whose agent stops renewing disappears after
-//! the lease's TTL). Every call has a time limit and names what it waited for.
+//! the lease's TTL), the coordinator's key (under its lease), the plan (written
+//! with compare-and-swap) and the nodes' reports. Every call has a time limit and
+//! names what it waited for.
 
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::create::{Membership, NodeDir};
 use crate::error::{Error, io_err};
+use crate::plan::{ClusterPlan, NodeReport};
 
 /// A node as it registered itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +169,152 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+impl Store {
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(v).map_err(|e| Error::Damaged {
+            key: key.into(),
+            problem: e.to_string(),
+        })
+    }
+
+    fn json<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(v).map_err(|e| Error::Damaged {
+            key: key.into(),
+            problem: e.to_string(),
+        })
+    }
+
+    /// The plan and its modification revision (for compare-and-swap).
+    pub async fn plan(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
+        let mut c = self.client.clone();
+        let key = self.key("plan");
+        let r = self
+            .timed("reading the plan", c.get(key.clone(), None))
+            .await?;
+        match r.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some((Self::parse(&key, kv.value())?, kv.mod_revision()))),
+        }
+    }
+
+    /// Writes `plan` if the plan is still at `revision` (`None`: no plan yet).
+    /// False when another writer came first.
+    pub async fn put_plan_if(
+        &self,
+        plan: &ClusterPlan,
+        revision: Option<i64>,
+    ) -> Result<bool, Error> {
+        let mut c = self.client.clone();
+        let key = self.key("plan");
+        let cmp = match revision {
+            Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new().when([cmp]).and_then([TxnOp::put(
+            key.clone(),
+            Self::json(&key, plan)?,
+            None,
+        )]);
+        Ok(self
+            .timed("writing the plan", c.txn(txn))
+            .await?
+            .succeeded())
+    }
+
+    /// Writes node `id`'s report.
+    pub async fn report(&self, id: u32, r: &NodeReport) -> Result<(), Error> {
+        let mut c = self.client.clone();
+        let key = self.key(&format!("reports/{id:08}"));
+        self.timed(
+            "writing a node report",
+            c.put(key.clone(), Self::json(&key, r)?, None),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every node's report, by node id.
+    pub async fn reports(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
+        let mut c = self.client.clone();
+        let prefix = self.key("reports/");
+        let r = self
+            .timed(
+                "reading the node reports",
+                c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let id = key
+                    .strip_prefix(&prefix)
+                    .and_then(|i| i.parse().ok())
+                    .ok_or_else(|| Error::Damaged {
+                        key: key.clone(),
+                        problem: "not a node id".into(),
+                    })?;
+                Ok((id, Self::parse(&key, kv.value())?))
+            })
+            .collect()
+    }
+
+    /// Becomes the coordinator if nobody is: the key is created under `lease`
+    /// only if it does not exist (it goes with the lease). True when `me` holds it.
+    pub async fn try_lead(&self, me: u32, lease: i64) -> Result<bool, Error> {
+        let mut c = self.client.clone();
+        let key = self.key("coordinator");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                me.to_string(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let r = self
+            .timed("campaigning for coordinator", c.txn(txn))
+            .await?;
+        if r.succeeded() {
+            return Ok(true);
+        }
+        Ok(self.coordinator().await? == Some(me))
+    }
+
+    /// The coordinator's node id, if there is one.
+    pub async fn coordinator(&self) -> Result<Option<u32>, Error> {
+        let mut c = self.client.clone();
+        let key = self.key("coordinator");
+        let r = self
+            .timed("reading the coordinator", c.get(key, None))
+            .await?;
+        Ok(r.kvs()
+            .first()
+            .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
+    }
+
+    /// Grants a lease of `ttl_secs`.
+    pub async fn lease(&self, ttl_secs: i64) -> Result<i64, Error> {
+        let mut c = self.client.clone();
+        Ok(self
+            .timed("granting a lease", c.lease_grant(ttl_secs, None))
+            .await?
+            .id())
+    }
+
+    /// Revokes `lease` (its keys go at once).
+    pub async fn revoke(&self, lease: i64) -> Result<(), Error> {
+        let mut c = self.client.clone();
+        self.timed("revoking a lease", c.lease_revoke(lease))
+            .await?;
+        Ok(())
     }
 }
 

@@ -93,3 +93,92 @@ fn mutual_tls_and_leased_registrations() {
         );
     });
 }
+
+#[test]
+fn plan_compare_and_swap_and_one_coordinator() {
+    use qcluster::{ClusterPlan, NodeReport, NodeStep, PlanMode, PlanPhase};
+    let d = tempfile::tempdir().unwrap();
+    let s = spec("t3", 3, 1);
+    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let limit = Duration::from_secs(10);
+        let st = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
+            .await
+            .unwrap();
+        let plan = |generation, phase| ClusterPlan {
+            generation,
+            image_path: "/x.qimg".into(),
+            target_version: "7.1.0".into(),
+            mode: PlanMode::Platform,
+            auto_commit: false,
+            rolling: true,
+            nodes_per_batch: Some(1),
+            phase,
+            error: None,
+            downtime_ms: None,
+        };
+        assert!(st.plan().await.unwrap().is_none());
+        assert!(
+            st.put_plan_if(&plan(1, PlanPhase::Preparing), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !st.put_plan_if(&plan(1, PlanPhase::Preparing), None)
+                .await
+                .unwrap(),
+            "a second first plan loses"
+        );
+        let (p, rev) = st.plan().await.unwrap().unwrap();
+        assert_eq!(p, plan(1, PlanPhase::Preparing));
+        assert!(
+            st.put_plan_if(&plan(1, PlanPhase::Prepared), Some(rev))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !st.put_plan_if(&plan(1, PlanPhase::Failed), Some(rev))
+                .await
+                .unwrap(),
+            "a write from a stale read loses"
+        );
+        assert_eq!(
+            st.plan().await.unwrap().unwrap().0.phase,
+            PlanPhase::Prepared
+        );
+
+        let r = |step| NodeReport {
+            generation: 1,
+            step,
+            progress: 100,
+            error: None,
+            downtime_ms: None,
+        };
+        st.report(2, &r(NodeStep::Prepared)).await.unwrap();
+        st.report(1, &r(NodeStep::Failed)).await.unwrap();
+        assert_eq!(
+            st.reports().await.unwrap(),
+            vec![(1, r(NodeStep::Failed)), (2, r(NodeStep::Prepared))]
+        );
+
+        // One coordinator: the key goes with its holder's lease.
+        let l1 = st.lease(30).await.unwrap();
+        let l2 = st.lease(30).await.unwrap();
+        assert!(st.try_lead(1, l1).await.unwrap());
+        assert!(
+            st.try_lead(1, l1).await.unwrap(),
+            "the holder still holds it"
+        );
+        assert!(!st.try_lead(2, l2).await.unwrap());
+        assert_eq!(st.coordinator().await.unwrap(), Some(1));
+        st.revoke(l1).await.unwrap();
+        assert!(
+            st.try_lead(2, l2).await.unwrap(),
+            "after the holder's lease is gone"
+        );
+        assert_eq!(st.coordinator().await.unwrap(), Some(2));
+    });
+}
