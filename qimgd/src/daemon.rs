@@ -88,6 +88,7 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         down: AtomicBool::new(false),
         cancel: upgrade::Cancel::new(),
         cluster,
+        reported: std::sync::Mutex::new((0, 0)),
     });
     Ok((app, tls))
 }
@@ -246,6 +247,8 @@ pub async fn serve(
     }
     tasks.spawn(hardware(app.clone()));
     tasks.spawn(join(app.clone()));
+    tasks.spawn(crate::member::run(app.clone()));
+    tasks.spawn(crate::coordinator::run(app.clone()));
     stop.await;
     crate::log("stopping");
     tasks.abort_all();

@@ -3,7 +3,9 @@
 //! the Web UI) drive a node through it.
 //!
 //! - [`config`]: the configuration file, `qimgd.toml`.
-//! - [`cluster`]: this node's membership, its etcd connection and registration.
+//! - [`cluster`]: this node's membership and its etcd connection; [`member`]: the
+//!   loop that carries out the cluster's plan on this node; [`coordinator`]: the
+//!   loop of the elected node that moves the plan on from the nodes' reports.
 //! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown,
 //!   and the simulated node's hardware.
 //! - [`server`]: TLS and Unix-socket listeners and connections; [`peer`]: who
@@ -21,10 +23,12 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod coordinator;
 pub mod daemon;
 pub mod error;
 pub mod identity;
 pub mod jobs;
+pub mod member;
 pub mod paths;
 pub mod peer;
 pub mod server;

@@ -19,7 +19,7 @@ struct Served {
 fn serve(extra: &str) -> Option<Served> {
     let node = factory_node()?;
     let dir = tempfile::tempdir().unwrap();
-    let config = agent_config(&node, dir.path(), AGENT_LISTEN, extra);
+    let config = agent_config(&node, dir.path(), AGENT_LISTEN, None, extra);
     let agent = qimgd::daemon::spawn(qimgd::config::Config::load(&config).unwrap()).unwrap();
     Some(Served { node, dir, agent })
 }

@@ -25,6 +25,7 @@ use crate::token::TokenKey;
 use crate::users::Users;
 
 pub mod body;
+mod cluster_upgrade;
 pub mod error;
 mod node;
 mod session;
@@ -58,9 +59,22 @@ pub struct App {
     pub cancel: upgrade::Cancel,
     /// The cluster this node belongs to (`None`: a cluster of one).
     pub cluster: Option<crate::cluster::ClusterCtx>,
+    /// The highest cluster progress this node reported, per plan generation.
+    pub reported: std::sync::Mutex<(u64, u8)>,
 }
 
 impl App {
+    /// `percent` for plan `generation`, never below what this node reported for it
+    /// before (a client polling one node never sees the progress go back).
+    pub fn cluster_progress(&self, generation: u64, percent: u8) -> u8 {
+        let mut r = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if r.0 != generation {
+            *r = (generation, 0);
+        }
+        r.1 = r.1.max(percent);
+        r.1
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> u32 {
         self.cluster

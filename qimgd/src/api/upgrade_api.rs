@@ -56,6 +56,9 @@ fn no_overrides(q: Option<String>) -> Result<(), ApiError> {
 }
 
 pub(super) async fn status(State(app): State<Shared>) -> Result<Json<UpgradeStatus>, ApiError> {
+    if app.cluster.is_some() {
+        return Ok(Json(super::cluster_upgrade::status(&app).await?));
+    }
     let agent = app.agent.clone();
     let st = blocking(move || Ok(agent.state()?)).await?;
     let verified = app.jobs.verified().map(|v| v.plan);
@@ -72,6 +75,9 @@ pub(super) async fn status_v1(State(app): State<Shared>) -> Result<Json<Status>,
 }
 
 pub(super) async fn blocked(State(app): State<Shared>) -> Result<Json<Blocked>, ApiError> {
+    if app.cluster.is_some() {
+        return Ok(Json(super::cluster_upgrade::blocked(&app).await?));
+    }
     let agent = app.agent.clone();
     let s = blocking(move || Ok(agent.status()?)).await?;
     let (is_blocked, blocked_reason) = match app.jobs.running() {
@@ -180,6 +186,9 @@ pub(super) async fn prepare(
     JsonBody(req): JsonBody<PrepareRequest>,
 ) -> Result<StatusCode, ApiError> {
     no_overrides(q)?;
+    if app.cluster.is_some() {
+        return super::cluster_upgrade::prepare(&app, req).await;
+    }
     check_batch(&req)?;
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
     let claim = app.jobs.claim(JobKind::Prepare).map_err(busy)?;
@@ -225,6 +234,9 @@ pub(super) async fn commit(
     _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     no_overrides(q)?;
+    if app.cluster.is_some() {
+        return super::cluster_upgrade::commit(&app).await;
+    }
     let claim = app.jobs.claim(JobKind::Commit).map_err(busy)?;
     let a = app.clone();
     blocking(move || {

@@ -59,6 +59,9 @@ pub struct Agentd {
     pub socket: PathBuf,
 }
 
+/// A change to a node before its agent starts.
+pub type NodeEdit = Box<dyn Fn(&SimNode)>;
+
 /// Settings a test changes.
 #[derive(Default)]
 pub struct Options {
@@ -69,6 +72,10 @@ pub struct Options {
     /// Listen addresses instead of 127.0.0.1:0 and 127.0.0.2:0 (keep one on
     /// 127.0.0.2: the raw client and Qumulo's client use it).
     pub listen: Option<Vec<String>>,
+    /// A shared upgrade directory instead of the agent's own.
+    pub upgrade_dir: Option<PathBuf>,
+    /// Changes the node before its agent starts.
+    pub node_edit: Option<NodeEdit>,
 }
 
 impl Agentd {
@@ -88,8 +95,20 @@ impl Agentd {
             Some(l) => l.iter().map(String::as_str).collect(),
             None => AGENT_LISTEN.to_vec(),
         };
-        let config = agent_config(&node, dir.path(), &listen, &o.extra);
-        let upgrade_dir = dir.path().join("upgrade");
+        if let Some(edit) = &o.node_edit {
+            edit(&node);
+        }
+        let config = agent_config(
+            &node,
+            dir.path(),
+            &listen,
+            o.upgrade_dir.as_deref(),
+            &o.extra,
+        );
+        let upgrade_dir = o
+            .upgrade_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("upgrade"));
         let socket = dir.path().join("run/rest.sock");
         let log = dir.path().join("qimgd.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qimgd"));

@@ -361,17 +361,25 @@ pub const AGENT_PASSWORD: &str = "qimgd-test-password";
 pub const AGENT_LISTEN: &[&str] = &["127.0.0.1:0", "127.0.0.2:0"];
 
 /// An agent's directory for `node`: `qimgd.toml` (listening on `listen`, and a
-/// Unix socket `run/rest.sock`; upgrade directory `upgrade/`; quick simulated
-/// reboots) plus `extra` lines, and a users file with the test user. Returns the
-/// config file.
-pub fn agent_config(node: &SimNode, dir: &Path, listen: &[&str], extra: &str) -> PathBuf {
-    std::fs::create_dir_all(dir.join("upgrade")).unwrap();
+/// Unix socket `run/rest.sock`; upgrade directory `upgrade` (default `upgrade/`,
+/// created); quick simulated reboots) plus `extra` lines, and a users file with
+/// the test user. Returns the config file.
+pub fn agent_config(
+    node: &SimNode,
+    dir: &Path,
+    listen: &[&str],
+    upgrade: Option<&Path>,
+    extra: &str,
+) -> PathBuf {
+    let upgrade = upgrade.map_or_else(|| dir.join("upgrade"), Path::to_owned);
+    std::fs::create_dir_all(&upgrade).unwrap();
     let config = dir.join("qimgd.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = {listen:?}\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"upgrade\"\nsim_shutdown_ms = 1000\nsim_boot_ms = 300\n{extra}",
+            "listen = {listen:?}\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"{}\"\nsim_shutdown_ms = 1000\nsim_boot_ms = 300\n{extra}",
             node.path().display(),
+            upgrade.display(),
         ),
     )
     .unwrap();

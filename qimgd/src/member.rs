@@ -1,0 +1,216 @@
+//! A cluster node's member loop: carries out the plan's current generation on
+//! this node with its own engine, and reports what it did under that generation.
+//! It acts only on the current generation: a report or a command of an older
+//! plan is never taken for the current one. The coordinator
+//! (`crate::coordinator`) moves the plan on from the reports.
+
+use std::time::Duration;
+
+use qcluster::{ClusterPlan, NodeReport, NodeStep, PlanPhase, Store};
+use upgrade::CommitOutcome;
+use upgrade::state::Stage;
+
+use crate::api::Shared;
+use crate::jobs::{JobKind, Observer};
+
+/// How often the loop looks at the plan.
+pub const POLL: Duration = Duration::from_millis(200);
+
+fn report(generation: u64, step: NodeStep, progress: u8, error: Option<String>) -> NodeReport {
+    NodeReport {
+        generation,
+        step,
+        progress,
+        error,
+        downtime_ms: None,
+    }
+}
+
+/// Runs until dropped.
+pub async fn run(app: Shared) {
+    let Some(c) = app.cluster.as_ref() else {
+        return;
+    };
+    let me = c.membership.node_id;
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(POLL).await;
+        let Some(store) = c.store() else {
+            continue;
+        };
+        if let Err(e) = step(&app, store, me).await {
+            let text = upgrade::chain(&e);
+            if text != last_error {
+                crate::log(&format!("member: {text}"));
+                last_error = text;
+            }
+        }
+    }
+}
+
+async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Error> {
+    let Some((plan, _)) = store.plan().await? else {
+        return Ok(());
+    };
+    let g = plan.generation;
+    let mine = store
+        .reports()
+        .await?
+        .into_iter()
+        .find(|(id, r)| *id == me && r.generation == g)
+        .map(|(_, r)| r.step);
+    let busy = app.jobs.running().is_some();
+    match (plan.phase, mine) {
+        (PlanPhase::Preparing, None) if !busy => start_prepare(app, store, &plan, me).await?,
+        (PlanPhase::Preparing, Some(NodeStep::Preparing)) if busy => {
+            let p = app.jobs.meter.percent();
+            store
+                .report(me, &report(g, NodeStep::Preparing, p, None))
+                .await?;
+        }
+        (PlanPhase::Preparing | PlanPhase::Discarding, Some(NodeStep::Preparing)) => {
+            // Reported as preparing, and nothing runs: the agent restarted
+            // mid-prepare (the engine undid it on its next operation).
+            let why = "the agent restarted during the prepare".to_string();
+            store
+                .report(me, &report(g, NodeStep::Failed, 0, Some(why)))
+                .await?;
+        }
+        (PlanPhase::Committing, Some(NodeStep::Prepared)) if !busy => {
+            start_commit(app, store, g, me).await?
+        }
+        (PlanPhase::Committing, Some(NodeStep::Committing)) if !busy => {
+            // After a platform commit's reboot: what the boot decided.
+            let st = {
+                let a = app.clone();
+                tokio::task::spawn_blocking(move || a.agent.state())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            };
+            match st {
+                Some(s) if matches!(&s.stage, Stage::Committed(p) if p.to.version.to_string() == plan.target_version) =>
+                {
+                    store
+                        .report(me, &report(g, NodeStep::Committed, 100, None))
+                        .await?;
+                }
+                Some(s) if matches!(s.stage, Stage::Idle { .. }) => {
+                    let why = s.failure.map_or_else(
+                        || "the commit ended without committing".into(),
+                        |f| f.message,
+                    );
+                    store
+                        .report(me, &report(g, NodeStep::Failed, 100, Some(why)))
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        (PlanPhase::Discarding, None | Some(NodeStep::Prepared)) if !busy => {
+            discard(app, store, g, me).await?
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn start_prepare(
+    app: &Shared,
+    store: &Store,
+    plan: &ClusterPlan,
+    me: u32,
+) -> Result<(), qcluster::Error> {
+    let g = plan.generation;
+    let img = match crate::paths::resolve(&app.config.upgrade_dir, &plan.image_path) {
+        Ok(i) => i,
+        Err(e) => {
+            let why = format!("{e} on this node");
+            return store
+                .report(me, &report(g, NodeStep::Failed, 0, Some(why)))
+                .await;
+        }
+    };
+    let Ok(claim) = app.jobs.claim(JobKind::Prepare) else {
+        return Ok(()); // the next tick
+    };
+    store
+        .report(me, &report(g, NodeStep::Preparing, 0, None))
+        .await?;
+    app.jobs
+        .meter
+        .reset(std::fs::metadata(&img.file).map_or(1, |m| m.len()));
+    crate::log(&format!("plan {g}: preparing {}", plan.image_path));
+    let req = upgrade::PrepareRequest {
+        path: img.file,
+        auto_commit: false,
+        rolling: plan.rolling,
+        nodes_per_batch: plan.nodes_per_batch,
+        shown_as: Some(img.shown),
+    };
+    let (a, s) = (app.clone(), store.clone());
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _claim = claim;
+        let r = a
+            .agent
+            .prepare(&req, &Observer(a.jobs.meter.clone()), &a.cancel);
+        let rep = match &r {
+            Ok(_) => report(g, NodeStep::Prepared, 100, None),
+            Err(e) => report(g, NodeStep::Failed, 0, Some(upgrade::chain(e))),
+        };
+        crate::log(&format!("plan {g}: prepare ended: {:?}", rep.step));
+        if let Err(e) = rt.block_on(s.report(me, &rep)) {
+            crate::log(&format!("plan {g}: reporting the prepare: {e}"));
+        }
+    });
+    Ok(())
+}
+
+async fn start_commit(app: &Shared, store: &Store, g: u64, me: u32) -> Result<(), qcluster::Error> {
+    let Ok(claim) = app.jobs.claim(JobKind::Commit) else {
+        return Ok(());
+    };
+    store
+        .report(me, &report(g, NodeStep::Committing, 100, None))
+        .await?;
+    crate::log(&format!("plan {g}: committing"));
+    let (a, s) = (app.clone(), store.clone());
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _claim = claim;
+        let rep = match a.agent.commit(&Observer(a.jobs.meter.clone())) {
+            Ok(CommitOutcome::Committed { downtime_ms }) => NodeReport {
+                downtime_ms,
+                ..report(g, NodeStep::Committed, 100, None)
+            },
+            // The machine reboots; after the boot the loop reports its outcome.
+            Ok(CommitOutcome::Rebooting { .. }) => return,
+            Ok(CommitOutcome::RolledBack { reason } | CommitOutcome::Failed { reason }) => {
+                report(g, NodeStep::Failed, 100, Some(reason))
+            }
+            Err(e) => report(g, NodeStep::Failed, 100, Some(upgrade::chain(&e))),
+        };
+        crate::log(&format!("plan {g}: commit ended: {:?}", rep.step));
+        if let Err(e) = rt.block_on(s.report(me, &rep)) {
+            crate::log(&format!("plan {g}: reporting the commit: {e}"));
+        }
+    });
+    Ok(())
+}
+
+async fn discard(app: &Shared, store: &Store, g: u64, me: u32) -> Result<(), qcluster::Error> {
+    let a = app.clone();
+    let r = tokio::task::spawn_blocking(move || match a.agent.state()?.stage {
+        Stage::Prepared(_) => a.agent.cancel(&qimg::NoProgress).map(|_| ()),
+        _ => Ok(()),
+    })
+    .await;
+    let rep = match r {
+        Ok(Ok(())) => report(g, NodeStep::Discarded, 0, None),
+        Ok(Err(e)) => report(g, NodeStep::Failed, 0, Some(upgrade::chain(&e))),
+        Err(e) => report(g, NodeStep::Failed, 0, Some(e.to_string())),
+    };
+    crate::log(&format!("plan {g}: discarded what was prepared"));
+    store.report(me, &rep).await
+}
