@@ -248,3 +248,36 @@ fn a_node_that_cannot_prepare_makes_every_node_discard() {
         "{s}"
     );
 }
+
+#[test]
+fn complete_reboot_of_every_node() {
+    let Some(c) = cluster("t6", 3, |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let (st, r) = clients[2].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "platform.qimg"}).to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    let s = c.agents[0].wait_status(&clients[0], "PREPARED", Duration::from_secs(60), |s| {
+        s["state"] == "UPGRADE_STATE_PREPARED" || s["error_info"].is_string()
+    });
+    assert_eq!(s["state"], "UPGRADE_STATE_PREPARED", "{s}");
+    assert_eq!(s["progress"], 100);
+    for a in &c.agents {
+        assert_eq!(a.node.running().slot, bootctl::layout::Slot::A, "prepare reboots nothing");
+    }
+    let (st, r) = clients[1].post("/v2/upgrade/commit", "");
+    assert_eq!(st, 202, "{r}");
+    // Every node reboots at once; the nodes come back on slot B, healthy.
+    let s = c.agents[2].wait_status(&clients[2], "COMMITTED", Duration::from_secs(120), |s| {
+        s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string()
+    });
+    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(a.node.running().slot, bootctl::layout::Slot::B, "node {}", i + 1);
+        assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
+    }
+}
