@@ -63,6 +63,11 @@ pub struct Config {
     /// (the API still answers, `REBOOTING`, as while systemd stops a node's units).
     #[serde(default = "default_sim_shutdown_ms")]
     pub sim_shutdown_ms: u64,
+    /// A simulated node: its reboot powers the agent off (the process ends; whoever
+    /// plays the hardware starts it again, and the start runs the boot), instead
+    /// of the agent playing the reboot itself.
+    #[serde(default)]
+    pub sim_reboot_exits: bool,
     /// A simulated node: how long its simulated reboot keeps the API away.
     #[serde(default = "default_sim_boot_ms")]
     pub sim_boot_ms: u64,

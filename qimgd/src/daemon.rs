@@ -89,6 +89,7 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         cancel: upgrade::Cancel::new(),
         cluster,
         reported: std::sync::Mutex::new((0, 0)),
+        power_off: tokio::sync::Notify::new(),
     });
     Ok((app, tls))
 }
@@ -124,19 +125,31 @@ pub async fn hardware(app: Shared) {
                 }
             }
         };
-        tokio::time::sleep(Duration::from_millis(app.config.sim_boot_ms)).await;
-        let a = app.clone();
-        let r = tokio::task::spawn_blocking(move || sim::run_boots(&a.agent)).await;
-        match r {
-            Ok(Ok(o)) => crate::log(&format!("booted; the boot decided {o:?}")),
-            Ok(Err(e)) => crate::log(&format!(
-                "the simulated boot failed: {}",
-                upgrade::chain(&e)
-            )),
-            Err(e) => crate::log(&format!("the simulated boot failed: {e}")),
+        if app.config.sim_reboot_exits {
+            crate::log("the simulated node powers off");
+            drop(claim);
+            app.power_off.notify_one();
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(app.config.sim_boot_ms)).await;
+        boot(&app).await;
         drop(claim);
         app.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A simulated node's boot: the firmware boots (bootctl's model of systemd-boot)
+/// and the boot path runs, as `qimg-boot-check.service` does on a node.
+async fn boot(app: &Shared) {
+    let a = app.clone();
+    let r = tokio::task::spawn_blocking(move || sim::run_boots(&a.agent)).await;
+    match r {
+        Ok(Ok(o)) => crate::log(&format!("booted; the boot decided {o:?}")),
+        Ok(Err(e)) => crate::log(&format!(
+            "the simulated boot failed: {}",
+            upgrade::chain(&e)
+        )),
+        Err(e) => crate::log(&format!("the simulated boot failed: {e}")),
     }
 }
 
@@ -230,6 +243,11 @@ pub async fn serve(
     listening: impl FnOnce(Vec<String>),
 ) -> Result<(), Error> {
     let (app, tls) = build(&config)?;
+    if app.agent.node().config.simulated && sim::reboot_due(app.agent.node()) {
+        // The simulated node was powered off for a reboot: this start is its boot.
+        crate::log("the simulated node boots");
+        boot(&app).await;
+    }
     let listeners = Listeners::bind(&config).await?;
     listening(listeners.urls());
     let router = crate::api::router(app.clone());
@@ -249,8 +267,10 @@ pub async fn serve(
     tasks.spawn(join(app.clone()));
     tasks.spawn(crate::member::run(app.clone()));
     tasks.spawn(crate::coordinator::run(app.clone()));
-    stop.await;
-    crate::log("stopping");
+    tokio::select! {
+        _ = stop => crate::log("stopping"),
+        _ = app.power_off.notified() => crate::log("powered off"),
+    }
     tasks.abort_all();
     app.cancel.cancel();
     let deadline = Instant::now() + SHUTDOWN_LIMIT;

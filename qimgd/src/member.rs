@@ -68,34 +68,36 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
                 .report(me, &report(g, NodeStep::Preparing, p, None))
                 .await?;
         }
-        (PlanPhase::Preparing | PlanPhase::Discarding, Some(NodeStep::Preparing)) => {
+        (PlanPhase::Preparing, Some(NodeStep::Preparing)) => {
             // Reported as preparing, and nothing runs: the agent restarted
-            // mid-prepare (the engine undid it on its next operation).
-            let why = "the agent restarted during the prepare".to_string();
-            store
-                .report(me, &report(g, NodeStep::Failed, 0, Some(why)))
-                .await?;
+            // mid-prepare. Preparing again first undoes the interrupted one.
+            crate::log(&format!(
+                "plan {g}: the prepare was interrupted; starting it again"
+            ));
+            start_prepare(app, store, &plan, me).await?
         }
         (PlanPhase::Committing, Some(NodeStep::Prepared)) if !busy => {
             start_commit(app, store, g, me).await?
         }
         (PlanPhase::Committing, Some(NodeStep::Committing)) if !busy => {
-            // After a platform commit's reboot: what the boot decided.
-            let st = {
-                let a = app.clone();
-                tokio::task::spawn_blocking(move || a.agent.state())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            };
+            // After a platform commit's reboot: what the boot decided; after a
+            // restart mid-commit: commit again (the engine finishes it).
+            let a = app.clone();
+            let st = tokio::task::spawn_blocking(move || {
+                let due = upgrade::sim::reboot_due(a.agent.node());
+                a.agent.state().ok().map(|s| (s, due))
+            })
+            .await
+            .ok()
+            .flatten();
             match st {
-                Some(s) if matches!(&s.stage, Stage::Committed(p) if p.to.version.to_string() == plan.target_version) =>
+                Some((s, _)) if matches!(&s.stage, Stage::Committed(p) if p.to.version.to_string() == plan.target_version) =>
                 {
                     store
                         .report(me, &report(g, NodeStep::Committed, 100, None))
                         .await?;
                 }
-                Some(s) if matches!(s.stage, Stage::Idle { .. }) => {
+                Some((s, _)) if matches!(s.stage, Stage::Idle { .. }) => {
                     let why = s.failure.map_or_else(
                         || "the commit ended without committing".into(),
                         |f| f.message,
@@ -104,10 +106,26 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
                         .report(me, &report(g, NodeStep::Failed, 100, Some(why)))
                         .await?;
                 }
+                Some((s, false))
+                    if matches!(
+                        s.stage,
+                        Stage::Prepared(_)
+                            | Stage::Committing(
+                                _,
+                                upgrade::state::CommitStep::Swap
+                                    | upgrade::state::CommitStep::SetNext
+                            )
+                    ) =>
+                {
+                    crate::log(&format!(
+                        "plan {g}: the commit was interrupted; committing again"
+                    ));
+                    start_commit(app, store, g, me).await?
+                }
                 _ => {}
             }
         }
-        (PlanPhase::Discarding, None | Some(NodeStep::Prepared)) if !busy => {
+        (PlanPhase::Discarding, None | Some(NodeStep::Prepared | NodeStep::Preparing)) if !busy => {
             discard(app, store, g, me).await?
         }
         _ => {}

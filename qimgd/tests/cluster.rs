@@ -31,7 +31,7 @@ fn wait_nodes(a: &Agentd, c: &Client, what: &str, ok: impl Fn(&serde_json::Value
 /// upgrade directory all of them see. `edit` changes node `i` (0-based) first.
 struct Cluster {
     _dir: tempfile::TempDir,
-    _etcd: EtcdCluster,
+    etcd: EtcdCluster,
     agents: Vec<Agentd>,
     upgrade: std::path::PathBuf,
 }
@@ -39,6 +39,16 @@ struct Cluster {
 fn cluster(
     name: &str,
     n: u32,
+    edit: impl Fn(usize, &SimNode) + Clone + 'static,
+) -> Option<Cluster> {
+    cluster_with(name, n, "", &[], edit)
+}
+
+fn cluster_with(
+    name: &str,
+    n: u32,
+    extra: &str,
+    env: &[(&str, &str)],
     edit: impl Fn(usize, &SimNode) + Clone + 'static,
 ) -> Option<Cluster> {
     let d = tempfile::tempdir().unwrap();
@@ -49,22 +59,64 @@ fn cluster(
     for (i, (node, dir)) in s.nodes.iter().zip(&etcd.nodes).enumerate() {
         let e = edit.clone();
         agents.push(Agentd::start_with(Options {
-            listen: Some(vec![node.agent.to_string(), "127.0.0.2:0".into()]),
+            // Fixed ports: a restarted agent listens where it did.
+            listen: Some(vec![
+                node.agent.to_string(),
+                format!("127.0.0.2:{}", tests::etcd::free_port()),
+            ]),
             extra: format!(
-                "cluster = \"{}\"\ncluster_lease_secs = 2\n",
+                "cluster = \"{}\"\ncluster_lease_secs = 2\n{extra}",
                 dir.dir.display()
             ),
             upgrade_dir: Some(upgrade.clone()),
             node_edit: Some(Box::new(move |sim| e(i, sim))),
-            ..Options::default()
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })?);
     }
     Some(Cluster {
         _dir: d,
-        _etcd: etcd,
+        etcd,
         agents,
         upgrade,
     })
+}
+
+impl Cluster {
+    /// Plays the hardware of nodes whose agent powered off for a reboot: the
+    /// node's etcd member goes down with it, then both start again (the agent's
+    /// start boots the node). Until `done`, at most `limit`; returns how many
+    /// boots it played.
+    fn play_hardware(&mut self, limit: Duration, done: impl Fn(&Cluster) -> bool) -> usize {
+        let deadline = Instant::now() + limit;
+        let mut boots = 0;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "waited {limit:?}; logs:\n{}\n{}",
+                self.agents
+                    .iter()
+                    .map(|a| a.log())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n"),
+                self.etcd.logs()
+            );
+            for i in 0..self.agents.len() {
+                if self.agents[i].exited() {
+                    let d = self.etcd.nodes[i].clone();
+                    let name = format!("node{}", i + 1);
+                    self.etcd.kill_member(&name);
+                    self.etcd.start_member(&d);
+                    self.agents[i].restart();
+                    boots += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        boots
+    }
 }
 
 #[test]
@@ -267,7 +319,11 @@ fn complete_reboot_of_every_node() {
     assert_eq!(s["state"], "UPGRADE_STATE_PREPARED", "{s}");
     assert_eq!(s["progress"], 100);
     for a in &c.agents {
-        assert_eq!(a.node.running().slot, bootctl::layout::Slot::A, "prepare reboots nothing");
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::A,
+            "prepare reboots nothing"
+        );
     }
     let (st, r) = clients[1].post("/v2/upgrade/commit", "");
     assert_eq!(st, 202, "{r}");
@@ -277,7 +333,131 @@ fn complete_reboot_of_every_node() {
     });
     assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
     for (i, a) in c.agents.iter().enumerate() {
-        assert_eq!(a.node.running().slot, bootctl::layout::Slot::B, "node {}", i + 1);
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::B,
+            "node {}",
+            i + 1
+        );
         assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
     }
+}
+
+#[test]
+fn complete_reboot_where_each_node_really_powers_off() {
+    let Some(mut c) = cluster_with("t7", 3, "sim_reboot_exits = true\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "auto_commit": true}).to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    // Every agent powers off (with its etcd member), is started again by the
+    // "hardware", boots slot B, passes the health gate and reports; a coordinator
+    // is elected again and ends the plan.
+    let committed = |c: &Cluster| {
+        c.agents.iter().zip(&clients).any(|(a, cl)| {
+            let _ = a;
+            cl.try_get("/v3/upgrade/status")
+                .is_ok_and(|(s, v)| s == 200 && v["state"] == "UPGRADE_STATE_COMMITTED")
+        })
+    };
+    let boots = c.play_hardware(Duration::from_secs(180), committed);
+    assert_eq!(boots, 3, "each node rebooted once");
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::B,
+            "node {}",
+            i + 1
+        );
+        assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
+    }
+}
+
+impl Cluster {
+    /// The coordinator's node id, as etcd says.
+    fn coordinator(&self, name: &str) -> Option<u32> {
+        let o = self.etcd.etcdctl(
+            &self.etcd.nodes[0],
+            &[
+                "get",
+                &format!("/qimg/{name}/coordinator"),
+                "--print-value-only",
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+    }
+}
+
+#[test]
+fn the_coordinator_killed_mid_upgrade_another_node_finishes_it() {
+    // Every node's prepare pauses 2 s after recording its write step.
+    let Some(mut c) = cluster_with(
+        "t8",
+        3,
+        "",
+        &[("QIMG_PAUSE_AT", "step:write"), ("QIMG_PAUSE_SECS", "2")],
+        |_, _| {},
+    ) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().instant, c.upgrade.join("instant.qimg")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(id) = c.coordinator("t8") {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no coordinator");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (st, r) = clients[first as usize % 3].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/instant.qimg", "auto_commit": true}).to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    std::thread::sleep(Duration::from_millis(500));
+    // SIGKILL the coordinator's agent in the middle of the prepare.
+    let k = first as usize - 1;
+    c.agents[k].kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        match c.coordinator("t8") {
+            Some(id) if id != first => break id,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no other coordinator after the kill"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(second, first);
+    // The killed node comes back (systemd restarts it) and prepares again.
+    c.agents[k].restart();
+    let other = (k + 1) % 3;
+    let s = c.agents[other].wait_status(
+        &clients[other],
+        "COMMITTED",
+        Duration::from_secs(120),
+        |s| s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string(),
+    );
+    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.container().as_deref(),
+            Some("7.0.1"),
+            "node {}",
+            i + 1
+        );
+    }
+    let log = c.agents[second as usize - 1].log();
+    assert!(
+        log.contains("this node is the cluster's coordinator"),
+        "{log}"
+    );
 }

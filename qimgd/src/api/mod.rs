@@ -59,6 +59,8 @@ pub struct App {
     pub cancel: upgrade::Cancel,
     /// The cluster this node belongs to (`None`: a cluster of one).
     pub cluster: Option<crate::cluster::ClusterCtx>,
+    /// Notified when a simulated node powers off (`sim_reboot_exits`).
+    pub power_off: tokio::sync::Notify,
     /// The highest cluster progress this node reported, per plan generation.
     pub reported: std::sync::Mutex<(u64, u8)>,
 }

@@ -57,6 +57,56 @@ pub struct Agentd {
     pub log: PathBuf,
     /// The Unix socket.
     pub socket: PathBuf,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// Starts `qimgd serve` with `config`, stderr appended to `log`, and waits for its
+/// two HTTPS listening lines (at most [`START_LIMIT`]).
+fn launch(config: &Path, env: &[(String, String)], log: &Path) -> (Child, HashMap<IpAddr, u16>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qimgd"));
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd.arg("--config")
+        .arg(config)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .env_remove("QIMG_PAUSE_AT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut ports = HashMap::new();
+    let deadline = Instant::now() + START_LIMIT;
+    while ports.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "qimgd did not listen within {START_LIMIT:?}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        });
+        if let Some(url) = line.strip_prefix("listening https://") {
+            let addr: std::net::SocketAddr = url.parse().unwrap();
+            ports.insert(addr.ip(), addr.port());
+        }
+    }
+    (child, ports)
 }
 
 /// A change to a node before its agent starts.
@@ -111,43 +161,7 @@ impl Agentd {
             .unwrap_or_else(|| dir.path().join("upgrade"));
         let socket = dir.path().join("run/rest.sock");
         let log = dir.path().join("qimgd.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qimgd"));
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .env_remove("QIMG_PAUSE_AT");
-        for (k, v) in &o.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut ports = HashMap::new();
-        let deadline = Instant::now() + START_LIMIT;
-        while ports.len() < 2 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "qimgd did not listen within {START_LIMIT:?}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-            if let Some(url) = line.strip_prefix("listening https://") {
-                let addr: std::net::SocketAddr = url.parse().unwrap();
-                ports.insert(addr.ip(), addr.port());
-            }
-        }
+        let (child, ports) = launch(&config, &o.env, &log);
         Some(Agentd {
             child,
             node,
@@ -156,7 +170,30 @@ impl Agentd {
             upgrade_dir,
             log,
             socket,
+            config,
+            env: o.env,
         })
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// True once the agent's process ended (a simulated node powered off).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Starts the agent again with the same configuration (its start boots a
+    /// simulated node that was powered off for a reboot).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, ports) = launch(&self.config, &self.env, &self.log);
+        self.child = child;
+        self.ports = ports;
     }
 
     /// The port on `ip` (127.0.0.1 or 127.0.0.2).
