@@ -206,3 +206,33 @@ pub struct RebootStatus {
     /// Why the cycle paused (empty).
     pub error_message: String,
 }
+
+/// `GET /v1/cluster/protection/restriper/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestriperStatus {
+    /// `NOT_STARTED`, `RUNNING` or `FINISHED`.
+    pub state: String,
+    /// `REPROTECT` while it runs.
+    pub phase: String,
+    /// Why it cannot run (empty).
+    pub blocked_reason: String,
+    /// True while data is not fully protected.
+    pub data_at_risk: bool,
+    /// Seconds it has run.
+    pub elapsed_seconds: u64,
+    /// 0–100.
+    pub percent_complete: u8,
+    /// The node that runs it (the coordinator).
+    pub coordinator_node: u32,
+}
+
+/// `GET /v1/cluster/protection/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectionStatus {
+    /// `PROTECTION_SYSTEM_TYPE_EC`.
+    pub protection_system_type: String,
+    /// Node failures the data protection tolerates.
+    pub max_node_failures: u32,
+    /// Of those, how many more may fail now (nodes offline count against it).
+    pub remaining_node_failures: u32,
+}

@@ -70,6 +70,114 @@ pub struct ClusterPlan {
     pub error: Option<String>,
     /// The cluster's downtime of an instant commit (the longest node's).
     pub downtime_ms: Option<u64>,
+    /// The reboot batches of a rolling commit (node ids), set when it starts.
+    #[serde(default)]
+    pub batches: Vec<Vec<u32>>,
+    /// The batch rebooting now.
+    #[serde(default)]
+    pub batch: usize,
+    /// When the current batch started (Unix ms), for its time limit.
+    #[serde(default)]
+    pub batch_started_ms: u64,
+    /// Until when the data-safety gate (the restriper) holds the next batch back
+    /// (Unix ms); 0 while the batch reboots.
+    #[serde(default)]
+    pub gate_until_ms: u64,
+    /// The operator paused the reboots (`POST /v1/shutdown/reboot/pause`).
+    #[serde(default)]
+    pub paused: bool,
+    /// The reboots stopped on an error (a node not back within the limit), with why.
+    #[serde(default)]
+    pub paused_error: Option<String>,
+}
+
+impl ClusterPlan {
+    /// True when node `id` may commit now: every node for an instant or complete
+    /// commit; in a rolling one, the nodes of the current batch.
+    pub fn may_commit(&self, id: u32) -> bool {
+        if !self.rolling || self.mode == PlanMode::Instant {
+            return true;
+        }
+        self.batches
+            .get(self.batch)
+            .is_some_and(|b| b.contains(&id))
+    }
+}
+
+/// Now, in Unix milliseconds (the plan's times).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The batches of a rolling reboot: `k` nodes at a time (at least 1), never more
+/// than a minority of the etcd voters in one batch, the coordinator's node in the
+/// last batch.
+pub fn batches(nodes: &[u32], voters: &[u32], coordinator: Option<u32>, k: usize) -> Vec<Vec<u32>> {
+    let k = k.max(1);
+    // A batch may take down at most this many voters and keep a quorum.
+    let max_voters = voters.len().saturating_sub(1) / 2;
+    let mut order: Vec<u32> = nodes
+        .iter()
+        .copied()
+        .filter(|n| Some(*n) != coordinator)
+        .collect();
+    if let Some(c) = coordinator.filter(|c| nodes.contains(c)) {
+        order.push(c);
+    }
+    let mut out: Vec<Vec<u32>> = vec![];
+    let mut pending: Vec<u32> = order;
+    while !pending.is_empty() {
+        let mut batch = vec![];
+        let mut v = 0;
+        let mut rest = vec![];
+        for n in pending {
+            let is_voter = voters.contains(&n);
+            let is_coordinator = Some(n) == coordinator;
+            // The coordinator goes alone at the end unless it fits the last batch.
+            let fits = batch.len() < k && (!is_voter || v < max_voters.max(1));
+            let alone_last = is_coordinator && !rest.is_empty();
+            if fits && !alone_last {
+                v += usize::from(is_voter);
+                batch.push(n);
+            } else {
+                rest.push(n);
+            }
+        }
+        out.push(batch);
+        pending = rest;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_quorum_and_put_the_coordinator_last() {
+        let nodes = [1, 2, 3, 4, 5];
+        let voters = [1, 2, 3];
+        assert_eq!(
+            batches(&nodes, &voters, Some(1), 1),
+            vec![vec![2], vec![3], vec![4], vec![5], vec![1]]
+        );
+        // Two at a time, but never two of the three voters together.
+        let b = batches(&nodes, &voters, Some(2), 2);
+        assert_eq!(b.concat().len(), 5);
+        assert_eq!(b.last().unwrap(), &vec![2]);
+        for batch in &b {
+            assert!(batch.len() <= 2);
+            assert!(
+                batch.iter().filter(|n| voters.contains(n)).count() <= 1,
+                "{b:?}"
+            );
+        }
+        assert_eq!(b, vec![vec![1, 4], vec![3, 5], vec![2]]);
+        // No coordinator known: plain order.
+        assert_eq!(batches(&[1, 2], &[1, 2], None, 5), vec![vec![1], vec![2]]);
+    }
 }
 
 /// What a node did for a plan generation.

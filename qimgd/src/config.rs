@@ -63,6 +63,14 @@ pub struct Config {
     /// (the API still answers, `REBOOTING`, as while systemd stops a node's units).
     #[serde(default = "default_sim_shutdown_ms")]
     pub sim_shutdown_ms: u64,
+    /// How long a batch of a rolling reboot may take to come back healthy before
+    /// the reboots pause with `PAUSED_DUE_TO_ERROR`.
+    #[serde(default = "default_batch_limit")]
+    pub batch_limit_secs: u64,
+    /// The simulated restriper: how long the data-safety gate holds the next
+    /// batch back, per node of the batch that rebooted.
+    #[serde(default = "default_restripe")]
+    pub sim_restripe_ms: u64,
     /// A simulated node: its reboot powers the agent off (the process ends; whoever
     /// plays the hardware starts it again, and the start runs the boot), instead
     /// of the agent playing the reboot itself.
@@ -90,6 +98,12 @@ fn yes() -> bool {
 }
 fn default_node_id() -> u32 {
     1
+}
+fn default_batch_limit() -> u64 {
+    1800
+}
+fn default_restripe() -> u64 {
+    2000
 }
 fn default_lease() -> u64 {
     10

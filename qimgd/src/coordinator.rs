@@ -6,18 +6,36 @@
 
 use std::time::{Duration, Instant};
 
-use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanPhase, Store};
+use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanMode, PlanPhase, Store};
 
 use crate::api::Shared;
 
 /// How often the coordinator reconciles.
 pub const POLL: Duration = Duration::from_millis(200);
 
+/// What the coordinator knows besides etcd: the time, itself, its limits and the
+/// data-safety gate's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctx {
+    /// Now (Unix ms).
+    pub now_ms: u64,
+    /// The coordinator's node (it reboots last).
+    pub me: u32,
+    /// How long a batch may take to come back healthy.
+    pub batch_limit_ms: u64,
+    /// How long the (simulated) restriper works per rebooted node.
+    pub restripe_ms_per_node: u64,
+    /// The restriper probe's answer (`Some(true)`: finished, no data at risk), when
+    /// the node has one; `None`: the simulated restriper's timing decides.
+    pub probe_finished: Option<bool>,
+}
+
 /// The next plan, from the plan and the reports of its generation (pure).
 pub fn next(
     plan: &ClusterPlan,
     spec: &ClusterSpec,
     reports: &[(u32, NodeReport)],
+    cx: &Ctx,
 ) -> Option<ClusterPlan> {
     let mine = |id: u32| {
         reports
@@ -66,6 +84,8 @@ pub fn next(
             if let Some(why) = failed {
                 p.phase = PlanPhase::Failed;
                 p.error = Some(format!("the commit failed on {why}"));
+            } else if plan.rolling && plan.mode == PlanMode::Platform {
+                return rolling(plan, spec, reports, cx);
             } else if all(NodeStep::Committed) {
                 p.phase = PlanPhase::Committed;
                 p.downtime_ms = steps
@@ -81,12 +101,77 @@ pub fn next(
     Some(p)
 }
 
-async fn reconcile(store: &Store, spec: &ClusterSpec) -> Result<(), qcluster::Error> {
+/// The step of a rolling commit: batches fixed at its start (the coordinator's
+/// node last), a batch done when each of its nodes committed, then the data-safety
+/// gate (the restriper finished) before the next; a batch not back within the
+/// limit pauses the reboots with the reason.
+fn rolling(
+    plan: &ClusterPlan,
+    spec: &ClusterSpec,
+    reports: &[(u32, NodeReport)],
+    cx: &Ctx,
+) -> Option<ClusterPlan> {
+    let mut p = plan.clone();
+    if plan.batches.is_empty() {
+        let ids: Vec<u32> = spec.nodes.iter().map(|n| n.id).collect();
+        let voters: Vec<u32> = spec.voters().iter().map(|n| n.id).collect();
+        let k = plan.nodes_per_batch.unwrap_or(1) as usize;
+        p.batches = qcluster::plan::batches(&ids, &voters, Some(cx.me), k);
+        p.batch = 0;
+        p.batch_started_ms = cx.now_ms;
+        p.gate_until_ms = 0;
+        return Some(p);
+    }
+    if plan.paused || plan.paused_error.is_some() {
+        return None;
+    }
+    let current = plan.batches.get(plan.batch)?;
+    let committed = |id: &u32| {
+        reports.iter().any(|(i, r)| {
+            i == id && r.generation == plan.generation && r.step == NodeStep::Committed
+        })
+    };
+    if !current.iter().all(committed) {
+        if cx.now_ms.saturating_sub(plan.batch_started_ms) > cx.batch_limit_ms {
+            let late: Vec<String> = current
+                .iter()
+                .filter(|id| !committed(id))
+                .filter_map(|id| spec.node(*id).map(|n| n.name.clone()))
+                .collect();
+            p.paused_error = Some(format!(
+                "node {} did not come back healthy on the new release within {} s",
+                late.join(", "),
+                cx.batch_limit_ms / 1000
+            ));
+            return Some(p);
+        }
+        return None;
+    }
+    // The batch is back: the data-safety gate before the next one.
+    if plan.gate_until_ms == 0 {
+        p.gate_until_ms = cx.now_ms + cx.restripe_ms_per_node * current.len() as u64;
+        return Some(p);
+    }
+    let gate_done = cx.probe_finished.unwrap_or(cx.now_ms >= plan.gate_until_ms);
+    if !gate_done {
+        return None;
+    }
+    if plan.batch + 1 >= plan.batches.len() {
+        p.phase = PlanPhase::Committed;
+    } else {
+        p.batch += 1;
+        p.batch_started_ms = cx.now_ms;
+        p.gate_until_ms = 0;
+    }
+    Some(p)
+}
+
+async fn reconcile(store: &Store, spec: &ClusterSpec, cx: &Ctx) -> Result<(), qcluster::Error> {
     let Some((plan, rev)) = store.plan().await? else {
         return Ok(());
     };
     let reports = store.reports().await?;
-    if let Some(p) = next(&plan, spec, &reports)
+    if let Some(p) = next(&plan, spec, &reports, cx)
         && store.put_plan_if(&p, Some(rev)).await?
     {
         crate::log(&format!(
@@ -143,7 +228,14 @@ pub async fn run(app: Shared) {
                 leading = now;
             }
             if leading {
-                reconcile(store, &spec).await?;
+                let cx = Ctx {
+                    now_ms: qcluster::plan::now_ms(),
+                    me,
+                    batch_limit_ms: app.config.batch_limit_secs * 1000,
+                    restripe_ms_per_node: app.config.sim_restripe_ms,
+                    probe_finished: None,
+                };
+                reconcile(store, &spec, &cx).await?;
             }
             Ok(())
         }
@@ -161,7 +253,15 @@ pub async fn run(app: Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qcluster::{NodeSpec, PlanMode};
+    use qcluster::NodeSpec;
+
+    const CX: Ctx = Ctx {
+        now_ms: 1_000_000,
+        me: 1,
+        batch_limit_ms: 60_000,
+        restripe_ms_per_node: 1000,
+        probe_finished: None,
+    };
 
     fn spec() -> ClusterSpec {
         ClusterSpec {
@@ -191,6 +291,12 @@ mod tests {
             phase,
             error: None,
             downtime_ms: None,
+            batches: vec![],
+            batch: 0,
+            batch_started_ms: 0,
+            gate_until_ms: 0,
+            paused: false,
+            paused_error: None,
         }
     }
 
@@ -215,17 +321,20 @@ mod tests {
             r(1, 7, NodeStep::Prepared, None),
             r(2, 7, NodeStep::Prepared, None),
         ];
-        assert_eq!(next(&p, &s, &reps), None, "node 3 has not reported");
+        assert_eq!(next(&p, &s, &reps, &CX), None, "node 3 has not reported");
         reps.push(r(3, 6, NodeStep::Prepared, None));
         assert_eq!(
-            next(&p, &s, &reps),
+            next(&p, &s, &reps, &CX),
             None,
             "an older generation's report does not count"
         );
         reps[2] = r(3, 7, NodeStep::Prepared, None);
-        assert_eq!(next(&p, &s, &reps).unwrap().phase, PlanPhase::Prepared);
+        assert_eq!(next(&p, &s, &reps, &CX).unwrap().phase, PlanPhase::Prepared);
         let auto = plan(PlanPhase::Preparing, true);
-        assert_eq!(next(&auto, &s, &reps).unwrap().phase, PlanPhase::Committing);
+        assert_eq!(
+            next(&auto, &s, &reps, &CX).unwrap().phase,
+            PlanPhase::Committing
+        );
     }
 
     #[test]
@@ -236,7 +345,7 @@ mod tests {
             r(1, 7, NodeStep::Preparing, None),
             r(2, 7, NodeStep::Failed, None),
         ];
-        let d = next(&p, &s, &reps).unwrap();
+        let d = next(&p, &s, &reps, &CX).unwrap();
         assert_eq!(d.phase, PlanPhase::Discarding);
         assert!(
             d.error.as_deref().unwrap().contains("node n2: boom"),
@@ -248,8 +357,11 @@ mod tests {
             r(2, 7, NodeStep::Failed, None),
             r(3, 7, NodeStep::Discarded, None),
         ];
-        assert_eq!(next(&d, &s, &reps[..1]), None);
-        assert_eq!(next(&d, &s, &settled).unwrap().phase, PlanPhase::Failed);
+        assert_eq!(next(&d, &s, &reps[..1], &CX), None);
+        assert_eq!(
+            next(&d, &s, &settled, &CX).unwrap().phase,
+            PlanPhase::Failed
+        );
     }
 
     #[test]
@@ -261,8 +373,118 @@ mod tests {
             r(2, 7, NodeStep::Committed, Some(9)),
             r(3, 7, NodeStep::Committed, Some(3)),
         ];
-        let c = next(&p, &s, &reps).unwrap();
+        let c = next(&p, &s, &reps, &CX).unwrap();
         assert_eq!((c.phase, c.downtime_ms), (PlanPhase::Committed, Some(9)));
-        assert_eq!(next(&c, &s, &reps), None, "a committed plan stays");
+        assert_eq!(next(&c, &s, &reps, &CX), None, "a committed plan stays");
+    }
+}
+
+#[cfg(test)]
+mod rolling_tests {
+    use super::*;
+    use qcluster::{NodeSpec, PlanMode};
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            name: "c".into(),
+            max_node_failures: 2,
+            nodes: (1..=4)
+                .map(|i| NodeSpec {
+                    id: i,
+                    name: format!("n{i}"),
+                    agent: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                    etcd_client: None,
+                    etcd_peer: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn committed(ids: &[u32]) -> Vec<(u32, NodeReport)> {
+        ids.iter()
+            .map(|&id| {
+                (
+                    id,
+                    NodeReport {
+                        generation: 1,
+                        step: NodeStep::Committed,
+                        progress: 100,
+                        error: None,
+                        downtime_ms: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_then_gate_then_next_batch_then_committed() {
+        let s = spec();
+        let cx = |now_ms| Ctx {
+            now_ms,
+            me: 2,
+            batch_limit_ms: 10_000,
+            restripe_ms_per_node: 1000,
+            probe_finished: None,
+        };
+        let mut p = ClusterPlan {
+            generation: 1,
+            image_path: "/x".into(),
+            target_version: "7.1.0".into(),
+            mode: PlanMode::Platform,
+            auto_commit: false,
+            rolling: true,
+            nodes_per_batch: Some(2),
+            phase: PlanPhase::Committing,
+            error: None,
+            downtime_ms: None,
+            batches: vec![],
+            batch: 0,
+            batch_started_ms: 0,
+            gate_until_ms: 0,
+            paused: false,
+            paused_error: None,
+        };
+        p = next(&p, &s, &[], &cx(1000)).unwrap();
+        assert_eq!(p.batches.last().unwrap(), &vec![2], "the coordinator last");
+        let first = p.batches[0].clone();
+        assert!(p.may_commit(first[0]) && !p.may_commit(2));
+        assert_eq!(next(&p, &s, &[], &cx(2000)), None, "the batch reboots");
+        // Back: the gate starts, holds, then the next batch goes.
+        p = next(&p, &s, &committed(&first), &cx(3000)).unwrap();
+        assert_eq!(p.gate_until_ms, 3000 + 1000 * first.len() as u64);
+        assert_eq!(
+            next(&p, &s, &committed(&first), &cx(3500)),
+            None,
+            "restriping"
+        );
+        p = next(&p, &s, &committed(&first), &cx(6000)).unwrap();
+        assert_eq!((p.batch, p.gate_until_ms), (1, 0));
+        // A paused rollout waits; a probe saying "not finished" holds the gate.
+        let mut paused = p.clone();
+        paused.paused = true;
+        assert_eq!(
+            next(&paused, &s, &committed(&[1, 2, 3, 4]), &cx(7000)),
+            None
+        );
+        // Too long: paused due to error, naming the node.
+        let late = next(&p, &s, &committed(&first), &cx(20_000)).unwrap();
+        assert!(
+            late.paused_error
+                .as_deref()
+                .unwrap()
+                .contains("did not come back"),
+            "{late:?}"
+        );
+        // The rest commits: after the last gate, the plan is committed.
+        let all = committed(&[1, 2, 3, 4]);
+        while p.phase == PlanPhase::Committing {
+            let c = Ctx {
+                probe_finished: Some(true),
+                ..cx(7000)
+            };
+            p = next(&p, &s, &all, &c).unwrap();
+        }
+        assert_eq!(p.phase, PlanPhase::Committed);
     }
 }

@@ -76,7 +76,7 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
             ));
             start_prepare(app, store, &plan, me).await?
         }
-        (PlanPhase::Committing, Some(NodeStep::Prepared)) if !busy => {
+        (PlanPhase::Committing, Some(NodeStep::Prepared)) if !busy && plan.may_commit(me) => {
             start_commit(app, store, g, me).await?
         }
         (PlanPhase::Committing, Some(NodeStep::Committing)) if !busy => {

@@ -41,18 +41,19 @@ fn cluster(
     n: u32,
     edit: impl Fn(usize, &SimNode) + Clone + 'static,
 ) -> Option<Cluster> {
-    cluster_with(name, n, "", &[], edit)
+    cluster_with(name, n, 1, "", &[], edit)
 }
 
 fn cluster_with(
     name: &str,
     n: u32,
+    max_node_failures: u32,
     extra: &str,
     env: &[(&str, &str)],
     edit: impl Fn(usize, &SimNode) + Clone + 'static,
 ) -> Option<Cluster> {
     let d = tempfile::tempdir().unwrap();
-    let s = spec(name, n, 1);
+    let s = spec(name, n, max_node_failures);
     let etcd = EtcdCluster::start(d.path(), &s)?;
     let upgrade = d.path().join("shared-upgrade");
     let mut agents = vec![];
@@ -345,7 +346,7 @@ fn complete_reboot_of_every_node() {
 
 #[test]
 fn complete_reboot_where_each_node_really_powers_off() {
-    let Some(mut c) = cluster_with("t7", 3, "sim_reboot_exits = true\n", &[], |_, _| {}) else {
+    let Some(mut c) = cluster_with("t7", 3, 1, "sim_reboot_exits = true\n", &[], |_, _| {}) else {
         return;
     };
     let clients = logged_in_everywhere(&c);
@@ -399,6 +400,7 @@ fn the_coordinator_killed_mid_upgrade_another_node_finishes_it() {
     let Some(mut c) = cluster_with(
         "t8",
         3,
+        1,
         "",
         &[("QIMG_PAUSE_AT", "step:write"), ("QIMG_PAUSE_SECS", "2")],
         |_, _| {},
@@ -460,4 +462,200 @@ fn the_coordinator_killed_mid_upgrade_another_node_finishes_it() {
         log.contains("this node is the cluster's coordinator"),
         "{log}"
     );
+}
+
+/// Rolls a platform upgrade over five nodes `k` at a time and checks, by sampling
+/// every node's engine record, that never more than `k` nodes reboot at once,
+/// that the restriper gate ran between batches and that the coordinator went last.
+fn rolling(name: &str, k: u32) {
+    let Some(c) = cluster_with(name, 5, 2, "sim_restripe_ms = 400\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "num_nodes_to_reboot": k, "auto_commit": true})
+            .to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let (mut max_down, mut saw_restripe, mut saw_progress) = (0, false, false);
+    loop {
+        let down = c
+            .agents
+            .iter()
+            .filter(|a| {
+                a.node.agent().state().is_ok_and(|s| {
+                    matches!(
+                        s.stage,
+                        upgrade::state::Stage::Committing(
+                            _,
+                            upgrade::state::CommitStep::Reboot { .. }
+                        )
+                    )
+                })
+            })
+            .count();
+        max_down = max_down.max(down);
+        // Ask a node that is up.
+        let up = (0..5).find_map(|i| {
+            clients[i]
+                .try_get("/v1/cluster/protection/restriper/status")
+                .ok()
+        });
+        if let Some((200, r)) = up {
+            saw_restripe |= r["state"] == "RUNNING";
+        }
+        let status = (0..5).find_map(|i| clients[i].try_get("/v1/shutdown/reboot/status").ok());
+        if let Some((200, r)) = status {
+            saw_progress |=
+                r["state"] == "REBOOT_IN_PROGRESS" && r["rebooted_node_count"].as_u64() > Some(0);
+        }
+        let done = (0..5).find_map(|i| clients[i].try_get("/v3/upgrade/status").ok());
+        if let Some((200, s)) = done {
+            assert!(s["error_info"].is_null(), "{s}");
+            if s["state"] == "UPGRADE_STATE_COMMITTED" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "rolling by {k} not done in time");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(
+        max_down >= 1 && max_down <= k as usize,
+        "{max_down} nodes rebooting at once (k = {k})"
+    );
+    assert!(saw_restripe, "the data-safety gate ran between batches");
+    assert!(saw_progress, "the reboot manager counted rebooted nodes");
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::B,
+            "node {}",
+            i + 1
+        );
+        assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
+    }
+    // The plan's batches: the coordinator's node last, at most k per batch.
+    let o = c.etcd.etcdctl(
+        &c.etcd.nodes[0],
+        &["get", &format!("/qimg/{name}/plan"), "--print-value-only"],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let batches = plan["batches"].as_array().unwrap();
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.as_array().unwrap().len() <= k as usize),
+        "{plan}"
+    );
+    let coordinator = c.coordinator(name);
+    assert_eq!(
+        batches.last().unwrap()[0].as_u64(),
+        coordinator.map(u64::from),
+        "{plan}"
+    );
+    // More nodes at once than the protection tolerates is refused up front.
+    let (st, r) = clients[1].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "num_nodes_to_reboot": 3})
+            .to_string(),
+    );
+    assert_eq!(
+        (st, r["error_class"].as_str()),
+        (400, Some("invalid_request_error")),
+        "{r}"
+    );
+}
+
+#[test]
+fn rolling_reboot_one_at_a_time() {
+    rolling("r1", 1);
+}
+
+#[test]
+fn rolling_reboot_two_at_a_time_and_more_is_refused() {
+    rolling("r2", 2);
+}
+
+#[test]
+fn a_node_that_never_comes_back_pauses_the_rolling_reboot_until_resumed() {
+    let Some(mut c) = cluster_with(
+        "r3",
+        3,
+        1,
+        "sim_reboot_exits = true\nbatch_limit_secs = 4\nsim_restripe_ms = 200\n",
+        &[],
+        |_, _| {},
+    ) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "auto_commit": true})
+            .to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    // The first node to power off stays off (its "hardware" does not start it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let off = loop {
+        if let Some(i) = (0..3).find(|&i| c.agents[i].exited()) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no node rebooted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let up = (off + 1) % 3;
+    let s = c.agents[up].wait_status(&clients[up], "the pause", Duration::from_secs(30), |s| {
+        s["error_info"].is_string()
+    });
+    let why = s["error_info"].as_str().unwrap();
+    assert!(
+        why.contains(&format!("node{}", off + 1)) && why.contains("within 4 s"),
+        "{why}"
+    );
+    let (_, r) = clients[up].get("/v1/shutdown/reboot/status");
+    assert_eq!(r["state"], "REBOOT_PAUSED_DUE_TO_ERROR", "{r}");
+    let (_, b) = clients[up].get("/v2/upgrade/blocked");
+    assert_eq!(b["is_blocked"], true, "{b}");
+    assert!(
+        b["blocked_reason"].as_str().unwrap().contains("resume"),
+        "{b}"
+    );
+    // No other node went down meanwhile.
+    for (i, a) in c.agents.iter_mut().enumerate() {
+        if i != off {
+            assert!(
+                !a.exited(),
+                "node {} rebooted while the rollout was paused",
+                i + 1
+            );
+        }
+    }
+    // The node comes back; the operator resumes; the rollout ends.
+    let d = c.etcd.nodes[off].clone();
+    c.etcd.kill_member(&format!("node{}", off + 1));
+    c.etcd.start_member(&d);
+    c.agents[off].restart();
+    let (st, r) = clients[up].post("/v1/shutdown/reboot/resume", "");
+    assert_eq!(st, 200, "{r}");
+    let boots = c.play_hardware(Duration::from_secs(120), |c| {
+        c.agents.iter().enumerate().any(|(i, _)| {
+            clients[i]
+                .try_get("/v3/upgrade/status")
+                .is_ok_and(|(s, v)| s == 200 && v["state"] == "UPGRADE_STATE_COMMITTED")
+        })
+    });
+    assert_eq!(boots, 2, "the two other nodes rebooted after the resume");
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::B,
+            "node {}",
+            i + 1
+        );
+    }
 }

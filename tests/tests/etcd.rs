@@ -119,6 +119,12 @@ fn plan_compare_and_swap_and_one_coordinator() {
             phase,
             error: None,
             downtime_ms: None,
+            batches: vec![],
+            batch: 0,
+            batch_started_ms: 0,
+            gate_until_ms: 0,
+            paused: false,
+            paused_error: None,
         };
         assert!(st.plan().await.unwrap().is_none());
         assert!(

@@ -92,6 +92,12 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         phase: PlanPhase::Preparing,
         error: None,
         downtime_ms: None,
+        batches: vec![],
+        batch: 0,
+        batch_started_ms: 0,
+        gate_until_ms: 0,
+        paused: false,
+        paused_error: None,
     };
     let won = store(app)?
         .put_plan_if(&next, current.map(|(_, r)| r))
@@ -197,13 +203,20 @@ pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
             do_rolling_reboot: p.rolling,
             num_nodes_to_reboot: p.nodes_per_batch,
         }),
-        error_info: p.error.clone(),
+        error_info: p.error.clone().or_else(|| p.paused_error.clone()),
     })
 }
 
 /// `/v2/upgrade/blocked` in a cluster.
 pub(super) async fn blocked(app: &Shared) -> Result<Blocked, ApiError> {
     let (is_blocked, blocked_reason) = match plan(app).await? {
+        Some((p, _)) if p.paused_error.is_some() && p.phase == PlanPhase::Committing => (
+            true,
+            format!(
+                "the rolling reboot paused on an error: {} (POST /v1/shutdown/reboot/resume to go on)",
+                p.paused_error.as_deref().unwrap_or_default()
+            ),
+        ),
         Some((p, _)) if p.phase.is_active() => (true, in_progress(&p).description),
         _ => (false, String::new()),
     };

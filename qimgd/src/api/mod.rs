@@ -28,6 +28,7 @@ pub mod body;
 mod cluster_upgrade;
 pub mod error;
 mod node;
+mod reboot;
 mod session;
 pub mod shape;
 mod upgrade_api;
@@ -128,7 +129,14 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/node/state", get(node::node_state))
         .route("/v1/cluster/nodes/", get(node::cluster_nodes))
         .route("/v1/cluster/nodes/{id}", get(node::cluster_node))
-        .route("/v1/shutdown/reboot/status", get(node::reboot_status))
+        .route("/v1/shutdown/reboot/status", get(reboot::status))
+        .route("/v1/shutdown/reboot/pause", post(reboot::pause))
+        .route("/v1/shutdown/reboot/resume", post(reboot::resume))
+        .route(
+            "/v1/cluster/protection/restriper/status",
+            get(reboot::restriper),
+        )
+        .route("/v1/cluster/protection/status", get(reboot::protection))
         .route("/v1/upgrade/status", get(upgrade_api::status_v1))
         .route("/v2/upgrade/status", get(upgrade_api::status))
         .route("/v3/upgrade/status", get(upgrade_api::status))

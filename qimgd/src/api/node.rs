@@ -1,13 +1,11 @@
-//! The node's identity and health endpoints: version, node state, cluster
-//! membership (one node until the cluster issue), reboot status.
+//! The node's identity endpoints: version, node state, cluster membership.
 
 use axum::Json;
 use axum::extract::{Path, State};
-use upgrade::state::{CommitStep, Stage};
 
 use super::error::ApiError;
 use super::{Shared, blocking};
-use qapi::types::{ClusterNode, NodeStateInfo, RebootStatus, VersionInfo};
+use qapi::types::{ClusterNode, NodeStateInfo, VersionInfo};
 
 /// The installed release is the active container's (an atomically replaced
 /// record), so answering never reads the ESP a commit may be changing.
@@ -131,28 +129,4 @@ pub(super) async fn cluster_node(
         .find(|c| Some(c.id) == n)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no node {id} in this cluster")))
-}
-
-pub(super) async fn reboot_status(
-    State(app): State<Shared>,
-) -> Result<Json<RebootStatus>, ApiError> {
-    let agent = app.agent.clone();
-    let st = blocking(move || Ok(agent.state()?)).await?;
-    let rebooting = matches!(
-        st.stage,
-        Stage::Committing(_, CommitStep::Reboot { .. } | CommitStep::Fallback { .. })
-    );
-    Ok(Json(RebootStatus {
-        state: if rebooting {
-            "REBOOT_IN_PROGRESS"
-        } else {
-            "REBOOT_IDLE"
-        }
-        .into(),
-        rolling: rebooting && st.settings.rolling,
-        upgrade_initiated: rebooting,
-        total_node_count: 1,
-        rebooted_node_count: 0,
-        error_message: String::new(),
-    }))
 }

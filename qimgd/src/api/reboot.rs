@@ -1,0 +1,205 @@
+//! The reboot manager and data protection of a cluster: `/v1/shutdown/reboot/
+//! status|pause|resume` (a rolling platform commit's batches), and
+//! `/v1/cluster/protection/status` and `/restriper/status` (the data-safety gate).
+//! On a node in no cluster, the reboot manager is idle and the data is safe.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use qapi::types::{ProtectionStatus, RebootStatus, RestriperStatus};
+use qcluster::{NodeStep, PlanMode, PlanPhase};
+use upgrade::state::{CommitStep, Stage};
+
+use super::body::NoBody;
+use super::cluster_upgrade::plan;
+use super::error::ApiError;
+use super::{Shared, blocking};
+use qcluster::plan::now_ms;
+
+fn node_count(app: &Shared) -> u32 {
+    app.cluster
+        .as_ref()
+        .map_or(1, |c| c.membership.spec.nodes.len() as u32)
+}
+
+pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatus>, ApiError> {
+    let Some(c) = &app.cluster else {
+        let agent = app.agent.clone();
+        let st = blocking(move || Ok(agent.state()?)).await?;
+        let rebooting = matches!(
+            st.stage,
+            Stage::Committing(_, CommitStep::Reboot { .. } | CommitStep::Fallback { .. })
+        );
+        return Ok(Json(RebootStatus {
+            state: if rebooting {
+                "REBOOT_IN_PROGRESS"
+            } else {
+                "REBOOT_IDLE"
+            }
+            .into(),
+            rolling: rebooting && st.settings.rolling,
+            upgrade_initiated: rebooting,
+            total_node_count: 1,
+            rebooted_node_count: 0,
+            error_message: String::new(),
+        }));
+    };
+    let Some((p, _)) = plan(&app).await? else {
+        return Ok(Json(idle(node_count(&app))));
+    };
+    if p.phase != PlanPhase::Committing || p.mode != PlanMode::Platform {
+        return Ok(Json(idle(node_count(&app))));
+    }
+    let reports = c
+        .store()
+        .ok_or_else(|| ApiError::internal("no etcd connection"))?
+        .reports()
+        .await
+        .map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
+    let rebooted = reports
+        .iter()
+        .filter(|(_, r)| r.generation == p.generation && r.step == NodeStep::Committed)
+        .count() as u32;
+    let state = match (&p.paused_error, p.paused) {
+        (Some(_), _) => "REBOOT_PAUSED_DUE_TO_ERROR",
+        (None, true) => "REBOOT_PAUSED",
+        _ => "REBOOT_IN_PROGRESS",
+    };
+    Ok(Json(RebootStatus {
+        state: state.into(),
+        rolling: p.rolling,
+        upgrade_initiated: true,
+        total_node_count: node_count(&app),
+        rebooted_node_count: rebooted,
+        error_message: p.paused_error.clone().unwrap_or_default(),
+    }))
+}
+
+fn idle(total: u32) -> RebootStatus {
+    RebootStatus {
+        state: "REBOOT_IDLE".into(),
+        rolling: false,
+        upgrade_initiated: false,
+        total_node_count: total,
+        rebooted_node_count: 0,
+        error_message: String::new(),
+    }
+}
+
+async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
+    let store = app
+        .cluster
+        .as_ref()
+        .and_then(|c| c.store())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "reboot_not_in_progress_error",
+                "no rolling reboot is in progress on this node's cluster",
+            )
+        })?;
+    let Some((mut p, rev)) = plan(app).await? else {
+        return Err(not_rolling());
+    };
+    if p.phase != PlanPhase::Committing || !p.rolling || p.mode != PlanMode::Platform {
+        return Err(not_rolling());
+    }
+    p.paused = pause;
+    if !pause {
+        // Resuming clears an error pause and gives the batch its time again.
+        p.paused_error = None;
+        p.batch_started_ms = now_ms();
+    }
+    if !store
+        .put_plan_if(&p, Some(rev))
+        .await
+        .map_err(|e| ApiError::internal(upgrade::chain(&e)))?
+    {
+        return Err(ApiError::blocked(
+            "the plan changed meanwhile: look at the reboot status and try again",
+        ));
+    }
+    crate::log(&format!(
+        "plan {}: rolling reboot {}",
+        p.generation,
+        if pause { "paused" } else { "resumed" }
+    ));
+    Ok(StatusCode::OK)
+}
+
+fn not_rolling() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "reboot_not_in_progress_error",
+        "no rolling reboot is in progress",
+    )
+}
+
+pub(super) async fn pause(State(app): State<Shared>, _: NoBody) -> Result<StatusCode, ApiError> {
+    set_paused(&app, true).await
+}
+
+pub(super) async fn resume(State(app): State<Shared>, _: NoBody) -> Result<StatusCode, ApiError> {
+    set_paused(&app, false).await
+}
+
+pub(super) async fn restriper(
+    State(app): State<Shared>,
+) -> Result<Json<RestriperStatus>, ApiError> {
+    let finished = RestriperStatus {
+        state: "FINISHED".into(),
+        phase: String::new(),
+        blocked_reason: String::new(),
+        data_at_risk: false,
+        elapsed_seconds: 0,
+        percent_complete: 100,
+        coordinator_node: app.node_id(),
+    };
+    if app.cluster.is_none() {
+        return Ok(Json(finished));
+    }
+    let Some((p, _)) = plan(&app).await? else {
+        return Ok(Json(finished));
+    };
+    let now = now_ms();
+    let running = p.phase == PlanPhase::Committing && p.gate_until_ms > now;
+    if !running {
+        return Ok(Json(finished));
+    }
+    let batch = p.batches.get(p.batch).map_or(1, Vec::len) as u64;
+    let total = (app.config.sim_restripe_ms * batch).max(1);
+    let started = p.gate_until_ms.saturating_sub(total);
+    let elapsed = now.saturating_sub(started);
+    Ok(Json(RestriperStatus {
+        state: "RUNNING".into(),
+        phase: "REPROTECT".into(),
+        blocked_reason: String::new(),
+        data_at_risk: true,
+        elapsed_seconds: elapsed / 1000,
+        percent_complete: (elapsed * 100 / total).min(99) as u8,
+        coordinator_node: app.node_id(),
+    }))
+}
+
+pub(super) async fn protection(
+    State(app): State<Shared>,
+) -> Result<Json<ProtectionStatus>, ApiError> {
+    let Some(c) = &app.cluster else {
+        return Ok(Json(ProtectionStatus {
+            protection_system_type: "PROTECTION_SYSTEM_TYPE_EC".into(),
+            max_node_failures: 0,
+            remaining_node_failures: 0,
+        }));
+    };
+    let max = c.membership.spec.max_node_failures;
+    let online = match c.store() {
+        Some(s) => s.nodes().await.map(|n| n.len() as u32).unwrap_or(0),
+        None => 0,
+    };
+    let offline = node_count(&app).saturating_sub(online);
+    Ok(Json(ProtectionStatus {
+        protection_system_type: "PROTECTION_SYSTEM_TYPE_EC".into(),
+        max_node_failures: max,
+        remaining_node_failures: max.saturating_sub(offline),
+    }))
+}
