@@ -45,6 +45,21 @@ pub struct Store {
     limit: Duration,
 }
 
+/// The pause before a call is tried again on another member.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// True for errors of a member that cannot be reached (not of etcd's answer).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        // gRPC codes: 1 cancelled, 2 unknown (a broken connection), 14 unavailable.
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(s.code() as i32, 1 | 2 | 14) && !s.message().contains("etcdserver")
+        }
+        _ => false,
+    }
+}
+
 fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
     let op = op.into();
     move |source| Error::Etcd { op, source }
@@ -91,15 +106,44 @@ impl Store {
             .map_err(etcd_err(op))
     }
 
+    /// One etcd call, tried again on another connection while a member is
+    /// unreachable (the client balances over every member; a dead one fails the
+    /// calls routed to it until it is noticed), all within the time limit.
+    async fn call<T, Fut>(&self, op: &str, f: impl Fn(Client) -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = tokio::time::timeout(left, f(self.client.clone()))
+                .await
+                .map_err(|_| Error::Timeout {
+                    op: op.into(),
+                    secs: self.limit.as_secs(),
+                })?;
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if unreachable(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await
+                }
+                Err(e) => return Err(etcd_err(op)(e)),
+            }
+        }
+    }
+
     fn node_key(&self, id: u32) -> String {
         format!("{}nodes/{id:08}", self.prefix)
     }
 
     /// Grants a lease of `ttl_secs` and writes `info` under it; returns the lease.
     pub async fn register(&self, info: &NodeInfo, ttl_secs: i64) -> Result<i64, Error> {
-        let mut c = self.client.clone();
         let lease = self
-            .timed("granting a lease", c.lease_grant(ttl_secs, None))
+            .call("granting a lease", |mut c| async move {
+                c.lease_grant(ttl_secs, None).await
+            })
             .await?
             .id();
         self.put_info(info, lease).await?;
@@ -108,20 +152,18 @@ impl Store {
 
     /// Rewrites `info` under `lease`.
     pub async fn put_info(&self, info: &NodeInfo, lease: i64) -> Result<(), Error> {
-        let mut c = self.client.clone();
         let key = self.node_key(info.id);
         let value = serde_json::to_vec(info).map_err(|e| Error::Damaged {
             key: key.clone(),
             problem: e.to_string(),
         })?;
-        self.timed(
-            "registering the node",
-            c.put(
-                key.clone(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
+        self.call("registering the node", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
         .await?;
         Ok(())
     }
@@ -152,13 +194,12 @@ impl Store {
 
     /// The registered nodes, by id.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
-        let mut c = self.client.clone();
         let prefix = format!("{}nodes/", self.prefix);
         let r = self
-            .timed(
-                "listing the nodes",
-                c.get(prefix, Some(GetOptions::new().with_prefix())),
-            )
+            .call("listing the nodes", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         r.kvs()
             .iter()
@@ -193,10 +234,12 @@ impl Store {
 
     /// The plan and its modification revision (for compare-and-swap).
     pub async fn plan(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
-        let mut c = self.client.clone();
         let key = self.key("plan");
         let r = self
-            .timed("reading the plan", c.get(key.clone(), None))
+            .call("reading the plan", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         match r.kvs().first() {
             None => Ok(None),
@@ -211,7 +254,6 @@ impl Store {
         plan: &ClusterPlan,
         revision: Option<i64>,
     ) -> Result<bool, Error> {
-        let mut c = self.client.clone();
         let key = self.key("plan");
         let cmp = match revision {
             Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
@@ -223,32 +265,34 @@ impl Store {
             None,
         )]);
         Ok(self
-            .timed("writing the plan", c.txn(txn))
+            .call("writing the plan", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await?
             .succeeded())
     }
 
     /// Writes node `id`'s report.
     pub async fn report(&self, id: u32, r: &NodeReport) -> Result<(), Error> {
-        let mut c = self.client.clone();
         let key = self.key(&format!("reports/{id:08}"));
-        self.timed(
-            "writing a node report",
-            c.put(key.clone(), Self::json(&key, r)?, None),
-        )
+        let value = Self::json(&key, r)?;
+        self.call("writing a node report", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
         .await?;
         Ok(())
     }
 
     /// Every node's report, by node id.
     pub async fn reports(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
-        let mut c = self.client.clone();
         let prefix = self.key("reports/");
         let r = self
-            .timed(
-                "reading the node reports",
-                c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
+            .call("reading the node reports", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         r.kvs()
             .iter()
@@ -269,7 +313,6 @@ impl Store {
     /// Becomes the coordinator if nobody is: the key is created under `lease`
     /// only if it does not exist (it goes with the lease). True when `me` holds it.
     pub async fn try_lead(&self, me: u32, lease: i64) -> Result<bool, Error> {
-        let mut c = self.client.clone();
         let key = self.key("coordinator");
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -280,7 +323,10 @@ impl Store {
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
         let r = self
-            .timed("campaigning for coordinator", c.txn(txn))
+            .call("campaigning for coordinator", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await?;
         if r.succeeded() {
             return Ok(true);
@@ -290,10 +336,12 @@ impl Store {
 
     /// The coordinator's node id, if there is one.
     pub async fn coordinator(&self) -> Result<Option<u32>, Error> {
-        let mut c = self.client.clone();
         let key = self.key("coordinator");
         let r = self
-            .timed("reading the coordinator", c.get(key, None))
+            .call("reading the coordinator", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         Ok(r.kvs()
             .first()
@@ -302,18 +350,20 @@ impl Store {
 
     /// Grants a lease of `ttl_secs`.
     pub async fn lease(&self, ttl_secs: i64) -> Result<i64, Error> {
-        let mut c = self.client.clone();
         Ok(self
-            .timed("granting a lease", c.lease_grant(ttl_secs, None))
+            .call("granting a lease", |mut c| async move {
+                c.lease_grant(ttl_secs, None).await
+            })
             .await?
             .id())
     }
 
     /// Revokes `lease` (its keys go at once).
     pub async fn revoke(&self, lease: i64) -> Result<(), Error> {
-        let mut c = self.client.clone();
-        self.timed("revoking a lease", c.lease_revoke(lease))
-            .await?;
+        self.call("revoking a lease", |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await?;
         Ok(())
     }
 }

@@ -659,3 +659,52 @@ fn a_node_that_never_comes_back_pauses_the_rolling_reboot_until_resumed() {
         );
     }
 }
+
+#[test]
+fn qumulo_client_rolls_the_cluster_while_an_etcd_member_dies() {
+    let Some(qq) = qumulo_qq() else { return };
+    let Some(mut c) = cluster_with("r4", 3, 1, "sim_restripe_ms = 300\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let a1 = &c.agents[0];
+    let o = a1.qumulo(&qq, &["login", "-u", USER, "-p", PASSWORD]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = a1.qumulo(
+        &qq,
+        &[
+            "upgrade_cluster",
+            "prepare",
+            "--rolling",
+            "--path",
+            "platform.qimg",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains("Upgrade prepared, commit it to proceed"),
+        "{out}"
+    );
+    // One etcd member dies; two keep the quorum.
+    c.etcd.kill_member("node3");
+    let o = a1.qumulo(&qq, &["upgrade_cluster", "commit"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let s = c.agents[0].wait_status(&clients[0], "COMMITTED", Duration::from_secs(180), |s| {
+        s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string()
+    });
+    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    assert_eq!(s["settings"]["do_rolling_reboot"], true);
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::B,
+            "node {}",
+            i + 1
+        );
+    }
+    let o = a1.qumulo(&qq, &["upgrade_status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "UPGRADE_STATE_COMMITTED", "{v}");
+}

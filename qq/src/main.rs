@@ -13,6 +13,7 @@
 //! qq [TARGET] upgrade_status [--json]
 //! qq [TARGET] upgrade_verify_image --path P
 //! qq [TARGET] upgrade_blocked
+//! qq [--host H] reboot_status | reboot_pause | reboot_resume | nodes_list
 //! qq --node DIR upgrade_mode --to BUNDLE [--from VERSION]
 //! qq --node DIR boot_check                 (run at boot by qimg-boot-check.service)
 //! qq sim_create --dir D --disk IMG --bundle B --key K --model M   (a simulated node)
@@ -36,6 +37,7 @@ use upgrade::{Agent, CommitOutcome, Error, chain, sim};
 
 mod boot_check;
 mod login;
+mod reboot;
 mod remote;
 mod sim_create;
 mod sim_poweroff;
@@ -103,6 +105,18 @@ enum Command {
     Logout,
     /// The agent's version.
     Version,
+    /// The cluster's reboot manager: state and count of a rolling reboot.
+    #[command(name = "reboot_status")]
+    RebootStatus,
+    /// Pause a rolling reboot after the batch in progress.
+    #[command(name = "reboot_pause")]
+    RebootPause,
+    /// Resume a paused rolling reboot (also one paused on an error).
+    #[command(name = "reboot_resume")]
+    RebootResume,
+    /// Every node of the cluster and whether it is online.
+    #[command(name = "nodes_list")]
+    NodesList,
     /// Instant or platform, and why.
     #[command(name = "upgrade_mode")]
     UpgradeMode(upgrade_mode::Args),
@@ -255,6 +269,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Login(a) => login::run(&ctx, a),
         Command::Logout => login::logout(&ctx),
         Command::Version => version::run(&ctx),
+        Command::RebootStatus => reboot::status(&ctx),
+        Command::RebootPause => reboot::pause(&ctx, true),
+        Command::RebootResume => reboot::pause(&ctx, false),
+        Command::NodesList => reboot::nodes(&ctx),
         Command::UpgradeMode(a) => upgrade_mode::run(&ctx, a),
         Command::BootCheck => boot_check::run(&ctx),
         Command::SimPoweroff => sim_poweroff::run(&ctx),

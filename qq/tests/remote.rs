@@ -225,3 +225,25 @@ fn local_root_needs_no_login() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&o)["is_blocked"], false);
 }
+
+#[test]
+fn reboot_manager_and_nodes_on_a_node_of_one() {
+    let Some(s) = serve("") else { return };
+    s.login();
+    let o = s.qq(&["reboot_status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["state"], "REBOOT_IDLE");
+    assert_eq!(json(&o)["total_node_count"], 1);
+    let o = s.qq(&["reboot_pause"]);
+    assert_eq!(o.status.code(), Some(1), "nothing to pause: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reboot_not_in_progress_error"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.qq(&["nodes_list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let n = json(&o);
+    assert_eq!(n.as_array().unwrap().len(), 1);
+    assert_eq!(n[0]["node_status"], "online");
+}
