@@ -708,3 +708,36 @@ fn qumulo_client_rolls_the_cluster_while_an_etcd_member_dies() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["state"], "UPGRADE_STATE_COMMITTED", "{v}");
 }
+
+#[test]
+fn the_client_gone_after_no_monitor_the_cluster_finishes_alone() {
+    let Some(qq) = qumulo_qq() else { return };
+    let Some(c) = cluster_with("r5", 3, 1, "sim_restripe_ms = 200\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let a3 = &c.agents[2];
+    let o = a3.qumulo(&qq, &["login", "-u", USER, "-p", PASSWORD]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Qumulo's client sends prepare with auto_commit = --no-monitor and leaves.
+    let o = a3.qumulo(
+        &qq,
+        &[
+            "upgrade_cluster",
+            "--no-monitor",
+            "--rolling",
+            "--path",
+            "/platform.qimg",
+        ],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let s = c.agents[0].wait_status(&clients[0], "COMMITTED", Duration::from_secs(180), |s| {
+        s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string()
+    });
+    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    assert_eq!(s["settings"]["auto_commit"], true);
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
+    }
+}
