@@ -236,3 +236,43 @@ pub struct ProtectionStatus {
     /// Of those, how many more may fail now (nodes offline count against it).
     pub remaining_node_failures: u32,
 }
+
+/// One node's part in the cluster's upgrade (`GET /v1/qimg/cluster/upgrade`, a
+/// qimg extension).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeProgress {
+    /// Node id.
+    pub id: u32,
+    /// Node name.
+    pub name: String,
+    /// Registered (its lease is alive).
+    pub online: bool,
+    /// What it did for this plan: `preparing`, `prepared`, `committing`,
+    /// `committed`, `discarded`, `failed` (`null`: nothing yet).
+    pub step: Option<String>,
+    /// Its prepare's progress, 0–100.
+    pub progress: u8,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The release it runs.
+    pub installed: Option<String>,
+}
+
+/// The cluster's upgrade, node by node (`GET /v1/qimg/cluster/upgrade`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterUpgrade {
+    /// The plan's generation.
+    pub generation: u64,
+    /// `preparing`, `prepared`, `committing`, `committed`, `discarding`, `failed`.
+    pub phase: String,
+    /// Rolling reboots.
+    pub rolling: bool,
+    /// The batches of a rolling commit (node ids).
+    pub batches: Vec<Vec<u32>>,
+    /// The batch rebooting now.
+    pub batch: usize,
+    /// The data-safety gate holds the next batch back.
+    pub restriping: bool,
+    /// Every node.
+    pub nodes: Vec<NodeProgress>,
+}

@@ -63,6 +63,75 @@ pub fn print_report(c: &mut Client) -> Result<()> {
     }
 }
 
+/// The cluster's upgrade node by node (`/v1/qimg/cluster/upgrade`), reported as
+/// one line per change: each node's step, the batch, the data-safety gate.
+#[derive(Default)]
+struct ClusterView {
+    /// False once the agent said it is in no cluster.
+    off: bool,
+    last: std::collections::HashMap<u32, (Option<String>, u8)>,
+    batch: Option<usize>,
+    restriping: bool,
+}
+
+impl ClusterView {
+    fn poll(&mut self, c: &mut Client, bars: &qutil::cli::Bars) {
+        use qimg::Progress;
+        if self.off {
+            return;
+        }
+        let u = match c.get::<qapi::types::ClusterUpgrade>("/v1/qimg/cluster/upgrade") {
+            Ok(u) => u,
+            Err(e) => {
+                self.off = e.status() == Some(404);
+                return;
+            }
+        };
+        for n in &u.nodes {
+            // A line when the step changes, and every 25 % of a prepare.
+            let bucket = n.progress / 25;
+            let now = (n.step.clone(), bucket);
+            if self.last.get(&n.id) != Some(&now) {
+                let step = n.step.as_deref().unwrap_or("waiting");
+                let what = match step {
+                    "preparing" => format!("preparing {}%", n.progress),
+                    "failed" => format!("failed: {}", n.error.as_deref().unwrap_or("?")),
+                    s => s.to_string(),
+                };
+                let state = if n.online { "" } else { " (offline)" };
+                bars.step(&format!("{}: {what}{state}", n.name));
+                self.last.insert(n.id, now);
+            }
+        }
+        if u.rolling && !u.batches.is_empty() && self.batch != Some(u.batch) {
+            let names: Vec<String> = u.batches[u.batch.min(u.batches.len() - 1)]
+                .iter()
+                .map(|id| {
+                    u.nodes
+                        .iter()
+                        .find(|n| n.id == *id)
+                        .map_or(id.to_string(), |n| n.name.clone())
+                })
+                .collect();
+            bars.step(&format!(
+                "rolling reboot: batch {}/{} ({})",
+                u.batch + 1,
+                u.batches.len(),
+                names.join(", ")
+            ));
+            self.batch = Some(u.batch);
+        }
+        if u.restriping != self.restriping {
+            bars.step(if u.restriping {
+                "waiting for the restriper (data protection) before the next batch"
+            } else {
+                "data fully protected"
+            });
+            self.restriping = u.restriping;
+        }
+    }
+}
+
 /// What the monitor waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Until {
@@ -97,7 +166,9 @@ pub fn monitor(
     let task = bars.begin("preparing (the agent's progress, %)", Some(100));
     let mut shown = 0u64;
     let mut away_since: Option<Instant> = None;
+    let mut cluster = ClusterView::default();
     loop {
+        cluster.poll(c, bars);
         match c.get::<UpgradeStatus>("/v3/upgrade/status") {
             Ok(s) => {
                 if let Some(t) = away_since.take() {

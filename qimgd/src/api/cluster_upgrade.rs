@@ -5,7 +5,8 @@
 
 use axum::http::StatusCode;
 use qapi::types::{
-    Blocked, PrepareRequest, UpgradeSettings, UpgradeState, UpgradeStatus, UpgradeType,
+    Blocked, ClusterUpgrade, NodeProgress, PrepareRequest, UpgradeSettings, UpgradeState,
+    UpgradeStatus, UpgradeType,
 };
 use qcluster::{ClusterPlan, NodeStep, PlanMode, PlanPhase, Store};
 
@@ -225,4 +226,58 @@ pub(super) async fn blocked(app: &Shared) -> Result<Blocked, ApiError> {
         cluster_degraded: false,
         blocked_reason,
     })
+}
+
+fn snake<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `GET /v1/qimg/cluster/upgrade`: the plan node by node (a qimg extension; 404
+/// on a node in no cluster or before any upgrade).
+pub(super) async fn nodes(
+    axum::extract::State(app): axum::extract::State<Shared>,
+) -> Result<axum::Json<ClusterUpgrade>, ApiError> {
+    let Some(c) = &app.cluster else {
+        return Err(ApiError::not_found("this node is in no cluster"));
+    };
+    let Some((p, _)) = plan(&app).await? else {
+        return Err(ApiError::not_found("no upgrade yet in this cluster"));
+    };
+    let s = store(&app)?;
+    let reports = s.reports().await.map_err(unavailable)?;
+    let registered = s.nodes().await.map_err(unavailable)?;
+    let nodes = c
+        .membership
+        .spec
+        .nodes
+        .iter()
+        .map(|n| {
+            let r = reports
+                .iter()
+                .find(|(id, r)| *id == n.id && r.generation == p.generation)
+                .map(|(_, r)| r);
+            let reg = registered.iter().find(|r| r.id == n.id);
+            NodeProgress {
+                id: n.id,
+                name: n.name.clone(),
+                online: reg.is_some(),
+                step: r.map(|r| snake(&r.step)),
+                progress: r.map_or(0, |r| r.progress),
+                error: r.and_then(|r| r.error.clone()),
+                installed: reg.and_then(|r| r.installed.clone()),
+            }
+        })
+        .collect();
+    Ok(axum::Json(ClusterUpgrade {
+        generation: p.generation,
+        phase: snake(&p.phase),
+        rolling: p.rolling,
+        batches: p.batches.clone(),
+        batch: p.batch,
+        restriping: p.phase == PlanPhase::Committing && p.gate_until_ms > qcluster::plan::now_ms(),
+        nodes,
+    }))
 }

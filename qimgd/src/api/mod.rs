@@ -137,6 +137,7 @@ pub fn router(app: Shared) -> Router {
             get(reboot::restriper),
         )
         .route("/v1/cluster/protection/status", get(reboot::protection))
+        .route("/v1/qimg/cluster/upgrade", get(cluster_upgrade::nodes))
         .route("/v1/upgrade/status", get(upgrade_api::status_v1))
         .route("/v2/upgrade/status", get(upgrade_api::status))
         .route("/v3/upgrade/status", get(upgrade_api::status))

@@ -372,6 +372,7 @@ pub fn agent_config(
     extra: &str,
 ) -> PathBuf {
     let upgrade = upgrade.map_or_else(|| dir.join("upgrade"), Path::to_owned);
+    std::fs::create_dir_all(dir).unwrap();
     std::fs::create_dir_all(&upgrade).unwrap();
     let config = dir.join("qimgd.toml");
     std::fs::write(
