@@ -19,6 +19,8 @@ pub enum PlanPhase {
     Committed,
     /// A node failed: every node discards what it prepared.
     Discarding,
+    /// A node failed its commit: the nodes that committed go back.
+    RollingBack,
     /// Ended without committing (`error` says why).
     Failed,
 }
@@ -32,6 +34,7 @@ impl PlanPhase {
                 | PlanPhase::Prepared
                 | PlanPhase::Committing
                 | PlanPhase::Discarding
+                | PlanPhase::RollingBack
         )
     }
 }
@@ -194,6 +197,8 @@ pub enum NodeStep {
     Committed,
     /// Discarded what it prepared (or had nothing).
     Discarded,
+    /// Went back to the release it ran before the plan.
+    RolledBack,
     /// Failed (`error` says why).
     Failed,
 }

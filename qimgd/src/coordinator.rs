@@ -82,8 +82,17 @@ pub fn next(
         }
         PlanPhase::Committing => {
             if let Some(why) = failed {
-                p.phase = PlanPhase::Failed;
-                p.error = Some(format!("the commit failed on {why}"));
+                if plan.mode == PlanMode::Instant {
+                    // Every node goes back to the release it ran: the cluster
+                    // ends on one release.
+                    p.phase = PlanPhase::RollingBack;
+                    p.error = Some(format!(
+                        "the commit failed on {why}; every node goes back to the release it ran"
+                    ));
+                } else {
+                    p.phase = PlanPhase::Failed;
+                    p.error = Some(format!("the commit failed on {why}"));
+                }
             } else if plan.rolling && plan.mode == PlanMode::Platform {
                 return rolling(plan, spec, reports, cx);
             } else if all(NodeStep::Committed) {
@@ -95,6 +104,20 @@ pub fn next(
             } else {
                 return None;
             }
+        }
+        PlanPhase::RollingBack => {
+            let settled = steps.iter().all(|(_, r)| {
+                r.is_some_and(|r| {
+                    matches!(
+                        r.step,
+                        NodeStep::RolledBack | NodeStep::Failed | NodeStep::Discarded
+                    )
+                })
+            });
+            if !settled {
+                return None;
+            }
+            p.phase = PlanPhase::Failed;
         }
         PlanPhase::Prepared | PlanPhase::Committed | PlanPhase::Failed => return None,
     }
@@ -360,6 +383,37 @@ mod tests {
         assert_eq!(next(&d, &s, &reps[..1], &CX), None);
         assert_eq!(
             next(&d, &s, &settled, &CX).unwrap().phase,
+            PlanPhase::Failed
+        );
+    }
+
+    #[test]
+    fn an_instant_commit_failing_somewhere_rolls_every_node_back() {
+        let s = spec();
+        let p = plan(PlanPhase::Committing, false);
+        let reps = vec![
+            r(1, 7, NodeStep::Committed, Some(4)),
+            r(2, 7, NodeStep::Failed, None),
+            r(3, 7, NodeStep::Committing, None),
+        ];
+        let back = next(&p, &s, &reps, &CX).unwrap();
+        assert_eq!(back.phase, PlanPhase::RollingBack);
+        assert!(
+            back.error.as_deref().unwrap().contains("node n2"),
+            "{back:?}"
+        );
+        assert_eq!(
+            next(&back, &s, &reps, &CX),
+            None,
+            "node 1 has not gone back yet"
+        );
+        let settled = vec![
+            r(1, 7, NodeStep::RolledBack, None),
+            r(2, 7, NodeStep::Failed, None),
+            r(3, 7, NodeStep::RolledBack, None),
+        ];
+        assert_eq!(
+            next(&back, &s, &settled, &CX).unwrap().phase,
             PlanPhase::Failed
         );
     }

@@ -125,6 +125,12 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
                 _ => {}
             }
         }
+        (PlanPhase::RollingBack, Some(NodeStep::Committed)) if !busy => {
+            revert(app, store, &plan, me).await?
+        }
+        (PlanPhase::RollingBack, None | Some(NodeStep::Prepared)) if !busy => {
+            discard(app, store, g, me).await?
+        }
         (PlanPhase::Discarding, None | Some(NodeStep::Prepared | NodeStep::Preparing)) if !busy => {
             discard(app, store, g, me).await?
         }
@@ -215,6 +221,39 @@ async fn start_commit(app: &Shared, store: &Store, g: u64, me: u32) -> Result<()
         }
     });
     Ok(())
+}
+
+async fn revert(
+    app: &Shared,
+    store: &Store,
+    plan: &ClusterPlan,
+    me: u32,
+) -> Result<(), qcluster::Error> {
+    let g = plan.generation;
+    let reason = plan
+        .error
+        .clone()
+        .unwrap_or_else(|| "another node failed its commit".into());
+    crate::log(&format!("plan {g}: rolling back ({reason})"));
+    let a = app.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        a.agent.revert(&reason, &Observer(a.jobs.meter.clone()))
+    })
+    .await;
+    let rep = match r {
+        Ok(Ok(st)) if st.phase() == upgrade::wire::Phase::Idle => {
+            report(g, NodeStep::RolledBack, 100, None)
+        }
+        Ok(Ok(st)) => report(
+            g,
+            NodeStep::Failed,
+            100,
+            Some(format!("rolling back failed: {}", st.details)),
+        ),
+        Ok(Err(e)) => report(g, NodeStep::Failed, 100, Some(upgrade::chain(&e))),
+        Err(e) => report(g, NodeStep::Failed, 100, Some(e.to_string())),
+    };
+    store.report(me, &rep).await
 }
 
 async fn discard(app: &Shared, store: &Store, g: u64, me: u32) -> Result<(), qcluster::Error> {

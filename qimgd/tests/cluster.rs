@@ -741,3 +741,65 @@ fn the_client_gone_after_no_monitor_the_cluster_finishes_alone() {
         assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
     }
 }
+
+#[test]
+fn an_instant_commit_failing_on_one_node_rolls_every_node_back() {
+    let Some(c) = cluster("t9", 3, |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().instant, c.upgrade.join("instant.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/instant.qimg"}).to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    c.agents[0].wait_status(&clients[0], "PREPARED", Duration::from_secs(60), |s| {
+        s["state"] == "UPGRADE_STATE_PREPARED"
+    });
+    // Node 3's staged container is broken after its prepare: its program exits
+    // before it is healthy, so node 3's commit fails while the others succeed.
+    let entry = c.agents[2]
+        .node
+        .node
+        .config
+        .state
+        .join("containers/7.0.1/rootfs/entry");
+    std::fs::write(&entry, "#!/bin/sh\necho broken >&2\nexit 3\n").unwrap();
+    let (st, r) = clients[1].post("/v2/upgrade/commit", "");
+    assert_eq!(st, 202, "{r}");
+    // The plan ends failed once every node is back on 7.0.0.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, b) = clients[1].get("/v2/upgrade/blocked");
+        let (_, s) = clients[1].get("/v3/upgrade/status");
+        if b["is_blocked"] == false && s["error_info"].is_string() {
+            let info = s["error_info"].as_str().unwrap();
+            assert!(info.contains("node node3"), "{info}");
+            assert!(info.contains("every node goes back"), "{info}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rollback: {s} {b}\n{}",
+            c.agents[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.container().as_deref(),
+            Some("7.0.0"),
+            "node {}: {}",
+            i + 1,
+            a.log()
+        );
+        let st = a.node.agent().state().unwrap();
+        assert_eq!(st.phase(), upgrade::wire::Phase::Idle, "node {}", i + 1);
+    }
+    // The nodes that had committed record the rollback and why.
+    let st = c.agents[0].node.agent().state().unwrap();
+    let f = st.failure.unwrap();
+    assert_eq!(f.kind, upgrade::wire::ErrorState::RolledBack);
+    assert!(f.message.contains("rolled back to 7.0.0"), "{}", f.message);
+}

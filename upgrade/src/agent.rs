@@ -377,6 +377,54 @@ impl Agent {
         }
     }
 
+    /// Rolls a committed instant upgrade back: the previous container (kept for
+    /// this) runs again, measured and health-checked as a swap, and the state
+    /// records `UPGRADE_ERROR_ROLLED_BACK` with `reason` (a cluster-wide rollback:
+    /// another node failed). Nothing committed: nothing to do. A committed
+    /// platform upgrade is refused (not supported yet). Returns the state.
+    pub fn revert(&self, reason: &str, obs: &dyn Progress) -> Result<NodeState, Error> {
+        let Begun {
+            _lock,
+            store,
+            mut st,
+            ..
+        } = self.begin(obs)?;
+        let plan = match st.stage.clone() {
+            Stage::Committed(plan) if plan.mode == crate::state::Mode::Instant => plan,
+            Stage::Committed(_) => {
+                return Err(Error::WrongState {
+                    op: Op::Revert,
+                    state: st.phase(),
+                    hint: "rolling a committed platform upgrade back is not supported yet",
+                });
+            }
+            _ => return Ok(st),
+        };
+        let back = Plan {
+            mode: plan.mode,
+            from: plan.to.clone(),
+            to: plan.from.clone(),
+        };
+        st.stage = Stage::Committing(back.clone(), CommitStep::Swap);
+        st.details = format!("rolling back to container {}: {reason}", back.to.version);
+        store.put(&mut st)?;
+        // A failed swap back leaves the new container running, recorded as such.
+        let outcome = commit::finish_instant(&self.cx(&store, obs), &mut st, &back)?;
+        if let CommitOutcome::Committed { .. } = outcome {
+            st.stage = Stage::Idle { last: Some(plan) };
+            st.failure = Some(Failure {
+                kind: ErrorState::RolledBack,
+                message: format!("rolled back to {}: {reason}", back.to.version),
+            });
+            st.details = format!(
+                "rolled back from {} to {}",
+                back.from.version, back.to.version
+            );
+            store.put(&mut st)?;
+        }
+        Ok(st)
+    }
+
     /// After a boot (`qq boot_check`, run by a unit at every boot): finishes a
     /// platform commit (health gate, bless or fall back), or on an ordinary boot makes
     /// sure the active container runs. Returns the commit's outcome when this boot

@@ -106,6 +106,8 @@ pub enum Op {
     Commit,
     /// Cancel.
     Cancel,
+    /// Revert (roll a committed upgrade back).
+    Revert,
 }
 
 impl std::fmt::Display for Op {
@@ -114,6 +116,7 @@ impl std::fmt::Display for Op {
             Op::Prepare => "prepare",
             Op::Commit => "commit",
             Op::Cancel => "cancel",
+            Op::Revert => "revert",
         })
     }
 }

@@ -186,6 +186,7 @@ pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
         PlanPhase::Committing if p.mode == PlanMode::Platform => UpgradeState::Rebooting,
         PlanPhase::Committing => UpgradeState::Committing,
         PlanPhase::Committed => UpgradeState::Committed,
+        PlanPhase::RollingBack => UpgradeState::Committing,
         PlanPhase::Discarding | PlanPhase::Failed => UpgradeState::Idle,
     };
     let progress = match state {
