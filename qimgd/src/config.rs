@@ -106,7 +106,7 @@ fn default_restripe() -> u64 {
     2000
 }
 fn default_lease() -> u64 {
-    10
+    4
 }
 fn default_sim_shutdown_ms() -> u64 {
     2000

@@ -14,8 +14,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
         Some("upgrade") => crate::bench_upgrade::upgrade(&parse(&args[1..])?),
         Some("cloud") => crate::bench_cloud::cloud(&parse(&args[1..])?),
         Some("agent") => crate::bench_agent::agent(&parse(&args[1..])?),
+        Some("cluster") => crate::bench_cluster::cluster(&args[1..]),
         _ => Err(
-            "usage: cargo xtask bench bundle|firmware|upgrade|cloud|agent [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask bench bundle|firmware|upgrade|cloud|agent|cluster [--size MIB] [--nodes N] [--level N] [--runs N] [--dir DIR]"
                 .into(),
         ),
     }

@@ -74,7 +74,7 @@ pub(crate) struct Lab {
     pub qq: PathBuf,
     /// The simulated node's directory.
     pub node: PathBuf,
-    factory: PathBuf,
+    pub factory: PathBuf,
     root_mib: String,
 }
 

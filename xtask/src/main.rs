@@ -19,9 +19,13 @@
 //! - `cargo xtask bench agent [--size MIB] [--runs N] [--dir DIR]`: a prepare through
 //!   `qimgd`'s REST API against `qq` in local mode, status latency under 64 pollers,
 //!   the agent's RSS (`bench_agent.rs`).
+//! - `cargo xtask bench cluster [--nodes N]`: an instant upgrade of N simulated
+//!   nodes through one request, coordinator failover, agent and etcd memory
+//!   (`bench_cluster.rs`).
 
 mod bench;
 mod bench_agent;
+mod bench_cluster;
 mod bench_cloud;
 mod bench_fw;
 mod bench_upgrade;
