@@ -133,10 +133,9 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         return Err("qimgd cluster create failed".into());
     }
     let endpoints: String = {
-        let m: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(w.join("c/node1/cluster.json")).map_err(io)?,
-        )
-        .map_err(|e| e.to_string())?;
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(w.join("c/node1/cluster.json")).map_err(io)?)
+                .map_err(|e| e.to_string())?;
         m["spec"]["node"]
             .as_array()
             .ok_or("no nodes")?
@@ -220,10 +219,14 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
     }
     let n1 = w.join("c/node1");
     wait("every node registered", Duration::from_secs(120), || {
-        etcdctl(&n1, &endpoints, &["get", "/qimg/bench/nodes/", "--prefix", "--keys-only"])
-            .lines()
-            .filter(|l| !l.is_empty())
-            .count()
+        etcdctl(
+            &n1,
+            &endpoints,
+            &["get", "/qimg/bench/nodes/", "--prefix", "--keys-only"],
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
             == nodes as usize
     })?;
 
@@ -279,9 +282,13 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
 
     // 2. Failover: SIGKILL the coordinator's agent.
     let coordinator = || -> Option<u32> {
-        etcdctl(&n1, &endpoints, &["get", "/qimg/bench/coordinator", "--print-value-only"])
-            .parse()
-            .ok()
+        etcdctl(
+            &n1,
+            &endpoints,
+            &["get", "/qimg/bench/coordinator", "--print-value-only"],
+        )
+        .parse()
+        .ok()
     };
     let first = coordinator().ok_or("no coordinator")?;
     let t1 = Instant::now();

@@ -25,8 +25,8 @@
 
 mod bench;
 mod bench_agent;
-mod bench_cluster;
 mod bench_cloud;
+mod bench_cluster;
 mod bench_fw;
 mod bench_upgrade;
 mod ci;
