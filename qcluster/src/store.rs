@@ -48,13 +48,24 @@ pub struct Store {
 /// The pause before a call is tried again on another member.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// True for errors of a member that cannot be reached (not of etcd's answer).
+/// True for errors that another try may not have: a member that cannot be
+/// reached, or an election under way.
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
-        // gRPC codes: 1 cancelled, 2 unknown (a broken connection), 14 unavailable.
+        // gRPC codes: 1 cancelled, 2 unknown (a broken connection), 14 unavailable;
+        // and etcd's own transient answers while a leader is elected.
         etcd_client::Error::GRpcStatus(s) => {
-            matches!(s.code() as i32, 1 | 2 | 14) && !s.message().contains("etcdserver")
+            let m = s.message();
+            (matches!(s.code() as i32, 1 | 2 | 14) && !m.contains("etcdserver"))
+                || [
+                    "leader changed",
+                    "no leader",
+                    "request timed out",
+                    "too many requests",
+                ]
+                .iter()
+                .any(|t| m.contains(t))
         }
         _ => false,
     }

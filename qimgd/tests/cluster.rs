@@ -640,8 +640,16 @@ fn a_node_that_never_comes_back_pauses_the_rolling_reboot_until_resumed() {
     c.etcd.kill_member(&format!("node{}", off + 1));
     c.etcd.start_member(&d);
     c.agents[off].restart();
-    let (st, r) = clients[up].post("/v1/shutdown/reboot/resume", "");
-    assert_eq!(st, 200, "{r}");
+    // The member that came back may hold an election: a 503 meanwhile is retried.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, r) = clients[up].post("/v1/shutdown/reboot/resume", "");
+        if st == 200 {
+            break;
+        }
+        assert!(st == 503 && Instant::now() < deadline, "{st} {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let boots = c.play_hardware(Duration::from_secs(120), |c| {
         c.agents.iter().enumerate().any(|(i, _)| {
             clients[i]
