@@ -95,6 +95,28 @@ pub struct ClusterPlan {
 }
 
 impl ClusterPlan {
+    /// A new plan, preparing, with nothing asked beyond what it installs.
+    pub fn new(generation: u64, image_path: &str, target_version: &str, mode: PlanMode) -> Self {
+        ClusterPlan {
+            generation,
+            image_path: image_path.into(),
+            target_version: target_version.into(),
+            mode,
+            auto_commit: false,
+            rolling: false,
+            nodes_per_batch: None,
+            phase: PlanPhase::Preparing,
+            error: None,
+            downtime_ms: None,
+            batches: vec![],
+            batch: 0,
+            batch_started_ms: 0,
+            gate_until_ms: 0,
+            paused: false,
+            paused_error: None,
+        }
+    }
+
     /// True when node `id` may commit now: every node for an instant or complete
     /// commit; in a rolling one, the nodes of the current batch.
     pub fn may_commit(&self, id: u32) -> bool {

@@ -25,9 +25,6 @@ pub struct Ctx {
     pub batch_limit_ms: u64,
     /// How long the (simulated) restriper works per rebooted node.
     pub restripe_ms_per_node: u64,
-    /// The restriper probe's answer (`Some(true)`: finished, no data at risk), when
-    /// the node has one; `None`: the simulated restriper's timing decides.
-    pub probe_finished: Option<bool>,
 }
 
 /// The next plan, from the plan and the reports of its generation (pure).
@@ -175,8 +172,7 @@ fn rolling(
         p.gate_until_ms = cx.now_ms + cx.restripe_ms_per_node * current.len() as u64;
         return Some(p);
     }
-    let gate_done = cx.probe_finished.unwrap_or(cx.now_ms >= plan.gate_until_ms);
-    if !gate_done {
+    if cx.now_ms < plan.gate_until_ms {
         return None;
     }
     if plan.batch + 1 >= plan.batches.len() {
@@ -256,7 +252,6 @@ pub async fn run(app: Shared) {
                     me,
                     batch_limit_ms: app.config.batch_limit_secs * 1000,
                     restripe_ms_per_node: app.config.sim_restripe_ms,
-                    probe_finished: None,
                 };
                 reconcile(store, &spec, &cx).await?;
             }
@@ -283,14 +278,17 @@ mod tests {
         me: 1,
         batch_limit_ms: 60_000,
         restripe_ms_per_node: 1000,
-        probe_finished: None,
     };
 
     fn spec() -> ClusterSpec {
+        spec_of(3, 1)
+    }
+
+    fn spec_of(n: u32, max_node_failures: u32) -> ClusterSpec {
         ClusterSpec {
             name: "c".into(),
-            max_node_failures: 1,
-            nodes: (1..=3)
+            max_node_failures,
+            nodes: (1..=n)
                 .map(|i| NodeSpec {
                     id: i,
                     name: format!("n{i}"),
@@ -304,22 +302,9 @@ mod tests {
 
     fn plan(phase: PlanPhase, auto_commit: bool) -> ClusterPlan {
         ClusterPlan {
-            generation: 7,
-            image_path: "/x".into(),
-            target_version: "7.0.1".into(),
-            mode: PlanMode::Instant,
             auto_commit,
-            rolling: false,
-            nodes_per_batch: None,
             phase,
-            error: None,
-            downtime_ms: None,
-            batches: vec![],
-            batch: 0,
-            batch_started_ms: 0,
-            gate_until_ms: 0,
-            paused: false,
-            paused_error: None,
+            ..ClusterPlan::new(7, "/x", "7.0.1", PlanMode::Instant)
         }
     }
 
@@ -431,28 +416,6 @@ mod tests {
         assert_eq!((c.phase, c.downtime_ms), (PlanPhase::Committed, Some(9)));
         assert_eq!(next(&c, &s, &reps, &CX), None, "a committed plan stays");
     }
-}
-
-#[cfg(test)]
-mod rolling_tests {
-    use super::*;
-    use qcluster::{NodeSpec, PlanMode};
-
-    fn spec() -> ClusterSpec {
-        ClusterSpec {
-            name: "c".into(),
-            max_node_failures: 2,
-            nodes: (1..=4)
-                .map(|i| NodeSpec {
-                    id: i,
-                    name: format!("n{i}"),
-                    agent: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                    etcd_client: None,
-                    etcd_peer: None,
-                })
-                .collect(),
-        }
-    }
 
     fn committed(ids: &[u32]) -> Vec<(u32, NodeReport)> {
         ids.iter()
@@ -473,31 +436,18 @@ mod rolling_tests {
 
     #[test]
     fn batches_then_gate_then_next_batch_then_committed() {
-        let s = spec();
+        let s = spec_of(4, 2);
         let cx = |now_ms| Ctx {
             now_ms,
             me: 2,
             batch_limit_ms: 10_000,
             restripe_ms_per_node: 1000,
-            probe_finished: None,
         };
         let mut p = ClusterPlan {
-            generation: 1,
-            image_path: "/x".into(),
-            target_version: "7.1.0".into(),
-            mode: PlanMode::Platform,
-            auto_commit: false,
             rolling: true,
             nodes_per_batch: Some(2),
             phase: PlanPhase::Committing,
-            error: None,
-            downtime_ms: None,
-            batches: vec![],
-            batch: 0,
-            batch_started_ms: 0,
-            gate_until_ms: 0,
-            paused: false,
-            paused_error: None,
+            ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
         };
         p = next(&p, &s, &[], &cx(1000)).unwrap();
         assert_eq!(p.batches.last().unwrap(), &vec![2], "the coordinator last");
@@ -514,7 +464,7 @@ mod rolling_tests {
         );
         p = next(&p, &s, &committed(&first), &cx(6000)).unwrap();
         assert_eq!((p.batch, p.gate_until_ms), (1, 0));
-        // A paused rollout waits; a probe saying "not finished" holds the gate.
+        // A paused rollout waits.
         let mut paused = p.clone();
         paused.paused = true;
         assert_eq!(
@@ -532,12 +482,10 @@ mod rolling_tests {
         );
         // The rest commits: after the last gate, the plan is committed.
         let all = committed(&[1, 2, 3, 4]);
+        let mut now = 7000;
         while p.phase == PlanPhase::Committing {
-            let c = Ctx {
-                probe_finished: Some(true),
-                ..cx(7000)
-            };
-            p = next(&p, &s, &all, &c).unwrap();
+            now += 5000; // past every gate, within the batch limit
+            p = next(&p, &s, &all, &cx(now)).unwrap();
         }
         assert_eq!(p.phase, PlanPhase::Committed);
     }

@@ -109,22 +109,10 @@ fn plan_compare_and_swap_and_one_coordinator() {
             .await
             .unwrap();
         let plan = |generation, phase| ClusterPlan {
-            generation,
-            image_path: "/x.qimg".into(),
-            target_version: "7.1.0".into(),
-            mode: PlanMode::Platform,
-            auto_commit: false,
             rolling: true,
             nodes_per_batch: Some(1),
             phase,
-            error: None,
-            downtime_ms: None,
-            batches: vec![],
-            batch: 0,
-            batch_started_ms: 0,
-            gate_until_ms: 0,
-            paused: false,
-            paused_error: None,
+            ..ClusterPlan::new(generation, "/x.qimg", "7.1.0", PlanMode::Platform)
         };
         assert!(st.plan().await.unwrap().is_none());
         assert!(

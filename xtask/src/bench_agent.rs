@@ -70,23 +70,7 @@ impl Agentd {
         )
         .map_err(io)?;
         let qimgd = target_dir().join("release/qimgd");
-        let mut add = Command::new(&qimgd)
-            .arg("--config")
-            .arg(&config)
-            .args(["user", "add", "bench", "--password-stdin"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(io)?;
-        use std::io::Write;
-        add.stdin
-            .take()
-            .ok_or("no stdin")?
-            .write_all(b"bench-password\n")
-            .map_err(io)?;
-        if !add.wait().map_err(io)?.success() {
-            return Err("qimgd user add failed".into());
-        }
+        crate::harness::add_bench_user(&qimgd, &config)?;
         let mut child = Command::new(&qimgd)
             .arg("--config")
             .arg(&config)

@@ -175,21 +175,7 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
             ),
         )
         .map_err(io)?;
-        let mut add = Command::new(&qimgd)
-            .arg("--config")
-            .arg(&config)
-            .args(["user", "add", "bench", "--password-stdin"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(io)?;
-        use std::io::Write;
-        add.stdin
-            .take()
-            .ok_or("stdin")?
-            .write_all(b"bench-password\n")
-            .map_err(io)?;
-        add.wait().map_err(io)?;
+        crate::harness::add_bench_user(&qimgd, &config)?;
         if i <= voters {
             etcd.0.push(
                 Command::new(&qimgd)

@@ -120,3 +120,25 @@ pub(crate) fn bundle_cmd(exe: &Path, spec: &Path, key: &Path, out: &Path) -> Com
         .arg(out);
     c
 }
+
+/// `qimgd user add bench` with the benches' password, through `config`.
+pub(crate) fn add_bench_user(qimgd: &Path, config: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let mut add = Command::new(qimgd)
+        .arg("--config")
+        .arg(config)
+        .args(["user", "add", "bench", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    add.stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(b"bench-password\n")
+        .map_err(|e| e.to_string())?;
+    if !add.wait().map_err(|e| e.to_string())?.success() {
+        return Err(format!("qimgd user add failed for {}", config.display()));
+    }
+    Ok(())
+}

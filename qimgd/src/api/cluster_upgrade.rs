@@ -77,28 +77,18 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
     if let Some(why) = v.blocked {
         return Err(ApiError::blocked(why));
     }
+    let mode = match v.plan.mode {
+        upgrade::state::Mode::Instant => PlanMode::Instant,
+        upgrade::state::Mode::Platform => PlanMode::Platform,
+    };
+    let generation = current.as_ref().map_or(1, |(p, _)| p.generation + 1);
     let next = ClusterPlan {
-        generation: current.as_ref().map_or(1, |(p, _)| p.generation + 1),
-        image_path: img.shown,
-        target_version: v.plan.to.version.to_string(),
-        mode: match v.plan.mode {
-            upgrade::state::Mode::Instant => PlanMode::Instant,
-            upgrade::state::Mode::Platform => PlanMode::Platform,
-        },
         auto_commit: req.auto_commit,
         rolling: req.do_rolling_reboot,
         nodes_per_batch: req
             .num_nodes_to_reboot
             .or(Some(spec.max_node_failures.saturating_sub(1).max(1))),
-        phase: PlanPhase::Preparing,
-        error: None,
-        downtime_ms: None,
-        batches: vec![],
-        batch: 0,
-        batch_started_ms: 0,
-        gate_until_ms: 0,
-        paused: false,
-        paused_error: None,
+        ..ClusterPlan::new(generation, &img.shown, &v.plan.to.version.to_string(), mode)
     };
     let won = store(app)?
         .put_plan_if(&next, current.map(|(_, r)| r))
