@@ -820,9 +820,19 @@ fn an_instant_commit_failing_on_one_node_rolls_every_node_back() {
         let st = a.node.agent().state().unwrap();
         assert_eq!(st.phase(), upgrade::wire::Phase::Idle, "node {}", i + 1);
     }
-    // The nodes that had committed record the rollback and why.
-    let st = c.agents[0].node.agent().state().unwrap();
-    let f = st.failure.unwrap();
-    assert_eq!(f.kind, upgrade::wire::ErrorState::RolledBack);
-    assert!(f.message.contains("rolled back to 7.0.0"), "{}", f.message);
+    // Nodes 1 and 2 either committed and went back (recording the rollback and
+    // why) or had not committed yet and discarded (under load the failure can
+    // come first): never anything else.
+    for a in &c.agents[..2] {
+        let st = a.node.agent().state().unwrap();
+        if let Some(f) = st.failure {
+            assert_eq!(
+                f.kind,
+                upgrade::wire::ErrorState::RolledBack,
+                "{}",
+                f.message
+            );
+            assert!(f.message.contains("rolled back to 7.0.0"), "{}", f.message);
+        }
+    }
 }
