@@ -45,6 +45,23 @@ pub struct PrepareRequest {
     /// Nodes per batch of a rolling reboot (`null`: the cluster's default).
     #[serde(default)]
     pub num_nodes_to_reboot: Option<u32>,
+    /// What the cluster does when a node fails its commit (a qimg extension;
+    /// absent: roll back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+/// What a cluster does when a node fails its commit (falls back to its old slot,
+/// or fails its health gate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The nodes already on the new release go back to their previous one, batch
+    /// by batch under the same gates: the cluster ends on one release.
+    #[default]
+    Rollback,
+    /// The rollout stops where it is (mixed releases stay until an operator acts).
+    Stop,
 }
 
 /// `SOFTWARE_ONLY` (instant) or `SOFTWARE_AND_PLATFORM` (reboot).

@@ -3,6 +3,7 @@
 //! acts only on the current generation and reports with it, so a command or a
 //! report of an older plan is never mistaken for the current one.
 
+pub use qapi::types::OnFailure;
 use serde::{Deserialize, Serialize};
 
 /// Where the cluster's upgrade is.
@@ -92,6 +93,9 @@ pub struct ClusterPlan {
     /// The reboots stopped on an error (a node not back within the limit), with why.
     #[serde(default)]
     pub paused_error: Option<String>,
+    /// What happens when a node fails its commit.
+    #[serde(default)]
+    pub on_failure: OnFailure,
 }
 
 impl ClusterPlan {
@@ -114,6 +118,7 @@ impl ClusterPlan {
             gate_until_ms: 0,
             paused: false,
             paused_error: None,
+            on_failure: OnFailure::Rollback,
         }
     }
 
@@ -219,6 +224,9 @@ pub enum NodeStep {
     Committed,
     /// Discarded what it prepared (or had nothing).
     Discarded,
+    /// Going back to the release it ran before the plan (rebooting into its
+    /// previous slot).
+    RollingBack,
     /// Went back to the release it ran before the plan.
     RolledBack,
     /// Failed (`error` says why).

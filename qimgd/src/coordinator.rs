@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use qcluster::plan::OnFailure;
 use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanMode, PlanPhase, Store};
 
 use crate::api::Shared;
@@ -79,17 +80,7 @@ pub fn next(
         }
         PlanPhase::Committing => {
             if let Some(why) = failed {
-                if plan.mode == PlanMode::Instant {
-                    // Every node goes back to the release it ran: the cluster
-                    // ends on one release.
-                    p.phase = PlanPhase::RollingBack;
-                    p.error = Some(format!(
-                        "the commit failed on {why}; every node goes back to the release it ran"
-                    ));
-                } else {
-                    p.phase = PlanPhase::Failed;
-                    p.error = Some(format!("the commit failed on {why}"));
-                }
+                return Some(stop_or_roll_back(plan, spec, reports, cx, &why));
             } else if plan.rolling && plan.mode == PlanMode::Platform {
                 return rolling(plan, spec, reports, cx);
             } else if all(NodeStep::Committed) {
@@ -103,14 +94,18 @@ pub fn next(
             }
         }
         PlanPhase::RollingBack => {
-            let settled = steps.iter().all(|(_, r)| {
-                r.is_some_and(|r| {
-                    matches!(
-                        r.step,
-                        NodeStep::RolledBack | NodeStep::Failed | NodeStep::Discarded
-                    )
-                })
-            });
+            // The nodes going back do so batch by batch under the same gates (a
+            // rolling platform upgrade), then every node must have settled.
+            if !plan.batches.is_empty() {
+                match batch_step(plan, spec, reports, cx, is_back, "its previous release") {
+                    Batch::Wait => return None,
+                    Batch::Moved(p) => return Some(p),
+                    Batch::Last => {}
+                }
+            }
+            let settled = steps
+                .iter()
+                .all(|(_, r)| r.is_some_and(|r| is_back(r.step)));
             if !settled {
                 return None;
             }
@@ -119,6 +114,64 @@ pub fn next(
         PlanPhase::Prepared | PlanPhase::Committed | PlanPhase::Failed => return None,
     }
     Some(p)
+}
+
+/// True once a node is back on the release it ran (or never left it).
+fn is_back(step: NodeStep) -> bool {
+    matches!(
+        step,
+        NodeStep::RolledBack | NodeStep::Failed | NodeStep::Discarded
+    )
+}
+
+/// A node failed its commit (`why` names it). The request's policy decides:
+/// stop where the rollout is, or bring every node that committed (or is
+/// committing) back to the release it ran — at once for an instant or complete
+/// commit, batch by batch for a rolling one (the coordinator's node last).
+fn stop_or_roll_back(
+    plan: &ClusterPlan,
+    spec: &ClusterSpec,
+    reports: &[(u32, NodeReport)],
+    cx: &Ctx,
+    why: &str,
+) -> ClusterPlan {
+    let mut p = plan.clone();
+    if plan.on_failure == OnFailure::Stop {
+        p.phase = PlanPhase::Failed;
+        p.error = Some(format!(
+            "the commit failed on {why}; the rollout stopped (on_failure: stop)"
+        ));
+        return p;
+    }
+    p.phase = PlanPhase::RollingBack;
+    p.error = Some(format!(
+        "the commit failed on {why}; every node goes back to the release it ran"
+    ));
+    p.paused = false;
+    p.paused_error = None;
+    p.batch = 0;
+    p.batch_started_ms = cx.now_ms;
+    p.gate_until_ms = 0;
+    p.batches = if plan.rolling && plan.mode == PlanMode::Platform {
+        let back: Vec<u32> = spec
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| {
+                reports.iter().any(|(i, r)| {
+                    i == id
+                        && r.generation == plan.generation
+                        && matches!(r.step, NodeStep::Committed | NodeStep::Committing)
+                })
+            })
+            .collect();
+        let voters: Vec<u32> = spec.voters().iter().map(|n| n.id).collect();
+        let k = plan.nodes_per_batch.unwrap_or(1) as usize;
+        qcluster::plan::batches(&back, &voters, Some(cx.me), k)
+    } else {
+        vec![]
+    };
+    p
 }
 
 /// The step of a rolling commit: batches fixed at its start (the coordinator's
@@ -142,47 +195,87 @@ fn rolling(
         p.gate_until_ms = 0;
         return Some(p);
     }
-    if plan.paused || plan.paused_error.is_some() {
-        return None;
+    match batch_step(
+        plan,
+        spec,
+        reports,
+        cx,
+        |s| s == NodeStep::Committed,
+        "the new release",
+    ) {
+        Batch::Wait => None,
+        Batch::Moved(p) => Some(p),
+        Batch::Last => {
+            p.phase = PlanPhase::Committed;
+            Some(p)
+        }
     }
-    let current = plan.batches.get(plan.batch)?;
-    let committed = |id: &u32| {
-        reports.iter().any(|(i, r)| {
-            i == id && r.generation == plan.generation && r.step == NodeStep::Committed
-        })
+}
+
+/// Where the current batch of a rolling reboot (forward or back) is.
+enum Batch {
+    /// Nothing to write yet.
+    Wait,
+    /// The plan moved on (gate started, next batch, or paused on an error).
+    Moved(ClusterPlan),
+    /// The last batch is done and its gate passed.
+    Last,
+}
+
+/// One batch of a rolling reboot: done when each of its nodes reached `done`,
+/// then the data-safety gate, then the next batch; a batch not done within the
+/// limit pauses the reboots naming the nodes (`to`: where they were going).
+fn batch_step(
+    plan: &ClusterPlan,
+    spec: &ClusterSpec,
+    reports: &[(u32, NodeReport)],
+    cx: &Ctx,
+    done: impl Fn(NodeStep) -> bool,
+    to: &str,
+) -> Batch {
+    if plan.paused || plan.paused_error.is_some() {
+        return Batch::Wait;
+    }
+    let Some(current) = plan.batches.get(plan.batch) else {
+        return Batch::Last;
     };
-    if !current.iter().all(committed) {
+    let mut p = plan.clone();
+    let reached = |id: &u32| {
+        reports
+            .iter()
+            .any(|(i, r)| i == id && r.generation == plan.generation && done(r.step))
+    };
+    if !current.iter().all(reached) {
         if cx.now_ms.saturating_sub(plan.batch_started_ms) > cx.batch_limit_ms {
             let late: Vec<String> = current
                 .iter()
-                .filter(|id| !committed(id))
+                .filter(|id| !reached(id))
                 .filter_map(|id| spec.node(*id).map(|n| n.name.clone()))
                 .collect();
             p.paused_error = Some(format!(
-                "node {} did not come back healthy on the new release within {} s",
+                "node {} did not come back healthy on {to} within {} s",
                 late.join(", "),
                 cx.batch_limit_ms / 1000
             ));
-            return Some(p);
+            return Batch::Moved(p);
         }
-        return None;
+        return Batch::Wait;
     }
     // The batch is back: the data-safety gate before the next one.
     if plan.gate_until_ms == 0 {
         p.gate_until_ms = cx.now_ms + cx.restripe_ms_per_node * current.len() as u64;
-        return Some(p);
+        return Batch::Moved(p);
     }
     if cx.now_ms < plan.gate_until_ms {
-        return None;
+        return Batch::Wait;
     }
     if plan.batch + 1 >= plan.batches.len() {
-        p.phase = PlanPhase::Committed;
-    } else {
-        p.batch += 1;
-        p.batch_started_ms = cx.now_ms;
-        p.gate_until_ms = 0;
+        return Batch::Last;
     }
-    Some(p)
+    p.batch += 1;
+    p.batch_started_ms = cx.now_ms;
+    p.gate_until_ms = 0;
+    Batch::Moved(p)
 }
 
 async fn reconcile(store: &Store, spec: &ClusterSpec, cx: &Ctx) -> Result<(), qcluster::Error> {
@@ -488,5 +581,101 @@ mod tests {
             p = next(&p, &s, &all, &cx(now)).unwrap();
         }
         assert_eq!(p.phase, PlanPhase::Committed);
+    }
+
+    #[test]
+    fn a_rolling_platform_failure_brings_the_committed_nodes_back_batch_by_batch() {
+        let s = spec_of(5, 2);
+        let cx = |now_ms| Ctx {
+            now_ms,
+            me: 1,
+            batch_limit_ms: 10_000,
+            restripe_ms_per_node: 1000,
+        };
+        let p = ClusterPlan {
+            rolling: true,
+            nodes_per_batch: Some(1),
+            phase: PlanPhase::Committing,
+            batches: vec![vec![2], vec![3], vec![4], vec![5], vec![1]],
+            batch: 2,
+            ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        };
+        let step = |id, step| r(id, 1, step, None);
+        let reps = vec![
+            step(1, NodeStep::Prepared),
+            step(2, NodeStep::Committed),
+            step(3, NodeStep::Committed),
+            step(4, NodeStep::Failed),
+            step(5, NodeStep::Prepared),
+        ];
+        // The policy "stop" ends the rollout where it is.
+        let stop = ClusterPlan {
+            on_failure: OnFailure::Stop,
+            ..p.clone()
+        };
+        let stopped = next(&stop, &s, &reps, &cx(1000)).unwrap();
+        assert_eq!(stopped.phase, PlanPhase::Failed);
+        assert!(stopped.error.unwrap().contains("node n4: boom"));
+        // The default rolls back: the committed nodes, one at a time.
+        let mut b = next(&p, &s, &reps, &cx(1000)).unwrap();
+        assert_eq!(b.phase, PlanPhase::RollingBack);
+        assert!(
+            b.error.as_deref().unwrap().contains("node n4: boom"),
+            "{b:?}"
+        );
+        assert_eq!(b.batches, vec![vec![2], vec![3]]);
+        assert!(b.may_commit(2) && !b.may_commit(3) && !b.may_commit(5));
+        assert_eq!(next(&b, &s, &reps, &cx(2000)), None, "node 2 goes back");
+        let mut back = reps.clone();
+        back[0] = step(1, NodeStep::Discarded);
+        back[4] = step(5, NodeStep::Discarded);
+        back[1] = step(2, NodeStep::RolledBack);
+        b = next(&b, &s, &back, &cx(3000)).unwrap();
+        assert_eq!(b.gate_until_ms, 4000, "the restriper gate between batches");
+        assert_eq!(next(&b, &s, &back, &cx(3500)), None);
+        b = next(&b, &s, &back, &cx(4000)).unwrap();
+        assert_eq!(b.batch, 1);
+        assert!(b.may_commit(3));
+        // Node 3 does not come back within the limit: paused, named.
+        let late = next(&b, &s, &back, &cx(30_000)).unwrap();
+        assert!(
+            late.paused_error
+                .as_deref()
+                .unwrap()
+                .contains("node n3 did not come back healthy on its previous release"),
+            "{late:?}"
+        );
+        back[2] = step(3, NodeStep::RolledBack);
+        b = next(&b, &s, &back, &cx(5000)).unwrap();
+        b = next(&b, &s, &back, &cx(7000)).unwrap();
+        assert_eq!(b.phase, PlanPhase::Failed, "{b:?}");
+        assert!(b.error.unwrap().contains("every node goes back"));
+    }
+
+    #[test]
+    fn a_complete_reboot_failure_brings_every_committed_node_back_at_once() {
+        let s = spec();
+        let p = ClusterPlan {
+            phase: PlanPhase::Committing,
+            ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        };
+        let reps = vec![
+            r(1, 1, NodeStep::Committed, None),
+            r(2, 1, NodeStep::Failed, None),
+            r(3, 1, NodeStep::Committed, None),
+        ];
+        let b = next(&p, &s, &reps, &CX).unwrap();
+        assert_eq!((b.phase, b.batches.len()), (PlanPhase::RollingBack, 0));
+        assert!(b.may_commit(1) && b.may_commit(3));
+        let settled = vec![
+            r(1, 1, NodeStep::RolledBack, None),
+            r(2, 1, NodeStep::Failed, None),
+            r(3, 1, NodeStep::RolledBack, None),
+        ];
+        assert_eq!(next(&b, &s, &reps, &CX), None);
+        assert_eq!(
+            next(&b, &s, &settled, &CX).unwrap().phase,
+            PlanPhase::Failed
+        );
     }
 }

@@ -79,7 +79,7 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         (PlanPhase::Committing, Some(NodeStep::Prepared)) if !busy && plan.may_commit(me) => {
             start_commit(app, store, g, me).await?
         }
-        (PlanPhase::Committing, Some(NodeStep::Committing)) if !busy => {
+        (PlanPhase::Committing | PlanPhase::RollingBack, Some(NodeStep::Committing)) if !busy => {
             // After a platform commit's reboot: what the boot decided; after a
             // restart mid-commit: commit again (the engine finishes it).
             let a = app.clone();
@@ -117,16 +117,49 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
                             )
                     ) =>
                 {
-                    crate::log(&format!(
-                        "plan {g}: the commit was interrupted; committing again"
-                    ));
-                    start_commit(app, store, g, me).await?
+                    if plan.phase == PlanPhase::RollingBack && matches!(s.stage, Stage::Prepared(_))
+                    {
+                        discard(app, store, g, me).await?
+                    } else {
+                        // Finished first; a rollback then brings it back.
+                        crate::log(&format!(
+                            "plan {g}: the commit was interrupted; committing again"
+                        ));
+                        start_commit(app, store, g, me).await?
+                    }
                 }
                 _ => {}
             }
         }
-        (PlanPhase::RollingBack, Some(NodeStep::Committed)) if !busy => {
+        (PlanPhase::RollingBack, Some(NodeStep::Committed)) if !busy && plan.may_commit(me) => {
             revert(app, store, &plan, me).await?
+        }
+        (PlanPhase::RollingBack, Some(NodeStep::RollingBack)) if !busy => {
+            // After the reboot back into the previous slot: what the boot decided.
+            let a = app.clone();
+            let st = tokio::task::spawn_blocking(move || {
+                let due = upgrade::sim::reboot_due(a.agent.node());
+                a.agent.state().ok().map(|s| (s, due))
+            })
+            .await
+            .ok()
+            .flatten();
+            match st {
+                Some((s, _)) if matches!(s.stage, Stage::Idle { .. }) => {
+                    store
+                        .report(me, &report(g, NodeStep::RolledBack, 100, None))
+                        .await?
+                }
+                Some((s, false)) if matches!(s.stage, Stage::Committed(_)) => {
+                    // Cut off before the reboot was recorded, or the loader booted
+                    // the new slot again: go back again (the batch's limit bounds it).
+                    crate::log(&format!(
+                        "plan {g}: still on the new release after rolling back; going back again"
+                    ));
+                    revert(app, store, &plan, me).await?
+                }
+                _ => {}
+            }
         }
         (PlanPhase::RollingBack, None | Some(NodeStep::Prepared)) if !busy => {
             discard(app, store, g, me).await?
@@ -229,14 +262,21 @@ async fn revert(
     plan: &ClusterPlan,
     me: u32,
 ) -> Result<(), qcluster::Error> {
+    let Ok(claim) = app.jobs.claim(JobKind::Commit) else {
+        return Ok(()); // the next tick
+    };
     let g = plan.generation;
     let reason = plan
         .error
         .clone()
         .unwrap_or_else(|| "another node failed its commit".into());
     crate::log(&format!("plan {g}: rolling back ({reason})"));
+    store
+        .report(me, &report(g, NodeStep::RollingBack, 100, None))
+        .await?;
     let a = app.clone();
     let r = tokio::task::spawn_blocking(move || {
+        let _claim = claim;
         a.agent.revert(&reason, &Observer(a.jobs.meter.clone()))
     })
     .await;
@@ -244,6 +284,8 @@ async fn revert(
         Ok(Ok(st)) if st.phase() == upgrade::wire::Phase::Idle => {
             report(g, NodeStep::RolledBack, 100, None)
         }
+        // Rebooting into the previous slot; after the boot the loop reports.
+        Ok(Ok(st)) if matches!(st.stage, Stage::Committing(..)) => return Ok(()),
         Ok(Ok(st)) => report(
             g,
             NodeStep::Failed,

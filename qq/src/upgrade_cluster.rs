@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use qapi::types::OnFailure;
 use qutil::cli::EXIT_NO;
 use upgrade::{Cancel, PrepareRequest};
 
@@ -28,8 +29,16 @@ pub struct Args {
     /// Nodes per batch of a rolling reboot (needs --rolling).
     #[arg(long, requires = "rolling")]
     num_nodes_to_reboot: Option<u32>,
+    /// When a node fails its commit: roll every node back (the default), or stop.
+    #[arg(long, value_name = "rollback|stop", value_parser = on_failure)]
+    on_failure: Option<OnFailure>,
     #[command(flatten)]
     run: Monitor,
+}
+
+fn on_failure(s: &str) -> Result<OnFailure, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: expected rollback or stop"))
 }
 
 /// How the work runs: monitored here, or in a detached process.
@@ -55,6 +64,9 @@ enum Phase {
         /// Nodes per batch of a rolling reboot (needs --rolling).
         #[arg(long, requires = "rolling")]
         num_nodes_to_reboot: Option<u32>,
+        /// When a node fails its commit: roll every node back (the default), or stop.
+        #[arg(long, value_name = "rollback|stop", value_parser = on_failure)]
+        on_failure: Option<OnFailure>,
         /// Commit as soon as prepared.
         #[arg(long)]
         auto_commit: bool,
@@ -72,19 +84,20 @@ enum Phase {
 pub const MONITOR_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let (request, run) = match a.phase {
+    let (request, on_failure, run) = match a.phase {
         None => {
             let path = a.path.context("--path is required without a subcommand")?;
             let mut r = PrepareRequest::new(path);
             r.rolling = a.rolling;
             r.nodes_per_batch = a.num_nodes_to_reboot;
             r.auto_commit = true;
-            (Some(r), a.run)
+            (Some(r), a.on_failure, a.run)
         }
         Some(Phase::Prepare {
             path,
             rolling,
             num_nodes_to_reboot,
+            on_failure,
             auto_commit,
             run,
         }) => {
@@ -92,12 +105,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             r.rolling = rolling;
             r.nodes_per_batch = num_nodes_to_reboot;
             r.auto_commit = auto_commit;
-            (Some(r), run)
+            (Some(r), on_failure, run)
         }
-        Some(Phase::Commit { run }) => (None, run),
+        Some(Phase::Commit { run }) => (None, None, run),
     };
     match ctx.remote()? {
-        Some(remote) => run_remote(ctx, &remote, request, run.no_monitor),
+        Some(remote) => run_remote(ctx, &remote, request, on_failure, run.no_monitor),
+        None if on_failure.is_some() => {
+            anyhow::bail!("--on-failure applies to a cluster: run qq against an agent (--host)")
+        }
         None => run_local(ctx, request, run),
     }
 }
@@ -107,6 +123,7 @@ fn run_remote(
     ctx: &Ctx,
     remote: &Remote,
     request: Option<PrepareRequest>,
+    on_failure: Option<OnFailure>,
     no_monitor: bool,
 ) -> Result<ExitCode> {
     let mut c = remote.client()?;
@@ -118,6 +135,7 @@ fn run_remote(
                 auto_commit: r.auto_commit,
                 do_rolling_reboot: r.rolling,
                 num_nodes_to_reboot: r.nodes_per_batch,
+                on_failure,
             },
         ),
         None => c.post_empty("/v2/upgrade/commit"),

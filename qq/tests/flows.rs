@@ -103,6 +103,58 @@ fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesse
 }
 
 #[test]
+fn a_committed_platform_upgrade_reverted_boots_the_previous_slot_again() {
+    let Some(n) = factory_node() else { return };
+    let b = bundles();
+    let slot_a = n.slot_bytes(Slot::A);
+    let o = n.upgrade(&b.platform);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(n.running().slot, Slot::B);
+    let agent = n.agent();
+    let st = agent.revert("node 2 fell back", &qimg::NoProgress).unwrap();
+    // Asked to reboot; still serving the new release until it does.
+    assert!(
+        matches!(
+            st.stage,
+            upgrade::state::Stage::Committing(_, upgrade::state::CommitStep::Fallback { .. })
+        ),
+        "{st:?}"
+    );
+    assert!(upgrade::sim::reboot_due(&n.node));
+    assert_eq!(
+        n.entries(),
+        vec![
+            "qimg-demo-a-7.0.efi".to_string(),
+            "qimg-demo-b-7.1+0-0.efi".to_string()
+        ],
+        "the new entry is marked bad before the reboot"
+    );
+    upgrade::sim::run_boots(&agent).unwrap();
+    let r = n.running();
+    assert_eq!(
+        (
+            r.slot,
+            r.version.as_ref().map(ToString::to_string).as_deref()
+        ),
+        (Slot::A, Some("7.0.0"))
+    );
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+    assert_eq!(n.slot_bytes(Slot::A), slot_a, "slot A untouched");
+    let s = n.status();
+    assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_ROLLED_BACK", "{s}");
+    assert_eq!(
+        s["error_message"],
+        "slot b: rolled back with the cluster: node 2 fell back, booted slot a 7.0.0",
+        "{s}"
+    );
+    // Nothing committed any more: a second revert changes nothing.
+    let disk = n.disk();
+    agent.revert("again", &qimg::NoProgress).unwrap();
+    assert_eq!(n.disk(), disk);
+}
+
+#[test]
 fn a_platform_that_panics_falls_back_after_its_tries() {
     let Some(n) = factory_node() else { return };
     let b = bundles();

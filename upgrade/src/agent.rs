@@ -377,11 +377,13 @@ impl Agent {
         }
     }
 
-    /// Rolls a committed instant upgrade back: the previous container (kept for
-    /// this) runs again, measured and health-checked as a swap, and the state
-    /// records `UPGRADE_ERROR_ROLLED_BACK` with `reason` (a cluster-wide rollback:
-    /// another node failed). Nothing committed: nothing to do. A committed
-    /// platform upgrade is refused (not supported yet). Returns the state.
+    /// Rolls a committed upgrade back (a cluster-wide rollback: another node
+    /// failed). Instant: the previous container (kept for this) runs again,
+    /// measured and health-checked as a swap, and the state records
+    /// `UPGRADE_ERROR_ROLLED_BACK` with `reason`. Platform: the new entry is marked
+    /// bad and the node reboots into the previous slot; the boot there records the
+    /// rollback (the returned state awaits that reboot). Nothing committed: nothing
+    /// to do. Returns the state.
     pub fn revert(&self, reason: &str, obs: &dyn Progress) -> Result<NodeState, Error> {
         let Begun {
             _lock,
@@ -391,12 +393,10 @@ impl Agent {
         } = self.begin(obs)?;
         let plan = match st.stage.clone() {
             Stage::Committed(plan) if plan.mode == crate::state::Mode::Instant => plan,
-            Stage::Committed(_) => {
-                return Err(Error::WrongState {
-                    op: Op::Revert,
-                    state: st.phase(),
-                    hint: "rolling a committed platform upgrade back is not supported yet",
-                });
+            Stage::Committed(plan) => {
+                let mut io = self.node.open()?;
+                commit::revert_platform(&self.cx(&store, obs), &mut st, &plan, &mut io, reason)?;
+                return Ok(st);
             }
             _ => return Ok(st),
         };

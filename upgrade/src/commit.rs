@@ -228,6 +228,64 @@ pub(crate) fn set_next_and_reboot(
     reboot(cx, st, plan, |boot_id| CommitStep::Reboot { boot_id })
 }
 
+/// Rolls a committed platform upgrade back (a cluster-wide rollback: another node
+/// failed): the previous slot must still have a good entry (checked before anything
+/// changes); the running entry is marked bad so the loader boots the previous slot,
+/// the previous container (kept since the commit) becomes the active one, and the
+/// machine reboots, recorded as a fallback with `reason`. The boot in the previous
+/// slot records the rollback ([`check_boot`]). The node serves until the reboot.
+pub(crate) fn revert_platform(
+    cx: &Ctx,
+    st: &mut NodeState,
+    plan: &Plan,
+    io: &mut Opened,
+    reason: &str,
+) -> Result<CommitOutcome, Error> {
+    let running = cx.node.running(io)?;
+    if running.slot != plan.to.slot {
+        return Err(Error::Booted {
+            problem: format!(
+                "the node runs slot {}, not slot {} of the upgrade to roll back",
+                running.slot, plan.to.slot
+            ),
+        });
+    }
+    let found = entries::scan(io.esp.as_mut(), &running.product)
+        .map_err(boot_err("reading boot entries"))?;
+    if !found
+        .iter()
+        .any(|e| e.slot == Some(plan.from.slot) && !e.entry.is_bad())
+    {
+        return Err(Error::Booted {
+            problem: format!(
+                "slot {} has no bootable entry to go back to",
+                plan.from.slot
+            ),
+        });
+    }
+    cx.obs.step(&format!(
+        "going back to slot {} ({})",
+        plan.from.slot, plan.from.version
+    ));
+    cx.node.containers().restore(&InstalledContainers {
+        active: Some(plan.from.version.to_string()),
+        previous: Some(plan.to.version.to_string()),
+    })?;
+    // The running entry was blessed (renamed) since the loader named it: every
+    // good entry of the new slot is marked bad.
+    for e in found
+        .iter()
+        .filter(|e| e.slot == Some(plan.to.slot) && !e.entry.is_bad())
+    {
+        entries::mark_bad(io.esp.as_mut(), &e.entry.file)
+            .map_err(boot_err("marking the new entry bad"))?;
+    }
+    reboot(cx, st, plan, |boot_id| CommitStep::Fallback {
+        boot_id,
+        reason: format!("rolled back with the cluster: {reason}"),
+    })
+}
+
 /// Records that the machine reboots from this boot (`step`) and asks it to.
 fn reboot(
     cx: &Ctx,

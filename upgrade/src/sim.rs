@@ -17,6 +17,7 @@
 //! partition is read as the squashfs it must be, and a platform whose
 //! `/etc/qimg/sim-boot` says `panic` fails to boot (the watchdog resets the node and
 //! the loader tries again), while `unhealthy` boots but fails the health gate.
+//! A node's own `state/sim/faults` ([`FAULTS`]) does the same for one node only.
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,12 @@ fn marker(node: &Node, slot: Slot) -> Result<Option<String>, String> {
             slot.letter()
         ));
     }
+    // This node's own hardware fault with that platform, if the test gave it one.
+    if let Some((_, version)) = bootctl::layout::split_slot_label(&label)
+        && let Some(kind) = node_fault(node, version)
+    {
+        return Ok(Some(kind));
+    }
     let parts = bootctl::slot::parts(&t, slot).map_err(|e| e.to_string())?;
     let fs = backhand::FilesystemReader::from_reader_with_offset(BufReader::new(dev), parts.root.1)
         .map_err(|e| format!("slot {}: no squashfs root: {e}", slot.letter()))?;
@@ -152,6 +159,20 @@ fn marker(node: &Node, slot: Slot) -> Result<Option<String>, String> {
         }
     }
     Ok(None)
+}
+
+/// The file of a simulated node's hardware faults: lines `PLATFORM_VERSION KIND`
+/// (`panic` or `unhealthy`), as if a driver of this node's hardware failed with
+/// that platform. Lets one node of a cluster fail where the others, booting the
+/// same bundle, do not.
+pub const FAULTS: &str = "sim/faults";
+
+fn node_fault(node: &Node, version: &str) -> Option<String> {
+    let text = std::fs::read_to_string(node.config.state.join(FAULTS)).ok()?;
+    text.lines().find_map(|l| {
+        let (v, kind) = l.trim().split_once(' ')?;
+        (v == version).then(|| kind.trim().to_owned())
+    })
 }
 
 /// The simulated platform health gate.

@@ -148,6 +148,7 @@ impl Agentd {
                 auto_commit: false,
                 do_rolling_reboot: false,
                 num_nodes_to_reboot: None,
+                on_failure: None,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -246,6 +246,7 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
             auto_commit: true,
             do_rolling_reboot: false,
             num_nodes_to_reboot: None,
+            on_failure: None,
         },
     )
     .map_err(|e| e.to_string())?;

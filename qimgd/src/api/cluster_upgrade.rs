@@ -88,6 +88,7 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         nodes_per_batch: req
             .num_nodes_to_reboot
             .or(Some(spec.max_node_failures.saturating_sub(1).max(1))),
+        on_failure: req.on_failure.unwrap_or_default(),
         ..ClusterPlan::new(generation, &img.shown, &v.plan.to.version.to_string(), mode)
     };
     let won = store(app)?
@@ -202,13 +203,18 @@ pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
 /// `/v2/upgrade/blocked` in a cluster.
 pub(super) async fn blocked(app: &Shared) -> Result<Blocked, ApiError> {
     let (is_blocked, blocked_reason) = match plan(app).await? {
-        Some((p, _)) if p.paused_error.is_some() && p.phase == PlanPhase::Committing => (
-            true,
-            format!(
-                "the rolling reboot paused on an error: {} (POST /v1/shutdown/reboot/resume to go on)",
-                p.paused_error.as_deref().unwrap_or_default()
-            ),
-        ),
+        Some((p, _))
+            if p.paused_error.is_some()
+                && matches!(p.phase, PlanPhase::Committing | PlanPhase::RollingBack) =>
+        {
+            (
+                true,
+                format!(
+                    "the rolling reboot paused on an error: {} (POST /v1/shutdown/reboot/resume to go on)",
+                    p.paused_error.as_deref().unwrap_or_default()
+                ),
+            )
+        }
         Some((p, _)) if p.phase.is_active() => (true, in_progress(&p).description),
         _ => (false, String::new()),
     };
@@ -268,7 +274,8 @@ pub(super) async fn nodes(
         rolling: p.rolling,
         batches: p.batches.clone(),
         batch: p.batch,
-        restriping: p.phase == PlanPhase::Committing && p.gate_until_ms > qcluster::plan::now_ms(),
+        restriping: matches!(p.phase, PlanPhase::Committing | PlanPhase::RollingBack)
+            && p.gate_until_ms > qcluster::plan::now_ms(),
         nodes,
     }))
 }

@@ -47,7 +47,7 @@ pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatu
     let Some((p, _)) = plan(&app).await? else {
         return Ok(Json(idle(node_count(&app))));
     };
-    if p.phase != PlanPhase::Committing || p.mode != PlanMode::Platform {
+    if !rebooting(&p) {
         return Ok(Json(idle(node_count(&app))));
     }
     let reports = c
@@ -58,7 +58,13 @@ pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatu
         .map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
     let rebooted = reports
         .iter()
-        .filter(|(_, r)| r.generation == p.generation && r.step == NodeStep::Committed)
+        .filter(|(_, r)| {
+            r.generation == p.generation
+                && match p.phase {
+                    PlanPhase::RollingBack => r.step == NodeStep::RolledBack,
+                    _ => r.step == NodeStep::Committed,
+                }
+        })
         .count() as u32;
     let state = match (&p.paused_error, p.paused) {
         (Some(_), _) => "REBOOT_PAUSED_DUE_TO_ERROR",
@@ -73,6 +79,13 @@ pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatu
         rebooted_node_count: rebooted,
         error_message: p.paused_error.clone().unwrap_or_default(),
     }))
+}
+
+/// True while a platform plan reboots nodes: forward, or back to their previous
+/// slot in a cluster-wide rollback.
+fn rebooting(p: &qcluster::ClusterPlan) -> bool {
+    matches!(p.phase, PlanPhase::Committing | PlanPhase::RollingBack)
+        && p.mode == PlanMode::Platform
 }
 
 fn idle(total: u32) -> RebootStatus {
@@ -101,7 +114,7 @@ async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
     let Some((mut p, rev)) = plan(app).await? else {
         return Err(not_rolling());
     };
-    if p.phase != PlanPhase::Committing || !p.rolling || p.mode != PlanMode::Platform {
+    if !rebooting(&p) || !p.rolling {
         return Err(not_rolling());
     }
     p.paused = pause;
@@ -162,7 +175,7 @@ pub(super) async fn restriper(
         return Ok(Json(finished));
     };
     let now = now_ms();
-    let running = p.phase == PlanPhase::Committing && p.gate_until_ms > now;
+    let running = rebooting(&p) && p.gate_until_ms > now;
     if !running {
         return Ok(Json(finished));
     }
