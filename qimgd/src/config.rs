@@ -71,6 +71,15 @@ pub struct Config {
     /// batch back, per node of the batch that rebooted.
     #[serde(default = "default_restripe")]
     pub sim_restripe_ms: u64,
+    /// The storage software's restriper, asked by the data-safety gate: a command
+    /// (argv) printing Qumulo's restriper status JSON. Without it the simulated
+    /// restriper answers (`sim_restripe_ms`).
+    #[serde(default)]
+    pub restriper_probe: Option<Vec<String>>,
+    /// How long the data-safety gate may wait for the restriper before the
+    /// reboots pause with `PAUSED_DUE_TO_ERROR`.
+    #[serde(default = "default_data_safety_limit")]
+    pub data_safety_limit_secs: u64,
     /// A simulated node: its reboot powers the agent off (the process ends; whoever
     /// plays the hardware starts it again, and the start runs the boot), instead
     /// of the agent playing the reboot itself.
@@ -101,6 +110,9 @@ fn default_node_id() -> u32 {
 }
 fn default_batch_limit() -> u64 {
     1800
+}
+fn default_data_safety_limit() -> u64 {
+    6 * 3600
 }
 fn default_restripe() -> u64 {
     2000

@@ -10,13 +10,14 @@ use qcluster::plan::OnFailure;
 use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanMode, PlanPhase, Store};
 
 use crate::api::Shared;
+use crate::restriper::DataSafety;
 
 /// How often the coordinator reconciles.
 pub const POLL: Duration = Duration::from_millis(200);
 
 /// What the coordinator knows besides etcd: the time, itself, its limits and the
 /// data-safety gate's answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ctx {
     /// Now (Unix ms).
     pub now_ms: u64,
@@ -26,6 +27,10 @@ pub struct Ctx {
     pub batch_limit_ms: u64,
     /// How long the (simulated) restriper works per rebooted node.
     pub restripe_ms_per_node: u64,
+    /// How long the data-safety gate may hold the next batch back.
+    pub gate_limit_ms: u64,
+    /// The restriper's answer, asked while a gate holds (else `Timed`).
+    pub data: DataSafety,
 }
 
 /// The next plan, from the plan and the reports of its generation (pure).
@@ -261,13 +266,28 @@ fn batch_step(
         }
         return Batch::Wait;
     }
-    // The batch is back: the data-safety gate before the next one.
+    // The batch is back: the data-safety gate before the next one. The simulated
+    // restriper needs time per rebooted node; a probed one says when it is done.
     if plan.gate_until_ms == 0 {
-        p.gate_until_ms = cx.now_ms + cx.restripe_ms_per_node * current.len() as u64;
+        p.gate_until_ms = match cx.data {
+            DataSafety::Timed => cx.now_ms + cx.restripe_ms_per_node * current.len() as u64,
+            _ => cx.now_ms,
+        };
         return Batch::Moved(p);
     }
-    if cx.now_ms < plan.gate_until_ms {
-        return Batch::Wait;
+    match &cx.data {
+        DataSafety::Timed if cx.now_ms < plan.gate_until_ms => return Batch::Wait,
+        DataSafety::Timed | DataSafety::Safe => {}
+        DataSafety::AtRisk(why) => {
+            if cx.now_ms.saturating_sub(plan.gate_until_ms) > cx.gate_limit_ms {
+                p.paused_error = Some(format!(
+                    "the data-safety gate did not pass within {} s: {why}",
+                    cx.gate_limit_ms / 1000
+                ));
+                return Batch::Moved(p);
+            }
+            return Batch::Wait;
+        }
     }
     if plan.batch + 1 >= plan.batches.len() {
         return Batch::Last;
@@ -278,12 +298,28 @@ fn batch_step(
     Batch::Moved(p)
 }
 
-async fn reconcile(store: &Store, spec: &ClusterSpec, cx: &Ctx) -> Result<(), qcluster::Error> {
+async fn reconcile(
+    store: &Store,
+    spec: &ClusterSpec,
+    mut cx: Ctx,
+    probe: Option<&[String]>,
+) -> Result<(), qcluster::Error> {
     let Some((plan, rev)) = store.plan().await? else {
         return Ok(());
     };
     let reports = store.reports().await?;
-    if let Some(p) = next(&plan, spec, &reports, cx)
+    // The restriper is asked only while a gate holds the next batch back.
+    let gating = plan.gate_until_ms != 0
+        && matches!(plan.phase, PlanPhase::Committing | PlanPhase::RollingBack);
+    if let Some(argv) = probe.filter(|_| gating) {
+        let argv = argv.to_vec();
+        cx.data = tokio::task::spawn_blocking(move || {
+            crate::restriper::safety(crate::restriper::probe(&argv))
+        })
+        .await
+        .unwrap_or_else(|e| DataSafety::AtRisk(format!("the restriper probe: {e}")));
+    }
+    if let Some(p) = next(&plan, spec, &reports, &cx)
         && store.put_plan_if(&p, Some(rev)).await?
     {
         crate::log(&format!(
@@ -340,13 +376,21 @@ pub async fn run(app: Shared) {
                 leading = now;
             }
             if leading {
+                let probe = app.config.restriper_probe.as_deref();
                 let cx = Ctx {
                     now_ms: qcluster::plan::now_ms(),
                     me,
                     batch_limit_ms: app.config.batch_limit_secs * 1000,
                     restripe_ms_per_node: app.config.sim_restripe_ms,
+                    gate_limit_ms: app.config.data_safety_limit_secs * 1000,
+                    // A probe is asked while a gate holds; until then, not at risk.
+                    data: if probe.is_some() {
+                        DataSafety::Safe
+                    } else {
+                        DataSafety::Timed
+                    },
                 };
-                reconcile(store, &spec, &cx).await?;
+                reconcile(store, &spec, cx, probe).await?;
             }
             Ok(())
         }
@@ -371,6 +415,8 @@ mod tests {
         me: 1,
         batch_limit_ms: 60_000,
         restripe_ms_per_node: 1000,
+        gate_limit_ms: 60_000,
+        data: DataSafety::Timed,
     };
 
     fn spec() -> ClusterSpec {
@@ -535,6 +581,8 @@ mod tests {
             me: 2,
             batch_limit_ms: 10_000,
             restripe_ms_per_node: 1000,
+            gate_limit_ms: 10_000,
+            data: DataSafety::Timed,
         };
         let mut p = ClusterPlan {
             rolling: true,
@@ -591,6 +639,8 @@ mod tests {
             me: 1,
             batch_limit_ms: 10_000,
             restripe_ms_per_node: 1000,
+            gate_limit_ms: 10_000,
+            data: DataSafety::Timed,
         };
         let p = ClusterPlan {
             rolling: true,
@@ -677,5 +727,41 @@ mod tests {
             next(&b, &s, &settled, &CX).unwrap().phase,
             PlanPhase::Failed
         );
+    }
+
+    #[test]
+    fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
+        let s = spec_of(3, 1);
+        let cx = |now_ms, data| Ctx {
+            now_ms,
+            me: 1,
+            batch_limit_ms: 10_000,
+            restripe_ms_per_node: 1000,
+            gate_limit_ms: 60_000,
+            data,
+        };
+        let mut p = ClusterPlan {
+            rolling: true,
+            nodes_per_batch: Some(1),
+            phase: PlanPhase::Committing,
+            batches: vec![vec![2], vec![3], vec![1]],
+            batch_started_ms: 1000,
+            ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        };
+        let back = committed(&[2]);
+        // The batch is back: the gate starts now, whatever the simulated timing.
+        p = next(&p, &s, &back, &cx(2000, DataSafety::Safe)).unwrap();
+        assert_eq!((p.batch, p.gate_until_ms), (0, 2000));
+        let risk = DataSafety::AtRisk("the restriper is RUNNING (40 % complete)".into());
+        assert_eq!(next(&p, &s, &back, &cx(30_000, risk.clone())), None);
+        let stuck = next(&p, &s, &back, &cx(70_000, risk)).unwrap();
+        assert_eq!(
+            stuck.paused_error.as_deref(),
+            Some(
+                "the data-safety gate did not pass within 60 s: the restriper is RUNNING (40 % complete)"
+            )
+        );
+        p = next(&p, &s, &back, &cx(30_000, DataSafety::Safe)).unwrap();
+        assert_eq!((p.batch, p.gate_until_ms), (1, 0));
     }
 }

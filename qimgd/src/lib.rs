@@ -5,7 +5,8 @@
 //! - [`config`]: the configuration file, `qimgd.toml`.
 //! - [`cluster`]: this node's membership and its etcd connection; [`member`]: the
 //!   loop that carries out the cluster's plan on this node; [`coordinator`]: the
-//!   loop of the elected node that moves the plan on from the nodes' reports.
+//!   loop of the elected node that moves the plan on from the nodes' reports;
+//!   [`restriper`]: the data-safety gate's source (a probe, or the simulated one).
 //! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown,
 //!   and the simulated node's hardware.
 //! - [`server`]: TLS and Unix-socket listeners and connections; [`peer`]: who
@@ -31,6 +32,7 @@ pub mod jobs;
 pub mod member;
 pub mod paths;
 pub mod peer;
+pub mod restriper;
 pub mod server;
 pub mod throttle;
 pub mod tls;

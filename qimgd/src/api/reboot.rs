@@ -168,6 +168,20 @@ pub(super) async fn restriper(
         percent_complete: 100,
         coordinator_node: app.node_id(),
     };
+    if let Some(argv) = app.config.restriper_probe.clone() {
+        // The storage software's own answer.
+        return tokio::task::spawn_blocking(move || crate::restriper::probe(&argv))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map(Json)
+            .map_err(|why| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "restriper_unavailable_error",
+                    why,
+                )
+            });
+    }
     if app.cluster.is_none() {
         return Ok(Json(finished));
     }
