@@ -205,6 +205,13 @@ pub struct ClusterNode {
     pub serial_number: String,
     /// MAC address (empty when unknown).
     pub mac_address: String,
+    /// The release the node runs (a qimg extension: mixed releases during a
+    /// rolling upgrade are visible per node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software_version: Option<String>,
+    /// The A/B slot the node booted (a qimg extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_slot: Option<String>,
 }
 
 /// `GET /v1/shutdown/reboot/status`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -319,6 +319,32 @@ impl Store {
                 Ok((id, Self::parse(&key, kv.value())?))
             })
             .collect()
+    }
+
+    /// Ticks `tx` whenever the plan or a node's report changes, until the watch
+    /// ends or fails (then the caller starts it again). A source of wake-ups, not
+    /// a wait: whoever listens also polls.
+    pub async fn watch_changes(&self, tx: &tokio::sync::watch::Sender<u64>) -> Result<(), Error> {
+        let (plan, reports) = (self.key("plan"), self.key("reports/"));
+        let mut c = self.client.clone();
+        let mut stream = self
+            .timed(
+                "watching the plan and the reports",
+                c.watch(self.prefix.clone(), Some(WatchOptions::new().with_prefix())),
+            )
+            .await?;
+        while let Some(r) = stream.message().await.map_err(etcd_err("watching"))? {
+            let relevant = r.events().iter().any(|e| {
+                e.kv().is_some_and(|kv| {
+                    let k = String::from_utf8_lossy(kv.key());
+                    k == plan || k.starts_with(&reports)
+                })
+            });
+            if relevant {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+        Ok(())
     }
 
     /// Becomes the coordinator if nobody is: the key is created under `lease`

@@ -298,14 +298,16 @@ fn batch_step(
     Batch::Moved(p)
 }
 
+/// One reconciliation; returns when the plan's data-safety gate is up (Unix ms,
+/// 0 for none), for the loop to wake then.
 async fn reconcile(
     store: &Store,
     spec: &ClusterSpec,
     mut cx: Ctx,
     probe: Option<&[String]>,
-) -> Result<(), qcluster::Error> {
+) -> Result<u64, qcluster::Error> {
     let Some((plan, rev)) = store.plan().await? else {
-        return Ok(());
+        return Ok(0);
     };
     let reports = store.reports().await?;
     // The restriper is asked only while a gate holds the next batch back.
@@ -319,9 +321,11 @@ async fn reconcile(
         .await
         .unwrap_or_else(|e| DataSafety::AtRisk(format!("the restriper probe: {e}")));
     }
+    let mut gate = plan.gate_until_ms;
     if let Some(p) = next(&plan, spec, &reports, &cx)
         && store.put_plan_if(&p, Some(rev)).await?
     {
+        gate = p.gate_until_ms;
         crate::log(&format!(
             "coordinator: plan {} {:?} -> {:?}{}",
             p.generation,
@@ -333,7 +337,7 @@ async fn reconcile(
                 .unwrap_or_default()
         ));
     }
-    Ok(())
+    Ok(gate)
 }
 
 /// Campaigns for coordinator and, while it holds the key, reconciles. Runs until
@@ -348,8 +352,18 @@ pub async fn run(app: Shared) {
     let mut lease: Option<(i64, Instant)> = None;
     let mut leading = false;
     let mut last_error = String::new();
+    let mut changes = app.changes.subscribe();
+    // When a data-safety gate's time is up (Unix ms), to wake exactly then.
+    let mut gate_until: u64 = 0;
     loop {
-        tokio::time::sleep(POLL).await;
+        let nap = match gate_until.checked_sub(qcluster::plan::now_ms()) {
+            Some(left) if left > 0 => POLL.min(Duration::from_millis(left)),
+            _ => POLL,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(nap) => {}
+            _ = changes.changed() => {}
+        }
         let Some(store) = c.store() else {
             continue;
         };
@@ -390,7 +404,7 @@ pub async fn run(app: Shared) {
                         DataSafety::Timed
                     },
                 };
-                reconcile(store, &spec, cx, probe).await?;
+                gate_until = reconcile(store, &spec, cx, probe).await?;
             }
             Ok(())
         }

@@ -33,8 +33,13 @@ pub async fn run(app: Shared) {
     };
     let me = c.membership.node_id;
     let mut last_error = String::new();
+    let mut changes = app.changes.subscribe();
     loop {
-        tokio::time::sleep(POLL).await;
+        // At the next poll, or at once when the plan or a report changed.
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = changes.changed() => {}
+        }
         let Some(store) = c.store() else {
             continue;
         };

@@ -495,7 +495,8 @@ fn rolling(name: &str, k: u32) {
     );
     assert_eq!(st, 202, "{r}");
     let deadline = Instant::now() + Duration::from_secs(240);
-    let (mut max_down, mut saw_restripe, mut saw_progress) = (0, false, false);
+    let (mut max_down, mut saw_restripe, mut saw_progress, mut saw_mixed) =
+        (0, false, false, false);
     loop {
         let down = c
             .agents
@@ -522,6 +523,16 @@ fn rolling(name: &str, k: u32) {
         if let Some((200, r)) = up {
             saw_restripe |= r["state"] == "RUNNING";
         }
+        // Mixed releases are visible per node while the rollout runs.
+        if let Some((200, n)) = (0..5).find_map(|i| clients[i].try_get("/v1/cluster/nodes/").ok()) {
+            let versions: std::collections::BTreeSet<String> = n
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|x| x["software_version"].as_str().map(str::to_owned))
+                .collect();
+            saw_mixed |= versions.len() == 2;
+        }
         let status = (0..5).find_map(|i| clients[i].try_get("/v1/shutdown/reboot/status").ok());
         if let Some((200, r)) = status {
             saw_progress |=
@@ -543,6 +554,22 @@ fn rolling(name: &str, k: u32) {
     );
     assert!(saw_restripe, "the data-safety gate ran between batches");
     assert!(saw_progress, "the reboot manager counted rebooted nodes");
+    assert!(
+        saw_mixed,
+        "/v1/cluster/nodes/ showed 7.0.0 and 7.1.0 side by side"
+    );
+    wait_nodes(
+        &c.agents[0],
+        &clients[0],
+        "every node on 7.1.0 from slot b",
+        |v| {
+            v.as_array().unwrap().iter().all(|x| {
+                x["software_version"] == "7.1.0"
+                    && x["boot_slot"] == "b"
+                    && x["node_status"] == "online"
+            })
+        },
+    );
     for (i, a) in c.agents.iter().enumerate() {
         assert_eq!(
             a.node.running().slot,

@@ -166,6 +166,8 @@ pub fn monitor(
     let task = bars.begin("preparing (the agent's progress, %)", Some(100));
     let mut shown = 0u64;
     let mut away_since: Option<Instant> = None;
+    // Said once per state: a rolling reboot is REBOOTING for all its batches.
+    let mut last: Option<UpgradeState> = None;
     let mut cluster = ClusterView::default();
     loop {
         cluster.poll(c, bars);
@@ -198,11 +200,12 @@ pub fn monitor(
                             "the upgrade ended without being committed (it was discarded)".into(),
                         ));
                     }
-                    (UpgradeState::Rebooting, _) if away_since.is_none() => {
+                    (UpgradeState::Rebooting, _) if last != Some(UpgradeState::Rebooting) => {
                         bars.step("the node reboots into the new release");
                     }
                     _ => {}
                 }
+                last = Some(s.state);
             }
             Err(e) if e.is_unreachable() && (commit_started || until == Until::Committed) => {
                 if away_since.is_none() {

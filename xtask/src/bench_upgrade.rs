@@ -79,9 +79,13 @@ pub(crate) struct Lab {
 }
 
 impl Lab {
-    /// In `dir`, for releases up to `size_mib` of platform tree.
+    /// In `dir`, for releases up to `size_mib` of platform tree, with release builds.
     pub(crate) fn new(dir: &Path, size_mib: u64) -> Result<Lab, String> {
-        let rel = target_dir().join("release");
+        Lab::with_bins(dir, size_mib, &target_dir().join("release"))
+    }
+
+    /// The same with the binaries in `rel`.
+    pub(crate) fn with_bins(dir: &Path, size_mib: u64, rel: &Path) -> Result<Lab, String> {
         let w = dir.to_owned();
         let _ = std::fs::remove_dir_all(&w);
         std::fs::create_dir_all(&w).map_err(io)?;

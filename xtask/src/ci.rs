@@ -29,7 +29,8 @@ pub fn main() -> Result<(), String> {
             .env("QIMG_MOTO_SERVER", &moto)
             .env("QIMG_QUMULO_QQ", &qumulo_qq),
     )?;
-    // The README's upgrade demo keeps working.
+    // The README's demos keep working: the cluster's, then one node's.
+    demo_cluster::main(&[])?;
     demo_upgrade::main(&[])?;
     // The fuzz crate is its own workspace (cargo-fuzz layout); building it here keeps
     // the targets compiling. Running them needs cargo-fuzz: see fuzz/README.md.

@@ -6,6 +6,8 @@
 //!   (`QIMG_SKIP_QEMU=1` skips it, saying so).
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
+//! - `cargo xtask demo [--nodes N] [--dir DIR]`: a rolling platform upgrade of a
+//!   cluster of simulated nodes with etcd, driven by `qq` (see `demo_cluster.rs`).
 //! - `cargo xtask demo-upgrade [--dir DIR]`: a whole upgrade of a simulated node
 //!   (instant, then platform) with the shipped CLIs (see `demo_upgrade.rs`).
 //! - `cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]`:
@@ -30,10 +32,12 @@ mod bench_cluster;
 mod bench_fw;
 mod bench_upgrade;
 mod ci;
+mod demo_cluster;
 mod demo_upgrade;
 mod deps;
 mod harness;
 mod qemu;
+mod sim_cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -44,9 +48,10 @@ fn main() -> ExitCode {
         Some("ci") => ci::main(),
         Some("bench") => bench::main(&args[1..]),
         Some("qemu-test") => qemu::main(&args[1..]),
+        Some("demo") => demo_cluster::main(&args[1..]),
         Some("demo-upgrade") => demo_upgrade::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade|cloud [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask ci | cargo xtask demo [--nodes N] [--dir DIR] | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade|cloud [--size MIB] [--level N] [--runs N] [--dir DIR]"
                 .to_owned(),
         ),
     };

@@ -62,6 +62,10 @@ pub struct App {
     pub cluster: Option<crate::cluster::ClusterCtx>,
     /// Notified when a simulated node powers off (`sim_reboot_exits`).
     pub power_off: tokio::sync::Notify,
+    /// Ticks when the cluster's plan or a node's report changed (etcd's watch) or
+    /// this node booted: the member and coordinator loops wake at once instead of
+    /// at their next poll.
+    pub changes: tokio::sync::watch::Sender<u64>,
     /// The highest cluster progress this node reported, per plan generation.
     pub reported: std::sync::Mutex<(u64, u8)>,
 }

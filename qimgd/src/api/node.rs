@@ -53,6 +53,14 @@ fn this_node(app: &Shared, online: bool) -> ClusterNode {
         model_number: app.agent.node().config.model.clone(),
         serial_number: String::new(),
         mac_address: String::new(),
+        software_version: app
+            .agent
+            .node()
+            .containers()
+            .installed()
+            .ok()
+            .and_then(|i| i.active),
+        boot_slot: None,
     }
 }
 
@@ -97,6 +105,8 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
                 model_number: r.model.clone(),
                 serial_number: String::new(),
                 mac_address: String::new(),
+                software_version: r.installed.clone(),
+                boot_slot: r.slot.clone(),
             },
             None => ClusterNode {
                 id: n.id,
@@ -107,6 +117,8 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
                 model_number: String::new(),
                 serial_number: String::new(),
                 mac_address: String::new(),
+                software_version: None,
+                boot_slot: None,
             },
         })
         .collect())
