@@ -134,6 +134,27 @@ impl ClusterPlan {
     }
 }
 
+impl ClusterPlan {
+    /// True when node `id` (whose report for this plan says `step`) is about to
+    /// reboot or is rebooting for this plan: its batch of a platform commit, or
+    /// of the rollback of one. Such a node does not coordinate (it steps down, and
+    /// another node finishes the rollout).
+    pub fn reboots_ahead(&self, id: u32, step: Option<NodeStep>) -> bool {
+        if self.mode != PlanMode::Platform || !self.may_commit(id) {
+            return false;
+        }
+        match self.phase {
+            PlanPhase::Committing => {
+                matches!(step, None | Some(NodeStep::Prepared | NodeStep::Committing))
+            }
+            PlanPhase::RollingBack => {
+                matches!(step, Some(NodeStep::Committed | NodeStep::RollingBack))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Now, in Unix milliseconds (the plan's times).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -184,6 +205,29 @@ pub fn batches(nodes: &[u32], voters: &[u32], coordinator: Option<u32>, k: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_reboots_ahead_only_in_its_batch_of_a_platform_commit_or_rollback() {
+        let mut p = ClusterPlan {
+            rolling: true,
+            phase: PlanPhase::Committing,
+            batches: vec![vec![2], vec![1]],
+            ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        };
+        assert!(p.reboots_ahead(2, Some(NodeStep::Prepared)));
+        assert!(p.reboots_ahead(2, Some(NodeStep::Committing)));
+        assert!(!p.reboots_ahead(2, Some(NodeStep::Committed)), "done");
+        assert!(
+            !p.reboots_ahead(1, Some(NodeStep::Prepared)),
+            "not its batch"
+        );
+        p.phase = PlanPhase::RollingBack;
+        assert!(p.reboots_ahead(2, Some(NodeStep::Committed)));
+        assert!(!p.reboots_ahead(2, Some(NodeStep::RolledBack)));
+        p.phase = PlanPhase::Committing;
+        p.mode = PlanMode::Instant;
+        assert!(!p.reboots_ahead(2, Some(NodeStep::Prepared)), "no reboot");
+    }
 
     #[test]
     fn batches_keep_quorum_and_put_the_coordinator_last() {

@@ -368,6 +368,17 @@ pub async fn run(app: Shared) {
             continue;
         };
         let r: Result<(), qcluster::Error> = async {
+            if app.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
+                // This node reboots for the plan: another node finishes it.
+                if let Some((id, _)) = lease.take() {
+                    store.revoke(id).await?;
+                }
+                if leading {
+                    crate::log("this node reboots for the upgrade: it steps down as coordinator");
+                    leading = false;
+                }
+                return Ok(());
+            }
             let id = match lease {
                 Some((id, renewed)) if renewed.elapsed() < ttl / 3 => id,
                 Some((id, _)) if store.renew(id).await? => {

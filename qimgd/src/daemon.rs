@@ -91,6 +91,7 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         reported: std::sync::Mutex::new((0, 0)),
         power_off: tokio::sync::Notify::new(),
         changes: tokio::sync::watch::Sender::new(0),
+        stepping_down: AtomicBool::new(false),
     });
     Ok((app, tls))
 }

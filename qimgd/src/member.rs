@@ -4,6 +4,7 @@
 //! plan is never taken for the current one. The coordinator
 //! (`crate::coordinator`) moves the plan on from the reports.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use qcluster::{ClusterPlan, NodeReport, NodeStep, PlanPhase, Store};
@@ -65,6 +66,10 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         .find(|(id, r)| *id == me && r.generation == g)
         .map(|(_, r)| r.step);
     let busy = app.jobs.running().is_some();
+    let down = plan.reboots_ahead(me, mine);
+    if app.stepping_down.swap(down, Ordering::SeqCst) != down {
+        app.changes.send_modify(|n| *n += 1); // the coordinator loop acts at once
+    }
     match (plan.phase, mine) {
         (PlanPhase::Preparing, None) if !busy => start_prepare(app, store, &plan, me).await?,
         (PlanPhase::Preparing, Some(NodeStep::Preparing)) if busy => {

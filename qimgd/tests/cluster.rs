@@ -487,6 +487,12 @@ fn rolling(name: &str, k: u32) {
         return;
     };
     let clients = logged_in_everywhere(&c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut first_coordinator = None;
+    while first_coordinator.is_none() && Instant::now() < deadline {
+        first_coordinator = c.coordinator(name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
     let (st, r) = clients[0].post(
         "/v2/upgrade/prepare",
@@ -592,12 +598,21 @@ fn rolling(name: &str, k: u32) {
             .all(|b| b.as_array().unwrap().len() <= k as usize),
         "{plan}"
     );
-    let coordinator = c.coordinator(name);
+    // The coordinator that fixed the batches went last; before its own reboot it
+    // stepped down and another node finished the rollout.
+    let first = first_coordinator.expect("a coordinator before the commit");
     assert_eq!(
         batches.last().unwrap()[0].as_u64(),
-        coordinator.map(u64::from),
+        Some(u64::from(first)),
         "{plan}"
     );
+    let now = c.coordinator(name);
+    assert!(
+        now.is_some_and(|n| n != first),
+        "coordinator now {now:?}, first {first}"
+    );
+    let log = c.agents[first as usize - 1].log();
+    assert!(log.contains("it steps down as coordinator"), "{log}");
     // More nodes at once than the protection tolerates is refused up front.
     let (st, r) = clients[1].post(
         "/v2/upgrade/prepare",

@@ -66,6 +66,9 @@ pub struct App {
     /// this node booted: the member and coordinator loops wake at once instead of
     /// at their next poll.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// Set by the member loop while this node is about to reboot (or reboots) for
+    /// the plan: the coordinator loop steps down and does not campaign.
+    pub stepping_down: AtomicBool,
     /// The highest cluster progress this node reported, per plan generation.
     pub reported: std::sync::Mutex<(u64, u8)>,
 }
