@@ -296,6 +296,41 @@ impl Store {
         Ok(())
     }
 
+    /// Writes node `id`'s progress report `r` only while its stored report still
+    /// says `preparing` (compare-and-swap on the key's revision): the final report
+    /// of the prepare, written by another task, is never overwritten by progress.
+    /// False when it was not written.
+    pub async fn report_progress(&self, id: u32, r: &NodeReport) -> Result<bool, Error> {
+        let key = self.key(&format!("reports/{id:08}"));
+        let cur = self
+            .call("reading a node report", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        let Some(kv) = cur.kvs().first() else {
+            return Ok(false);
+        };
+        let old: NodeReport = Self::parse(&key, kv.value())?;
+        if old.step != crate::plan::NodeStep::Preparing || old.generation != r.generation {
+            return Ok(false);
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(key.clone(), Self::json(&key, r)?, None)]);
+        Ok(self
+            .call("writing a node's progress", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?
+            .succeeded())
+    }
+
     /// Every node's report, by node id.
     pub async fn reports(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
         let prefix = self.key("reports/");

@@ -55,6 +55,10 @@ pub async fn run(app: Shared) {
 }
 
 async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Error> {
+    // Whether a job runs, asked before the reports are read: a job writes its
+    // final report before it lets go of its claim, so a job seen ended has its
+    // report in what is read next.
+    let busy = app.jobs.running().is_some();
     let Some((plan, _)) = store.plan().await? else {
         return Ok(());
     };
@@ -65,7 +69,6 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         .into_iter()
         .find(|(id, r)| *id == me && r.generation == g)
         .map(|(_, r)| r.step);
-    let busy = app.jobs.running().is_some();
     let down = plan.reboots_ahead(me, mine);
     if app.stepping_down.swap(down, Ordering::SeqCst) != down {
         app.changes.send_modify(|n| *n += 1); // the coordinator loop acts at once
@@ -75,7 +78,7 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         (PlanPhase::Preparing, Some(NodeStep::Preparing)) if busy => {
             let p = app.jobs.meter.percent();
             store
-                .report(me, &report(g, NodeStep::Preparing, p, None))
+                .report_progress(me, &report(g, NodeStep::Preparing, p, None))
                 .await?;
         }
         (PlanPhase::Preparing, Some(NodeStep::Preparing)) => {
@@ -285,8 +288,8 @@ async fn revert(
         .report(me, &report(g, NodeStep::RollingBack, 100, None))
         .await?;
     let a = app.clone();
+    // The claim is held until the outcome is reported (see `step`).
     let r = tokio::task::spawn_blocking(move || {
-        let _claim = claim;
         a.agent.revert(&reason, &Observer(a.jobs.meter.clone()))
     })
     .await;
@@ -305,7 +308,9 @@ async fn revert(
         Ok(Err(e)) => report(g, NodeStep::Failed, 100, Some(upgrade::chain(&e))),
         Err(e) => report(g, NodeStep::Failed, 100, Some(e.to_string())),
     };
-    store.report(me, &rep).await
+    let r = store.report(me, &rep).await;
+    drop(claim);
+    r
 }
 
 async fn discard(app: &Shared, store: &Store, g: u64, me: u32) -> Result<(), qcluster::Error> {

@@ -1085,3 +1085,101 @@ fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
         );
     }
 }
+
+impl Cluster {
+    /// The plan as etcd holds it.
+    fn plan(&self, name: &str) -> serde_json::Value {
+        let o = self.etcd.etcdctl(
+            &self.etcd.nodes[0],
+            &["get", &format!("/qimg/{name}/plan"), "--print-value-only"],
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits (at most 120 s) until the plan satisfies `ok`; returns the coordinator then.
+    fn coordinator_when(
+        &self,
+        name: &str,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let p = self.plan(name);
+            if ok(&p)
+                && let Some(id) = self.coordinator(name)
+            {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 120 s for {what}; plan {p}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn the_coordinator_killed_while_a_batch_reboots_and_while_the_gate_holds() {
+    let Some(mut c) = cluster_with("kr", 4, 1, "sim_restripe_ms = 1500\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "auto_commit": true})
+            .to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    // 1. While the first batch reboots: SIGKILL the coordinator's agent; systemd
+    //    starts it again a moment later.
+    let first = c.coordinator_when("kr", "the first batch rebooting", |p| {
+        p["phase"] == "committing"
+            && p["batch"] == 0
+            && p["gate_until_ms"] == 0
+            && p["batches"].as_array().is_some_and(|b| !b.is_empty())
+    });
+    c.agents[first as usize - 1].kill();
+    std::thread::sleep(Duration::from_millis(500));
+    c.agents[first as usize - 1].restart();
+    // 2. While the restriper gate holds the second batch back: the same to the
+    //    coordinator then (another node, or the same one elected again).
+    let second = c.coordinator_when("kr", "a gate after the first batch", |p| {
+        p["phase"] == "committing"
+            && p["gate_until_ms"].as_u64().is_some_and(|g| g > 0)
+            && p["batch"].as_u64() >= Some(0)
+    });
+    c.agents[second as usize - 1].kill();
+    std::thread::sleep(Duration::from_millis(500));
+    c.agents[second as usize - 1].restart();
+    // Another node finishes it: every node on the new slot, the plan committed.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let p = c.plan("kr");
+        assert!(p["error"].is_null() && p["paused_error"].is_null(), "{p}");
+        if p["phase"] == "committed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not committed after two coordinator kills: {p}\n{}",
+            c.agents
+                .iter()
+                .map(|a| a.log())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::B,
+            "node {}",
+            i + 1
+        );
+        assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
+    }
+}
