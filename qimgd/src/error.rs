@@ -77,6 +77,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The restriper probe failed or gave no usable answer.
+    #[error("the restriper probe {program}: {problem}")]
+    Probe {
+        /// The probe's program.
+        program: String,
+        /// What went wrong.
+        problem: String,
+    },
     /// The upgrade engine failed.
     #[error("upgrade engine")]
     Engine(#[source] upgrade::Error),
@@ -99,6 +107,7 @@ impl Error {
             Error::Key { .. } => "key",
             Error::Tls(_) => "tls",
             Error::Bind { .. } => "bind",
+            Error::Probe { .. } => "probe",
             Error::Engine(_) => "engine",
             Error::Cluster(_) => "cluster",
         }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use qapi::types::RestriperStatus;
 
+use crate::Error;
+
 /// How long a probe may run.
 pub const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
@@ -29,17 +31,24 @@ pub enum DataSafety {
 /// Runs the probe `argv` (at most [`PROBE_LIMIT`]) and reads its answer: a JSON
 /// object with at least `state` and `data_at_risk`, as Qumulo's
 /// `/v1/cluster/protection/restriper/status` returns.
-pub fn probe(argv: &[String]) -> Result<RestriperStatus, String> {
-    let (prog, args) = argv
-        .split_first()
-        .ok_or("restriper_probe is an empty command")?;
+pub fn probe(argv: &[String]) -> Result<RestriperStatus, Error> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err(Error::Probe {
+            program: String::new(),
+            problem: "restriper_probe is an empty command".into(),
+        });
+    };
+    let fail = |problem: String| Error::Probe {
+        program: prog.clone(),
+        problem,
+    };
     let mut child = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting the restriper probe {prog}: {e}"))?;
+        .map_err(|e| fail(format!("cannot be started: {e}")))?;
     let deadline = Instant::now() + PROBE_LIMIT;
     let status = loop {
         match child.try_wait() {
@@ -48,11 +57,9 @@ pub fn probe(argv: &[String]) -> Result<RestriperStatus, String> {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "the restriper probe {prog} did not answer within {PROBE_LIMIT:?}"
-                ));
+                return Err(fail(format!("did not answer within {PROBE_LIMIT:?}")));
             }
-            Err(e) => return Err(format!("waiting for the restriper probe {prog}: {e}")),
+            Err(e) => return Err(fail(format!("waiting for it: {e}"))),
         }
     };
     let mut out = String::new();
@@ -64,22 +71,27 @@ pub fn probe(argv: &[String]) -> Result<RestriperStatus, String> {
         let _ = e.read_to_string(&mut err);
     }
     if !status.success() {
-        return Err(format!(
-            "the restriper probe {prog} failed ({status}): {}",
-            err.trim()
-        ));
+        return Err(fail(format!("failed ({status}): {}", err.trim())));
     }
-    parse(&out).map_err(|e| format!("the restriper probe {prog} answered {:?}: {e}", out.trim()))
+    parse(&out).map_err(|e| fail(format!("answered {:?}: {e}", out.trim())))
 }
+
+/// What is wrong with a restriper status.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadStatus(String);
 
 /// Reads a restriper status; fields other than `state` and `data_at_risk` may be
 /// missing.
-pub fn parse(text: &str) -> Result<RestriperStatus, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let state = v["state"].as_str().ok_or("no \"state\" string")?.to_owned();
+pub fn parse(text: &str) -> Result<RestriperStatus, BadStatus> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| BadStatus(e.to_string()))?;
+    let state = v["state"]
+        .as_str()
+        .ok_or_else(|| BadStatus("no \"state\" string".into()))?
+        .to_owned();
     let data_at_risk = v["data_at_risk"]
         .as_bool()
-        .ok_or("no \"data_at_risk\" boolean")?;
+        .ok_or_else(|| BadStatus("no \"data_at_risk\" boolean".into()))?;
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
     Ok(RestriperStatus {
         state,
@@ -94,7 +106,7 @@ pub fn parse(text: &str) -> Result<RestriperStatus, String> {
 
 /// The gate's answer from the probe's: safe only when the restriper is not
 /// running and no data is at risk.
-pub fn safety(r: Result<RestriperStatus, String>) -> DataSafety {
+pub fn safety(r: Result<RestriperStatus, Error>) -> DataSafety {
     match r {
         Ok(s) if !s.data_at_risk && s.state != "RUNNING" => DataSafety::Safe,
         Ok(s) => DataSafety::AtRisk(format!(
@@ -103,7 +115,7 @@ pub fn safety(r: Result<RestriperStatus, String>) -> DataSafety {
             s.percent_complete,
             if s.data_at_risk { ", data at risk" } else { "" }
         )),
-        Err(e) => DataSafety::AtRisk(e),
+        Err(e) => DataSafety::AtRisk(e.to_string()),
     }
 }
 
@@ -147,7 +159,8 @@ mod tests {
             }
         }
         let e = probe(&["/nonexistent/probe".into()]).unwrap_err();
-        assert!(e.contains("starting the restriper probe"), "{e}");
+        assert_eq!(e.code(), "probe");
+        assert!(e.to_string().contains("cannot be started"), "{e}");
         assert!(probe(&[]).is_err());
     }
 }

@@ -11,12 +11,24 @@ use qcluster::{ClusterSpec, NodeDir, NodeSpec};
 /// How long the members may take to elect a leader and answer.
 pub const START_LIMIT: Duration = Duration::from_secs(60);
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, on every address. Handed out once per
+/// process from below Linux's ephemeral range (32768–60999): a port taken from
+/// that range (bind to port 0) can be given to someone else's outgoing connection
+/// or to a parallel test before its owner binds it again.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts somewhere else in 20000–31999.
+    let base = 20_000 + (std::process::id() * 977) % 10_000;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (base + n % 12_000) as u16;
+        let port = if port >= 32_000 { port - 12_000 } else { port };
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000–31999")
 }
 
 /// A spec of `n` nodes on 127.0.0.1 with free ports.

@@ -178,7 +178,7 @@ pub(super) async fn restriper(
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "restriper_unavailable_error",
-                    why,
+                    why.to_string(),
                 )
             });
     }
