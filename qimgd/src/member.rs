@@ -95,14 +95,7 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         (PlanPhase::Committing | PlanPhase::RollingBack, Some(NodeStep::Committing)) if !busy => {
             // After a platform commit's reboot: what the boot decided; after a
             // restart mid-commit: commit again (the engine finishes it).
-            let a = app.clone();
-            let st = tokio::task::spawn_blocking(move || {
-                let due = upgrade::sim::reboot_due(a.agent.node());
-                a.agent.state().ok().map(|s| (s, due))
-            })
-            .await
-            .ok()
-            .flatten();
+            let st = engine_state(app).await;
             match st {
                 Some((s, _)) if matches!(&s.stage, Stage::Committed(p) if p.to.version.to_string() == plan.target_version) =>
                 {
@@ -149,14 +142,7 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         }
         (PlanPhase::RollingBack, Some(NodeStep::RollingBack)) if !busy => {
             // After the reboot back into the previous slot: what the boot decided.
-            let a = app.clone();
-            let st = tokio::task::spawn_blocking(move || {
-                let due = upgrade::sim::reboot_due(a.agent.node());
-                a.agent.state().ok().map(|s| (s, due))
-            })
-            .await
-            .ok()
-            .flatten();
+            let st = engine_state(app).await;
             match st {
                 Some((s, _)) if matches!(s.stage, Stage::Idle { .. }) => {
                     store
@@ -183,6 +169,19 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         _ => {}
     }
     Ok(())
+}
+
+/// The engine's state, and whether a simulated reboot is still due (what a boot
+/// decided is read from these after a reboot); `None` when it cannot be read.
+async fn engine_state(app: &Shared) -> Option<(upgrade::state::NodeState, bool)> {
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let due = upgrade::sim::reboot_due(a.agent.node());
+        a.agent.state().ok().map(|s| (s, due))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 async fn start_prepare(

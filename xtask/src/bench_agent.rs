@@ -112,17 +112,7 @@ impl Agentd {
     }
 
     fn login(&self) -> Result<String, String> {
-        let mut c = self.client(None)?;
-        let r: qapi::types::LoginResponse = c
-            .post_json(
-                "/v1/session/login",
-                &qapi::types::LoginRequest {
-                    username: "bench".into(),
-                    password: "bench-password".into(),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(r.bearer_token)
+        crate::harness::bench_login(&mut self.client(None)?)
     }
 
     /// `VmRSS` or `VmHWM` in MiB.

@@ -122,6 +122,20 @@ pub(crate) fn bundle_cmd(exe: &Path, spec: &Path, key: &Path, out: &Path) -> Com
 }
 
 /// `qimgd user add bench` with the benches' password, through `config`.
+/// Logs `c` in as the user [`add_bench_user`] adds; returns the token.
+pub(crate) fn bench_login(c: &mut qapi::Client) -> Result<String, String> {
+    let r: qapi::types::LoginResponse = c
+        .post_json(
+            "/v1/session/login",
+            &qapi::types::LoginRequest {
+                username: "bench".into(),
+                password: "bench-password".into(),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(r.bearer_token)
+}
+
 pub(crate) fn add_bench_user(qimgd: &Path, config: &Path) -> Result<(), String> {
     use std::io::Write;
     let mut add = Command::new(qimgd)

@@ -279,16 +279,8 @@ impl SimCluster {
             },
         )
         .map_err(|e| e.to_string())?;
-        let login: qapi::types::LoginResponse = c
-            .post_json(
-                "/v1/session/login",
-                &qapi::types::LoginRequest {
-                    username: "bench".into(),
-                    password: "bench-password".into(),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        c.set_token(Some(login.bearer_token));
+        let token = crate::harness::bench_login(&mut c)?;
+        c.set_token(Some(token));
         Ok(c)
     }
 }
