@@ -307,29 +307,14 @@ pub struct Tool {
 
 /// Runs `argv` until `deadline`; its output, or why it failed (with its output).
 pub(crate) fn run(argv: &[String], deadline: Instant) -> Result<String, String> {
-    let (prog, args) = argv.split_first().ok_or("empty command")?;
-    let mut child = std::process::Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {prog}: {e}"))?;
-    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{prog} timed out"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = qutil::process::run_until(argv, deadline).map_err(|e| qutil::chain(&e))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
+        let prog = &argv[0];
         return Err(format!("{prog} failed ({}): {}", out.status, text.trim()));
     }
     Ok(text)

@@ -9,7 +9,6 @@
 //! | command | the trimmed stdout of a configured program | as configured |
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -160,30 +159,9 @@ fn probe(p: &CommandProbe) -> Result<String, Error> {
         component_id: p.component_id.clone(),
         reason,
     };
-    let (prog, args) = p
-        .argv
-        .split_first()
-        .ok_or_else(|| fail("empty command".into()))?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {prog}: {e}")))?;
-    let start = std::time::Instant::now();
-    loop {
-        if child.try_wait().map_err(|e| fail(e.to_string()))?.is_some() {
-            break;
-        }
-        if start.elapsed() > PROBE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(fail(format!("timed out after {PROBE_TIMEOUT:?}")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let out = qutil::process::run_until(&p.argv, std::time::Instant::now() + PROBE_TIMEOUT)
+        .map_err(|e| fail(qutil::chain(&e)))?;
+    let prog = &p.argv[0];
     if !out.status.success() {
         return Err(fail(format!(
             "{prog} failed ({}): {}",

@@ -6,8 +6,6 @@
 //! restriper answers: it needs time in proportion to the nodes rebooted (the
 //! plan's `gate_until_ms`).
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qapi::types::RestriperStatus;
@@ -32,48 +30,21 @@ pub enum DataSafety {
 /// object with at least `state` and `data_at_risk`, as Qumulo's
 /// `/v1/cluster/protection/restriper/status` returns.
 pub fn probe(argv: &[String]) -> Result<RestriperStatus, Error> {
-    let Some((prog, args)) = argv.split_first() else {
-        return Err(Error::Probe {
-            program: String::new(),
-            problem: "restriper_probe is an empty command".into(),
-        });
-    };
     let fail = |problem: String| Error::Probe {
-        program: prog.clone(),
+        program: argv.first().cloned().unwrap_or_default(),
         problem,
     };
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot be started: {e}")))?;
-    let deadline = Instant::now() + PROBE_LIMIT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!("did not answer within {PROBE_LIMIT:?}")));
-            }
-            Err(e) => return Err(fail(format!("waiting for it: {e}"))),
-        }
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
+    let out = qutil::process::run_until(argv, Instant::now() + PROBE_LIMIT)
+        .map_err(|e| fail(qutil::chain(&e)))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(fail(format!(
+            "failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    if !status.success() {
-        return Err(fail(format!("failed ({status}): {}", err.trim())));
-    }
-    parse(&out).map_err(|e| fail(format!("answered {:?}: {e}", out.trim())))
+    parse(&text).map_err(|e| fail(format!("answered {:?}: {e}", text.trim())))
 }
 
 /// What is wrong with a restriper status.
@@ -160,7 +131,10 @@ mod tests {
         }
         let e = probe(&["/nonexistent/probe".into()]).unwrap_err();
         assert_eq!(e.code(), "probe");
-        assert!(e.to_string().contains("cannot be started"), "{e}");
+        assert!(
+            e.to_string().contains("cannot run /nonexistent/probe"),
+            "{e}"
+        );
         assert!(probe(&[]).is_err());
     }
 }

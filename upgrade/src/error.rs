@@ -106,8 +106,6 @@ pub enum Op {
     Commit,
     /// Cancel.
     Cancel,
-    /// Revert (roll a committed upgrade back).
-    Revert,
 }
 
 impl std::fmt::Display for Op {
@@ -116,7 +114,6 @@ impl std::fmt::Display for Op {
             Op::Prepare => "prepare",
             Op::Commit => "commit",
             Op::Cancel => "cancel",
-            Op::Revert => "revert",
         })
     }
 }
@@ -363,18 +360,7 @@ impl Error {
     }
 }
 
-/// An error and its causes on one line, `: `-separated (each part once, since no
-/// message repeats its source).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use qutil::chain;
 
 pub(crate) fn boot_err(op: impl Into<String>) -> impl FnOnce(bootctl::Error) -> Error {
     let op = op.into();
