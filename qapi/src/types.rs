@@ -300,3 +300,31 @@ pub struct ClusterUpgrade {
     /// Every node.
     pub nodes: Vec<NodeProgress>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prepare_body_stays_qumulos_unless_on_failure_is_asked() {
+        let mut r = PrepareRequest {
+            image_path: "/u.qimg".into(),
+            auto_commit: true,
+            do_rolling_reboot: false,
+            num_nodes_to_reboot: None,
+            on_failure: None,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("on_failure").is_none(), "{v}");
+        r.on_failure = Some(OnFailure::Stop);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""on_failure":"stop""#), "{text}");
+        assert_eq!(serde_json::from_str::<PrepareRequest>(&text).unwrap(), r);
+        let e = serde_json::from_str::<PrepareRequest>(
+            r#"{"image_path": "/u.qimg", "on_failure": "ignore"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        assert_eq!(OnFailure::default(), OnFailure::Rollback);
+    }
+}

@@ -125,12 +125,26 @@ impl ClusterPlan {
     /// True when node `id` may commit now: every node for an instant or complete
     /// commit; in a rolling one, the nodes of the current batch.
     pub fn may_commit(&self, id: u32) -> bool {
-        if !self.rolling || self.mode == PlanMode::Instant {
+        if !self.in_batches() {
             return true;
         }
         self.batches
             .get(self.batch)
             .is_some_and(|b| b.contains(&id))
+    }
+
+    /// True for a rolling platform plan: its nodes reboot batch by batch.
+    pub fn in_batches(&self) -> bool {
+        self.rolling && self.mode == PlanMode::Platform
+    }
+
+    /// True while a data-safety gate holds the next batch back: from when the
+    /// batch is back until the next batch starts, or, for the simulated
+    /// restriper (`timed`), until `gate_until_ms`.
+    pub fn gating(&self, now_ms: u64, timed: bool) -> bool {
+        matches!(self.phase, PlanPhase::Committing | PlanPhase::RollingBack)
+            && self.gate_until_ms != 0
+            && (!timed || self.gate_until_ms > now_ms)
     }
 }
 

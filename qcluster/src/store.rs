@@ -296,34 +296,35 @@ impl Store {
         Ok(())
     }
 
-    /// Writes node `id`'s progress report `r` only while its stored report still
-    /// says `preparing` (compare-and-swap on the key's revision): the final report
-    /// of the prepare, written by another task, is never overwritten by progress.
-    /// False when it was not written.
-    pub async fn report_progress(&self, id: u32, r: &NodeReport) -> Result<bool, Error> {
+    /// Node `id`'s report and its revision (for [`Store::report_if`]).
+    pub async fn report_of(&self, id: u32) -> Result<Option<(NodeReport, i64)>, Error> {
         let key = self.key(&format!("reports/{id:08}"));
-        let cur = self
+        let r = self
             .call("reading a node report", |mut c| {
                 let key = key.clone();
                 async move { c.get(key, None).await }
             })
             .await?;
-        let Some(kv) = cur.kvs().first() else {
-            return Ok(false);
-        };
-        let old: NodeReport = Self::parse(&key, kv.value())?;
-        if old.step != crate::plan::NodeStep::Preparing || old.generation != r.generation {
-            return Ok(false);
+        match r.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some((Self::parse(&key, kv.value())?, kv.mod_revision()))),
         }
+    }
+
+    /// Writes node `id`'s report if it is still at `revision` (compare-and-swap:
+    /// a progress report never overwrites a report written meanwhile by another
+    /// task). False when another write came first.
+    pub async fn report_if(&self, id: u32, r: &NodeReport, revision: i64) -> Result<bool, Error> {
+        let key = self.key(&format!("reports/{id:08}"));
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.clone(),
                 CompareOp::Equal,
-                kv.mod_revision(),
+                revision,
             )])
             .and_then([TxnOp::put(key.clone(), Self::json(&key, r)?, None)]);
         Ok(self
-            .call("writing a node's progress", |mut c| {
+            .call("writing a node report", |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })

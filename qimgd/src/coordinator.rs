@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use qcluster::plan::OnFailure;
-use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanMode, PlanPhase, Store};
+use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanPhase, Store};
 
 use crate::api::Shared;
 use crate::restriper::DataSafety;
@@ -86,7 +86,7 @@ pub fn next(
         PlanPhase::Committing => {
             if let Some(why) = failed {
                 return Some(stop_or_roll_back(plan, spec, reports, cx, &why));
-            } else if plan.rolling && plan.mode == PlanMode::Platform {
+            } else if plan.in_batches() {
                 return rolling(plan, spec, reports, cx);
             } else if all(NodeStep::Committed) {
                 p.phase = PlanPhase::Committed;
@@ -157,7 +157,7 @@ fn stop_or_roll_back(
     p.batch = 0;
     p.batch_started_ms = cx.now_ms;
     p.gate_until_ms = 0;
-    p.batches = if plan.rolling && plan.mode == PlanMode::Platform {
+    p.batches = if plan.in_batches() {
         let back: Vec<u32> = spec
             .nodes
             .iter()
@@ -170,13 +170,19 @@ fn stop_or_roll_back(
                 })
             })
             .collect();
-        let voters: Vec<u32> = spec.voters().iter().map(|n| n.id).collect();
-        let k = plan.nodes_per_batch.unwrap_or(1) as usize;
-        qcluster::plan::batches(&back, &voters, Some(cx.me), k)
+        batches(plan, spec, &back, cx.me)
     } else {
         vec![]
     };
     p
+}
+
+/// The batches `ids` reboot in: the plan's batch size, never a voter majority,
+/// the coordinator's node last.
+fn batches(plan: &ClusterPlan, spec: &ClusterSpec, ids: &[u32], me: u32) -> Vec<Vec<u32>> {
+    let voters: Vec<u32> = spec.voters().iter().map(|n| n.id).collect();
+    let k = plan.nodes_per_batch.unwrap_or(1) as usize;
+    qcluster::plan::batches(ids, &voters, Some(me), k)
 }
 
 /// The step of a rolling commit: batches fixed at its start (the coordinator's
@@ -192,9 +198,7 @@ fn rolling(
     let mut p = plan.clone();
     if plan.batches.is_empty() {
         let ids: Vec<u32> = spec.nodes.iter().map(|n| n.id).collect();
-        let voters: Vec<u32> = spec.voters().iter().map(|n| n.id).collect();
-        let k = plan.nodes_per_batch.unwrap_or(1) as usize;
-        p.batches = qcluster::plan::batches(&ids, &voters, Some(cx.me), k);
+        p.batches = batches(plan, spec, &ids, cx.me);
         p.batch = 0;
         p.batch_started_ms = cx.now_ms;
         p.gate_until_ms = 0;
@@ -311,9 +315,7 @@ async fn reconcile(
     };
     let reports = store.reports().await?;
     // The restriper is asked only while a gate holds the next batch back.
-    let gating = plan.gate_until_ms != 0
-        && matches!(plan.phase, PlanPhase::Committing | PlanPhase::RollingBack);
-    if let Some(argv) = probe.filter(|_| gating) {
+    if let Some(argv) = probe.filter(|_| plan.gating(cx.now_ms, false)) {
         let argv = argv.to_vec();
         cx.data = tokio::task::spawn_blocking(move || {
             crate::restriper::safety(crate::restriper::probe(&argv))
@@ -360,9 +362,15 @@ pub async fn run(app: Shared) {
             Some(left) if left > 0 => POLL.min(Duration::from_millis(left)),
             _ => POLL,
         };
-        tokio::select! {
-            _ = tokio::time::sleep(nap) => {}
-            _ = changes.changed() => {}
+        // Changes matter to the coordinator (and to a node stepping down); the
+        // others only campaign, at the poll.
+        if leading {
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = changes.changed() => {}
+            }
+        } else {
+            tokio::time::sleep(nap).await;
         }
         let Some(store) = c.store() else {
             continue;
@@ -433,7 +441,7 @@ pub async fn run(app: Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qcluster::NodeSpec;
+    use qcluster::{NodeSpec, PlanMode};
 
     const CX: Ctx = Ctx {
         now_ms: 1_000_000,

@@ -204,28 +204,28 @@ pub async fn join(app: Shared) {
     };
     c.set_store(store.clone());
     crate::log("connected to the cluster's etcd");
-    // Wake-ups on changes; the loops poll anyway, so a broken watch only slows them.
-    let (s, a) = (store.clone(), app.clone());
-    tokio::spawn(async move {
+    // Wake-ups on changes, for as long as this task runs; the loops poll anyway,
+    // so a broken watch only slows them.
+    let watch = async {
         loop {
-            if let Err(e) = s.watch_changes(&a.changes).await {
+            if let Err(e) = store.watch_changes(&app.changes).await {
                 crate::log(&format!("watching the cluster's state: {e}; again in 1 s"));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    });
+    };
     let ttl = Duration::from_secs(app.config.cluster_lease_secs.max(1));
     let a = app.clone();
-    qcluster::store::stay_registered(
-        store,
+    let registered = qcluster::store::stay_registered(
+        store.clone(),
         ttl,
         move || {
             let c = a.cluster.as_ref().expect("a cluster member");
             node_info(&a, c)
         },
         crate::log,
-    )
-    .await;
+    );
+    tokio::join!(watch, registered);
 }
 
 /// Tells systemd the agent is ready (`Type=notify`), when it runs under it.

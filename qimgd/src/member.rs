@@ -63,12 +63,11 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
         return Ok(());
     };
     let g = plan.generation;
-    let mine = store
-        .reports()
+    let own = store
+        .report_of(me)
         .await?
-        .into_iter()
-        .find(|(id, r)| *id == me && r.generation == g)
-        .map(|(_, r)| r.step);
+        .filter(|(r, _)| r.generation == g);
+    let mine = own.as_ref().map(|(r, _)| r.step);
     let down = plan.reboots_ahead(me, mine);
     if app.stepping_down.swap(down, Ordering::SeqCst) != down {
         app.changes.send_modify(|n| *n += 1); // the coordinator loop acts at once
@@ -76,10 +75,14 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
     match (plan.phase, mine) {
         (PlanPhase::Preparing, None) if !busy => start_prepare(app, store, &plan, me).await?,
         (PlanPhase::Preparing, Some(NodeStep::Preparing)) if busy => {
+            // Only a change is written, and never over the prepare's own final
+            // report (written by its job meanwhile).
             let p = app.jobs.meter.percent();
-            store
-                .report_progress(me, &report(g, NodeStep::Preparing, p, None))
-                .await?;
+            if let Some((r, rev)) = own.filter(|(r, _)| r.progress != p) {
+                store
+                    .report_if(me, &NodeReport { progress: p, ..r }, rev)
+                    .await?;
+            }
         }
         (PlanPhase::Preparing, Some(NodeStep::Preparing)) => {
             // Reported as preparing, and nothing runs: the agent restarted

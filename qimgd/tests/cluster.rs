@@ -102,6 +102,15 @@ fn patient(sim: &SimNode) {
 }
 
 impl Cluster {
+    /// Every agent's log, for a failure message.
+    fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| a.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
     /// Plays the hardware of nodes whose agent powered off for a reboot: the
     /// node's etcd member goes down with it, then both start again (the agent's
     /// start boots the node). Until `done`, at most `limit`; returns how many
@@ -113,11 +122,7 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "waited {limit:?}; logs:\n{}\n{}",
-                self.agents
-                    .iter()
-                    .map(|a| a.log())
-                    .collect::<Vec<_>>()
-                    .join("\n---\n"),
+                self.logs(),
                 self.etcd.logs()
             );
             for i in 0..self.agents.len() {
@@ -936,11 +941,7 @@ fn platform_rollback(name: &str, fault: &str, rolling: bool) {
         assert!(
             Instant::now() < deadline,
             "no cluster-wide rollback in time:\n{}",
-            c.agents
-                .iter()
-                .map(|a| a.log())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
+            c.logs()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -1165,11 +1166,7 @@ fn the_coordinator_killed_while_a_batch_reboots_and_while_the_gate_holds() {
         assert!(
             Instant::now() < deadline,
             "not committed after two coordinator kills: {p}\n{}",
-            c.agents
-                .iter()
-                .map(|a| a.log())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
+            c.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

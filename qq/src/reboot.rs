@@ -10,29 +10,17 @@ use crate::Ctx;
 
 /// `reboot_status`: the rolling reboot's state and count.
 pub fn status(ctx: &Ctx) -> Result<ExitCode> {
-    let mut c = ctx.require_remote("reboot_status")?.client()?;
-    match c.get::<RebootStatus>("/v1/shutdown/reboot/status") {
-        Ok(s) => {
-            qutil::cli::print_json(&s)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => Ok(crate::remote::fail(&e)),
-    }
+    crate::remote::print_get::<RebootStatus>(ctx, "reboot_status", "/v1/shutdown/reboot/status")
 }
 
 /// `reboot_pause` / `reboot_resume`.
 pub fn pause(ctx: &Ctx, pause: bool) -> Result<ExitCode> {
-    let what = if pause {
-        "reboot_pause"
+    let (what, path) = if pause {
+        ("reboot_pause", "/v1/shutdown/reboot/pause")
     } else {
-        "reboot_resume"
+        ("reboot_resume", "/v1/shutdown/reboot/resume")
     };
     let mut c = ctx.require_remote(what)?.client()?;
-    let path = if pause {
-        "/v1/shutdown/reboot/pause"
-    } else {
-        "/v1/shutdown/reboot/resume"
-    };
     if let Err(e) = c.post_empty(path) {
         return Ok(crate::remote::fail(&e));
     }
@@ -41,12 +29,5 @@ pub fn pause(ctx: &Ctx, pause: bool) -> Result<ExitCode> {
 
 /// `nodes_list`: every node of the cluster and whether it is online.
 pub fn nodes(ctx: &Ctx) -> Result<ExitCode> {
-    let mut c = ctx.require_remote("nodes_list")?.client()?;
-    match c.get::<Vec<ClusterNode>>("/v1/cluster/nodes/") {
-        Ok(n) => {
-            qutil::cli::print_json(&n)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => Ok(crate::remote::fail(&e)),
-    }
+    crate::remote::print_get::<Vec<ClusterNode>>(ctx, "nodes_list", "/v1/cluster/nodes/")
 }

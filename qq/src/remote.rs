@@ -63,6 +63,22 @@ pub fn print_report(c: &mut Client) -> Result<()> {
     }
 }
 
+/// `qq <what>`: GETs `path` from the agent and prints the answer as JSON.
+pub fn print_get<T: serde::de::DeserializeOwned + serde::Serialize>(
+    ctx: &crate::Ctx,
+    what: &str,
+    path: &str,
+) -> Result<ExitCode> {
+    let mut c = ctx.require_remote(what)?.client()?;
+    match c.get::<T>(path) {
+        Ok(v) => {
+            qutil::cli::print_json(&v)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(fail(&e)),
+    }
+}
+
 /// The cluster's upgrade node by node (`/v1/qimg/cluster/upgrade`), reported as
 /// one line per change: each node's step, the batch, the data-safety gate.
 #[derive(Default)]

@@ -183,3 +183,27 @@ fn the_nspawn_runtime_drives_the_template_unit() {
         ]
     );
 }
+
+#[test]
+fn on_failure_is_checked_and_belongs_to_a_cluster() {
+    let Some(n) = factory_node() else { return };
+    let b = bundles();
+    let path = b.platform.to_str().unwrap();
+    let o = n.qq(&["upgrade_cluster", "--path", path, "--on-failure", "ignore"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("expected rollback or stop"),
+        "{}",
+        stderr(&o)
+    );
+    let disk = n.disk();
+    let o = n.qq(&["upgrade_cluster", "--path", path, "--on-failure", "stop"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--on-failure applies to a cluster"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(n.disk(), disk, "a refused request changes nothing");
+    assert_eq!(n.status()["state"], "UPGRADE_IDLE");
+}

@@ -157,6 +157,22 @@ fn plan_compare_and_swap_and_one_coordinator() {
             st.reports().await.unwrap(),
             vec![(1, r(NodeStep::Failed)), (2, r(NodeStep::Prepared))]
         );
+        // A progress report read before another write loses to it.
+        let (mine, rev) = st.report_of(2).await.unwrap().unwrap();
+        assert_eq!(mine, r(NodeStep::Prepared));
+        assert!(st.report_of(3).await.unwrap().is_none());
+        st.report(2, &r(NodeStep::Committed)).await.unwrap();
+        assert!(
+            !st.report_if(2, &r(NodeStep::Preparing), rev).await.unwrap(),
+            "a report from a stale read loses"
+        );
+        let (now, rev) = st.report_of(2).await.unwrap().unwrap();
+        assert_eq!(now.step, NodeStep::Committed);
+        assert!(
+            st.report_if(2, &r(NodeStep::RolledBack), rev)
+                .await
+                .unwrap()
+        );
 
         // One coordinator: the key goes with its holder's lease.
         let l1 = st.lease(30).await.unwrap();

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::median;
-use crate::sim_cluster::{SimCluster, wait};
+use crate::sim_cluster::{SimCluster, nodes_and_dir, wait};
 use crate::target_dir;
 
 fn io(e: std::io::Error) -> String {
@@ -111,17 +111,7 @@ fn engine_cycle(c: &SimCluster, bundle: &std::path::Path) -> Result<f64, String>
 }
 
 pub fn cluster(args: &[String]) -> Result<(), String> {
-    let mut nodes = 16u32;
-    let mut dir = target_dir().join("bench");
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-        match a.as_str() {
-            "--nodes" => nodes = v.parse().map_err(|_| "--nodes: a number")?,
-            "--dir" => dir = std::path::PathBuf::from(v),
-            other => return Err(format!("bench cluster: unknown argument {other}")),
-        }
-    }
+    let (nodes, dir) = nodes_and_dir(args, "bench cluster", 16, target_dir().join("bench"))?;
     let extra = format!(
         "sim_shutdown_ms = {SHUTDOWN_MS}\nsim_boot_ms = {BOOT_MS}\nsim_restripe_ms = {RESTRIPE_MS}\n"
     );

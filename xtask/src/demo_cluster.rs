@@ -14,24 +14,13 @@
 //!
 //! It installs etcd (Debian's `etcd-server`, `etcd-client`) when missing, and says so.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::sim_cluster::SimCluster;
+use crate::sim_cluster::{SimCluster, nodes_and_dir};
 use crate::target_dir;
 
 pub fn main(args: &[String]) -> Result<(), String> {
-    let mut nodes = 4u32;
-    let mut dir = target_dir().join("demo");
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-        match a.as_str() {
-            "--nodes" => nodes = v.parse().map_err(|_| "--nodes: a number")?,
-            "--dir" => dir = PathBuf::from(v),
-            other => return Err(format!("demo: unknown argument {other}")),
-        }
-    }
+    let (nodes, dir) = nodes_and_dir(args, "demo", 4, target_dir().join("demo"))?;
     if nodes < 2 {
         return Err("demo: --nodes must be at least 2".into());
     }

@@ -52,6 +52,28 @@ pub(crate) fn wait(
     Ok(())
 }
 
+/// `--nodes N` and `--dir DIR` of a command on a simulated cluster (`cmd` names
+/// it in errors), with defaults.
+pub(crate) fn nodes_and_dir(
+    args: &[String],
+    cmd: &str,
+    mut nodes: u32,
+    mut dir: PathBuf,
+) -> Result<(u32, PathBuf), String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it
+            .next()
+            .ok_or_else(|| format!("{cmd}: {a} needs a value"))?;
+        match a.as_str() {
+            "--nodes" => nodes = v.parse().map_err(|_| format!("{cmd}: --nodes: a number"))?,
+            "--dir" => dir = PathBuf::from(v),
+            other => return Err(format!("{cmd}: unknown argument {other}")),
+        }
+    }
+    Ok((nodes, dir))
+}
+
 /// The running cluster.
 pub(crate) struct SimCluster {
     /// Its name in etcd (`/qimg/<name>/…`).

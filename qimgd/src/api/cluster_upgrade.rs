@@ -274,11 +274,10 @@ pub(super) async fn nodes(
         rolling: p.rolling,
         batches: p.batches.clone(),
         batch: p.batch,
-        // A gate holds from its start until the next batch (a probed restriper)
-        // or until its time is up (the simulated one).
-        restriping: matches!(p.phase, PlanPhase::Committing | PlanPhase::RollingBack)
-            && p.gate_until_ms != 0
-            && (app.config.restriper_probe.is_some() || p.gate_until_ms > qcluster::plan::now_ms()),
+        restriping: p.gating(
+            qcluster::plan::now_ms(),
+            app.config.restriper_probe.is_none(),
+        ),
         nodes,
     }))
 }

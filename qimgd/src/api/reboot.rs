@@ -189,7 +189,7 @@ pub(super) async fn restriper(
         return Ok(Json(finished));
     };
     let now = now_ms();
-    let running = rebooting(&p) && p.gate_until_ms > now;
+    let running = p.gating(now, true);
     if !running {
         return Ok(Json(finished));
     }
