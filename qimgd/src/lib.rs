@@ -42,7 +42,27 @@ pub mod users;
 pub use error::Error;
 
 /// The agent's log: one line on stderr (the journal, under systemd). The only
-/// place the library writes; results go to clients.
+/// place the library writes; results go to clients. Outside the journal (which
+/// stamps lines itself) each line starts with the UTC time of day to the
+/// millisecond, so the logs of a cluster's nodes can be read as one timeline.
 pub fn log(line: &str) {
-    eprintln!("qimgd: {line}");
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        eprintln!("qimgd: {line}");
+    } else {
+        eprintln!("{} qimgd: {line}", time_of_day());
+    }
+}
+
+/// `HH:MM:SS.mmm`, UTC.
+fn time_of_day() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() % 86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
