@@ -2,13 +2,15 @@
 //! ([`create`]: the CA, each node's certificate and directory, via [`pki`]), the
 //! etcd members the voting nodes run ([`etcd`]), and the state those members
 //! hold ([`store`]: node registrations under leases, the coordinator's key, the
-//! upgrade plan and the nodes' reports of [`plan`]). The engine (consensus) is
-//! etcd's; this crate only names keys and checks values.
+//! upgrade plan and the nodes' reports of [`plan`]), and what this process saw
+//! of them through etcd's watch ([`mirror`]). The engine (consensus) is etcd's;
+//! this crate only names keys and checks values.
 #![deny(missing_docs)]
 
 pub mod create;
 pub mod error;
 pub mod etcd;
+pub mod mirror;
 pub mod pki;
 pub mod plan;
 pub mod spec;

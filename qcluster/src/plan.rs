@@ -291,9 +291,10 @@ pub enum NodeStep {
     Failed,
 }
 
-/// A node's report for a plan generation.
+/// A node's report for a plan generation. Unknown fields are ignored (not
+/// refused): during a rolling upgrade of the agent itself, a coordinator of the
+/// older release reads the reports of nodes already on the newer one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeReport {
     /// The plan generation this is about.
     pub generation: u64,
@@ -305,4 +306,9 @@ pub struct NodeReport {
     pub error: Option<String>,
     /// Its downtime of an instant commit.
     pub downtime_ms: Option<u64>,
+    /// When the node reached `step` (Unix ms, its own clock; 0: not said). A
+    /// rebooted node's restriping starts when it is back, not when the
+    /// coordinator reads that it is.
+    #[serde(default)]
+    pub at_ms: u64,
 }

@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::create::{Membership, NodeDir};
 use crate::error::{Error, io_err};
+use crate::mirror::Mirror;
 use crate::plan::{ClusterPlan, NodeReport};
 
 /// A node as it registered itself.
@@ -43,6 +44,8 @@ pub struct Store {
     client: Client,
     prefix: String,
     limit: Duration,
+    /// What this process saw of the keys (`crate::mirror`), shared by its clones.
+    seen: std::sync::Arc<std::sync::Mutex<Mirror>>,
 }
 
 /// The pause before a call is tried again on another member.
@@ -100,6 +103,7 @@ impl Store {
             client,
             prefix: m.spec.prefix(),
             limit,
+            seen: Default::default(),
         })
     }
 
@@ -243,19 +247,58 @@ impl Store {
         })
     }
 
-    /// The plan and its modification revision (for compare-and-swap).
-    pub async fn plan(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
-        let key = self.key("plan");
+    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One key read from etcd (and noted in the mirror), with its revision.
+    async fn get_one<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        key: &str,
+    ) -> Result<Option<(T, i64)>, Error> {
         let r = self
-            .call("reading the plan", |mut c| {
-                let key = key.clone();
+            .call(op, |mut c| {
+                let key = key.to_owned();
                 async move { c.get(key, None).await }
             })
             .await?;
         match r.kvs().first() {
             None => Ok(None),
-            Some(kv) => Ok(Some((Self::parse(&key, kv.value())?, kv.mod_revision()))),
+            Some(kv) => {
+                self.mirror().saw(key, kv.value(), kv.mod_revision());
+                Ok(Some((Self::parse(key, kv.value())?, kv.mod_revision())))
+            }
         }
+    }
+
+    /// One key as the mirror has it while a watch keeps it current, else from etcd.
+    async fn seen_one<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        key: &str,
+    ) -> Result<Option<(T, i64)>, Error> {
+        let hit = {
+            let m = self.mirror();
+            m.is_live()
+                .then(|| m.get(key).map(|(v, r)| (v.to_vec(), r)))
+        };
+        match hit {
+            Some(None) => Ok(None),
+            Some(Some((v, r))) => Ok(Some((Self::parse(key, &v)?, r))),
+            None => self.get_one(op, key).await,
+        }
+    }
+
+    /// The plan and its modification revision (for compare-and-swap), from etcd.
+    pub async fn plan(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
+        self.get_one("reading the plan", &self.key("plan")).await
+    }
+
+    /// The plan as this process last saw it (see `crate::mirror`): no round trip
+    /// while the watch is live; [`Store::plan`] otherwise.
+    pub async fn plan_seen(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
+        self.seen_one("reading the plan", &self.key("plan")).await
     }
 
     /// Writes `plan` if the plan is still at `revision` (`None`: no plan yet).
@@ -275,40 +318,54 @@ impl Store {
             Self::json(&key, plan)?,
             None,
         )]);
-        Ok(self
+        let value = Self::json(&key, plan)?;
+        let r = self
             .call("writing the plan", |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
-            .await?
-            .succeeded())
+            .await?;
+        self.wrote(&key, &value, r.succeeded(), r.header());
+        Ok(r.succeeded())
+    }
+
+    /// Notes a successful write of this process in the mirror.
+    fn wrote(
+        &self,
+        key: &str,
+        value: &[u8],
+        succeeded: bool,
+        header: Option<&etcd_client::ResponseHeader>,
+    ) {
+        if let (true, Some(h)) = (succeeded, header) {
+            self.mirror().saw(key, value, h.revision());
+        }
     }
 
     /// Writes node `id`'s report.
     pub async fn report(&self, id: u32, r: &NodeReport) -> Result<(), Error> {
         let key = self.key(&format!("reports/{id:08}"));
         let value = Self::json(&key, r)?;
-        self.call("writing a node report", |mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move { c.put(key, value, None).await }
-        })
-        .await?;
+        let r = self
+            .call("writing a node report", |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            })
+            .await?;
+        self.wrote(&key, &value, true, r.header());
         Ok(())
     }
 
-    /// Node `id`'s report and its revision (for [`Store::report_if`]).
+    /// Node `id`'s report and its revision (for [`Store::report_if`]), from etcd.
     pub async fn report_of(&self, id: u32) -> Result<Option<(NodeReport, i64)>, Error> {
         let key = self.key(&format!("reports/{id:08}"));
-        let r = self
-            .call("reading a node report", |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        match r.kvs().first() {
-            None => Ok(None),
-            Some(kv) => Ok(Some((Self::parse(&key, kv.value())?, kv.mod_revision()))),
-        }
+        self.get_one("reading a node report", &key).await
+    }
+
+    /// Node `id`'s report as this process last saw it (see [`Store::plan_seen`]).
+    pub async fn report_of_seen(&self, id: u32) -> Result<Option<(NodeReport, i64)>, Error> {
+        let key = self.key(&format!("reports/{id:08}"));
+        self.seen_one("reading a node report", &key).await
     }
 
     /// Writes node `id`'s report if it is still at `revision` (compare-and-swap:
@@ -323,16 +380,18 @@ impl Store {
                 revision,
             )])
             .and_then([TxnOp::put(key.clone(), Self::json(&key, r)?, None)]);
-        Ok(self
+        let value = Self::json(&key, r)?;
+        let r = self
             .call("writing a node report", |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
-            .await?
-            .succeeded())
+            .await?;
+        self.wrote(&key, &value, r.succeeded(), r.header());
+        Ok(r.succeeded())
     }
 
-    /// Every node's report, by node id.
+    /// Every node's report, by node id, from etcd.
     pub async fn reports(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
         let prefix = self.key("reports/");
         let r = self
@@ -341,50 +400,157 @@ impl Store {
                 async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
-        r.kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let id = key
-                    .strip_prefix(&prefix)
-                    .and_then(|i| i.parse().ok())
-                    .ok_or_else(|| Error::Damaged {
-                        key: key.clone(),
-                        problem: "not a node id".into(),
-                    })?;
-                Ok((id, Self::parse(&key, kv.value())?))
-            })
-            .collect()
+        {
+            let mut m = self.mirror();
+            for kv in r.kvs() {
+                m.saw(
+                    &String::from_utf8_lossy(kv.key()),
+                    kv.value(),
+                    kv.mod_revision(),
+                );
+            }
+        }
+        Self::parse_reports(
+            &prefix,
+            r.kvs()
+                .iter()
+                .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value())),
+        )
     }
 
-    /// Ticks `tx` whenever the plan or a node's report changes, until the watch
-    /// ends or fails (then the caller starts it again). A source of wake-ups, not
-    /// a wait: whoever listens also polls.
-    pub async fn watch_changes(&self, tx: &tokio::sync::watch::Sender<u64>) -> Result<(), Error> {
-        let (plan, reports) = (self.key("plan"), self.key("reports/"));
+    /// Every node's report as this process last saw it (see [`Store::plan_seen`]).
+    pub async fn reports_seen(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
+        let prefix = self.key("reports/");
+        let hit: Option<Vec<(String, Vec<u8>)>> = {
+            let m = self.mirror();
+            m.is_live().then(|| {
+                m.under(&prefix)
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                    .collect()
+            })
+        };
+        match hit {
+            Some(kvs) => {
+                Self::parse_reports(&prefix, kvs.iter().map(|(k, v)| (k.clone(), v.as_slice())))
+            }
+            None => self.reports().await,
+        }
+    }
+
+    fn parse_reports<'a>(
+        prefix: &str,
+        kvs: impl Iterator<Item = (String, &'a [u8])>,
+    ) -> Result<Vec<(u32, NodeReport)>, Error> {
+        kvs.map(|(key, value)| {
+            let id = key
+                .strip_prefix(prefix)
+                .and_then(|i| i.parse().ok())
+                .ok_or_else(|| Error::Damaged {
+                    key: key.clone(),
+                    problem: "not a node id".into(),
+                })?;
+            Ok((id, Self::parse(&key, value)?))
+        })
+        .collect()
+    }
+
+    /// Keeps the mirror (`crate::mirror`) current from one read of the prefix and
+    /// etcd's watch after it; ticks `changes` whenever the plan or a node's report
+    /// changes, and `vacancy` whenever the coordinator key goes (revoked or its
+    /// lease expired), until the watch ends or fails (then the mirror is no longer
+    /// trusted and the caller starts this again). A source of wake-ups, not a wait:
+    /// whoever listens also polls.
+    pub async fn watch_changes(
+        &self,
+        changes: &tokio::sync::watch::Sender<u64>,
+        vacancy: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<(), Error> {
+        // Not trusted once this ends, however it ends (dropped included).
+        struct Lost<'a>(&'a Store);
+        impl Drop for Lost<'_> {
+            fn drop(&mut self) {
+                self.0.mirror().lost();
+            }
+        }
+        let _lost = Lost(self);
+        self.follow(changes, vacancy).await
+    }
+
+    async fn follow(
+        &self,
+        changes: &tokio::sync::watch::Sender<u64>,
+        vacancy: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<(), Error> {
+        let (plan, reports, coordinator) = (
+            self.key("plan"),
+            self.key("reports/"),
+            self.key("coordinator"),
+        );
+        let all = self
+            .call("reading the cluster's state", |mut c| {
+                let prefix = self.prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let at = all.header().map_or(0, |h| h.revision());
         let mut c = self.client.clone();
         let mut stream = self
             .timed(
                 "watching the plan and the reports",
-                c.watch(self.prefix.clone(), Some(WatchOptions::new().with_prefix())),
+                c.watch(
+                    self.prefix.clone(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(at + 1),
+                    ),
+                ),
             )
             .await?;
+        self.mirror().reset(all.kvs().iter().map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+                kv.mod_revision(),
+            )
+        }));
+        changes.send_modify(|n| *n += 1); // whatever changed while nobody watched
         while let Some(r) = stream.message().await.map_err(etcd_err("watching"))? {
-            let relevant = r.events().iter().any(|e| {
-                e.kv().is_some_and(|kv| {
+            if r.canceled() {
+                return Err(Error::Damaged {
+                    key: self.prefix.clone(),
+                    problem: format!("the watch was cancelled: {}", r.cancel_reason()),
+                });
+            }
+            let (mut state, mut vacant) = (false, false);
+            {
+                let mut m = self.mirror();
+                for e in r.events() {
+                    let Some(kv) = e.kv() else { continue };
                     let k = String::from_utf8_lossy(kv.key());
-                    k == plan || k.starts_with(&reports)
-                })
-            });
-            if relevant {
-                tx.send_modify(|n| *n += 1);
+                    if e.event_type() == EventType::Delete {
+                        m.deleted(&k, kv.mod_revision());
+                    } else {
+                        m.saw(&k, kv.value(), kv.mod_revision());
+                    }
+                    state |= k == plan || k.starts_with(&reports);
+                    vacant |= k == coordinator && e.event_type() == EventType::Delete;
+                }
+            }
+            if state {
+                changes.send_modify(|n| *n += 1);
+            }
+            if vacant {
+                vacancy.send_modify(|n| *n += 1);
             }
         }
         Ok(())
     }
 
     /// Becomes the coordinator if nobody is: the key is created under `lease`
-    /// only if it does not exist (it goes with the lease). True when `me` holds it.
+    /// only if it does not exist (it goes with the lease). True when `me` holds it
+    /// under `lease` (a key of this node's under another lease, left by an earlier
+    /// run of the agent, goes with that lease: not a lead to count on).
     pub async fn try_lead(&self, me: u32, lease: i64) -> Result<bool, Error> {
         let key = self.key("coordinator");
         let txn = Txn::new()
@@ -404,7 +570,14 @@ impl Store {
         if r.succeeded() {
             return Ok(true);
         }
-        Ok(self.coordinator().await? == Some(me))
+        let me = me.to_string();
+        Ok(r.op_responses().iter().any(|o| match o {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .iter()
+                .any(|kv| kv.lease() == lease && kv.value() == me.as_bytes()),
+            _ => false,
+        }))
     }
 
     /// The coordinator's node id, if there is one.
@@ -442,7 +615,7 @@ impl Store {
 }
 
 /// Keeps `info()` registered under a lease of `ttl`: renews it every third of the
-/// TTL, rewrites the info (it changes after an upgrade), and starts over with a
+/// TTL, rewrites the info when it changed (after an upgrade), and starts over with a
 /// new lease when the old one is lost or etcd was away. Runs until dropped.
 pub async fn stay_registered(
     store: Store,
@@ -452,16 +625,34 @@ pub async fn stay_registered(
 ) {
     let secs = ttl.as_secs().max(1) as i64;
     let mut lease: Option<i64> = None;
+    // What etcd holds: written again only when it changed (each write wakes
+    // every node's watch).
+    let mut written: Option<NodeInfo> = None;
     loop {
         let r = match lease {
-            None => store.register(&info(), secs).await.map(|l| {
-                log(&format!(
-                    "registered in the cluster (lease {l:x}, {secs} s)"
-                ));
-                lease = Some(l);
-            }),
+            None => {
+                let now = info();
+                store.register(&now, secs).await.map(|l| {
+                    log(&format!(
+                        "registered in the cluster (lease {l:x}, {secs} s)"
+                    ));
+                    lease = Some(l);
+                    written = Some(now);
+                })
+            }
             Some(l) => match store.renew(l).await {
-                Ok(true) => store.put_info(&info(), l).await,
+                Ok(true) => {
+                    let now = info();
+                    if written.as_ref() == Some(&now) {
+                        Ok(())
+                    } else {
+                        let r = store.put_info(&now, l).await;
+                        if r.is_ok() {
+                            written = Some(now);
+                        }
+                        r
+                    }
+                }
                 Ok(false) => {
                     log("the cluster lease expired; registering again");
                     lease = None;

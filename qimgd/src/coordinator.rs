@@ -15,6 +15,10 @@ use crate::restriper::DataSafety;
 /// How often the coordinator reconciles.
 pub const POLL: Duration = Duration::from_millis(200);
 
+/// How often a node that does not coordinate checks that one does; it also
+/// campaigns as soon as etcd's watch says the coordinator key went.
+pub const CAMPAIGN_POLL: Duration = Duration::from_secs(1);
+
 /// What the coordinator knows besides etcd: the time, itself, its limits and the
 /// data-safety gate's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,16 +275,36 @@ fn batch_step(
         return Batch::Wait;
     }
     // The batch is back: the data-safety gate before the next one. The simulated
-    // restriper needs time per rebooted node; a probed one says when it is done.
-    if plan.gate_until_ms == 0 {
-        p.gate_until_ms = match cx.data {
-            DataSafety::Timed => cx.now_ms + cx.restripe_ms_per_node * current.len() as u64,
+    // restriper needs time per rebooted node from when the last of them was back
+    // (by the nodes' reports); a probed one says when it is done.
+    let mut gate_until_ms = plan.gate_until_ms;
+    if gate_until_ms == 0 {
+        gate_until_ms = match cx.data {
+            DataSafety::Timed => {
+                let back = reports
+                    .iter()
+                    .filter(|(i, r)| current.contains(i) && r.generation == plan.generation)
+                    .map(|(_, r)| {
+                        if r.at_ms == 0 {
+                            cx.now_ms
+                        } else {
+                            r.at_ms.min(cx.now_ms)
+                        }
+                    })
+                    .max()
+                    .unwrap_or(cx.now_ms);
+                back + cx.restripe_ms_per_node * current.len() as u64
+            }
             _ => cx.now_ms,
         };
-        return Batch::Moved(p);
+        p.gate_until_ms = gate_until_ms;
+        // Written first unless it is already up: readers see the gate hold.
+        if !(matches!(cx.data, DataSafety::Timed) && cx.now_ms >= gate_until_ms) {
+            return Batch::Moved(p);
+        }
     }
     match &cx.data {
-        DataSafety::Timed if cx.now_ms < plan.gate_until_ms => return Batch::Wait,
+        DataSafety::Timed if cx.now_ms < gate_until_ms => return Batch::Wait,
         DataSafety::Timed | DataSafety::Safe => {}
         DataSafety::AtRisk(why) => {
             if cx.now_ms.saturating_sub(plan.gate_until_ms) > cx.gate_limit_ms {
@@ -309,11 +333,18 @@ async fn reconcile(
     spec: &ClusterSpec,
     mut cx: Ctx,
     probe: Option<&[String]>,
+    fresh: bool,
 ) -> Result<u64, qcluster::Error> {
-    let Some((plan, rev)) = store.plan().await? else {
+    // Read from etcd at the poll; as the watch delivered it otherwise (a stale
+    // plan only loses its compare-and-swap).
+    let (plan, reports) = if fresh {
+        (store.plan().await?, store.reports().await?)
+    } else {
+        (store.plan_seen().await?, store.reports_seen().await?)
+    };
+    let Some((plan, rev)) = plan else {
         return Ok(0);
     };
-    let reports = store.reports().await?;
     // The restriper is asked only while a gate holds the next batch back.
     if let Some(argv) = probe.filter(|_| plan.gating(cx.now_ms, false)) {
         let argv = argv.to_vec();
@@ -355,30 +386,40 @@ pub async fn run(app: Shared) {
     let mut leading = false;
     let mut last_error = String::new();
     let mut changes = app.changes.subscribe();
+    let mut vacancy = app.vacancy.subscribe();
     // When a data-safety gate's time is up (Unix ms), to wake exactly then.
     let mut gate_until: u64 = 0;
     loop {
-        let nap = match gate_until.checked_sub(qcluster::plan::now_ms()) {
-            Some(left) if left > 0 => POLL.min(Duration::from_millis(left)),
-            _ => POLL,
-        };
-        // Changes matter to the coordinator (and to a node stepping down); the
-        // others only campaign, at the poll.
+        // The coordinator (and a node stepping down) acts on changes, at the poll
+        // at the latest, and exactly when a gate's time is up; the others
+        // campaign when the coordinator key goes, or at their slower poll.
+        // Only the full poll reads etcd; a change or a gate's end is in the mirror.
+        let mut fresh = false;
         if leading {
-            tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
-                _ = changes.changed() => {}
-            }
+            let nap = match gate_until.checked_sub(qcluster::plan::now_ms()) {
+                Some(left) if left > 0 => POLL.min(Duration::from_millis(left)),
+                _ => POLL,
+            };
+            fresh = tokio::select! {
+                _ = tokio::time::sleep(nap) => nap == POLL,
+                _ = changes.changed() => false,
+            };
         } else {
-            tokio::time::sleep(nap).await;
+            tokio::select! {
+                _ = tokio::time::sleep(CAMPAIGN_POLL) => {}
+                _ = vacancy.changed() => {}
+            }
         }
         let Some(store) = c.store() else {
             continue;
         };
         let r: Result<(), qcluster::Error> = async {
             if app.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
-                // This node reboots for the plan: another node finishes it.
-                if let Some((id, _)) = lease.take() {
+                // This node reboots for the plan: another node finishes it. A
+                // lease of a lost campaign is left to expire.
+                if let Some((id, _)) = lease.take()
+                    && leading
+                {
                     store.revoke(id).await?;
                 }
                 if leading {
@@ -387,19 +428,27 @@ pub async fn run(app: Shared) {
                 }
                 return Ok(());
             }
-            let id = match lease {
-                Some((id, renewed)) if renewed.elapsed() < ttl / 3 => id,
+            // Somebody else coordinates: nothing to campaign for (a read, where a
+            // campaign would be a write on every etcd member).
+            if !leading && store.coordinator().await?.is_some_and(|id| id != me) {
+                lease = None; // not renewed meanwhile: a new one to campaign with
+                return Ok(());
+            }
+            // The key goes with the lease: while the lease is renewed, the lead
+            // holds without asking again.
+            let (id, held) = match lease {
+                Some((id, renewed)) if renewed.elapsed() < ttl / 3 => (id, true),
                 Some((id, _)) if store.renew(id).await? => {
                     lease = Some((id, Instant::now()));
-                    id
+                    (id, true)
                 }
                 _ => {
                     let id = store.lease(ttl.as_secs() as i64).await?;
                     lease = Some((id, Instant::now()));
-                    id
+                    (id, false)
                 }
             };
-            let now = store.try_lead(me, id).await?;
+            let now = (leading && held) || store.try_lead(me, id).await?;
             if now != leading {
                 crate::log(if now {
                     "this node is the cluster's coordinator"
@@ -423,7 +472,7 @@ pub async fn run(app: Shared) {
                         DataSafety::Timed
                     },
                 };
-                gate_until = reconcile(store, &spec, cx, probe).await?;
+                gate_until = reconcile(store, &spec, cx, probe, fresh).await?;
             }
             Ok(())
         }
@@ -489,6 +538,7 @@ mod tests {
                 progress: 100,
                 error: (step == NodeStep::Failed).then(|| "boom".into()),
                 downtime_ms: downtime,
+                at_ms: 0,
             },
         )
     }
@@ -600,10 +650,48 @@ mod tests {
                         progress: 100,
                         error: None,
                         downtime_ms: None,
+                        at_ms: 0,
                     },
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_simulated_restriper_runs_from_when_the_batch_was_back() {
+        let s = spec_of(4, 2);
+        let cx = |now_ms| Ctx {
+            now_ms,
+            me: 2,
+            batch_limit_ms: 10_000,
+            restripe_ms_per_node: 1000,
+            gate_limit_ms: 10_000,
+            data: DataSafety::Timed,
+        };
+        let mut p = ClusterPlan {
+            rolling: true,
+            nodes_per_batch: Some(2),
+            phase: PlanPhase::Committing,
+            ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        };
+        p = next(&p, &s, &[], &cx(1000)).unwrap();
+        let first = p.batches[0].clone();
+        let back = |at: &[u64]| -> Vec<(u32, NodeReport)> {
+            let mut r = committed(&first);
+            for ((_, rep), at) in r.iter_mut().zip(at) {
+                rep.at_ms = *at;
+            }
+            r
+        };
+        // The last node of the batch was back at 2600: the gate runs from then.
+        let g = next(&p, &s, &back(&[2400, 2600]), &cx(3000)).unwrap();
+        assert_eq!((g.batch, g.gate_until_ms), (0, 2600 + 2000));
+        // A clock ahead of the coordinator's counts as now.
+        let g = next(&p, &s, &back(&[2400, 9000]), &cx(3000)).unwrap();
+        assert_eq!(g.gate_until_ms, 3000 + 2000);
+        // Already restriped when the coordinator reads it: the next batch at once.
+        let n = next(&p, &s, &back(&[1500, 1600]), &cx(4000)).unwrap();
+        assert_eq!((n.batch, n.gate_until_ms, n.batch_started_ms), (1, 0, 4000));
     }
 
     #[test]

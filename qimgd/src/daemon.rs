@@ -91,6 +91,8 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         reported: std::sync::Mutex::new((0, 0)),
         power_off: tokio::sync::Notify::new(),
         changes: tokio::sync::watch::Sender::new(0),
+        vacancy: tokio::sync::watch::Sender::new(0),
+        up_since_ms: std::sync::atomic::AtomicU64::new(qcluster::plan::now_ms()),
         stepping_down: AtomicBool::new(false),
     });
     Ok((app, tls))
@@ -102,8 +104,12 @@ pub async fn hardware(app: Shared) {
         return;
     }
     loop {
-        // A stat every 10 ms: the simulated power button's latency.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // When a job ends (a commit or a revert returns once it asked for the
+        // reboot), else a stat every 10 ms: the simulated power button's latency.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            _ = app.jobs.ended.notified() => {}
+        }
         if !sim::reboot_due(app.agent.node()) {
             continue;
         }
@@ -136,6 +142,8 @@ pub async fn hardware(app: Shared) {
         }
         tokio::time::sleep(Duration::from_millis(app.config.sim_boot_ms)).await;
         boot(&app).await;
+        app.up_since_ms
+            .store(qcluster::plan::now_ms(), Ordering::SeqCst);
         drop(claim);
         app.down.store(false, Ordering::SeqCst);
         app.changes.send_modify(|n| *n += 1);
@@ -208,7 +216,7 @@ pub async fn join(app: Shared) {
     // so a broken watch only slows them.
     let watch = async {
         loop {
-            if let Err(e) = store.watch_changes(&app.changes).await {
+            if let Err(e) = store.watch_changes(&app.changes, &app.vacancy).await {
                 crate::log(&format!("watching the cluster's state: {e}; again in 1 s"));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

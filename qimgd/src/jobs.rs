@@ -83,6 +83,9 @@ pub struct Jobs {
     /// The current prepare's progress.
     pub meter: Arc<Meter>,
     verified: Mutex<Option<Verified>>,
+    /// Notified when a job ends (a commit that asked for a reboot returns): the
+    /// simulated hardware looks at once instead of at its next poll.
+    pub ended: tokio::sync::Notify,
 }
 
 /// The slot, held until dropped.
@@ -94,6 +97,7 @@ pub struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         *self.jobs.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.jobs.ended.notify_one();
     }
 }
 

@@ -14,8 +14,14 @@ use upgrade::state::Stage;
 use crate::api::Shared;
 use crate::jobs::{JobKind, Observer};
 
-/// How often the loop looks at the plan.
+/// How often the loop looks at the plan while a job of this node's runs (its
+/// progress is reported at this pace).
 pub const POLL: Duration = Duration::from_millis(200);
+
+/// How often it looks otherwise: etcd's watch wakes it on every change of the
+/// plan or of a report, and a boot of this node wakes it too; the poll only
+/// covers a watch that broke.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
 
 fn report(generation: u64, step: NodeStep, progress: u8, error: Option<String>) -> NodeReport {
     NodeReport {
@@ -24,6 +30,15 @@ fn report(generation: u64, step: NodeStep, progress: u8, error: Option<String>) 
         progress,
         error,
         downtime_ms: None,
+        at_ms: qcluster::plan::now_ms(),
+    }
+}
+
+/// A report of a step this node reached by booting: timed when it came up.
+fn booted(app: &Shared, r: NodeReport) -> NodeReport {
+    NodeReport {
+        at_ms: app.up_since_ms.load(Ordering::SeqCst),
+        ..r
     }
 }
 
@@ -37,14 +52,20 @@ pub async fn run(app: Shared) {
     let mut changes = app.changes.subscribe();
     loop {
         // At the next poll, or at once when the plan or a report changed.
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = changes.changed() => {}
-        }
+        let nap = if app.jobs.running().is_some() {
+            POLL
+        } else {
+            IDLE_POLL
+        };
+        // Woken by a change: what woke it is in the mirror; at the poll: etcd.
+        let fresh = tokio::select! {
+            _ = tokio::time::sleep(nap) => true,
+            _ = changes.changed() => false,
+        };
         let Some(store) = c.store() else {
             continue;
         };
-        if let Err(e) = step(&app, store, me).await {
+        if let Err(e) = step(&app, store, me, fresh).await {
             let text = upgrade::chain(&e);
             if text != last_error {
                 crate::log(&format!("member: {text}"));
@@ -54,19 +75,23 @@ pub async fn run(app: Shared) {
     }
 }
 
-async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Error> {
+/// One look at the plan and this node's report (`fresh`: read from etcd, else
+/// as the watch delivered them), and what it calls for.
+async fn step(app: &Shared, store: &Store, me: u32, fresh: bool) -> Result<(), qcluster::Error> {
     // Whether a job runs, asked before the reports are read: a job writes its
     // final report before it lets go of its claim, so a job seen ended has its
     // report in what is read next.
     let busy = app.jobs.running().is_some();
-    let Some((plan, _)) = store.plan().await? else {
+    let (plan, own) = if fresh {
+        (store.plan().await?, store.report_of(me).await?)
+    } else {
+        (store.plan_seen().await?, store.report_of_seen(me).await?)
+    };
+    let Some((plan, _)) = plan else {
         return Ok(());
     };
     let g = plan.generation;
-    let own = store
-        .report_of(me)
-        .await?
-        .filter(|(r, _)| r.generation == g);
+    let own = own.filter(|(r, _)| r.generation == g);
     let mine = own.as_ref().map(|(r, _)| r.step);
     let down = plan.reboots_ahead(me, mine);
     if app.stepping_down.swap(down, Ordering::SeqCst) != down {
@@ -103,7 +128,7 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
                 Some((s, _)) if matches!(&s.stage, Stage::Committed(p) if p.to.version.to_string() == plan.target_version) =>
                 {
                     store
-                        .report(me, &report(g, NodeStep::Committed, 100, None))
+                        .report(me, &booted(app, report(g, NodeStep::Committed, 100, None)))
                         .await?;
                 }
                 Some((s, _)) if matches!(s.stage, Stage::Idle { .. }) => {
@@ -149,7 +174,7 @@ async fn step(app: &Shared, store: &Store, me: u32) -> Result<(), qcluster::Erro
             match st {
                 Some((s, _)) if matches!(s.stage, Stage::Idle { .. }) => {
                     store
-                        .report(me, &report(g, NodeStep::RolledBack, 100, None))
+                        .report(me, &booted(app, report(g, NodeStep::RolledBack, 100, None)))
                         .await?
                 }
                 Some((s, false)) if matches!(s.stage, Stage::Committed(_)) => {

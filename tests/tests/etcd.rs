@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use qcluster::{NodeInfo, Store};
+use qcluster::{ClusterPlan, NodeInfo, NodeReport, NodeStep, PlanMode, PlanPhase, Store};
 use tests::etcd::{EtcdCluster, spec};
 
 fn info(id: u32) -> NodeInfo {
@@ -96,7 +96,6 @@ fn mutual_tls_and_leased_registrations() {
 
 #[test]
 fn plan_compare_and_swap_and_one_coordinator() {
-    use qcluster::{ClusterPlan, NodeReport, NodeStep, PlanMode, PlanPhase};
     let d = tempfile::tempdir().unwrap();
     let s = spec("t3", 3, 1);
     let Some(c) = EtcdCluster::start(d.path(), &s) else {
@@ -150,6 +149,7 @@ fn plan_compare_and_swap_and_one_coordinator() {
             progress: 100,
             error: None,
             downtime_ms: None,
+            at_ms: 0,
         };
         st.report(2, &r(NodeStep::Prepared)).await.unwrap();
         st.report(1, &r(NodeStep::Failed)).await.unwrap();
@@ -190,5 +190,122 @@ fn plan_compare_and_swap_and_one_coordinator() {
             "after the holder's lease is gone"
         );
         assert_eq!(st.coordinator().await.unwrap(), Some(2));
+        let l3 = st.lease(30).await.unwrap();
+        assert!(
+            !st.try_lead(2, l3).await.unwrap(),
+            "the node's key under another lease (an earlier run's) is not a lead"
+        );
+    });
+}
+
+/// Waits for a tick of `rx`, naming what it waited for.
+async fn tick(rx: &mut tokio::sync::watch::Receiver<u64>, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .unwrap_or_else(|_| panic!("no tick within 10 s: {what}"))
+        .unwrap();
+}
+
+#[test]
+fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec("t4", 3, 1);
+    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let limit = Duration::from_secs(10);
+        let a = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
+            .await
+            .unwrap();
+        let b = Store::connect(&c.nodes[1].load().unwrap(), &c.nodes[1], limit)
+            .await
+            .unwrap();
+        let plan = |phase| ClusterPlan {
+            phase,
+            ..ClusterPlan::new(3, "/x.qimg", "7.1.0", PlanMode::Platform)
+        };
+        let r = |step| NodeReport {
+            generation: 3,
+            step,
+            progress: 100,
+            error: None,
+            downtime_ms: None,
+            at_ms: 1234,
+        };
+        // Before any watch: read from etcd.
+        assert!(
+            b.put_plan_if(&plan(PlanPhase::Preparing), None)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            a.plan_seen().await.unwrap().unwrap().0.phase,
+            PlanPhase::Preparing
+        );
+
+        let (changes, vacancy) = (
+            tokio::sync::watch::Sender::new(0u64),
+            tokio::sync::watch::Sender::new(0u64),
+        );
+        let (mut ch, mut va) = (changes.subscribe(), vacancy.subscribe());
+        let watcher = a.clone();
+        let watch = tokio::spawn(async move { watcher.watch_changes(&changes, &vacancy).await });
+        tick(&mut ch, "the mirror's first read").await;
+
+        // Another node's writes: in the mirror by the time the tick arrives.
+        let (_, rev) = b.plan().await.unwrap().unwrap();
+        assert!(
+            b.put_plan_if(&plan(PlanPhase::Prepared), Some(rev))
+                .await
+                .unwrap()
+        );
+        tick(&mut ch, "the plan written by node 2").await;
+        let (seen, seen_rev) = a.plan_seen().await.unwrap().unwrap();
+        assert_eq!(seen.phase, PlanPhase::Prepared);
+        assert_eq!(
+            seen_rev,
+            a.plan().await.unwrap().unwrap().1,
+            "the same revision as etcd's"
+        );
+        b.report(3, &r(NodeStep::Committed)).await.unwrap();
+        tick(&mut ch, "node 3's report").await;
+        assert_eq!(
+            a.reports_seen().await.unwrap(),
+            vec![(3, r(NodeStep::Committed))]
+        );
+        assert_eq!(
+            a.report_of_seen(3).await.unwrap().unwrap().0,
+            r(NodeStep::Committed)
+        );
+
+        // This process's own write is there at once (before its watch event).
+        a.report(1, &r(NodeStep::Committing)).await.unwrap();
+        assert_eq!(
+            a.report_of_seen(1).await.unwrap().unwrap().0,
+            r(NodeStep::Committing)
+        );
+
+        // The coordinator key going (revoked) ticks the vacancy, not the changes.
+        let l = b.lease(30).await.unwrap();
+        assert!(b.try_lead(2, l).await.unwrap());
+        b.revoke(l).await.unwrap();
+        tick(&mut va, "the coordinator key revoked").await;
+
+        // Once the watch is gone, reads go to etcd again: a write by another
+        // node is read at once, without a tick.
+        watch.abort();
+        let _ = watch.await;
+        let (_, rev) = b.plan().await.unwrap().unwrap();
+        assert!(
+            b.put_plan_if(&plan(PlanPhase::Committing), Some(rev))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            a.plan_seen().await.unwrap().unwrap().0.phase,
+            PlanPhase::Committing
+        );
     });
 }

@@ -66,6 +66,13 @@ pub struct App {
     /// this node booted: the member and coordinator loops wake at once instead of
     /// at their next poll.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// Ticks when the coordinator key went (etcd's watch): the nodes that are not
+    /// coordinating campaign at once instead of at their next poll.
+    pub vacancy: tokio::sync::watch::Sender<u64>,
+    /// When this node last came up (Unix ms): the agent's start, or the end of a
+    /// simulated boot (its boot check included). What a report of a step reached
+    /// by booting says as its time.
+    pub up_since_ms: std::sync::atomic::AtomicU64,
     /// Set by the member loop while this node is about to reboot (or reboots) for
     /// the plan: the coordinator loop steps down and does not campaign.
     pub stepping_down: AtomicBool,
