@@ -1,0 +1,431 @@
+//! Tests of the coordinator's decisions (pure: plan + reports + context → the next plan).
+
+use super::*;
+use qcluster::{NodeSpec, PlanMode};
+
+const CX: Ctx = Ctx {
+    now_ms: 1_000_000,
+    me: 1,
+    batch_limit_ms: 60_000,
+    restripe_ms_per_node: 1000,
+    gate_limit_ms: 60_000,
+    data: DataSafety::Timed,
+};
+
+fn spec() -> ClusterSpec {
+    spec_of(3, 1)
+}
+
+fn spec_of(n: u32, max_node_failures: u32) -> ClusterSpec {
+    ClusterSpec {
+        name: "c".into(),
+        max_node_failures,
+        nodes: (1..=n)
+            .map(|i| NodeSpec {
+                id: i,
+                name: format!("n{i}"),
+                agent: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                etcd_client: None,
+                etcd_peer: None,
+            })
+            .collect(),
+    }
+}
+
+fn plan(phase: PlanPhase, auto_commit: bool) -> ClusterPlan {
+    ClusterPlan {
+        auto_commit,
+        phase,
+        ..ClusterPlan::new(7, "/x", "7.0.1", PlanMode::Instant)
+    }
+}
+
+fn r(id: u32, generation: u64, step: NodeStep, downtime: Option<u64>) -> (u32, NodeReport) {
+    (
+        id,
+        NodeReport {
+            generation,
+            step,
+            progress: 100,
+            error: (step == NodeStep::Failed).then(|| "boom".into()),
+            downtime_ms: downtime,
+            at_ms: 0,
+        },
+    )
+}
+
+#[test]
+fn prepared_only_when_every_node_is_and_of_this_generation() {
+    let s = spec();
+    let p = plan(PlanPhase::Preparing, false);
+    let mut reps = vec![
+        r(1, 7, NodeStep::Prepared, None),
+        r(2, 7, NodeStep::Prepared, None),
+    ];
+    assert_eq!(next(&p, &s, &reps, &CX), None, "node 3 has not reported");
+    reps.push(r(3, 6, NodeStep::Prepared, None));
+    assert_eq!(
+        next(&p, &s, &reps, &CX),
+        None,
+        "an older generation's report does not count"
+    );
+    reps[2] = r(3, 7, NodeStep::Prepared, None);
+    assert_eq!(next(&p, &s, &reps, &CX).unwrap().phase, PlanPhase::Prepared);
+    let auto = plan(PlanPhase::Preparing, true);
+    assert_eq!(
+        next(&auto, &s, &reps, &CX).unwrap().phase,
+        PlanPhase::Committing
+    );
+}
+
+#[test]
+fn a_failure_discards_everywhere_then_fails_naming_the_node() {
+    let s = spec();
+    let p = plan(PlanPhase::Preparing, false);
+    let reps = vec![
+        r(1, 7, NodeStep::Preparing, None),
+        r(2, 7, NodeStep::Failed, None),
+    ];
+    let d = next(&p, &s, &reps, &CX).unwrap();
+    assert_eq!(d.phase, PlanPhase::Discarding);
+    assert!(
+        d.error.as_deref().unwrap().contains("node n2: boom"),
+        "{:?}",
+        d.error
+    );
+    let settled = vec![
+        r(1, 7, NodeStep::Discarded, None),
+        r(2, 7, NodeStep::Failed, None),
+        r(3, 7, NodeStep::Discarded, None),
+    ];
+    assert_eq!(next(&d, &s, &reps[..1], &CX), None);
+    assert_eq!(
+        next(&d, &s, &settled, &CX).unwrap().phase,
+        PlanPhase::Failed
+    );
+}
+
+#[test]
+fn an_instant_commit_failing_somewhere_rolls_every_node_back() {
+    let s = spec();
+    let p = plan(PlanPhase::Committing, false);
+    let reps = vec![
+        r(1, 7, NodeStep::Committed, Some(4)),
+        r(2, 7, NodeStep::Failed, None),
+        r(3, 7, NodeStep::Committing, None),
+    ];
+    let back = next(&p, &s, &reps, &CX).unwrap();
+    assert_eq!(back.phase, PlanPhase::RollingBack);
+    assert!(
+        back.error.as_deref().unwrap().contains("node n2"),
+        "{back:?}"
+    );
+    assert_eq!(
+        next(&back, &s, &reps, &CX),
+        None,
+        "node 1 has not gone back yet"
+    );
+    let settled = vec![
+        r(1, 7, NodeStep::RolledBack, None),
+        r(2, 7, NodeStep::Failed, None),
+        r(3, 7, NodeStep::RolledBack, None),
+    ];
+    assert_eq!(
+        next(&back, &s, &settled, &CX).unwrap().phase,
+        PlanPhase::Failed
+    );
+}
+
+#[test]
+fn committed_with_the_longest_downtime() {
+    let s = spec();
+    let p = plan(PlanPhase::Committing, false);
+    let reps = vec![
+        r(1, 7, NodeStep::Committed, Some(4)),
+        r(2, 7, NodeStep::Committed, Some(9)),
+        r(3, 7, NodeStep::Committed, Some(3)),
+    ];
+    let c = next(&p, &s, &reps, &CX).unwrap();
+    assert_eq!((c.phase, c.downtime_ms), (PlanPhase::Committed, Some(9)));
+    assert_eq!(next(&c, &s, &reps, &CX), None, "a committed plan stays");
+}
+
+fn committed(ids: &[u32]) -> Vec<(u32, NodeReport)> {
+    ids.iter()
+        .map(|&id| {
+            (
+                id,
+                NodeReport {
+                    generation: 1,
+                    step: NodeStep::Committed,
+                    progress: 100,
+                    error: None,
+                    downtime_ms: None,
+                    at_ms: 0,
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn only_a_stop_or_an_undo_is_grave() {
+    let p = ClusterPlan {
+        phase: PlanPhase::Committing,
+        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+    };
+    let moved = ClusterPlan {
+        batch: 1,
+        ..p.clone()
+    };
+    assert!(!grave(&p, &moved), "a next batch is not");
+    let paused = ClusterPlan {
+        paused_error: Some("late".into()),
+        ..p.clone()
+    };
+    assert!(grave(&p, &paused));
+    assert!(!grave(&paused, &paused), "already paused");
+    for phase in [
+        PlanPhase::Failed,
+        PlanPhase::Discarding,
+        PlanPhase::RollingBack,
+    ] {
+        assert!(grave(&p, &ClusterPlan { phase, ..p.clone() }), "{phase:?}");
+    }
+    assert!(!grave(
+        &p,
+        &ClusterPlan {
+            phase: PlanPhase::Committed,
+            ..p.clone()
+        }
+    ));
+}
+
+#[test]
+fn the_simulated_restriper_runs_from_when_the_batch_was_back() {
+    let s = spec_of(4, 2);
+    let cx = |now_ms| Ctx {
+        now_ms,
+        me: 2,
+        batch_limit_ms: 10_000,
+        restripe_ms_per_node: 1000,
+        gate_limit_ms: 10_000,
+        data: DataSafety::Timed,
+    };
+    let mut p = ClusterPlan {
+        rolling: true,
+        nodes_per_batch: Some(2),
+        phase: PlanPhase::Committing,
+        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+    };
+    p = next(&p, &s, &[], &cx(1000)).unwrap();
+    let first = p.batches[0].clone();
+    let back = |at: &[u64]| -> Vec<(u32, NodeReport)> {
+        let mut r = committed(&first);
+        for ((_, rep), at) in r.iter_mut().zip(at) {
+            rep.at_ms = *at;
+        }
+        r
+    };
+    // The last node of the batch was back at 2600: the gate runs from then.
+    let g = next(&p, &s, &back(&[2400, 2600]), &cx(3000)).unwrap();
+    assert_eq!((g.batch, g.gate_until_ms), (0, 2600 + 2000));
+    // A clock ahead of the coordinator's counts as now.
+    let g = next(&p, &s, &back(&[2400, 9000]), &cx(3000)).unwrap();
+    assert_eq!(g.gate_until_ms, 3000 + 2000);
+    // Already restriped when the coordinator reads it: the next batch at once.
+    let n = next(&p, &s, &back(&[1500, 1600]), &cx(4000)).unwrap();
+    assert_eq!((n.batch, n.gate_until_ms, n.batch_started_ms), (1, 0, 4000));
+}
+
+#[test]
+fn batches_then_gate_then_next_batch_then_committed() {
+    let s = spec_of(4, 2);
+    let cx = |now_ms| Ctx {
+        now_ms,
+        me: 2,
+        batch_limit_ms: 10_000,
+        restripe_ms_per_node: 1000,
+        gate_limit_ms: 10_000,
+        data: DataSafety::Timed,
+    };
+    let mut p = ClusterPlan {
+        rolling: true,
+        nodes_per_batch: Some(2),
+        phase: PlanPhase::Committing,
+        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+    };
+    p = next(&p, &s, &[], &cx(1000)).unwrap();
+    assert_eq!(p.batches.last().unwrap(), &vec![2], "the coordinator last");
+    let first = p.batches[0].clone();
+    assert!(p.may_commit(first[0]) && !p.may_commit(2));
+    assert_eq!(next(&p, &s, &[], &cx(2000)), None, "the batch reboots");
+    // Back: the gate starts, holds, then the next batch goes.
+    p = next(&p, &s, &committed(&first), &cx(3000)).unwrap();
+    assert_eq!(p.gate_until_ms, 3000 + 1000 * first.len() as u64);
+    assert_eq!(
+        next(&p, &s, &committed(&first), &cx(3500)),
+        None,
+        "restriping"
+    );
+    p = next(&p, &s, &committed(&first), &cx(6000)).unwrap();
+    assert_eq!((p.batch, p.gate_until_ms), (1, 0));
+    // A paused rollout waits.
+    let mut paused = p.clone();
+    paused.paused = true;
+    assert_eq!(
+        next(&paused, &s, &committed(&[1, 2, 3, 4]), &cx(7000)),
+        None
+    );
+    // Too long: paused due to error, naming the node.
+    let late = next(&p, &s, &committed(&first), &cx(20_000)).unwrap();
+    assert!(
+        late.paused_error
+            .as_deref()
+            .unwrap()
+            .contains("did not come back"),
+        "{late:?}"
+    );
+    // The rest commits: after the last gate, the plan is committed.
+    let all = committed(&[1, 2, 3, 4]);
+    let mut now = 7000;
+    while p.phase == PlanPhase::Committing {
+        now += 5000; // past every gate, within the batch limit
+        p = next(&p, &s, &all, &cx(now)).unwrap();
+    }
+    assert_eq!(p.phase, PlanPhase::Committed);
+}
+
+#[test]
+fn a_rolling_platform_failure_brings_the_committed_nodes_back_batch_by_batch() {
+    let s = spec_of(5, 2);
+    let cx = |now_ms| Ctx {
+        now_ms,
+        me: 1,
+        batch_limit_ms: 10_000,
+        restripe_ms_per_node: 1000,
+        gate_limit_ms: 10_000,
+        data: DataSafety::Timed,
+    };
+    let p = ClusterPlan {
+        rolling: true,
+        nodes_per_batch: Some(1),
+        phase: PlanPhase::Committing,
+        batches: vec![vec![2], vec![3], vec![4], vec![5], vec![1]],
+        batch: 2,
+        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+    };
+    let step = |id, step| r(id, 1, step, None);
+    let reps = vec![
+        step(1, NodeStep::Prepared),
+        step(2, NodeStep::Committed),
+        step(3, NodeStep::Committed),
+        step(4, NodeStep::Failed),
+        step(5, NodeStep::Prepared),
+    ];
+    // The policy "stop" ends the rollout where it is.
+    let stop = ClusterPlan {
+        on_failure: OnFailure::Stop,
+        ..p.clone()
+    };
+    let stopped = next(&stop, &s, &reps, &cx(1000)).unwrap();
+    assert_eq!(stopped.phase, PlanPhase::Failed);
+    assert!(stopped.error.unwrap().contains("node n4: boom"));
+    // The default rolls back: the committed nodes, one at a time.
+    let mut b = next(&p, &s, &reps, &cx(1000)).unwrap();
+    assert_eq!(b.phase, PlanPhase::RollingBack);
+    assert!(
+        b.error.as_deref().unwrap().contains("node n4: boom"),
+        "{b:?}"
+    );
+    assert_eq!(b.batches, vec![vec![2], vec![3]]);
+    assert!(b.may_commit(2) && !b.may_commit(3) && !b.may_commit(5));
+    assert_eq!(next(&b, &s, &reps, &cx(2000)), None, "node 2 goes back");
+    let mut back = reps.clone();
+    back[0] = step(1, NodeStep::Discarded);
+    back[4] = step(5, NodeStep::Discarded);
+    back[1] = step(2, NodeStep::RolledBack);
+    b = next(&b, &s, &back, &cx(3000)).unwrap();
+    assert_eq!(b.gate_until_ms, 4000, "the restriper gate between batches");
+    assert_eq!(next(&b, &s, &back, &cx(3500)), None);
+    b = next(&b, &s, &back, &cx(4000)).unwrap();
+    assert_eq!(b.batch, 1);
+    assert!(b.may_commit(3));
+    // Node 3 does not come back within the limit: paused, named.
+    let late = next(&b, &s, &back, &cx(30_000)).unwrap();
+    assert!(
+        late.paused_error
+            .as_deref()
+            .unwrap()
+            .contains("node n3 did not come back healthy on its previous release"),
+        "{late:?}"
+    );
+    back[2] = step(3, NodeStep::RolledBack);
+    b = next(&b, &s, &back, &cx(5000)).unwrap();
+    b = next(&b, &s, &back, &cx(7000)).unwrap();
+    assert_eq!(b.phase, PlanPhase::Failed, "{b:?}");
+    assert!(b.error.unwrap().contains("every node goes back"));
+}
+
+#[test]
+fn a_complete_reboot_failure_brings_every_committed_node_back_at_once() {
+    let s = spec();
+    let p = ClusterPlan {
+        phase: PlanPhase::Committing,
+        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+    };
+    let reps = vec![
+        r(1, 1, NodeStep::Committed, None),
+        r(2, 1, NodeStep::Failed, None),
+        r(3, 1, NodeStep::Committed, None),
+    ];
+    let b = next(&p, &s, &reps, &CX).unwrap();
+    assert_eq!((b.phase, b.batches.len()), (PlanPhase::RollingBack, 0));
+    assert!(b.may_commit(1) && b.may_commit(3));
+    let settled = vec![
+        r(1, 1, NodeStep::RolledBack, None),
+        r(2, 1, NodeStep::Failed, None),
+        r(3, 1, NodeStep::RolledBack, None),
+    ];
+    assert_eq!(next(&b, &s, &reps, &CX), None);
+    assert_eq!(
+        next(&b, &s, &settled, &CX).unwrap().phase,
+        PlanPhase::Failed
+    );
+}
+
+#[test]
+fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
+    let s = spec_of(3, 1);
+    let cx = |now_ms, data| Ctx {
+        now_ms,
+        me: 1,
+        batch_limit_ms: 10_000,
+        restripe_ms_per_node: 1000,
+        gate_limit_ms: 60_000,
+        data,
+    };
+    let mut p = ClusterPlan {
+        rolling: true,
+        nodes_per_batch: Some(1),
+        phase: PlanPhase::Committing,
+        batches: vec![vec![2], vec![3], vec![1]],
+        batch_started_ms: 1000,
+        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+    };
+    let back = committed(&[2]);
+    // The batch is back: the gate starts now, whatever the simulated timing.
+    p = next(&p, &s, &back, &cx(2000, DataSafety::Safe)).unwrap();
+    assert_eq!((p.batch, p.gate_until_ms), (0, 2000));
+    let risk = DataSafety::AtRisk("the restriper is RUNNING (40 % complete)".into());
+    assert_eq!(next(&p, &s, &back, &cx(30_000, risk.clone())), None);
+    let stuck = next(&p, &s, &back, &cx(70_000, risk)).unwrap();
+    assert_eq!(
+        stuck.paused_error.as_deref(),
+        Some(
+            "the data-safety gate did not pass within 60 s: the restriper is RUNNING (40 % complete)"
+        )
+    );
+    p = next(&p, &s, &back, &cx(30_000, DataSafety::Safe)).unwrap();
+    assert_eq!((p.batch, p.gate_until_ms), (1, 0));
+}
