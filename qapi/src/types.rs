@@ -212,6 +212,10 @@ pub struct ClusterNode {
     /// The A/B slot the node booted (a qimg extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_slot: Option<String>,
+    /// `host:port` of the node's HTTPS API (a qimg extension: a client, or the
+    /// Web UI, carries on from another node while this one reboots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_address: Option<String>,
 }
 
 /// `GET /v1/shutdown/reboot/status`.
@@ -299,6 +303,18 @@ pub struct ClusterUpgrade {
     pub restriping: bool,
     /// Every node.
     pub nodes: Vec<NodeProgress>,
+    /// `instant` or `platform`.
+    #[serde(default)]
+    pub mode: String,
+    /// The release the cluster ran before (`null`: not known).
+    #[serde(default)]
+    pub from_version: Option<String>,
+    /// The release it goes to.
+    #[serde(default)]
+    pub target_version: String,
+    /// The cluster's downtime of an instant commit (the longest node's), ms.
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
 }
 
 #[cfg(test)]

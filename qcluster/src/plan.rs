@@ -50,9 +50,9 @@ pub enum PlanMode {
     Platform,
 }
 
-/// The cluster's upgrade.
+/// The cluster's upgrade. Unknown fields are ignored, as in [`NodeReport`]: an
+/// agent of the older release reads the plan a newer one wrote.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClusterPlan {
     /// Grows by one with every new plan.
     pub generation: u64,
@@ -96,6 +96,9 @@ pub struct ClusterPlan {
     /// What happens when a node fails its commit.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// The release the node that accepted the request ran (empty: not known).
+    #[serde(default)]
+    pub from_version: String,
 }
 
 impl ClusterPlan {
@@ -119,6 +122,7 @@ impl ClusterPlan {
             paused: false,
             paused_error: None,
             on_failure: OnFailure::Rollback,
+            from_version: String::new(),
         }
     }
 

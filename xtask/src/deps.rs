@@ -19,6 +19,9 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("etcd-client", "etcdctl"),
     ("protobuf-compiler", "protoc"),
     ("openssl", "openssl"),
+    // The Web UI's tests: headless Chromium driven over WebDriver.
+    ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
 ];
 
 /// Files the tests need, with the Debian package that provides each.

@@ -89,6 +89,7 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
             .num_nodes_to_reboot
             .or(Some(spec.max_node_failures.saturating_sub(1).max(1))),
         on_failure: req.on_failure.unwrap_or_default(),
+        from_version: v.plan.from.version.to_string(),
         ..ClusterPlan::new(generation, &img.shown, &v.plan.to.version.to_string(), mode)
     };
     let won = store(app)?
@@ -279,5 +280,9 @@ pub(super) async fn nodes(
             app.config.restriper_probe.is_none(),
         ),
         nodes,
+        mode: snake(&p.mode),
+        from_version: Some(p.from_version.clone()).filter(|v| !v.is_empty()),
+        target_version: p.target_version.clone(),
+        downtime_ms: p.downtime_ms,
     }))
 }

@@ -1,7 +1,7 @@
 //! The REST API: routes, the shared application state, and authentication.
 //!
-//! Every route except the login requires `Authorization: Bearer <token>`, or a
-//! connection from local root ([`crate::peer::Peer::local_root`]). Handlers are
+//! Every route except the login and the Web UI's static files ([`webui`])
+//! requires `Authorization: Bearer <token>`, or a connection from local root ([`crate::peer::Peer::local_root`]). Handlers are
 //! thin: they parse, call the engine's [`upgrade::Agent`] on a blocking thread, and
 //! shape the answer with [`shape`] into [`qapi::types`].
 
@@ -32,6 +32,7 @@ mod reboot;
 mod session;
 pub mod shape;
 mod upgrade_api;
+mod webui;
 
 use error::ApiError;
 pub(crate) use node::hostname;
@@ -162,6 +163,9 @@ pub fn router(app: Shared) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .route("/v1/session/login", post(session::login))
+        .route("/", get(webui::index))
+        .route("/ui/app.js", get(webui::app_js))
+        .route("/ui/style.css", get(webui::style))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

@@ -61,6 +61,7 @@ fn this_node(app: &Shared, online: bool) -> ClusterNode {
             .ok()
             .and_then(|i| i.active),
         boot_slot: None,
+        api_address: None,
     }
 }
 
@@ -107,6 +108,7 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
                 mac_address: String::new(),
                 software_version: r.installed.clone(),
                 boot_slot: r.slot.clone(),
+                api_address: Some(n.agent.to_string()),
             },
             None => ClusterNode {
                 id: n.id,
@@ -119,6 +121,7 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
                 mac_address: String::new(),
                 software_version: None,
                 boot_slot: None,
+                api_address: Some(n.agent.to_string()),
             },
         })
         .collect())

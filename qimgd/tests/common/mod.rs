@@ -4,8 +4,10 @@
 //! requests no polite client sends.
 #![allow(dead_code)]
 
+pub mod browser;
 #[path = "../../../qq/tests/common/mod.rs"]
 pub mod fixtures;
+pub mod sim_cluster;
 
 use std::collections::HashMap;
 use std::io::BufRead;

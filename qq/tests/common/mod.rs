@@ -375,10 +375,16 @@ pub fn agent_config(
     std::fs::create_dir_all(dir).unwrap();
     std::fs::create_dir_all(&upgrade).unwrap();
     let config = dir.join("qimgd.toml");
+    // Quick simulated reboots, unless `extra` says otherwise.
+    let times: String = [("sim_shutdown_ms", 1000), ("sim_boot_ms", 300)]
+        .iter()
+        .filter(|(k, _)| !extra.contains(k))
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect();
     std::fs::write(
         &config,
         format!(
-            "listen = {listen:?}\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"{}\"\nsim_shutdown_ms = 1000\nsim_boot_ms = 300\n{extra}",
+            "listen = {listen:?}\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"{}\"\n{times}{extra}",
             node.path().display(),
             upgrade.display(),
         ),

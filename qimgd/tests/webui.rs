@@ -1,0 +1,394 @@
+//! The Web UI's Software Upgrade page in a real browser (headless Chromium over
+//! WebDriver) against a cluster of simulated nodes: real etcd members, one
+//! `qimgd` per node. The tests assert what the page shows (texts, dialogs,
+//! enabled buttons) and then what the nodes run, and save a screenshot of every
+//! state they reach (`$CARGO_TARGET_TMPDIR/webui/<test>/`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::browser::{Browser, STEP_LIMIT};
+use common::sim_cluster::*;
+use common::*;
+
+fn url(a: &Agentd) -> String {
+    format!("https://127.0.0.1:{}/", a.port("127.0.0.1"))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The version every node's API reports, once all agree (bounded).
+fn versions(c: &Cluster) -> Vec<String> {
+    let clients = logged_in_everywhere(c);
+    clients
+        .iter()
+        .map(|cl| {
+            cl.get("/v1/version").1["build_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn log_in_refused_bundle_instant_upgrade_then_a_blocked_one() {
+    let Some(c) = cluster("w1", 3, |_, _| {}) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = build_bundle(
+        dir.path(),
+        "foreign-7.0.1",
+        &Rel::new("7.0.1", "7.0"),
+        &key(2),
+    );
+    std::fs::copy(&foreign, c.upgrade.join("foreign.qimg")).unwrap();
+    std::fs::copy(&bundles().instant, c.upgrade.join("instant.qimg")).unwrap();
+    let settled = build_bundle(
+        dir.path(),
+        "settle-7.0.2",
+        &Rel {
+            settle: Some((3600, "let 7.0.1 run a day first")),
+            ..Rel::new("7.0.2", "7.0")
+        },
+        &key(1),
+    );
+    std::fs::copy(&settled, c.upgrade.join("settle.qimg")).unwrap();
+    rt().block_on(async {
+        let Some(mut b) = Browser::start("instant", 1280, 800).await else {
+            return;
+        };
+        b.c.goto(&url(&c.agents[0])).await.unwrap();
+        assert_eq!(b.c.title().await.unwrap(), "Software Upgrade · qimg");
+        b.shot("login").await;
+
+        // A wrong password is refused, in words; the page stays on the login.
+        b.log_in(USER, "not-the-password").await;
+        b.wait_text("#login-error", "Wrong user name or password.", STEP_LIMIT)
+            .await;
+        assert!(!b.shown("#upgrade").await);
+        b.shot("login-refused").await;
+        b.log_in(USER, PASSWORD).await;
+        b.wait_text("#current-version", "7.0.0", STEP_LIMIT).await;
+        b.wait_for("three nodes listed", STEP_LIMIT, "#nodes tbody", |t| {
+            t.matches("online").count() == 3
+        })
+        .await;
+        assert!(b.enabled("#upgrade-button").await);
+        b.shot("idle").await;
+
+        // A bundle signed by another key: refused before any dialog, and why.
+        b.fill("#path", "foreign.qimg").await;
+        b.click("#upgrade-button").await;
+        let t = b
+            .wait_text(
+                "#start-error",
+                "The upgrade file /foreign.qimg was refused",
+                STEP_LIMIT,
+            )
+            .await;
+        assert!(t.contains("failed verification"), "{t}");
+        assert!(!b.shown("#confirm").await, "no dialog for a refused bundle");
+        b.shot("refused").await;
+
+        // The instant upgrade, by keyboard alone: Enter in the path field, then
+        // Enter on the dialog's focused Start Upgrade. The dialog shows both
+        // versions and no reboot choice.
+        b.fill("#path", "instant.qimg\u{E007}").await;
+        b.wait_text("#confirm-title", "Ready to upgrade?", STEP_LIMIT)
+            .await;
+        assert_eq!(b.text("#dlg-current").await.as_deref(), Some("7.0.0"));
+        assert_eq!(b.text("#dlg-new").await.as_deref(), Some("7.0.1"));
+        assert!(
+            b.text("#dlg-type")
+                .await
+                .unwrap()
+                .contains("instant upgrade")
+        );
+        assert!(
+            !b.shown("#rolling-option").await,
+            "no rolling choice for an instant upgrade"
+        );
+        assert!(!b.shown("#complete-option").await);
+        b.shot("confirm-instant").await;
+        let focused = b.c.active_element().await.unwrap();
+        assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("start"));
+        focused.send_keys("\u{E007}").await.unwrap();
+        let t = b
+            .wait_text(
+                "#success",
+                "You have successfully upgraded from 7.0.0 to 7.0.1.",
+                Duration::from_secs(120),
+            )
+            .await;
+        assert!(t.contains("Cluster downtime:"), "{t}");
+        b.wait_text("#current-version", "7.0.1", STEP_LIMIT).await;
+        b.wait_for("every node on 7.0.1", STEP_LIMIT, "#nodes tbody", |t| {
+            t.lines().filter(|l| l.contains(" online 7.0.1 A ")).count() == 3
+        })
+        .await;
+        b.shot("instant-done").await;
+
+        // A release that asks for a settle period after the last upgrade: blocked,
+        // until a time shown in the browser's time zone (not Unix seconds).
+        b.fill("#path", "settle.qimg").await;
+        b.click("#upgrade-button").await;
+        let t = b
+            .wait_text("#start-error", "This upgrade is blocked", STEP_LIMIT)
+            .await;
+        assert!(t.contains("let 7.0.1 run a day first"), "{t}");
+        assert!(!t.contains("Unix time"), "{t}");
+        assert!(!b.shown("#confirm").await);
+        // It stays while the page refreshes the state.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            b.text("#start-error")
+                .await
+                .is_some_and(|t| t.contains("blocked"))
+        );
+        b.shot("blocked").await;
+
+        // A reload shows the same truth, from the API alone.
+        b.c.refresh().await.unwrap();
+        b.wait_text("#current-version", "7.0.1", STEP_LIMIT).await;
+        assert!(b.shown("#start-form").await);
+
+        // At phone width nothing spills sideways but the node table's own scroller.
+        b.c.set_window_size(390, 844).await.unwrap();
+        b.c.refresh().await.unwrap();
+        b.wait_text("#current-version", "7.0.1", STEP_LIMIT).await;
+        let fits =
+            b.c.execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            fits,
+            serde_json::Value::Bool(true),
+            "the page is wider than the phone"
+        );
+        b.shot("phone").await;
+    });
+    assert_eq!(versions(&c), ["7.0.1", "7.0.1", "7.0.1"], "{}", c.logs());
+}
+
+#[test]
+fn rolling_reboot_goes_on_from_another_node_when_the_page_s_node_reboots() {
+    let Some(c) = cluster_with(
+        "w2",
+        3,
+        1,
+        // Down long enough (4 s) for the page to notice, as a real reboot is.
+        "sim_restripe_ms = 1500\nsim_boot_ms = 4000\n",
+        &[],
+        |_, _| {},
+    ) else {
+        return;
+    };
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let first = url(&c.agents[0]);
+    rt().block_on(async {
+        let Some(mut b) = Browser::start("rolling", 1280, 800).await else {
+            return;
+        };
+        b.c.goto(&first).await.unwrap();
+        b.log_in(USER, PASSWORD).await;
+        b.wait_text("#current-version", "7.0.0", STEP_LIMIT).await;
+        b.fill("#path", "platform.qimg").await;
+        b.click("#upgrade-button").await;
+        b.wait_text("#confirm-title", "Ready to upgrade?", STEP_LIMIT)
+            .await;
+        assert_eq!(b.text("#dlg-new").await.as_deref(), Some("7.1.0"));
+        // A platform upgrade offers both reboots; the batch size only for rolling,
+        // within what the protection level allows (1 node failure: 1).
+        assert!(b.shown("#complete-option").await && b.shown("#rolling-option").await);
+        assert!(
+            b.text("#reboot-choice")
+                .await
+                .unwrap()
+                .contains("Complete reboot (with SMB and NFS client interruption)")
+        );
+        assert!(!b.shown("#per-batch").await);
+        b.click("#rolling-option").await;
+        assert!(b.shown("#per-batch").await);
+        let e =
+            b.c.find(fantoccini::Locator::Css("#per-batch"))
+                .await
+                .unwrap();
+        assert_eq!(e.attr("max").await.unwrap().as_deref(), Some("1"));
+        b.shot("confirm-rolling").await;
+        b.click("#start").await;
+
+        // Preparing, then the rolling reboot with the reboot manager's numbers.
+        b.wait_text("#phase-title", "Rolling reboot", Duration::from_secs(120))
+            .await;
+        b.wait_for("the rolling progress", STEP_LIMIT, "#phase-text", |t| {
+            t.contains("Rebooted") && t.contains("of 3 nodes") && t.contains("batch")
+        })
+        .await;
+        assert!(
+            b.shown("#pause").await,
+            "pause is offered during a rolling reboot"
+        );
+        b.shot("rolling").await;
+
+        // Pause: the reboot manager holds the next batch; Resume lets it go. (If
+        // the page's own node is rebooting just then, the click is refused in
+        // words and the operator clicks again from the node the page moved to.)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if b.shown("#pause").await {
+                b.click("#pause").await;
+            }
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until
+                && !b
+                    .text("#phase-text")
+                    .await
+                    .is_some_and(|t| t.contains("(paused)"))
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if b.text("#phase-text")
+                .await
+                .is_some_and(|t| t.contains("(paused)"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the reboots never paused");
+        }
+        b.wait_for("the resume button", STEP_LIMIT, "#resume", |_| true)
+            .await;
+        assert!(!b.shown("#pause").await);
+        b.shot("paused").await;
+        b.click("#resume").await;
+        b.wait_for("the reboots going on", STEP_LIMIT, "#phase-text", |t| {
+            !t.contains("(paused)")
+        })
+        .await;
+
+        // Every node reboots, the page's own too: it carries on from another one.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let mut moved_to = None;
+        let mut restriping = None;
+        loop {
+            if let Some(t) = b.text("#success").await
+                && t.contains("You have successfully upgraded from 7.0.0 to 7.1.0.")
+            {
+                break;
+            }
+            let now = b.c.current_url().await.unwrap();
+            if moved_to.is_none() && !first.starts_with(now.as_str()) && now.as_str() != first {
+                moved_to = Some(now.to_string());
+                b.shot("moved-to-another-node").await;
+            }
+            if restriping.is_none()
+                && let Some(t) = b.text("#restriper").await
+                && t.contains("Waiting for the data to be safe")
+            {
+                restriping = Some(t);
+                b.shot("restriping").await;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no success within 240 s; the page shows {:?}\n{}",
+                b.text("main").await,
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        b.shot("rolling-done").await;
+        let moved_to = moved_to.expect("the page moved to another node while its own rebooted");
+        let restriping = restriping.expect("the restriper's progress shown between batches");
+        assert!(restriping.contains("% done"), "{restriping}");
+        assert!(
+            !moved_to.contains("token="),
+            "the token left the address bar: {moved_to}"
+        );
+        b.wait_for(
+            "every node on 7.1.0 from slot B",
+            STEP_LIMIT,
+            "#nodes tbody",
+            |t| t.lines().filter(|l| l.contains(" online 7.1.0 B ")).count() == 3,
+        )
+        .await;
+    });
+    assert_eq!(versions(&c), ["7.1.0", "7.1.0", "7.1.0"], "{}", c.logs());
+    for a in &c.agents {
+        assert_eq!(a.node.running().slot, bootctl::layout::Slot::B);
+    }
+}
+
+#[test]
+fn a_node_failing_its_new_release_rolls_the_cluster_back_and_the_page_says_why() {
+    let Some(c) = cluster_with(
+        "w3",
+        3,
+        1,
+        // A rollback reboot long enough (2.3 s) to be seen at the page's 1 s pace.
+        "sim_restripe_ms = 300\nsim_shutdown_ms = 2000\n",
+        &[],
+        |_, _| {},
+    ) else {
+        return;
+    };
+    // Node 3's new slot panics at boot; the others boot the same bundle fine.
+    let bad = &c.agents[2].node.node;
+    std::fs::create_dir_all(bad.config.state.join("sim")).unwrap();
+    std::fs::write(bad.config.state.join(upgrade::sim::FAULTS), "7.1 panic\n").unwrap();
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    rt().block_on(async {
+        let Some(mut b) = Browser::start("rollback", 1280, 800).await else {
+            return;
+        };
+        b.c.goto(&url(&c.agents[0])).await.unwrap();
+        b.log_in(USER, PASSWORD).await;
+        b.wait_text("#current-version", "7.0.0", STEP_LIMIT).await;
+        b.fill("#path", "platform.qimg").await;
+        b.click("#upgrade-button").await;
+        b.wait_text("#confirm-title", "Ready to upgrade?", STEP_LIMIT)
+            .await;
+        b.click("#rolling-option").await;
+        b.click("#start").await;
+        // While the committed nodes go back, the page says so and why.
+        let t = b
+            .wait_text(
+                "#problem",
+                "The upgrade failed and the cluster is rolling back to the previous release",
+                Duration::from_secs(240),
+            )
+            .await;
+        assert!(t.contains("node3"), "the failed node is named: {t}");
+        b.shot("rolling-back").await;
+        let t = b
+            .wait_text(
+                "#problem",
+                "The upgrade failed; every node is back on the release it ran before",
+                Duration::from_secs(240),
+            )
+            .await;
+        assert!(t.contains("node3"), "the failed node is named: {t}");
+        b.wait_for(
+            "every node on 7.0.0 from slot A",
+            STEP_LIMIT,
+            "#nodes tbody",
+            |t| t.lines().filter(|l| l.contains(" online 7.0.0 A ")).count() == 3,
+        )
+        .await;
+        // Nothing runs: a new upgrade can be started.
+        assert!(b.shown("#start-form").await && b.enabled("#upgrade-button").await);
+        assert!(!b.shown("#success").await);
+        b.shot("rolled-back").await;
+    });
+    assert_eq!(versions(&c), ["7.0.0", "7.0.0", "7.0.0"], "{}", c.logs());
+}

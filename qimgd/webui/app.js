@@ -1,0 +1,452 @@
+// The Software Upgrade page. It uses only the agent's REST API (the same calls
+// `qq` makes), holds no state the API does not have (a reload shows the truth),
+// and, when the node serving it stops answering (it reboots in a rolling
+// upgrade), moves itself to another node of the cluster.
+"use strict";
+
+const POLL_MS = 1000; // how often the page reads the state
+const CALL_LIMIT_MS = 5000; // every API call ends within this
+const LOST_AFTER = 2; // failed polls before the node counts as gone
+const FAILOVER_LIMIT_MS = 10 * 60 * 1000; // how long the page looks for another node
+const TOKEN = "qimg.token";
+const USER_NAME = "qimg.user";
+const NODES = "qimg.nodes";
+
+const $ = (id) => document.getElementById(id);
+const show = (el, on) => { el.hidden = !on; };
+const say = (id, text) => { const el = $(id); el.textContent = text || ""; show(el, !!text); };
+
+let token = sessionStorage.getItem(TOKEN);
+let timer = null;
+let failures = 0;
+let lostSince = null;
+let verified = null; // the verify-image answer behind the open dialog
+let protection = null;
+let current = null;
+
+// One API call: JSON in and out, a time limit, the token. Resolves to
+// {status, body}; rejects only when the node did not answer.
+async function api(method, path, body) {
+  const ctl = new AbortController();
+  const t = setTimeout(() => ctl.abort(), CALL_LIMIT_MS);
+  try {
+    const headers = { "Accept": "application/json" };
+    if (token) headers["Authorization"] = "Bearer " + token;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const r = await fetch(path, {
+      method, headers, signal: ctl.signal, cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let json = null;
+    try { json = await r.json(); } catch (_) { json = null; }
+    if (r.status === 401 && path !== "/v1/session/login") {
+      loggedOut("Your session ended (the token expired or was refused): log in again.");
+    }
+    return { status: r.status, body: json };
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+// What an error answer says, in words.
+function why(r) {
+  if (r.body && r.body.description) return r.body.description;
+  return "the node answered HTTP " + r.status;
+}
+
+function localTime(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleString();
+}
+
+// Unix times in a message ("until 1767225600 Unix time") in the browser's zone.
+function localTimes(text) {
+  return (text || "").replace(/until (\d{9,}) Unix time/g, (_, s) => "until " + localTime(Number(s)));
+}
+
+// ---- log in and out ----
+
+function loggedOut(message) {
+  token = null;
+  sessionStorage.removeItem(TOKEN);
+  if (timer) { clearTimeout(timer); timer = null; }
+  show($("upgrade"), false);
+  show($("logout"), false);
+  $("who").textContent = "";
+  show($("login"), true);
+  say("login-error", message);
+  $("user").focus();
+}
+
+async function logIn(ev) {
+  ev.preventDefault();
+  const username = $("user").value.trim();
+  const password = $("password").value;
+  if (!username || !password) { say("login-error", "Enter a user name and a password."); return; }
+  $("login-button").disabled = true;
+  try {
+    const r = await api("POST", "/v1/session/login", { username, password });
+    if (r.status === 200 && r.body && r.body.bearer_token) {
+      token = r.body.bearer_token;
+      sessionStorage.setItem(TOKEN, token);
+      sessionStorage.setItem(USER_NAME, username);
+      $("password").value = "";
+      say("login-error", "");
+      started();
+    } else if (r.status === 401) {
+      say("login-error", "Wrong user name or password.");
+    } else {
+      say("login-error", "The node refused the login: " + why(r));
+    }
+  } catch (_) {
+    say("login-error", "The node did not answer; try again.");
+  } finally {
+    $("login-button").disabled = false;
+  }
+}
+
+function started() {
+  show($("login"), false);
+  show($("upgrade"), true);
+  show($("logout"), true);
+  const user = sessionStorage.getItem(USER_NAME);
+  $("who").textContent = user ? "Logged in as " + user : "";
+  $("served-by").textContent = "(page served by " + location.host + ")";
+  poll();
+}
+
+// ---- reading the state ----
+
+async function poll() {
+  if (timer) { clearTimeout(timer); timer = null; }
+  if (!token) return;
+  try {
+    await refresh();
+    failures = 0;
+    lostSince = null;
+    say("connection", "");
+  } catch (_) {
+    failures += 1;
+    if (failures >= LOST_AFTER && !(await failover())) return; // gave up
+    if (!token) return;
+  }
+  timer = setTimeout(poll, POLL_MS);
+}
+
+async function get(path) {
+  const r = await api("GET", path);
+  return r.status === 200 ? r.body : null;
+}
+
+async function refresh() {
+  const [version, status, blocked, nodes, plan, reboot, restriper, prot] = await Promise.all([
+    get("/v1/version"),
+    get("/v3/upgrade/status"),
+    get("/v2/upgrade/blocked"),
+    get("/v1/cluster/nodes/"),
+    get("/v1/qimg/cluster/upgrade"),
+    get("/v1/shutdown/reboot/status"),
+    get("/v1/cluster/protection/restriper/status"),
+    get("/v1/cluster/protection/status"),
+  ]);
+  if (!token) return;
+  if (!status) throw new Error("no status");
+  protection = prot;
+  current = version ? version.build_id : null;
+  $("current-version").textContent = current || "unknown";
+  if (nodes && nodes.length) {
+    const known = nodes.filter((n) => n.api_address).map((n) => ({ name: n.node_name, address: n.api_address }));
+    if (known.length) sessionStorage.setItem(NODES, JSON.stringify(known));
+  }
+  render(status, blocked, nodes || [], plan, reboot, restriper);
+  $("updated").textContent = "Updated " + new Date().toLocaleTimeString();
+}
+
+function nodeRow(n, p) {
+  const tr = document.createElement("tr");
+  const cell = (text, cls) => {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+  };
+  const th = document.createElement("th");
+  th.scope = "row";
+  th.textContent = n.node_name;
+  tr.appendChild(th);
+  cell(n.node_status === "online" ? "online" : "offline (rebooting or down)", n.node_status === "online" ? "" : "bad");
+  cell(n.software_version || "—");
+  cell(n.boot_slot ? n.boot_slot.toUpperCase() : "—");
+  let step = "—";
+  if (p) {
+    if (p.error) step = "failed: " + p.error;
+    else if (p.step === "preparing") step = "preparing " + p.progress + " %";
+    else if (p.step) step = p.step.replace(/_/g, " ");
+  }
+  cell(step, p && p.error ? "bad" : "");
+  return tr;
+}
+
+const STATE = {
+  UPGRADE_STATE_IDLE: "idle",
+  UPGRADE_STATE_PREPARING: "preparing",
+  UPGRADE_STATE_PREPARED: "prepared",
+  UPGRADE_STATE_COMMITTING: "committing",
+  UPGRADE_STATE_REBOOTING: "rebooting",
+  UPGRADE_STATE_COMMITTED: "committed",
+};
+
+function render(status, blocked, nodes, plan, reboot, restriper) {
+  const state = STATE[status.state] || status.state;
+  const busy = ["preparing", "prepared", "committing", "rebooting"].includes(state);
+  const rollingBack = plan && plan.phase === "rolling_back";
+  const failed = plan && (plan.phase === "failed" || plan.phase === "discarding");
+
+  // The nodes, with their part in the current upgrade.
+  const body = $("nodes").tBodies[0];
+  body.replaceChildren(...nodes.map((n) => nodeRow(n, plan && plan.nodes.find((x) => x.id === n.id))));
+
+  // Blocks and problems, in words.
+  const pausedOnError = reboot && reboot.state === "REBOOT_PAUSED_DUE_TO_ERROR";
+  say("blocked", blocked && blocked.is_blocked && !busy && !rollingBack
+    ? "Upgrades are blocked: " + localTimes(blocked.blocked_reason) : "");
+  let problem = "";
+  if (pausedOnError) {
+    problem = "The reboots are paused on an error: " + (reboot.error_message || status.error_info || "unknown") +
+      ". Fix the cause, then resume.";
+  } else if (rollingBack) {
+    problem = "The upgrade failed and the cluster is rolling back to the previous release: " + (status.error_info || "");
+  } else if (failed && status.error_info) {
+    problem = "The upgrade failed; every node is back on the release it ran before: " + status.error_info;
+  } else if (status.error_info && state === "idle") {
+    problem = "The last upgrade did not complete: " + status.error_info;
+  }
+  say("problem", problem);
+
+  // The success message: from the plan (the release each node ran before).
+  let success = "";
+  if (state === "committed" && plan && plan.phase === "committed") {
+    const from = plan.from_version ? "from " + plan.from_version + " " : "";
+    success = "You have successfully upgraded " + from + "to " + plan.target_version + ".";
+    if (plan.downtime_ms != null) success += " Cluster downtime: " + plan.downtime_ms + " ms.";
+  }
+  say("success", success);
+
+  // The start form, while nothing runs.
+  const idle = !busy && !rollingBack;
+  show($("start-form"), idle);
+  $("upgrade-button").disabled = !!(blocked && blocked.is_blocked);
+
+  // Progress.
+  show($("progress"), busy || rollingBack);
+  const bar = $("cluster-progress");
+  show($("restriper"), false);
+  show($("commit"), false);
+  show($("pause"), false);
+  show($("resume"), false);
+  if (!(busy || rollingBack)) return;
+  const platform = plan ? plan.mode === "platform" : state === "rebooting";
+  if (rollingBack) {
+    $("phase-title").textContent = "Rolling back";
+    $("phase-text").textContent = rebootText(reboot, plan);
+    setBar(bar, reboot);
+  } else if (state === "preparing") {
+    $("phase-title").textContent = "Preparing the upgrade";
+    $("phase-text").textContent = "Verifying the upgrade file and writing the new release on every node: " +
+      (status.progress || 0) + " %";
+    bar.value = status.progress || 0;
+  } else if (state === "prepared") {
+    $("phase-title").textContent = "Prepared";
+    $("phase-text").textContent = "Every node is prepared" +
+      (status.settings && status.settings.auto_commit ? "; committing now." : ". Commit to finish the upgrade.");
+    bar.value = 100;
+    show($("commit"), !(status.settings && status.settings.auto_commit));
+  } else if (!platform) {
+    $("phase-title").textContent = "Committing";
+    $("phase-text").textContent = "Restarting the container on every node with the new release.";
+    bar.removeAttribute("value");
+  } else {
+    $("phase-title").textContent = plan && plan.rolling ? "Rolling reboot" : "Complete reboot";
+    $("phase-text").textContent = rebootText(reboot, plan);
+    setBar(bar, reboot);
+  }
+  if (plan && plan.restriping && restriper) {
+    say("restriper", "Waiting for the data to be safe before the next nodes reboot: the restriper is " +
+      restriper.percent_complete + " % done" + (restriper.data_at_risk ? " (data at risk until it finishes)." : "."));
+  }
+  const rollingReboot = reboot && reboot.rolling && (platform || rollingBack);
+  show($("pause"), !!(rollingReboot && reboot.state === "REBOOT_IN_PROGRESS"));
+  show($("resume"), !!(rollingReboot && (reboot.state === "REBOOT_PAUSED" || pausedOnError)));
+}
+
+function setBar(bar, reboot) {
+  if (reboot && reboot.total_node_count) {
+    bar.max = reboot.total_node_count;
+    bar.value = reboot.rebooted_node_count;
+  } else {
+    bar.removeAttribute("value");
+  }
+}
+
+function rebootText(reboot, plan) {
+  if (!reboot) return "";
+  let t = "Rebooted " + reboot.rebooted_node_count + " of " + reboot.total_node_count + " nodes";
+  if (plan && plan.rolling && plan.batches.length) {
+    const batch = plan.batches[plan.batch] || [];
+    const names = batch.map((id) => (plan.nodes.find((n) => n.id === id) || { name: "node " + id }).name);
+    t += "; batch " + (plan.batch + 1) + " of " + plan.batches.length + ": " + names.join(", ");
+  }
+  if (reboot.state === "REBOOT_PAUSED") t += " (paused)";
+  return t + ".";
+}
+
+// ---- when this node stops answering ----
+
+async function reachable(address) {
+  const ctl = new AbortController();
+  const t = setTimeout(() => ctl.abort(), 2000);
+  try {
+    // An opaque answer is enough: the node is up and serving.
+    await fetch("https://" + address + "/v1/version", { mode: "no-cors", signal: ctl.signal, cache: "no-store" });
+    return true;
+  } catch (_) {
+    return false;
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+// Looks for another node; false once it gave up (the page then stops polling).
+async function failover() {
+  if (!lostSince) lostSince = Date.now();
+  const known = JSON.parse(sessionStorage.getItem(NODES) || "[]").filter((n) => n.address !== location.host);
+  if (Date.now() - lostSince > FAILOVER_LIMIT_MS) {
+    say("connection", "No node of the cluster answered for " + Math.round(FAILOVER_LIMIT_MS / 60000) +
+      " minutes. Check the cluster, then reload this page.");
+    return false;
+  }
+  say("connection", "This node (" + location.host + ") is not answering; it may be rebooting. " +
+    (known.length ? "Looking for another node of the cluster…" : "Waiting for it to come back…"));
+  for (const n of known) {
+    if (await reachable(n.address)) {
+      say("connection", "Continuing on node " + n.name + " (" + n.address + ")…");
+      // The token travels in the fragment, which is never sent to a server.
+      location.assign("https://" + n.address + "/#token=" + encodeURIComponent(token) +
+        "&user=" + encodeURIComponent(sessionStorage.getItem(USER_NAME) || ""));
+      return true;
+    }
+  }
+  return true;
+}
+
+// ---- starting an upgrade ----
+
+async function verify(ev) {
+  ev.preventDefault();
+  const raw = $("path").value.trim();
+  say("start-error", "");
+  if (!raw) { say("start-error", "Enter the path of the upgrade file, for example upgrade/qumulo_core_7.1.0.qimg."); return; }
+  const path = "/" + raw.replace(/^\/+/, "");
+  $("upgrade-button").disabled = true;
+  try {
+    const r = await api("POST", "/v2/upgrade/verify-image", { image_path: path });
+    if (r.status !== 200) {
+      say("start-error", "The upgrade file " + path + " was refused: " + why(r));
+      return;
+    }
+    if (r.body.error) {
+      say("start-error", "This upgrade is blocked: " + localTimes(r.body.error));
+      return;
+    }
+    verified = { path, target: r.body.target_version, platform: r.body.upgrade_type === "SOFTWARE_AND_PLATFORM" };
+    openDialog();
+  } catch (_) {
+    say("start-error", "The node did not answer; try again.");
+  } finally {
+    $("upgrade-button").disabled = false;
+  }
+}
+
+function openDialog() {
+  $("dlg-current").textContent = current || "unknown";
+  $("dlg-new").textContent = verified.target;
+  $("dlg-type").textContent = verified.platform
+    ? "A platform upgrade: every node reboots into the new release."
+    : "An instant upgrade: the container restarts on every node with the new release; no node reboots.";
+  show($("reboot-choice"), verified.platform);
+  const max = protection ? protection.max_node_failures : 1;
+  const batch = $("per-batch");
+  batch.max = String(Math.max(1, max));
+  batch.value = String(Math.max(1, max - 1));
+  $("per-batch-hint").textContent = "From 1 to " + Math.max(1, max) +
+    " (the data protection tolerates " + max + " node failure" + (max === 1 ? "" : "s") + ").";
+  $("complete-option").checked = true;
+  syncBatch();
+  say("dlg-error", "");
+  $("confirm").showModal();
+  (verified.platform ? $("complete-option") : $("start")).focus();
+}
+
+function syncBatch() {
+  const rolling = $("rolling-option").checked;
+  show($("batch-row"), rolling);
+}
+
+async function startUpgrade(ev) {
+  ev.preventDefault();
+  const rolling = verified.platform && $("rolling-option").checked;
+  const body = { image_path: verified.path, auto_commit: true, do_rolling_reboot: rolling };
+  if (rolling) {
+    const k = Number($("per-batch").value);
+    const max = Number($("per-batch").max);
+    if (!Number.isInteger(k) || k < 1 || k > max) {
+      say("dlg-error", "Nodes to reboot at a time: a whole number from 1 to " + max + ".");
+      return;
+    }
+    body.num_nodes_to_reboot = k;
+  }
+  $("start").disabled = true;
+  try {
+    const r = await api("POST", "/v2/upgrade/prepare", body);
+    if (r.status >= 300) {
+      say("dlg-error", "The upgrade did not start: " + why(r));
+      return;
+    }
+    $("confirm").close();
+    poll();
+  } catch (_) {
+    say("dlg-error", "The node did not answer; try again.");
+  } finally {
+    $("start").disabled = false;
+  }
+}
+
+async function post(path, what) {
+  const r = await api("POST", path).catch(() => null);
+  if (!r) say("problem", what + ": the node did not answer.");
+  else if (r.status >= 300) say("problem", what + ": " + why(r));
+  poll();
+}
+
+// ---- wiring ----
+
+document.addEventListener("DOMContentLoaded", () => {
+  const m = /^#token=([^&]+)(?:&user=([^&]*))?/.exec(location.hash);
+  if (m) {
+    token = decodeURIComponent(m[1]);
+    sessionStorage.setItem(TOKEN, token);
+    if (m[2]) sessionStorage.setItem(USER_NAME, decodeURIComponent(m[2]));
+    history.replaceState(null, "", location.pathname);
+  }
+  $("login-form").addEventListener("submit", logIn);
+  $("logout").addEventListener("click", () => loggedOut(""));
+  $("start-form").addEventListener("submit", verify);
+  $("path").addEventListener("input", () => say("start-error", ""));
+  $("confirm-form").addEventListener("submit", startUpgrade);
+  $("cancel").addEventListener("click", () => $("confirm").close());
+  $("complete-option").addEventListener("change", syncBatch);
+  $("rolling-option").addEventListener("change", syncBatch);
+  $("commit").addEventListener("click", () => post("/v2/upgrade/commit", "Commit"));
+  $("pause").addEventListener("click", () => post("/v1/shutdown/reboot/pause", "Pause"));
+  $("resume").addEventListener("click", () => post("/v1/shutdown/reboot/resume", "Resume"));
+  if (token) started(); else loggedOut("");
+});
