@@ -41,12 +41,70 @@ pub struct BuildOptions<'a> {
 /// Default for [`BuildOptions::staging_memory`]: 1 GiB.
 pub const DEFAULT_STAGING_MEMORY: u64 = 1 << 30;
 
-/// One staged payload, waiting in the staging directory.
+/// One staged payload: its stored bytes wait in the staging directory, or (a
+/// filesystem image stored as is) in the image's staging buffer.
 struct Staged {
     name: String,
     kind: ComponentKind,
     info: PayloadInfo,
-    path: PathBuf,
+    source: Source,
+}
+
+/// Where a staged payload's stored bytes are.
+enum Source {
+    /// A payload file in the staging directory.
+    File(PathBuf),
+    /// A small payload, in memory.
+    Memory(Vec<u8>),
+    /// An uncompressed image: the staged squashfs, then its padding and hash tree.
+    Image {
+        image: crate::spill::SpillReader,
+        tail: Vec<u8>,
+    },
+}
+
+/// A payload being copied into the bundle.
+enum Payload {
+    File(File),
+    Image(std::io::Chain<crate::spill::SpillReader, std::io::Cursor<Vec<u8>>>),
+    Memory(std::io::Cursor<Vec<u8>>),
+}
+
+impl Read for Payload {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Payload::File(f) => f.read(buf),
+            Payload::Image(r) => r.read(buf),
+            Payload::Memory(r) => r.read(buf),
+        }
+    }
+}
+
+impl qimg::PayloadSource for Payload {
+    /// A file inside the kernel; memory in writes of up to 4 MiB.
+    fn copy_to<W: Write>(&mut self, n: u64, out: &mut W) -> std::io::Result<u64> {
+        match self {
+            Payload::File(f) => f.copy_to(n, out),
+            Payload::Image(r) => copy_chunks(r, n, out),
+            Payload::Memory(r) => copy_chunks(r, n, out),
+        }
+    }
+}
+
+/// Copies up to `n` bytes of `r` into `out` in writes of up to [`CHUNK`].
+fn copy_chunks(r: &mut impl Read, n: u64, out: &mut impl Write) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    while done < n {
+        let want = (n - done).min(CHUNK as u64) as usize;
+        let got = r.read(&mut buf[..want])?;
+        if got == 0 {
+            break;
+        }
+        out.write_all(&buf[..got])?;
+        done += got as u64;
+    }
+    Ok(done)
 }
 
 fn output_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -131,15 +189,14 @@ fn payload_writer(
     }
 }
 
+/// Flushes a staged payload. Not synced: it is a temporary file, copied into the
+/// bundle, which is synced before it is renamed into place.
 fn finish_payload(pw: PayloadWriter<BufWriter<File>>, path: &Path) -> Result<PayloadInfo, Error> {
     let (out, info) = pw.finish().map_err(output_err(path))?;
-    out.into_inner()
-        .map_err(|e| Error::Output {
-            path: path.to_owned(),
-            source: e.into_error(),
-        })?
-        .sync_all()
-        .map_err(output_err(path))?;
+    out.into_inner().map_err(|e| Error::Output {
+        path: path.to_owned(),
+        source: e.into_error(),
+    })?;
     Ok(info)
 }
 
@@ -171,6 +228,27 @@ fn stage_reader(
 ) -> Result<Staged, Error> {
     let path = staging.join(format!("{name}.payload"));
     let task = opts.progress.begin(name, total);
+    // A small input (a UKI, most firmware) is staged in memory: the bundle is then
+    // the only file written.
+    if total.is_some_and(|t| t <= SMALL_IN_MEMORY) {
+        let mut pw = PayloadWriter::zstd(Vec::new(), opts.spec.level, workers())
+            .map_err(output_err(&path))?;
+        pump(
+            src,
+            &mut |b| pw.write_all(b),
+            task.as_ref(),
+            opts.cancel,
+            input,
+            &path,
+        )?;
+        let (bytes, info) = pw.finish().map_err(output_err(&path))?;
+        return Ok(Staged {
+            name: name.to_owned(),
+            kind,
+            info,
+            source: Source::Memory(bytes),
+        });
+    }
     let mut pw = payload_writer(&path, Compression::Zstd, opts.spec.level)?;
     pump(
         src,
@@ -185,9 +263,12 @@ fn stage_reader(
         name: name.to_owned(),
         kind,
         info,
-        path,
+        source: Source::File(path),
     })
 }
+
+/// Inputs up to this size are staged in memory rather than in a payload file.
+const SMALL_IN_MEMORY: u64 = 64 << 20;
 
 /// The platform: the root image, then its UKI (built here with `roothash=` when the
 /// spec gives its parts, so it finds its root in either slot).
@@ -267,17 +348,24 @@ fn stage_tree(
         )?;
     }
     let image_len = staged.len();
-    let mut image = staged.into_reader().map_err(output_err(&image_path))?;
 
+    // One pass over the staged image: the hash tree on its own thread from shared
+    // chunks, while this thread compresses the payload into a file, or (stored as
+    // is) only hashes it: the image itself is then copied into the bundle, written
+    // once.
     let path = staging.join(format!("{name}.payload"));
     let task = opts
         .progress
         .begin(&format!("{name}: verity + payload"), Some(image_len));
     let salt = derive(opts.spec, name, "verity-salt");
     let mut verity = VerityBuilder::new(&salt, derive_uuid(opts.spec, name));
-    let mut pw = payload_writer(&path, opts.spec.images, opts.spec.level)?;
-    // The hash tree is built on its own thread from shared chunks while this thread
-    // feeds the payload writer.
+    let mut pw = match opts.spec.images {
+        Compression::None => None,
+        c => Some(payload_writer(&path, c, opts.spec.level)?),
+    };
+    let plain = pw.is_none();
+    let mut content = Sha256::new();
+    let pad = vec![0u8; ((4096 - image_len % 4096) % 4096) as usize];
     let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
     let (pumped, verity) = std::thread::scope(|s| {
         let hasher = s.spawn(move || {
@@ -288,20 +376,53 @@ fn stage_tree(
         });
         let mut feed = |b: &[u8]| {
             let _ = tx.send(std::sync::Arc::from(b));
-            pw.write_all(b)
+            match &mut pw {
+                Some(pw) => pw.write_all(b),
+                None => {
+                    content.update(b);
+                    Ok(())
+                }
+            }
         };
-        let pumped = pump(
-            &mut image,
-            &mut feed,
-            task.as_ref(),
-            opts.cancel,
-            &image_path,
-            &path,
-        )
-        .and_then(|_| {
-            let pad = (4096 - image_len % 4096) % 4096;
-            feed(&vec![0u8; pad as usize]).map_err(output_err(&path))
-        });
+        let pumped = if plain {
+            // Kept, to be copied into the bundle afterwards.
+            staged
+                .scan(|b| {
+                    if opts.cancel.is_cancelled() {
+                        return Err(std::io::Error::other("cancelled"));
+                    }
+                    feed(b)?;
+                    task.advance(b.len() as u64);
+                    Ok(())
+                })
+                .map_err(|source| {
+                    if opts.cancel.is_cancelled() {
+                        Error::Cancelled
+                    } else {
+                        Error::Output {
+                            path: image_path.clone(),
+                            source,
+                        }
+                    }
+                })
+        } else {
+            // Read once, each piece freed as it is read.
+            std::mem::replace(&mut staged, Spill::new(0, staging))
+                .into_reader()
+                .map_err(output_err(&image_path))
+                .and_then(|mut image| {
+                    pump(
+                        &mut image,
+                        &mut feed,
+                        task.as_ref(),
+                        opts.cancel,
+                        &image_path,
+                        &path,
+                    )
+                    .map(|_| ())
+                })
+        }
+        .and_then(|_| feed(&pad).map_err(output_err(&path)));
         drop(tx);
         (pumped, hasher.join().expect("verity thread panicked"))
     });
@@ -309,9 +430,30 @@ fn stage_tree(
     let (info, area) = verity
         .finish()
         .map_err(|reason| Error::Usage(format!("{name}: {reason}")))?;
-    pw.write_all(&area).map_err(output_err(&path))?;
-    let payload = finish_payload(pw, &path)?;
-    drop(image);
+    let (payload, source) = match pw {
+        Some(mut pw) => {
+            pw.write_all(&area).map_err(output_err(&path))?;
+            (finish_payload(pw, &path)?, Source::File(path))
+        }
+        None => {
+            content.update(&area);
+            let size = image_len + pad.len() as u64 + area.len() as u64;
+            let sha256 = qimg::Sha256(content.finalize().into());
+            let mut tail = pad;
+            tail.extend_from_slice(&area);
+            let image = staged.into_reader().map_err(output_err(&image_path))?;
+            (
+                PayloadInfo {
+                    compression: Compression::None,
+                    size,
+                    sha256,
+                    stored_size: size,
+                    stored_sha256: sha256,
+                },
+                Source::Image { image, tail },
+            )
+        }
+    };
     let filesystem = "squashfs".to_owned();
     let kind = if platform {
         ComponentKind::PlatformRoot {
@@ -328,7 +470,7 @@ fn stage_tree(
         name: name.to_owned(),
         kind,
         info: payload,
-        path,
+        source,
     })
 }
 
@@ -446,11 +588,17 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
 
     opts.cancel.check()?;
     let mut files = Vec::new();
-    for p in &parts {
-        files.push(File::open(&p.path).map_err(output_err(&p.path))?);
+    for p in parts {
+        let payload = match p.source {
+            Source::File(path) => Payload::File(File::open(&path).map_err(output_err(&path))?),
+            Source::Image { image, tail } => {
+                Payload::Image(image.chain(std::io::Cursor::new(tail)))
+            }
+            Source::Memory(bytes) => Payload::Memory(std::io::Cursor::new(bytes)),
+        };
+        files.push(payload);
     }
     let mut out = AtomicFile::new(opts.out, "qimg-partial-").map_err(output_err(&out_dir))?;
-    // Unbuffered files on both sides: payloads are copied inside the kernel.
     qimg::write_bundle(
         out.file(),
         &manifest,

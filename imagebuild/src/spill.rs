@@ -66,6 +66,36 @@ impl Spill {
         Ok(())
     }
 
+    /// Calls `f` with the whole content from the start, in pieces of at most 4 MiB,
+    /// keeping it (read it again with [`Spill::into_reader`]).
+    pub fn scan(&mut self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut left = self.len;
+        match &mut self.file {
+            Some(file) => {
+                file.rewind()?;
+                let mut buf = vec![0u8; CHUNK];
+                while left > 0 {
+                    let n = left.min(CHUNK as u64) as usize;
+                    file.read_exact(&mut buf[..n])?;
+                    f(&buf[..n])?;
+                    left -= n as u64;
+                }
+                file.seek(SeekFrom::Start(self.pos))?;
+            }
+            None => {
+                for c in &self.chunks {
+                    if left == 0 {
+                        break;
+                    }
+                    let n = left.min(CHUNK as u64) as usize;
+                    f(&c[..n])?;
+                    left -= n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A reader over the whole content from the start.
     pub fn into_reader(self) -> io::Result<SpillReader> {
         Ok(match self.file {
@@ -194,6 +224,15 @@ mod tests {
         }
         assert_eq!(s.len(), v.get_ref().len() as u64);
         let spilled = s.spilled();
+        // A scan sees the same bytes and leaves them to be read again.
+        let mut scanned = Vec::new();
+        s.scan(|b| {
+            assert!(b.len() <= CHUNK);
+            scanned.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert!(scanned == *v.get_ref());
         let mut out = Vec::new();
         s.into_reader().unwrap().read_to_end(&mut out).unwrap();
         assert!(out == v.into_inner());

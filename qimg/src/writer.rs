@@ -46,6 +46,23 @@ impl<W: Write> Out<W> {
 /// Payload bytes are copied in steps of this size, for progress.
 const COPY_STEP: u64 = 64 << 20;
 
+/// A payload's stored bytes for [`write_bundle`].
+pub trait PayloadSource: Read {
+    /// Copies up to `n` bytes into `out`; returns how many. The default goes through
+    /// [`io::copy`], which copies inside the kernel (`copy_file_range`) when both
+    /// sides are files.
+    fn copy_to<W: Write>(&mut self, n: u64, out: &mut W) -> io::Result<u64>
+    where
+        Self: Sized,
+    {
+        io::copy(&mut self.by_ref().take(n), out)
+    }
+}
+
+impl PayloadSource for std::fs::File {}
+
+impl PayloadSource for &[u8] {}
+
 /// Writes a complete bundle to `out` and returns it.
 ///
 /// `payloads` yields each component's stored bytes, in manifest order; each must
@@ -53,7 +70,7 @@ const COPY_STEP: u64 = 64 << 20;
 /// `manifest.to_bytes()` (see [`crate::SecretKey::sign`]). When `W` and `R` are
 /// files, payloads are copied inside the kernel (`copy_file_range`), so pass them
 /// unbuffered.
-pub fn write_bundle<W: Write, R: Read>(
+pub fn write_bundle<W: Write, R: PayloadSource>(
     out: W,
     manifest: &Manifest,
     signatures: &[Signature],
@@ -115,12 +132,11 @@ pub fn write_bundle<W: Write, R: Read>(
         let mut left = component.stored_size;
         while left > 0 {
             let step = left.min(COPY_STEP);
-            let n =
-                io::copy(&mut source.by_ref().take(step), &mut out.inner).map_err(|source| {
-                    Error::Write {
-                        what: format!("{name} (copying its staged payload)"),
-                        source,
-                    }
+            let n = source
+                .copy_to(step, &mut out.inner)
+                .map_err(|source| Error::Write {
+                    what: format!("{name} (copying its staged payload)"),
+                    source,
                 })?;
             out.pos += n;
             task.advance(n);

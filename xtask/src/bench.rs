@@ -141,9 +141,19 @@ fn bundle(o: &Opts) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(io)?;
     let key = work.join("bench");
     imagebuild::keys::generate(&key).map_err(|e| e.to_string())?;
+    // The pipeline's minisign key (no password: -W).
+    let minisign_key = work.join("pipeline.key");
+    step(
+        "minisign key",
+        Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(work.join("pipeline.pub"))
+            .arg("-s")
+            .arg(&minisign_key)
+            .stdout(std::process::Stdio::null()),
+    )?;
     let ours = work.join("ours.qimg");
     let sde = "1700000000";
-    let level = format!("-{}", o.level);
 
     let mut build_ours = vec![];
     let mut build_none = vec![];
@@ -175,10 +185,12 @@ fn bundle(o: &Opts) -> Result<(), String> {
         ))?);
         let _ = std::fs::remove_file(&none);
 
-        // The same work with standard tools: squashfs, dm-verity appended in place,
-        // zstd on all cores, SHA-256 of content and stored payloads, tar.
+        // The fastest honest pipeline a release engineer scripts for the same job:
+        // squashfs on both cores, dm-verity appended in place, OpenSSL's SHA-256
+        // (SHA-NI) of the image and the UKI, a minisign signature of a manifest of
+        // those digests, tar. No second compression of the compressed image.
         let sq = work.join("root.img");
-        for f in ["root.img", "rootfs.zst", "uki.zst", "std.tar"] {
+        for f in ["root.img", "manifest.json", "manifest.minisig", "std.tar"] {
             let _ = std::fs::remove_file(work.join(f));
         }
         settle();
@@ -215,43 +227,51 @@ fn bundle(o: &Opts) -> Result<(), String> {
                     .stdout(std::process::Stdio::null()),
             )?,
         ));
+        let digests = work.join("digests.txt");
         steps.push((
-            "zstd -T0".to_owned(),
+            "openssl dgst -sha256".to_owned(),
             measure(
-                Command::new("zstd")
-                    .args(["-T0", "-q", "-f", &level])
+                Command::new("openssl")
+                    .args(["dgst", "-sha256"])
                     .arg(&sq)
-                    .arg("-o")
-                    .arg(work.join("rootfs.zst")),
-            )?
-            .add(measure(
-                Command::new("zstd")
-                    .args(["-T0", "-q", "-f", &level])
                     .arg(input.join("uki.efi"))
-                    .arg("-o")
-                    .arg(work.join("uki.zst")),
-            )?),
+                    .stdout(std::fs::File::create(&digests).map_err(io)?),
+            )?,
         ));
+        // The manifest: the digests as JSON (microseconds of work, untimed).
+        let manifest: Vec<String> = std::fs::read_to_string(&digests)
+            .map_err(io)?
+            .lines()
+            .map(|l| format!("{:?}", l.rsplit(' ').next().unwrap_or("")))
+            .collect();
+        std::fs::write(
+            work.join("manifest.json"),
+            format!("{{\"sha256\": [{}]}}\n", manifest.join(", ")),
+        )
+        .map_err(io)?;
         steps.push((
-            "sha256sum".to_owned(),
+            "minisign -S".to_owned(),
             measure(
-                Command::new("sha256sum")
-                    .arg(&sq)
-                    .arg(input.join("uki.efi"))
-                    .arg(work.join("rootfs.zst"))
-                    .arg(work.join("uki.zst"))
+                Command::new("minisign")
+                    .args(["-S", "-s"])
+                    .arg(&minisign_key)
+                    .arg("-m")
+                    .arg(work.join("manifest.json"))
+                    .arg("-x")
+                    .arg(work.join("manifest.minisig"))
                     .stdout(std::process::Stdio::null()),
             )?,
         ));
+        std::fs::copy(input.join("uki.efi"), work.join("uki.efi")).map_err(io)?;
         steps.push((
-            "tar".to_owned(),
+            "tar -cf".to_owned(),
             measure(
                 Command::new("tar")
                     .arg("-cf")
                     .arg(work.join("std.tar"))
                     .arg("-C")
                     .arg(&work)
-                    .args(["rootfs.zst", "uki.zst"]),
+                    .args(["manifest.json", "manifest.minisig", "root.img", "uki.efi"]),
             )?,
         ));
         build_std.push(steps.iter().fold(Usage::default(), |a, (_, u)| a.add(*u)));
@@ -277,11 +297,38 @@ fn bundle(o: &Opts) -> Result<(), String> {
         ossl.push(measure(&mut s)?);
     }
 
+    // The machine's limit for this job: the CPU of compression and hashing over
+    // the cores, or writing the bundle once, whichever is longer.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let compress = measure(
+        Command::new("zstd")
+            .args(["-q", "-T1", "-c", "-r", &format!("-{}", o.level)])
+            .arg(input.join("rootfs"))
+            .stdout(std::process::Stdio::null()),
+    )?;
+    let hash = measure(
+        Command::new("openssl")
+            .args(["dgst", "-sha256"])
+            .arg(work.join("root.img"))
+            .stdout(std::process::Stdio::null()),
+    )?;
+    let bundle_mib = file_size(&ours) >> 20;
+    let dd_out = work.join("dd.bin");
+    settle();
+    let dd = measure(
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "conv=fdatasync", "status=none"])
+            .arg(format!("of={}", dd_out.display()))
+            .arg(format!("count={bundle_mib}")),
+    )?;
+    let _ = std::fs::remove_file(&dd_out);
     let bundle_size = file_size(&ours);
     let mib = bundle_size as f64 / (1 << 20) as f64;
     let wall = |v: &[Usage]| median(v.iter().map(|u| u.wall).collect());
     let cpu = |v: &[Usage]| median(v.iter().map(|u| u.cpu).collect());
     let rss = |v: &[Usage]| v.iter().map(|u| u.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    let written =
+        |v: &[Usage]| median(v.iter().map(|u| u.written as f64).collect()) / (1 << 20) as f64;
     let (ours_b, std_b) = (wall(&build_ours), wall(&build_std));
     let (ver, sha_t, ossl_t) = (wall(&verify_ours), wall(&sha), wall(&ossl));
     let fastest_sha = sha_t.min(ossl_t);
@@ -298,43 +345,70 @@ fn bundle(o: &Opts) -> Result<(), String> {
     );
     let _ = writeln!(
         r,
-        "\n| build | wall s | CPU s | peak RSS MiB |\n|---|---:|---:|---:|"
+        "\n| build | wall s | CPU s | peak RSS MiB | written MiB |\n|---|---:|---:|---:|---:|"
     );
     let _ = writeln!(
         r,
-        "| imagebuild bundle | {ours_b:.2} | {:.2} | {:.0} |",
+        "| imagebuild bundle | {ours_b:.2} | {:.2} | {:.0} | {:.0} |",
         cpu(&build_ours),
-        rss(&build_ours)
+        rss(&build_ours),
+        written(&build_ours)
     );
     let _ = writeln!(
         r,
-        "| imagebuild bundle, `images = \"none\"` | {:.2} | {:.2} | {:.0} |",
+        "| imagebuild bundle, `images = \"none\"` | {:.2} | {:.2} | {:.0} | {:.0} |",
         wall(&build_none),
         cpu(&build_none),
-        rss(&build_none)
+        rss(&build_none),
+        written(&build_none)
     );
     for (i, (name, _)) in steps_std[0].iter().enumerate() {
         let col: Vec<Usage> = steps_std.iter().map(|s| s[i].1).collect();
         let _ = writeln!(
             r,
-            "| {name} | {:.2} | {:.2} | {:.0} |",
+            "| {name} | {:.2} | {:.2} | {:.0} | {:.0} |",
             wall(&col),
             cpu(&col),
-            rss(&col)
+            rss(&col),
+            written(&col)
         );
     }
     let _ = writeln!(
         r,
-        "| standard pipeline total | {std_b:.2} | {:.2} | {:.0} |",
+        "| **fastest pipeline total** | {std_b:.2} | {:.2} | {:.0} | {:.0} |",
         cpu(&build_std),
-        rss(&build_std)
+        rss(&build_std),
+        written(&build_std)
     );
-    let ratio = ours_b / std_b;
+    let (none_b, none_cpu) = (wall(&build_none), cpu(&build_none));
+    let ratio = none_b / std_b;
     let _ = writeln!(
         r,
-        "\nbuild ratio ours/pipeline: {ratio:.2} (target <= 0.80: {}); with `images = \"none\"`: {:.2}",
+        "\nbuild (`images = \"none\"`, the pipeline's output) / fastest pipeline: wall {ratio:.2} (target <= 0.80: {}), CPU {:.2}; with zstd images: wall {:.2}",
         verdict(ratio <= 0.8),
-        wall(&build_none) / std_b
+        none_cpu / cpu(&build_std),
+        ours_b / std_b
+    );
+    let w = written(&build_none);
+    let _ = writeln!(
+        r,
+        "bytes written by the build: {w:.0} MiB for a {mib:.0} MiB bundle ({:.2}x; target 1.00: {}); peak RSS {:.0} MiB (target <= 256: {})",
+        w / mib,
+        verdict(w <= mib * 1.01),
+        rss(&build_none),
+        verdict(rss(&build_none) <= 256.0)
+    );
+    let cpu_limit = (compress.cpu + 2.0 * hash.cpu) / cores;
+    let bw = bundle_mib as f64 / dd.wall;
+    let io_limit = mib / bw;
+    let limit = cpu_limit.max(io_limit);
+    let _ = writeln!(
+        r,
+        "machine limit: CPU {cpu_limit:.2} s (zstd -{} of the tree {:.2} CPU s + SHA-256 of the image twice, verity and digest, {:.2} CPU s, over {cores} cores), write {io_limit:.2} s ({mib:.0} MiB at {bw:.0} MiB/s, dd conv=fdatasync): {limit:.2} s; the build takes {:.2}x that",
+        o.level,
+        compress.cpu,
+        2.0 * hash.cpu,
+        none_b / limit
     );
     let _ = writeln!(
         r,

@@ -14,6 +14,10 @@ pub(crate) struct Usage {
     pub wall: f64,
     pub cpu: f64,
     pub max_rss_kib: u64,
+    /// Bytes the process (and its waited-for children) caused to be written to
+    /// storage: the kernel's I/O accounting (`ru_oublock`, 512-byte units, counted
+    /// when pages are dirtied, so page-cache writes count before writeback).
+    pub written: u64,
 }
 
 impl Usage {
@@ -22,6 +26,7 @@ impl Usage {
             wall: self.wall + o.wall,
             cpu: self.cpu + o.cpu,
             max_rss_kib: self.max_rss_kib.max(o.max_rss_kib),
+            written: self.written + o.written,
         }
     }
 }
@@ -50,6 +55,7 @@ pub(crate) fn measure(cmd: &mut Command) -> Result<Usage, String> {
         wall,
         cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
         max_rss_kib: ru.ru_maxrss as u64,
+        written: ru.ru_oublock as u64 * 512,
     })
 }
 
