@@ -38,6 +38,7 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("coreutils", "sha256sum"),
     ("openssl", "openssl"),
     ("tar", "tar"),
+    ("minisign", "minisign"),
 ];
 
 /// Installs the packages of missing files (see [`ensure`]).

@@ -11,9 +11,11 @@
 //! - `cargo xtask demo-upgrade [--dir DIR]`: a whole upgrade of a simulated node
 //!   (instant, then platform) with the shipped CLIs (see `demo_upgrade.rs`).
 //! - `cargo xtask bench bundle [--size MIB] [--level N] [--runs N] [--dir DIR]`:
-//!   builds a bundle from a generated tree and does the same work with the standard
-//!   tools on the same input, printing both times, the ratio, verify throughput
-//!   against sha256sum and openssl, and peak memory (`bench.rs`).
+//!   builds a bundle from a generated tree and does the same work with the fastest
+//!   honest pipeline of standard tools (mksquashfs, veritysetup, openssl dgst,
+//!   minisign, tar) on the same input, printing times, CPU, bytes written, peak
+//!   memory, the ratios, the machine's limit for the job, and verify throughput
+//!   against sha256sum and openssl (`bench.rs`).
 //! - `cargo xtask bench firmware|upgrade|cloud [--size MIB] [--runs N] [--dir DIR]`:
 //!   `qfirmware flash`, `qq` prepare (and instant downtime), `qcloud publish` against
 //!   their standard equivalents (`bench_fw.rs`, `bench_upgrade.rs`, `bench_cloud.rs`;
