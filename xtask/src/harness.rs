@@ -162,3 +162,43 @@ pub(crate) fn add_bench_user(qimgd: &Path, config: &Path) -> Result<(), String> 
     }
     Ok(())
 }
+
+/// `'path'`, for a bash script.
+pub(crate) fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display())
+}
+
+/// Bash lines (run in the work directory) that check a bundle's manifest
+/// signature with minisign, as a release engineer's script does first.
+pub(crate) fn sh_check_manifest(bundle: &Path, public: &Path) -> String {
+    format!(
+        "tar -xf {} manifest.json signatures\nminisign -Vq -p {} -m manifest.json -x signatures/*\n",
+        sh_quote(bundle),
+        sh_quote(public)
+    )
+}
+
+/// Bash lines that stream one bundle member in a single pass: tar to a pipe,
+/// OpenSSL's SHA-256 of the stored bytes, `zstd -dc` when `zst`, SHA-256 of the
+/// content, into `sink`. The hashes read fifos, so the script waits for them and
+/// their time is counted.
+pub(crate) fn sh_stream_member(
+    bundle: &Path,
+    member: &str,
+    zst: bool,
+    name: &str,
+    sink: &str,
+) -> String {
+    let head = format!(
+        "rm -f s.fifo c.fifo; mkfifo s.fifo c.fifo\n\
+         openssl dgst -sha256 < s.fifo > '{name}.stored.sha256' &\n\
+         openssl dgst -sha256 < c.fifo > '{name}.sha256' &\n"
+    );
+    let b = sh_quote(bundle);
+    let pipe = if zst {
+        format!("tar -xOf {b} {member} | tee s.fifo | zstd -dc | tee c.fifo | {sink}\nwait\n")
+    } else {
+        format!("tar -xOf {b} {member} | tee s.fifo c.fifo | {sink}\nwait\n")
+    };
+    head + &pipe
+}
