@@ -230,41 +230,37 @@ fn stage_reader(
     let task = opts.progress.begin(name, total);
     // A small input (a UKI, most firmware) is staged in memory: the bundle is then
     // the only file written.
-    if total.is_some_and(|t| t <= SMALL_IN_MEMORY) {
-        let mut pw = PayloadWriter::zstd(Vec::new(), opts.spec.level, workers())
+    let (task, cancel) = (task.as_ref(), opts.cancel);
+    let (info, source) = if total.is_some_and(|t| t <= SMALL_IN_MEMORY) {
+        let pw = PayloadWriter::zstd(Vec::new(), opts.spec.level, workers())
             .map_err(output_err(&path))?;
-        pump(
-            src,
-            &mut |b| pw.write_all(b),
-            task.as_ref(),
-            opts.cancel,
-            input,
-            &path,
-        )?;
+        let pw = encode(pw, src, task, cancel, input, &path)?;
         let (bytes, info) = pw.finish().map_err(output_err(&path))?;
-        return Ok(Staged {
-            name: name.to_owned(),
-            kind,
-            info,
-            source: Source::Memory(bytes),
-        });
-    }
-    let mut pw = payload_writer(&path, Compression::Zstd, opts.spec.level)?;
-    pump(
-        src,
-        &mut |b| pw.write_all(b),
-        task.as_ref(),
-        opts.cancel,
-        input,
-        &path,
-    )?;
-    let info = finish_payload(pw, &path)?;
+        (info, Source::Memory(bytes))
+    } else {
+        let pw = payload_writer(&path, Compression::Zstd, opts.spec.level)?;
+        let pw = encode(pw, src, task, cancel, input, &path)?;
+        (finish_payload(pw, &path)?, Source::File(path.clone()))
+    };
     Ok(Staged {
         name: name.to_owned(),
         kind,
         info,
-        source: Source::File(path),
+        source,
     })
+}
+
+/// Feeds all of `src` into `pw`.
+fn encode<W: Write>(
+    mut pw: PayloadWriter<W>,
+    src: &mut dyn Read,
+    task: &dyn qimg::Task,
+    cancel: &Cancel,
+    input: &Path,
+    path: &Path,
+) -> Result<PayloadWriter<W>, Error> {
+    pump(src, &mut |b| pw.write_all(b), task, cancel, input, path)?;
+    Ok(pw)
 }
 
 /// Inputs up to this size are staged in memory rather than in a payload file.
