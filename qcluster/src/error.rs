@@ -54,6 +54,14 @@ pub enum Error {
         /// The limit.
         secs: u64,
     },
+    /// etcd ended a watch (e.g. its start revision was compacted away).
+    #[error("etcd cancelled the watch of {prefix}: {reason}")]
+    WatchCancelled {
+        /// The watched prefix.
+        prefix: String,
+        /// etcd's reason.
+        reason: String,
+    },
     /// What etcd holds cannot be used.
     #[error("etcd key {key}: {problem}")]
     Damaged {
@@ -74,6 +82,7 @@ impl Error {
             Error::Exists(_) => "exists",
             Error::Etcd { .. } => "etcd",
             Error::Timeout { .. } => "timeout",
+            Error::WatchCancelled { .. } => "watch_cancelled",
             Error::Damaged { .. } => "damaged",
         }
     }

@@ -313,19 +313,29 @@ impl Store {
             Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
             None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
         };
-        let txn = Txn::new().when([cmp]).and_then([TxnOp::put(
-            key.clone(),
-            Self::json(&key, plan)?,
-            None,
-        )]);
         let value = Self::json(&key, plan)?;
+        self.put_if("writing the plan", &key, value, cmp).await
+    }
+
+    /// Writes `value` under `key` if `cmp` holds (a transaction); notes a
+    /// successful write in the mirror. False when the comparison failed.
+    async fn put_if(
+        &self,
+        op: &str,
+        key: &str,
+        value: Vec<u8>,
+        cmp: Compare,
+    ) -> Result<bool, Error> {
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::put(key, value.clone(), None)]);
         let r = self
-            .call("writing the plan", |mut c| {
+            .call(op, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
             .await?;
-        self.wrote(&key, &value, r.succeeded(), r.header());
+        self.wrote(key, &value, r.succeeded(), r.header());
         Ok(r.succeeded())
     }
 
@@ -373,22 +383,9 @@ impl Store {
     /// task). False when another write came first.
     pub async fn report_if(&self, id: u32, r: &NodeReport, revision: i64) -> Result<bool, Error> {
         let key = self.key(&format!("reports/{id:08}"));
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::put(key.clone(), Self::json(&key, r)?, None)]);
+        let cmp = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
         let value = Self::json(&key, r)?;
-        let r = self
-            .call("writing a node report", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        self.wrote(&key, &value, r.succeeded(), r.header());
-        Ok(r.succeeded())
+        self.put_if("writing a node report", &key, value, cmp).await
     }
 
     /// Every node's report, by node id, from etcd.
@@ -517,9 +514,9 @@ impl Store {
         changes.send_modify(|n| *n += 1); // whatever changed while nobody watched
         while let Some(r) = stream.message().await.map_err(etcd_err("watching"))? {
             if r.canceled() {
-                return Err(Error::Damaged {
-                    key: self.prefix.clone(),
-                    problem: format!("the watch was cancelled: {}", r.cancel_reason()),
+                return Err(Error::WatchCancelled {
+                    prefix: self.prefix.clone(),
+                    reason: r.cancel_reason().to_owned(),
                 });
             }
             let (mut state, mut vacant) = (false, false);

@@ -61,8 +61,6 @@ pub trait PayloadSource: Read {
 
 impl PayloadSource for std::fs::File {}
 
-impl PayloadSource for &[u8] {}
-
 /// Writes a complete bundle to `out` and returns it.
 ///
 /// `payloads` yields each component's stored bytes, in manifest order; each must

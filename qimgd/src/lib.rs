@@ -46,7 +46,8 @@ pub use error::Error;
 /// stamps lines itself) each line starts with the UTC time of day to the
 /// millisecond, so the logs of a cluster's nodes can be read as one timeline.
 pub fn log(line: &str) {
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some()) {
         eprintln!("qimgd: {line}");
     } else {
         eprintln!("{} qimgd: {line}", time_of_day());

@@ -309,12 +309,7 @@ fn refused_bundles_change_nothing() {
     let Some(a) = Agentd::start() else { return };
     let c = a.logged_in();
     let dir = tempfile::tempdir().unwrap();
-    let foreign = build_bundle(
-        dir.path(),
-        "foreign-7.0.1",
-        &Rel::new("7.0.1", "7.0"),
-        &key(2),
-    );
+    let foreign = foreign_bundle(dir.path());
     let old = build_bundle(
         dir.path(),
         "old-6.9.0",

@@ -1,9 +1,10 @@
 //! The REST API: routes, the shared application state, and authentication.
 //!
 //! Every route except the login and the Web UI's static files ([`webui`])
-//! requires `Authorization: Bearer <token>`, or a connection from local root ([`crate::peer::Peer::local_root`]). Handlers are
-//! thin: they parse, call the engine's [`upgrade::Agent`] on a blocking thread, and
-//! shape the answer with [`shape`] into [`qapi::types`].
+//! requires `Authorization: Bearer <token>`, or a connection from local root
+//! ([`crate::peer::Peer::local_root`]). Handlers are thin: they parse, call the
+//! engine's [`upgrade::Agent`] on a blocking thread, and shape the answer with
+//! [`shape`] into [`qapi::types`].
 
 use std::path::PathBuf;
 use std::sync::Arc;

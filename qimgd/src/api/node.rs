@@ -96,21 +96,8 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
         .spec
         .nodes
         .iter()
-        .map(|n| match registered.iter().find(|r| r.id == n.id) {
-            Some(r) => ClusterNode {
-                id: n.id,
-                node_status: "online".into(),
-                node_name: n.name.clone(),
-                uuid: r.uuid.clone(),
-                label: String::new(),
-                model_number: r.model.clone(),
-                serial_number: String::new(),
-                mac_address: String::new(),
-                software_version: r.installed.clone(),
-                boot_slot: r.slot.clone(),
-                api_address: Some(n.agent.to_string()),
-            },
-            None => ClusterNode {
+        .map(|n| {
+            let offline = ClusterNode {
                 id: n.id,
                 node_status: "offline".into(),
                 node_name: n.name.clone(),
@@ -122,7 +109,18 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
                 software_version: None,
                 boot_slot: None,
                 api_address: Some(n.agent.to_string()),
-            },
+            };
+            match registered.iter().find(|r| r.id == n.id) {
+                Some(r) => ClusterNode {
+                    node_status: "online".into(),
+                    uuid: r.uuid.clone(),
+                    model_number: r.model.clone(),
+                    software_version: r.installed.clone(),
+                    boot_slot: r.slot.clone(),
+                    ..offline
+                },
+                None => offline,
+            }
         })
         .collect())
 }

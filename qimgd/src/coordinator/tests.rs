@@ -32,6 +32,29 @@ fn spec_of(n: u32, max_node_failures: u32) -> ClusterSpec {
     }
 }
 
+/// A rolling reboot's context at `now_ms` on node `me`: 10 s limits, the
+/// simulated restriper at 1 s per node.
+fn rolling_cx(now_ms: u64, me: u32) -> Ctx {
+    Ctx {
+        now_ms,
+        me,
+        batch_limit_ms: 10_000,
+        restripe_ms_per_node: 1000,
+        gate_limit_ms: 10_000,
+        data: DataSafety::Timed,
+    }
+}
+
+/// A platform commit rebooting `k` nodes at a time, batches not fixed yet.
+fn rolling_plan(k: u32) -> ClusterPlan {
+    ClusterPlan {
+        rolling: true,
+        nodes_per_batch: Some(k),
+        phase: PlanPhase::Committing,
+        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+    }
+}
+
 fn plan(phase: PlanPhase, auto_commit: bool) -> ClusterPlan {
     ClusterPlan {
         auto_commit,
@@ -204,20 +227,8 @@ fn only_a_stop_or_an_undo_is_grave() {
 #[test]
 fn the_simulated_restriper_runs_from_when_the_batch_was_back() {
     let s = spec_of(4, 2);
-    let cx = |now_ms| Ctx {
-        now_ms,
-        me: 2,
-        batch_limit_ms: 10_000,
-        restripe_ms_per_node: 1000,
-        gate_limit_ms: 10_000,
-        data: DataSafety::Timed,
-    };
-    let mut p = ClusterPlan {
-        rolling: true,
-        nodes_per_batch: Some(2),
-        phase: PlanPhase::Committing,
-        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
-    };
+    let cx = |now_ms| rolling_cx(now_ms, 2);
+    let mut p = rolling_plan(2);
     p = next(&p, &s, &[], &cx(1000)).unwrap();
     let first = p.batches[0].clone();
     let back = |at: &[u64]| -> Vec<(u32, NodeReport)> {
@@ -241,20 +252,8 @@ fn the_simulated_restriper_runs_from_when_the_batch_was_back() {
 #[test]
 fn batches_then_gate_then_next_batch_then_committed() {
     let s = spec_of(4, 2);
-    let cx = |now_ms| Ctx {
-        now_ms,
-        me: 2,
-        batch_limit_ms: 10_000,
-        restripe_ms_per_node: 1000,
-        gate_limit_ms: 10_000,
-        data: DataSafety::Timed,
-    };
-    let mut p = ClusterPlan {
-        rolling: true,
-        nodes_per_batch: Some(2),
-        phase: PlanPhase::Committing,
-        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
-    };
+    let cx = |now_ms| rolling_cx(now_ms, 2);
+    let mut p = rolling_plan(2);
     p = next(&p, &s, &[], &cx(1000)).unwrap();
     assert_eq!(p.batches.last().unwrap(), &vec![2], "the coordinator last");
     let first = p.batches[0].clone();
@@ -299,21 +298,11 @@ fn batches_then_gate_then_next_batch_then_committed() {
 #[test]
 fn a_rolling_platform_failure_brings_the_committed_nodes_back_batch_by_batch() {
     let s = spec_of(5, 2);
-    let cx = |now_ms| Ctx {
-        now_ms,
-        me: 1,
-        batch_limit_ms: 10_000,
-        restripe_ms_per_node: 1000,
-        gate_limit_ms: 10_000,
-        data: DataSafety::Timed,
-    };
+    let cx = |now_ms| rolling_cx(now_ms, 1);
     let p = ClusterPlan {
-        rolling: true,
-        nodes_per_batch: Some(1),
-        phase: PlanPhase::Committing,
         batches: vec![vec![2], vec![3], vec![4], vec![5], vec![1]],
         batch: 2,
-        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        ..rolling_plan(1)
     };
     let step = |id, step| r(id, 1, step, None);
     let reps = vec![
@@ -398,20 +387,14 @@ fn a_complete_reboot_failure_brings_every_committed_node_back_at_once() {
 fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
     let s = spec_of(3, 1);
     let cx = |now_ms, data| Ctx {
-        now_ms,
-        me: 1,
-        batch_limit_ms: 10_000,
-        restripe_ms_per_node: 1000,
         gate_limit_ms: 60_000,
         data,
+        ..rolling_cx(now_ms, 1)
     };
     let mut p = ClusterPlan {
-        rolling: true,
-        nodes_per_batch: Some(1),
-        phase: PlanPhase::Committing,
         batches: vec![vec![2], vec![3], vec![1]],
         batch_started_ms: 1000,
-        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        ..rolling_plan(1)
     };
     let back = committed(&[2]);
     // The batch is back: the gate starts now, whatever the simulated timing.

@@ -68,6 +68,11 @@ pub fn bmc_payload(version: &str) -> Vec<u8> {
     v
 }
 
+/// Release 7.0.1 signed by a key the nodes do not trust (`key(2)`), in `dir`.
+pub fn foreign_bundle(dir: &Path) -> PathBuf {
+    build_bundle(dir, "foreign-7.0.1", &Rel::new("7.0.1", "7.0"), &key(2))
+}
+
 /// Builds a signed bundle for `rel` in `dir`.
 pub fn build_bundle(dir: &Path, name: &str, rel: &Rel, signer: &SecretKey) -> PathBuf {
     let src = dir.join(format!("{name}.src"));
