@@ -36,6 +36,7 @@ use upgrade::node::{DEFAULT_CONFIG, Node};
 use upgrade::{Agent, CommitOutcome, Error, chain, sim};
 
 mod boot_check;
+mod factory_install;
 mod login;
 mod reboot;
 mod remote;
@@ -123,6 +124,9 @@ enum Command {
     /// After a boot: finish a platform commit, or start the active container.
     #[command(name = "boot_check")]
     BootCheck,
+    /// A node fresh from a disk image: install and start its release's container.
+    #[command(name = "factory_install")]
+    FactoryInstall(factory_install::Args),
     /// Power a simulated node off (stop its container).
     #[command(name = "sim_poweroff")]
     SimPoweroff,
@@ -275,6 +279,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::NodesList => reboot::nodes(&ctx),
         Command::UpgradeMode(a) => upgrade_mode::run(&ctx, a),
         Command::BootCheck => boot_check::run(&ctx),
+        Command::FactoryInstall(a) => factory_install::run(&ctx, a),
         Command::SimPoweroff => sim_poweroff::run(&ctx),
         Command::SimCreate(a) => sim_create::run(&ctx, a),
     }

@@ -450,6 +450,31 @@ impl Agent {
         })
     }
 
+    /// A node fresh from a disk image (`qq factory_install`): stages the container
+    /// of the release whose platform it booted, from that release's bundle, makes
+    /// it active and starts it. Refused once a container is installed.
+    pub fn install_factory(
+        &self,
+        bundle: &Path,
+        obs: &dyn Progress,
+    ) -> Result<qimg::Version, Error> {
+        let Begun { _lock, .. } = self.begin(obs)?;
+        let mut io = self.node.open()?;
+        let running = self.node.running(&mut io)?;
+        drop(io);
+        let active = self.node.containers().installed()?.active;
+        let version = crate::factory::install_container(&self.node, bundle, |m| {
+            crate::factory::check(
+                bundle,
+                active.as_deref(),
+                &m.release.platform_version,
+                &running.platform_version,
+            )
+        })?;
+        commit::ensure_running(&self.node, self.runtime())?;
+        Ok(version)
+    }
+
     /// Starts `cmd` (a process that runs this agent's operation, e.g. `qq … --detached`)
     /// in its own session, its output in `qq.log` in the state directory, and
     /// returns once it has recorded its first state or ended, at most

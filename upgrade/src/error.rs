@@ -67,6 +67,17 @@ pub enum Refusal {
     /// A component the upgrade needs is missing.
     #[error("{0}")]
     Incomplete(&'static str),
+    /// A factory install on a node that already runs a release.
+    #[error("the node already runs {0}: upgrade it instead")]
+    AlreadyInstalled(String),
+    /// A factory install of a release whose platform is not the one booted.
+    #[error("the bundle's platform is {bundle} and the node booted platform {booted}")]
+    OtherPlatform {
+        /// The bundle's platform version.
+        bundle: qimg::Version,
+        /// The booted slot's.
+        booted: qimg::Version,
+    },
     /// A firmware payload may not be flashed on this node.
     #[error("firmware {component}: {why}")]
     Firmware {

@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod commit;
 pub mod container;
 pub mod error;
+pub mod factory;
 pub mod machine;
 pub mod node;
 pub mod prepare;

@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use bootctl::entries;
 use bootctl::layout::Slot;
 use bootctl::model::{self, EfiVars};
-use qimg::{BundleReader, ComponentKind, NoProgress, Target};
+use qimg::{NoProgress, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
 use crate::commit::CommitOutcome;
-use crate::container::{Containers, RuntimeConfig};
+use crate::container::RuntimeConfig;
 use crate::error::{Error, Unhealthy, boot_err, io_err};
 use crate::machine::{Machine, read_boot_id};
 use crate::node::{FirmwareConfig, Node, NodeConfig};
@@ -372,40 +372,7 @@ fn create_in(o: &CreateOptions, in_place: bool) -> Result<Node, Error> {
     let node = Node::load(d)?;
 
     // The factory container, from the same (verified) bundle.
-    let f = std::fs::File::open(o.bundle).map_err(io_err("opening", o.bundle))?;
-    let berr = |source| Error::Bundle {
-        path: o.bundle.to_owned(),
-        source,
-    };
-    let (mut reader, _) =
-        BundleReader::open_verified(BufReader::new(f), &node.keys()?).map_err(berr)?;
-    let m = reader.manifest().clone();
-    let containers = Containers::new(&node.config.state);
-    let version = m.release.version.to_string();
-    let mut staged = None;
-    for c in &m.components {
-        match &c.kind {
-            ComponentKind::Container { verity, .. } => {
-                let mut sink = containers.begin(&version, verity.hash_offset)?;
-                reader
-                    .next_component(&mut sink, &NoProgress)
-                    .map_err(berr)?;
-                staged = Some((sink, verity.root_hash.0));
-            }
-            _ => {
-                reader
-                    .next_component(std::io::sink(), &NoProgress)
-                    .map_err(berr)?;
-            }
-        }
-    }
-    reader.finish(&NoProgress).map_err(berr)?;
-    let (sink, root_hash) = staged.ok_or_else(|| Error::Refused {
-        path: o.bundle.to_owned(),
-        reason: crate::error::Refusal::Incomplete("the bundle has no container"),
-    })?;
-    containers.finish(&version, sink, &root_hash, true)?;
-    containers.activate(&version)?;
+    crate::factory::install_container(&node, o.bundle, |_| Ok(()))?;
     // Power on: the firmware boots, then the boot path starts the container.
     boot_firmware(&node)?;
     Agent::new(node.clone(), machine_for(&node)).after_boot(&NoProgress)?;

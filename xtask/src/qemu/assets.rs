@@ -34,7 +34,7 @@ fn output(cmd: &mut Command) -> Result<String, String> {
 }
 
 /// `Version:` and `Depends:` of a package as apt knows it.
-fn apt_show(package: &str) -> Result<(String, String), String> {
+pub(super) fn apt_show(package: &str) -> Result<(String, String), String> {
     let text = output(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?;
     let field = |name: &str| {
         text.lines()

@@ -6,6 +6,7 @@
 
 mod assets;
 mod cpio;
+mod node;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -509,12 +510,15 @@ fn probe_accel(firmware: &Path, work: &Path) -> String {
 struct Opts {
     shell: bool,
     debian_firmware: bool,
+    /// Run only the boot-chain scenarios, or only the node's.
+    only: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         shell: false,
         debian_firmware: false,
+        only: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -524,6 +528,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 Some("prebuilt") => o.debian_firmware = false,
                 Some("debian") => o.debian_firmware = true,
                 other => return Err(format!("--firmware prebuilt|debian, not {other:?}")),
+            },
+            "--only" => match it.next().map(String::as_str) {
+                Some(w @ ("boot" | "node")) => o.only = Some(w.to_owned()),
+                other => return Err(format!("--only boot|node, not {other:?}")),
             },
             other => return Err(format!("unknown option {other}")),
         }
@@ -562,6 +570,14 @@ pub fn main(args: &[String]) -> Result<(), String> {
     );
     let accel = probe_accel(&firmware, &work);
     eprintln!("xtask: qemu: accelerator {accel}");
+    if o.only.as_deref() == Some("node") {
+        node::main(&work, &accel, &firmware)?;
+        eprintln!(
+            "xtask: qemu-test total {:.1} s",
+            total.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let mut ctx = Ctx {
         work,
         firmware,
@@ -607,15 +623,19 @@ pub fn main(args: &[String]) -> Result<(), String> {
     for (name, f) in list {
         let t = Instant::now();
         f(&mut ctx).map_err(|e| format!("scenario {name}: {e}"))?;
-        times.push((name, t.elapsed()));
+        times.push((name.to_owned(), t.elapsed()));
     }
     let t = Instant::now();
     scenario_d(&mut ctx, &exe).map_err(|e| format!("scenario d: {e}"))?;
-    times.push(("d: writer killed mid-install", t.elapsed()));
+    times.push(("d: writer killed mid-install".to_owned(), t.elapsed()));
     eprintln!(
         "xtask: qemu-test passed: {} boots, model agreed with the loader on every one",
         ctx.boots
     );
+    if o.only.as_deref() != Some("boot") {
+        let node_times = node::main(&ctx.work, &ctx.accel, &ctx.firmware)?;
+        times.extend(node_times.into_iter().map(|(n, d)| (n, d)));
+    }
     for (name, d) in &times {
         eprintln!("xtask: qemu:   {name}: {:.1} s", d.as_secs_f64());
     }
