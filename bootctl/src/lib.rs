@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod counter;
+pub mod device;
 pub use qutil::crashpoint;
 pub mod efivars;
 pub mod entries;

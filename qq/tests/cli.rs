@@ -207,3 +207,30 @@ fn on_failure_is_checked_and_belongs_to_a_cluster() {
     assert_eq!(n.disk(), disk, "a refused request changes nothing");
     assert_eq!(n.status()["state"], "UPGRADE_IDLE");
 }
+
+#[test]
+fn factory_install_gives_a_fresh_node_its_container_once_and_only_for_its_platform() {
+    let Some(n) = factory_node() else { return };
+    let b = bundles();
+    // A node that runs a container is refused, and keeps it.
+    let o = n.qq(&["factory_install", "--path", b.factory.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "a refusal: {}", stderr(&o));
+    assert!(stderr(&o).contains("already runs 7.0.0"), "{}", stderr(&o));
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+    // A fresh disk: no container installed and none running.
+    n.agent().runtime().stop().unwrap();
+    let state = &n.node.config.state;
+    std::fs::remove_dir_all(state.join("containers")).unwrap();
+    let o = n.qq(&["factory_install", "--path", b.platform.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "a refusal: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the bundle's platform is 7.1 and the node booted platform 7.0"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(n.container(), None, "a refused install starts nothing");
+    let o = n.qq(&["factory_install", "--path", b.factory.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "installed 7.0.0");
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+}

@@ -94,8 +94,16 @@ mod tests {
         let v = |s: &str| s.parse::<Version>().unwrap();
         assert!(check(p, None, &v("1.0.0"), &v("1.0.0")).is_ok());
         let e = check(p, Some("1.0.0"), &v("1.0.0"), &v("1.0.0")).unwrap_err();
-        assert!(e.to_string().contains("already runs 1.0.0"), "{e}");
+        assert!(
+            matches!(&e, Error::Refused { reason: Refusal::AlreadyInstalled(i), .. } if i == "1.0.0"),
+            "{e:?}"
+        );
+        assert!(qutil::chain(&e).contains("already runs 1.0.0: upgrade it instead"));
         let e = check(p, None, &v("2.0.0"), &v("1.0.0")).unwrap_err();
-        assert!(e.to_string().contains("platform is 2.0.0"), "{e}");
+        assert!(
+            matches!(&e, Error::Refused { reason: Refusal::OtherPlatform { bundle, booted }, .. }
+                if *bundle == v("2.0.0") && *booted == v("1.0.0")),
+            "{e:?}"
+        );
     }
 }

@@ -140,8 +140,8 @@ pub struct Running {
 
 /// A node's boot disk and ESP, opened once for one operation and passed down.
 pub struct Opened {
-    /// The boot disk (or disk image).
-    pub disk: File,
+    /// The boot disk (or disk image); its `flush` is `fdatasync`.
+    pub disk: bootctl::device::Durable,
     /// The ESP.
     pub esp: Box<dyn Esp>,
     /// The product the slots belong to (from the ESP's layout record).
@@ -164,6 +164,7 @@ impl Opened {
     /// Flushes the disk to stable storage.
     pub fn sync(&self) -> Result<(), Error> {
         self.disk
+            .0
             .sync_all()
             .map_err(io_err("syncing", &self.disk_path))
     }
@@ -273,7 +274,7 @@ impl Node {
             .map_err(boot_err("reading the layout record"))?
             .product;
         Ok(Opened {
-            disk,
+            disk: bootctl::device::Durable(disk),
             esp,
             product,
             disk_path: self.config.disk.clone(),

@@ -172,6 +172,13 @@ impl Esp for DirEsp {
             });
         }
         std::fs::rename(&a, &b).map_err(esp_err("renaming", from))?;
+        // On vfat a renamed file gets a new directory entry whose size is filled in
+        // only when the file's inode is written back: syncing the directory alone
+        // leaves a zero-length entry after a power loss (seen on a real node under
+        // QEMU). Sync the file, then the directory.
+        std::fs::File::open(&b)
+            .and_then(|f| f.sync_all())
+            .map_err(esp_err("syncing", to))?;
         self.sync_dir_of(to)
     }
 

@@ -212,27 +212,13 @@ impl Ctx {
 
     /// A fresh scenario directory with a disk built from `version` and a firmware copy.
     fn fresh(&self, name: &str, version: &str) -> Result<(PathBuf, PathBuf), String> {
-        let dir = self.work.join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let disk_path = dir.join("disk.raw");
-        disk::build(&DiskOptions {
-            bundle: self.bundle(version),
-            keys: Some(&self.keys),
-            out: &disk_path,
-            size: None,
-            systemd_boot: Path::new(disk::SYSTEMD_BOOT),
-            target: Target::Onprem,
-            esp_mib: 64,
-            root_mib: Some(32),
-            data_mib: 16,
-            progress: &NoProgress,
-            cancel: &Cancel::new(),
-        })
-        .map_err(|e| format!("imagebuild disk: {e:#}"))?;
-        let vars = dir.join("ovmf.fd");
-        std::fs::copy(&self.firmware, &vars).map_err(|e| e.to_string())?;
-        Ok((disk_path, vars))
+        fresh_disk(
+            &self.work.join(name),
+            self.bundle(version),
+            &self.keys,
+            &self.firmware,
+            (64, 32, 16),
+        )
     }
 
     fn install(
@@ -254,6 +240,38 @@ impl Ctx {
     }
 }
 
+/// A fresh directory `dir` with `disk.raw` built from `bundle` by `imagebuild disk`
+/// (ESP, root and data sizes in MiB) and a writable copy of the firmware; returns both
+/// paths.
+fn fresh_disk(
+    dir: &Path,
+    bundle: &Path,
+    keys: &TrustedKeys,
+    firmware: &Path,
+    (esp_mib, root_mib, data_mib): (u64, u64, u64),
+) -> Result<(PathBuf, PathBuf), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let disk_path = dir.join("disk.raw");
+    disk::build(&DiskOptions {
+        bundle,
+        keys: Some(keys),
+        out: &disk_path,
+        size: None,
+        systemd_boot: Path::new(disk::SYSTEMD_BOOT),
+        target: Target::Onprem,
+        esp_mib,
+        root_mib: Some(root_mib),
+        data_mib,
+        progress: &NoProgress,
+        cancel: &Cancel::new(),
+    })
+    .map_err(|e| format!("imagebuild disk: {e:#}"))?;
+    let vars = dir.join("ovmf.fd");
+    std::fs::copy(firmware, &vars).map_err(|e| e.to_string())?;
+    Ok((disk_path, vars))
+}
+
 fn esp_list(esp: &mut ImageEsp<File>) -> Result<Vec<String>, String> {
     use bootctl::esp::Esp;
     esp.list(entries::LINUX_DIR).map_err(|e| e.to_string())
@@ -263,12 +281,8 @@ fn expect(cond: bool, what: &str) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what.to_owned()) }
 }
 
-/// A slot's entry state and reason, as `qbootctl --image DISK --json status` reports it.
-fn slot_state(
-    _ctx: &Ctx,
-    disk: &Path,
-    slot: Slot,
-) -> Result<(Option<EntryState>, Option<String>), String> {
+/// The slots as `qbootctl --image DISK --json status` reads them from a disk image.
+fn qbootctl_status(disk: &Path) -> Result<bootctl::status::Status, String> {
     let out = Command::new(target_dir().join("debug/qbootctl"))
         .arg("--image")
         .arg(disk)
@@ -281,8 +295,16 @@ fn slot_state(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let s: bootctl::status::Status =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("qbootctl status JSON: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("qbootctl status JSON: {e}"))
+}
+
+/// A slot's entry state and reason, as `qbootctl --image DISK --json status` reports it.
+fn slot_state(
+    _ctx: &Ctx,
+    disk: &Path,
+    slot: Slot,
+) -> Result<(Option<EntryState>, Option<String>), String> {
+    let s = qbootctl_status(disk)?;
     let r = &s.slots[if slot == Slot::A { 0 } else { 1 }];
     Ok((r.state, r.reason.clone()))
 }
@@ -634,7 +656,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     );
     if o.only.as_deref() != Some("boot") {
         let node_times = node::main(&ctx.work, &ctx.accel, &ctx.firmware)?;
-        times.extend(node_times.into_iter().map(|(n, d)| (n, d)));
+        times.extend(node_times);
     }
     for (name, d) in &times {
         eprintln!("xtask: qemu:   {name}: {:.1} s", d.as_secs_f64());

@@ -48,8 +48,6 @@ pub struct Base {
     pub initrd: PathBuf,
     /// The kernel release (`uname -r`).
     pub kernel_release: String,
-    /// `package version` of everything installed, one per line.
-    pub packages: String,
 }
 
 fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
@@ -91,7 +89,7 @@ pub fn ensure(cache: &Path) -> Result<Base, String> {
     let (key, why) = key()?;
     std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     let dir = cache.join(format!("node-base-{key}"));
-    let base = |packages: String| -> Result<Base, String> {
+    let base = || -> Result<Base, String> {
         let kernel_release = std::fs::read_to_string(dir.join("kernel-release"))
             .map_err(|e| format!("{}: {e}", dir.display()))?
             .trim()
@@ -101,7 +99,6 @@ pub fn ensure(cache: &Path) -> Result<Base, String> {
             vmlinuz: dir.join("vmlinuz"),
             initrd: dir.join("initrd.img"),
             kernel_release,
-            packages,
         })
     };
     if let Ok(packages) = std::fs::read_to_string(dir.join("packages.txt"))
@@ -112,7 +109,7 @@ pub fn ensure(cache: &Path) -> Result<Base, String> {
             dir.display(),
             packages.lines().count()
         );
-        return base(packages);
+        return base();
     }
     crate::deps::ensure(&[("mmdebstrap", "mmdebstrap")])?;
     // One base at a time: older ones are of packages apt no longer offers.
@@ -185,5 +182,5 @@ pub fn ensure(cache: &Path) -> Result<Base, String> {
         eprintln!("xtask: node:   {}", chunk.join(", "));
     }
     std::fs::write(dir.join(".complete"), "").map_err(|e| e.to_string())?;
-    base(packages)
+    base()
 }

@@ -1,11 +1,12 @@
 //! A real node under QEMU: a Debian root (systemd, udev, the cloud kernel) in a
 //! squashfs + dm-verity slot the kernel opens and enforces, `qimgd` inside, upgraded
-//! from the host over HTTPS by `qq`. Scenarios follow one node through its life, as
-//! an operator would: each asserts the serial console, the API's answers and the
-//! ESP afterwards.
+//! from the host over HTTPS by `qq`. The scenarios (`scenarios.rs`) follow one node
+//! through its life, as an operator would, and assert the serial console, the
+//! API's answers and the ESP afterwards.
 
 mod base;
 mod release;
+mod scenarios;
 mod vm;
 
 use std::fs::File;
@@ -14,30 +15,16 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bootctl::layout::Slot;
-use imagebuild::Cancel;
-use imagebuild::disk::{self, DiskOptions};
-use qimg::{NoProgress, Target, TrustedKeys};
+use qimg::TrustedKeys;
 
 use crate::target_dir;
-use release::{Health, Release};
 use vm::Vm;
 
-/// How long one boot may take, firmware to the agent answering.
-const BOOT_LIMIT: Duration = Duration::from_secs(180);
+/// How long one boot may take, power on (or reboot) to the agent answering.
+const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
-/// The releases the scenarios use.
-const RELEASES: &[Release] = &[
-    Release {
-        version: "1.0.0",
-        platform_version: "1.0.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "2.0.0",
-        platform_version: "2.0.0",
-        platform: Some(Health::Good),
-    },
-];
+/// The agent's upgrade directory on the node (`upgrade_dir` in qimgd.toml).
+const UPGRADE_DIR: &str = "/var/lib/qimg/upgrade";
 
 /// What a boot printed on the console (`qimg-node-report.service`).
 #[derive(Debug)]
@@ -60,15 +47,31 @@ fn parse_report(line: &str) -> Option<BootReport> {
     })
 }
 
+fn ssh_options(key: &Path) -> Vec<String> {
+    let mut v = vec!["-i".to_owned(), key.display().to_string()];
+    for o in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "LogLevel=ERROR",
+        "BatchMode=yes",
+        "ConnectTimeout=20",
+    ] {
+        v.push("-o".into());
+        v.push(o.into());
+    }
+    v
+}
+
 pub struct Node {
-    dir: PathBuf,
     disk: PathBuf,
     vars: PathBuf,
     serial: PathBuf,
     ssh_key: PathBuf,
     accel: String,
     creds: PathBuf,
+    ports: (u16, u16),
     vm: Option<Vm>,
+    /// Boots that reached the report on the console.
     boots: usize,
 }
 
@@ -79,8 +82,16 @@ impl Node {
             &self.disk,
             &self.vars,
             &self.serial,
+            self.ports,
         )?);
         Ok(())
+    }
+
+    /// Pulls the plug.
+    fn power_off(&mut self) {
+        if let Some(mut v) = self.vm.take() {
+            v.kill();
+        }
     }
 
     fn vm(&mut self) -> &mut Vm {
@@ -88,24 +99,76 @@ impl Node {
     }
 
     /// Runs our `qq` against the node's agent.
-    fn qq(&mut self, args: &[&str]) -> Result<Output, String> {
-        let port = self.vm().port;
-        Command::new(target_dir().join("debug/qq"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+    fn qq(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(target_dir().join("debug/qq"));
+        // 10 s per request: while the guest reboots, QEMU's forwarded port still
+        // accepts connections, which then stall.
+        c.args(["--host", "127.0.0.1", "--port", &self.ports.0.to_string()])
+            .args(["--timeout", "10"])
             .arg("--credentials-store")
             .arg(&self.creds)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("qq: {e}"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// A client of the node's agent, logged in (for polls faster than a `qq`
+    /// process per look).
+    fn client(&self) -> Result<qapi::Client, String> {
+        let mut c = qapi::Client::new(
+            qapi::Target::Tcp {
+                host: "127.0.0.1".into(),
+                port: self.ports.0,
+            },
+            qapi::Options {
+                timeout: Duration::from_secs(10),
+                ca: None,
+                root_port: false,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let login: qapi::types::LoginResponse = c
+            .post_json(
+                "/v1/session/login",
+                &qapi::types::LoginRequest {
+                    username: release::USER.into(),
+                    password: release::PASSWORD.into(),
+                },
+            )
+            .map_err(|e| format!("login: {e}"))?;
+        c.set_token(Some(login.bearer_token));
+        Ok(c)
+    }
+
+    fn qq_out(&self, args: &[&str]) -> Result<Output, String> {
+        self.qq(args).output().map_err(|e| format!("qq: {e}"))
+    }
+
+    fn qq_ok(&self, args: &[&str]) -> Result<String, String> {
+        let o = self.qq_out(args)?;
+        if !o.status.success() {
+            return Err(format!(
+                "qq {}: {}: {}{}",
+                args.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `qq upgrade_status` as JSON.
+    fn status(&self) -> Result<serde_json::Value, String> {
+        let out = self.qq_ok(&["upgrade_status"])?;
+        serde_json::from_str(&out).map_err(|e| format!("upgrade_status JSON: {e}: {out}"))
     }
 
     /// Runs a shell command on the node over SSH, as root.
-    fn ssh(&mut self, command: &str) -> Result<String, String> {
-        let port = self.vm().ssh_port;
+    fn ssh(&self, command: &str) -> Result<String, String> {
         let o = Command::new("ssh")
             .args(ssh_options(&self.ssh_key))
-            .args(["-p", &port.to_string(), "root@127.0.0.1", command])
+            .args(["-p", &self.ports.1.to_string(), "root@127.0.0.1", command])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("ssh: {e}"))?;
@@ -119,30 +182,22 @@ impl Node {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
-    fn qq_ok(&mut self, args: &[&str]) -> Result<String, String> {
-        let o = self.qq(args)?;
-        if !o.status.success() {
-            return Err(format!(
-                "qq {}: {}: {}{}",
-                args.join(" "),
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    /// Waits for the next boot's report on the console, then for the agent to
-    /// answer a login and `/v1/version`. Returns the report and the version.
-    fn wait_up(&mut self) -> Result<(BootReport, String, Duration), String> {
-        let start = Instant::now();
+    /// Waits for the next boot's report on the console.
+    fn wait_report(&mut self) -> Result<BootReport, String> {
         self.boots += 1;
         let n = self.boots;
         let line = self.vm().wait_console("QIMG-NODE-BOOT", n, BOOT_LIMIT)?;
-        let report = parse_report(&line).ok_or_else(|| format!("bad report line {line:?}"))?;
+        parse_report(&line).ok_or_else(|| format!("bad report line {line:?}"))
+    }
+
+    /// Waits for the next boot's report on the console, then for the agent to
+    /// answer a login and `/v1/version`. Returns the report, the version answer and
+    /// the time it took.
+    fn wait_up(&mut self) -> Result<(BootReport, String, Duration), String> {
+        let start = Instant::now();
+        let report = self.wait_report()?;
         loop {
-            let login = self.qq(&["login", "-u", release::USER, "-p", release::PASSWORD])?;
+            let login = self.qq_out(&["login", "-u", release::USER, "-p", release::PASSWORD])?;
             if login.status.success() {
                 let v = self.qq_ok(&["version"])?;
                 return Ok((report, v, start.elapsed()));
@@ -156,43 +211,23 @@ impl Node {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-}
 
-/// The agent's upgrade directory on the node (`upgrade_dir` in qimgd.toml).
-const UPGRADE_DIR: &str = "/var/lib/qimg/upgrade";
+    /// The slots as `qbootctl --image DISK --json status` reads them from the disk
+    /// (the ESP and labels the node wrote, synced).
+    fn esp_status(&self) -> Result<bootctl::status::Status, String> {
+        super::qbootctl_status(&self.disk)
+    }
 
-fn ssh_options(key: &Path) -> Vec<String> {
-    vec![
-        "-i".into(),
-        key.display().to_string(),
-        "-o".into(),
-        "StrictHostKeyChecking=no".into(),
-        "-o".into(),
-        "UserKnownHostsFile=/dev/null".into(),
-        "-o".into(),
-        "LogLevel=ERROR".into(),
-        "-o".into(),
-        "BatchMode=yes".into(),
-        "-o".into(),
-        "ConnectTimeout=20".into(),
-    ]
-}
-
-fn expect(cond: bool, what: &str) -> Result<(), String> {
-    if cond { Ok(()) } else { Err(what.to_owned()) }
-}
-
-fn root_hash(bundle: &Path) -> Result<String, String> {
-    let f = File::open(bundle).map_err(|e| e.to_string())?;
-    let r = qimg::BundleReader::open(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
-    r.manifest()
-        .components
-        .iter()
-        .find_map(|c| match &c.kind {
-            qimg::ComponentKind::PlatformRoot { verity, .. } => Some(verity.root_hash.to_string()),
-            _ => None,
-        })
-        .ok_or_else(|| format!("{} has no platform root", bundle.display()))
+    /// Byte offset of `slot`'s root partition on the disk.
+    fn root_offset(&self, slot: Slot) -> Result<u64, String> {
+        let mut f = File::open(&self.disk).map_err(|e| e.to_string())?;
+        let t = bootctl::table::read(&mut f).map_err(|e| e.to_string())?;
+        let roots = t.of_type(bootctl::layout::ROOT_TYPE);
+        let (_, p) = roots
+            .get(if slot == Slot::A { 0 } else { 1 })
+            .ok_or("no root partition for the slot")?;
+        Ok(p.first_lba * 512)
+    }
 }
 
 pub struct Lab {
@@ -214,36 +249,24 @@ impl Lab {
             .1
     }
 
-    /// A node with a fresh disk of `version` in slot A.
+    /// A node with a fresh disk of `version` in slot A, powered off.
     fn node(&self, name: &str, version: &str) -> Result<Node, String> {
         let dir = self.work.join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let disk_path = dir.join("disk.raw");
-        disk::build(&DiskOptions {
-            bundle: self.bundle(version),
-            keys: Some(&self.keys),
-            out: &disk_path,
-            size: None,
-            systemd_boot: Path::new(disk::SYSTEMD_BOOT),
-            target: Target::Onprem,
-            esp_mib: 192,
-            root_mib: Some(256),
-            data_mib: 512,
-            progress: &NoProgress,
-            cancel: &Cancel::new(),
-        })
-        .map_err(|e| format!("imagebuild disk: {e:#}"))?;
-        let vars = dir.join("ovmf.fd");
-        std::fs::copy(&self.firmware, &vars).map_err(|e| e.to_string())?;
+        let (disk, vars) = super::fresh_disk(
+            &dir,
+            self.bundle(version),
+            &self.keys,
+            &self.firmware,
+            (192, 256, 1024),
+        )?;
         Ok(Node {
-            ssh_key: self.ssh_key.clone(),
             serial: dir.join("serial.log"),
             creds: dir.join("credentials"),
-            disk: disk_path,
+            ssh_key: self.ssh_key.clone(),
+            disk,
             vars,
-            dir,
             accel: self.accel.clone(),
+            ports: (vm::free_port()?, vm::free_port()?),
             vm: None,
             boots: 0,
         })
@@ -251,13 +274,16 @@ impl Lab {
 
     /// Copies a bundle into the node's upgrade directory with scp, as an operator
     /// would; returns its `image_path`.
-    fn offer(&self, node: &mut Node, version: &str) -> Result<String, String> {
+    fn offer(&self, node: &Node, version: &str) -> Result<String, String> {
         let name = format!("{version}.qimg");
-        node.ssh(&format!("mkdir -p {UPGRADE_DIR}"))?;
-        let port = node.vm().ssh_port;
+        let start = Instant::now();
+        // An operator keeps the bundle being installed, not every old one.
+        node.ssh(&format!(
+            "mkdir -p {UPGRADE_DIR} && rm -f {UPGRADE_DIR}/*.qimg"
+        ))?;
         let o = Command::new("scp")
             .args(ssh_options(&node.ssh_key))
-            .args(["-q", "-P", &port.to_string()])
+            .args(["-q", "-P", &node.ports.1.to_string()])
             .arg(self.bundle(version))
             .arg(format!("root@127.0.0.1:{UPGRADE_DIR}/{name}"))
             .stdin(Stdio::null())
@@ -269,83 +295,32 @@ impl Lab {
                 String::from_utf8_lossy(&o.stderr)
             ));
         }
+        eprintln!(
+            "xtask: node: {name} copied onto the node in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
         Ok(name)
     }
 }
 
-/// 1: a fresh disk boots slot A through verity; the agent answers.
-fn fresh_boot(lab: &Lab, node: &mut Node) -> Result<(), String> {
-    node.power_on()?;
-    let (report, version, took) = node.wait_up()?;
-    eprintln!(
-        "xtask: node: booted in {:.1} s: {report:?}; qq version: {}",
-        took.as_secs_f64(),
-        version.trim()
-    );
-    expect(
-        report.release == "1.0.0",
-        "the fresh disk boots release 1.0.0",
-    )?;
-    expect(
-        version.contains("\"revision_id\": \"qimg-node unknown\""),
-        &format!("a fresh node has no container yet: {version}"),
-    )?;
-    // The installer's last step: the release's container, from its bundle.
-    let name = lab.offer(node, "1.0.0")?;
-    let out = node.ssh(&format!("qq factory_install --path {UPGRADE_DIR}/{name}"))?;
-    expect(
-        out.contains("installed 1.0.0"),
-        &format!("factory_install: {out}"),
-    )?;
-    let version = node.qq_ok(&["version"])?;
-    expect(
-        version.contains("\"revision_id\": \"qimg-node 1.0.0\""),
-        &format!("qq version after the factory install: {version}"),
-    )?;
-    expect(
-        report.root == "/dev/mapper/root,squashfs",
-        &format!("the root is the verity device, squashfs: {}", report.root),
-    )?;
-    let hash = root_hash(lab.bundle("1.0.0"))?;
-    expect(
-        report.table.contains(" verity ") && report.table.contains(&hash),
-        &format!(
-            "dm table of root is verity with the release's root hash {hash}: {}",
-            report.table
-        ),
-    )?;
-    let _ = Slot::A;
-    Ok(())
+fn root_hash(bundle: &Path) -> Result<String, String> {
+    let f = File::open(bundle).map_err(|e| e.to_string())?;
+    let r = qimg::BundleReader::open(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
+    r.manifest()
+        .components
+        .iter()
+        .find_map(|c| match &c.kind {
+            qimg::ComponentKind::PlatformRoot { verity, .. } => Some(verity.root_hash.to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{} has no platform root", bundle.display()))
 }
 
-/// 2: `qq upgrade_cluster --path` from the host: prepare slot B in the running
-/// guest, commit, a real reboot into slot B through verity, blessed, COMMITTED.
-fn platform_upgrade(lab: &Lab, node: &mut Node) -> Result<(), String> {
-    let name = lab.offer(node, "2.0.0")?;
-    let start = Instant::now();
-    let out = node.qq_ok(&["--timeout", "60", "upgrade_cluster", "--path", &name])?;
-    eprintln!("xtask: node: qq upgrade_cluster: {}", out.trim());
-    let (report, version, _) = node.wait_up()?;
-    eprintln!(
-        "xtask: node: upgraded in {:.1} s: {report:?}; qq version: {}",
-        start.elapsed().as_secs_f64(),
-        version.trim()
-    );
-    expect(report.release == "2.0.0", "release 2.0.0 booted")?;
-    let hash = root_hash(lab.bundle("2.0.0"))?;
-    expect(
-        report.table.contains(&hash),
-        &format!("root opened with 2.0.0's root hash: {}", report.table),
-    )?;
-    let status = node.qq_ok(&["upgrade_status"])?;
-    expect(
-        status.contains("UPGRADE_STATE_COMMITTED") || status.contains("COMMITTED"),
-        &format!("upgrade_status COMMITTED: {status}"),
-    )
-}
-
+/// Builds the base (cached), the node's binaries and the releases, then runs the
+/// scenarios on one node. Returns each scenario's time.
 pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Duration)>, String> {
     let total = Instant::now();
+    crate::deps::ensure(&[("openssh-client", "scp")])?;
     let base = base::ensure(&target_dir().join("qemu-assets"))?;
     eprintln!("xtask: node: kernel {}", base.kernel_release);
     let work = work.join("node");
@@ -362,7 +337,7 @@ pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Du
     let shared = release::Shared::make(&work)?;
     let t = Instant::now();
     let mut bundles = vec![];
-    for r in RELEASES {
+    for r in scenarios::RELEASES {
         bundles.push((
             r.version,
             release::build(&base, &shared, &work, r, &key, &public)?,
@@ -381,28 +356,12 @@ pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Du
         bundles,
         ssh_key: shared.ssh_key(),
     };
-    let mut times = vec![];
     let mut node = lab.node("life", "1.0.0")?;
-    type Scenario = fn(&Lab, &mut Node) -> Result<(), String>;
-    let list: [(&str, Scenario); 2] = [
-        ("1: fresh disk boots slot A through verity", fresh_boot),
-        (
-            "2: platform upgrade over HTTPS, real reboot",
-            platform_upgrade,
-        ),
-    ];
-    for (name, f) in list {
-        let t = Instant::now();
-        f(&lab, &mut node).map_err(|e| {
-            format!(
-                "node scenario {name}: {e} (serial log {})",
-                node.serial.display()
-            )
-        })?;
-        times.push((name.to_owned(), t.elapsed()));
-        eprintln!("xtask: node: {name}: {:.1} s", t.elapsed().as_secs_f64());
-    }
-    let _ = node.dir;
-    eprintln!("xtask: node: total {:.1} s", total.elapsed().as_secs_f64());
+    let times = scenarios::run(&lab, &mut node)?;
+    node.power_off();
+    eprintln!(
+        "xtask: node: passed; total {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
     Ok(times)
 }

@@ -13,22 +13,24 @@ use super::super::clean;
 pub struct Vm {
     child: Option<Child>,
     pub serial: PathBuf,
-    pub port: u16,
-    /// The node's SSH port on loopback.
-    pub ssh_port: u16,
 }
 
 /// A free TCP port on loopback (the kernel's choice, released for QEMU to bind).
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 impl Vm {
-    /// Powers the node on.
-    pub fn start(accel: &str, disk: &Path, vars: &Path, serial: &Path) -> Result<Vm, String> {
-        let port = free_port()?;
-        let ssh_port = free_port()?;
+    /// Powers the node on; the agent's port and SSH are forwarded from `ports` on
+    /// loopback (the same across power cycles, so a client keeps its address).
+    pub fn start(
+        accel: &str,
+        disk: &Path,
+        vars: &Path,
+        serial: &Path,
+        (port, ssh_port): (u16, u16),
+    ) -> Result<Vm, String> {
         // Appended to across power cycles, so the log is the node's whole life.
         let log = File::options()
             .create(true)
@@ -62,8 +64,6 @@ impl Vm {
         Ok(Vm {
             child: Some(child),
             serial: serial.to_owned(),
-            port,
-            ssh_port,
         })
     }
 
@@ -72,6 +72,14 @@ impl Vm {
         clean(&String::from_utf8_lossy(
             &std::fs::read(&self.serial).unwrap_or_default(),
         ))
+    }
+
+    /// Lines of the console containing `pattern`.
+    pub fn count(&self, pattern: &str) -> usize {
+        self.console()
+            .lines()
+            .filter(|l| l.contains(pattern))
+            .count()
     }
 
     /// Waits until the console holds `count` lines containing `pattern`; returns

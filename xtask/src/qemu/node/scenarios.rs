@@ -1,0 +1,433 @@
+//! The node's life, scenario by scenario (issue 15): each one starts where the last
+//! left the node, as on a real appliance, and asserts the serial console, the
+//! API's answers and the ESP afterwards.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bootctl::entries::{DEFAULT_TRIES, EntryState};
+use bootctl::layout::Slot;
+
+use super::super::expect;
+use super::release::{Health, Release};
+use super::{Lab, Node, UPGRADE_DIR, root_hash};
+
+/// The releases the scenarios use: platform releases, an instant one, one whose
+/// slot is damaged after install, one whose health check fails.
+pub const RELEASES: &[Release] = &[
+    Release {
+        version: "1.0.0",
+        platform_version: "1.0.0",
+        platform: Some(Health::Good),
+    },
+    Release {
+        version: "2.0.0",
+        platform_version: "2.0.0",
+        platform: Some(Health::Good),
+    },
+    Release {
+        version: "2.0.1",
+        platform_version: "2.0.0",
+        platform: None,
+    },
+    Release {
+        version: "2.1.0",
+        platform_version: "2.1.0",
+        platform: Some(Health::Good),
+    },
+    Release {
+        version: "2.2.0",
+        platform_version: "2.2.0",
+        platform: Some(Health::Failing),
+    },
+    Release {
+        version: "2.3.0",
+        platform_version: "2.3.0",
+        platform: Some(Health::Good),
+    },
+];
+
+/// A whole upgrade through one platform reboot may take this long.
+const UPGRADE_LIMIT: Duration = Duration::from_secs(420);
+/// Three failed tries and the fallback boot.
+const ROLLBACK_LIMIT: Duration = Duration::from_secs(600);
+
+fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
+    v.get(k).and_then(|x| x.as_str()).unwrap_or("")
+}
+
+/// A `qq` run that follows the upgrade (its monitor), in the background.
+struct Monitor {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+impl Monitor {
+    fn start(node: &Node, args: &[&str], name: &str) -> Result<Monitor, String> {
+        let out = node.serial.with_file_name(format!("qq-{name}.out"));
+        let f = std::fs::File::create(&out).map_err(|e| e.to_string())?;
+        let child = node
+            .qq(args)
+            .stdout(f)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("qq: {e}"))?;
+        Ok(Monitor { child, out })
+    }
+
+    /// Waits for qq to end, at most `limit`; returns its exit code and output.
+    fn wait(mut self, limit: Duration) -> Result<(i32, String), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
+                let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+                return Ok((st.code().unwrap_or(-1), text));
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!("qq did not end within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("qq's JSON: {e}: {text}"))
+}
+
+/// 1: a fresh disk boots slot A through verity; the agent answers; the installer
+/// adds the factory container.
+fn fresh(lab: &Lab, node: &mut Node) -> Result<(), String> {
+    node.power_on()?;
+    let (report, version, took) = node.wait_up()?;
+    eprintln!(
+        "xtask: node: first boot, power on to the agent answering: {:.1} s",
+        took.as_secs_f64()
+    );
+    expect(
+        report.release == "1.0.0",
+        "the fresh disk boots release 1.0.0",
+    )?;
+    expect(
+        report.root == "/dev/mapper/root,squashfs",
+        &format!("the root is the verity device, squashfs: {}", report.root),
+    )?;
+    let hash = root_hash(lab.bundle("1.0.0"))?;
+    expect(
+        report.table.contains(" verity ")
+            && report.table.contains(&hash)
+            && report.table.contains("restart_on_corruption"),
+        &format!(
+            "root's device-mapper table: verity, 1.0.0's root hash {hash}, restart on corruption: {}",
+            report.table
+        ),
+    )?;
+    expect(
+        version.contains("\"revision_id\": \"qimg-node unknown\""),
+        &format!("a fresh node runs no container yet: {version}"),
+    )?;
+    // The installer's last step: the release's container, from its bundle.
+    let name = lab.offer(node, "1.0.0")?;
+    let t = Instant::now();
+    let out = node.ssh(&format!("qq factory_install --path {UPGRADE_DIR}/{name}"))?;
+    eprintln!(
+        "xtask: node: factory install in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    expect(
+        out.contains("installed 1.0.0"),
+        &format!("factory_install: {out}"),
+    )?;
+    let version = node.qq_ok(&["version"])?;
+    expect(
+        version.contains("\"revision_id\": \"qimg-node 1.0.0\""),
+        &format!("qq version after the factory install: {version}"),
+    )
+}
+
+/// 2: `qq upgrade_cluster --path` from the host: slot B prepared in the running
+/// guest, the commit, a real reboot into B through verity, blessed, COMMITTED.
+fn platform(lab: &Lab, node: &mut Node) -> Result<(), String> {
+    let name = lab.offer(node, "2.0.0")?;
+    let start = Instant::now();
+    let (code, out) = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.0.0")?
+        .wait(UPGRADE_LIMIT)?;
+    let s = json(&out)?;
+    expect(
+        code == 0 && field(&s, "state") == "UPGRADE_COMMITTED",
+        &format!("qq upgrade_cluster ended {code}: {out}"),
+    )?;
+    let (report, version, _) = node.wait_up()?;
+    eprintln!(
+        "xtask: node: platform upgrade, prepare to the agent answering on 2.0.0: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    expect(report.release == "2.0.0", "release 2.0.0 booted")?;
+    let hash = root_hash(lab.bundle("2.0.0"))?;
+    expect(
+        report.table.contains(&hash),
+        &format!("root opened with 2.0.0's root hash: {}", report.table),
+    )?;
+    expect(
+        version.contains("qimg-node 2.0.0"),
+        &format!("qq version: {version}"),
+    )?;
+    expect(
+        field(&s, "details").contains("blessed"),
+        &format!("details: {out}"),
+    )?;
+    let esp = node.esp_status()?;
+    expect(
+        esp.slots[1].state == Some(EntryState::Good)
+            && esp.slots[0].state == Some(EntryState::Good),
+        &format!("ESP: B blessed, A kept as the fallback: {:?}", esp.slots),
+    )
+}
+
+/// 5: an instant upgrade: the container swapped inside the guest, the downtime
+/// measured there, no reboot.
+fn instant(lab: &Lab, node: &mut Node) -> Result<(), String> {
+    let name = lab.offer(node, "2.0.1")?;
+    let reboots = node.vm().count("reboot: Restarting");
+    let (code, out) = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.0.1")?
+        .wait(UPGRADE_LIMIT)?;
+    let s = json(&out)?;
+    expect(
+        code == 0 && field(&s, "state") == "UPGRADE_COMMITTED" && field(&s, "mode") == "instant",
+        &format!("qq upgrade_cluster ended {code}: {out}"),
+    )?;
+    let downtime = s.get("downtime_ms").and_then(|d| d.as_u64());
+    eprintln!(
+        "xtask: node: instant upgrade, container downtime measured in the guest: {downtime:?} ms"
+    );
+    expect(
+        downtime.is_some(),
+        &format!("the downtime is reported: {out}"),
+    )?;
+    expect(
+        node.vm().count("reboot: Restarting") == reboots,
+        "an instant upgrade does not reboot",
+    )?;
+    let version = node.qq_ok(&["version"])?;
+    expect(
+        version.contains("qimg-node 2.0.1"),
+        &format!("qq version: {version}"),
+    )
+}
+
+/// 3: a slot damaged after install, the hash tree untouched: only the kernel can
+/// see it. dm-verity refuses the block, the boot fails, the tries run out, the
+/// node falls back, and the API says so.
+fn tampered(lab: &Lab, node: &mut Node) -> Result<(), String> {
+    let name = lab.offer(node, "2.1.0")?;
+    let (code, out) = Monitor::start(
+        node,
+        &["upgrade_cluster", "prepare", "--path", &name],
+        "2.1.0-prepare",
+    )?
+    .wait(UPGRADE_LIMIT)?;
+    expect(
+        code == 0 && field(&json(&out)?, "state") == "UPGRADE_PREPARED",
+        &format!("prepare 2.1.0 ended {code}: {out}"),
+    )?;
+    // Block 0 of slot A's data (the squashfs superblock), changed on the disk
+    // behind the node's back, as a failing or tampered disk would.
+    let at = node.root_offset(Slot::A)?;
+    let mut f = std::fs::File::options()
+        .write(true)
+        .open(&node.disk)
+        .map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+    f.write_all(&[0xa5; 4096]).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    drop(f);
+    let start = Instant::now();
+    let (code, out) = Monitor::start(node, &["upgrade_cluster", "commit"], "2.1.0-commit")?
+        .wait(ROLLBACK_LIMIT)?;
+    let (report, _, _) = node.wait_up()?;
+    eprintln!(
+        "xtask: node: damaged slot: {DEFAULT_TRIES} refused boots and the fallback in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let console = node.vm().console();
+    let refused = console
+        .lines()
+        .filter(|l| l.contains("verity") && l.contains("data block 0 is corrupted"))
+        .count();
+    expect(
+        refused >= DEFAULT_TRIES as usize,
+        &format!(
+            "the kernel's dm-verity refused block 0 on each of the {DEFAULT_TRIES} tries (seen {refused})"
+        ),
+    )?;
+    expect(
+        report.release == "2.0.0",
+        &format!("the node fell back to slot B: {report:?}"),
+    )?;
+    let s = node.status()?;
+    expect(
+        code != 0 && field(&s, "error_state") == "UPGRADE_ERROR_ROLLED_BACK",
+        &format!("qq ended {code} ({out}); status {s}"),
+    )?;
+    eprintln!("xtask: node: the API says: {}", field(&s, "error_message"));
+    let esp = node.esp_status()?;
+    expect(
+        matches!(esp.slots[0].state, Some(EntryState::Bad { .. }))
+            && esp.slots[1].state == Some(EntryState::Good),
+        &format!("ESP: A bad, B good: {:?}", esp.slots),
+    )
+}
+
+/// 4: a release whose health check fails: marked bad, rebooted, back on the old
+/// slot, ROLLED_BACK with the product's reason.
+fn unhealthy(lab: &Lab, node: &mut Node) -> Result<(), String> {
+    let name = lab.offer(node, "2.2.0")?;
+    let (code, out) = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.2.0")?
+        .wait(UPGRADE_LIMIT)?;
+    // The new slot's boot, then the fallback's.
+    let first = node.wait_report()?;
+    let (report, _, _) = node.wait_up()?;
+    expect(
+        first.release == "2.2.0" && report.release == "2.0.0",
+        &format!("booted 2.2.0, then back on 2.0.0: {first:?}, {report:?}"),
+    )?;
+    let s = node.status()?;
+    expect(
+        code != 0
+            && field(&s, "error_state") == "UPGRADE_ERROR_ROLLED_BACK"
+            && field(&s, "error_message").contains("storage daemon does not start"),
+        &format!("qq ended {code} ({out}); status {s}"),
+    )?;
+    eprintln!("xtask: node: the API says: {}", field(&s, "error_message"));
+    let esp = node.esp_status()?;
+    expect(
+        matches!(esp.slots[0].state, Some(EntryState::Bad { .. })),
+        &format!("ESP: A marked bad: {:?}", esp.slots),
+    )
+}
+
+/// 6: the power cut in the middle of prepare, then in the middle of the commit's
+/// reboot: a good slot boots each time and the next `qq` command finishes.
+fn power_loss(lab: &Lab, node: &mut Node) -> Result<(), String> {
+    let name = lab.offer(node, "2.3.0")?;
+    // Logged in before the prepare starts, so the first look comes within 50 ms.
+    let mut api = node.client()?;
+    let m = Monitor::start(
+        node,
+        &["upgrade_cluster", "prepare", "--path", &name],
+        "2.3.0-cut",
+    )?;
+    let start = Instant::now();
+    loop {
+        let s: qapi::types::UpgradeStatus = api
+            .get("/v3/upgrade/status")
+            .map_err(|e| format!("upgrade status: {e}"))?;
+        let p = s.progress.unwrap_or(0);
+        if s.state == qapi::types::UpgradeState::Preparing && p >= 10 {
+            eprintln!("xtask: node: power cut at {p} % of prepare");
+            break;
+        }
+        if s.state == qapi::types::UpgradeState::Prepared {
+            return Err("the prepare ended before the power cut".into());
+        }
+        if start.elapsed() > UPGRADE_LIMIT {
+            return Err(format!("prepare never got to 10 %: {s:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.power_off();
+    m.kill();
+    let esp = node.esp_status()?;
+    expect(
+        esp.slots[0].label.as_deref() == Some(bootctl::layout::EMPTY)
+            && esp.slots[0].entry.is_none()
+            && esp.slots[1].state == Some(EntryState::Good),
+        &format!(
+            "cut mid-prepare: A is _empty with no entry, B good: {:?}",
+            esp.slots
+        ),
+    )?;
+    node.power_on()?;
+    let (report, _, _) = node.wait_up()?;
+    expect(report.release == "2.0.0", "after the cut the node boots B")?;
+    // The next command cleans up and finishes; the power is cut again once the
+    // commit's reboot is under way (the loader has counted the try).
+    let m = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.3.0")?;
+    let stubs = node.vm().count("EFI stub: Loaded initrd");
+    let start = Instant::now();
+    while node.vm().count("EFI stub: Loaded initrd") == stubs {
+        if start.elapsed() > UPGRADE_LIMIT {
+            return Err("the commit's reboot never started".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.power_off();
+    let esp = node.esp_status()?;
+    expect(
+        matches!(esp.slots[0].state, Some(EntryState::Trying { done: 1, .. })),
+        &format!("cut mid-reboot: A counted one try: {:?}", esp.slots),
+    )?;
+    node.power_on()?;
+    let (code, out) = m.wait(UPGRADE_LIMIT)?;
+    let (report, version, _) = node.wait_up()?;
+    let s = node.status()?;
+    expect(
+        code == 0 && field(&s, "state") == "UPGRADE_COMMITTED" && report.release == "2.3.0",
+        &format!("qq ended {code} ({out}); booted {report:?}; status {s}"),
+    )?;
+    expect(
+        version.contains("qimg-node 2.3.0"),
+        &format!("qq version: {version}"),
+    )?;
+    let esp = node.esp_status()?;
+    expect(
+        esp.slots[0].state == Some(EntryState::Good),
+        &format!("ESP: A blessed: {:?}", esp.slots),
+    )
+}
+
+type Scenario = fn(&Lab, &mut Node) -> Result<(), String>;
+
+/// Runs the scenarios in order on `node`; returns each one's time.
+pub fn run(lab: &Lab, node: &mut Node) -> Result<Vec<(String, Duration)>, String> {
+    let list: [(&str, Scenario); 6] = [
+        ("node 1: fresh disk boots slot A through verity", fresh),
+        ("node 2: platform upgrade over HTTPS, real reboot", platform),
+        ("node 5: instant upgrade, no reboot", instant),
+        (
+            "node 3: slot damaged after install, verity refuses",
+            tampered,
+        ),
+        ("node 4: failing health check, rolled back", unhealthy),
+        ("node 6: power cut mid-prepare and mid-reboot", power_loss),
+    ];
+    // For a developer: `QIMG_NODE_SCENARIOS=1,2,6` runs only those, in this order
+    // (each starts where the previous one left the node).
+    let only: Option<Vec<String>> = std::env::var("QIMG_NODE_SCENARIOS")
+        .ok()
+        .map(|v| v.split(',').map(|x| x.trim().to_owned()).collect());
+    let mut times = vec![];
+    for (name, f) in list {
+        let number = name.split([' ', ':']).nth(1).unwrap_or("");
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|x| x == number))
+        {
+            eprintln!("xtask: node: {name}: not asked for (QIMG_NODE_SCENARIOS)");
+            continue;
+        }
+        let t = Instant::now();
+        f(lab, node).map_err(|e| format!("{name}: {e} (serial log {})", node.serial.display()))?;
+        eprintln!("xtask: node: {name}: {:.1} s", t.elapsed().as_secs_f64());
+        times.push((name.to_owned(), t.elapsed()));
+    }
+    Ok(times)
+}
