@@ -467,7 +467,8 @@ impl Agent {
             crate::factory::check(
                 bundle,
                 active.as_deref(),
-                &m.release.platform_version,
+                &m.release,
+                &running.product,
                 &running.platform_version,
             )
         })?;

@@ -59,21 +59,29 @@ pub fn install_container(
     Ok(m.release.version)
 }
 
-/// Checks that a factory install of `bundle_platform` fits a node booted into
-/// `booted` with `active` as its container: only once, and only the booted
-/// platform's release.
+/// Checks that a factory install of release `m` fits a node of `product` booted
+/// into platform `booted` with `active` as its container: only once, only the
+/// node's product, and only the booted platform's release.
 pub fn check(
     bundle: &Path,
     active: Option<&str>,
-    bundle_platform: &Version,
+    m: &qimg::Release,
+    product: &str,
     booted: &Version,
 ) -> Result<(), Error> {
     let refused = |reason| Error::Refused {
         path: bundle.to_owned(),
         reason,
     };
+    let bundle_platform = &m.platform_version;
     if let Some(v) = active {
         return Err(refused(Refusal::AlreadyInstalled(v.to_owned())));
+    }
+    if m.product != product {
+        return Err(refused(Refusal::Product {
+            bundle: m.product.clone(),
+            node: product.to_owned(),
+        }));
     }
     if bundle_platform != booted {
         return Err(refused(Refusal::OtherPlatform {
@@ -92,14 +100,29 @@ mod tests {
     fn a_factory_install_happens_once_and_only_for_the_booted_platform() {
         let p = Path::new("b.qimg");
         let v = |s: &str| s.parse::<Version>().unwrap();
-        assert!(check(p, None, &v("1.0.0"), &v("1.0.0")).is_ok());
-        let e = check(p, Some("1.0.0"), &v("1.0.0"), &v("1.0.0")).unwrap_err();
+        let rel = |platform: &str| qimg::Release {
+            product: "node".into(),
+            version: v(platform),
+            platform_version: v(platform),
+            target: qimg::Target::Onprem,
+            compatible_models: vec!["m".into()],
+            min_installed_version: v("0.1"),
+            settle: None,
+        };
+        assert!(check(p, None, &rel("1.0.0"), "node", &v("1.0.0")).is_ok());
+        let e = check(p, None, &rel("1.0.0"), "other", &v("1.0.0")).unwrap_err();
+        assert!(
+            matches!(&e, Error::Refused { reason: Refusal::Product { bundle, node }, .. }
+                if bundle == "node" && node == "other"),
+            "{e:?}"
+        );
+        let e = check(p, Some("1.0.0"), &rel("1.0.0"), "node", &v("1.0.0")).unwrap_err();
         assert!(
             matches!(&e, Error::Refused { reason: Refusal::AlreadyInstalled(i), .. } if i == "1.0.0"),
             "{e:?}"
         );
         assert!(qutil::chain(&e).contains("already runs 1.0.0: upgrade it instead"));
-        let e = check(p, None, &v("2.0.0"), &v("1.0.0")).unwrap_err();
+        let e = check(p, None, &rel("2.0.0"), "node", &v("1.0.0")).unwrap_err();
         assert!(
             matches!(&e, Error::Refused { reason: Refusal::OtherPlatform { bundle, booted }, .. }
                 if *bundle == v("2.0.0") && *booted == v("1.0.0")),
