@@ -69,20 +69,39 @@ fn clean(log: &str) -> String {
     out
 }
 
+/// QEMU on the q35 machine with `accel`, the machine options `machine` (memory,
+/// CPUs), the firmware's writable flash `vars` and `disk` on virtio: what every
+/// test boot shares.
+fn qemu_command(accel: &str, machine: &[&str], disk: &Path, vars: &Path) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-machine", "q35", "-accel", accel])
+        .args(machine)
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+    c
+}
+
+/// The value of the word `key=value` on a console line.
+fn word(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .map(str::to_owned)
+}
+
 fn marker(log: &str) -> Option<Marker> {
     clean(log).lines().find_map(|l| {
         let ok = l.contains("BOOT-OK");
         if !ok && !l.contains("BOOT-FAIL") {
             return None;
         }
-        let field = |k: &str| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_owned)
-        };
         Some(Marker {
-            slot: field("SLOT=")?,
-            version: field("VERSION=")?,
+            slot: word(l, "SLOT=")?,
+            version: word(l, "VERSION=")?,
             ok,
         })
     })
@@ -90,25 +109,8 @@ fn marker(log: &str) -> Option<Marker> {
 
 impl Ctx {
     fn qemu(&self, disk: &Path, vars: &Path) -> Command {
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args([
-            "-machine",
-            "q35",
-            "-accel",
-            &self.accel,
-            "-m",
-            "512",
-            "-smp",
-            "1",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("if=virtio,format=raw,file={}", disk.display()))
-        .args(["-nic", "none", "-nographic", "-serial", "mon:stdio"]);
+        let mut c = qemu_command(&self.accel, &["-m", "512", "-smp", "1"], disk, vars);
+        c.args(["-nic", "none", "-nographic", "-serial", "mon:stdio"]);
         c
     }
 

@@ -35,15 +35,11 @@ struct BootReport {
 }
 
 fn parse_report(line: &str) -> Option<BootReport> {
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .map(str::to_owned)
-    };
+    use super::word;
     Some(BootReport {
-        release: field("release=")?,
-        root: field("root=")?,
-        table: field("table=")?.replace(',', " "),
+        release: word(line, "release=")?,
+        root: word(line, "root=")?,
+        table: word(line, "table=")?.replace(',', " "),
     })
 }
 

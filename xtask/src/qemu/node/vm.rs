@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::super::clean;
@@ -37,27 +37,22 @@ impl Vm {
             .append(true)
             .open(serial)
             .map_err(|e| format!("{}: {e}", serial.display()))?;
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args([
-            "-machine", "q35", "-accel", accel, "-cpu", "max", "-m", "1024", "-smp", "2",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("if=virtio,format=raw,file={}", disk.display()))
-        .arg("-nic")
-        .arg(format!(
-            "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:8000,\
+        let mut c = super::super::qemu_command(
+            accel,
+            &["-cpu", "max", "-m", "1024", "-smp", "2"],
+            disk,
+            vars,
+        );
+        c.arg("-nic")
+            .arg(format!(
+                "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:8000,\
                  hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
-        ))
-        .args(["-display", "none", "-vga", "none", "-monitor", "none"])
-        .args(["-serial", "stdio"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
+            ))
+            .args(["-display", "none", "-vga", "none", "-monitor", "none"])
+            .args(["-serial", "stdio"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
         let child = c
             .spawn()
             .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
