@@ -291,6 +291,10 @@ impl Lab {
                 String::from_utf8_lossy(&o.stderr)
             ));
         }
+        // A finished copy is on disk, as an SMB or NFS copy to a cluster is when it
+        // closes: scp leaves it to writeback, and a power cut within 30 s (scenario
+        // 6) then left the bundle with zeros, which prepare rightly refused.
+        node.ssh(&format!("sync {UPGRADE_DIR}/{name}"))?;
         eprintln!(
             "xtask: node: {name} copied onto the node in {:.1} s",
             start.elapsed().as_secs_f64()
