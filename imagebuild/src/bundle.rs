@@ -61,6 +61,8 @@ enum Source {
         image: crate::spill::SpillReader,
         tail: Vec<u8>,
     },
+    /// Already written at its final offset in the bundle.
+    InPlace,
 }
 
 /// A payload being copied into the bundle.
@@ -68,6 +70,8 @@ enum Payload {
     File(File),
     Image(std::io::Chain<crate::spill::SpillReader, std::io::Cursor<Vec<u8>>>),
     Memory(std::io::Cursor<Vec<u8>>),
+    /// Nothing to copy (the writer skips it).
+    InPlace,
 }
 
 impl Read for Payload {
@@ -76,6 +80,7 @@ impl Read for Payload {
             Payload::File(f) => f.read(buf),
             Payload::Image(r) => r.read(buf),
             Payload::Memory(r) => r.read(buf),
+            Payload::InPlace => Ok(0),
         }
     }
 }
@@ -87,6 +92,7 @@ impl qimg::PayloadSource for Payload {
             Payload::File(f) => f.copy_to(n, out),
             Payload::Image(r) => copy_chunks(r, n, out),
             Payload::Memory(r) => copy_chunks(r, n, out),
+            Payload::InPlace => Ok(0),
         }
     }
 }
@@ -272,8 +278,9 @@ fn stage_platform(
     p: &PlatformInput,
     staging: &Path,
     opts: &BuildOptions,
+    place: Option<(&File, u64)>,
 ) -> Result<Vec<Staged>, Error> {
-    let root = stage_tree(&p.root, "rootfs", true, staging, opts)?;
+    let root = stage_tree(&p.root, "rootfs", true, staging, opts, place)?;
     let uki = match &p.uki {
         UkiInput::File(f) => stage_file(f, "uki", ComponentKind::BootUki, staging, opts)?,
         UkiInput::Build {
@@ -314,41 +321,71 @@ fn stage_platform(
     Ok(vec![root, uki])
 }
 
-/// Stages a directory as squashfs followed by its dm-verity hash area, compressed.
+/// Where a tree's squashfs goes while it is built.
+enum Store<'f> {
+    /// Staged (memory up to the cap, then a temporary file), copied or compressed
+    /// into the bundle later.
+    Spill(Spill),
+    /// Written at its final offset in the bundle.
+    Place(crate::place::FileAt<'f>),
+}
+
+impl Store<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Store::Spill(s) => s.len(),
+            Store::Place(p) => p.len(),
+        }
+    }
+
+    fn scan(&mut self, f: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        match self {
+            Store::Spill(s) => s.scan(f),
+            Store::Place(p) => p.scan(f),
+        }
+    }
+}
+
+/// Stages a directory as squashfs followed by its dm-verity hash area, compressed
+/// (or stored as is). An image stored as is and given a `place` (the bundle file
+/// and the payload's offset in it) is written there directly instead of staged.
 fn stage_tree(
     root: &Path,
     name: &str,
     platform: bool,
     staging: &Path,
     opts: &BuildOptions,
+    place: Option<(&File, u64)>,
 ) -> Result<Staged, Error> {
     let image_path = staging.join(format!("{name}.squashfs"));
     let mtime = u32::try_from(opts.source_date_epoch).map_err(|_| {
         Error::Usage("SOURCE_DATE_EPOCH does not fit squashfs's 32-bit time".into())
     })?;
-    // The image is staged in memory up to the cap, then in an unnamed temporary file.
-    let mut staged = Spill::new(opts.staging_memory, staging);
+    let plain = opts.spec.images == Compression::None;
+    // The image is staged in memory up to the cap, then in an unnamed temporary
+    // file; or written into the bundle.
+    let mut store = match place {
+        Some((file, at)) if plain => Store::Place(crate::place::FileAt::new(file, at)),
+        _ => Store::Spill(Spill::new(opts.staging_memory, staging)),
+    };
     {
         let task = opts.progress.begin(
             &format!("{name}: squashfs"),
             Some(squashfs::tree_size(root)?),
         );
-        squashfs::build(
-            root,
-            &mut staged,
-            opts.spec.level,
-            mtime,
-            workers() as usize,
-            task.as_ref(),
-            opts.cancel,
-        )?;
+        let (level, workers) = (opts.spec.level, workers() as usize);
+        let (task, cancel) = (task.as_ref(), opts.cancel);
+        match &mut store {
+            Store::Spill(s) => squashfs::build(root, s, level, mtime, workers, task, cancel),
+            Store::Place(p) => squashfs::build(root, p, level, mtime, workers, task, cancel),
+        }?;
     }
-    let image_len = staged.len();
+    let image_len = store.len();
 
-    // One pass over the staged image: the hash tree on its own thread from shared
-    // chunks, while this thread compresses the payload into a file, or (stored as
-    // is) only hashes it: the image itself is then copied into the bundle, written
-    // once.
+    // One pass over the image: the hash tree on its own thread from shared chunks,
+    // while this thread compresses the payload into a file, or (stored as is) only
+    // hashes it: the image itself is then in place, or copied into the bundle,
+    // written once either way.
     let path = staging.join(format!("{name}.payload"));
     let task = opts
         .progress
@@ -359,7 +396,6 @@ fn stage_tree(
         Compression::None => None,
         c => Some(payload_writer(&path, c, opts.spec.level)?),
     };
-    let plain = pw.is_none();
     let mut content = Sha256::new();
     let pad = vec![0u8; ((4096 - image_len % 4096) % 4096) as usize];
     let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
@@ -380,9 +416,9 @@ fn stage_tree(
                 }
             }
         };
-        let pumped = if plain {
-            // Kept, to be copied into the bundle afterwards.
-            staged
+        let pumped = match &mut store {
+            // Kept (staged or in place), to be copied into the bundle afterwards.
+            store if plain => store
                 .scan(|b| {
                     if opts.cancel.is_cancelled() {
                         return Err(std::io::Error::other("cancelled"));
@@ -400,10 +436,9 @@ fn stage_tree(
                             source,
                         }
                     }
-                })
-        } else {
+                }),
             // Read once, each piece freed as it is read.
-            std::mem::replace(&mut staged, Spill::new(0, staging))
+            Store::Spill(staged) => std::mem::replace(staged, Spill::new(0, staging))
                 .into_reader()
                 .map_err(output_err(&image_path))
                 .and_then(|mut image| {
@@ -416,7 +451,8 @@ fn stage_tree(
                         &path,
                     )
                     .map(|_| ())
-                })
+                }),
+            Store::Place(_) => unreachable!("only an image stored as is is placed"),
         }
         .and_then(|_| feed(&pad).map_err(output_err(&path)));
         drop(tx);
@@ -437,7 +473,16 @@ fn stage_tree(
             let sha256 = qimg::Sha256(content.finalize().into());
             let mut tail = pad;
             tail.extend_from_slice(&area);
-            let image = staged.into_reader().map_err(output_err(&image_path))?;
+            let source = match store {
+                Store::Spill(staged) => Source::Image {
+                    image: staged.into_reader().map_err(output_err(&image_path))?,
+                    tail,
+                },
+                Store::Place(mut p) => {
+                    p.append(&tail).map_err(output_err(opts.out))?;
+                    Source::InPlace
+                }
+            };
             (
                 PayloadInfo {
                     compression: Compression::None,
@@ -446,7 +491,7 @@ fn stage_tree(
                     stored_size: size,
                     stored_sha256: sha256,
                 },
-                Source::Image { image, tail },
+                source,
             )
         }
     };
@@ -470,6 +515,64 @@ fn stage_tree(
     })
 }
 
+/// A manifest of the shape this build produces (component names, kinds and
+/// compression, verity salts and UUIDs, firmware descriptions) with placeholder
+/// sizes and digests: what the reserved manifest length is computed from.
+fn placeholder(spec: &ReleaseSpec) -> Manifest {
+    let verity = |name: &str| {
+        let mut v = VerityBuilder::new(&derive(spec, name, "verity-salt"), derive_uuid(spec, name));
+        v.update(&[0u8; 4096]);
+        v.finish().expect("one block of data has a tree").0
+    };
+    let component = |name: &str, kind, compression| Component {
+        name: name.to_owned(),
+        kind,
+        size: 0,
+        sha256: qimg::Sha256([0; 32]),
+        compression,
+        stored_size: 0,
+        stored_sha256: qimg::Sha256([0; 32]),
+    };
+    let squashfs = || "squashfs".to_owned();
+    let mut components = Vec::new();
+    if spec.platform.is_some() {
+        components.push(component(
+            "rootfs",
+            ComponentKind::PlatformRoot {
+                filesystem: squashfs(),
+                verity: verity("rootfs"),
+            },
+            spec.images,
+        ));
+        components.push(component("uki", ComponentKind::BootUki, Compression::Zstd));
+    }
+    if spec.container.is_some() {
+        components.push(component(
+            "container",
+            ComponentKind::Container {
+                filesystem: squashfs(),
+                verity: verity("container"),
+            },
+            spec.images,
+        ));
+    }
+    for fw in &spec.firmware {
+        components.push(component(
+            &format!("fw-{}", fw.info.component_id),
+            ComponentKind::Firmware(fw.info.clone()),
+            Compression::Zstd,
+        ));
+    }
+    Manifest {
+        release: spec.release.clone(),
+        build: BuildInfo {
+            tool: TOOL.into(),
+            source_date_epoch: 0,
+        },
+        components,
+    }
+}
+
 type Job<'a> = Box<dyn FnOnce(&Path) -> Result<Vec<Staged>, Error> + Send + 'a>;
 
 /// Builds, signs and writes the bundle. Returns its manifest.
@@ -486,15 +589,42 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
         .prefix(".qimg-staging-")
         .tempdir_in(&out_dir)
         .map_err(output_err(&out_dir))?;
+    let bundle_err = |source| Error::Bundle {
+        path: opts.out.to_owned(),
+        source,
+    };
+
+    // The head's length is known before any payload is built: format 2 reserves
+    // the manifest's length from a manifest of the same shape, and signatures have
+    // a fixed length. So the first payload's offset is known, and an image stored
+    // as is is written there while it is built.
+    let reserved = placeholder(spec).reserved_len().map_err(bundle_err)?;
+    let comment = format!(
+        "timestamp:{}\tfile:manifest.json\t{} {}",
+        opts.source_date_epoch, spec.release.product, spec.release.version
+    );
+    let sig_lens: Vec<u64> = opts
+        .keys
+        .iter()
+        .map(|k| k.sign(b"", &comment).to_file_text().len() as u64)
+        .collect();
+    let member = |len: u64| qimg::tar::BLOCK as u64 + len + qimg::tar::padding(len);
+    let head = member(reserved as u64) + sig_lens.iter().map(|&l| member(l)).sum::<u64>();
+    let first_payload = head + qimg::tar::BLOCK as u64;
+    let mut out = AtomicFile::new(opts.out, "qimg-partial-").map_err(output_err(&out_dir))?;
+    let file = out.file().try_clone().map_err(output_err(opts.out))?;
+    let place = (spec.images == Compression::None).then_some((&file, first_payload));
 
     // Components in manifest order; each stages on its own thread.
     let mut jobs: Vec<Job> = Vec::new();
     if let Some(p) = &spec.platform {
-        jobs.push(Box::new(move |st| stage_platform(p, st, opts)));
+        jobs.push(Box::new(move |st| stage_platform(p, st, opts, place)));
     }
     if let Some(root) = &spec.container {
+        // In place only as the first payload.
+        let place = place.filter(|_| spec.platform.is_none());
         jobs.push(Box::new(move |st| {
-            stage_tree(root, "container", false, st, opts).map(|s| vec![s])
+            stage_tree(root, "container", false, st, opts, place).map(|s| vec![s])
         }));
     }
     for fw in &spec.firmware {
@@ -564,42 +694,45 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, Error> {
             })
             .collect(),
     };
-    let bundle_err = |source| Error::Bundle {
-        path: opts.out.to_owned(),
-        source,
-    };
-    let manifest_bytes = manifest.to_bytes().map_err(bundle_err)?;
-    let comment = format!(
-        "timestamp:{}\tfile:manifest.json\t{} {}",
-        opts.source_date_epoch, spec.release.product, spec.release.version
-    );
+    // Padded to the reserved length: the head is exactly as long as planned.
+    let manifest_bytes = manifest.to_bytes_padded(reserved).map_err(bundle_err)?;
     let mut signatures = Vec::new();
-    for key in opts.keys {
+    for (key, &len) in opts.keys.iter().zip(&sig_lens) {
         let sig = key.sign(&manifest_bytes, &comment);
         key.public()
             .verify(&manifest_bytes, &sig)
             .map_err(bundle_err)?;
+        if sig.to_file_text().len() as u64 != len {
+            return Err(bundle_err(qimg::Error::MalformedSignature {
+                member: qimg::sign::signature_member(sig.key_id),
+                reason: format!("not the {len} bytes the head was planned with"),
+            }));
+        }
         signatures.push(sig);
     }
 
     opts.cancel.check()?;
     let mut files = Vec::new();
+    let mut in_place = Vec::new();
     for p in parts {
+        in_place.push(matches!(p.source, Source::InPlace));
         let payload = match p.source {
             Source::File(path) => Payload::File(File::open(&path).map_err(output_err(&path))?),
             Source::Image { image, tail } => {
                 Payload::Image(image.chain(std::io::Cursor::new(tail)))
             }
             Source::Memory(bytes) => Payload::Memory(std::io::Cursor::new(bytes)),
+            Source::InPlace => Payload::InPlace,
         };
         files.push(payload);
     }
-    let mut out = AtomicFile::new(opts.out, "qimg-partial-").map_err(output_err(&out_dir))?;
-    qimg::write_bundle(
+    qimg::write_bundle_file(
         out.file(),
+        &manifest_bytes,
         &manifest,
         &signatures,
         &mut files,
+        &in_place,
         opts.progress,
     )
     .map_err(bundle_err)?;

@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod demo;
 pub mod disk;
 pub mod keys;
+pub mod place;
 pub mod report;
 pub mod sample;
 pub mod spec;

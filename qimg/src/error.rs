@@ -130,7 +130,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// The manifest's format version is not one this library reads.
-    #[error("unsupported format version {found} (this reader supports version 1)")]
+    #[error("unsupported format version {found} (this reader supports versions 1 and 2)")]
     UnsupportedFormatVersion {
         /// The version found.
         found: u64,

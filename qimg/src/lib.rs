@@ -45,6 +45,6 @@ pub use reader::BundleReader;
 pub use sign::{KeyId, PublicKey, SecretKey, Signature, TrustedKeys};
 pub use verity::{VerityBuilder, VerityInfo};
 pub use version::Version;
-pub use writer::{PayloadSource, write_bundle};
+pub use writer::{PayloadSource, write_bundle, write_bundle_file};
 
 pub use qutil::progress::{Cancel, Cancelled, NoProgress, Progress, Task};

@@ -12,8 +12,12 @@ use crate::firmware::FirmwareInfo;
 use crate::verity::{self, VerityInfo};
 use crate::{Error, Version};
 
-/// The only format version this library reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The format version this library writes.
+pub const FORMAT_VERSION: u64 = 2;
+/// The format versions this library reads: 1, and 2, whose manifest may be padded
+/// with spaces to a length reserved before the payloads were built
+/// ([`Manifest::reserved_len`]).
+pub const READ_FORMAT_VERSIONS: std::ops::RangeInclusive<u64> = 1..=FORMAT_VERSION;
 /// Name of the manifest member, always the first member of a bundle.
 pub const MANIFEST_MEMBER: &str = "manifest.json";
 /// Largest manifest a reader accepts.
@@ -368,7 +372,7 @@ impl Manifest {
             .get("format_version")
             .ok_or_else(|| invalid("format_version", "missing"))?;
         match format_version.as_u64() {
-            Some(FORMAT_VERSION) => {}
+            Some(v) if READ_FORMAT_VERSIONS.contains(&v) => {}
             Some(found) => return Err(Error::UnsupportedFormatVersion { found }),
             None => return Err(invalid("format_version", "not an unsigned integer")),
         }
@@ -414,8 +418,55 @@ impl Manifest {
     /// pure function of the manifest, so signing it is reproducible.
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
         self.validate()?;
+        let mut out = serde_json::to_vec_pretty(&self.raw())
+            .map_err(|source| Error::ManifestJson { source })?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// The manifest's length reserved by a writer that places payloads before their
+    /// sizes and digests are known: its bytes with every number at its widest
+    /// (`u64::MAX`). It depends only on the strings and the component list, so it
+    /// can be computed from a placeholder manifest of the same shape (any sizes,
+    /// any digests), and the final manifest always fits
+    /// ([`Manifest::to_bytes_padded`]). Not validated: placeholders need not be.
+    pub fn reserved_len(&self) -> Result<usize, Error> {
+        fn widen(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Number(_) => *v = serde_json::Value::from(u64::MAX),
+                serde_json::Value::Array(a) => a.iter_mut().for_each(widen),
+                serde_json::Value::Object(o) => o.values_mut().for_each(widen),
+                _ => {}
+            }
+        }
+        let mut v =
+            serde_json::to_value(self.raw()).map_err(|source| Error::ManifestJson { source })?;
+        widen(&mut v);
+        // Key order does not change the length of the pretty form.
+        let out = serde_json::to_vec_pretty(&v).map_err(|source| Error::ManifestJson { source })?;
+        Ok(out.len() + 1)
+    }
+
+    /// [`Manifest::to_bytes`] padded to exactly `len` bytes with spaces before the
+    /// final newline (JSON whitespace: readers parse it unchanged), for a `len`
+    /// from [`Manifest::reserved_len`].
+    pub fn to_bytes_padded(&self, len: usize) -> Result<Vec<u8>, Error> {
+        let mut out = self.to_bytes()?;
+        if out.len() > len {
+            return Err(invalid(
+                "manifest",
+                format!("{} bytes, more than the {len} reserved", out.len()),
+            ));
+        }
+        out.pop();
+        out.resize(len - 1, b' ');
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    fn raw(&self) -> RawManifest {
         let r = &self.release;
-        let raw = RawManifest {
+        RawManifest {
             format_version: FORMAT_VERSION,
             product: r.product.clone(),
             version: r.version.clone(),
@@ -430,11 +481,7 @@ impl Manifest {
                 .iter()
                 .map(RawComponent::from_component)
                 .collect(),
-        };
-        let mut out =
-            serde_json::to_vec_pretty(&raw).map_err(|source| Error::ManifestJson { source })?;
-        out.push(b'\n');
-        Ok(out)
+        }
     }
 
     /// Checks everything serde cannot: names, uniqueness, version order, size and

@@ -61,6 +61,24 @@ pub trait PayloadSource: Read {
 
 impl PayloadSource for std::fs::File {}
 
+/// How [`write_members`] fills the payload members.
+enum Fill<'a, W> {
+    /// Every payload copied from its source.
+    Copy,
+    /// Payloads marked `true` are already at their offsets in the output: `skip`
+    /// checks and passes them; the others are copied.
+    Skip {
+        in_place: &'a [bool],
+        skip: &'a mut dyn FnMut(&mut W, u64) -> io::Result<()>,
+    },
+}
+
+impl<W> Fill<'_, W> {
+    fn in_place(&self, i: usize) -> bool {
+        matches!(self, Fill::Skip { in_place, .. } if in_place.get(i) == Some(&true))
+    }
+}
+
 /// Writes a complete bundle to `out` and returns it.
 ///
 /// `payloads` yields each component's stored bytes, in manifest order; each must
@@ -76,6 +94,58 @@ pub fn write_bundle<W: Write, R: PayloadSource>(
     progress: &dyn Progress,
 ) -> Result<W, Error> {
     let manifest_bytes = manifest.to_bytes()?;
+    let head = (&manifest_bytes[..], manifest, signatures);
+    write_members(out, head, payloads, progress, Fill::Copy)
+}
+
+/// Like [`write_bundle`], into a file from its start, with `manifest_bytes` the
+/// signed member (`manifest.to_bytes_padded(reserved)`), and payloads marked in
+/// `in_place` already written at their final offsets (the file reaches past them;
+/// they are skipped, not copied). A writer that reserved the manifest's length
+/// ([`Manifest::reserved_len`]) knows those offsets before it builds the payloads.
+pub fn write_bundle_file<R: PayloadSource>(
+    out: &mut std::fs::File,
+    manifest_bytes: &[u8],
+    manifest: &Manifest,
+    signatures: &[Signature],
+    payloads: &mut [R],
+    in_place: &[bool],
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    if Manifest::parse(manifest_bytes)? != *manifest {
+        return Err(Error::InvalidManifest {
+            field: "manifest".into(),
+            reason: "the member's bytes do not say what the manifest says".into(),
+        });
+    }
+    let mut skip = |f: &mut &mut std::fs::File, n: u64| -> io::Result<()> {
+        use std::io::Seek;
+        let at = f.stream_position()?;
+        if f.metadata()?.len() < at + n {
+            return Err(io::Error::other(format!(
+                "the file ends before the {n} bytes at offset {at} said to be in place"
+            )));
+        }
+        f.seek(io::SeekFrom::Current(n as i64)).map(|_| ())
+    };
+    let fill = Fill::Skip {
+        in_place,
+        skip: &mut skip,
+    };
+    let head = (manifest_bytes, manifest, signatures);
+    write_members(out, head, payloads, progress, fill)?;
+    Ok(())
+}
+
+/// Manifest, signatures, payloads (copied, or skipped where in place), end of
+/// archive. `head`: the manifest member's bytes, the manifest, the signatures.
+fn write_members<W: Write, R: PayloadSource>(
+    out: W,
+    (manifest_bytes, manifest, signatures): (&[u8], &Manifest, &[Signature]),
+    payloads: &mut [R],
+    progress: &dyn Progress,
+    mut fill: Fill<W>,
+) -> Result<W, Error> {
     if manifest_bytes.len() as u64 > MAX_MANIFEST_SIZE {
         return Err(Error::ManifestTooLarge {
             size: manifest_bytes.len() as u64,
@@ -110,7 +180,7 @@ pub fn write_bundle<W: Write, R: PayloadSource>(
     let total: u64 = manifest.components.iter().map(|c| c.stored_size).sum();
     let task = progress.begin("writing bundle", Some(total));
     let mut out = Out { inner: out, pos: 0 };
-    out.member(MANIFEST_MEMBER, &manifest_bytes, mtime)?;
+    out.member(MANIFEST_MEMBER, manifest_bytes, mtime)?;
     for sig in signatures {
         out.member(
             &signature_member(sig.key_id),
@@ -118,9 +188,27 @@ pub fn write_bundle<W: Write, R: PayloadSource>(
             mtime,
         )?;
     }
-    for (component, source) in manifest.components.iter().zip(payloads.iter_mut()) {
+    for (i, (component, source)) in manifest
+        .components
+        .iter()
+        .zip(payloads.iter_mut())
+        .enumerate()
+    {
         let name = component.member_name();
         out.header(&name, component.stored_size, mtime)?;
+        if fill.in_place(i) {
+            let Fill::Skip { skip, .. } = &mut fill else {
+                unreachable!("only Skip has payloads in place")
+            };
+            skip(&mut out.inner, component.stored_size).map_err(|source| Error::Write {
+                what: format!("{name} (in place)"),
+                source,
+            })?;
+            out.pos += component.stored_size;
+            task.advance(component.stored_size);
+            out.pad(&name)?;
+            continue;
+        }
         let short = |actual| Error::SizeMismatch {
             component: component.name.clone(),
             part: Part::Stored,

@@ -330,11 +330,14 @@ fn two_keys_during_rotation() {
 fn signed_manifests_with_bad_content() {
     let f = Fixture::new(100_000);
     let keys = f.trusted();
-    let b = resign(&f, |v| v["format_version"] = 2.into());
+    let b = resign(&f, |v| v["format_version"] = 3.into());
     assert!(matches!(
         verify_bytes(&b, &keys),
-        Err(Error::UnsupportedFormatVersion { found: 2 })
+        Err(Error::UnsupportedFormatVersion { found: 3 })
     ));
+    // A version 1 bundle (the same manifest, unpadded) is still read.
+    let b = resign(&f, |v| v["format_version"] = 1.into());
+    assert_eq!(verify_bytes(&b, &keys).unwrap(), 4);
     let b = resign(&f, |v| v["components"][1]["kind"] = "bios-settings".into());
     assert_eq!(code(&b, &keys), "unknown-component-kind");
     let b = resign(&f, |v| v["components"][3]["name"] = "uki".into());

@@ -243,6 +243,11 @@ fn images_stored_without_second_compression_are_usable_as_is() {
     let c = &manifest["components"][0];
     assert_eq!(c["compression"], "none");
     assert_eq!(c["stored_sha256"], c["sha256"]);
+    // Format 2: the root was written in place behind a manifest padded to the
+    // length reserved for it, which tar and a JSON parser read as usual.
+    assert_eq!(manifest["format_version"], 2);
+    let raw = std::fs::read(x.join("manifest.json")).unwrap();
+    assert!(raw.ends_with(b" \n"), "the manifest is padded");
     assert_eq!(
         manifest["components"][1]["compression"], "zstd",
         "the UKI is still compressed"

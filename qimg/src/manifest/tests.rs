@@ -104,7 +104,7 @@ fn round_trips_through_bytes() {
 #[test]
 fn json_shape_is_as_documented() {
     let v = json(&sample());
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], 2);
     assert_eq!(v["version"], "7.1.0.1");
     assert_eq!(v["target"], "onprem");
     assert_eq!(v["components"][0]["kind"], "platform-root");
@@ -123,11 +123,71 @@ fn json_shape_is_as_documented() {
 #[test]
 fn unknown_format_version() {
     let mut v = json(&sample());
-    v["format_version"] = 2.into();
+    v["format_version"] = 3.into();
     assert!(matches!(
         parse_value(&v),
-        Err(Error::UnsupportedFormatVersion { found: 2 })
+        Err(Error::UnsupportedFormatVersion { found: 3 })
     ));
+    v["format_version"] = 0.into();
+    assert!(matches!(
+        parse_value(&v),
+        Err(Error::UnsupportedFormatVersion { found: 0 })
+    ));
+}
+
+#[test]
+fn version_1_manifests_are_still_read() {
+    let mut v = json(&sample());
+    v["format_version"] = 1.into();
+    assert_eq!(parse_value(&v).unwrap(), sample());
+}
+
+#[test]
+fn padded_manifest_has_the_reserved_length_and_reads_back() {
+    let m = sample();
+    let reserved = m.reserved_len().unwrap();
+    let plain = m.to_bytes().unwrap();
+    assert!(reserved > plain.len());
+    let padded = m.to_bytes_padded(reserved).unwrap();
+    assert_eq!(padded.len(), reserved);
+    assert!(padded.starts_with(&plain[..plain.len() - 1]));
+    assert!(padded.ends_with(b"  \n"));
+    assert_eq!(Manifest::parse(&padded).unwrap(), m);
+    // Too small a reservation is refused, not truncated.
+    assert!(matches!(
+        m.to_bytes_padded(plain.len() - 1),
+        Err(Error::InvalidManifest { .. })
+    ));
+}
+
+#[test]
+fn reserved_len_depends_on_the_shape_not_the_numbers() {
+    // The widest value every number can take still fits, and any other sizes or
+    // digests give the same reservation.
+    let small = sample();
+    let mut wide = sample();
+    for c in &mut wide.components {
+        c.size = u64::MAX / 2;
+        c.stored_size = u64::MAX / 2;
+        c.sha256 = Sha256([0xee; 32]);
+    }
+    wide.build.source_date_epoch = u64::MAX / 4;
+    let reserved = small.reserved_len().unwrap();
+    assert_eq!(wide.reserved_len().unwrap(), reserved);
+    let mut widest = serde_json::to_value(wide.raw()).unwrap();
+    fn max(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(_) => *v = u64::MAX.into(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(max),
+            serde_json::Value::Object(o) => o.values_mut().for_each(max),
+            _ => {}
+        }
+    }
+    max(&mut widest);
+    assert_eq!(
+        serde_json::to_vec_pretty(&widest).unwrap().len() + 1,
+        reserved
+    );
 }
 
 #[test]
@@ -329,6 +389,13 @@ proptest! {
             components,
         };
         let bytes = m.to_bytes().unwrap();
-        prop_assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        prop_assert_eq!(&Manifest::parse(&bytes).unwrap(), &m);
+        // Format 2: whatever the values, the manifest fits its reservation and
+        // reads back the same once padded.
+        let reserved = m.reserved_len().unwrap();
+        prop_assert!(bytes.len() <= reserved);
+        let padded = m.to_bytes_padded(reserved).unwrap();
+        prop_assert_eq!(padded.len(), reserved);
+        prop_assert_eq!(Manifest::parse(&padded).unwrap(), m);
     }
 }
