@@ -3,6 +3,7 @@
 //! bounded and names what it waited for; every state a test reaches can be saved
 //! as a screenshot (artifacts under `$CARGO_TARGET_TMPDIR/webui/`).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +46,12 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // chromedriver and the Chromium it started share their own process group:
+        // killing only the driver left every browser of every run behind, orphaned.
+        // SAFETY: a signal to the group this test created (`process_group(0)`).
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
         let _ = self.driver.wait();
     }
 }
@@ -73,6 +79,7 @@ impl Browser {
         std::fs::create_dir_all(&artifacts).unwrap();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(artifacts.join("chromedriver.log")).unwrap())
             .spawn()
@@ -86,6 +93,9 @@ impl Browser {
                     "--no-sandbox",
                     "--disable-gpu",
                     "--disable-dev-shm-usage",
+                    // No crash handler: it leaves its own session and outlives the test.
+                    "--disable-breakpad",
+                    "--disable-crash-reporter",
                     // Each simulated node has its own self-signed certificate.
                     "--ignore-certificate-errors",
                     format!("--window-size={width},{height}"),
