@@ -196,7 +196,16 @@ impl Node {
             let login = self.qq_out(&["login", "-u", release::USER, "-p", release::PASSWORD])?;
             if login.status.success() {
                 let v = self.qq_ok(&["version"])?;
-                return Ok((report, v, start.elapsed()));
+                let took = start.elapsed();
+                // The operator's SSH too (bundles are copied with scp): sshd can come
+                // up after the agent.
+                while let Err(e) = self.ssh("true") {
+                    if start.elapsed() > BOOT_LIMIT {
+                        return Err(format!("sshd did not answer within {BOOT_LIMIT:?}: {e}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                return Ok((report, v, took));
             }
             if start.elapsed() > BOOT_LIMIT {
                 return Err(format!(
