@@ -73,12 +73,6 @@ enum Fill<'a, W> {
     },
 }
 
-impl<W> Fill<'_, W> {
-    fn in_place(&self, i: usize) -> bool {
-        matches!(self, Fill::Skip { in_place, .. } if in_place.get(i) == Some(&true))
-    }
-}
-
 /// Writes a complete bundle to `out` and returns it.
 ///
 /// `payloads` yields each component's stored bytes, in manifest order; each must
@@ -196,10 +190,9 @@ fn write_members<W: Write, R: PayloadSource>(
     {
         let name = component.member_name();
         out.header(&name, component.stored_size, mtime)?;
-        if fill.in_place(i) {
-            let Fill::Skip { skip, .. } = &mut fill else {
-                unreachable!("only Skip has payloads in place")
-            };
+        if let Fill::Skip { in_place, skip } = &mut fill
+            && in_place.get(i) == Some(&true)
+        {
             skip(&mut out.inner, component.stored_size).map_err(|source| Error::Write {
                 what: format!("{name} (in place)"),
                 source,
