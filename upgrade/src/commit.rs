@@ -398,7 +398,10 @@ pub(crate) fn check_boot(
                     .find(|x| x.slot == to.slot)
                     .and_then(|x| x.state)
                 {
-                    Some(EntryState::Bad { done }) => format!("{done} tries exhausted"),
+                    Some(EntryState::Bad { done }) => match machine.failed_boot_reason() {
+                        Some(why) => format!("{done} tries exhausted; {why}"),
+                        None => format!("{done} tries exhausted"),
+                    },
                     Some(EntryState::Trying { left, .. }) => {
                         format!("not booted ({left} tries left; the loader chose another entry)")
                     }

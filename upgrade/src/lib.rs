@@ -33,6 +33,7 @@ pub mod factory;
 pub mod machine;
 pub mod node;
 pub mod prepare;
+pub mod pstore;
 pub mod recovery;
 pub mod sim;
 pub mod state;

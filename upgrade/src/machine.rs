@@ -22,6 +22,10 @@ pub trait Machine: Send + Sync {
     fn reboot(&self) -> Result<(), Error>;
     /// The platform health gate for the booted `slot`.
     fn platform_health(&self, slot: Slot) -> Result<(), Unhealthy>;
+    /// Why boots since the last one that reached userspace died, if the platform
+    /// kept it (the kernel's panic, from [`crate::pstore`]). Diagnostics only:
+    /// `None` when nothing was kept or it cannot be read.
+    fn failed_boot_reason(&self) -> Option<String>;
 }
 
 /// A real node: the kernel's boot id, the configured reboot and health commands.
@@ -30,6 +34,7 @@ pub struct LocalMachine {
     boot_id: std::path::PathBuf,
     reboot: Vec<String>,
     health: Option<Vec<String>>,
+    pstore: std::path::PathBuf,
 }
 
 impl LocalMachine {
@@ -39,6 +44,7 @@ impl LocalMachine {
             boot_id: node.config.boot_id.clone(),
             reboot: node.config.reboot.clone(),
             health: node.config.platform_health.clone(),
+            pstore: node.config.pstore.clone(),
         }
     }
 }
@@ -78,6 +84,10 @@ impl Machine for LocalMachine {
             });
         }
         Ok(())
+    }
+
+    fn failed_boot_reason(&self) -> Option<String> {
+        crate::pstore::archived_since(&self.pstore, crate::pstore::boot_started()?)
     }
 
     fn platform_health(&self, _slot: Slot) -> Result<(), Unhealthy> {

@@ -13,6 +13,7 @@
 //! platform_health = ["systemctl", "is-system-running", "--wait"]
 //! health_timeout_secs = 30
 //! boot_id = "/proc/sys/kernel/random/boot_id"
+//! pstore = "/var/lib/systemd/pstore"  # archived kernel crash logs (see `pstore`)
 //! [runtime]
 //! kind = "nspawn"                 # or "process"
 //! [firmware]                      # optional, on-prem: qfirmware's device config
@@ -53,6 +54,9 @@ fn default_health_timeout() -> u64 {
 }
 fn default_boot_id() -> PathBuf {
     "/proc/sys/kernel/random/boot_id".into()
+}
+fn default_pstore() -> PathBuf {
+    "/var/lib/systemd/pstore".into()
 }
 
 /// Firmware flashing during prepare (on-prem nodes).
@@ -106,6 +110,10 @@ pub struct NodeConfig {
     /// The kernel's boot id (changes at every boot).
     #[serde(default = "default_boot_id")]
     pub boot_id: PathBuf,
+    /// Where systemd-pstore archives the kernel's crash logs: read for why a new
+    /// slot's tries ran out ([`crate::pstore`]).
+    #[serde(default = "default_pstore")]
+    pub pstore: PathBuf,
     /// How containers run.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -199,6 +207,7 @@ impl Node {
         abs(&mut c.efivars);
         abs(&mut c.state);
         abs(&mut c.boot_id);
+        abs(&mut c.pstore);
         if let Some(e) = c.esp.as_mut() {
             abs(e);
         }

@@ -96,6 +96,11 @@ impl Machine for SimMachine {
     fn platform_health(&self, slot: Slot) -> Result<(), Unhealthy> {
         platform_health(&self.node, slot)
     }
+
+    /// A simulated boot that fails leaves no kernel log.
+    fn failed_boot_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The machine a node runs on: simulated when its config says so.
@@ -363,6 +368,7 @@ fn create_in(o: &CreateOptions, in_place: bool) -> Result<Node, Error> {
         platform_health: None,
         health_timeout_secs: o.health_timeout_secs,
         boot_id: "state/sim/boot_id".into(),
+        pstore: "state/sim/pstore".into(),
         runtime: RuntimeConfig::Process,
         firmware: o.firmware.clone(),
     };

@@ -30,13 +30,14 @@ pub const PACKAGES: &[&str] = &[
 
 /// dracut's modules for the initrd: systemd in the initrd, its verity generator and
 /// device-mapper, the root-on-block logic. Drivers: the virtio disk, dm-verity,
-/// squashfs.
+/// squashfs; `efi_pstore`, so that a panic in the initrd (a refused verity block)
+/// leaves the kernel's log in EFI variables for the next good boot to archive.
 const DRACUT_MODULES: &str = "systemd systemd-initrd systemd-udevd systemd-veritysetup \
      dracut-systemd dm kernel-modules rootfs-block udev-rules base fs-lib";
-const DRACUT_DRIVERS: &str = "virtio_blk virtio_pci dm_mod dm_verity squashfs";
+const DRACUT_DRIVERS: &str = "virtio_blk virtio_pci dm_mod dm_verity squashfs efi_pstore";
 
 /// Bump when the recipe below changes: part of the cache key.
-const RECIPE: u32 = 2;
+const RECIPE: u32 = 3;
 
 /// The cached base.
 pub struct Base {

@@ -24,14 +24,17 @@ pub const PASSWORD: &str = "qemu-node-test";
 
 /// The kernel command line; `imagebuild` appends ` roothash=…`. The initrd's
 /// systemd-veritysetup-generator then opens the root from the partitions whose
-/// UUIDs are the hash's halves, and a corrupted block restarts the machine (a
-/// failed boot the loader counts). A failed initrd reboots instead of waiting at
-/// an emergency shell; first-boot prompts are off (the node is configured). The
-/// kernel resets through the chipset's ACPI reset register, not the firmware's
-/// ResetSystem (once, under load, a reset through OVMF never came back).
-pub const CMDLINE: &str = "console=ttyS0,115200 panic=5 rd.shell=0 rd.emergency=reboot \
-     systemd.verity_root_options=restart-on-corruption systemd.firstboot=off \
-     systemd.show_status=yes loglevel=4 reboot=acpi";
+/// UUIDs are the hash's halves, and a corrupted block panics the kernel: a failed
+/// boot the loader counts, whose log `efi_pstore` (loaded first in the initrd) keeps
+/// in EFI variables for `systemd-pstore` to archive at the next good boot, where the
+/// agent reads why the tries ran out. A panic reboots after a second. A failed initrd
+/// reboots instead of waiting at an emergency shell; first-boot prompts are off (the
+/// node is configured). The kernel resets through the chipset's ACPI reset register,
+/// not the firmware's ResetSystem (once, under load, a reset through OVMF never came
+/// back).
+pub const CMDLINE: &str = "console=ttyS0,115200 panic=1 rd.shell=0 rd.emergency=reboot \
+     rd.driver.pre=efi_pstore systemd.verity_root_options=panic-on-corruption \
+     systemd.firstboot=off systemd.show_status=yes loglevel=4 reboot=acpi";
 
 /// How a release's platform behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

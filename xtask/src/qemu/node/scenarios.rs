@@ -124,9 +124,9 @@ fn fresh(lab: &Lab, node: &mut Node) -> Result<(), String> {
     expect(
         report.table.contains(" verity ")
             && report.table.contains(&hash)
-            && report.table.contains("restart_on_corruption"),
+            && report.table.contains("panic_on_corruption"),
         &format!(
-            "root's device-mapper table: verity, 1.0.0's root hash {hash}, restart on corruption: {}",
+            "root's device-mapper table: verity, 1.0.0's root hash {hash}, panic on corruption: {}",
             report.table
         ),
     )?;
@@ -277,7 +277,16 @@ fn tampered(lab: &Lab, node: &mut Node) -> Result<(), String> {
         code != 0 && field(&s, "error_state") == "UPGRADE_ERROR_ROLLED_BACK",
         &format!("qq ended {code} ({out}); status {s}"),
     )?;
-    eprintln!("xtask: node: the API says: {}", field(&s, "error_message"));
+    // Why: the kernel's panic on the last try, kept by efi_pstore and archived by
+    // systemd-pstore on the fallback boot.
+    let why = field(&s, "error_message");
+    eprintln!("xtask: node: the API says: {why}");
+    expect(
+        why.contains(&format!(
+            "{DEFAULT_TRIES} tries exhausted; the kernel panicked: dm-verity device corrupted"
+        )) && why.contains("data block 0 is corrupted"),
+        &format!("the API says why the tries ran out: {why}"),
+    )?;
     let esp = node.esp_status()?;
     expect(
         matches!(esp.slots[0].state, Some(EntryState::Bad { .. }))

@@ -1,0 +1,129 @@
+//! Why a boot died before userspace: the kernel's last words, kept across the reset.
+//!
+//! A new slot whose tries run out never reached userspace, so nothing on the node
+//! logged the failure. The kernel's persistent store (pstore; on UEFI machines its
+//! `efi_pstore` backend writes EFI variables) keeps the kernel log of a panic, and at
+//! the next boot that gets to userspace `systemd-pstore.service` archives each record
+//! as `<dir>/<id>/dmesg.txt`. The records archived during the current boot are
+//! therefore those of the boots that died since the last good one: the failed tries.
+//! A dm-verity root opened with `panic-on-corruption` turns a refused block into such
+//! a panic. Reading them is diagnostics: a missing or unreadable archive is no reason.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+/// The panic in one archived kernel log: the panic message and the last error the
+/// kernel logged before it (for dm-verity: which device and block), or `None` when
+/// the log holds no panic.
+pub fn panic_reason(dmesg: &str) -> Option<String> {
+    const PANIC: &str = "Kernel panic - not syncing: ";
+    let lines: Vec<&str> = dmesg.lines().collect();
+    let at = lines.iter().rposition(|l| l.contains(PANIC))?;
+    let (_, what) = lines[at].split_once(PANIC)?;
+    let what = what.trim();
+    // `<N>[  seconds] text`: levels 0-3 are emergency, alert, critical and error.
+    let cause = lines[..at].iter().rev().find_map(|l| {
+        let level = l.strip_prefix('<')?.split_once('>')?;
+        let severe = level.0.parse::<u8>().is_ok_and(|n| n <= 3);
+        let text = match level.1.split_once("] ") {
+            Some((stamp, text)) if stamp.starts_with('[') => text,
+            _ => level.1,
+        };
+        severe.then(|| text.trim().to_owned())
+    });
+    Some(match cause {
+        Some(c) if !c.is_empty() => format!("the kernel panicked: {what} ({c})"),
+        _ => format!("the kernel panicked: {what}"),
+    })
+}
+
+/// The newest panic among the kernel logs archived in `dir` at or after `since`
+/// (the current boot's start), or `None`.
+pub fn archived_since(dir: &Path, since: SystemTime) -> Option<String> {
+    let mut logs: Vec<(SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let p = e.ok()?.path().join("dmesg.txt");
+            let at = std::fs::metadata(&p).ok()?.modified().ok()?;
+            (at >= since).then_some((at, p))
+        })
+        .collect();
+    logs.sort();
+    logs.iter()
+        .rev()
+        .find_map(|(_, p)| panic_reason(&std::fs::read_to_string(p).ok()?))
+}
+
+/// When the current boot started, from `/proc/uptime`.
+pub fn boot_started() -> Option<SystemTime> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let up: f64 = text.split_whitespace().next()?.parse().ok()?;
+    SystemTime::now().checked_sub(std::time::Duration::from_secs_f64(up))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// What systemd-pstore archived after a dm-verity panic on the test node: the
+    /// parts of the efi records, oldest first.
+    const VERITY: &str = "dmesg-efi-179607048102001:\nPanic#1 Part2\n\
+        <6>[    8.101] systemd[1]: Starting systemd-veritysetup@root.service...\n\
+        <3>[    8.580721] device-mapper: verity: 253:2: data block 0 is corrupted\n\
+        dmesg-efi-179607048101001:\nPanic#1 Part1\n\
+        <0>[    8.584111] Kernel panic - not syncing: dm-verity device corrupted\n\
+        <4>[    8.584200] CPU: 1 PID: 7 Comm: kworker/u4:0 Not tainted 6.1.0-57-cloud-amd64\n";
+
+    #[test]
+    fn a_verity_panic_names_the_block() {
+        assert_eq!(
+            panic_reason(VERITY).as_deref(),
+            Some(
+                "the kernel panicked: dm-verity device corrupted \
+                 (device-mapper: verity: 253:2: data block 0 is corrupted)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_panic_without_an_error_before_it() {
+        let log = "<6>[ 1.0] booting\n<0>[ 2.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
+        assert_eq!(
+            panic_reason(log).as_deref(),
+            Some("the kernel panicked: VFS: Unable to mount root fs")
+        );
+    }
+
+    #[test]
+    fn no_panic_no_reason() {
+        assert_eq!(
+            panic_reason("<3>[ 1.0] ata1: link down\n<6>[ 2.0] ok\n"),
+            None
+        );
+        assert_eq!(panic_reason(""), None);
+    }
+
+    #[test]
+    fn only_logs_archived_in_this_boot_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = SystemTime::now() - Duration::from_secs(60);
+        let old = dir.path().join("100");
+        std::fs::create_dir(&old).unwrap();
+        let f = old.join("dmesg.txt");
+        std::fs::write(&f, "<0>[ 1.0] Kernel panic - not syncing: an older crash\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(boot - Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(archived_since(dir.path(), boot), None);
+        let new = dir.path().join("200");
+        std::fs::create_dir(&new).unwrap();
+        std::fs::write(new.join("dmesg.txt"), VERITY).unwrap();
+        let why = archived_since(dir.path(), boot).unwrap();
+        assert!(why.contains("data block 0 is corrupted"), "{why}");
+        assert_eq!(archived_since(&dir.path().join("missing"), boot), None);
+    }
+}
