@@ -54,7 +54,11 @@ pub fn archived_since(dir: &Path, since: SystemTime) -> Option<String> {
         .find_map(|(_, p)| panic_reason(&std::fs::read_to_string(p).ok()?))
 }
 
-/// When the current boot started, from `/proc/uptime`.
+/// When the current boot started on the wall clock: now less `/proc/uptime`. A step
+/// of the wall clock between systemd-pstore's archiving and this read (an NTP step
+/// forward) makes this boot's archives look older than the boot, so the reason is
+/// missed; a step backward larger than the time between two boots could let an
+/// older boot's panic count. Both only change the diagnostic, never the rollback.
 pub fn boot_started() -> Option<SystemTime> {
     let text = std::fs::read_to_string("/proc/uptime").ok()?;
     let up: f64 = text.split_whitespace().next()?.parse().ok()?;
