@@ -362,19 +362,17 @@ fn a_node_failing_its_new_release_rolls_the_cluster_back_and_the_page_says_why()
         b.click("#start").await;
         // While the committed nodes go back, the page says so and why.
         // The reason (naming the node) can follow the state by one poll.
-        let t = b
-            .wait_for(
-                "#problem to say the cluster rolls back because of node3",
-                Duration::from_secs(240),
-                "#problem",
-                |t| {
-                    t.contains(
-                        "The upgrade failed and the cluster is rolling back to the previous release",
-                    ) && t.contains("node3")
-                },
-            )
-            .await;
-        assert!(t.contains("node3"), "the failed node is named: {t}");
+        b.wait_for(
+            "#problem to say the cluster rolls back because of node3",
+            Duration::from_secs(240),
+            "#problem",
+            |t| {
+                t.contains(
+                    "The upgrade failed and the cluster is rolling back to the previous release",
+                ) && t.contains("node3")
+            },
+        )
+        .await;
         b.shot("rolling-back").await;
         let t = b
             .wait_text(

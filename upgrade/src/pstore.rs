@@ -12,28 +12,35 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+/// One kernel log line as pstore keeps it: `<level>[  seconds] text`.
+fn parse(line: &str) -> Option<(u8, f64, &str)> {
+    let (level, rest) = line.strip_prefix('<')?.split_once('>')?;
+    let (stamp, text) = rest.strip_prefix('[')?.split_once("] ")?;
+    Some((level.parse().ok()?, stamp.trim().parse().ok()?, text.trim()))
+}
+
 /// The panic in one archived kernel log: the panic message and the last error the
-/// kernel logged before it (for dm-verity: which device and block), or `None` when
-/// the log holds no panic.
+/// kernel logged in the second before it (for dm-verity: which device and block),
+/// or `None` when the log holds no panic. An older error is not taken for the cause.
 pub fn panic_reason(dmesg: &str) -> Option<String> {
     const PANIC: &str = "Kernel panic - not syncing: ";
     let lines: Vec<&str> = dmesg.lines().collect();
     let at = lines.iter().rposition(|l| l.contains(PANIC))?;
     let (_, what) = lines[at].split_once(PANIC)?;
     let what = what.trim();
-    // `<N>[  seconds] text`: levels 0-3 are emergency, alert, critical and error.
-    let cause = lines[..at].iter().rev().find_map(|l| {
-        let level = l.strip_prefix('<')?.split_once('>')?;
-        let severe = level.0.parse::<u8>().is_ok_and(|n| n <= 3);
-        let text = match level.1.split_once("] ") {
-            Some((stamp, text)) if stamp.starts_with('[') => text,
-            _ => level.1,
-        };
-        severe.then(|| text.trim().to_owned())
+    let cause = parse(lines[at]).and_then(|(_, when, _)| {
+        lines[..at]
+            .iter()
+            .rev()
+            .filter_map(|l| parse(l))
+            .take_while(|(_, t, _)| when - t <= 1.0)
+            // Levels 0-3: emergency, alert, critical, error.
+            .find(|(level, _, text)| *level <= 3 && !text.is_empty())
+            .map(|(_, _, text)| text)
     });
     Some(match cause {
-        Some(c) if !c.is_empty() => format!("the kernel panicked: {what} ({c})"),
-        _ => format!("the kernel panicked: {what}"),
+        Some(c) => format!("the kernel panicked: {what} ({c})"),
+        None => format!("the kernel panicked: {what}"),
     })
 }
 
@@ -96,6 +103,16 @@ mod tests {
         assert_eq!(
             panic_reason(log).as_deref(),
             Some("the kernel panicked: VFS: Unable to mount root fs")
+        );
+    }
+
+    #[test]
+    fn an_error_long_before_the_panic_is_not_its_cause() {
+        let log = "<3>[ 2.0] ata1: link down\n<6>[ 9.0] still booting\n\
+                   <0>[ 9.5] Kernel panic - not syncing: Attempted to kill init!\n";
+        assert_eq!(
+            panic_reason(log).as_deref(),
+            Some("the kernel panicked: Attempted to kill init!")
         );
     }
 
