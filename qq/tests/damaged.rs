@@ -24,6 +24,7 @@ fn committing() -> serde_json::Value {
             },
             CommitStep::Reboot {
                 boot_id: BootId("sim-boot-0".into()),
+                kept: None,
             },
         ),
         ..NodeState::default()

@@ -225,7 +225,8 @@ pub(crate) fn set_next_and_reboot(
         vars.set("LoaderEntryOneShot", &new.entry.id)
             .map_err(boot_err("setting LoaderEntryOneShot"))?;
     }
-    reboot(cx, st, plan, |boot_id| CommitStep::Reboot { boot_id })
+    let kept = Some(cx.machine.kept_logs());
+    reboot(cx, st, plan, |boot_id| CommitStep::Reboot { boot_id, kept })
 }
 
 /// Rolls a committed platform upgrade back (a cluster-wide rollback: another node
@@ -389,7 +390,11 @@ pub(crate) fn check_boot(
     } else {
         let reason = match &st.stage {
             Stage::Committing(_, CommitStep::Fallback { reason, .. }) => reason.clone(),
-            _ => {
+            stage => {
+                let kept = match stage {
+                    Stage::Committing(_, CommitStep::Reboot { kept, .. }) => kept.as_ref(),
+                    _ => None,
+                };
                 let s = bootctl::status::status(io.esp.as_mut(), &running.product, None, None)
                     .map_err(boot_err("reading boot entries"))?;
                 match s
@@ -398,10 +403,12 @@ pub(crate) fn check_boot(
                     .find(|x| x.slot == to.slot)
                     .and_then(|x| x.state)
                 {
-                    Some(EntryState::Bad { done }) => match machine.failed_boot_reason() {
-                        Some(why) => format!("{done} tries exhausted; {why}"),
-                        None => format!("{done} tries exhausted"),
-                    },
+                    Some(EntryState::Bad { done }) => {
+                        match kept.and_then(|k| machine.failed_boot_reason(k)) {
+                            Some(why) => format!("{done} tries exhausted; {why}"),
+                            None => format!("{done} tries exhausted"),
+                        }
+                    }
                     Some(EntryState::Trying { left, .. }) => {
                         format!("not booted ({left} tries left; the loader chose another entry)")
                     }

@@ -12,6 +12,7 @@ use bootctl::layout::Slot;
 
 use crate::error::{Error, Unhealthy, io_err};
 use crate::node::Node;
+use crate::pstore::KeptLogs;
 use crate::state::BootId;
 
 /// A node's machine.
@@ -22,10 +23,13 @@ pub trait Machine: Send + Sync {
     fn reboot(&self) -> Result<(), Error>;
     /// The platform health gate for the booted `slot`.
     fn platform_health(&self, slot: Slot) -> Result<(), Unhealthy>;
-    /// Why boots since the last one that reached userspace died, if the platform
-    /// kept it (the kernel's panic, from [`crate::pstore`]). Diagnostics only:
-    /// `None` when nothing was kept or it cannot be read.
-    fn failed_boot_reason(&self) -> Option<String>;
+    /// The kernel logs the platform keeps now, noted when a reboot into a new slot
+    /// is asked for ([`crate::pstore`]).
+    fn kept_logs(&self) -> KeptLogs;
+    /// Why the boots since `before` was noted died, if the platform kept it (the
+    /// kernel's panic, from [`crate::pstore`]). Diagnostics only: `None` when
+    /// nothing was kept or it cannot be read.
+    fn failed_boot_reason(&self, before: &KeptLogs) -> Option<String>;
 }
 
 /// A real node: the kernel's boot id, the configured reboot and health commands.
@@ -86,8 +90,12 @@ impl Machine for LocalMachine {
         Ok(())
     }
 
-    fn failed_boot_reason(&self) -> Option<String> {
-        crate::pstore::archived_since(&self.pstore, crate::pstore::boot_started()?)
+    fn kept_logs(&self) -> KeptLogs {
+        crate::pstore::kept(&self.pstore)
+    }
+
+    fn failed_boot_reason(&self, before: &KeptLogs) -> Option<String> {
+        crate::pstore::new_panic(&self.pstore, before)
     }
 
     fn platform_health(&self, _slot: Slot) -> Result<(), Unhealthy> {

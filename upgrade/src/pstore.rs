@@ -4,13 +4,20 @@
 //! logged the failure. The kernel's persistent store (pstore; on UEFI machines its
 //! `efi_pstore` backend writes EFI variables) keeps the kernel log of a panic, and at
 //! the next boot that gets to userspace `systemd-pstore.service` archives each record
-//! as `<dir>/<id>/dmesg.txt`. The records archived during the current boot are
-//! therefore those of the boots that died since the last good one: the failed tries.
+//! as `<dir>/<record id>/dmesg.txt`. The engine notes which archives exist when it
+//! asks for the reboot into a new slot ([`kept`]); the ones that appear after it are
+//! the logs of the boots that died since: the failed tries ([`new_panic`]). No clock
+//! is involved, so a wall-clock step cannot hide a reason or name an older one.
 //! A dm-verity root opened with `panic-on-corruption` turns a refused block into such
 //! a panic. Reading them is diagnostics: a missing or unreadable archive is no reason.
 
 use std::path::Path;
 use std::time::SystemTime;
+
+/// The names of the kernel logs systemd-pstore had archived at some moment (the
+/// record ids, sorted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeptLogs(pub Vec<String>);
 
 /// One kernel log line as pstore keeps it: `<level>[  seconds] text`.
 fn parse(line: &str) -> Option<(u8, f64, &str)> {
@@ -44,32 +51,36 @@ pub fn panic_reason(dmesg: &str) -> Option<String> {
     })
 }
 
-/// The newest panic among the kernel logs archived in `dir` at or after `since`
-/// (the current boot's start), or `None`.
-pub fn archived_since(dir: &Path, since: SystemTime) -> Option<String> {
+/// The archives in `dir` now (none when it is missing or unreadable).
+pub fn kept(dir: &Path) -> KeptLogs {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    KeptLogs(names)
+}
+
+/// The newest panic among the kernel logs archived in `dir` that are not in
+/// `before`, or `None`. Newest by the archive's time, which only orders them.
+pub fn new_panic(dir: &Path, before: &KeptLogs) -> Option<String> {
     let mut logs: Vec<(SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| {
-            let p = e.ok()?.path().join("dmesg.txt");
-            let at = std::fs::metadata(&p).ok()?.modified().ok()?;
-            (at >= since).then_some((at, p))
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            if before.0.binary_search(&name).is_ok() {
+                return None;
+            }
+            let p = e.path().join("dmesg.txt");
+            Some((std::fs::metadata(&p).ok()?.modified().ok()?, p))
         })
         .collect();
     logs.sort();
     logs.iter()
         .rev()
         .find_map(|(_, p)| panic_reason(&std::fs::read_to_string(p).ok()?))
-}
-
-/// When the current boot started on the wall clock: now less `/proc/uptime`. A step
-/// of the wall clock between systemd-pstore's archiving and this read (an NTP step
-/// forward) makes this boot's archives look older than the boot, so the reason is
-/// missed; a step backward larger than the time between two boots could let an
-/// older boot's panic count. Both only change the diagnostic, never the rollback.
-pub fn boot_started() -> Option<SystemTime> {
-    let text = std::fs::read_to_string("/proc/uptime").ok()?;
-    let up: f64 = text.split_whitespace().next()?.parse().ok()?;
-    SystemTime::now().checked_sub(std::time::Duration::from_secs_f64(up))
 }
 
 #[cfg(test)]
@@ -126,25 +137,36 @@ mod tests {
     }
 
     #[test]
-    fn only_logs_archived_in_this_boot_count() {
+    fn only_logs_archived_after_the_reboot_count() {
         let dir = tempfile::tempdir().unwrap();
-        let boot = SystemTime::now() - Duration::from_secs(60);
         let old = dir.path().join("100");
         std::fs::create_dir(&old).unwrap();
-        let f = old.join("dmesg.txt");
-        std::fs::write(&f, "<0>[ 1.0] Kernel panic - not syncing: an older crash\n").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_modified(boot - Duration::from_secs(3600))
-            .unwrap();
-        assert_eq!(archived_since(dir.path(), boot), None);
+        let crash = "<0>[ 1.0] Kernel panic - not syncing: an older crash\n";
+        std::fs::write(old.join("dmesg.txt"), crash).unwrap();
+        // The reboot into the new slot is asked for.
+        let before = kept(dir.path());
+        assert_eq!(before, KeptLogs(vec!["100".into()]));
+        assert_eq!(new_panic(dir.path(), &before), None);
+        // Its failed try is archived, with a time older than the old crash's (a
+        // wall-clock step): it still counts, and the old crash still does not.
         let new = dir.path().join("200");
         std::fs::create_dir(&new).unwrap();
         std::fs::write(new.join("dmesg.txt"), VERITY).unwrap();
-        let why = archived_since(dir.path(), boot).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(new.join("dmesg.txt"))
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1000))
+            .unwrap();
+        let why = new_panic(dir.path(), &before).unwrap();
         assert!(why.contains("data block 0 is corrupted"), "{why}");
-        assert_eq!(archived_since(&dir.path().join("missing"), boot), None);
+        // Without the note taken at the reboot, the old crash is the newest by time.
+        assert_eq!(
+            new_panic(dir.path(), &KeptLogs::default()).as_deref(),
+            Some("the kernel panicked: an older crash")
+        );
+        let gone = dir.path().join("missing");
+        assert_eq!(kept(&gone), KeptLogs::default());
+        assert_eq!(new_panic(&gone, &before), None);
     }
 }

@@ -157,6 +157,7 @@ mod tests {
         );
         let reboot = CommitStep::Reboot {
             boot_id: BootId("b1".into()),
+            kept: None,
         };
         check(
             Stage::Committing(p.clone(), reboot.clone()),

@@ -98,7 +98,11 @@ impl Machine for SimMachine {
     }
 
     /// A simulated boot that fails leaves no kernel log.
-    fn failed_boot_reason(&self) -> Option<String> {
+    fn kept_logs(&self) -> crate::pstore::KeptLogs {
+        crate::pstore::KeptLogs::default()
+    }
+
+    fn failed_boot_reason(&self, _before: &crate::pstore::KeptLogs) -> Option<String> {
         None
     }
 }

@@ -10,6 +10,7 @@ use qimg::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Block, Damage};
+use crate::pstore::KeptLogs;
 pub use crate::wire::{ErrorState, Mode, Phase};
 use crate::wire::{InstalledRecord, LastCommitRecord, RECORD_SCHEMA, Record};
 
@@ -74,6 +75,10 @@ pub enum CommitStep {
     Reboot {
         /// The boot the reboot was asked for in.
         boot_id: BootId,
+        /// The kernel logs kept when it was asked for: any newer one is a failed
+        /// try's. `None` in a record written before they were noted (then no
+        /// reason is named).
+        kept: Option<KeptLogs>,
     },
     /// Platform: the new slot failed its health gate; the reboot back into the old
     /// slot was asked for in boot `boot_id`.
@@ -89,7 +94,9 @@ impl CommitStep {
     /// The boot id a reboot was asked for in, if the step is waiting for one.
     pub fn boot_id(&self) -> Option<&BootId> {
         match self {
-            CommitStep::Reboot { boot_id } | CommitStep::Fallback { boot_id, .. } => Some(boot_id),
+            CommitStep::Reboot { boot_id, .. } | CommitStep::Fallback { boot_id, .. } => {
+                Some(boot_id)
+            }
             _ => None,
         }
     }
@@ -242,12 +249,16 @@ fn release_record(r: &Release) -> InstalledRecord {
 impl From<&NodeState> for Record {
     fn from(s: &NodeState) -> Record {
         let plan = s.stage.plan();
-        let (boot_id, fallback_reason) = match &s.stage {
-            Stage::Committing(_, CommitStep::Reboot { boot_id }) => (Some(boot_id.0.clone()), None),
+        let (boot_id, fallback_reason, kept_logs) = match &s.stage {
+            Stage::Committing(_, CommitStep::Reboot { boot_id, kept }) => (
+                Some(boot_id.0.clone()),
+                None,
+                kept.as_ref().map(|k| k.0.clone()),
+            ),
             Stage::Committing(_, CommitStep::Fallback { boot_id, reason }) => {
-                (Some(boot_id.0.clone()), Some(reason.clone()))
+                (Some(boot_id.0.clone()), Some(reason.clone()), None)
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         Record {
             schema: RECORD_SCHEMA.into(),
@@ -273,6 +284,7 @@ impl From<&NodeState> for Record {
             to: plan.map(|p| release_record(&p.to)),
             boot_id,
             fallback_reason,
+            kept_logs,
             downtime_ms: s.downtime_ms,
             last_commit: s.last_commit.as_ref().map(|l| LastCommitRecord {
                 at: l.at,
@@ -393,6 +405,10 @@ impl TryFrom<Record> for NodeState {
                     ("set-next", Mode::Platform) => CommitStep::SetNext,
                     ("reboot", Mode::Platform) => CommitStep::Reboot {
                         boot_id: boot_id()?,
+                        kept: r.kept_logs.clone().map(|mut k| {
+                            k.sort();
+                            KeptLogs(k)
+                        }),
                     },
                     ("fallback", Mode::Platform) => CommitStep::Fallback {
                         boot_id: boot_id()?,

@@ -147,6 +147,9 @@ pub struct Record {
     pub boot_id: Option<String>,
     /// Why the new platform was given up on (set before the fallback reboot).
     pub fallback_reason: Option<String>,
+    /// The kernel logs systemd-pstore had archived when the reboot into the new
+    /// slot was asked for (their record ids).
+    pub kept_logs: Option<Vec<String>>,
     /// Downtime of the last container swap, in milliseconds.
     pub downtime_ms: Option<u64>,
     /// The last completed commit (for settle periods).
@@ -177,6 +180,7 @@ impl Default for Record {
             to: None,
             boot_id: None,
             fallback_reason: None,
+            kept_logs: None,
             downtime_ms: None,
             last_commit: None,
             updated_at: 0,

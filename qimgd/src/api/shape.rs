@@ -115,6 +115,7 @@ mod tests {
             p.clone(),
             CommitStep::Reboot {
                 boot_id: upgrade::state::BootId("b".into()),
+                kept: None,
             },
         );
         assert_eq!(

@@ -96,6 +96,7 @@ fn good() -> serde_json::Value {
         "to": {"version": "7.1", "platform_version": "7.1", "slot": "b"},
         "boot_id": "b-1",
         "fallback_reason": null,
+        "kept_logs": ["200", "100"],
         "downtime_ms": null,
         "last_commit": null,
         "updated_at": 5
@@ -139,7 +140,8 @@ fn the_good_record_parses_into_its_stage() {
                 },
             },
             CommitStep::Reboot {
-                boot_id: BootId("b-1".into())
+                boot_id: BootId("b-1".into()),
+                kept: Some(KeptLogs(vec!["100".into(), "200".into()])),
             }
         )
     );
@@ -150,6 +152,18 @@ fn the_good_record_parses_into_its_stage() {
     )
     .unwrap();
     assert_eq!(again, s);
+}
+
+#[test]
+fn a_reboot_record_without_kept_logs_reads_as_not_noted() {
+    let mut v = good();
+    v.as_object_mut().unwrap().remove("kept_logs");
+    let s = parse(Path::new("x"), &serde_json::to_vec(&v).unwrap()).unwrap();
+    let Stage::Committing(_, CommitStep::Reboot { kept, .. }) = &s.stage else {
+        panic!("{:?}", s.stage)
+    };
+    assert_eq!(kept, &None);
+    assert_eq!(Record::from(&s).kept_logs, None);
 }
 
 #[test]
@@ -273,7 +287,15 @@ fn stage() -> impl Strategy<Value = Stage> {
         Just(Stage::Committing(p.clone(), CommitStep::SetNext)),
         "[a-z0-9-]{1,20}".prop_map({
             let p = p.clone();
-            move |b| Stage::Committing(p.clone(), CommitStep::Reboot { boot_id: BootId(b) })
+            move |b| {
+                Stage::Committing(
+                    p.clone(),
+                    CommitStep::Reboot {
+                        boot_id: BootId(b),
+                        kept: None,
+                    },
+                )
+            }
         }),
         (".{0,30}", "[a-z0-9]{1,8}").prop_map({
             let p = p.clone();

@@ -223,6 +223,11 @@ fn instant(lab: &Lab, node: &mut Node) -> Result<(), String> {
     )
 }
 
+/// Where systemd-pstore archives the kernel's logs on the node (node.toml's default).
+const PSTORE: &str = "/var/lib/systemd/pstore";
+/// The panic of an archive planted before the commit.
+const PLANTED: &str = "a planted older crash";
+
 /// 3: a slot damaged after install, the hash tree untouched: only the kernel can
 /// see it. dm-verity refuses the block, the boot fails, the tries run out, the
 /// node falls back, and the API says so.
@@ -249,6 +254,13 @@ fn tampered(lab: &Lab, node: &mut Node) -> Result<(), String> {
     f.write_all(&[0xa5; 4096]).map_err(|e| e.to_string())?;
     f.sync_all().map_err(|e| e.to_string())?;
     drop(f);
+    // An older panic's archive, dated a day ahead (a wall-clock step): it was there
+    // before the commit's reboot, so it must not be named as the reason.
+    node.ssh(&format!(
+        "d={PSTORE}/100 && mkdir -p $d && \
+         echo '<0>[    1.000000] Kernel panic - not syncing: {PLANTED}' > $d/dmesg.txt && \
+         touch -d '+1 day' $d/dmesg.txt && sync"
+    ))?;
     let start = Instant::now();
     let (code, out) = Monitor::start(node, &["upgrade_cluster", "commit"], "2.1.0-commit")?
         .wait(ROLLBACK_LIMIT)?;
@@ -284,8 +296,9 @@ fn tampered(lab: &Lab, node: &mut Node) -> Result<(), String> {
     expect(
         why.contains(&format!(
             "{DEFAULT_TRIES} tries exhausted; the kernel panicked: dm-verity device corrupted"
-        )) && why.contains("data block 0 is corrupted"),
-        &format!("the API says why the tries ran out: {why}"),
+        )) && why.contains("data block 0 is corrupted")
+            && !why.contains(PLANTED),
+        &format!("the API says why the tries ran out, not an older panic: {why}"),
     )?;
     let esp = node.esp_status()?;
     expect(
