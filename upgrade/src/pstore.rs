@@ -11,13 +11,14 @@
 //! A dm-verity root opened with `panic-on-corruption` turns a refused block into such
 //! a panic. Reading them is diagnostics: a missing or unreadable archive is no reason.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::SystemTime;
 
-/// The names of the kernel logs systemd-pstore had archived at some moment (the
-/// record ids, sorted).
+/// The names of the kernel logs systemd-pstore had archived at some moment (their
+/// record ids).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeptLogs(pub Vec<String>);
+pub struct KeptLogs(pub BTreeSet<String>);
 
 /// One kernel log line as pstore keeps it: `<level>[  seconds] text`.
 fn parse(line: &str) -> Option<(u8, f64, &str)> {
@@ -53,13 +54,13 @@ pub fn panic_reason(dmesg: &str) -> Option<String> {
 
 /// The archives in `dir` now (none when it is missing or unreadable).
 pub fn kept(dir: &Path) -> KeptLogs {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    KeptLogs(names)
+    KeptLogs(
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect(),
+    )
 }
 
 /// The newest panic among the kernel logs archived in `dir` that are not in
@@ -70,7 +71,7 @@ pub fn new_panic(dir: &Path, before: &KeptLogs) -> Option<String> {
         .filter_map(|e| {
             let e = e.ok()?;
             let name = e.file_name().into_string().ok()?;
-            if before.0.binary_search(&name).is_ok() {
+            if before.0.contains(&name) {
                 return None;
             }
             let p = e.path().join("dmesg.txt");
@@ -145,7 +146,7 @@ mod tests {
         std::fs::write(old.join("dmesg.txt"), crash).unwrap();
         // The reboot into the new slot is asked for.
         let before = kept(dir.path());
-        assert_eq!(before, KeptLogs(vec!["100".into()]));
+        assert_eq!(before, KeptLogs(["100".to_owned()].into()));
         assert_eq!(new_panic(dir.path(), &before), None);
         // Its failed try is archived, with a time older than the old crash's (a
         // wall-clock step): it still counts, and the old crash still does not.

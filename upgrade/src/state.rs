@@ -253,7 +253,7 @@ impl From<&NodeState> for Record {
             Stage::Committing(_, CommitStep::Reboot { boot_id, kept }) => (
                 Some(boot_id.0.clone()),
                 None,
-                kept.as_ref().map(|k| k.0.clone()),
+                kept.as_ref().map(|k| k.0.iter().cloned().collect()),
             ),
             Stage::Committing(_, CommitStep::Fallback { boot_id, reason }) => {
                 (Some(boot_id.0.clone()), Some(reason.clone()), None)
@@ -405,10 +405,10 @@ impl TryFrom<Record> for NodeState {
                     ("set-next", Mode::Platform) => CommitStep::SetNext,
                     ("reboot", Mode::Platform) => CommitStep::Reboot {
                         boot_id: boot_id()?,
-                        kept: r.kept_logs.clone().map(|mut k| {
-                            k.sort();
-                            KeptLogs(k)
-                        }),
+                        kept: r
+                            .kept_logs
+                            .clone()
+                            .map(|k| KeptLogs(k.into_iter().collect())),
                     },
                     ("fallback", Mode::Platform) => CommitStep::Fallback {
                         boot_id: boot_id()?,

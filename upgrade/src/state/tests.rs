@@ -141,7 +141,7 @@ fn the_good_record_parses_into_its_stage() {
             },
             CommitStep::Reboot {
                 boot_id: BootId("b-1".into()),
-                kept: Some(KeptLogs(vec!["100".into(), "200".into()])),
+                kept: Some(KeptLogs(["100".to_owned(), "200".to_owned()].into())),
             }
         )
     );
