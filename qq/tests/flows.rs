@@ -159,13 +159,31 @@ fn a_platform_that_panics_falls_back_after_its_tries() {
     let Some(n) = factory_node() else { return };
     let b = bundles();
     let slot_a = n.slot_bytes(Slot::A);
+    // An older crash's archived log, dated a day ahead (a wall-clock step): it was
+    // there before the commit's reboot, so it is not the reason.
+    let old = n.node.config.pstore.join("1");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(
+        old.join("dmesg.txt"),
+        "<0>[ 1.0] Kernel panic - not syncing: an older crash\n",
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(old.join("dmesg.txt"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(86400))
+        .unwrap();
     let o = n.upgrade(&b.panic);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let s = json(&o);
     assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
     assert_eq!(s["error_state"], "UPGRADE_ERROR_ROLLED_BACK");
+    // Why: the panic's kernel log, archived after the reboot was asked for.
     assert_eq!(
-        s["error_message"], "slot b: 3 tries exhausted, booted slot a 7.0.0",
+        s["error_message"],
+        "slot b: 3 tries exhausted; the kernel panicked: simulated platform panic \
+         (etc/qimg/sim-boot: the platform in slot b panics), booted slot a 7.0.0",
         "{s}"
     );
     let r = n.running();

@@ -16,7 +16,9 @@
 //! and `LoaderBootCountPath`, and "boot" the chosen slot's platform: its root
 //! partition is read as the squashfs it must be, and a platform whose
 //! `/etc/qimg/sim-boot` says `panic` fails to boot (the watchdog resets the node and
-//! the loader tries again), while `unhealthy` boots but fails the health gate.
+//! the loader tries again; the panic's kernel log is archived in the node's
+//! `pstore` directory, as `efi_pstore` and systemd-pstore would), while `unhealthy`
+//! boots but fails the health gate.
 //! A node's own `state/sim/faults` ([`FAULTS`]) does the same for one node only.
 
 use std::io::BufReader;
@@ -97,13 +99,12 @@ impl Machine for SimMachine {
         platform_health(&self.node, slot)
     }
 
-    /// A simulated boot that fails leaves no kernel log.
     fn kept_logs(&self) -> crate::pstore::KeptLogs {
-        crate::pstore::KeptLogs::default()
+        crate::pstore::kept(&self.node.config.pstore)
     }
 
-    fn failed_boot_reason(&self, _before: &crate::pstore::KeptLogs) -> Option<String> {
-        None
+    fn failed_boot_reason(&self, before: &crate::pstore::KeptLogs) -> Option<String> {
+        crate::pstore::new_panic(&self.node.config.pstore, before)
     }
 }
 
@@ -251,7 +252,10 @@ pub fn boot_firmware(node: &Node) -> Result<Vec<Attempt>, Error> {
         let outcome = match slot {
             None => Err("not a slot entry".to_string()),
             Some(s) => match platform_marker(node, s) {
-                Ok(Some(m)) if m == "panic" => Err(format!("kernel panic ({SIM_BOOT})")),
+                Ok(Some(m)) if m == "panic" => {
+                    keep_panic_log(node, s)?;
+                    Err(format!("kernel panic ({SIM_BOOT})"))
+                }
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.0),
             },
@@ -282,6 +286,25 @@ pub fn boot_firmware(node: &Node) -> Result<Vec<Attempt>, Error> {
     Err(sim_err(format!(
         "no platform booted in {MAX_BOOTS} tries: {attempts:?}"
     )))
+}
+
+/// The kernel log of a simulated panic in `slot`'s platform, archived as
+/// systemd-pstore does at the next boot that reaches userspace (`<pstore>/<record
+/// id>/dmesg.txt`; the id, like efi_pstore's, from the time). A simulated node has
+/// no userspace in between, so it is archived at once.
+fn keep_panic_log(node: &Node, slot: Slot) -> Result<(), Error> {
+    let id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = node.config.pstore.join(id.to_string());
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let log = format!(
+        "<6>[    0.100000] Linux version (simulated)\n\
+         <3>[    0.400000] {SIM_BOOT}: the platform in slot {slot} panics\n\
+         <0>[    0.400100] Kernel panic - not syncing: simulated platform panic\n"
+    );
+    let p = dir.join("dmesg.txt");
+    qutil::fs::write_atomic(&p, log.as_bytes()).map_err(io_err("writing", &p))
 }
 
 fn new_boot_id(node: &Node) -> Result<(), Error> {

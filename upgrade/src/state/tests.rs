@@ -285,29 +285,23 @@ fn stage() -> impl Strategy<Value = Stage> {
         Just(Stage::Prepared(p.clone())),
         Just(Stage::Committing(i.clone(), CommitStep::Swap)),
         Just(Stage::Committing(p.clone(), CommitStep::SetNext)),
-        "[a-z0-9-]{1,20}".prop_map({
+        prop_oneof![
+            (
+                "[a-z0-9-]{1,20}",
+                proptest::option::of(proptest::collection::btree_set("[0-9]{1,16}", 0..4))
+            )
+                .prop_map(|(b, kept)| CommitStep::Reboot {
+                    boot_id: BootId(b),
+                    kept: kept.map(KeptLogs),
+                }),
+            (".{0,30}", "[a-z0-9]{1,8}").prop_map(|(reason, b)| CommitStep::Fallback {
+                boot_id: BootId(b),
+                reason,
+            }),
+        ]
+        .prop_map({
             let p = p.clone();
-            move |b| {
-                Stage::Committing(
-                    p.clone(),
-                    CommitStep::Reboot {
-                        boot_id: BootId(b),
-                        kept: None,
-                    },
-                )
-            }
-        }),
-        (".{0,30}", "[a-z0-9]{1,8}").prop_map({
-            let p = p.clone();
-            move |(reason, b)| {
-                Stage::Committing(
-                    p.clone(),
-                    CommitStep::Fallback {
-                        boot_id: BootId(b),
-                        reason,
-                    },
-                )
-            }
+            move |step| Stage::Committing(p.clone(), step)
         }),
         Just(Stage::Committed(i)),
     ]
