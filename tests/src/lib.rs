@@ -22,23 +22,15 @@ use qimg::{KeyId, NoProgress, SecretKey};
 /// Environment variable that lets a person skip tests needing outside tools.
 pub const SKIP_ENV: &str = "QIMG_SKIP_TOOL_TESTS";
 
-/// Debian package that provides each tool the tests use.
+/// The one list of what the project needs from the system (xtask installs from
+/// it; here it names the package in a missing tool's message).
+#[path = "../../xtask/src/deps/list.rs"]
+#[allow(dead_code)]
+mod system;
+
+/// Debian package that provides each tool the tests use, from the one list.
 pub fn package_of(tool: &str) -> &'static str {
-    match tool {
-        "unsquashfs" | "mksquashfs" => "squashfs-tools",
-        "veritysetup" => "cryptsetup-bin",
-        "minisign" => "minisign",
-        "zstd" => "zstd",
-        "tar" => "tar",
-        "sgdisk" => "gdisk",
-        "objdump" => "binutils",
-        "fsck.vfat" => "dosfstools",
-        "mdir" => "mtools",
-        "etcd" => "etcd-server",
-        "etcdctl" => "etcd-client",
-        "openssl" => "openssl",
-        _ => "?",
-    }
+    system::package_of_tool(tool).unwrap_or("?")
 }
 
 /// Returns true if `name` is on PATH. If it is not: panics with the reason (the
@@ -51,7 +43,7 @@ pub fn tool(name: &str) -> bool {
         found,
         &format!("the tool {name}"),
         &format!(
-            "Debian package {}, which `cargo xtask ci` installs",
+            "Debian package {}, which `cargo xtask ci` installs (`cargo xtask deps` lists them)",
             package_of(name)
         ),
         SKIP_ENV,

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{Opts, Usage, bundle_cmd, measure, median, parse, release_build, settle};
-use crate::{deps, root, step, target_dir};
+use crate::{root, step, target_dir};
 
 pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -70,7 +70,6 @@ fn file_size(p: &Path) -> u64 {
 }
 
 fn bundle(o: &Opts) -> Result<(), String> {
-    deps::ensure(deps::BENCH_PACKAGES)?;
     release_build(&["imagebuild"])?;
     let exe = target_dir().join("release/imagebuild");
     let io = |e: std::io::Error| e.to_string();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench_upgrade::Lab;
 use crate::harness::{Opts, measure, median, release_build, settle};
-use crate::{deps, target_dir};
+use crate::target_dir;
 
 /// Pollers of the load run.
 const POLLERS: usize = 64;
@@ -168,7 +168,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn agent(o: &Opts) -> Result<(), String> {
-    deps::ensure_files(deps::TEST_FILES)?;
     release_build(&["imagebuild", "qq", "qimgd"])?;
     let lab = Lab::new(&o.dir.join("agent"), o.size_mib)?;
     let big = lab.build("platform", "2.0.0", "2.0", o.size_mib)?;

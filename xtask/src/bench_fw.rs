@@ -11,10 +11,9 @@ use crate::harness::{
     Opts, bundle_cmd, measure, median, release_build, settle, sh_check_manifest, sh_quote,
     sh_stream_member,
 };
-use crate::{deps, step, target_dir};
+use crate::{step, target_dir};
 
 pub fn firmware(o: &Opts) -> Result<(), String> {
-    deps::ensure(&[("minisign", "minisign"), ("zstd", "zstd"), ("tar", "tar")])?;
     release_build(&["imagebuild", "firmware"])?;
     let io = |e: std::io::Error| e.to_string();
     let rel = target_dir().join("release");

@@ -14,7 +14,7 @@ use crate::harness::{
     Opts, bundle_cmd, measure, median, release_build, settle, sh_check_manifest, sh_quote,
     sh_stream_member,
 };
-use crate::{deps, step, target_dir};
+use crate::{step, target_dir};
 
 fn io(e: std::io::Error) -> String {
     e.to_string()
@@ -209,14 +209,6 @@ fn streaming_script(
 }
 
 pub fn upgrade(o: &Opts) -> Result<(), String> {
-    deps::ensure(&[
-        ("minisign", "minisign"),
-        ("zstd", "zstd"),
-        ("tar", "tar"),
-        ("squashfs-tools", "unsquashfs"),
-        ("openssl", "openssl"),
-    ])?;
-    deps::ensure_files(deps::TEST_FILES)?;
     release_build(&["imagebuild", "qq"])?;
     let lab = Lab::new(&o.dir.join("upgrade"), o.size_mib)?;
     let (w, qq, node) = (lab.w.clone(), lab.qq.clone(), lab.node.clone());

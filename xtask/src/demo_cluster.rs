@@ -12,7 +12,8 @@
 //!    restriper, one progress line per node; then `nodes_list`, `upgrade_status`
 //!    and `reboot_status`.
 //!
-//! It installs etcd (Debian's `etcd-server`, `etcd-client`) when missing, and says so.
+//! Before it builds, `main.rs` ensures the build and demo groups of the one list
+//! (`protoc` and its include files, etcd, systemd's EFI stub), saying what it installs.
 
 use std::process::Command;
 

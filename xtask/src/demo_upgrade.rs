@@ -77,7 +77,6 @@ pub fn main(args: &[String]) -> Result<(), String> {
             other => return Err(format!("demo-upgrade: unknown argument {other}")),
         }
     }
-    crate::deps::ensure_files(crate::deps::TEST_FILES)?;
     step(
         "build",
         cargo().args([

@@ -1,9 +1,13 @@
 //! `cargo xtask`: the single entry point for CI and benchmarks.
 //!
-//! - `cargo xtask ci`: installs the Debian packages the tests need (as root; else
-//!   stops and lists them), then runs every gate CI runs: rustfmt, clippy with
-//!   warnings denied, all tests, the upgrade demo, a build of the fuzz targets, and `qemu-test`
-//!   (`QIMG_SKIP_QEMU=1` skips it, saying so).
+//! Every entry point first ensures the groups of system packages it needs (the
+//! one list, `deps/list.rs`: as root it installs the missing ones and says so;
+//! else it prints the `apt-get install` line and stops), before it builds anything.
+//!
+//! - `cargo xtask ci`: groups build, demo, test, qemu, fresh-root; then every gate
+//!   CI runs: rustfmt, clippy with warnings denied, all tests, both demos, a build
+//!   of the fuzz targets, `fresh-root` (`QIMG_SKIP_FRESH_ROOT=1` skips it) and
+//!   `qemu-test` (`QIMG_SKIP_QEMU=1` skips it), saying so when skipped.
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
 //! - `cargo xtask demo [--nodes N] [--dir DIR]`: a rolling platform upgrade of a
@@ -26,6 +30,10 @@
 //! - `cargo xtask bench cluster [--nodes N]`: an instant upgrade of N simulated
 //!   nodes through one request, coordinator failover, agent and etcd memory
 //!   (`bench_cluster.rs`).
+//! - `cargo xtask fresh-root [--keep]`: proves the list complete on a new minimal
+//!   Debian root (`fresh_root.rs`).
+//! - `cargo xtask deps [--install] [--run] [GROUP...]`: prints the list (what each
+//!   package is for, present or missing), installs it, runs its tools (`deps/`).
 
 mod bench;
 mod bench_agent;
@@ -37,6 +45,7 @@ mod ci;
 mod demo_cluster;
 mod demo_upgrade;
 mod deps;
+mod fresh_root;
 mod harness;
 mod qemu;
 mod sim_cluster;
@@ -45,15 +54,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
+    use deps::Group::{Bench, Build, Demo, FreshRoot, Qemu, Test};
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Each entry point first ensures what it needs from the system (the one list,
+    // `deps/list.rs`), before it builds anything.
+    let with = |groups: &[deps::Group], run: &dyn Fn() -> Result<(), String>| {
+        deps::ensure(groups).and_then(|()| run())
+    };
+    let rest = args.get(1..).unwrap_or_default();
     let result = match args.first().map(String::as_str) {
-        Some("ci") => ci::main(),
-        Some("bench") => bench::main(&args[1..]),
-        Some("qemu-test") => qemu::main(&args[1..]),
-        Some("demo") => demo_cluster::main(&args[1..]),
-        Some("demo-upgrade") => demo_upgrade::main(&args[1..]),
+        Some("ci") => with(&[Build, Demo, Test, Qemu, FreshRoot], &ci::main),
+        Some("bench") => with(&[Build, Demo, Bench], &|| bench::main(rest)),
+        Some("qemu-test") => with(&[Build, Qemu], &|| qemu::main(rest)),
+        Some("demo") => with(&[Build, Demo], &|| demo_cluster::main(rest)),
+        Some("demo-upgrade") => with(&[Build, Demo], &|| demo_upgrade::main(rest)),
+        Some("fresh-root") => with(&[FreshRoot], &|| fresh_root::main(rest)),
+        Some("deps") => deps::main(rest),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask demo [--nodes N] [--dir DIR] | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade|cloud [--size MIB] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask ci | cargo xtask demo [--nodes N] [--dir DIR] | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade|cloud [--size MIB] [--level N] [--runs N] [--dir DIR] | cargo xtask fresh-root [--keep] | cargo xtask deps [--install] [--run] [GROUP...]"
                 .to_owned(),
         ),
     };

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench_upgrade::Lab;
 use crate::harness::release_build;
-use crate::{deps, step, target_dir};
+use crate::{step, target_dir};
 
 fn io(e: std::io::Error) -> String {
     e.to_string()
@@ -109,12 +109,11 @@ impl SimCluster {
         extra: &str,
         release: bool,
     ) -> Result<SimCluster, String> {
-        deps::ensure(&[("etcd-server", "etcd"), ("etcd-client", "etcdctl")])?;
-        deps::ensure_files(deps::TEST_FILES)?;
         let bins = if release {
             release_build(&["imagebuild", "qq", "qimgd"])?;
             target_dir().join("release")
         } else {
+            eprintln!("xtask: building imagebuild, qq, qimgd (first run: a few minutes)");
             step(
                 "build",
                 crate::cargo().args(["build", "-q", "-p", "imagebuild", "-p", "qq", "-p", "qimgd"]),

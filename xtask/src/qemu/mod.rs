@@ -24,14 +24,11 @@ use imagebuild::disk::{self, DiskOptions};
 use imagebuild::spec::ReleaseSpec;
 use qimg::{NoProgress, Target, TrustedKeys};
 
-use crate::{deps, target_dir};
+use crate::target_dir;
 
 const PRODUCT: &str = "qimg-test";
 /// Every QEMU run is killed after this long.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// What QEMU needs besides the test packages.
-const QEMU_PACKAGES: &[(&str, &str)] = &[("qemu-system-x86", "qemu-system-x86_64")];
 
 struct Ctx {
     work: PathBuf,
@@ -578,10 +575,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 pub fn main(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     let total = Instant::now();
-    deps::ensure(QEMU_PACKAGES)?;
-    deps::ensure_files(deps::TEST_FILES)?;
     let firmware = if o.debian_firmware {
-        deps::ensure_files(&[("ovmf", "/usr/share/ovmf/OVMF.fd")])?;
         PathBuf::from("/usr/share/ovmf/OVMF.fd")
     } else {
         ovmf_prebuilt::ovmf_pure_efi()

@@ -112,7 +112,6 @@ pub fn ensure(cache: &Path) -> Result<Base, String> {
         );
         return base();
     }
-    crate::deps::ensure(&[("mmdebstrap", "mmdebstrap")])?;
     // One base at a time: older ones are of packages apt no longer offers.
     for e in std::fs::read_dir(cache).map_err(|e| format!("{}: {e}", cache.display()))? {
         let p = e.map_err(|e| e.to_string())?.path();

@@ -329,7 +329,6 @@ fn root_hash(bundle: &Path) -> Result<String, String> {
 /// scenarios on one node. Returns each scenario's time.
 pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Duration)>, String> {
     let total = Instant::now();
-    crate::deps::ensure(&[("openssh-client", "scp")])?;
     let base = base::ensure(&target_dir().join("qemu-assets"))?;
     eprintln!("xtask: node: kernel {}", base.kernel_release);
     let work = work.join("node");
