@@ -43,30 +43,28 @@ pub fn main() -> Result<(), String> {
             ])
             .arg(target_dir().join("fuzz")),
     )?;
-    // The one list of system packages, proved complete on a new Debian root. It
-    // fails (never skips itself) when it cannot run; a person can opt out explicitly.
-    if std::env::var("QIMG_SKIP_FRESH_ROOT").as_deref() == Ok("1") {
-        eprintln!("xtask: SKIPPED fresh-root because QIMG_SKIP_FRESH_ROOT=1");
-    } else {
-        let t = std::time::Instant::now();
-        fresh_root::main(&[])?;
-        eprintln!(
-            "xtask: == fresh-root: passed in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    // The boot chain on real firmware. It fails (it never skips itself) when QEMU,
-    // OVMF or the kernel cannot be had; a person can opt out explicitly.
-    if std::env::var("QIMG_SKIP_QEMU").as_deref() == Ok("1") {
-        eprintln!("xtask: SKIPPED qemu-test because QIMG_SKIP_QEMU=1");
-    } else {
-        let t = std::time::Instant::now();
-        qemu::main(&[])?;
-        eprintln!(
-            "xtask: == qemu-test: passed in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-    }
+    // The one list of system packages, proved complete on a new Debian root.
+    heavy("fresh-root", "QIMG_SKIP_FRESH_ROOT", &|| {
+        fresh_root::main(&[])
+    })?;
+    // The boot chain on real firmware (QEMU, OVMF, the kernel).
+    heavy("qemu-test", "QIMG_SKIP_QEMU", &|| qemu::main(&[]))?;
     eprintln!("xtask: ci passed in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A heavy gate: it fails (it never skips itself) when what it needs cannot be
+/// had; a person can opt out explicitly with `opt_out=1`, and it says so.
+fn heavy(name: &str, opt_out: &str, run: &dyn Fn() -> Result<(), String>) -> Result<(), String> {
+    if std::env::var(opt_out).as_deref() == Ok("1") {
+        eprintln!("xtask: SKIPPED {name} because {opt_out}=1");
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    run()?;
+    eprintln!(
+        "xtask: == {name}: passed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
