@@ -67,13 +67,15 @@ pub struct Config {
     /// the reboots pause with `PAUSED_DUE_TO_ERROR`.
     #[serde(default = "default_batch_limit")]
     pub batch_limit_secs: u64,
-    /// The simulated restriper: how long the data-safety gate holds the next
-    /// batch back, per node of the batch that rebooted.
-    #[serde(default = "default_restripe")]
-    pub sim_restripe_ms: u64,
+    /// A simulated node's restriper: how long the data-safety gate holds the next
+    /// batch back, per node of the batch that rebooted (default
+    /// [`crate::restriper::DEFAULT_SIM_RESTRIPE_MS`]). Refused on a real node.
+    #[serde(default)]
+    pub sim_restripe_ms: Option<u64>,
     /// The storage software's restriper, asked by the data-safety gate: a command
-    /// (argv) printing Qumulo's restriper status JSON. Without it the simulated
-    /// restriper answers (`sim_restripe_ms`).
+    /// (argv) printing Qumulo's restriper status JSON. A real node in a cluster
+    /// needs it for rolling reboots (see [`crate::restriper::Source`]); on a
+    /// simulated node without it the simulated restriper answers.
     #[serde(default)]
     pub restriper_probe: Option<Vec<String>>,
     /// How long the data-safety gate may wait for the restriper before the
@@ -113,9 +115,6 @@ fn default_batch_limit() -> u64 {
 }
 fn default_data_safety_limit() -> u64 {
     6 * 3600
-}
-fn default_restripe() -> u64 {
-    2000
 }
 fn default_lease() -> u64 {
     4

@@ -37,6 +37,11 @@ pub const BOOT_WAIT_LIMIT: Duration = Duration::from_secs(60);
 pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Error> {
     let node = Node::load(&config.node).map_err(Error::Engine)?;
     let product = node.open().map_err(Error::Engine)?.product;
+    let safety = crate::restriper::Source::of(
+        config.restriper_probe.as_deref(),
+        config.sim_restripe_ms,
+        node.config.simulated,
+    )?;
     let machine = sim::machine_for(&node);
     let agent = Arc::new(Agent::new(node, machine));
     let files = match (&config.tls_cert, &config.tls_key) {
@@ -94,6 +99,7 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         vacancy: tokio::sync::watch::Sender::new(0),
         up_since_ms: std::sync::atomic::AtomicU64::new(qcluster::plan::now_ms()),
         stepping_down: AtomicBool::new(false),
+        safety,
     });
     Ok((app, tls))
 }

@@ -77,6 +77,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The configuration does not fit the node it runs on.
+    #[error("the configuration does not fit this node: {problem}")]
+    NodeConfig {
+        /// What does not fit, naming the setting.
+        problem: String,
+    },
     /// The restriper probe failed or gave no usable answer.
     #[error("the restriper probe {program}: {problem}")]
     Probe {
@@ -97,7 +103,9 @@ impl Error {
     /// A stable identifier of the kind of error.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Config { .. } | Error::ConfigSyntax { .. } => "config",
+            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::NodeConfig { .. } => {
+                "config"
+            }
             Error::Io { .. } => "io",
             Error::UsersDamaged { .. } => "users-damaged",
             Error::UserExists(_) => "user-exists",

@@ -1,10 +1,11 @@
-//! The data-safety gate's source. On a real node the storage software knows
-//! whether its data is safe again after a node came back: its restriper. The
-//! agent asks it through a command named in the config (`restriper_probe`, e.g.
-//! `curl -s https://…/v1/cluster/protection/restriper/status` or a vendor tool)
-//! that prints Qumulo's restriper status JSON. Without a probe, a simulated node's
-//! restriper answers: it needs time in proportion to the nodes rebooted (the
-//! plan's `gate_until_ms`).
+//! The data-safety gate's source ([`Source`]). On a real node the storage
+//! software knows whether its data is safe again after a node came back: its
+//! restriper. The agent asks it through a command named in the config
+//! (`restriper_probe`, e.g. `curl -s https://…/v1/cluster/protection/restriper/status`
+//! or a vendor tool) that prints Qumulo's restriper status JSON. Only a simulated
+//! node has a simulated restriper (time in proportion to the nodes rebooted, the
+//! plan's `gate_until_ms`); a real node without a probe has no source, and a
+//! rolling reboot of its cluster is refused rather than gated on a timer.
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +16,67 @@ use crate::Error;
 /// How long a probe may run.
 pub const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
+/// The simulated restriper's time per rebooted node when `sim_restripe_ms` is
+/// not set.
+pub const DEFAULT_SIM_RESTRIPE_MS: u64 = 2000;
+
+/// Where this node's data-safety gate gets its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The storage software's restriper, asked through this command.
+    Probe(Vec<String>),
+    /// A simulated node's restriper: this long per rebooted node.
+    Simulated {
+        /// Time per node of the batch that rebooted.
+        ms_per_node: u64,
+    },
+    /// A real node without a probe: nothing can say when the data is safe.
+    Missing,
+}
+
+impl Source {
+    /// The source of a node: its probe, else the simulated restriper on a
+    /// simulated node, else none. `sim_restripe_ms` on a real node is refused.
+    pub fn of(
+        probe: Option<&[String]>,
+        sim_restripe_ms: Option<u64>,
+        simulated: bool,
+    ) -> Result<Source, Error> {
+        if sim_restripe_ms.is_some() && !simulated {
+            return Err(Error::NodeConfig {
+                problem: "sim_restripe_ms applies to simulated nodes only (this node's node.toml is not simulated): remove it, and set restriper_probe".into(),
+            });
+        }
+        Ok(match probe {
+            Some(argv) => Source::Probe(argv.to_vec()),
+            None if simulated => Source::Simulated {
+                ms_per_node: sim_restripe_ms.unwrap_or(DEFAULT_SIM_RESTRIPE_MS),
+            },
+            None => Source::Missing,
+        })
+    }
+
+    /// The gate's answer before the restriper was asked: a probe is asked while
+    /// a gate holds; the simulated restriper's time decides; no source cannot pass.
+    pub fn initial(&self) -> DataSafety {
+        match self {
+            Source::Probe(_) => DataSafety::Safe,
+            Source::Simulated { .. } => DataSafety::Timed,
+            Source::Missing => DataSafety::NoSource(MISSING.into()),
+        }
+    }
+}
+
+/// Why a node without a source cannot gate a rolling reboot (names the setting).
+pub const MISSING: &str = "this node has no data-safety source: it is not simulated and its qimgd.toml sets no restriper_probe (a command printing the restriper's status), so nothing can say when the data is safe between batches";
+
 /// What the data-safety gate knows now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataSafety {
-    /// No probe: the simulated restriper's time decides.
+    /// A simulated node's restriper: its time decides.
     Timed,
+    /// Nothing can answer (why, naming the setting): the gate never passes.
+    NoSource(String),
     /// The restriper finished and no data is at risk.
     Safe,
     /// Data is at risk, or the probe could not say (why, in words).
@@ -93,6 +150,65 @@ pub fn safety(r: Result<RestriperStatus, Error>) -> DataSafety {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_simulated_node_has_the_simulated_restriper() {
+        let probe = vec!["probe".to_string()];
+        // (probe, sim_restripe_ms, simulated) -> the source, or the refusal's words.
+        type Row<'a> = (
+            Option<&'a [String]>,
+            Option<u64>,
+            bool,
+            Result<Source, &'a str>,
+        );
+        let table: &[Row] = &[
+            (Some(&probe), None, false, Ok(Source::Probe(probe.clone()))),
+            (Some(&probe), None, true, Ok(Source::Probe(probe.clone()))),
+            (
+                None,
+                None,
+                true,
+                Ok(Source::Simulated {
+                    ms_per_node: DEFAULT_SIM_RESTRIPE_MS,
+                }),
+            ),
+            (
+                None,
+                Some(300),
+                true,
+                Ok(Source::Simulated { ms_per_node: 300 }),
+            ),
+            (None, None, false, Ok(Source::Missing)),
+            (
+                None,
+                Some(300),
+                false,
+                Err("sim_restripe_ms applies to simulated nodes only"),
+            ),
+            (
+                Some(&probe),
+                Some(300),
+                false,
+                Err("sim_restripe_ms applies"),
+            ),
+        ];
+        for (probe, ms, simulated, want) in table {
+            let got = Source::of(*probe, *ms, *simulated);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g),
+                (Err(w), Err(g)) => {
+                    assert_eq!(g.code(), "config");
+                    assert!(g.to_string().contains(w), "{g}");
+                }
+                _ => panic!("{probe:?} {ms:?} {simulated}: {got:?}"),
+            }
+        }
+        assert_eq!(
+            Source::Missing.initial(),
+            DataSafety::NoSource(MISSING.into())
+        );
+        assert!(MISSING.contains("restriper_probe"));
+    }
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into()]

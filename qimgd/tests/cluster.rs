@@ -885,6 +885,61 @@ fn a_node_whose_new_slot_is_unhealthy_rolls_the_whole_cluster_back() {
     platform_rollback("pr2", "unhealthy", false);
 }
 
+/// Makes a node real (not simulated): the agent drives its disk as hardware.
+fn real(sim: &common::fixtures::SimNode) {
+    let p = &sim.node.config_path;
+    let t = std::fs::read_to_string(p).unwrap();
+    assert!(t.contains("simulated = true"), "{t}");
+    std::fs::write(p, t.replace("simulated = true", "simulated = false")).unwrap();
+}
+
+#[test]
+fn a_real_node_without_a_data_safety_source_refuses_a_rolling_reboot() {
+    // Real nodes, no restriper_probe: nothing can say when the data is safe, and
+    // a timer must not stand in for it.
+    let Some(c) = cluster_with("ds", 3, 1, "", &[], |_, sim| real(sim)) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "auto_commit": false})
+            .to_string(),
+    );
+    assert_eq!(
+        (st, r["error_class"].as_str()),
+        (409, Some("upgrade_blocked_error")),
+        "{r}"
+    );
+    let d = r["description"].as_str().unwrap();
+    assert!(d.contains("restriper_probe"), "{d}");
+    assert!(d.contains("do_rolling_reboot: false"), "{d}");
+    // Nothing changed: no plan, every node idle on its slot A.
+    for (i, a) in c.agents.iter().enumerate() {
+        let (_, s) = clients[i].get("/v3/upgrade/status");
+        assert_eq!(s["state"], "UPGRADE_STATE_IDLE", "node {}: {s}", i + 1);
+        assert_eq!(a.node.running().slot, bootctl::layout::Slot::A);
+    }
+    assert_eq!(c.plan("ds"), serde_json::Value::Null, "no plan was written");
+    // The restriper's status says why it cannot answer, instead of a timer's.
+    let (st, r) = clients[1]
+        .try_get("/v1/cluster/protection/restriper/status")
+        .unwrap();
+    assert_eq!(
+        (st, r["error_class"].as_str()),
+        (503, Some("restriper_unavailable_error")),
+        "{r}"
+    );
+    assert!(
+        r["description"]
+            .as_str()
+            .unwrap()
+            .contains("restriper_probe"),
+        "{r}"
+    );
+}
+
 #[test]
 fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
     // The storage software's restriper, as a probe every node runs: it answers

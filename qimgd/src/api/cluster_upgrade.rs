@@ -64,6 +64,17 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         }
         _ => {}
     }
+    // Batches of a rolling reboot wait for the data to be safe between them: a
+    // node with nothing to ask refuses rather than wait a timer.
+    if req.do_rolling_reboot
+        && spec.nodes.len() > 1
+        && app.safety == crate::restriper::Source::Missing
+    {
+        return Err(ApiError::blocked(format!(
+            "a rolling reboot is refused: {}. Set restriper_probe, or reboot every node at once (do_rolling_reboot: false)",
+            crate::restriper::MISSING
+        )));
+    }
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
     let current = plan(app).await?;
     if let Some((p, _)) = &current
@@ -277,7 +288,7 @@ pub(super) async fn nodes(
         batch: p.batch,
         restriping: p.gating(
             qcluster::plan::now_ms(),
-            app.config.restriper_probe.is_none(),
+            matches!(app.safety, crate::restriper::Source::Simulated { .. }),
         ),
         nodes,
         mode: snake(&p.mode),

@@ -78,6 +78,9 @@ pub struct App {
     /// Set by the member loop while this node is about to reboot (or reboots) for
     /// the plan: the coordinator loop steps down and does not campaign.
     pub stepping_down: AtomicBool,
+    /// Where the data-safety gate gets its answer (a probe, the simulated
+    /// restriper of a simulated node, or none).
+    pub safety: crate::restriper::Source,
     /// The highest cluster progress this node reported, per plan generation.
     pub reported: std::sync::Mutex<(u64, u8)>,
 }

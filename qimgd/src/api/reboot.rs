@@ -14,6 +14,7 @@ use super::body::NoBody;
 use super::cluster_upgrade::plan;
 use super::error::ApiError;
 use super::{Shared, blocking};
+use crate::restriper::Source;
 use qcluster::plan::now_ms;
 
 fn node_count(app: &Shared) -> u32 {
@@ -168,20 +169,26 @@ pub(super) async fn restriper(
         percent_complete: 100,
         coordinator_node: app.node_id(),
     };
-    if let Some(argv) = app.config.restriper_probe.clone() {
-        // The storage software's own answer.
-        return tokio::task::spawn_blocking(move || crate::restriper::probe(&argv))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map(Json)
-            .map_err(|why| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "restriper_unavailable_error",
-                    why.to_string(),
-                )
-            });
-    }
+    let unavailable = |why: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restriper_unavailable_error",
+            why,
+        )
+    };
+    let ms_per_node = match &app.safety {
+        Source::Missing => return Err(unavailable(crate::restriper::MISSING.into())),
+        Source::Simulated { ms_per_node } => *ms_per_node,
+        Source::Probe(argv) => {
+            let argv = argv.clone();
+            // The storage software's own answer.
+            return tokio::task::spawn_blocking(move || crate::restriper::probe(&argv))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map(Json)
+                .map_err(|why| unavailable(why.to_string()));
+        }
+    };
     if app.cluster.is_none() {
         return Ok(Json(finished));
     }
@@ -194,7 +201,7 @@ pub(super) async fn restriper(
         return Ok(Json(finished));
     }
     let batch = p.batches.get(p.batch).map_or(1, Vec::len) as u64;
-    let total = (app.config.sim_restripe_ms * batch).max(1);
+    let total = (ms_per_node * batch).max(1);
     let started = p.gate_until_ms.saturating_sub(total);
     let elapsed = now.saturating_sub(started);
     Ok(Json(RestriperStatus {

@@ -10,7 +10,7 @@ use qcluster::plan::OnFailure;
 use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanPhase, Store};
 
 use crate::api::Shared;
-use crate::restriper::DataSafety;
+use crate::restriper::{DataSafety, Source};
 
 /// How often the coordinator reconciles.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -29,7 +29,8 @@ pub struct Ctx {
     pub me: u32,
     /// How long a batch may take to come back healthy.
     pub batch_limit_ms: u64,
-    /// How long the (simulated) restriper works per rebooted node.
+    /// How long a simulated node's restriper works per rebooted node (with
+    /// `DataSafety::Timed`).
     pub restripe_ms_per_node: u64,
     /// How long the data-safety gate may hold the next batch back.
     pub gate_limit_ms: u64,
@@ -306,6 +307,11 @@ fn batch_step(
     match &cx.data {
         DataSafety::Timed if cx.now_ms < gate_until_ms => return Batch::Wait,
         DataSafety::Timed | DataSafety::Safe => {}
+        DataSafety::NoSource(why) => {
+            // Never a timer in its place: the reboots pause, saying why.
+            p.paused_error = Some(format!("the data-safety gate cannot pass: {why}"));
+            return Batch::Moved(Box::new(p));
+        }
         DataSafety::AtRisk(why) => {
             if cx.now_ms.saturating_sub(plan.gate_until_ms) > cx.gate_limit_ms {
                 p.paused_error = Some(format!(
@@ -478,19 +484,20 @@ pub async fn run(app: Shared) {
                 leading = now;
             }
             if leading {
-                let probe = app.config.restriper_probe.as_deref();
+                let probe = match &app.safety {
+                    Source::Probe(argv) => Some(argv.as_slice()),
+                    _ => None,
+                };
                 let cx = Ctx {
                     now_ms: qcluster::plan::now_ms(),
                     me,
                     batch_limit_ms: app.config.batch_limit_secs * 1000,
-                    restripe_ms_per_node: app.config.sim_restripe_ms,
-                    gate_limit_ms: app.config.data_safety_limit_secs * 1000,
-                    // A probe is asked while a gate holds; until then, not at risk.
-                    data: if probe.is_some() {
-                        DataSafety::Safe
-                    } else {
-                        DataSafety::Timed
+                    restripe_ms_per_node: match app.safety {
+                        Source::Simulated { ms_per_node } => ms_per_node,
+                        _ => 0,
                     },
+                    gate_limit_ms: app.config.data_safety_limit_secs * 1000,
+                    data: app.safety.initial(),
                 };
                 gate_until = reconcile(store, &spec, cx, probe, fresh).await?;
             }

@@ -412,3 +412,36 @@ fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
     p = next(&p, &s, &back, &cx(30_000, DataSafety::Safe)).unwrap();
     assert_eq!((p.batch, p.gate_until_ms), (1, 0));
 }
+
+#[test]
+fn without_a_data_safety_source_the_reboots_pause_instead_of_waiting_a_timer() {
+    let s = spec_of(3, 1);
+    let why = crate::restriper::MISSING.to_string();
+    let cx = |now_ms| Ctx {
+        data: Source::Missing.initial(),
+        restripe_ms_per_node: 0,
+        ..rolling_cx(now_ms, 1)
+    };
+    let mut p = ClusterPlan {
+        batches: vec![vec![2], vec![3], vec![1]],
+        batch_started_ms: 1000,
+        ..rolling_plan(1)
+    };
+    let back = committed(&[2]);
+    // The batch is back: the gate holds from now...
+    p = next(&p, &s, &back, &cx(2000)).unwrap();
+    assert_eq!(
+        (p.batch, p.gate_until_ms, p.paused_error.as_deref()),
+        (0, 2000, None)
+    );
+    // ...and, with nothing to ask, pauses the reboots naming the setting; no
+    // amount of time lets the next batch go.
+    let paused = next(&p, &s, &back, &cx(2001)).unwrap();
+    assert_eq!(
+        paused.paused_error,
+        Some(format!("the data-safety gate cannot pass: {why}"))
+    );
+    assert_eq!(paused.batch, 0);
+    assert!(why.contains("restriper_probe"));
+    assert_eq!(next(&paused, &s, &back, &cx(10_000_000)), None);
+}
