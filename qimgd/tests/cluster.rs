@@ -98,7 +98,7 @@ fn one_request_upgrades_every_node_instantly() {
             i + 1
         );
         let (_, s) = clients[i].get("/v3/upgrade/status");
-        assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "node {}: {s}", i + 1);
+        assert!(finished(&s), "node {}: {s}", i + 1);
         assert_eq!(s["settings"]["target_version"], "7.0.1");
     }
     // A second plan while none is active is accepted; a commit now is refused.
@@ -225,10 +225,13 @@ fn complete_reboot_of_every_node() {
     let (st, r) = clients[1].post("/v2/upgrade/commit", "");
     assert_eq!(st, 202, "{r}");
     // Every node reboots at once; the nodes come back on slot B, healthy.
-    let s = c.agents[2].wait_status(&clients[2], "COMMITTED", Duration::from_secs(120), |s| {
-        s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string()
-    });
-    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    let s = c.agents[2].wait_status(
+        &clients[2],
+        "the upgrade to finish",
+        Duration::from_secs(120),
+        |s| finished(s) || s["error_info"].is_string(),
+    );
+    assert!(finished(&s), "{s}");
     for (i, a) in c.agents.iter().enumerate() {
         assert_eq!(
             a.node.running().slot,
@@ -258,7 +261,7 @@ fn complete_reboot_where_each_node_really_powers_off() {
     let committed = |_: &Cluster| {
         clients.iter().any(|cl| {
             cl.try_get("/v3/upgrade/status")
-                .is_ok_and(|(s, v)| s == 200 && v["state"] == "UPGRADE_STATE_COMMITTED")
+                .is_ok_and(|(s, v)| s == 200 && finished(&v))
         })
     };
     let boots = c.play_hardware(Duration::from_secs(180), committed);
@@ -339,11 +342,11 @@ fn the_coordinator_killed_mid_upgrade_another_node_finishes_it() {
     let other = (k + 1) % 3;
     let s = c.agents[other].wait_status(
         &clients[other],
-        "COMMITTED",
+        "the upgrade to finish",
         Duration::from_secs(120),
-        |s| s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string(),
+        |s| finished(s) || s["error_info"].is_string(),
     );
-    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    assert!(finished(&s), "{s}");
     for (i, a) in c.agents.iter().enumerate() {
         assert_eq!(
             a.node.container().as_deref(),
@@ -427,7 +430,7 @@ fn rolling(name: &str, k: u32) {
         let done = (0..5).find_map(|i| clients[i].try_get("/v3/upgrade/status").ok());
         if let Some((200, s)) = done {
             assert!(s["error_info"].is_null(), "{s}");
-            if s["state"] == "UPGRADE_STATE_COMMITTED" {
+            if finished(&s) {
                 break;
             }
         }
@@ -593,7 +596,7 @@ fn a_node_that_never_comes_back_pauses_the_rolling_reboot_until_resumed() {
         c.agents.iter().enumerate().any(|(i, _)| {
             clients[i]
                 .try_get("/v3/upgrade/status")
-                .is_ok_and(|(s, v)| s == 200 && v["state"] == "UPGRADE_STATE_COMMITTED")
+                .is_ok_and(|(s, v)| s == 200 && finished(&v))
         })
     });
     assert_eq!(boots, 2, "the two other nodes rebooted after the resume");
@@ -638,10 +641,13 @@ fn qumulo_client_rolls_the_cluster_while_an_etcd_member_dies() {
     c.etcd.kill_member("node3");
     let o = a1.qumulo(&qq, &["upgrade_cluster", "commit"]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    let s = c.agents[0].wait_status(&clients[0], "COMMITTED", Duration::from_secs(180), |s| {
-        s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string()
-    });
-    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    let s = c.agents[0].wait_status(
+        &clients[0],
+        "the upgrade to finish",
+        Duration::from_secs(180),
+        |s| finished(s) || s["error_info"].is_string(),
+    );
+    assert!(finished(&s), "{s}");
     assert_eq!(s["settings"]["do_rolling_reboot"], true);
     for (i, a) in c.agents.iter().enumerate() {
         assert_eq!(
@@ -653,7 +659,11 @@ fn qumulo_client_rolls_the_cluster_while_an_etcd_member_dies() {
     }
     let o = a1.qumulo(&qq, &["upgrade_status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["state"], "UPGRADE_STATE_COMMITTED", "{v}");
+    assert!(finished(&v), "{v}");
+    // Qumulo's lifecycle: the upgrade ended, so its client says none is running.
+    let o = a1.qumulo(&qq, &["upgrade_status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(NO_UPGRADE), "{}", stdout(&o));
 }
 
 #[test]
@@ -679,10 +689,13 @@ fn the_client_gone_after_no_monitor_the_cluster_finishes_alone() {
         ],
     );
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    let s = c.agents[0].wait_status(&clients[0], "COMMITTED", Duration::from_secs(180), |s| {
-        s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string()
-    });
-    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    let s = c.agents[0].wait_status(
+        &clients[0],
+        "the upgrade to finish",
+        Duration::from_secs(180),
+        |s| finished(s) || s["error_info"].is_string(),
+    );
+    assert!(finished(&s), "{s}");
     assert_eq!(s["settings"]["auto_commit"], true);
     for (i, a) in c.agents.iter().enumerate() {
         assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
@@ -810,7 +823,7 @@ fn platform_rollback(name: &str, fault: &str, rolling: bool) {
         let s = (0..4).find_map(|i| clients[i].try_get("/v3/upgrade/status").ok());
         let b = (0..4).find_map(|i| clients[i].try_get("/v2/upgrade/blocked").ok());
         if let (Some((200, s)), Some((200, b))) = (s, b) {
-            assert_ne!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+            assert!(!finished(&s), "{s}");
             if b["is_blocked"] == false && s["error_info"].is_string() {
                 break s["error_info"].as_str().unwrap().to_owned();
             }
@@ -1005,10 +1018,13 @@ fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
     );
     // The data is safe again: the rollout goes on to the end.
     say("FINISHED", false, 100);
-    let s = c.agents[0].wait_status(&clients[0], "COMMITTED", Duration::from_secs(180), |s| {
-        s["state"] == "UPGRADE_STATE_COMMITTED" || s["error_info"].is_string()
-    });
-    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    let s = c.agents[0].wait_status(
+        &clients[0],
+        "the upgrade to finish",
+        Duration::from_secs(180),
+        |s| finished(s) || s["error_info"].is_string(),
+    );
+    assert!(finished(&s), "{s}");
     for (i, a) in c.agents.iter().enumerate() {
         assert_eq!(
             a.node.running().slot,

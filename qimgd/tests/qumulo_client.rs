@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use serde_json::json;
 
 #[test]
 fn login_version_verify_and_an_instant_upgrade() {
@@ -74,7 +75,8 @@ fn login_version_verify_and_an_instant_upgrade() {
     let o = a.qumulo(&qq, &["upgrade_status", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(s["state"], "UPGRADE_STATE_COMMITTED", "{s}");
+    // Qumulo's lifecycle: a finished upgrade is IDLE again, its settings kept.
+    assert!(finished(&s), "{s}");
     assert_eq!(s["progress"], 100);
     assert_eq!(s["error_info"], serde_json::Value::Null);
     assert_eq!(s["settings"]["install_path"], path);
@@ -83,6 +85,28 @@ fn login_version_verify_and_an_instant_upgrade() {
     // No-flag upgrade_cluster sends auto_commit = --no-monitor (false): the
     // client committed itself on PREPARED.
     assert_eq!(s["settings"]["auto_commit"], false);
+    // So Qumulo's client says no upgrade runs (it said "in progress" forever
+    // while the agent answered COMMITTED)...
+    let o = a.qumulo(&qq, &["upgrade_status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(NO_UPGRADE), "{}", stdout(&o));
+    // ...and the finished upgrade stays visible in the node's record.
+    let (_, v1) = a.logged_in().get("/v1/upgrade/status");
+    assert_eq!(
+        (
+            &v1["state"],
+            &v1["from_version"],
+            &v1["to_version"],
+            &v1["mode"]
+        ),
+        (
+            &json!("UPGRADE_COMMITTED"),
+            &json!("7.0.0"),
+            &json!("7.0.1"),
+            &json!("instant")
+        ),
+        "{v1}"
+    );
 
     let o = a.qumulo(&qq, &["version"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -139,9 +163,9 @@ fn two_phase_platform_upgrade_with_the_simulated_reboot() {
     // and blesses it.
     let s = a.wait_status(
         &c,
-        "COMMITTED after the reboot",
+        "the upgrade to finish after the reboot",
         Duration::from_secs(60),
-        |s| s["state"] == "UPGRADE_STATE_COMMITTED",
+        finished,
     );
     assert_eq!(s["error_info"], serde_json::Value::Null, "{s}");
     assert_eq!(a.node.running().slot, bootctl::layout::Slot::B);
@@ -171,9 +195,7 @@ fn one_command_platform_upgrade_and_no_monitor() {
     let path = a.place(&b.instant);
     let o = a.qumulo(&qq, &["upgrade_cluster", "--no-monitor", "--path", &path]);
     assert!(o.status.success(), "{}\n{}", stderr(&o), a.log());
-    let s = a.wait_status(&c, "the instant upgrade", Duration::from_secs(60), |s| {
-        s["state"] == "UPGRADE_STATE_COMMITTED"
-    });
+    let s = a.wait_status(&c, "the instant upgrade", Duration::from_secs(60), finished);
     assert_eq!(s["settings"]["auto_commit"], true, "{s}");
     assert_eq!(a.node.container().as_deref(), Some("7.0.1"));
 
@@ -187,9 +209,9 @@ fn one_command_platform_upgrade_and_no_monitor() {
     assert!(out.contains("Upgrade committed"), "{out}");
     a.wait_status(
         &c,
-        "COMMITTED after the reboot",
+        "the upgrade to 7.1.0 to finish after the reboot",
         Duration::from_secs(60),
-        |s| s["state"] == "UPGRADE_STATE_COMMITTED" && s["settings"]["target_version"] == "7.1.0",
+        |s| finished(s) && s["settings"]["target_version"] == "7.1.0",
     );
     assert_eq!(a.node.running().slot, bootctl::layout::Slot::B);
     assert_eq!(a.node.version().as_deref(), Some("7.1.0"));

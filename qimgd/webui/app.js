@@ -222,9 +222,10 @@ function render(status, blocked, nodes, plan, reboot, restriper) {
   }
   say("problem", problem);
 
-  // The success message: from the plan (the release each node ran before).
+  // The success message: from the plan (the release each node ran before). A
+  // finished upgrade is idle again (Qumulo's lifecycle); the plan keeps it.
   let success = "";
-  if (state === "committed" && plan && plan.phase === "committed") {
+  if (!busy && plan && plan.phase === "committed") {
     const from = plan.from_version ? "from " + plan.from_version + " " : "";
     success = "You have successfully upgraded " + from + "to " + plan.target_version + ".";
     if (plan.downtime_ms != null) success += " Cluster downtime: " + plan.downtime_ms + " ms.";

@@ -166,6 +166,20 @@ pub enum Ended {
     Failed(String),
 }
 
+/// Whether the upgrade an agent shows `IDLE` again finished committed: the
+/// cluster's plan (`/v1/qimg/cluster/upgrade`), or on a node in no cluster the
+/// engine's record (`/v1/upgrade/status`).
+fn finished_committed(c: &mut Client) -> Result<bool> {
+    match c.get::<qapi::types::ClusterUpgrade>("/v1/qimg/cluster/upgrade") {
+        Ok(u) => Ok(u.phase == "committed"),
+        Err(e) if e.status() == Some(404) => {
+            let s: upgrade::state::Status = c.get("/v1/upgrade/status")?;
+            Ok(s.state == upgrade::state::Phase::Committed)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Follows `/v3/upgrade/status` until `until`, a failure, or `limit`. The
 /// progress bar follows the server's `progress`. Once a commit may be under way
 /// (`commit_started`), an unreachable agent is a node rebooting: the monitor waits
@@ -208,6 +222,12 @@ pub fn monitor(
                 match (s.state, until) {
                     (UpgradeState::Prepared, Until::Prepared)
                     | (UpgradeState::Committed, Until::Committed) => {
+                        task.advance(100 - shown.min(100));
+                        return Ok(Ended::Done(s));
+                    }
+                    // Qumulo's lifecycle: a finished upgrade is IDLE again. Whether
+                    // it finished committed, the plan or the node's record says.
+                    (UpgradeState::Idle, Until::Committed) if finished_committed(c)? => {
                         task.advance(100 - shown.min(100));
                         return Ok(Ended::Done(s));
                     }

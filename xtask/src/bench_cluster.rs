@@ -3,9 +3,9 @@
 //! the first 3 or 5, mutual TLS), measuring:
 //!
 //! 1. an instant upgrade of every node through one request: wall time from the
-//!    POST to `COMMITTED` and the cluster's downtime (the longest node's swap);
+//!    POST to the upgrade finished (`IDLE` again) and the cluster's downtime (the longest node's swap);
 //! 2. rolling platform commits by 1, 2 and 4 nodes: wall time from the commit's
-//!    POST to `COMMITTED` against the ideal `ceil(N/k) × one batch's cycle`, the
+//!    POST to the upgrade finished (`IDLE` again) against the ideal `ceil(N/k) × one batch's cycle`, the
 //!    cycle being what a batch needs with no orchestration at all: the simulated
 //!    shutdown and boot, one node's engine work for its reboot (set-next, firmware
 //!    boot, boot check, health gate, bless; measured on a node of its own with
@@ -149,7 +149,7 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
     until(
         &mut c1,
         "the instant upgrade",
-        qapi::types::UpgradeState::Committed,
+        qapi::types::UpgradeState::Idle,
         Duration::from_secs(600),
     )?;
     let upgrade_s = t0.elapsed().as_secs_f64();
@@ -183,7 +183,7 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         'done: loop {
             for i in 1..=nodes {
                 if let Ok(mut x) = c.client(i)
-                    && state_is(&mut x, qapi::types::UpgradeState::Committed)?
+                    && state_is(&mut x, qapi::types::UpgradeState::Idle)?
                 {
                     break 'done;
                 }
@@ -223,7 +223,7 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         c.voters
     );
     println!(
-        "  instant upgrade of every node, one request (POST prepare with auto_commit to COMMITTED): {upgrade_s:.2} s"
+        "  instant upgrade of every node, one request (POST prepare with auto_commit to IDLE again): {upgrade_s:.2} s"
     );
     println!("  cluster downtime (the longest node's container swap): {downtime} ms");
     for (k, batches, wall, cycle, ideal) in &rolling {

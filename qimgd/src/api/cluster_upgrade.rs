@@ -188,7 +188,9 @@ pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
         PlanPhase::Prepared => UpgradeState::Prepared,
         PlanPhase::Committing if p.mode == PlanMode::Platform => UpgradeState::Rebooting,
         PlanPhase::Committing => UpgradeState::Committing,
-        PlanPhase::Committed => UpgradeState::Committed,
+        // Qumulo's lifecycle: a finished upgrade is IDLE again (see
+        // `shape::upgrade_state`); the plan keeps it (`/v1/qimg/cluster/upgrade`).
+        PlanPhase::Committed => UpgradeState::Idle,
         PlanPhase::RollingBack => UpgradeState::Committing,
         PlanPhase::Discarding | PlanPhase::Failed => UpgradeState::Idle,
     };

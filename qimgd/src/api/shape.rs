@@ -10,7 +10,11 @@ pub fn upgrade_type(m: Mode) -> UpgradeType {
     UpgradeType::from_platform(m == Mode::Platform)
 }
 
-/// The upgrade state of an engine state.
+/// The upgrade state of an engine state. Qumulo's lifecycle: a finished upgrade
+/// (committed, its reboot or container restart done) is `IDLE` again, with its
+/// settings kept; Qumulo's client reads that as "committed" after a commit it
+/// followed, and as "no upgrade in progress" afterwards. The engine's record
+/// keeps it as `UPGRADE_COMMITTED` (`/v1/upgrade/status`).
 pub fn upgrade_state(s: &Stage) -> UpgradeState {
     match s {
         Stage::Idle { .. } => UpgradeState::Idle,
@@ -20,7 +24,7 @@ pub fn upgrade_state(s: &Stage) -> UpgradeState {
             UpgradeState::Rebooting
         }
         Stage::Committing(..) => UpgradeState::Committing,
-        Stage::Committed(_) => UpgradeState::Committed,
+        Stage::Committed(_) => UpgradeState::Idle,
     }
 }
 
@@ -127,6 +131,16 @@ mod tests {
             upgrade_status(&with(swap), None, 0).state,
             UpgradeState::Committing
         );
+    }
+
+    #[test]
+    fn a_finished_upgrade_is_idle_again_with_its_settings() {
+        let s = upgrade_status(&with(Stage::Committed(plan(Mode::Platform))), None, 0);
+        assert_eq!(s.state, UpgradeState::Idle);
+        assert_eq!(s.error_info, None);
+        let set = s.settings.unwrap();
+        assert_eq!(set.target_version, "7.1.0");
+        assert_eq!(set.upgrade_type, Some(UpgradeType::SoftwareAndPlatform));
     }
 
     #[test]

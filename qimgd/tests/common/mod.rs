@@ -44,6 +44,16 @@ pub fn qumulo_qq() -> Option<PathBuf> {
     .then_some(p)
 }
 
+/// Whether a `/v3/upgrade/status` body says an upgrade finished committed:
+/// Qumulo's lifecycle, `IDLE` again with the upgrade's settings and no error.
+pub fn finished(s: &serde_json::Value) -> bool {
+    s["state"] == "UPGRADE_STATE_IDLE" && s["settings"].is_object() && s["error_info"].is_null()
+}
+
+/// Qumulo's `qq upgrade_status` (human) once an upgrade ended: what its monitor
+/// prints for `IDLE`.
+pub const NO_UPGRADE: &str = "No upgrade currently in progress";
+
 /// A running `qimgd` and its simulated node.
 pub struct Agentd {
     child: Child,
