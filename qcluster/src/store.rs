@@ -308,13 +308,50 @@ impl Store {
         plan: &ClusterPlan,
         revision: Option<i64>,
     ) -> Result<bool, Error> {
-        let key = self.key("plan");
+        self.put_json_if("writing the plan", &self.key("plan"), plan, revision)
+            .await
+    }
+
+    /// The cluster's users (a document the agents define: names and password
+    /// hashes) and its revision, from etcd.
+    pub async fn users<T: serde::de::DeserializeOwned>(&self) -> Result<Option<(T, i64)>, Error> {
+        self.get_one("reading the users", &self.key("users")).await
+    }
+
+    /// The users as this process last saw them (the mirror, no round trip while
+    /// the watch is live); [`Store::users`] otherwise.
+    pub async fn users_seen<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(T, i64)>, Error> {
+        self.seen_one("reading the users", &self.key("users")).await
+    }
+
+    /// Writes the users if they are still at `revision` (`None`: none yet).
+    /// False when another writer came first.
+    pub async fn put_users_if<T: Serialize>(
+        &self,
+        users: &T,
+        revision: Option<i64>,
+    ) -> Result<bool, Error> {
+        self.put_json_if("writing the users", &self.key("users"), users, revision)
+            .await
+    }
+
+    /// Writes `value` as JSON under `key` if the key is still at `revision`
+    /// (`None`: it does not exist yet).
+    async fn put_json_if<T: Serialize>(
+        &self,
+        op: &str,
+        key: &str,
+        value: &T,
+        revision: Option<i64>,
+    ) -> Result<bool, Error> {
         let cmp = match revision {
-            Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
-            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
         };
-        let value = Self::json(&key, plan)?;
-        self.put_if("writing the plan", &key, value, cmp).await
+        let value = Self::json(key, value)?;
+        self.put_if(op, key, value, cmp).await
     }
 
     /// Writes `value` under `key` if `cmp` holds (a transaction); notes a

@@ -35,11 +35,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The users file is damaged.
-    #[error("users file {path} is damaged: {problem}")]
+    /// The users document is damaged.
+    #[error("the users in {at} are damaged: {problem}")]
     UsersDamaged {
-        /// The file.
-        path: PathBuf,
+        /// Where they are (the file, or the cluster's etcd key).
+        at: String,
         /// What is wrong.
         problem: String,
     },
@@ -94,6 +94,13 @@ pub enum Error {
     /// The upgrade engine failed.
     #[error("upgrade engine")]
     Engine(#[source] upgrade::Error),
+    /// The users could not be written to the cluster: other writers kept
+    /// changing them.
+    #[error("the cluster's users changed under {tries} writes in a row; try again")]
+    UsersContended {
+        /// Writes tried.
+        tries: u32,
+    },
     /// The cluster's files or etcd failed.
     #[error("cluster")]
     Cluster(#[source] qcluster::Error),
@@ -108,6 +115,7 @@ impl Error {
             }
             Error::Io { .. } => "io",
             Error::UsersDamaged { .. } => "users-damaged",
+            Error::UsersContended { .. } => "users-contended",
             Error::UserExists(_) => "user-exists",
             Error::NoSuchUser(_) => "no-such-user",
             Error::BadCredentials(_) => "bad-credentials",

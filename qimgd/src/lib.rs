@@ -17,10 +17,12 @@
 //! - [`jobs`]: the one engine operation at a time on a blocking thread, and its
 //!   never-decreasing progress.
 //! - [`users`], [`token`], [`throttle`]: Argon2id password hashes, HMAC tokens,
-//!   failed logins slowed per address. [`tls`]: certificates. [`identity`]: node
+//!   failed logins slowed per address; [`accounts`]: where the users live (the
+//!   users file, or the cluster's etcd). [`tls`]: certificates. [`identity`]: node
 //!   and cluster ids. [`paths`]: `image_path` resolved inside the upgrade directory.
 #![deny(missing_docs)]
 
+pub mod accounts;
 pub mod api;
 pub mod cluster;
 pub mod config;

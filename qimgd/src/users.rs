@@ -1,8 +1,12 @@
-//! The users file: names and salted Argon2id password hashes (PHC strings), kept
-//! mode 0600 and replaced atomically. `qimgd user add|passwd|remove` edit it; the
-//! agent reads it at every login, so edits take effect without a restart.
+//! The users: names and salted Argon2id password hashes (PHC strings), as one
+//! document (`qimgd.users/1`). A node outside a cluster keeps it in its users
+//! file (mode 0600, replaced atomically); a cluster keeps it in etcd
+//! (`/qimg/<cluster>/users`, written by compare-and-swap), so a user or a
+//! password is the same on every node. `qimgd user add|passwd|remove` edit it;
+//! the agent reads it at every login and every request, so edits take effect
+//! without a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -26,17 +30,19 @@ pub struct User {
     pub changed: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The users as stored (file or etcd): the same document either way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct File {
-    schema: String,
-    users: Vec<User>,
+pub struct Doc {
+    /// Always [`USERS_SCHEMA`].
+    pub schema: String,
+    /// Every user.
+    pub users: Vec<User>,
 }
 
-/// The users file, loaded.
-#[derive(Debug)]
+/// The users, loaded; edits are in memory until saved where they came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Users {
-    path: PathBuf,
     users: Vec<User>,
 }
 
@@ -84,29 +90,49 @@ fn check_password(password: &str) -> Result<(), Error> {
 }
 
 impl Users {
-    /// Loads `path`; a missing file is no users.
+    /// Loads the users file `path`; a missing file is no users.
     pub fn load(path: &Path) -> Result<Users, Error> {
-        let users = match std::fs::read(path) {
+        match std::fs::read(path) {
             Ok(bytes) => {
-                let f: File = serde_json::from_slice(&bytes).map_err(|e| Error::UsersDamaged {
-                    path: path.to_owned(),
+                let doc: Doc = serde_json::from_slice(&bytes).map_err(|e| Error::UsersDamaged {
+                    at: path.display().to_string(),
                     problem: e.to_string(),
                 })?;
-                if f.schema != USERS_SCHEMA {
-                    return Err(Error::UsersDamaged {
-                        path: path.to_owned(),
-                        problem: format!("schema {:?}, expected {USERS_SCHEMA:?}", f.schema),
-                    });
-                }
-                f.users
+                Users::from_doc(doc, &path.display().to_string())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-            Err(e) => return Err(io_err("reading", path)(e)),
-        };
-        Ok(Users {
-            path: path.to_owned(),
-            users,
-        })
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Users::default()),
+            Err(e) => Err(io_err("reading", path)(e)),
+        }
+    }
+
+    /// The users of a document read from `at` (for errors).
+    pub fn from_doc(doc: Doc, at: &str) -> Result<Users, Error> {
+        if doc.schema != USERS_SCHEMA {
+            return Err(Error::UsersDamaged {
+                at: at.into(),
+                problem: format!("schema {:?}, expected {USERS_SCHEMA:?}", doc.schema),
+            });
+        }
+        Ok(Users { users: doc.users })
+    }
+
+    /// The document to store.
+    pub fn to_doc(&self) -> Doc {
+        Doc {
+            schema: USERS_SCHEMA.into(),
+            users: self.users.clone(),
+        }
+    }
+
+    /// Saves the users file `path` (mode 0600, atomically).
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        }
+        let mut bytes =
+            serde_json::to_vec_pretty(&self.to_doc()).map_err(|e| Error::Hash(e.to_string()))?;
+        bytes.push(b'\n');
+        qutil::fs::write_secret(path, &bytes).map_err(io_err("writing", path))
     }
 
     /// The users.
@@ -119,20 +145,7 @@ impl Users {
         self.users.iter().find(|u| u.name == name)
     }
 
-    fn save(&self) -> Result<(), Error> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        }
-        let f = File {
-            schema: USERS_SCHEMA.into(),
-            users: self.users.clone(),
-        };
-        let mut bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::Hash(e.to_string()))?;
-        bytes.push(b'\n');
-        qutil::fs::write_secret(&self.path, &bytes).map_err(io_err("writing", &self.path))
-    }
-
-    /// Adds a user and saves the file.
+    /// Adds a user.
     pub fn add(&mut self, name: &str, password: &str) -> Result<(), Error> {
         check_name(name)?;
         check_password(password)?;
@@ -144,10 +157,10 @@ impl Users {
             hash: hash(password)?,
             changed: upgrade::now(),
         });
-        self.save()
+        Ok(())
     }
 
-    /// Sets a user's password and saves the file; tokens issued before are void.
+    /// Sets a user's password; tokens issued before are void.
     pub fn passwd(&mut self, name: &str, password: &str) -> Result<(), Error> {
         check_password(password)?;
         let h = hash(password)?;
@@ -159,17 +172,17 @@ impl Users {
         u.hash = h;
         // Strictly later than any token issued so far (tokens carry whole seconds).
         u.changed = upgrade::now().max(u.changed + 1);
-        self.save()
+        Ok(())
     }
 
-    /// Removes a user and saves the file; its tokens are void.
+    /// Removes a user; its tokens are void.
     pub fn remove(&mut self, name: &str) -> Result<(), Error> {
         let before = self.users.len();
         self.users.retain(|u| u.name != name);
         if self.users.len() == before {
             return Err(Error::NoSuchUser(name.into()));
         }
-        self.save()
+        Ok(())
     }
 
     /// The user, when `password` is theirs. Takes as long for an unknown name.
@@ -199,6 +212,7 @@ mod tests {
         let mut u = Users::load(&p).unwrap();
         assert!(u.list().is_empty());
         u.add("admin", "correct horse").unwrap();
+        u.save(&p).unwrap();
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
@@ -217,11 +231,13 @@ mod tests {
         );
         let before = u.get("admin").unwrap().changed;
         u.passwd("admin", "battery staple").unwrap();
+        u.save(&p).unwrap();
         let u2 = Users::load(&p).unwrap();
         assert!(u2.verify("admin", "correct horse").is_none());
         assert!(u2.verify("admin", "battery staple").is_some());
         assert!(u2.get("admin").unwrap().changed > before);
         u.remove("admin").unwrap();
+        u.save(&p).unwrap();
         assert!(Users::load(&p).unwrap().get("admin").is_none());
         assert_eq!(u.remove("admin").unwrap_err().code(), "no-such-user");
     }
@@ -240,10 +256,26 @@ mod tests {
             "bad-credentials"
         );
         assert_eq!(u.add("ok", "short").unwrap_err().code(), "bad-credentials");
-        assert!(!p.exists(), "nothing written for a refused user");
+        assert!(u.list().is_empty(), "nothing added for a refused user");
         std::fs::write(&p, b"{\"schema\":\"other/1\",\"users\":[]}").unwrap();
         assert_eq!(Users::load(&p).unwrap_err().code(), "users-damaged");
         std::fs::write(&p, b"not json").unwrap();
         assert_eq!(Users::load(&p).unwrap_err().code(), "users-damaged");
+    }
+
+    #[test]
+    fn the_document_round_trips_and_its_schema_is_checked() {
+        let mut u = Users::default();
+        u.add("admin", "correct horse").unwrap();
+        let doc = u.to_doc();
+        let back: Doc = serde_json::from_slice(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!(Users::from_doc(back, "etcd").unwrap(), u);
+        let other = Doc {
+            schema: "other/1".into(),
+            ..doc
+        };
+        let e = Users::from_doc(other, "etcd key /qimg/c/users").unwrap_err();
+        assert_eq!(e.code(), "users-damaged");
+        assert!(e.to_string().contains("etcd key /qimg/c/users"), "{e}");
     }
 }

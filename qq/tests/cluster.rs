@@ -42,6 +42,7 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
         agents.push(qimgd::daemon::spawn(qimgd::config::Config::load(&config).unwrap()).unwrap());
         nodes.push(node);
     }
+    add_cluster_user(&etcd.nodes[0].dir);
     std::fs::copy(&bundles().platform, upgrade.join("platform.qimg")).unwrap();
     let qq = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_qq"))

@@ -1,8 +1,8 @@
 //! A cluster of simulated nodes on this machine, as the demo and the cluster bench
 //! run it: release `qimg`/`qq`/`qimgd` binaries, a cluster made by `qimgd cluster
 //! create` on free 127.0.0.1 ports, etcd members on the first 3 (5 from 8 nodes)
-//! through `qimgd cluster member` (mutual TLS), one `qimgd serve` per node with a
-//! user `bench`, one upgrade directory every node sees. Dropped, it stops the
+//! through `qimgd cluster member` (mutual TLS), one `qimgd serve` per node, a
+//! user `bench` of the cluster (in etcd, added once by `qimgd user add` on node 1), one upgrade directory every node sees. Dropped, it stops the
 //! agents, the etcd members and the nodes' containers.
 
 use std::path::{Path, PathBuf};
@@ -209,7 +209,6 @@ impl SimCluster {
                 ),
             )
             .map_err(io)?;
-            crate::harness::add_bench_user(&c.qimgd, &config)?;
             if i <= voters {
                 c.etcd.0.push(
                     Command::new(&c.qimgd)
@@ -248,6 +247,8 @@ impl SimCluster {
         wait("a coordinator", Duration::from_secs(60), || {
             c.coordinator().is_some()
         })?;
+        // The cluster's users are in etcd: the user is added once, on node 1.
+        crate::harness::add_bench_user(&c.qimgd, &c.node_dir(1).join("qimgd.toml"))?;
         Ok(c)
     }
 

@@ -133,12 +133,36 @@ async fn authenticate(
             .ok_or_else(|| {
                 ApiError::unauthorized("Need to log in first to establish credentials.")
             })?;
-        let users = Users::load(&app.users).map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
+        let users = users(&app).await?;
         app.key
             .authenticate(token, &users, upgrade::now())
             .map_err(|r| ApiError::unauthorized(format!("{r}: log in again")))?;
     }
     Ok(next.run(req).await)
+}
+
+/// This node's users: the cluster's in a cluster (as etcd's watch delivered
+/// them), else its users file.
+pub(crate) async fn users(app: &App) -> Result<Users, ApiError> {
+    let internal = |e: crate::Error| ApiError::internal(upgrade::chain(&e));
+    match &app.cluster {
+        Some(c) => {
+            let store = c.store().ok_or_else(|| {
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable_error",
+                    "this node has not reached etcd yet: the cluster's users cannot be read",
+                )
+            })?;
+            crate::accounts::cluster_users(store, false)
+                .await
+                .map_err(internal)
+        }
+        None => {
+            let path = app.users.clone();
+            blocking(move || Users::load(&path).map_err(internal)).await
+        }
+    }
 }
 
 /// The API's routes over `app`.

@@ -35,9 +35,8 @@ pub(super) async fn login(
         e.retry_after = Some(secs);
         return Err(e);
     }
-    let a = app.clone();
+    let users: Users = super::users(&app).await?;
     let ok = blocking(move || {
-        let users = Users::load(&a.users).map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
         Ok(users
             .verify(&req.username, &req.password)
             .map(|u| u.name.clone()))

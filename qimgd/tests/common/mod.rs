@@ -69,7 +69,8 @@ pub struct Agentd {
     pub log: PathBuf,
     /// The Unix socket.
     pub socket: PathBuf,
-    config: PathBuf,
+    /// Its qimgd.toml.
+    pub config: PathBuf,
     env: Vec<(String, String)>,
 }
 

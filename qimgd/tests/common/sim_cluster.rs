@@ -63,6 +63,9 @@ pub fn cluster_with(
                 .collect(),
         })?);
     }
+    // A node of a cluster reads the cluster's users, in etcd: the test user,
+    // added once.
+    fixtures::add_cluster_user(&etcd.nodes[0].dir);
     Some(Cluster {
         _dir: d,
         etcd,

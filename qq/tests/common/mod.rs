@@ -397,7 +397,24 @@ pub fn agent_config(
     .unwrap();
     let mut users = qimgd::users::Users::load(&dir.join("users.json")).unwrap();
     users.add(AGENT_USER, AGENT_PASSWORD).unwrap();
+    users.save(&dir.join("users.json")).unwrap();
     config
+}
+
+/// Adds the test user to a cluster's users (in its etcd, through the node whose
+/// cluster directory is `dir`), as `qimgd user add` on one node does: a node of a
+/// cluster does not read its users file.
+pub fn add_cluster_user(dir: &Path) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = qimgd::accounts::connect(dir).await.unwrap();
+        qimgd::accounts::edit_cluster_users(&store, |u| u.add(AGENT_USER, AGENT_PASSWORD))
+            .await
+            .unwrap();
+    });
 }
 
 pub fn stderr(o: &Output) -> String {

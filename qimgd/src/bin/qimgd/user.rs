@@ -1,4 +1,5 @@
-//! `qimgd user add|passwd|remove|list`: the users file.
+//! `qimgd user add|passwd|remove|list`: the users, in the node's users file or,
+//! on a node of a cluster, in the cluster's etcd (`qimgd::accounts`).
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -50,27 +51,67 @@ fn password(from_stdin: bool) -> Result<String> {
     Ok(p)
 }
 
+/// A change to the users, its password read before anything is changed.
+enum Change {
+    Add(String, String),
+    Passwd(String, String),
+    Remove(String),
+}
+
+impl Change {
+    fn apply(&self, u: &mut Users) -> Result<(), qimgd::Error> {
+        match self {
+            Change::Add(name, pw) => u.add(name, pw),
+            Change::Passwd(name, pw) => u.passwd(name, pw),
+            Change::Remove(name) => u.remove(name),
+        }
+    }
+}
+
 pub fn run(config: &qimgd::config::Config, c: Command) -> Result<ExitCode> {
-    let mut users = Users::load(&config.users)?;
-    match c {
+    let change = match &c {
         Command::Add {
             name,
             password_stdin,
-        } => {
-            users.add(&name, &password(password_stdin)?)?;
-            eprintln!("qimgd: added user {name} to {}", config.users.display());
-        }
+        } => Some(Change::Add(name.clone(), password(*password_stdin)?)),
         Command::Passwd {
             name,
             password_stdin,
-        } => {
-            users.passwd(&name, &password(password_stdin)?)?;
-            eprintln!("qimgd: changed the password of {name}");
+        } => Some(Change::Passwd(name.clone(), password(*password_stdin)?)),
+        Command::Remove { name } => Some(Change::Remove(name.clone())),
+        Command::List => None,
+    };
+    // In a cluster the users are the cluster's, in etcd; else the node's file.
+    let (users, at) = match &config.cluster {
+        Some(dir) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let users = rt.block_on(async {
+                let store = qimgd::accounts::connect(dir).await?;
+                if let Some(ch) = &change {
+                    qimgd::accounts::edit_cluster_users(&store, |u| ch.apply(u)).await?;
+                }
+                qimgd::accounts::cluster_users(&store, true).await
+            })?;
+            (users, qimgd::accounts::IN_CLUSTER.to_owned())
         }
-        Command::Remove { name } => {
-            users.remove(&name)?;
-            eprintln!("qimgd: removed user {name}");
+        None => {
+            let mut users = Users::load(&config.users)?;
+            if let Some(ch) = &change {
+                ch.apply(&mut users)?;
+                users.save(&config.users)?;
+            }
+            (users, config.users.display().to_string())
         }
+    };
+    match c {
+        Command::Add { name, .. } => eprintln!("qimgd: added user {name} to {at}"),
+        Command::Passwd { name, .. } => {
+            eprintln!("qimgd: changed the password of {name} in {at}")
+        }
+        Command::Remove { name } => eprintln!("qimgd: removed user {name} from {at}"),
         Command::List => {
             for u in users.list() {
                 qutil::cli::out(&format!("{}\n", u.name))?;
