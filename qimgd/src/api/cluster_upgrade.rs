@@ -22,7 +22,9 @@ fn unavailable(what: impl std::fmt::Display) -> ApiError {
     )
 }
 
-fn store(app: &Shared) -> Result<&Store, ApiError> {
+/// The cluster's etcd, or 503 `cluster_unavailable_error` while this node has
+/// not reached it.
+pub(crate) fn store(app: &Shared) -> Result<&Store, ApiError> {
     app.cluster
         .as_ref()
         .and_then(|c| c.store())

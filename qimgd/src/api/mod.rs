@@ -143,21 +143,12 @@ async fn authenticate(
 
 /// This node's users: the cluster's in a cluster (as etcd's watch delivered
 /// them), else its users file.
-pub(crate) async fn users(app: &App) -> Result<Users, ApiError> {
+pub(crate) async fn users(app: &Shared) -> Result<Users, ApiError> {
     let internal = |e: crate::Error| ApiError::internal(upgrade::chain(&e));
     match &app.cluster {
-        Some(c) => {
-            let store = c.store().ok_or_else(|| {
-                ApiError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "cluster_unavailable_error",
-                    "this node has not reached etcd yet: the cluster's users cannot be read",
-                )
-            })?;
-            crate::accounts::cluster_users(store, false)
-                .await
-                .map_err(internal)
-        }
+        Some(_) => crate::accounts::cluster_users(cluster_upgrade::store(app)?, false)
+            .await
+            .map_err(internal),
         None => {
             let path = app.users.clone();
             blocking(move || Users::load(&path).map_err(internal)).await

@@ -78,13 +78,7 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
     let Some(c) = &app.cluster else {
         return Ok(vec![this_node(app, true)]);
     };
-    let store = c.store().ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "cluster_unavailable_error",
-            "this node has not reached the cluster's etcd yet",
-        )
-    })?;
+    let store = super::cluster_upgrade::store(app)?;
     let registered = store.nodes().await.map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
