@@ -265,6 +265,89 @@ pub struct ProtectionStatus {
     pub remaining_node_failures: u32,
 }
 
+/// Where the cluster's upgrade is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanPhase {
+    /// Every node prepares.
+    Preparing,
+    /// Every node prepared; waiting for commit.
+    Prepared,
+    /// Nodes commit.
+    Committing,
+    /// Every node runs the new release.
+    Committed,
+    /// A node failed: every node discards what it prepared.
+    Discarding,
+    /// A node failed its commit: the nodes that committed go back.
+    RollingBack,
+    /// Ended without committing (`error` says why).
+    Failed,
+}
+
+impl PlanPhase {
+    /// True while the plan is under way (a new one may not start).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            PlanPhase::Preparing
+                | PlanPhase::Prepared
+                | PlanPhase::Committing
+                | PlanPhase::Discarding
+                | PlanPhase::RollingBack
+        )
+    }
+}
+
+/// Instant or platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanMode {
+    /// The container restarts.
+    Instant,
+    /// The nodes reboot into the other slot.
+    Platform,
+}
+
+/// What a node did for a plan generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStep {
+    /// Preparing.
+    Preparing,
+    /// Prepared.
+    Prepared,
+    /// Committing.
+    Committing,
+    /// Committed.
+    Committed,
+    /// Discarded what it prepared (or had nothing).
+    Discarded,
+    /// Going back to the release it ran before the plan (rebooting into its
+    /// previous slot).
+    RollingBack,
+    /// Went back to the release it ran before the plan.
+    RolledBack,
+    /// Failed (`error` says why).
+    Failed,
+}
+
+impl NodeStep {
+    /// Its name on the wire (`preparing`, `committed`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeStep::Preparing => "preparing",
+            NodeStep::Prepared => "prepared",
+            NodeStep::Committing => "committing",
+            NodeStep::Committed => "committed",
+            NodeStep::Discarded => "discarded",
+            NodeStep::RollingBack => "rolling_back",
+            NodeStep::RolledBack => "rolled_back",
+            NodeStep::Failed => "failed",
+        }
+    }
+}
+
 /// One node's part in the cluster's upgrade (`GET /v1/qimg/cluster/upgrade`, a
 /// qimg extension).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,9 +358,8 @@ pub struct NodeProgress {
     pub name: String,
     /// Registered (its lease is alive).
     pub online: bool,
-    /// What it did for this plan: `preparing`, `prepared`, `committing`,
-    /// `committed`, `discarded`, `failed` (`null`: nothing yet).
-    pub step: Option<String>,
+    /// What it did for this plan (`null`: nothing yet).
+    pub step: Option<NodeStep>,
     /// Its prepare's progress, 0–100.
     pub progress: u8,
     /// Why it failed.
@@ -291,8 +373,8 @@ pub struct NodeProgress {
 pub struct ClusterUpgrade {
     /// The plan's generation.
     pub generation: u64,
-    /// `preparing`, `prepared`, `committing`, `committed`, `discarding`, `failed`.
-    pub phase: String,
+    /// Where it is.
+    pub phase: PlanPhase,
     /// Rolling reboots.
     pub rolling: bool,
     /// The batches of a rolling commit (node ids).
@@ -303,9 +385,9 @@ pub struct ClusterUpgrade {
     pub restriping: bool,
     /// Every node.
     pub nodes: Vec<NodeProgress>,
-    /// `instant` or `platform`.
+    /// Instant or platform (`null` from an agent that did not say).
     #[serde(default)]
-    pub mode: String,
+    pub mode: Option<PlanMode>,
     /// The release the cluster ran before (`null`: not known).
     #[serde(default)]
     pub from_version: Option<String>,
@@ -320,6 +402,44 @@ pub struct ClusterUpgrade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_steps_are_named_as_on_the_wire() {
+        use NodeStep::*;
+        for s in [
+            Preparing,
+            Prepared,
+            Committing,
+            Committed,
+            Discarded,
+            RollingBack,
+            RolledBack,
+            Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+            assert_eq!(
+                serde_json::from_value::<NodeStep>(s.name().into()).unwrap(),
+                s
+            );
+        }
+    }
+
+    #[test]
+    fn the_cluster_upgrade_body_is_typed_and_reads_an_agent_that_gave_no_mode() {
+        let j = serde_json::json!({
+            "generation": 3, "phase": "rolling_back", "rolling": true,
+            "batches": [[2], [1]], "batch": 0, "restriping": false,
+            "nodes": [{"id": 2, "name": "n2", "online": true, "step": "rolled_back",
+                       "progress": 100, "error": null, "installed": "7.0.0"}]
+        });
+        let u: ClusterUpgrade = serde_json::from_value(j).unwrap();
+        assert_eq!(u.phase, PlanPhase::RollingBack);
+        assert_eq!(u.mode, None);
+        assert_eq!(u.nodes[0].step, Some(NodeStep::RolledBack));
+        let back = serde_json::to_value(&u).unwrap();
+        assert_eq!(back["phase"], "rolling_back");
+        assert_eq!(back["nodes"][0]["step"], "rolled_back");
+    }
 
     #[test]
     fn the_prepare_body_stays_qumulos_unless_on_failure_is_asked() {

@@ -3,52 +3,8 @@
 //! acts only on the current generation and reports with it, so a command or a
 //! report of an older plan is never mistaken for the current one.
 
-pub use qapi::types::OnFailure;
+pub use qapi::types::{NodeStep, OnFailure, PlanMode, PlanPhase};
 use serde::{Deserialize, Serialize};
-
-/// Where the cluster's upgrade is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanPhase {
-    /// Every node prepares.
-    Preparing,
-    /// Every node prepared; waiting for commit.
-    Prepared,
-    /// Nodes commit.
-    Committing,
-    /// Every node runs the new release.
-    Committed,
-    /// A node failed: every node discards what it prepared.
-    Discarding,
-    /// A node failed its commit: the nodes that committed go back.
-    RollingBack,
-    /// Ended without committing (`error` says why).
-    Failed,
-}
-
-impl PlanPhase {
-    /// True while the plan is under way (a new one may not start).
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            PlanPhase::Preparing
-                | PlanPhase::Prepared
-                | PlanPhase::Committing
-                | PlanPhase::Discarding
-                | PlanPhase::RollingBack
-        )
-    }
-}
-
-/// Instant or platform.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanMode {
-    /// The container restarts.
-    Instant,
-    /// The nodes reboot into the other slot.
-    Platform,
-}
 
 /// The cluster's upgrade. Unknown fields are ignored, as in [`NodeReport`]: an
 /// agent of the older release reads the plan a newer one wrote.
@@ -270,29 +226,6 @@ mod tests {
         // No coordinator known: plain order.
         assert_eq!(batches(&[1, 2], &[1, 2], None, 5), vec![vec![1], vec![2]]);
     }
-}
-
-/// What a node did for a plan generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeStep {
-    /// Preparing.
-    Preparing,
-    /// Prepared.
-    Prepared,
-    /// Committing.
-    Committing,
-    /// Committed.
-    Committed,
-    /// Discarded what it prepared (or had nothing).
-    Discarded,
-    /// Going back to the release it ran before the plan (rebooting into its
-    /// previous slot).
-    RollingBack,
-    /// Went back to the release it ran before the plan.
-    RolledBack,
-    /// Failed (`error` says why).
-    Failed,
 }
 
 /// A node's report for a plan generation. Unknown fields are ignored (not

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use qapi::types::{UpgradeState, UpgradeStatus};
+use qapi::types::{NodeStep, PlanPhase, UpgradeState, UpgradeStatus};
 use qapi::{Client, Target};
 use qutil::cli::{EXIT_ERROR, EXIT_NO, print_json};
 
@@ -85,7 +85,7 @@ pub fn print_get<T: serde::de::DeserializeOwned + serde::Serialize>(
 struct ClusterView {
     /// False once the agent said it is in no cluster.
     off: bool,
-    last: std::collections::HashMap<u32, (Option<String>, u8)>,
+    last: std::collections::HashMap<u32, (Option<NodeStep>, u8)>,
     batch: Option<usize>,
     restriping: bool,
 }
@@ -106,13 +106,15 @@ impl ClusterView {
         for n in &u.nodes {
             // A line when the step changes, and every 25 % of a prepare.
             let bucket = n.progress / 25;
-            let now = (n.step.clone(), bucket);
+            let now = (n.step, bucket);
             if self.last.get(&n.id) != Some(&now) {
-                let step = n.step.as_deref().unwrap_or("waiting");
-                let what = match step {
-                    "preparing" => format!("preparing {}%", n.progress),
-                    "failed" => format!("failed: {}", n.error.as_deref().unwrap_or("?")),
-                    s => s.to_string(),
+                let what = match n.step {
+                    None => "waiting".to_owned(),
+                    Some(NodeStep::Preparing) => format!("preparing {}%", n.progress),
+                    Some(NodeStep::Failed) => {
+                        format!("failed: {}", n.error.as_deref().unwrap_or("?"))
+                    }
+                    Some(s) => s.name().to_owned(),
                 };
                 let state = if n.online { "" } else { " (offline)" };
                 bars.step(&format!("{}: {what}{state}", n.name));
@@ -171,7 +173,7 @@ pub enum Ended {
 /// engine's record (`/v1/upgrade/status`).
 fn finished_committed(c: &mut Client) -> Result<bool> {
     match c.get::<qapi::types::ClusterUpgrade>("/v1/qimg/cluster/upgrade") {
-        Ok(u) => Ok(u.phase == "committed"),
+        Ok(u) => Ok(u.phase == PlanPhase::Committed),
         Err(e) if e.status() == Some(404) => {
             let s: upgrade::state::Status = c.get("/v1/upgrade/status")?;
             Ok(s.state == upgrade::state::Phase::Committed)

@@ -241,13 +241,6 @@ pub(super) async fn blocked(app: &Shared) -> Result<Blocked, ApiError> {
     })
 }
 
-fn snake<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// `GET /v1/qimg/cluster/upgrade`: the plan node by node (a qimg extension; 404
 /// on a node in no cluster or before any upgrade).
 pub(super) async fn nodes(
@@ -277,7 +270,7 @@ pub(super) async fn nodes(
                 id: n.id,
                 name: n.name.clone(),
                 online: reg.is_some(),
-                step: r.map(|r| snake(&r.step)),
+                step: r.map(|r| r.step),
                 progress: r.map_or(0, |r| r.progress),
                 error: r.and_then(|r| r.error.clone()),
                 installed: reg.and_then(|r| r.installed.clone()),
@@ -286,7 +279,7 @@ pub(super) async fn nodes(
         .collect();
     Ok(axum::Json(ClusterUpgrade {
         generation: p.generation,
-        phase: snake(&p.phase),
+        phase: p.phase,
         rolling: p.rolling,
         batches: p.batches.clone(),
         batch: p.batch,
@@ -295,7 +288,7 @@ pub(super) async fn nodes(
             matches!(app.safety, crate::restriper::Source::Simulated { .. }),
         ),
         nodes,
-        mode: snake(&p.mode),
+        mode: Some(p.mode),
         from_version: Some(p.from_version.clone()).filter(|v| !v.is_empty()),
         target_version: p.target_version.clone(),
         downtime_ms: p.downtime_ms,
