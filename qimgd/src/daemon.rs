@@ -99,6 +99,7 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         vacancy: tokio::sync::watch::Sender::new(0),
         up_since_ms: std::sync::atomic::AtomicU64::new(qcluster::plan::now_ms()),
         stepping_down: AtomicBool::new(false),
+        coordinator_lease: std::sync::Mutex::new(None),
         safety,
     });
     Ok((app, tls))
@@ -295,11 +296,21 @@ pub async fn serve(
     tasks.spawn(join(app.clone()));
     tasks.spawn(crate::member::run(app.clone()));
     tasks.spawn(crate::coordinator::run(app.clone()));
-    tokio::select! {
-        _ = stop => crate::log("stopping"),
-        _ = app.power_off.notified() => crate::log("powered off"),
-    }
+    // A clean stop resigns as coordinator; a (simulated) power-off cannot.
+    let clean = tokio::select! {
+        _ = stop => {
+            crate::log("stopping");
+            true
+        }
+        _ = app.power_off.notified() => {
+            crate::log("powered off");
+            false
+        }
+    };
     tasks.abort_all();
+    if clean {
+        crate::coordinator::resign(&app).await;
+    }
     app.cancel.cancel();
     let deadline = Instant::now() + SHUTDOWN_LIMIT;
     while let Some(k) = app.jobs.running() {

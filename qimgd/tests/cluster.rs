@@ -898,6 +898,45 @@ fn a_node_whose_new_slot_is_unhealthy_rolls_the_whole_cluster_back() {
     platform_rollback("pr2", "unhealthy", false);
 }
 
+#[test]
+fn a_coordinator_stopped_cleanly_resigns_and_another_takes_over_at_once() {
+    // Leases far longer than a takeover may take: only a resignation explains a
+    // fast one (without it, the key goes when its lease expires, 60 s on).
+    let Some(mut c) = cluster_with("rs", 3, 1, "cluster_lease_secs = 60\n", &[], |_, _| {}) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(id) = c.coordinator("rs") {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no coordinator within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stopping = &mut c.agents[first as usize - 1];
+    let t = Instant::now();
+    assert!(stopping.stop(Duration::from_secs(30)).success());
+    let log = stopping.log();
+    assert!(
+        log.contains("resigned as the cluster's coordinator"),
+        "{log}"
+    );
+    let limit = Duration::from_secs(20);
+    let next = loop {
+        if let Some(id) = c.coordinator("rs").filter(|id| *id != first) {
+            break id;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "no other coordinator {limit:?} after node {first} stopped; logs:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(next, first);
+    eprintln!("took over after {:.1} s", t.elapsed().as_secs_f64());
+}
+
 /// `qimgd --config <node's config> user ARGS`, the password (if any) on stdin.
 fn user_cli(a: &Agentd, args: &[&str], password: Option<&str>) -> std::process::Output {
     use std::io::Write;

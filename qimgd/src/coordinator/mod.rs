@@ -447,6 +447,9 @@ pub async fn run(app: Shared) {
                     && leading
                 {
                     store.revoke(id).await?;
+                    *app.coordinator_lease
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = None;
                 }
                 if leading {
                     crate::log("this node reboots for the upgrade: it steps down as coordinator");
@@ -483,6 +486,10 @@ pub async fn run(app: Shared) {
                 });
                 leading = now;
             }
+            // What a clean stop resigns (`resign`).
+            *app.coordinator_lease
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = leading.then_some(id);
             if leading {
                 let probe = match &app.safety {
                     Source::Probe(argv) => Some(argv.as_slice()),
@@ -511,6 +518,33 @@ pub async fn run(app: Shared) {
                 last_error = text;
             }
         }
+    }
+}
+
+/// How long a stopping agent tries to resign as coordinator.
+pub const RESIGN_LIMIT: Duration = Duration::from_secs(2);
+
+/// On a clean stop: if this node coordinates, revokes the lease its coordinator
+/// key lives under, so another node takes over at once (etcd's watch tells them)
+/// instead of when the lease would have expired. At most [`RESIGN_LIMIT`].
+pub async fn resign(app: &Shared) {
+    let lease = app
+        .coordinator_lease
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let (Some(id), Some(store)) = (lease, app.cluster.as_ref().and_then(|c| c.store())) else {
+        return;
+    };
+    match tokio::time::timeout(RESIGN_LIMIT, store.revoke(id)).await {
+        Ok(Ok(())) => crate::log("resigned as the cluster's coordinator"),
+        Ok(Err(e)) => crate::log(&format!(
+            "resigning as coordinator: {}; another node takes over when the lease expires",
+            upgrade::chain(&e)
+        )),
+        Err(_) => crate::log(&format!(
+            "resigning as coordinator took over {RESIGN_LIMIT:?}; another node takes over when the lease expires"
+        )),
     }
 }
 

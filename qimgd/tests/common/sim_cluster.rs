@@ -48,9 +48,15 @@ pub fn cluster_with(
                 node.agent.to_string(),
                 format!("127.0.0.2:{}", tests::etcd::free_port()),
             ]),
+            // A 2 s lease unless the test sets its own.
             extra: format!(
-                "cluster = \"{}\"\ncluster_lease_secs = 2\n{extra}",
-                dir.dir.display()
+                "cluster = \"{}\"\n{}{extra}",
+                dir.dir.display(),
+                if extra.contains("cluster_lease_secs") {
+                    ""
+                } else {
+                    "cluster_lease_secs = 2\n"
+                }
             ),
             upgrade_dir: Some(upgrade.clone()),
             node_edit: Some(Box::new(move |sim| {
