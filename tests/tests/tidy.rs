@@ -141,6 +141,29 @@ fn docs_name_only_files_that_exist() {
     );
 }
 
+/// The longest a source file may be: past it, a file holds more than one concept
+/// (docs/style.md: split by concept).
+const MAX_LINES: usize = 800;
+
+#[test]
+fn no_source_file_passes_800_lines() {
+    let mut long = vec![];
+    for c in crates().into_iter().chain([root().join("fuzz")]) {
+        for dir in ["src", "tests", "fuzz_targets"] {
+            for f in rust_files(&c.join(dir)) {
+                let n = read(&f).lines().count();
+                if n > MAX_LINES {
+                    long.push(format!("{}: {n} lines", rel(&f)));
+                }
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "files over {MAX_LINES} lines (split them by concept): {long:#?}"
+    );
+}
+
 /// Words that say where the project stands, which rot as soon as it moves on.
 const STATUS_PROSE: &[&str] = &[
     "for now",

@@ -1,0 +1,93 @@
+//! The cluster's users: managed on any node, the same on every node.
+
+use super::*;
+
+/// `qimgd --config <node's config> user ARGS`, the password (if any) on stdin.
+fn user_cli(a: &Agentd, args: &[&str], password: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qimgd"))
+        .arg("--config")
+        .arg(&a.config)
+        .arg("user")
+        .args(args)
+        .args(password.map(|_| "--password-stdin"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(p) = password {
+        writeln!(child.stdin.take().unwrap(), "{p}").unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+/// Logs `user` in on `a` until the answer is `want` (the agents see the
+/// cluster's users through etcd's watch), at most 10 s; returns the token.
+fn login_until(a: &Agentd, user: &str, password: &str, want: u16) -> Option<String> {
+    let limit = Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    let body = json!({"username": user, "password": password}).to_string();
+    loop {
+        let (st, b) = a.client().post("/v1/session/login", &body);
+        if st == want {
+            return b["bearer_token"].as_str().map(str::to_owned);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {limit:?} for {user}'s login to answer {want}; last {st} {b}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn users_are_the_clusters_managed_on_any_node() {
+    let Some(c) = cluster("us", 3, |_, _| {}) else {
+        return;
+    };
+    let (a1, a2, a3) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    // Added on node 2, a user logs in on node 3.
+    let o = user_cli(a2, &["add", "alice"], Some("first password"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the cluster's etcd"), "{}", stderr(&o));
+    let token = login_until(a3, "alice", "first password", 200).unwrap();
+    let with = |a: &Agentd, t: &str| Client {
+        token: Some(t.to_owned()),
+        ..a.client()
+    };
+    assert_eq!(with(a1, &token).get("/v1/version").0, 200);
+    // Tokens carry whole seconds: the change must be a later one.
+    std::thread::sleep(Duration::from_millis(1100));
+    // The password changed on node 1: the old one fails on node 3 (it passed
+    // there before), the new one works on node 2, the old token nowhere.
+    let o = user_cli(a1, &["passwd", "alice"], Some("second password"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    login_until(a3, "alice", "first password", 401);
+    login_until(a2, "alice", "second password", 200).unwrap();
+    for a in [a1, a2, a3] {
+        assert_eq!(with(a, &token).get("/v1/version").0, 401);
+    }
+    // Every node lists the same users; a name taken is refused on any node.
+    let o = user_cli(a3, &["list"], None);
+    assert_eq!(stdout(&o), "admin\nalice\n", "{}", stderr(&o));
+    let o = user_cli(a1, &["add", "alice"], Some("third password"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("user alice already exists"),
+        "{}",
+        stderr(&o)
+    );
+    // Removed on node 3: gone on node 1.
+    let o = user_cli(a3, &["remove", "alice"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    login_until(a1, "alice", "second password", 401);
+    assert_eq!(stdout(&user_cli(a2, &["list"], None)), "admin\n");
+    // A node's own users file is not read in a cluster.
+    let users = a2.dir.path().join("users.json");
+    let mut local = qimgd::users::Users::load(&users).unwrap();
+    local.add("mallory", "local password").unwrap();
+    local.save(&users).unwrap();
+    login_until(a2, "mallory", "local password", 401);
+}
