@@ -14,26 +14,18 @@ use super::error::ApiError;
 use super::{Shared, blocking};
 use crate::paths;
 
-fn unavailable(what: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "cluster_unavailable_error",
-        format!("the cluster's state cannot be reached: {what}"),
-    )
-}
-
 /// The cluster's etcd, or 503 `cluster_unavailable_error` while this node has
 /// not reached it.
 pub(crate) fn store(app: &Shared) -> Result<&Store, ApiError> {
     app.cluster
         .as_ref()
         .and_then(|c| c.store())
-        .ok_or_else(|| unavailable("this node has not reached etcd yet"))
+        .ok_or_else(super::error::no_etcd_yet)
 }
 
 /// The plan and its revision.
 pub(crate) async fn plan(app: &Shared) -> Result<Option<(ClusterPlan, i64)>, ApiError> {
-    store(app)?.plan().await.map_err(unavailable)
+    store(app)?.plan().await.map_err(ApiError::from)
 }
 
 fn in_progress(p: &ClusterPlan) -> ApiError {
@@ -108,7 +100,7 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
     let won = store(app)?
         .put_plan_if(&next, current.map(|(_, r)| r))
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     if !won {
         return Err(ApiError::blocked(
             "another request changed the cluster's plan first: look at the status and try again",
@@ -133,7 +125,7 @@ pub(super) async fn commit(app: &Shared) -> Result<StatusCode, ApiError> {
     if !store(app)?
         .put_plan_if(&p, Some(rev))
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
     {
         return Err(ApiError::blocked(
             "another request changed the cluster's plan first: look at the status",
@@ -164,7 +156,7 @@ pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
             error_info: None,
         });
     };
-    let reports = store(app)?.reports().await.map_err(unavailable)?;
+    let reports = store(app)?.reports().await.map_err(ApiError::from)?;
     let spec = &app
         .cluster
         .as_ref()
@@ -253,8 +245,8 @@ pub(super) async fn nodes(
         return Err(ApiError::not_found("no upgrade yet in this cluster"));
     };
     let s = store(&app)?;
-    let reports = s.reports().await.map_err(unavailable)?;
-    let registered = s.nodes().await.map_err(unavailable)?;
+    let reports = s.reports().await.map_err(ApiError::from)?;
+    let registered = s.nodes().await.map_err(ApiError::from)?;
     let nodes = c
         .membership
         .spec

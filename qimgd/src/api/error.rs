@@ -141,6 +141,49 @@ impl From<upgrade::Error> for ApiError {
     }
 }
 
+/// The one mapping of the cluster's errors to HTTP: etcd that cannot be reached
+/// or did not answer is 503 `cluster_unavailable_error` (a client may retry), a
+/// damaged value in etcd 500 `cluster_state_damaged_error`, the rest 500.
+impl From<qcluster::Error> for ApiError {
+    fn from(e: qcluster::Error) -> Self {
+        use qcluster::Error as E;
+        let (status, class) = match &e {
+            E::Etcd { .. } | E::Timeout { .. } | E::WatchCancelled { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable_error")
+            }
+            E::Damaged { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cluster_state_damaged_error",
+            ),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        ApiError::new(
+            status,
+            class,
+            format!("the cluster's state: {}", upgrade::chain(&e)),
+        )
+    }
+}
+
+/// The agent's own errors: the cluster's as above, the rest 500.
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::Cluster(c) => c.into(),
+            e => ApiError::internal(upgrade::chain(&e)),
+        }
+    }
+}
+
+/// 503 `cluster_unavailable_error` while this node has not reached etcd.
+pub fn no_etcd_yet() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster_unavailable_error",
+        "the cluster's state cannot be reached: this node has not reached etcd yet",
+    )
+}
+
 impl From<PathProblem> for ApiError {
     fn from(p: PathProblem) -> Self {
         match p {
@@ -156,5 +199,55 @@ impl From<PathProblem> for ApiError {
                 p.to_string(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clusters_errors_map_to_one_status_each() {
+        let timeout = qcluster::Error::Timeout {
+            op: "reading the plan".into(),
+            secs: 5,
+        };
+        let e = ApiError::from(timeout);
+        assert_eq!(
+            (e.status, e.class),
+            (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable_error")
+        );
+        assert!(e.description.contains("reading the plan"), "{e:?}");
+        let cancelled = qcluster::Error::WatchCancelled {
+            prefix: "/qimg/c/".into(),
+            reason: "compacted".into(),
+        };
+        assert_eq!(
+            ApiError::from(cancelled).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let damaged = qcluster::Error::Damaged {
+            key: "/qimg/c/plan".into(),
+            problem: "not JSON".into(),
+        };
+        let e = ApiError::from(damaged);
+        assert_eq!(
+            (e.status, e.class),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cluster_state_damaged_error"
+            )
+        );
+        // Through the agent's own error, the same.
+        let wrapped = crate::Error::Cluster(qcluster::Error::Timeout {
+            op: "x".into(),
+            secs: 1,
+        });
+        assert_eq!(
+            ApiError::from(wrapped).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(no_etcd_yet().status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(no_etcd_yet().class, "cluster_unavailable_error");
     }
 }

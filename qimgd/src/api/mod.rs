@@ -147,14 +147,11 @@ async fn authenticate(
 /// This node's users: the cluster's in a cluster (as etcd's watch delivered
 /// them), else its users file.
 pub(crate) async fn users(app: &Shared) -> Result<Users, ApiError> {
-    let internal = |e: crate::Error| ApiError::internal(upgrade::chain(&e));
     match &app.cluster {
-        Some(_) => crate::accounts::cluster_users(cluster_upgrade::store(app)?, false)
-            .await
-            .map_err(internal),
+        Some(_) => Ok(crate::accounts::cluster_users(cluster_upgrade::store(app)?, false).await?),
         None => {
             let path = app.users.clone();
-            blocking(move || Users::load(&path).map_err(internal)).await
+            blocking(move || Ok(Users::load(&path)?)).await
         }
     }
 }

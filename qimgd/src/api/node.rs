@@ -79,13 +79,7 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
         return Ok(vec![this_node(app, true)]);
     };
     let store = super::cluster_upgrade::store(app)?;
-    let registered = store.nodes().await.map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "cluster_unavailable_error",
-            upgrade::chain(&e),
-        )
-    })?;
+    let registered = store.nodes().await?;
     Ok(c.membership
         .spec
         .nodes

@@ -24,7 +24,7 @@ fn node_count(app: &Shared) -> u32 {
 }
 
 pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatus>, ApiError> {
-    let Some(c) = &app.cluster else {
+    if app.cluster.is_none() {
         let agent = app.agent.clone();
         let st = blocking(move || Ok(agent.state()?)).await?;
         let rebooting = matches!(
@@ -44,19 +44,14 @@ pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatu
             rebooted_node_count: 0,
             error_message: String::new(),
         }));
-    };
+    }
     let Some((p, _)) = plan(&app).await? else {
         return Ok(Json(idle(node_count(&app))));
     };
     if !rebooting(&p) {
         return Ok(Json(idle(node_count(&app))));
     }
-    let reports = c
-        .store()
-        .ok_or_else(|| ApiError::internal("no etcd connection"))?
-        .reports()
-        .await
-        .map_err(|e| ApiError::internal(upgrade::chain(&e)))?;
+    let reports = super::cluster_upgrade::store(&app)?.reports().await?;
     let rebooted = reports
         .iter()
         .filter(|(_, r)| {
@@ -101,17 +96,14 @@ fn idle(total: u32) -> RebootStatus {
 }
 
 async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
-    let store = app
-        .cluster
-        .as_ref()
-        .and_then(|c| c.store())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "reboot_not_in_progress_error",
-                "no rolling reboot is in progress on this node's cluster",
-            )
-        })?;
+    if app.cluster.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "reboot_not_in_progress_error",
+            "no rolling reboot is in progress on this node's cluster",
+        ));
+    }
+    let store = super::cluster_upgrade::store(app)?;
     let Some((mut p, rev)) = plan(app).await? else {
         return Err(not_rolling());
     };
@@ -124,11 +116,7 @@ async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
         p.paused_error = None;
         p.batch_started_ms = now_ms();
     }
-    if !store
-        .put_plan_if(&p, Some(rev))
-        .await
-        .map_err(|e| ApiError::internal(upgrade::chain(&e)))?
-    {
+    if !store.put_plan_if(&p, Some(rev)).await? {
         return Err(ApiError::blocked(
             "the plan changed meanwhile: look at the reboot status and try again",
         ));
