@@ -33,6 +33,8 @@ use crate::{root, target_dir};
 const USER: &str = "newuser";
 /// The demo's last line starts so.
 const DEMO_DONE: &str = "xtask demo: the cluster upgraded from 1.0.0 to 2.0.0 with rolling reboots";
+/// How long the steps in the root may take (240 s measured).
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
 /// A step's marker in the log.
 const STEP: &str = "fresh-root: == ";
 
@@ -229,25 +231,30 @@ fn run(rootfs: &Path, script: &Path, log: &Path) -> Result<(), String> {
         .stderr(err)
         .spawn()
         .map_err(|e| format!("cannot run unshare: {e}"))?;
-    // Follow the log on stderr while it runs.
-    let mut shown = 0usize;
+    // Follow the log on stderr while it runs (what was added since the last
+    // look), at most LIMIT: then the namespace's init is killed, and with it
+    // everything the steps started.
+    let mut follow = std::fs::File::open(log).map_err(io(log))?;
+    let mut show = || {
+        use std::io::Read;
+        let mut more = Vec::new();
+        let _ = follow.read_to_end(&mut more);
+        eprint!("{}", String::from_utf8_lossy(&more));
+    };
+    let deadline = Instant::now() + LIMIT;
     let status = loop {
-        let text = std::fs::read(log).unwrap_or_default();
-        if text.len() > shown {
-            let upto = text[shown..]
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(shown, |i| shown + i + 1);
-            eprint!("{}", String::from_utf8_lossy(&text[shown..upto]));
-            shown = upto;
-        }
+        show();
         if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-            let text = std::fs::read(log).unwrap_or_default();
-            eprint!(
-                "{}",
-                String::from_utf8_lossy(&text[shown.min(text.len())..])
-            );
+            show();
             break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the steps in the fresh root did not end within {} min",
+                LIMIT.as_secs() / 60
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
@@ -265,10 +272,8 @@ fn sh_quote(p: &Path) -> String {
 /// The steps, as a script run in the root (see the module's documentation).
 fn script_text() -> String {
     let base = list::BASE_PROGRAMS.join(" ");
-    let expected = deps::not_root_message(
-        &[Group::Build, Group::Demo],
-        &packages_of(&[Group::Build, Group::Demo]),
-    );
+    let groups = [Group::Build, Group::Demo];
+    let expected = deps::not_root_message(&groups, &list::packages(list::needs_of(&groups)));
     let expected_line = expected
         .lines()
         .last()
@@ -305,17 +310,6 @@ echo "fresh-root: all steps passed ($SECONDS s)"
     )
 }
 
-/// Every package of some groups, each once, in list order.
-fn packages_of(groups: &[Group]) -> Vec<&'static str> {
-    let mut out = vec![];
-    for n in list::needs_of(groups) {
-        if !out.contains(&n.package) {
-            out.push(n.package);
-        }
-    }
-    out
-}
-
 /// The failure, with the step it happened in, the end of its output, and for a
 /// missing program the package this machine has it from.
 fn explain(e: &str, log: &str) -> String {
@@ -344,11 +338,7 @@ fn explain(e: &str, log: &str) -> String {
 
 /// Which Debian package gives this machine a program (`dpkg -S`).
 fn host_package(prog: &str) -> String {
-    let Some(path) = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(prog))
-            .find(|p| p.is_file())
-    }) else {
+    let Some(path) = deps::which(prog) else {
         return "not on this machine either".into();
     };
     // With /usr merged, dpkg knows many programs by their /bin or /sbin path.

@@ -318,6 +318,17 @@ pub fn needs_of(groups: &[Group]) -> impl Iterator<Item = &'static Need> + '_ {
         .filter(move |n| n.groups.iter().any(|g| groups.contains(g)))
 }
 
+/// The packages of some needs, each once, in list order.
+pub fn packages<'a>(needs: impl Iterator<Item = &'a Need>) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = vec![];
+    for n in needs {
+        if !out.contains(&n.package) {
+            out.push(n.package);
+        }
+    }
+    out
+}
+
 /// The programs an entry provides: its checked tool and the others it names.
 pub fn programs(n: &Need) -> impl Iterator<Item = &'static str> {
     let tool = match n.check {

@@ -11,17 +11,23 @@ pub mod list;
 mod pip;
 pub mod scan;
 
-pub use list::{Check, Group, Need};
+pub use list::{Check, Group};
 pub use pip::{PIP_TOOLS, PipTool, QUMULO_API, ensure_moto, ensure_pip};
 
 /// How `cargo xtask deps --programs` marks a missing program (which
 /// `fresh-root` looks up on the host).
 pub const MISSING_PROGRAM: &str = "missing program: ";
 
+/// Where a program is on `PATH`.
+pub fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
 /// Whether a program is on `PATH`.
 pub fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    which(tool).is_some()
 }
 
 /// Whether a need is met (quietly).
@@ -46,17 +52,6 @@ fn names(groups: &[Group]) -> String {
         .join(", ")
 }
 
-/// The packages of `needs` whose check fails, each once, in list order.
-fn missing_packages<'a>(needs: impl Iterator<Item = &'a Need>) -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = vec![];
-    for n in needs {
-        if !present(n.check) && !out.contains(&n.package) {
-            out.push(n.package);
-        }
-    }
-    out
-}
-
 /// The message for someone who is not root: the one line that installs them.
 pub fn not_root_message(groups: &[Group], missing: &[&str]) -> String {
     let list = missing.join(" ");
@@ -70,7 +65,7 @@ pub fn not_root_message(groups: &[Group], missing: &[&str]) -> String {
 /// apt-get when root (printing them), otherwise fails with the line to run.
 /// Afterwards every check must pass; one that does not is named with its package.
 pub fn ensure(groups: &[Group]) -> Result<(), String> {
-    let missing = missing_packages(list::needs_of(groups));
+    let missing = list::packages(list::needs_of(groups).filter(|n| !present(n.check)));
     if missing.is_empty() {
         eprintln!("xtask: system packages for {}: all present", names(groups));
         return Ok(());
@@ -172,7 +167,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     for t in &pips {
         println!(
             "{:<8} pip {}",
-            if pip::venv_dir(t).join("bin").join(t.bin).is_file() {
+            if t.program().is_file() {
                 "present"
             } else {
                 "missing"
@@ -241,7 +236,7 @@ fn run_tools(groups: &[Group], pips: &[&PipTool]) -> Result<(), String> {
         }
     }
     for t in pips {
-        let mut c = Command::new(pip::venv_dir(t).join("bin").join(t.bin));
+        let mut c = Command::new(t.program());
         c.arg("--help");
         cmds.push((format!("{} --help (pip {})", t.bin, t.spec), c));
     }

@@ -39,10 +39,19 @@ pub const QUMULO_API: PipTool = PipTool {
 /// Every pinned pip tool.
 pub const PIP_TOOLS: &[PipTool] = &[MOTO, QUMULO_API];
 
-/// Where a pip tool's venv lives.
-pub fn venv_dir(t: &PipTool) -> std::path::PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    std::path::Path::new(&home).join(".cache/qimg").join(t.dir)
+impl PipTool {
+    /// Where its venv lives.
+    pub fn venv(&self) -> std::path::PathBuf {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        std::path::Path::new(&home)
+            .join(".cache/qimg")
+            .join(self.dir)
+    }
+
+    /// Its program in the venv.
+    pub fn program(&self) -> std::path::PathBuf {
+        self.venv().join("bin").join(self.bin)
+    }
 }
 
 /// The pinned moto server, installed if missing.
@@ -54,8 +63,7 @@ pub fn ensure_moto() -> Result<std::path::PathBuf, String> {
 /// program. Python's venv comes from the one list (`python3-venv`, groups test and
 /// bench), which the entry point has ensured. Prints what it installs.
 pub fn ensure_pip(t: &PipTool) -> Result<std::path::PathBuf, String> {
-    let dir = venv_dir(t);
-    let program = dir.join("bin").join(t.bin);
+    let (dir, program) = (t.venv(), t.program());
     if program.is_file() {
         eprintln!("xtask: {} present: {}", t.spec, program.display());
         return Ok(program);
