@@ -61,7 +61,9 @@ impl Source {
     pub fn initial(&self) -> DataSafety {
         match self {
             Source::Probe(_) => DataSafety::Safe,
-            Source::Simulated { .. } => DataSafety::Timed,
+            Source::Simulated { ms_per_node } => DataSafety::Timed {
+                ms_per_node: *ms_per_node,
+            },
             Source::Missing => DataSafety::NoSource(MISSING.into()),
         }
     }
@@ -73,8 +75,12 @@ pub const MISSING: &str = "this node has no data-safety source: it is not simula
 /// What the data-safety gate knows now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataSafety {
-    /// A simulated node's restriper: its time decides.
-    Timed,
+    /// A simulated node's restriper: its time decides, this long per node of
+    /// the batch that rebooted.
+    Timed {
+        /// Time per rebooted node.
+        ms_per_node: u64,
+    },
     /// Nothing can answer (why, naming the setting): the gate never passes.
     NoSource(String),
     /// The restriper finished and no data is at risk.

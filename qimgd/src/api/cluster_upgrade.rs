@@ -99,8 +99,7 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
     };
     let won = store(app)?
         .put_plan_if(&next, current.map(|(_, r)| r))
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     if !won {
         return Err(ApiError::blocked(
             "another request changed the cluster's plan first: look at the status and try again",
@@ -122,11 +121,7 @@ pub(super) async fn commit(app: &Shared) -> Result<StatusCode, ApiError> {
         return Err(nothing_prepared(&format!("{:?}", p.phase)));
     }
     p.phase = PlanPhase::Committing;
-    if !store(app)?
-        .put_plan_if(&p, Some(rev))
-        .await
-        .map_err(ApiError::from)?
-    {
+    if !store(app)?.put_plan_if(&p, Some(rev)).await? {
         return Err(ApiError::blocked(
             "another request changed the cluster's plan first: look at the status",
         ));
@@ -156,7 +151,7 @@ pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
             error_info: None,
         });
     };
-    let reports = store(app)?.reports().await.map_err(ApiError::from)?;
+    let reports = store(app)?.reports().await?;
     let spec = &app
         .cluster
         .as_ref()
@@ -245,8 +240,8 @@ pub(super) async fn nodes(
         return Err(ApiError::not_found("no upgrade yet in this cluster"));
     };
     let s = store(&app)?;
-    let reports = s.reports().await.map_err(ApiError::from)?;
-    let registered = s.nodes().await.map_err(ApiError::from)?;
+    let reports = s.reports().await?;
+    let registered = s.nodes().await?;
     let nodes = c
         .membership
         .spec

@@ -29,12 +29,9 @@ pub struct Ctx {
     pub me: u32,
     /// How long a batch may take to come back healthy.
     pub batch_limit_ms: u64,
-    /// How long a simulated node's restriper works per rebooted node (with
-    /// `DataSafety::Timed`).
-    pub restripe_ms_per_node: u64,
     /// How long the data-safety gate may hold the next batch back.
     pub gate_limit_ms: u64,
-    /// The restriper's answer, asked while a gate holds (else `Timed`).
+    /// The data-safety gate's answer: `Source::initial`, then the probe's while a gate holds.
     pub data: DataSafety,
 }
 
@@ -281,7 +278,7 @@ fn batch_step(
     let mut gate_until_ms = plan.gate_until_ms;
     if gate_until_ms == 0 {
         gate_until_ms = match cx.data {
-            DataSafety::Timed => {
+            DataSafety::Timed { ms_per_node } => {
                 let back = reports
                     .iter()
                     .filter(|(i, r)| current.contains(i) && r.generation == plan.generation)
@@ -294,19 +291,19 @@ fn batch_step(
                     })
                     .max()
                     .unwrap_or(cx.now_ms);
-                back + cx.restripe_ms_per_node * current.len() as u64
+                back + ms_per_node * current.len() as u64
             }
             _ => cx.now_ms,
         };
         p.gate_until_ms = gate_until_ms;
         // Written first unless it is already up: readers see the gate hold.
-        if !(matches!(cx.data, DataSafety::Timed) && cx.now_ms >= gate_until_ms) {
+        if !(matches!(cx.data, DataSafety::Timed { .. }) && cx.now_ms >= gate_until_ms) {
             return Batch::Moved(Box::new(p));
         }
     }
     match &cx.data {
-        DataSafety::Timed if cx.now_ms < gate_until_ms => return Batch::Wait,
-        DataSafety::Timed | DataSafety::Safe => {}
+        DataSafety::Timed { .. } if cx.now_ms < gate_until_ms => return Batch::Wait,
+        DataSafety::Timed { .. } | DataSafety::Safe => {}
         DataSafety::NoSource(why) => {
             // Never a timer in its place: the reboots pause, saying why.
             p.paused_error = Some(format!("the data-safety gate cannot pass: {why}"));
@@ -499,10 +496,6 @@ pub async fn run(app: Shared) {
                     now_ms: qcluster::plan::now_ms(),
                     me,
                     batch_limit_ms: app.config.batch_limit_secs * 1000,
-                    restripe_ms_per_node: match app.safety {
-                        Source::Simulated { ms_per_node } => ms_per_node,
-                        _ => 0,
-                    },
                     gate_limit_ms: app.config.data_safety_limit_secs * 1000,
                     data: app.safety.initial(),
                 };

@@ -7,9 +7,8 @@ const CX: Ctx = Ctx {
     now_ms: 1_000_000,
     me: 1,
     batch_limit_ms: 60_000,
-    restripe_ms_per_node: 1000,
     gate_limit_ms: 60_000,
-    data: DataSafety::Timed,
+    data: DataSafety::Timed { ms_per_node: 1000 },
 };
 
 fn spec() -> ClusterSpec {
@@ -39,9 +38,8 @@ fn rolling_cx(now_ms: u64, me: u32) -> Ctx {
         now_ms,
         me,
         batch_limit_ms: 10_000,
-        restripe_ms_per_node: 1000,
         gate_limit_ms: 10_000,
-        data: DataSafety::Timed,
+        data: DataSafety::Timed { ms_per_node: 1000 },
     }
 }
 
@@ -419,7 +417,6 @@ fn without_a_data_safety_source_the_reboots_pause_instead_of_waiting_a_timer() {
     let why = crate::restriper::MISSING.to_string();
     let cx = |now_ms| Ctx {
         data: Source::Missing.initial(),
-        restripe_ms_per_node: 0,
         ..rolling_cx(now_ms, 1)
     };
     let mut p = ClusterPlan {

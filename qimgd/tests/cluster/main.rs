@@ -54,6 +54,22 @@ impl Cluster {
         );
         String::from_utf8_lossy(&o.stdout).trim().parse().ok()
     }
+
+    /// Waits (at most `limit`) until etcd names a coordinator `ok` accepts; its id.
+    fn wait_coordinator(&self, name: &str, limit: Duration, ok: impl Fn(u32) -> bool) -> u32 {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(id) = self.coordinator(name).filter(|id| ok(*id)) {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {limit:?} for a coordinator of {name}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Cluster {

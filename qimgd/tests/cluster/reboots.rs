@@ -89,12 +89,7 @@ fn rolling(name: &str, k: u32) {
         return;
     };
     let clients = logged_in_everywhere(&c);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut first_coordinator = None;
-    while first_coordinator.is_none() && Instant::now() < deadline {
-        first_coordinator = c.coordinator(name);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let first = c.wait_coordinator(name, Duration::from_secs(20), |_| true);
     std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
     let (st, r) = clients[0].post(
         "/v2/upgrade/prepare",
@@ -202,7 +197,6 @@ fn rolling(name: &str, k: u32) {
     );
     // The coordinator that fixed the batches went last; before its own reboot it
     // stepped down and another node finished the rollout.
-    let first = first_coordinator.expect("a coordinator before the commit");
     assert_eq!(
         batches.last().unwrap()[0].as_u64(),
         Some(u64::from(first)),

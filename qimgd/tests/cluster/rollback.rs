@@ -85,14 +85,7 @@ fn platform_rollback(name: &str, fault: &str, rolling: bool) {
         return;
     };
     let clients = logged_in_everywhere(&c);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let coordinator = loop {
-        if let Some(id) = c.coordinator(name) {
-            break id;
-        }
-        assert!(Instant::now() < deadline, "no coordinator");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let coordinator = c.wait_coordinator(name, Duration::from_secs(20), |_| true);
     // The batches go in node order with the coordinator last: the second node
     // that is not the coordinator reboots second.
     let order: Vec<u32> = (1..=4).filter(|id| *id != coordinator).collect();
