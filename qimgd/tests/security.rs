@@ -79,7 +79,7 @@ fn every_endpoint_wants_a_valid_token() {
 }
 
 #[test]
-fn tokens_expire_and_die_with_their_user() {
+fn tokens_expire() {
     let Some(a) = Agentd::start_with(Options {
         extra: "token_lifetime_secs = 1\n".into(),
         ..Options::default()
@@ -95,7 +95,13 @@ fn tokens_expire_and_die_with_their_user() {
         b["description"].as_str().unwrap().contains("expired"),
         "{b}"
     );
+}
 
+#[test]
+fn tokens_die_with_their_user() {
+    // The default lifetime: a 1-second token would expire while the CLI runs on
+    // a loaded machine, and say "expired" instead (CI at 896ec73).
+    let Some(a) = Agentd::start() else { return };
     // Users through the CLI: add one, log in, remove it: its token dies.
     let qimgd = |args: &[&str], stdin: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qimgd"))
