@@ -4,6 +4,7 @@ use crate::*;
 
 pub fn main() -> Result<(), String> {
     let start = std::time::Instant::now();
+    space::require("xtask ci", &target_dir(), space::CI_GIB)?;
     step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(
         "clippy",

@@ -55,7 +55,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let work = target_dir().join("fresh-root");
     let rootfs = work.join("root");
     remove(&work)?;
-    std::fs::create_dir_all(&work).map_err(io(&work))?;
+    crate::space::require("fresh-root", &work, crate::space::FRESH_ROOT_GIB)?;
     eprintln!(
         "xtask: fresh-root: a minimal Debian root with mmdebstrap (bookworm, from the \
          archive apt uses): essential + build-essential ca-certificates"

@@ -49,6 +49,7 @@ mod fresh_root;
 mod harness;
 mod qemu;
 mod sim_cluster;
+mod space;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

@@ -76,9 +76,13 @@ impl Browser {
             .join("webui")
             .join(test);
         let _ = std::fs::remove_dir_all(&artifacts);
-        std::fs::create_dir_all(&artifacts).unwrap();
+        // Chromium's profile and scoped dirs go under the test's own directory,
+        // not /tmp, where a killed session would leave them behind.
+        let tmp = artifacts.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .env("TMPDIR", &tmp)
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(artifacts.join("chromedriver.log")).unwrap())
