@@ -37,6 +37,31 @@ fn instant_upgrade_swaps_the_container_and_touches_no_slot() {
 }
 
 #[test]
+fn a_committed_instant_upgrade_reverted_runs_the_previous_container_and_says_so() {
+    let Some(n) = factory_node() else { return };
+    let b = bundles();
+    let o = n.upgrade(&b.instant);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(n.container().as_deref(), Some("7.0.1"));
+    let agent = n.agent();
+    let o = agent.revert("node 3 failed", &qimg::NoProgress).unwrap();
+    assert_eq!(
+        o,
+        upgrade::CommitOutcome::RolledBack {
+            reason: "rolled back to 7.0.0: node 3 failed".into()
+        }
+    );
+    assert!(
+        !agent.machine().reboot_pending(),
+        "no reboot for a container"
+    );
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+    let s = n.status();
+    assert_eq!(s["state"], "UPGRADE_IDLE", "{s}");
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_ROLLED_BACK", "{s}");
+}
+
+#[test]
 fn platform_upgrade_prepares_without_changing_what_boots_then_reboots_and_blesses() {
     let Some(n) = factory_node() else { return };
     let b = bundles();
@@ -111,8 +136,13 @@ fn a_committed_platform_upgrade_reverted_boots_the_previous_slot_again() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(n.running().slot, Slot::B);
     let agent = n.agent();
-    let st = agent.revert("node 2 fell back", &qimg::NoProgress).unwrap();
+    let o = agent.revert("node 2 fell back", &qimg::NoProgress).unwrap();
+    assert!(
+        matches!(o, upgrade::CommitOutcome::Rebooting { .. }),
+        "{o:?}"
+    );
     // Asked to reboot; still serving the new release until it does.
+    let st = agent.state().unwrap();
     assert!(
         matches!(
             st.stage,
@@ -121,6 +151,7 @@ fn a_committed_platform_upgrade_reverted_boots_the_previous_slot_again() {
         "{st:?}"
     );
     assert!(upgrade::sim::reboot_due(&n.node));
+    assert!(agent.machine().reboot_pending());
     assert_eq!(
         n.entries(),
         vec![
@@ -150,7 +181,11 @@ fn a_committed_platform_upgrade_reverted_boots_the_previous_slot_again() {
     );
     // Nothing committed any more: a second revert changes nothing.
     let disk = n.disk();
-    agent.revert("again", &qimg::NoProgress).unwrap();
+    let o = agent.revert("again", &qimg::NoProgress).unwrap();
+    assert!(
+        matches!(&o, upgrade::CommitOutcome::RolledBack { reason } if reason.starts_with("nothing committed")),
+        "{o:?}"
+    );
     assert_eq!(n.disk(), disk);
 }
 

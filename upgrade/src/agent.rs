@@ -378,13 +378,16 @@ impl Agent {
     }
 
     /// Rolls a committed upgrade back (a cluster-wide rollback: another node
-    /// failed). Instant: the previous container (kept for this) runs again,
-    /// measured and health-checked as a swap, and the state records
-    /// `UPGRADE_ERROR_ROLLED_BACK` with `reason`. Platform: the new entry is marked
-    /// bad and the node reboots into the previous slot; the boot there records the
-    /// rollback (the returned state awaits that reboot). Nothing committed: nothing
-    /// to do. Returns the state.
-    pub fn revert(&self, reason: &str, obs: &dyn Progress) -> Result<NodeState, Error> {
+    /// failed), and says what it came to, as a commit does:
+    /// - instant: the previous container (kept for this) runs again, measured and
+    ///   health-checked as a swap; the state records `UPGRADE_ERROR_ROLLED_BACK`
+    ///   with `reason`: [`CommitOutcome::RolledBack`]. A swap back that fails
+    ///   leaves the new container running: [`CommitOutcome::Failed`];
+    /// - platform: the new entry is marked bad and the node reboots into the
+    ///   previous slot, whose boot records the rollback: [`CommitOutcome::Rebooting`];
+    /// - nothing committed (never, or already rolled back): nothing to do,
+    ///   [`CommitOutcome::RolledBack`] (a reboot still due: `Rebooting`).
+    pub fn revert(&self, reason: &str, obs: &dyn Progress) -> Result<CommitOutcome, Error> {
         let Begun {
             _lock,
             store,
@@ -395,10 +398,24 @@ impl Agent {
             Stage::Committed(plan) if plan.mode == crate::state::Mode::Instant => plan,
             Stage::Committed(plan) => {
                 let mut io = self.node.open()?;
-                commit::revert_platform(&self.cx(&store, obs), &mut st, &plan, &mut io, reason)?;
-                return Ok(st);
+                return commit::revert_platform(
+                    &self.cx(&store, obs),
+                    &mut st,
+                    &plan,
+                    &mut io,
+                    reason,
+                );
             }
-            _ => return Ok(st),
+            Stage::Committing(_, s) if s.boot_id().is_some() => {
+                return Ok(CommitOutcome::Rebooting {
+                    boot_id: s.boot_id().cloned().expect("checked"),
+                });
+            }
+            _ => {
+                return Ok(CommitOutcome::RolledBack {
+                    reason: format!("nothing committed to roll back ({})", st.details),
+                });
+            }
         };
         let back = Plan {
             mode: plan.mode,
@@ -409,20 +426,28 @@ impl Agent {
         st.details = format!("rolling back to container {}: {reason}", back.to.version);
         store.put(&mut st)?;
         // A failed swap back leaves the new container running, recorded as such.
-        let outcome = commit::finish_instant(&self.cx(&store, obs), &mut st, &back)?;
-        if let CommitOutcome::Committed { .. } = outcome {
-            st.stage = Stage::Idle { last: Some(plan) };
-            st.failure = Some(Failure {
-                kind: ErrorState::RolledBack,
-                message: format!("rolled back to {}: {reason}", back.to.version),
-            });
-            st.details = format!(
-                "rolled back from {} to {}",
-                back.from.version, back.to.version
-            );
-            store.put(&mut st)?;
+        match commit::finish_instant(&self.cx(&store, obs), &mut st, &back)? {
+            CommitOutcome::Committed { .. } => {
+                let message = format!("rolled back to {}: {reason}", back.to.version);
+                st.stage = Stage::Idle { last: Some(plan) };
+                st.failure = Some(Failure {
+                    kind: ErrorState::RolledBack,
+                    message: message.clone(),
+                });
+                st.details = format!(
+                    "rolled back from {} to {}",
+                    back.from.version, back.to.version
+                );
+                store.put(&mut st)?;
+                Ok(CommitOutcome::RolledBack { reason: message })
+            }
+            CommitOutcome::Rebooting { boot_id } => Ok(CommitOutcome::Rebooting { boot_id }),
+            CommitOutcome::RolledBack { reason } | CommitOutcome::Failed { reason } => {
+                Ok(CommitOutcome::Failed {
+                    reason: format!("rolling back failed: {reason}"),
+                })
+            }
         }
-        Ok(st)
     }
 
     /// After a boot (`qq boot_check`, run by a unit at every boot): finishes a

@@ -21,6 +21,9 @@ pub trait Machine: Send + Sync {
     fn boot_id(&self) -> Result<BootId, Error>;
     /// Asks for a reboot and returns; the node goes down some time later.
     fn reboot(&self) -> Result<(), Error>;
+    /// True from when a reboot was asked for until the machine went down: what
+    /// this boot still does is cut off by it, so nothing new is started.
+    fn reboot_pending(&self) -> bool;
     /// The platform health gate for the booted `slot`.
     fn platform_health(&self, slot: Slot) -> Result<(), Unhealthy>;
     /// The kernel logs the platform keeps now, noted when a reboot into a new slot
@@ -33,12 +36,14 @@ pub trait Machine: Send + Sync {
 }
 
 /// A real node: the kernel's boot id, the configured reboot and health commands.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LocalMachine {
     boot_id: std::path::PathBuf,
     reboot: Vec<String>,
     health: Option<Vec<String>>,
     pstore: std::path::PathBuf,
+    /// A reboot was asked for in this process (this boot: the process ends with it).
+    rebooting: std::sync::atomic::AtomicBool,
 }
 
 impl LocalMachine {
@@ -49,6 +54,7 @@ impl LocalMachine {
             reboot: node.config.reboot.clone(),
             health: node.config.platform_health.clone(),
             pstore: node.config.pstore.clone(),
+            rebooting: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -87,7 +93,13 @@ impl Machine for LocalMachine {
                 source: std::io::Error::other(format!("exited with {status}")),
             });
         }
+        self.rebooting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    fn reboot_pending(&self) -> bool {
+        self.rebooting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn kept_logs(&self) -> KeptLogs {

@@ -95,6 +95,10 @@ impl Machine for SimMachine {
         qutil::fs::write_atomic(&p, b"due\n").map_err(io_err("writing", &p))
     }
 
+    fn reboot_pending(&self) -> bool {
+        reboot_due(&self.node)
+    }
+
     fn platform_health(&self, slot: Slot) -> Result<(), Unhealthy> {
         platform_health(&self.node, slot)
     }
