@@ -59,19 +59,10 @@ pub struct Config {
     /// The TTL of this node's registration in the cluster.
     #[serde(default = "default_lease")]
     pub cluster_lease_secs: u64,
-    /// A simulated node: how long its shutdown takes once a reboot is asked for
-    /// (the API still answers, `REBOOTING`, as while systemd stops a node's units).
-    #[serde(default = "default_sim_shutdown_ms")]
-    pub sim_shutdown_ms: u64,
     /// How long a batch of a rolling reboot may take to come back healthy before
     /// the reboots pause with `PAUSED_DUE_TO_ERROR`.
     #[serde(default = "default_batch_limit")]
     pub batch_limit_secs: u64,
-    /// A simulated node's restriper: how long the data-safety gate holds the next
-    /// batch back, per node of the batch that rebooted (default
-    /// [`crate::restriper::DEFAULT_SIM_RESTRIPE_MS`]). Refused on a real node.
-    #[serde(default)]
-    pub sim_restripe_ms: Option<u64>,
     /// The storage software's restriper, asked by the data-safety gate: a command
     /// (argv) printing Qumulo's restriper status JSON. A real node in a cluster
     /// needs it for rolling reboots (see [`crate::restriper::Source`]); on a
@@ -82,14 +73,44 @@ pub struct Config {
     /// reboots pause with `PAUSED_DUE_TO_ERROR`.
     #[serde(default = "default_data_safety_limit")]
     pub data_safety_limit_secs: u64,
-    /// A simulated node: its reboot powers the agent off (the process ends; whoever
-    /// plays the hardware starts it again, and the start runs the boot), instead
-    /// of the agent playing the reboot itself.
+    /// The simulator's settings (`[sim]`): only for a node whose `node.toml` says
+    /// `simulated`; refused on a real node.
     #[serde(default)]
-    pub sim_reboot_exits: bool,
-    /// A simulated node: how long its simulated reboot keeps the API away.
+    pub sim: Option<Sim>,
+}
+
+/// `[sim]`: how a simulated node's hardware behaves. Everything simulated is
+/// here, in one table a real node never has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sim {
+    /// How long its shutdown takes once a reboot is asked for (the API still
+    /// answers, `REBOOTING`, as while systemd stops a node's units).
+    #[serde(default = "default_sim_shutdown_ms")]
+    pub shutdown_ms: u64,
+    /// How long its reboot keeps the API away.
     #[serde(default = "default_sim_boot_ms")]
-    pub sim_boot_ms: u64,
+    pub boot_ms: u64,
+    /// Its reboot powers the agent off (the process ends; whoever plays the
+    /// hardware starts it again, and the start runs the boot), instead of the
+    /// agent playing the reboot itself.
+    #[serde(default)]
+    pub reboot_exits: bool,
+    /// Its restriper: how long the data-safety gate holds the next batch back,
+    /// per node of the batch that rebooted (used without `restriper_probe`).
+    #[serde(default = "default_sim_restripe_ms")]
+    pub restripe_ms: u64,
+}
+
+impl Default for Sim {
+    fn default() -> Sim {
+        Sim {
+            shutdown_ms: default_sim_shutdown_ms(),
+            boot_ms: default_sim_boot_ms(),
+            reboot_exits: false,
+            restripe_ms: default_sim_restripe_ms(),
+        }
+    }
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -125,11 +146,28 @@ fn default_sim_shutdown_ms() -> u64 {
 fn default_sim_boot_ms() -> u64 {
     500
 }
+fn default_sim_restripe_ms() -> u64 {
+    2000
+}
 
 /// The default config file.
 pub const DEFAULT_PATH: &str = "/etc/qimgd/qimgd.toml";
 
 impl Config {
+    /// The simulator's settings for a node (`simulated`: its `node.toml` says
+    /// so): the `[sim]` table or its defaults on a simulated node, none on a
+    /// real one, where a `[sim]` table is refused.
+    pub fn sim_of(&self, simulated: bool) -> Result<Option<Sim>, Error> {
+        match (&self.sim, simulated) {
+            (Some(s), true) => Ok(Some(s.clone())),
+            (None, true) => Ok(Some(Sim::default())),
+            (None, false) => Ok(None),
+            (Some(_), false) => Err(Error::NodeConfig {
+                problem: "the [sim] table applies to simulated nodes only (this node's node.toml is not simulated): remove it; a real node's rolling reboots need restriper_probe".into(),
+            }),
+        }
+    }
+
     /// Loads `path`; relative paths inside are relative to its directory.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -222,5 +260,37 @@ mod tests {
         std::fs::write(&p, "node = \"n\"\nupgrade_dir = \"u\"\ntls_cert = \"c\"\n").unwrap();
         let e = Config::load(&p).unwrap_err();
         assert!(e.to_string().contains("go together"), "{e}");
+    }
+
+    #[test]
+    fn everything_simulated_is_in_the_sim_table() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("qimgd.toml");
+        let base = "node = \"n\"\nupgrade_dir = \"u\"\n";
+        std::fs::write(
+            &p,
+            format!("{base}[sim]\nrestripe_ms = 300\nreboot_exits = true\n"),
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.sim,
+            Some(Sim {
+                restripe_ms: 300,
+                reboot_exits: true,
+                ..Sim::default()
+            })
+        );
+        // The flat keys of before, and unknown keys in the table, are refused.
+        for bad in ["sim_restripe_ms = 300\n", "[sim]\nrestripe = 300\n"] {
+            std::fs::write(&p, format!("{base}{bad}")).unwrap();
+            let e = Config::load(&p).unwrap_err();
+            assert_eq!(e.code(), "config", "{bad}: {e}");
+        }
+        // A simulated node without the table gets its defaults; a real one none.
+        std::fs::write(&p, base).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.sim_of(true).unwrap(), Some(Sim::default()));
+        assert_eq!(c.sim_of(false).unwrap(), None);
     }
 }

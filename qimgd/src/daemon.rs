@@ -1,24 +1,21 @@
 //! `qimgd serve`: load everything, bind, serve until SIGTERM/SIGINT, then cancel a
 //! running prepare and wait for the engine to bring the node to rest.
 //!
-//! On a simulated node the agent also plays the hardware ([`hardware`]): when the
-//! engine asked the machine to reboot, the node shuts down for `sim_shutdown_ms`
-//! (the API answers `REBOOTING`), the API goes away for `sim_boot_ms`, the
-//! firmware boots (bootctl's systemd-boot model) and the boot path runs
-//! ([`upgrade::sim::run_boots`]), as `qimg-boot-check.service` would on a node.
+//! On a machine whose power button is software (a simulated node) the agent
+//! also plays its reboots: [`crate::power`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use upgrade::Agent;
 use upgrade::node::Node;
-use upgrade::{Agent, sim};
 
 use crate::api::{App, Shared};
 use crate::config::Config;
 use crate::error::Error;
 use crate::identity::Identity;
-use crate::jobs::{JobKind, Jobs};
+use crate::jobs::Jobs;
 use crate::server::Listeners;
 use crate::throttle::Throttle;
 use crate::tls::{self, TlsFiles};
@@ -27,22 +24,20 @@ use crate::token::TokenKey;
 /// How long a shutdown waits for a cancelled operation to end.
 pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 
-/// How long the simulated hardware waits for the operation that asked for the
-/// reboot to return before booting.
-pub const BOOT_WAIT_LIMIT: Duration = Duration::from_secs(60);
-
 /// Loads the node, keys, identity and TLS files of `config`; generates what is
 /// missing (self-signed certificate, token key, identity). Returns the state and
 /// the TLS configuration, and says on stderr what it generated.
 pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Error> {
     let node = Node::load(&config.node).map_err(Error::Engine)?;
     let product = node.open().map_err(Error::Engine)?.product;
-    let safety = crate::restriper::Source::of(
-        config.restriper_probe.as_deref(),
-        config.sim_restripe_ms,
-        node.config.simulated,
-    )?;
-    let machine = sim::machine_for(&node);
+    // Everything simulated comes from `[sim]`, which only a simulated node has.
+    let sim = config.sim_of(node.config.simulated)?;
+    let safety = crate::restriper::Source::of(config.restriper_probe.as_deref(), sim.as_ref());
+    let config = &Config {
+        sim,
+        ..config.clone()
+    };
+    let machine = upgrade::machine_for(&node);
     let agent = Arc::new(Agent::new(node, machine));
     let files = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => TlsFiles {
@@ -103,73 +98,6 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         safety,
     });
     Ok((app, tls))
-}
-
-/// The simulated node's hardware: plays the reboots the engine asks for.
-pub async fn hardware(app: Shared) {
-    if !app.agent.node().config.simulated {
-        return;
-    }
-    loop {
-        // When a job ends (a commit or a revert returns once it asked for the
-        // reboot), else a stat every 10 ms: the simulated power button's latency.
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-            _ = app.jobs.ended.notified() => {}
-        }
-        if !sim::reboot_due(app.agent.node()) {
-            continue;
-        }
-        crate::log("the simulated node shuts down");
-        tokio::time::sleep(Duration::from_millis(app.config.sim_shutdown_ms)).await;
-        app.down.store(true, Ordering::SeqCst);
-        crate::log("the simulated node reboots");
-        // The operation that asked for the reboot returns first (on a real node
-        // the reboot would end it); then the boot holds the slot.
-        let deadline = Instant::now() + BOOT_WAIT_LIMIT;
-        let claim = loop {
-            match app.jobs.claim(JobKind::Commit) {
-                Ok(c) => break Some(c),
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(k) => {
-                    crate::log(&format!(
-                        "{k} still runs {BOOT_WAIT_LIMIT:?} after the reboot was asked for; booting anyway"
-                    ));
-                    break None;
-                }
-            }
-        };
-        if app.config.sim_reboot_exits {
-            crate::log("the simulated node powers off");
-            drop(claim);
-            app.power_off.notify_one();
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(app.config.sim_boot_ms)).await;
-        boot(&app).await;
-        app.up_since_ms
-            .store(qcluster::plan::now_ms(), Ordering::SeqCst);
-        drop(claim);
-        app.down.store(false, Ordering::SeqCst);
-        app.changes.send_modify(|n| *n += 1);
-    }
-}
-
-/// A simulated node's boot: the firmware boots (bootctl's model of systemd-boot)
-/// and the boot path runs, as `qimg-boot-check.service` does on a node.
-async fn boot(app: &Shared) {
-    let a = app.clone();
-    let r = tokio::task::spawn_blocking(move || sim::run_boots(&a.agent)).await;
-    match r {
-        Ok(Ok(o)) => crate::log(&format!("booted; the boot decided {o:?}")),
-        Ok(Err(e)) => crate::log(&format!(
-            "the simulated boot failed: {}",
-            upgrade::chain(&e)
-        )),
-        Err(e) => crate::log(&format!("the simulated boot failed: {e}")),
-    }
 }
 
 /// What this node registers: who it is, what it runs.
@@ -272,11 +200,9 @@ pub async fn serve(
     listening: impl FnOnce(Vec<String>),
 ) -> Result<(), Error> {
     let (app, tls) = build(&config)?;
-    if app.agent.node().config.simulated && sim::reboot_due(app.agent.node()) {
-        // The simulated node was powered off for a reboot: this start is its boot.
-        crate::log("the simulated node boots");
-        boot(&app).await;
-    }
+    // A machine whose power button is software, powered off for a reboot: this
+    // start is its boot.
+    crate::power::boot_if_due(&app).await;
     let listeners = Listeners::bind(&config).await?;
     listening(listeners.urls());
     let router = crate::api::router(app.clone());
@@ -292,7 +218,7 @@ pub async fn serve(
     if let Some(u) = listeners.unix {
         tasks.spawn(crate::server::serve_unix(u, router.clone(), app.clone()));
     }
-    tasks.spawn(hardware(app.clone()));
+    tasks.spawn(crate::power::run(app.clone()));
     tasks.spawn(join(app.clone()));
     tasks.spawn(crate::member::run(app.clone()));
     tasks.spawn(crate::coordinator::run(app.clone()));

@@ -7,8 +7,9 @@
 //!   loop that carries out the cluster's plan on this node; [`coordinator`]: the
 //!   loop of the elected node that moves the plan on from the nodes' reports;
 //!   [`restriper`]: the data-safety gate's source (a probe, or the simulated one).
-//! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown,
-//!   and the simulated node's hardware.
+//! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown;
+//!   [`power`]: the reboots of a machine whose power button is software (a
+//!   simulated node, set up by `[sim]`).
 //! - [`server`]: TLS and Unix-socket listeners and connections; [`peer`]: who
 //!   the peer is (local root or not).
 //! - [`api`]: routes, authentication, handlers; [`api::shape`] the REST bodies
@@ -34,6 +35,7 @@ pub mod jobs;
 pub mod member;
 pub mod paths;
 pub mod peer;
+pub mod power;
 pub mod restriper;
 pub mod server;
 pub mod throttle;

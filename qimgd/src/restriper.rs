@@ -16,10 +16,6 @@ use crate::Error;
 /// How long a probe may run.
 pub const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
-/// The simulated restriper's time per rebooted node when `sim_restripe_ms` is
-/// not set.
-pub const DEFAULT_SIM_RESTRIPE_MS: u64 = 2000;
-
 /// Where this node's data-safety gate gets its answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -36,24 +32,16 @@ pub enum Source {
 
 impl Source {
     /// The source of a node: its probe, else the simulated restriper on a
-    /// simulated node, else none. `sim_restripe_ms` on a real node is refused.
-    pub fn of(
-        probe: Option<&[String]>,
-        sim_restripe_ms: Option<u64>,
-        simulated: bool,
-    ) -> Result<Source, Error> {
-        if sim_restripe_ms.is_some() && !simulated {
-            return Err(Error::NodeConfig {
-                problem: "sim_restripe_ms applies to simulated nodes only (this node's node.toml is not simulated): remove it, and set restriper_probe".into(),
-            });
-        }
-        Ok(match probe {
-            Some(argv) => Source::Probe(argv.to_vec()),
-            None if simulated => Source::Simulated {
-                ms_per_node: sim_restripe_ms.unwrap_or(DEFAULT_SIM_RESTRIPE_MS),
+    /// simulated node (`sim`: its `[sim]` settings, see
+    /// [`crate::config::Config::sim_of`]), else none.
+    pub fn of(probe: Option<&[String]>, sim: Option<&crate::config::Sim>) -> Source {
+        match (probe, sim) {
+            (Some(argv), _) => Source::Probe(argv.to_vec()),
+            (None, Some(s)) => Source::Simulated {
+                ms_per_node: s.restripe_ms,
             },
-            None => Source::Missing,
-        })
+            (None, None) => Source::Missing,
+        }
     }
 
     /// The gate's answer before the restriper was asked: a probe is asked while
@@ -159,11 +147,20 @@ mod tests {
 
     #[test]
     fn only_a_simulated_node_has_the_simulated_restriper() {
+        use crate::config::{Config, Sim};
         let probe = vec!["probe".to_string()];
-        // (probe, sim_restripe_ms, simulated) -> the source, or the refusal's words.
+        let sim = |restripe_ms| Sim {
+            restripe_ms,
+            ..Sim::default()
+        };
+        let config = |s: Option<Sim>| Config {
+            sim: s,
+            ..toml::from_str("node = \"n\"\nupgrade_dir = \"/u\"\n").unwrap()
+        };
+        // (probe, [sim], simulated) -> the source, or the refusal's words.
         type Row<'a> = (
             Option<&'a [String]>,
-            Option<u64>,
+            Option<Sim>,
             bool,
             Result<Source, &'a str>,
         );
@@ -175,38 +172,40 @@ mod tests {
                 None,
                 true,
                 Ok(Source::Simulated {
-                    ms_per_node: DEFAULT_SIM_RESTRIPE_MS,
+                    ms_per_node: Sim::default().restripe_ms,
                 }),
             ),
             (
                 None,
-                Some(300),
+                Some(sim(300)),
                 true,
                 Ok(Source::Simulated { ms_per_node: 300 }),
             ),
             (None, None, false, Ok(Source::Missing)),
             (
                 None,
-                Some(300),
+                Some(sim(300)),
                 false,
-                Err("sim_restripe_ms applies to simulated nodes only"),
+                Err("the [sim] table applies to simulated nodes only"),
             ),
             (
                 Some(&probe),
-                Some(300),
+                Some(Sim::default()),
                 false,
-                Err("sim_restripe_ms applies"),
+                Err("[sim] table applies"),
             ),
         ];
-        for (probe, ms, simulated, want) in table {
-            let got = Source::of(*probe, *ms, *simulated);
+        for (probe, s, simulated, want) in table {
+            let got = config(s.clone())
+                .sim_of(*simulated)
+                .map(|s| Source::of(*probe, s.as_ref()));
             match (want, &got) {
                 (Ok(w), Ok(g)) => assert_eq!(w, g),
                 (Err(w), Err(g)) => {
                     assert_eq!(g.code(), "config");
                     assert!(g.to_string().contains(w), "{g}");
                 }
-                _ => panic!("{probe:?} {ms:?} {simulated}: {got:?}"),
+                _ => panic!("{probe:?} {s:?} {simulated}: {got:?}"),
             }
         }
         assert_eq!(

@@ -190,7 +190,7 @@ fn rolling_reboot_goes_on_from_another_node_when_the_page_s_node_reboots() {
         3,
         1,
         // Down long enough (4 s) for the page to notice, as a real reboot is.
-        "sim_restripe_ms = 1500\nsim_boot_ms = 4000\n",
+        "[sim]\nrestripe_ms = 1500\nboot_ms = 4000\n",
         &[],
         |_, _| {},
     ) else {
@@ -339,7 +339,7 @@ fn a_node_failing_its_new_release_rolls_the_cluster_back_and_the_page_says_why()
         3,
         1,
         // A rollback reboot long enough (2.3 s) to be seen at the page's 1 s pace.
-        "sim_restripe_ms = 300\nsim_shutdown_ms = 2000\n",
+        "[sim]\nrestripe_ms = 300\nshutdown_ms = 2000\n",
         &[],
         |_, _| {},
     ) else {

@@ -33,7 +33,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use qutil::cli::{EXIT_NO, print_json};
 use upgrade::node::{DEFAULT_CONFIG, Node};
-use upgrade::{Agent, CommitOutcome, Error, chain, sim};
+use upgrade::{Agent, CommitOutcome, Error, chain};
 
 mod boot_check;
 mod factory_install;
@@ -196,7 +196,7 @@ impl Ctx {
     /// The node's agent, on its machine (simulated when its config says so).
     fn agent(&self) -> Result<Agent> {
         let node = self.node()?;
-        let machine = sim::machine_for(&node);
+        let machine = upgrade::machine_for(&node);
         Ok(Agent::new(node, machine))
     }
 
@@ -213,9 +213,7 @@ fn print_status(agent: &Agent) -> Result<()> {
 /// (on a real node the machine reboots and `qq boot_check` runs from its unit).
 fn play_boots(agent: &Agent, outcome: CommitOutcome) -> Result<CommitOutcome, Error> {
     match outcome {
-        CommitOutcome::Rebooting { .. } if agent.node().config.simulated => {
-            Ok(sim::run_boots(agent)?.unwrap_or(outcome))
-        }
+        CommitOutcome::Rebooting { .. } => Ok(agent.run_boots()?.unwrap_or(outcome)),
         o => Ok(o),
     }
 }

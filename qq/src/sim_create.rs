@@ -60,7 +60,7 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result<ExitCode> {
         }),
         health_timeout_secs: a.health_timeout,
     })?;
-    let machine = sim::machine_for(&node);
+    let machine = upgrade::machine_for(&node);
     crate::print_status(&Agent::new(node, machine))?;
     Ok(ExitCode::SUCCESS)
 }

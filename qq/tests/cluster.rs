@@ -35,7 +35,7 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
             &listen,
             Some(&upgrade),
             &format!(
-                "cluster = \"{}\"\ncluster_lease_secs = 2\nsim_restripe_ms = 300\n",
+                "cluster = \"{}\"\ncluster_lease_secs = 2\n[sim]\nrestripe_ms = 300\n",
                 dir.dir.display()
             ),
         );

@@ -160,7 +160,7 @@ fn a_committed_platform_upgrade_reverted_boots_the_previous_slot_again() {
         ],
         "the new entry is marked bad before the reboot"
     );
-    upgrade::sim::run_boots(&agent).unwrap();
+    agent.run_boots().unwrap();
     let r = n.running();
     assert_eq!(
         (

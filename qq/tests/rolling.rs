@@ -11,7 +11,7 @@ use std::time::Duration;
 use bootctl::layout::Slot;
 use common::*;
 use upgrade::cluster::{ClusterNode, NodeResult, RolloutOptions, rollout};
-use upgrade::{Agent, Cancel, CommitOutcome, Error, PrepareRequest, sim};
+use upgrade::{Agent, Cancel, CommitOutcome, Error, PrepareRequest};
 
 struct Host {
     node: SimNode,
@@ -27,7 +27,7 @@ impl ClusterNode for Host {
     }
     fn outcome(&self) -> Result<Option<CommitOutcome>, Error> {
         if self.powered {
-            sim::run_boots(&self.agent)?;
+            self.agent.run_boots()?;
         }
         self.agent.outcome()
     }
@@ -103,7 +103,7 @@ fn a_node_still_rebooting_when_the_loop_looks_stops_the_rollout() {
     check(&second, "still rebooting after 2.0 s");
     assert_eq!(second.node.status()["state"], "UPGRADE_COMMITTING");
     // Powered on later, the node finishes its own commit through its boot path.
-    let o = sim::run_boots(&second.agent).unwrap();
+    let o = second.agent.run_boots().unwrap();
     assert!(matches!(o, Some(CommitOutcome::Committed { .. })), "{o:?}");
     assert_eq!(second.node.running().slot, Slot::B);
 }

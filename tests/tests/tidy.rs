@@ -164,6 +164,26 @@ fn no_source_file_passes_800_lines() {
     );
 }
 
+/// The agent reaches simulated hardware only through the engine's `Machine`
+/// (its `power()` button) and the data-safety `Source`: a simulator named in the
+/// production path is a silent default waiting to happen (a real node once gated
+/// its rolling reboots on the simulated restriper's timer).
+#[test]
+fn the_agent_never_names_the_simulator() {
+    let mut named = vec![];
+    for f in rust_files(&root().join("qimgd/src")) {
+        for (i, line) in read(&f).lines().enumerate() {
+            if line.contains("upgrade::sim") || line.contains("sim::") {
+                named.push(format!("{}:{}: {}", rel(&f), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        named.is_empty(),
+        "qimgd names the simulator (go through Machine::power or the [sim] settings): {named:#?}"
+    );
+}
+
 /// Words that say where the project stands, which rot as soon as it moves on.
 const STATUS_PROSE: &[&str] = &[
     "for now",

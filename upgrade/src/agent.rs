@@ -475,6 +475,28 @@ impl Agent {
         })
     }
 
+    /// Plays the boots of a machine whose power button is software
+    /// ([`Machine::power`]): while a reboot is pending, the firmware boots and
+    /// the boot path runs. Returns the outcome the last boot decided (`None`:
+    /// no reboot pending, the boots decided nothing, or a real machine, which
+    /// boots by itself). Gives up after [`crate::machine::MAX_BOOTS`] boots.
+    pub fn run_boots(&self) -> Result<Option<CommitOutcome>, Error> {
+        let Some(power) = self.machine.power() else {
+            return Ok(None);
+        };
+        let mut outcome = None;
+        for _ in 0..crate::machine::MAX_BOOTS {
+            if !self.machine.reboot_pending() {
+                return Ok(outcome);
+            }
+            power.boot()?;
+            outcome = self.after_boot(&qimg::NoProgress)?.or(outcome);
+        }
+        Err(Error::Booted {
+            problem: format!("still rebooting after {} boots", crate::machine::MAX_BOOTS),
+        })
+    }
+
     /// A node fresh from a disk image (`qq factory_install`): stages the container
     /// of the release whose platform it booted, from that release's bundle, makes
     /// it active and starts it. Refused once a container is installed.

@@ -16,7 +16,8 @@
 //!   per operation, what it runs now; [`checks`]: whether a bundle may be installed.
 //! - [`sim`]: simulated nodes (a disk image made by `imagebuild disk` plus a state
 //!   directory) with a simulated machine and systemd-boot, for tests and the demo.
-//!   The engine never names it; binaries choose it with [`sim::machine_for`].
+//!   The engine's operations never name it: [`machine_for`] picks its
+//!   machine for a node whose `node.toml` says `simulated`.
 //! - [`cluster`]: nodes committed in batches (all at once or rolling).
 //!
 //! The engine writes no format code of its own: bundles are read with `qimg`, slots
@@ -51,4 +52,15 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The machine `node.toml` describes: a real one ([`machine::LocalMachine`]), or,
+/// for a node whose config says `simulated`, the simulator's
+/// ([`sim::SimMachine`]). The one place a node's machine is chosen.
+pub fn machine_for(node: &node::Node) -> Box<dyn machine::Machine> {
+    if node.config.simulated {
+        Box::new(sim::SimMachine::new(node))
+    } else {
+        Box::new(machine::LocalMachine::new(node))
+    }
 }

@@ -33,6 +33,24 @@ pub trait Machine: Send + Sync {
     /// kernel's panic, from [`crate::pstore`]). Diagnostics only: `None` when
     /// nothing was kept or it cannot be read.
     fn failed_boot_reason(&self, before: &KeptLogs) -> Option<String>;
+    /// The power button, where software presses it (a simulated machine): a
+    /// real machine has none, its firmware boots it after the reboot.
+    fn power(&self) -> Option<&dyn Power> {
+        None
+    }
+}
+
+/// Boots a machine whose boots software plays tries before it gives up (a real
+/// machine's firmware would loop).
+pub const MAX_BOOTS: usize = 12;
+
+/// A machine whose boots software plays ([`Machine::power`]).
+pub trait Power: Send + Sync {
+    /// Boots the firmware once the reboot asked for is due: it picks the entry
+    /// as systemd-boot would (boot counting included), the boot id changes, and
+    /// the reboot is no longer pending. The boot path
+    /// ([`crate::agent::Agent::after_boot`]) is the caller's to run.
+    fn boot(&self) -> Result<(), Error>;
 }
 
 /// A real node: the kernel's boot id, the configured reboot and health commands.

@@ -31,7 +31,6 @@ use qimg::{NoProgress, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
-use crate::commit::CommitOutcome;
 use crate::container::RuntimeConfig;
 use crate::error::{Error, Unhealthy, boot_err, io_err};
 use crate::machine::{Machine, read_boot_id};
@@ -40,8 +39,7 @@ use crate::state::BootId;
 
 /// The file in a platform root that makes a simulated boot fail.
 pub const SIM_BOOT: &str = "etc/qimg/sim-boot";
-/// Boots tried before the simulated node gives up (a real node would loop).
-pub const MAX_BOOTS: usize = 12;
+pub use crate::machine::MAX_BOOTS;
 
 /// One simulated boot attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,30 +108,16 @@ impl Machine for SimMachine {
     fn failed_boot_reason(&self, before: &crate::pstore::KeptLogs) -> Option<String> {
         crate::pstore::new_panic(&self.node.config.pstore, before)
     }
-}
 
-/// The machine a node runs on: simulated when its config says so.
-pub fn machine_for(node: &Node) -> Box<dyn Machine> {
-    if node.config.simulated {
-        Box::new(SimMachine::new(node))
-    } else {
-        Box::new(crate::machine::LocalMachine::new(node))
+    fn power(&self) -> Option<&dyn crate::machine::Power> {
+        Some(self)
     }
 }
 
-/// Plays the hardware: while a reboot is due, boots the firmware and runs the boot
-/// path ([`Agent::after_boot`]). Returns the outcome the last boot decided (`None`
-/// when no reboot was due or the boots decided nothing).
-pub fn run_boots(agent: &Agent) -> Result<Option<CommitOutcome>, Error> {
-    let mut outcome = None;
-    for _ in 0..MAX_BOOTS {
-        if !reboot_due(agent.node()) {
-            return Ok(outcome);
-        }
-        boot_firmware(agent.node())?;
-        outcome = agent.after_boot(&qimg::NoProgress)?.or(outcome);
+impl crate::machine::Power for SimMachine {
+    fn boot(&self) -> Result<(), Error> {
+        boot_firmware(&self.node).map(|_| ())
     }
-    Err(sim_err(format!("still rebooting after {MAX_BOOTS} boots")))
 }
 
 /// What a slot's platform says about simulated boots (`None`: boots healthy).
@@ -412,6 +396,6 @@ fn create_in(o: &CreateOptions, in_place: bool) -> Result<Node, Error> {
     crate::factory::install_container(&node, o.bundle, |_| Ok(()))?;
     // Power on: the firmware boots, then the boot path starts the container.
     boot_firmware(&node)?;
-    Agent::new(node.clone(), machine_for(&node)).after_boot(&NoProgress)?;
+    Agent::new(node.clone(), crate::machine_for(&node)).after_boot(&NoProgress)?;
     Ok(node)
 }

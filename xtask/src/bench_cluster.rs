@@ -123,7 +123,7 @@ fn engine_cycle_once(c: &SimCluster, bundle: &std::path::Path) -> Result<f64, St
 pub fn cluster(args: &[String]) -> Result<(), String> {
     let (nodes, dir) = nodes_and_dir(args, "bench cluster", 16, target_dir().join("bench"))?;
     let extra = format!(
-        "sim_shutdown_ms = {SHUTDOWN_MS}\nsim_boot_ms = {BOOT_MS}\nsim_restripe_ms = {RESTRIPE_MS}\n"
+        "[sim]\nshutdown_ms = {SHUTDOWN_MS}\nboot_ms = {BOOT_MS}\nrestripe_ms = {RESTRIPE_MS}\n"
     );
     // Four node failures permitted: batches of up to 4.
     let c = SimCluster::start(&dir.join("cluster"), "bench", nodes, 4, &extra, true)?;

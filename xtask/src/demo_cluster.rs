@@ -29,7 +29,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         "xtask demo: a cluster of {nodes} simulated nodes in {}",
         dir.display()
     );
-    let c = SimCluster::start(&dir, "demo", nodes, 1, "sim_restripe_ms = 1500\n", false)?;
+    let c = SimCluster::start(&dir, "demo", nodes, 1, "[sim]\nrestripe_ms = 1500\n", false)?;
     let bundle = c.lab.build("release-2.0.0", "2.0.0", "2.0", 4)?;
     std::fs::copy(&bundle, c.upgrade.join("release-2.0.0.qimg"))
         .map_err(|e| format!("{}: {e}", bundle.display()))?;

@@ -62,7 +62,7 @@ pub struct App {
     pub cancel: upgrade::Cancel,
     /// The cluster this node belongs to (`None`: a cluster of one).
     pub cluster: Option<crate::cluster::ClusterCtx>,
-    /// Notified when a simulated node powers off (`sim_reboot_exits`).
+    /// Notified when a simulated node powers off (`[sim] reboot_exits`).
     pub power_off: tokio::sync::Notify,
     /// Ticks when the cluster's plan or a node's report changed (etcd's watch) or
     /// this node booted: the member and coordinator loops wake at once instead of

@@ -80,7 +80,8 @@ fn a_coordinator_stopped_cleanly_resigns_and_another_takes_over_at_once() {
 
 #[test]
 fn the_coordinator_killed_while_a_batch_reboots_and_while_the_gate_holds() {
-    let Some(mut c) = cluster_with("kr", 4, 1, "sim_restripe_ms = 1500\n", &[], |_, _| {}) else {
+    let Some(mut c) = cluster_with("kr", 4, 1, "[sim]\nrestripe_ms = 1500\n", &[], |_, _| {})
+    else {
         return;
     };
     let clients = logged_in_everywhere(&c);

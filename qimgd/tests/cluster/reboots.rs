@@ -49,7 +49,8 @@ fn complete_reboot_of_every_node() {
 
 #[test]
 fn complete_reboot_where_each_node_really_powers_off() {
-    let Some(mut c) = cluster_with("t7", 3, 1, "sim_reboot_exits = true\n", &[], |_, _| {}) else {
+    let Some(mut c) = cluster_with("t7", 3, 1, "[sim]\nreboot_exits = true\n", &[], |_, _| {})
+    else {
         return;
     };
     let clients = logged_in_everywhere(&c);
@@ -85,7 +86,7 @@ fn complete_reboot_where_each_node_really_powers_off() {
 /// every node's engine record, that never more than `k` nodes reboot at once,
 /// that the restriper gate ran between batches and that the coordinator went last.
 fn rolling(name: &str, k: u32) {
-    let Some(c) = cluster_with(name, 5, 2, "sim_restripe_ms = 400\n", &[], |_, _| {}) else {
+    let Some(c) = cluster_with(name, 5, 2, "[sim]\nrestripe_ms = 400\n", &[], |_, _| {}) else {
         return;
     };
     let clients = logged_in_everywhere(&c);
@@ -240,7 +241,7 @@ fn a_node_that_never_comes_back_pauses_the_rolling_reboot_until_resumed() {
         1,
         // The limit covers a batch whose node's etcd member restarts with it (an
         // election of up to ~3 s on a loaded machine), not a node that stays off.
-        "sim_reboot_exits = true\nbatch_limit_secs = 8\nsim_restripe_ms = 200\n",
+        "batch_limit_secs = 8\n[sim]\nreboot_exits = true\nrestripe_ms = 200\n",
         &[],
         |_, _| {},
     ) else {
@@ -326,7 +327,7 @@ fn a_node_that_never_comes_back_pauses_the_rolling_reboot_until_resumed() {
 #[test]
 fn qumulo_client_rolls_the_cluster_while_an_etcd_member_dies() {
     let Some(qq) = qumulo_qq() else { return };
-    let Some(mut c) = cluster_with("r4", 3, 1, "sim_restripe_ms = 300\n", &[], |_, _| {}) else {
+    let Some(mut c) = cluster_with("r4", 3, 1, "[sim]\nrestripe_ms = 300\n", &[], |_, _| {}) else {
         return;
     };
     let clients = logged_in_everywhere(&c);
@@ -382,7 +383,7 @@ fn qumulo_client_rolls_the_cluster_while_an_etcd_member_dies() {
 #[test]
 fn the_client_gone_after_no_monitor_the_cluster_finishes_alone() {
     let Some(qq) = qumulo_qq() else { return };
-    let Some(c) = cluster_with("r5", 3, 1, "sim_restripe_ms = 200\n", &[], |_, _| {}) else {
+    let Some(c) = cluster_with("r5", 3, 1, "[sim]\nrestripe_ms = 200\n", &[], |_, _| {}) else {
         return;
     };
     let clients = logged_in_everywhere(&c);

@@ -81,7 +81,7 @@ fn an_instant_commit_failing_on_one_node_rolls_every_node_back() {
 /// the status. `rolling`: one node at a time (the failing node in the second
 /// batch, after a node that committed); else a complete reboot.
 fn platform_rollback(name: &str, fault: &str, rolling: bool) {
-    let Some(c) = cluster_with(name, 4, 1, "sim_restripe_ms = 200\n", &[], |_, _| {}) else {
+    let Some(c) = cluster_with(name, 4, 1, "[sim]\nrestripe_ms = 200\n", &[], |_, _| {}) else {
         return;
     };
     let clients = logged_in_everywhere(&c);

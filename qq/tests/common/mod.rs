@@ -204,7 +204,7 @@ pub struct SimNode {
 impl SimNode {
     /// The node's agent (on its simulated machine).
     pub fn agent(&self) -> upgrade::Agent {
-        upgrade::Agent::new(self.node.clone(), upgrade::sim::machine_for(&self.node))
+        upgrade::Agent::new(self.node.clone(), upgrade::machine_for(&self.node))
     }
 
     /// A slot's partition label.
@@ -380,16 +380,27 @@ pub fn agent_config(
     std::fs::create_dir_all(dir).unwrap();
     std::fs::create_dir_all(&upgrade).unwrap();
     let config = dir.join("qimgd.toml");
-    // Quick simulated reboots, unless `extra` says otherwise.
-    let times: String = [("sim_shutdown_ms", 1000), ("sim_boot_ms", 300)]
-        .iter()
-        .filter(|(k, _)| !extra.contains(k))
-        .map(|(k, v)| format!("{k} = {v}\n"))
-        .collect();
+    // `extra` ends with its `[sim]` table, if it has one. A simulated node gets
+    // quick simulated reboots unless that table says otherwise; a node made real
+    // (`node.toml` edited) gets no table.
+    let (top, sim) = extra.split_once("[sim]\n").unwrap_or((extra, ""));
+    let simulated = std::fs::read_to_string(&node.node.config_path)
+        .unwrap()
+        .contains("simulated = true");
+    let sim = if simulated || !sim.is_empty() {
+        let times: String = [("shutdown_ms", 1000), ("boot_ms", 300)]
+            .iter()
+            .filter(|(k, _)| !sim.contains(k))
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        format!("[sim]\n{sim}{times}")
+    } else {
+        String::new()
+    };
     std::fs::write(
         &config,
         format!(
-            "listen = {listen:?}\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"{}\"\n{times}{extra}",
+            "listen = {listen:?}\nsocket = \"run/rest.sock\"\nnode = \"{}\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"{}\"\n{top}{sim}",
             node.path().display(),
             upgrade.display(),
         ),
