@@ -13,7 +13,9 @@
 //! 3. coordinator failover: SIGKILL of the coordinator's agent until another node
 //!    holds the coordinator key (bounded by the lease TTL: the others campaign when
 //!    etcd's watch says the key went);
-//! 4. memory: each agent's and each etcd member's RSS.
+//! 4. memory: each agent's and each etcd member's RSS;
+//! 5. the idle cluster's CPU: the agents' and etcd members' CPU time over
+//!    [`IDLE_SAMPLE`] once the upgrades are over, in cores.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +37,39 @@ fn rss_mib(pid: u32) -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |k| k / 1024.0)
+}
+
+/// A process's CPU time so far (user + system), in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The fields after the command (which may hold spaces): state is
+            // field 3, utime 14, stime 15.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .map_or(0.0, |ticks| ticks / hz)
+}
+
+/// How long the idle cluster's CPU is sampled.
+const IDLE_SAMPLE: Duration = Duration::from_secs(10);
+
+/// The cores each group of processes used over one [`IDLE_SAMPLE`].
+fn idle_cores(groups: &[&[u32]]) -> Vec<f64> {
+    let total = |g: &[u32]| g.iter().map(|p| cpu_s(*p)).sum::<f64>();
+    let before: Vec<f64> = groups.iter().map(|g| total(g)).collect();
+    let t = Instant::now();
+    std::thread::sleep(IDLE_SAMPLE);
+    let secs = t.elapsed().as_secs_f64();
+    groups
+        .iter()
+        .zip(before)
+        .map(|(g, b)| (total(g) - b) / secs)
+        .collect()
 }
 
 /// The simulated hardware's and restriper's times (ms) the bench configures.
@@ -206,6 +241,11 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
     let agent_rss: Vec<f64> = c.agents.0.iter().map(|p| rss_mib(p.id())).collect();
     let etcd_rss: Vec<f64> = c.etcd.0.iter().map(|p| rss_mib(p.id())).collect();
 
+    // 5. The idle cluster's CPU.
+    let agent_pids: Vec<u32> = c.agents.0.iter().map(|p| p.id()).collect();
+    let etcd_pids: Vec<u32> = c.etcd.0.iter().map(|p| p.id()).collect();
+    let idle = idle_cores(&[&agent_pids, &etcd_pids]);
+
     // 3. Failover: SIGKILL the coordinator's agent.
     let mut c = c;
     let first = c.coordinator().ok_or("no coordinator")?;
@@ -234,6 +274,14 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
     }
     println!(
         "  coordinator failover after SIGKILL (the lease TTL, 4 s, bounds it; the others campaign when the key goes): {failover:.2} s"
+    );
+    println!(
+        "  the idle cluster's CPU ({} s sampled): {:.2} core (agents {:.2}, {} etcd members {:.2})",
+        IDLE_SAMPLE.as_secs(),
+        idle[0] + idle[1],
+        idle[0],
+        etcd_pids.len(),
+        idle[1]
     );
     println!(
         "  agent RSS: median {:.1} MiB, max {:.1} MiB; etcd member RSS: median {:.1} MiB, max {:.1} MiB",
