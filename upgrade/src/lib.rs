@@ -18,7 +18,6 @@
 //!   directory) with a simulated machine and systemd-boot, for tests and the demo.
 //!   The engine's operations never name it: [`machine_for`] picks its
 //!   machine for a node whose `node.toml` says `simulated`.
-//! - [`cluster`]: nodes committed in batches (all at once or rolling).
 //!
 //! The engine writes no format code of its own: bundles are read with `qimg`, slots
 //! and boot entries changed with `bootctl`, firmware flashed with `firmware`.
@@ -26,7 +25,6 @@
 
 pub mod agent;
 pub mod checks;
-pub mod cluster;
 pub mod commit;
 pub mod container;
 pub mod error;

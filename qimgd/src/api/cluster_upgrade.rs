@@ -35,8 +35,9 @@ fn in_progress(p: &ClusterPlan) -> ApiError {
     ))
 }
 
-/// `POST /v2/upgrade/prepare` in a cluster: checked against this node, then the
-/// plan written for every node.
+/// `POST /v2/upgrade/prepare` in a cluster (its batch size checked by
+/// `upgrade_api::check_batch`): checked against this node, then the plan
+/// written for every node.
 pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusCode, ApiError> {
     let spec = &app
         .cluster
@@ -44,20 +45,6 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         .expect("a cluster node")
         .membership
         .spec;
-    let max = spec.max_node_failures.max(1);
-    match req.num_nodes_to_reboot {
-        Some(_) if !req.do_rolling_reboot => {
-            return Err(ApiError::bad_request(
-                "num_nodes_to_reboot applies to rolling reboots only: set do_rolling_reboot",
-            ));
-        }
-        Some(n) if n == 0 || n > max => {
-            return Err(ApiError::bad_request(format!(
-                "num_nodes_to_reboot must be between 1 and {max} (the node failures this cluster permits); got {n}"
-            )));
-        }
-        _ => {}
-    }
     // Batches of a rolling reboot wait for the data to be safe between them: a
     // node with nothing to ask refuses rather than wait a timer.
     if req.do_rolling_reboot

@@ -28,9 +28,6 @@ use qapi::types::{Blocked, PrepareRequest, UpgradeStatus, VerifyRequest, VerifyR
 /// How long prepare/commit wait for the engine's first recorded state.
 pub const START_LIMIT: Duration = Duration::from_secs(10);
 
-/// The most nodes a rolling reboot may take at once: one, in a one-node cluster.
-const MAX_BATCH: u32 = 1;
-
 fn no_overrides(q: Option<String>) -> Result<(), ApiError> {
     for pair in q
         .as_deref()
@@ -168,13 +165,20 @@ async fn start(
     StatusCode::ACCEPTED
 }
 
-fn check_batch(req: &PrepareRequest) -> Result<(), ApiError> {
+/// The batch size of a rolling reboot: only with `do_rolling_reboot`, from 1 to
+/// the node failures the cluster permits (1 for a node in no cluster, a cluster
+/// of one). The one check, for a node alone and in a cluster.
+pub(super) fn check_batch(app: &Shared, req: &PrepareRequest) -> Result<(), ApiError> {
+    let max = app
+        .cluster
+        .as_ref()
+        .map_or(1, |c| c.membership.spec.max_node_failures.max(1));
     match req.num_nodes_to_reboot {
         Some(_) if !req.do_rolling_reboot => Err(ApiError::bad_request(
             "num_nodes_to_reboot applies to rolling reboots only: set do_rolling_reboot",
         )),
-        Some(n) if n == 0 || n > MAX_BATCH => Err(ApiError::bad_request(format!(
-            "num_nodes_to_reboot must be between 1 and {MAX_BATCH} (the node failures this cluster permits); got {n}"
+        Some(n) if n == 0 || n > max => Err(ApiError::bad_request(format!(
+            "num_nodes_to_reboot must be between 1 and {max} (the node failures this cluster permits); got {n}"
         ))),
         _ => Ok(()),
     }
@@ -186,10 +190,10 @@ pub(super) async fn prepare(
     JsonBody(req): JsonBody<PrepareRequest>,
 ) -> Result<StatusCode, ApiError> {
     no_overrides(q)?;
+    check_batch(&app, &req)?;
     if app.cluster.is_some() {
         return super::cluster_upgrade::prepare(&app, req).await;
     }
-    check_batch(&req)?;
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
     let claim = app.jobs.claim(JobKind::Prepare).map_err(busy)?;
     let a = app.clone();
