@@ -1,8 +1,9 @@
 //! The cluster: what an operator declares once ([`spec`]), what creating it makes
 //! ([`create`]: the CA, each node's certificate and directory, via [`pki`]), the
 //! etcd members the voting nodes run ([`etcd`]), and the state those members
-//! hold ([`store`]: node registrations under leases, the coordinator's key, the
-//! upgrade plan and the nodes' reports of [`plan`]), and what this process saw
+//! hold ([`store`]: each node's session lease, its registration and the
+//! coordinator's key under it, the upgrade plan and the nodes' reports of
+//! [`plan`]), and what this process saw
 //! of them through etcd's watch ([`mirror`]). The engine (consensus) is etcd's;
 //! this crate only names keys and checks values.
 #![deny(missing_docs)]
@@ -20,4 +21,4 @@ pub use create::{Membership, NodeDir, create};
 pub use error::Error;
 pub use plan::{ClusterPlan, NodeReport, NodeStep, PlanMode, PlanPhase};
 pub use spec::{ClusterSpec, NodeSpec};
-pub use store::{NodeInfo, Store};
+pub use store::{NodeInfo, Session, Store};

@@ -17,8 +17,9 @@ pub const IN_CLUSTER: &str = "the cluster's etcd (key users)";
 /// Connects to the etcd of the cluster a node's cluster directory names (the
 /// node's client certificate), as `qimgd user` does on a node of a cluster.
 pub async fn connect(dir: &std::path::Path) -> Result<Store, Error> {
-    let ctx = crate::cluster::ClusterCtx::load(dir)?;
-    Store::connect(&ctx.membership, &ctx.dir, crate::cluster::ETCD_LIMIT)
+    let dir = qcluster::NodeDir::new(dir);
+    let membership = dir.load().map_err(Error::Cluster)?;
+    Store::connect(&membership, &dir, crate::cluster::ETCD_LIMIT)
         .await
         .map_err(Error::Cluster)
 }

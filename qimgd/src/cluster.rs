@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use qcluster::{Membership, NodeDir, NodeSpec, Store};
+use qcluster::{Membership, NodeDir, NodeSpec, Session, Store};
 
 use crate::error::Error;
 
@@ -18,17 +18,22 @@ pub struct ClusterCtx {
     pub membership: Membership,
     /// The node's cluster directory.
     pub dir: NodeDir,
+    /// This node's one lease in etcd, kept by `daemon::join`: its registration
+    /// and, while it coordinates, the coordinator key live under it.
+    pub session: Session,
     store: OnceLock<Store>,
 }
 
 impl ClusterCtx {
-    /// Loads the node's cluster directory.
-    pub fn load(dir: &std::path::Path) -> Result<ClusterCtx, Error> {
+    /// Loads the node's cluster directory; its session's lease will live
+    /// `lease_ttl` unless renewed.
+    pub fn load(dir: &std::path::Path, lease_ttl: Duration) -> Result<ClusterCtx, Error> {
         let dir = NodeDir::new(dir);
         let membership = dir.load().map_err(Error::Cluster)?;
         Ok(ClusterCtx {
             membership,
             dir,
+            session: Session::new(lease_ttl),
             store: OnceLock::new(),
         })
     }

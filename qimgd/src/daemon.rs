@@ -68,7 +68,10 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
     };
     let tls = tls::server_config(&files)?;
     let cluster = match &config.cluster {
-        Some(dir) => Some(crate::cluster::ClusterCtx::load(dir)?),
+        Some(dir) => Some(crate::cluster::ClusterCtx::load(
+            dir,
+            Duration::from_secs(config.cluster_lease_secs.max(1)),
+        )?),
         None => None,
     };
     // In a cluster every node signs tokens with the cluster's key.
@@ -94,7 +97,7 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         vacancy: tokio::sync::watch::Sender::new(0),
         up_since_ms: std::sync::atomic::AtomicU64::new(qcluster::plan::now_ms()),
         stepping_down: AtomicBool::new(false),
-        coordinator_lease: std::sync::Mutex::new(None),
+        coordinating: AtomicBool::new(false),
         safety,
     });
     Ok((app, tls))
@@ -157,18 +160,19 @@ pub async fn join(app: Shared) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     };
-    let ttl = Duration::from_secs(app.config.cluster_lease_secs.max(1));
+    // One lease for this node, kept by one keeper; its registration under it.
+    let kept = c.session.keep(&store, crate::log);
     let a = app.clone();
     let registered = qcluster::store::stay_registered(
         store.clone(),
-        ttl,
+        c.session.clone(),
         move || {
             let c = a.cluster.as_ref().expect("a cluster member");
             node_info(&a, c)
         },
         crate::log,
     );
-    tokio::join!(watch, registered);
+    tokio::join!(watch, kept, registered);
 }
 
 /// Tells systemd the agent is ready (`Type=notify`), when it runs under it.
@@ -222,7 +226,8 @@ pub async fn serve(
     tasks.spawn(join(app.clone()));
     tasks.spawn(crate::member::run(app.clone()));
     tasks.spawn(crate::coordinator::run(app.clone()));
-    // A clean stop resigns as coordinator; a (simulated) power-off cannot.
+    // A clean stop ends the node's session (and so resigns as coordinator); a
+    // (simulated) power-off cannot.
     let clean = tokio::select! {
         _ = stop => {
             crate::log("stopping");

@@ -69,8 +69,10 @@ fn mutual_tls_and_leased_registrations() {
         let s3 = Store::connect(&c.nodes[2].load().unwrap(), &c.nodes[2], limit)
             .await
             .unwrap();
-        let lease1 = s1.register(&info(1), 2).await.unwrap();
-        let lease2 = s1.register(&info(2), 2).await.unwrap();
+        let lease1 = s1.lease(2).await.unwrap();
+        s1.put_info(&info(1), lease1).await.unwrap();
+        let lease2 = s1.lease(2).await.unwrap();
+        s1.put_info(&info(2), lease2).await.unwrap();
         assert_ne!(lease1, lease2);
         assert_eq!(s3.nodes().await.unwrap(), vec![info(1), info(2)]);
         // Node 2 renews, node 1 does not: node 1 is gone after its TTL.
@@ -195,6 +197,17 @@ fn plan_compare_and_swap_and_one_coordinator() {
             !st.try_lead(2, l3).await.unwrap(),
             "the node's key under another lease (an earlier run's) is not a lead"
         );
+        // Resigning deletes only the holder's own key under its own lease.
+        assert!(!st.resign(1, l2).await.unwrap(), "not node 1's key");
+        assert!(!st.resign(2, l3).await.unwrap(), "not under that lease");
+        assert_eq!(st.coordinator().await.unwrap(), Some(2));
+        assert!(st.resign(2, l2).await.unwrap());
+        assert_eq!(st.coordinator().await.unwrap(), None, "the key went");
+        assert!(
+            st.try_lead(1, l1).await.is_err(),
+            "a revoked lease leads nothing"
+        );
+        assert!(st.try_lead(3, l3).await.unwrap(), "free for the next");
     });
 }
 
@@ -307,5 +320,82 @@ fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
             a.plan_seen().await.unwrap().unwrap().0.phase,
             PlanPhase::Committing
         );
+    });
+}
+
+#[test]
+fn one_session_per_node_holds_its_keys_and_takes_them_along() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec("t5", 1, 0);
+    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let limit = Duration::from_secs(10);
+        let st = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
+            .await
+            .unwrap();
+        let session = qcluster::Session::new(Duration::from_secs(2));
+        let mut changed = session.subscribe();
+        let (k, sess) = (st.clone(), session.clone());
+        let keeper = tokio::spawn(async move { sess.keep(&k, |_| {}).await });
+        let (r, sess) = (st.clone(), session.clone());
+        let registry = tokio::spawn(qcluster::store::stay_registered(
+            r,
+            sess,
+            || info(1),
+            |_| {},
+        ));
+        // Waits until `cond` holds, naming it.
+        async fn until<F: std::future::Future<Output = bool>>(what: &str, cond: impl Fn() -> F) {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !cond().await {
+                assert!(Instant::now() < deadline, "not within 15 s: {what}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), changed.changed())
+            .await
+            .expect("a lease granted within 10 s")
+            .unwrap();
+        let first = session.lease().expect("granted");
+        until("registered under the session's lease", || async {
+            st.nodes().await.unwrap() == vec![info(1)]
+        })
+        .await;
+        assert!(st.try_lead(1, first).await.unwrap());
+        // Kept alive past several TTLs by the one keeper.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(session.lease(), Some(first), "the same lease, renewed");
+        assert_eq!(st.nodes().await.unwrap(), vec![info(1)]);
+        assert_eq!(st.coordinator().await.unwrap(), Some(1));
+
+        // Lost (revoked behind the keeper's back, as if etcd had been away past
+        // the TTL): everything under it went; a new lease, and the registration
+        // is put back under it.
+        st.revoke(first).await.unwrap();
+        assert_eq!(st.coordinator().await.unwrap(), None);
+        until("a new lease", || async {
+            session.lease().is_some_and(|l| l != first)
+        })
+        .await;
+        until("registered again", || async {
+            st.nodes().await.unwrap() == vec![info(1)]
+        })
+        .await;
+        let second = session.lease().unwrap();
+        assert!(st.try_lead(1, second).await.unwrap());
+
+        // A clean stop closes the session: the registration and the coordinator
+        // key go at once, and no new lease is granted.
+        assert!(session.close(&st).await.unwrap());
+        assert_eq!(st.nodes().await.unwrap(), vec![]);
+        assert_eq!(st.coordinator().await.unwrap(), None);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(session.lease(), None, "closed stays closed");
+        assert_eq!(st.nodes().await.unwrap(), vec![]);
+        keeper.abort();
+        registry.abort();
     });
 }

@@ -78,9 +78,9 @@ pub struct App {
     /// Set by the member loop while this node is about to reboot (or reboots) for
     /// the plan: the coordinator loop steps down and does not campaign.
     pub stepping_down: AtomicBool,
-    /// The lease of the coordinator key while this node holds it: a clean stop
-    /// revokes it (`crate::coordinator::resign`).
-    pub coordinator_lease: std::sync::Mutex<Option<i64>>,
+    /// Whether this node holds the coordinator key (set by the coordinator
+    /// loop; a clean stop says it resigned, `crate::coordinator::resign`).
+    pub coordinating: AtomicBool,
     /// Where the data-safety gate gets its answer (a probe, the simulated
     /// restriper of a simulated node, or none).
     pub safety: crate::restriper::Source,

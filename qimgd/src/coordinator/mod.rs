@@ -1,10 +1,11 @@
 //! The coordinator: the node holding the coordinator key in etcd (created under
-//! its lease by a transaction; when its agent dies, the lease expires and another
-//! node takes it). Its loop only reconciles what etcd says — the plan and the
+//! its session's lease by a transaction, `qcluster::store::election`; when its
+//! agent dies, the lease expires and another node takes it; when it stops
+//! cleanly or reboots for the plan, it gives the key up at once). Its loop only reconciles what etcd says — the plan and the
 //! nodes' reports for its generation — and moves the plan on with
 //! compare-and-swap, so a new coordinator picks up where the last one stopped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qcluster::plan::OnFailure;
 use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeStep, PlanPhase, Store};
@@ -404,8 +405,8 @@ pub async fn run(app: Shared) {
     };
     let me = c.membership.node_id;
     let spec = c.membership.spec.clone();
-    let ttl = Duration::from_secs(app.config.cluster_lease_secs.max(1));
-    let mut lease: Option<(i64, Instant)> = None;
+    // The lease this node leads under (its session's, when it won).
+    let mut led_under: Option<i64> = None;
     let mut leading = false;
     let mut last_error = String::new();
     let mut changes = app.changes.subscribe();
@@ -433,60 +434,32 @@ pub async fn run(app: Shared) {
                 _ = vacancy.changed() => {}
             }
         }
-        let Some(store) = c.store() else {
+        let (Some(store), Some(lease)) = (c.store(), c.session.lease()) else {
+            // No etcd yet, or no session: a lead under a lost lease went with it.
+            set_leading(&app, &mut leading, false);
             continue;
         };
         let r: Result<(), qcluster::Error> = async {
             if app.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
-                // This node reboots for the plan: another node finishes it. A
-                // lease of a lost campaign is left to expire.
-                if let Some((id, _)) = lease.take()
-                    && leading
-                {
-                    store.revoke(id).await?;
-                    *app.coordinator_lease
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = None;
-                }
+                // This node reboots for the plan: another node finishes it.
                 if leading {
+                    store.resign(me, lease).await?;
                     crate::log("this node reboots for the upgrade: it steps down as coordinator");
-                    leading = false;
+                    set_leading(&app, &mut leading, false);
                 }
                 return Ok(());
             }
             // Somebody else coordinates: nothing to campaign for (a read, where a
             // campaign would be a write on every etcd member).
             if !leading && store.coordinator().await?.is_some_and(|id| id != me) {
-                lease = None; // not renewed meanwhile: a new one to campaign with
                 return Ok(());
             }
-            // The key goes with the lease: while the lease is renewed, the lead
-            // holds without asking again.
-            let (id, held) = match lease {
-                Some((id, renewed)) if renewed.elapsed() < ttl / 3 => (id, true),
-                Some((id, _)) if store.renew(id).await? => {
-                    lease = Some((id, Instant::now()));
-                    (id, true)
-                }
-                _ => {
-                    let id = store.lease(ttl.as_secs() as i64).await?;
-                    lease = Some((id, Instant::now()));
-                    (id, false)
-                }
-            };
-            let now = (leading && held) || store.try_lead(me, id).await?;
-            if now != leading {
-                crate::log(if now {
-                    "this node is the cluster's coordinator"
-                } else {
-                    "this node is no longer the coordinator"
-                });
-                leading = now;
-            }
-            // What a clean stop resigns (`resign`).
-            *app.coordinator_lease
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = leading.then_some(id);
+            // The key lives under the session's lease, which one keeper renews:
+            // while that lease is the one it won under, the lead holds without
+            // asking again.
+            let now = (leading && led_under == Some(lease)) || store.try_lead(me, lease).await?;
+            led_under = now.then_some(lease);
+            set_leading(&app, &mut leading, now);
             if leading {
                 let probe = match &app.safety {
                     Source::Probe(argv) => Some(argv.as_slice()),
@@ -514,29 +487,45 @@ pub async fn run(app: Shared) {
     }
 }
 
-/// How long a stopping agent tries to resign as coordinator.
+/// Notes a change of lead (logged, and in `App::coordinating` for a clean stop).
+fn set_leading(app: &Shared, leading: &mut bool, now: bool) {
+    if now != *leading {
+        crate::log(if now {
+            "this node is the cluster's coordinator"
+        } else {
+            "this node is no longer the coordinator"
+        });
+        *leading = now;
+        app.coordinating
+            .store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How long a stopping agent tries to end its session.
 pub const RESIGN_LIMIT: Duration = Duration::from_secs(2);
 
-/// On a clean stop: if this node coordinates, revokes the lease its coordinator
-/// key lives under, so another node takes over at once (etcd's watch tells them)
-/// instead of when the lease would have expired. At most [`RESIGN_LIMIT`].
+/// On a clean stop: ends this node's session ([`qcluster::Session::close`]):
+/// its lease is revoked, so its registration and, if it coordinates, the
+/// coordinator key go at once, and another node takes over now (etcd's watch
+/// tells them) instead of when the lease would have expired. At most
+/// [`RESIGN_LIMIT`].
 pub async fn resign(app: &Shared) {
-    let lease = app
-        .coordinator_lease
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let (Some(id), Some(store)) = (lease, app.cluster.as_ref().and_then(|c| c.store())) else {
+    let Some(c) = app.cluster.as_ref() else {
         return;
     };
-    match tokio::time::timeout(RESIGN_LIMIT, store.revoke(id)).await {
-        Ok(Ok(())) => crate::log("resigned as the cluster's coordinator"),
+    let Some(store) = c.store() else {
+        return;
+    };
+    let leading = app.coordinating.load(std::sync::atomic::Ordering::SeqCst);
+    match tokio::time::timeout(RESIGN_LIMIT, c.session.close(store)).await {
+        Ok(Ok(true)) if leading => crate::log("resigned as the cluster's coordinator"),
+        Ok(Ok(_)) => crate::log("left the cluster's session"),
         Ok(Err(e)) => crate::log(&format!(
-            "resigning as coordinator: {}; another node takes over when the lease expires",
+            "ending this node's session: {}; its keys go when the lease expires",
             upgrade::chain(&e)
         )),
         Err(_) => crate::log(&format!(
-            "resigning as coordinator took over {RESIGN_LIMIT:?}; another node takes over when the lease expires"
+            "ending this node's session took over {RESIGN_LIMIT:?}; its keys go when the lease expires"
         )),
     }
 }

@@ -1,0 +1,254 @@
+//! The cluster's state in etcd, through `etcd-client` over mutual TLS, split by
+//! job: the connection and its keys (here: every call has a time limit, names
+//! what it waited for and is tried again on another member while one is
+//! unreachable), this node's one lease ([`session`]), its registration under it
+//! ([`registry`]), the coordinator's election ([`election`]), the plan, the
+//! users and the nodes' reports written with compare-and-swap ([`plans`]), and
+//! etcd's watch feeding this process's mirror of the keys ([`watch`]).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, TlsOptions, Txn, TxnOp,
+};
+use serde::Serialize;
+
+use crate::create::{Membership, NodeDir};
+use crate::error::{Error, io_err};
+use crate::mirror::Mirror;
+
+pub mod election;
+pub mod plans;
+pub mod registry;
+pub mod session;
+pub mod watch;
+
+pub use registry::NodeInfo;
+pub use session::{Session, stay_registered};
+
+/// A connection to the cluster's etcd.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+    limit: Duration,
+    /// What this process saw of the keys (`crate::mirror`), shared by its clones.
+    seen: std::sync::Arc<std::sync::Mutex<Mirror>>,
+}
+
+/// The pause before a call is tried again on another member.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// True for errors that another try may not have: a member that cannot be
+/// reached, or an election under way.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        // gRPC codes: 1 cancelled, 2 unknown (a broken connection), 14 unavailable;
+        // and etcd's own transient answers while a leader is elected.
+        etcd_client::Error::GRpcStatus(s) => {
+            let m = s.message();
+            (matches!(s.code() as i32, 1 | 2 | 14) && !m.contains("etcdserver"))
+                || [
+                    "leader changed",
+                    "no leader",
+                    "request timed out",
+                    "too many requests",
+                ]
+                .iter()
+                .any(|t| m.contains(t))
+        }
+        _ => false,
+    }
+}
+
+fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
+    let op = op.into();
+    move |source| Error::Etcd { op, source }
+}
+
+impl Store {
+    /// Connects to the cluster's etcd members with this node's certificate; every
+    /// call is limited to `limit`.
+    pub async fn connect(m: &Membership, files: &NodeDir, limit: Duration) -> Result<Store, Error> {
+        let read = |p: std::path::PathBuf| std::fs::read(&p).map_err(io_err("reading", &p));
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(files.ca())?))
+            .identity(Identity::from_pem(read(files.cert())?, read(files.key())?));
+        let opts = ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(limit)
+            .with_timeout(limit);
+        let endpoints = m.spec.endpoints();
+        let client = tokio::time::timeout(limit, Client::connect(&endpoints, Some(opts)))
+            .await
+            .map_err(|_| Error::Timeout {
+                op: format!("connecting to {}", endpoints.join(",")),
+                secs: limit.as_secs(),
+            })?
+            .map_err(etcd_err(format!("connecting to {}", endpoints.join(","))))?;
+        Ok(Store {
+            client,
+            prefix: m.spec.prefix(),
+            limit,
+            seen: Default::default(),
+        })
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &str,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.limit, f)
+            .await
+            .map_err(|_| Error::Timeout {
+                op: op.into(),
+                secs: self.limit.as_secs(),
+            })?
+            .map_err(etcd_err(op))
+    }
+
+    /// One etcd call, tried again on another connection while a member is
+    /// unreachable (the client balances over every member; a dead one fails the
+    /// calls routed to it until it is noticed), all within the time limit.
+    async fn call<T, Fut>(&self, op: &str, f: impl Fn(Client) -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = tokio::time::timeout(left, f(self.client.clone()))
+                .await
+                .map_err(|_| Error::Timeout {
+                    op: op.into(),
+                    secs: self.limit.as_secs(),
+                })?;
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if unreachable(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await
+                }
+                Err(e) => return Err(etcd_err(op)(e)),
+            }
+        }
+    }
+}
+
+impl Store {
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(v).map_err(|e| Error::Damaged {
+            key: key.into(),
+            problem: e.to_string(),
+        })
+    }
+
+    fn json<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(v).map_err(|e| Error::Damaged {
+            key: key.into(),
+            problem: e.to_string(),
+        })
+    }
+
+    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One key read from etcd (and noted in the mirror), with its revision.
+    async fn get_one<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        key: &str,
+    ) -> Result<Option<(T, i64)>, Error> {
+        let r = self
+            .call(op, |mut c| {
+                let key = key.to_owned();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        match r.kvs().first() {
+            None => Ok(None),
+            Some(kv) => {
+                self.mirror().saw(key, kv.value(), kv.mod_revision());
+                Ok(Some((Self::parse(key, kv.value())?, kv.mod_revision())))
+            }
+        }
+    }
+
+    /// One key as the mirror has it while a watch keeps it current, else from etcd.
+    async fn seen_one<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        key: &str,
+    ) -> Result<Option<(T, i64)>, Error> {
+        let hit = {
+            let m = self.mirror();
+            m.is_live()
+                .then(|| m.get(key).map(|(v, r)| (v.to_vec(), r)))
+        };
+        match hit {
+            Some(None) => Ok(None),
+            Some(Some((v, r))) => Ok(Some((Self::parse(key, &v)?, r))),
+            None => self.get_one(op, key).await,
+        }
+    }
+
+    /// Writes `value` as JSON under `key` if the key is still at `revision`
+    /// (`None`: it does not exist yet).
+    async fn put_json_if<T: Serialize>(
+        &self,
+        op: &str,
+        key: &str,
+        value: &T,
+        revision: Option<i64>,
+    ) -> Result<bool, Error> {
+        let cmp = match revision {
+            Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
+        };
+        let value = Self::json(key, value)?;
+        self.put_if(op, key, value, cmp).await
+    }
+
+    /// Writes `value` under `key` if `cmp` holds (a transaction); notes a
+    /// successful write in the mirror. False when the comparison failed.
+    async fn put_if(
+        &self,
+        op: &str,
+        key: &str,
+        value: Vec<u8>,
+        cmp: Compare,
+    ) -> Result<bool, Error> {
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::put(key, value.clone(), None)]);
+        let r = self
+            .call(op, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        self.wrote(key, &value, r.succeeded(), r.header());
+        Ok(r.succeeded())
+    }
+
+    /// Notes a successful write of this process in the mirror.
+    fn wrote(
+        &self,
+        key: &str,
+        value: &[u8],
+        succeeded: bool,
+        header: Option<&etcd_client::ResponseHeader>,
+    ) {
+        if let (true, Some(h)) = (succeeded, header) {
+            self.mirror().saw(key, value, h.revision());
+        }
+    }
+}

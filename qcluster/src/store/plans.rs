@@ -1,0 +1,158 @@
+//! The cluster's plan, its users and the nodes' reports: written with
+//! compare-and-swap on their revisions (a report also plainly, by its node),
+//! read from etcd or, while the watch keeps it current, from the mirror.
+
+use etcd_client::{Compare, CompareOp, GetOptions};
+use serde::Serialize;
+
+use super::Store;
+use crate::error::Error;
+use crate::plan::{ClusterPlan, NodeReport};
+
+impl Store {
+    /// The plan and its modification revision (for compare-and-swap), from etcd.
+    pub async fn plan(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
+        self.get_one("reading the plan", &self.key("plan")).await
+    }
+
+    /// The plan as this process last saw it (see `crate::mirror`): no round trip
+    /// while the watch is live; [`Store::plan`] otherwise.
+    pub async fn plan_seen(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
+        self.seen_one("reading the plan", &self.key("plan")).await
+    }
+
+    /// Writes `plan` if the plan is still at `revision` (`None`: no plan yet).
+    /// False when another writer came first.
+    pub async fn put_plan_if(
+        &self,
+        plan: &ClusterPlan,
+        revision: Option<i64>,
+    ) -> Result<bool, Error> {
+        self.put_json_if("writing the plan", &self.key("plan"), plan, revision)
+            .await
+    }
+
+    /// The cluster's users (a document the agents define: names and password
+    /// hashes) and its revision, from etcd.
+    pub async fn users<T: serde::de::DeserializeOwned>(&self) -> Result<Option<(T, i64)>, Error> {
+        self.get_one("reading the users", &self.key("users")).await
+    }
+
+    /// The users as this process last saw them (the mirror, no round trip while
+    /// the watch is live); [`Store::users`] otherwise.
+    pub async fn users_seen<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(T, i64)>, Error> {
+        self.seen_one("reading the users", &self.key("users")).await
+    }
+
+    /// Writes the users if they are still at `revision` (`None`: none yet).
+    /// False when another writer came first.
+    pub async fn put_users_if<T: Serialize>(
+        &self,
+        users: &T,
+        revision: Option<i64>,
+    ) -> Result<bool, Error> {
+        self.put_json_if("writing the users", &self.key("users"), users, revision)
+            .await
+    }
+
+    /// Writes node `id`'s report.
+    pub async fn report(&self, id: u32, r: &NodeReport) -> Result<(), Error> {
+        let key = self.key(&format!("reports/{id:08}"));
+        let value = Self::json(&key, r)?;
+        let r = self
+            .call("writing a node report", |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            })
+            .await?;
+        self.wrote(&key, &value, true, r.header());
+        Ok(())
+    }
+
+    /// Node `id`'s report and its revision (for [`Store::report_if`]), from etcd.
+    pub async fn report_of(&self, id: u32) -> Result<Option<(NodeReport, i64)>, Error> {
+        let key = self.key(&format!("reports/{id:08}"));
+        self.get_one("reading a node report", &key).await
+    }
+
+    /// Node `id`'s report as this process last saw it (see [`Store::plan_seen`]).
+    pub async fn report_of_seen(&self, id: u32) -> Result<Option<(NodeReport, i64)>, Error> {
+        let key = self.key(&format!("reports/{id:08}"));
+        self.seen_one("reading a node report", &key).await
+    }
+
+    /// Writes node `id`'s report if it is still at `revision` (compare-and-swap:
+    /// a progress report never overwrites a report written meanwhile by another
+    /// task). False when another write came first.
+    pub async fn report_if(&self, id: u32, r: &NodeReport, revision: i64) -> Result<bool, Error> {
+        let key = self.key(&format!("reports/{id:08}"));
+        let cmp = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
+        let value = Self::json(&key, r)?;
+        self.put_if("writing a node report", &key, value, cmp).await
+    }
+
+    /// Every node's report, by node id, from etcd.
+    pub async fn reports(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
+        let prefix = self.key("reports/");
+        let r = self
+            .call("reading the node reports", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        {
+            let mut m = self.mirror();
+            for kv in r.kvs() {
+                m.saw(
+                    &String::from_utf8_lossy(kv.key()),
+                    kv.value(),
+                    kv.mod_revision(),
+                );
+            }
+        }
+        Self::parse_reports(
+            &prefix,
+            r.kvs()
+                .iter()
+                .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value())),
+        )
+    }
+
+    /// Every node's report as this process last saw it (see [`Store::plan_seen`]).
+    pub async fn reports_seen(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
+        let prefix = self.key("reports/");
+        let hit: Option<Vec<(String, Vec<u8>)>> = {
+            let m = self.mirror();
+            m.is_live().then(|| {
+                m.under(&prefix)
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                    .collect()
+            })
+        };
+        match hit {
+            Some(kvs) => {
+                Self::parse_reports(&prefix, kvs.iter().map(|(k, v)| (k.clone(), v.as_slice())))
+            }
+            None => self.reports().await,
+        }
+    }
+
+    fn parse_reports<'a>(
+        prefix: &str,
+        kvs: impl Iterator<Item = (String, &'a [u8])>,
+    ) -> Result<Vec<(u32, NodeReport)>, Error> {
+        kvs.map(|(key, value)| {
+            let id = key
+                .strip_prefix(prefix)
+                .and_then(|i| i.parse().ok())
+                .ok_or_else(|| Error::Damaged {
+                    key: key.clone(),
+                    problem: "not a node id".into(),
+                })?;
+            Ok((id, Self::parse(&key, value)?))
+        })
+        .collect()
+    }
+}

@@ -1,0 +1,74 @@
+//! Each node's registration: who it is and what it runs, under its session's
+//! lease ([`super::Session`]), so a node whose agent stopped disappears with the
+//! lease.
+
+use etcd_client::{GetOptions, PutOptions};
+use serde::{Deserialize, Serialize};
+
+use super::Store;
+use crate::error::Error;
+
+/// A node as it registered itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: u32,
+    /// Node name.
+    pub name: String,
+    /// Node UUID.
+    pub uuid: String,
+    /// The agent's address.
+    pub address: String,
+    /// Hardware model.
+    pub model: String,
+    /// The installed release.
+    pub installed: Option<String>,
+    /// The booted slot.
+    pub slot: Option<String>,
+    /// `online`, or what is wrong.
+    pub health: String,
+}
+
+impl Store {
+    fn node_key(&self, id: u32) -> String {
+        format!("{}nodes/{id:08}", self.prefix)
+    }
+
+    /// Rewrites `info` under `lease`.
+    pub async fn put_info(&self, info: &NodeInfo, lease: i64) -> Result<(), Error> {
+        let key = self.node_key(info.id);
+        let value = serde_json::to_vec(info).map_err(|e| Error::Damaged {
+            key: key.clone(),
+            problem: e.to_string(),
+        })?;
+        self.call("registering the node", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The registered nodes, by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        let prefix = format!("{}nodes/", self.prefix);
+        let r = self
+            .call("listing the nodes", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|e| Error::Damaged {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    problem: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,180 @@
+//! This node's one lease, as etcd's own `concurrency.Session`: everything the
+//! node keeps in etcd while it is up — its registration, the coordinator key
+//! while it coordinates — lives under it, so all of it goes together when the
+//! node goes (the lease expires) or stops cleanly ([`Session::close`] revokes
+//! it). One keeper ([`Session::keep`]) renews it every third of its TTL and
+//! grants a new one when it was lost (etcd away longer than the TTL); whoever
+//! put keys under the old one puts them again under the new one
+//! ([`Session::subscribe`] says when).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::{NodeInfo, Store};
+use crate::error::Error;
+
+impl Store {
+    /// Renews `lease` once; false when it is gone (expired or revoked).
+    pub async fn renew(&self, lease: i64) -> Result<bool, Error> {
+        let r = async {
+            let mut c = self.client.clone();
+            let (mut keeper, mut stream) = self
+                .timed("renewing the lease", c.lease_keep_alive(lease))
+                .await?;
+            self.timed("renewing the lease", keeper.keep_alive())
+                .await?;
+            self.timed("renewing the lease", stream.message()).await
+        }
+        .await;
+        match r {
+            Ok(r) => Ok(r.is_some_and(|r| r.ttl() > 0)),
+            // etcd 3.4 answers a renewal of an expired lease with this error rather
+            // than with TTL 0 (what the client crate expects from 3.5+).
+            Err(Error::Etcd {
+                source: etcd_client::Error::LeaseKeepAliveError(m),
+                ..
+            }) if m.contains("not found") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Grants a lease of `ttl_secs`.
+    pub async fn lease(&self, ttl_secs: i64) -> Result<i64, Error> {
+        Ok(self
+            .call("granting a lease", |mut c| async move {
+                c.lease_grant(ttl_secs, None).await
+            })
+            .await?
+            .id())
+    }
+
+    /// Revokes `lease` (its keys go at once).
+    pub async fn revoke(&self, lease: i64) -> Result<(), Error> {
+        self.call("revoking a lease", |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// This node's session: its one lease, kept by one keeper.
+#[derive(Clone)]
+pub struct Session {
+    ttl: Duration,
+    lease: Arc<tokio::sync::watch::Sender<Option<i64>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Session {
+    /// A session whose lease will live `ttl` (at least a second) unless renewed.
+    pub fn new(ttl: Duration) -> Session {
+        Session {
+            ttl: ttl.max(Duration::from_secs(1)),
+            lease: Arc::new(tokio::sync::watch::Sender::new(None)),
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The lease's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The lease now: `None` before the first grant, while a lost one is being
+    /// replaced, and once closed.
+    pub fn lease(&self) -> Option<i64> {
+        *self.lease.borrow()
+    }
+
+    /// Changes when the lease does (granted, lost, replaced, closed).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
+        self.lease.subscribe()
+    }
+
+    /// The keeper: grants the lease, renews it every third of the TTL, and
+    /// grants a new one when it was lost. Runs until dropped or closed; `log`
+    /// hears what happened (each error as it happens).
+    pub async fn keep(&self, store: &Store, log: impl Fn(&str)) {
+        let secs = self.ttl.as_secs() as i64;
+        while !self.closed.load(Ordering::SeqCst) {
+            let r = match self.lease() {
+                None => store.lease(secs).await.map(|l| {
+                    log(&format!("this node's session: lease {l:x}, {secs} s"));
+                    self.lease.send_replace(Some(l));
+                }),
+                Some(l) => match store.renew(l).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        log(
+                            "this node's lease expired (etcd was away longer than its TTL); granting a new one",
+                        );
+                        self.lease.send_replace(None);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = r {
+                log(&format!("keeping this node's lease: {e}"));
+            }
+            tokio::time::sleep(self.ttl / 3).await;
+        }
+    }
+
+    /// Ends the session on a clean stop: revokes the lease, so everything
+    /// under it goes at once (the others see the node leave and, if it
+    /// coordinated, campaign now rather than after the TTL). The keeper grants
+    /// no new one. True when there was a lease to revoke.
+    pub async fn close(&self, store: &Store) -> Result<bool, Error> {
+        self.closed.store(true, Ordering::SeqCst);
+        match self.lease.send_replace(None) {
+            Some(l) => store.revoke(l).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Keeps `info()` registered under the session's lease: written when the lease
+/// is new (the registration under a lost one went with it) and when the info
+/// changed (after an upgrade), looked at every third of the TTL and whenever
+/// the lease changes. Runs until dropped.
+pub async fn stay_registered(
+    store: Store,
+    session: Session,
+    info: impl Fn() -> NodeInfo,
+    log: impl Fn(&str),
+) {
+    let mut changed = session.subscribe();
+    // What etcd holds, under which lease: written again only when either
+    // changed (each write wakes every node's watch).
+    let mut written: Option<(i64, NodeInfo)> = None;
+    loop {
+        if let Some(l) = session.lease() {
+            let now = info();
+            let same = written
+                .as_ref()
+                .is_some_and(|(wl, wi)| *wl == l && *wi == now);
+            if !same {
+                match store.put_info(&now, l).await {
+                    Ok(()) => {
+                        if written.as_ref().is_none_or(|(wl, _)| *wl != l) {
+                            log(&format!("registered in the cluster (lease {l:x})"));
+                        }
+                        written = Some((l, now));
+                    }
+                    Err(e) => log(&format!("cluster registration: {e}")),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(session.ttl() / 3) => {}
+            r = changed.changed() => {
+                if r.is_err() {
+                    return; // the session is gone
+                }
+            }
+        }
+    }
+}
