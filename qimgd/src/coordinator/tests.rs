@@ -1,7 +1,10 @@
 //! Tests of the coordinator's decisions (pure: plan + reports + context → the next plan).
 
+use super::decide::grave;
 use super::*;
-use qcluster::{NodeSpec, PlanMode};
+use crate::restriper::Source;
+use qcluster::plan::OnFailure;
+use qcluster::{ClusterPlan, ClusterSpec, NodeReport, NodeSpec, NodeStep, PlanMode, PlanPhase};
 
 const CX: Ctx = Ctx {
     now_ms: 1_000_000,

@@ -1,0 +1,144 @@
+//! The coordinator's loop: campaign for the key while nobody coordinates (at
+//! once when etcd's watch says it went), reconcile while this node holds it,
+//! step down before this node reboots for the plan; and the clean stop's
+//! resignation.
+
+use std::time::Duration;
+
+use super::reconcile::reconcile;
+use super::{CAMPAIGN_POLL, Ctx, POLL};
+use crate::api::Shared;
+use crate::restriper::Source;
+
+/// Campaigns for coordinator and, while it holds the key, reconciles. Runs until
+/// dropped.
+pub async fn run(app: Shared) {
+    let Some(c) = app.cluster.as_ref() else {
+        return;
+    };
+    let me = c.membership.node_id;
+    let spec = c.membership.spec.clone();
+    // The lease this node leads under (its session's, when it won).
+    let mut led_under: Option<i64> = None;
+    let mut leading = false;
+    let mut last_error = String::new();
+    let mut changes = app.changes.subscribe();
+    let mut vacancy = app.vacancy.subscribe();
+    // When a data-safety gate's time is up (Unix ms), to wake exactly then.
+    let mut gate_until: u64 = 0;
+    loop {
+        // The coordinator (and a node stepping down) acts on changes, at the poll
+        // at the latest, and exactly when a gate's time is up; the others
+        // campaign when the coordinator key goes, or at their slower poll.
+        // Only the full poll reads etcd; a change or a gate's end is in the mirror.
+        let mut fresh = false;
+        if leading {
+            let nap = match gate_until.checked_sub(qcluster::plan::now_ms()) {
+                Some(left) if left > 0 => POLL.min(Duration::from_millis(left)),
+                _ => POLL,
+            };
+            fresh = tokio::select! {
+                _ = tokio::time::sleep(nap) => nap == POLL,
+                _ = changes.changed() => false,
+            };
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(CAMPAIGN_POLL) => {}
+                _ = vacancy.changed() => {}
+            }
+        }
+        let (Some(store), Some(lease)) = (c.store(), c.session.lease()) else {
+            // No etcd yet, or no session: a lead under a lost lease went with it.
+            set_leading(&app, &mut leading, false);
+            continue;
+        };
+        let r: Result<(), qcluster::Error> = async {
+            if app.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
+                // This node reboots for the plan: another node finishes it.
+                if leading {
+                    store.resign(me, lease).await?;
+                    crate::log("this node reboots for the upgrade: it steps down as coordinator");
+                    set_leading(&app, &mut leading, false);
+                }
+                return Ok(());
+            }
+            // Somebody else coordinates: nothing to campaign for (a read, where a
+            // campaign would be a write on every etcd member).
+            if !leading && store.coordinator().await?.is_some_and(|id| id != me) {
+                return Ok(());
+            }
+            // The key lives under the session's lease, which one keeper renews:
+            // while that lease is the one it won under, the lead holds without
+            // asking again.
+            let now = (leading && led_under == Some(lease)) || store.try_lead(me, lease).await?;
+            led_under = now.then_some(lease);
+            set_leading(&app, &mut leading, now);
+            if leading {
+                let probe = match &app.safety {
+                    Source::Probe(argv) => Some(argv.as_slice()),
+                    _ => None,
+                };
+                let cx = Ctx {
+                    now_ms: qcluster::plan::now_ms(),
+                    me,
+                    batch_limit_ms: app.config.batch_limit_secs * 1000,
+                    gate_limit_ms: app.config.data_safety_limit_secs * 1000,
+                    data: app.safety.initial(),
+                };
+                gate_until = reconcile(store, &spec, cx, probe, fresh).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            let text = upgrade::chain(&e);
+            if text != last_error {
+                crate::log(&format!("coordinator: {text}"));
+                last_error = text;
+            }
+        }
+    }
+}
+
+/// Notes a change of lead (logged, and in `App::coordinating` for a clean stop).
+fn set_leading(app: &Shared, leading: &mut bool, now: bool) {
+    if now != *leading {
+        crate::log(if now {
+            "this node is the cluster's coordinator"
+        } else {
+            "this node is no longer the coordinator"
+        });
+        *leading = now;
+        app.coordinating
+            .store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How long a stopping agent tries to end its session.
+pub const RESIGN_LIMIT: Duration = Duration::from_secs(2);
+
+/// On a clean stop: ends this node's session ([`qcluster::Session::close`]):
+/// its lease is revoked, so its registration and, if it coordinates, the
+/// coordinator key go at once, and another node takes over now (etcd's watch
+/// tells them) instead of when the lease would have expired. At most
+/// [`RESIGN_LIMIT`].
+pub async fn resign(app: &Shared) {
+    let Some(c) = app.cluster.as_ref() else {
+        return;
+    };
+    let Some(store) = c.store() else {
+        return;
+    };
+    let leading = app.coordinating.load(std::sync::atomic::Ordering::SeqCst);
+    match tokio::time::timeout(RESIGN_LIMIT, c.session.close(store)).await {
+        Ok(Ok(true)) if leading => crate::log("resigned as the cluster's coordinator"),
+        Ok(Ok(_)) => crate::log("left the cluster's session"),
+        Ok(Err(e)) => crate::log(&format!(
+            "ending this node's session: {}; its keys go when the lease expires",
+            upgrade::chain(&e)
+        )),
+        Err(_) => crate::log(&format!(
+            "ending this node's session took over {RESIGN_LIMIT:?}; its keys go when the lease expires"
+        )),
+    }
+}

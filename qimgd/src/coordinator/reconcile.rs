@@ -1,0 +1,65 @@
+//! One reconciliation: load the plan and the reports (from etcd at a poll, from
+//! the mirror when the watch woke the loop), ask the data-safety probe while a
+//! gate holds, decide ([`super::next`]), write by compare-and-swap.
+
+use qcluster::{ClusterSpec, Store};
+
+use super::Ctx;
+use super::decide::{grave, next};
+use crate::restriper::DataSafety;
+
+/// One reconciliation; returns when the plan's data-safety gate is up (Unix ms,
+/// 0 for none), for the loop to wake then.
+pub(super) async fn reconcile(
+    store: &Store,
+    spec: &ClusterSpec,
+    mut cx: Ctx,
+    probe: Option<&[String]>,
+    mut fresh: bool,
+) -> Result<u64, qcluster::Error> {
+    loop {
+        // Read from etcd at the poll; as the watch delivered it otherwise (a stale
+        // plan only loses its compare-and-swap).
+        let (plan, reports) = if fresh {
+            (store.plan().await?, store.reports().await?)
+        } else {
+            (store.plan_seen().await?, store.reports_seen().await?)
+        };
+        let Some((plan, rev)) = plan else {
+            return Ok(0);
+        };
+        // The restriper is asked only while a gate holds the next batch back.
+        if let Some(argv) = probe.filter(|_| plan.gating(cx.now_ms, false)) {
+            let argv = argv.to_vec();
+            cx.data = tokio::task::spawn_blocking(move || {
+                crate::restriper::safety(crate::restriper::probe(&argv))
+            })
+            .await
+            .unwrap_or_else(|e| DataSafety::AtRisk(format!("the restriper probe: {e}")));
+        }
+        let Some(p) = next(&plan, spec, &reports, &cx) else {
+            return Ok(plan.gate_until_ms);
+        };
+        // A report the mirror has not seen yet must not pause or fail the rollout:
+        // such a decision is made again on what etcd says.
+        if !fresh && grave(&plan, &p) {
+            fresh = true;
+            continue;
+        }
+        if !store.put_plan_if(&p, Some(rev)).await? {
+            return Ok(plan.gate_until_ms);
+        }
+        crate::log(&format!(
+            "coordinator: plan {} {:?} -> {:?}{}",
+            p.generation,
+            plan.phase,
+            p.phase,
+            p.error
+                .as_deref()
+                .or(p.paused_error.as_deref())
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+        return Ok(p.gate_until_ms);
+    }
+}
