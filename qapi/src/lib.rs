@@ -1,6 +1,7 @@
 //! The contract between the node agent (`qimgd`) and its clients (`qq`, the Web
 //! UI's tests, benchmarks): the REST bodies ([`types`], spelled as Qumulo's
-//! documented API), a small blocking HTTPS/Unix-socket client ([`client`]) that
+//! documented API; [`status`], the v1 status body and the engine's phases,
+//! error states and modes), a small blocking HTTPS/Unix-socket client ([`client`]) that
 //! behaves as Qumulo's client does, and the credentials file ([`credentials`]).
 //! It does not depend on the engine: clients link it without linking a node.
 #![deny(missing_docs)]
@@ -8,6 +9,7 @@
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod status;
 pub mod types;
 
 pub use client::{Client, Options, Target};

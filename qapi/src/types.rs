@@ -299,15 +299,8 @@ impl PlanPhase {
     }
 }
 
-/// Instant or platform.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanMode {
-    /// The container restarts.
-    Instant,
-    /// The nodes reboot into the other slot.
-    Platform,
-}
+/// Instant or platform: the engine's mode (one enum, `crate::status::Mode`).
+pub use crate::status::PlanMode;
 
 /// What a node did for a plan generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -175,7 +175,7 @@ fn finished_committed(c: &mut Client) -> Result<bool> {
     match c.get::<qapi::types::ClusterUpgrade>("/v1/qimg/cluster/upgrade") {
         Ok(u) => Ok(u.phase == PlanPhase::Committed),
         Err(e) if e.status() == Some(404) => {
-            let s: upgrade::state::Status = c.get("/v1/upgrade/status")?;
+            let s: qapi::status::Status = c.get("/v1/upgrade/status")?;
             Ok(s.state == upgrade::state::Phase::Committed)
         }
         Err(e) => Err(e.into()),

@@ -15,7 +15,7 @@ pub use crate::wire::{ErrorState, Mode, Phase};
 use crate::wire::{InstalledRecord, LastCommitRecord, RECORD_SCHEMA, Record};
 
 /// Schema id of `qq upgrade_status`.
-pub const STATUS_SCHEMA: &str = "qq.upgrade_status/1";
+pub use qapi::status::{STATUS_SCHEMA, Status};
 
 /// A release as installed or to be installed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -478,39 +478,6 @@ impl TryFrom<Record> for NodeState {
             updated_at: r.updated_at,
         })
     }
-}
-
-/// `qq upgrade_status`: the reference's seven fields first, in its order, then ours.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    /// The bundle being installed.
-    pub install_path: String,
-    /// `UPGRADE_IDLE` … `UPGRADE_COMMITTED`.
-    pub state: Phase,
-    /// What is happening or happened.
-    pub details: String,
-    /// The cause of the error state.
-    pub error_message: String,
-    /// `UPGRADE_ERROR_*`.
-    pub error_state: ErrorState,
-    /// True while an upgrade may not start.
-    pub is_blocked: bool,
-    /// Why.
-    pub blocked_reason: String,
-    /// Always [`STATUS_SCHEMA`].
-    pub schema: String,
-    /// Instant or platform, once known.
-    pub mode: Option<Mode>,
-    /// Rolling reboots requested.
-    pub rolling: bool,
-    /// Release the node ran when the upgrade began.
-    pub from_version: Option<String>,
-    /// Release being installed.
-    pub to_version: Option<String>,
-    /// Downtime of the last container swap, in milliseconds.
-    pub downtime_ms: Option<u64>,
-    /// The step within the state.
-    pub step: Option<String>,
 }
 
 /// The report for state `s`, with the lock holder (if any) and the time now.

@@ -1,86 +1,12 @@
 //! The wire form of the upgrade record (`upgrade.json`) and the enums the reference
 //! spells: loose on purpose (every field optional to serde) so that
 //! [`crate::state::NodeState`]'s `TryFrom` can name the field that is wrong. Depends
-//! on nothing else of the engine.
+//! on nothing else of the engine; the enums are the wire contract's
+//! (`qapi::status`).
 
 use serde::{Deserialize, Serialize};
 
-/// The upgrade's phase, spelled as `qq upgrade_status` prints it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    /// Nothing in progress.
-    #[default]
-    #[serde(rename = "UPGRADE_IDLE")]
-    Idle,
-    /// Verifying the bundle and writing the slot, container and firmware.
-    #[serde(rename = "UPGRADE_PREPARING")]
-    Preparing,
-    /// Everything staged; waiting for commit.
-    #[serde(rename = "UPGRADE_PREPARED")]
-    Prepared,
-    /// Swapping the container, or rebooting into the new slot.
-    #[serde(rename = "UPGRADE_COMMITTING")]
-    Committing,
-    /// The node runs the new release.
-    #[serde(rename = "UPGRADE_COMMITTED")]
-    Committed,
-}
-
-impl Phase {
-    /// The name `qq upgrade_status` prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Idle => "UPGRADE_IDLE",
-            Phase::Preparing => "UPGRADE_PREPARING",
-            Phase::Prepared => "UPGRADE_PREPARED",
-            Phase::Committing => "UPGRADE_COMMITTING",
-            Phase::Committed => "UPGRADE_COMMITTED",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What went wrong last, as the reference spells it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorState {
-    /// Nothing.
-    #[default]
-    #[serde(rename = "UPGRADE_ERROR_NO_ERROR")]
-    NoError,
-    /// Prepare failed; the node is as it was.
-    #[serde(rename = "UPGRADE_ERROR_PREPARE_FAILED")]
-    PrepareFailed,
-    /// Commit failed; the node runs the old release.
-    #[serde(rename = "UPGRADE_ERROR_COMMIT_FAILED")]
-    CommitFailed,
-    /// The new platform did not boot healthy; the node fell back to the old slot.
-    #[serde(rename = "UPGRADE_ERROR_ROLLED_BACK")]
-    RolledBack,
-}
-
-/// Instant (container swap) or platform (reboot into the other slot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Only the container changes.
-    Instant,
-    /// The host image changes: the node reboots into the other slot.
-    Platform,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Instant => "instant",
-            Mode::Platform => "platform",
-        })
-    }
-}
+pub use qapi::status::{ErrorState, Mode, Phase};
 
 /// Schema id of the persisted record.
 pub const RECORD_SCHEMA: &str = "qq.state/1";

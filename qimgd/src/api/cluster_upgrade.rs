@@ -1,16 +1,15 @@
 //! The upgrade endpoints of a node in a cluster: any node accepts them and writes
 //! the cluster's plan in etcd (compare-and-swap); the coordinator and every
 //! node's member loop carry it out (`crate::coordinator`, `crate::member`). The
-//! status is the cluster's, read from the plan and the nodes' reports.
+//! status is the cluster's, shaped from one [`Snapshot`] of the plan and its
+//! generation's reports (`super::snapshot`).
 
 use axum::http::StatusCode;
-use qapi::types::{
-    Blocked, ClusterUpgrade, NodeProgress, PrepareRequest, UpgradeSettings, UpgradeState,
-    UpgradeStatus, UpgradeType,
-};
-use qcluster::{ClusterPlan, NodeStep, PlanMode, PlanPhase, Store};
+use qapi::types::{Blocked, ClusterUpgrade, PrepareRequest, UpgradeStatus};
+use qcluster::{ClusterPlan, PlanPhase, Store};
 
 use super::error::ApiError;
+use super::snapshot::{self, Snapshot};
 use super::{Shared, blocking};
 use crate::paths;
 
@@ -29,10 +28,7 @@ pub(crate) async fn plan(app: &Shared) -> Result<Option<(ClusterPlan, i64)>, Api
 }
 
 fn in_progress(p: &ClusterPlan) -> ApiError {
-    ApiError::blocked(format!(
-        "an upgrade to {} is in progress in the cluster (plan {}, {:?}): wait for it to end",
-        p.target_version, p.generation, p.phase
-    ))
+    ApiError::blocked(snapshot::in_progress(p))
 }
 
 /// `POST /v2/upgrade/prepare` in a cluster (its batch size checked by
@@ -69,10 +65,8 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
     if let Some(why) = v.blocked {
         return Err(ApiError::blocked(why));
     }
-    let mode = match v.plan.mode {
-        upgrade::state::Mode::Instant => PlanMode::Instant,
-        upgrade::state::Mode::Platform => PlanMode::Platform,
-    };
+    // The engine's mode is the plan's (one enum, `qapi::status::Mode`).
+    let mode = v.plan.mode;
     let generation = current.as_ref().map_or(1, |(p, _)| p.generation + 1);
     let next = ClusterPlan {
         auto_commit: req.auto_commit,
@@ -130,89 +124,15 @@ fn nothing_prepared(state: &str) -> ApiError {
 /// `/v3/upgrade/status` in a cluster. The progress is the mean of the nodes',
 /// never decreasing as this node reports it.
 pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
-    let Some((p, _)) = plan(app).await? else {
-        return Ok(UpgradeStatus {
-            state: UpgradeState::Idle,
-            progress: None,
-            settings: None,
-            error_info: None,
-        });
-    };
-    let reports = store(app)?.reports().await?;
-    let spec = &app
-        .cluster
-        .as_ref()
-        .expect("a cluster node")
-        .membership
-        .spec;
-    let sum: u32 = spec
-        .nodes
-        .iter()
-        .map(|n| {
-            reports
-                .iter()
-                .find(|(id, r)| *id == n.id && r.generation == p.generation)
-                .map_or(0, |(_, r)| match r.step {
-                    NodeStep::Preparing => u32::from(r.progress.min(99)),
-                    _ => 100,
-                })
-        })
-        .sum();
-    let mean = (sum / spec.nodes.len().max(1) as u32) as u8;
-    let state = match p.phase {
-        PlanPhase::Preparing => UpgradeState::Preparing,
-        PlanPhase::Prepared => UpgradeState::Prepared,
-        PlanPhase::Committing if p.mode == PlanMode::Platform => UpgradeState::Rebooting,
-        PlanPhase::Committing => UpgradeState::Committing,
-        // Qumulo's lifecycle: a finished upgrade is IDLE again (see
-        // `shape::upgrade_state`); the plan keeps it (`/v1/qimg/cluster/upgrade`).
-        PlanPhase::Committed => UpgradeState::Idle,
-        PlanPhase::RollingBack => UpgradeState::Committing,
-        PlanPhase::Discarding | PlanPhase::Failed => UpgradeState::Idle,
-    };
-    let progress = match state {
-        UpgradeState::Preparing => Some(app.cluster_progress(p.generation, mean.min(99))),
-        UpgradeState::Idle => None,
-        _ => Some(100),
-    };
-    Ok(UpgradeStatus {
-        state,
-        progress,
-        settings: Some(UpgradeSettings {
-            install_path: p.image_path.clone(),
-            target_version: p.target_version.clone(),
-            upgrade_type: Some(UpgradeType::from_platform(p.mode == PlanMode::Platform)),
-            auto_commit: p.auto_commit,
-            do_rolling_reboot: p.rolling,
-            num_nodes_to_reboot: p.nodes_per_batch,
-        }),
-        error_info: p.error.clone().or_else(|| p.paused_error.clone()),
-    })
+    let s = Snapshot::load(app).await?;
+    Ok(snapshot::status_body(s.as_ref(), spec(app), |g, p| {
+        app.cluster_progress(g, p)
+    }))
 }
 
 /// `/v2/upgrade/blocked` in a cluster.
 pub(super) async fn blocked(app: &Shared) -> Result<Blocked, ApiError> {
-    let (is_blocked, blocked_reason) = match plan(app).await? {
-        Some((p, _))
-            if p.paused_error.is_some()
-                && matches!(p.phase, PlanPhase::Committing | PlanPhase::RollingBack) =>
-        {
-            (
-                true,
-                format!(
-                    "the rolling reboot paused on an error: {} (POST /v1/shutdown/reboot/resume to go on)",
-                    p.paused_error.as_deref().unwrap_or_default()
-                ),
-            )
-        }
-        Some((p, _)) if p.phase.is_active() => (true, in_progress(&p).description),
-        _ => (false, String::new()),
-    };
-    Ok(Blocked {
-        is_blocked,
-        cluster_degraded: false,
-        blocked_reason,
-    })
+    Ok(snapshot::blocked_body(Snapshot::load(app).await?.as_ref()))
 }
 
 /// `GET /v1/qimg/cluster/upgrade`: the plan node by node (a qimg extension; 404
@@ -220,51 +140,30 @@ pub(super) async fn blocked(app: &Shared) -> Result<Blocked, ApiError> {
 pub(super) async fn nodes(
     axum::extract::State(app): axum::extract::State<Shared>,
 ) -> Result<axum::Json<ClusterUpgrade>, ApiError> {
-    let Some(c) = &app.cluster else {
+    if app.cluster.is_none() {
         return Err(ApiError::not_found("this node is in no cluster"));
-    };
-    let Some((p, _)) = plan(&app).await? else {
+    }
+    let Some(s) = Snapshot::load(&app).await? else {
         return Err(ApiError::not_found("no upgrade yet in this cluster"));
     };
-    let s = store(&app)?;
-    let reports = s.reports().await?;
-    let registered = s.nodes().await?;
-    let nodes = c
+    let registered = store(&app)?.nodes().await?;
+    let restriping = s.plan.gating(
+        qcluster::plan::now_ms(),
+        matches!(app.safety, crate::restriper::Source::Simulated { .. }),
+    );
+    Ok(axum::Json(snapshot::nodes_body(
+        &s,
+        spec(&app),
+        &registered,
+        restriping,
+    )))
+}
+
+/// The cluster's spec (a cluster node's handlers only).
+fn spec(app: &Shared) -> &qcluster::ClusterSpec {
+    &app.cluster
+        .as_ref()
+        .expect("a cluster node")
         .membership
         .spec
-        .nodes
-        .iter()
-        .map(|n| {
-            let r = reports
-                .iter()
-                .find(|(id, r)| *id == n.id && r.generation == p.generation)
-                .map(|(_, r)| r);
-            let reg = registered.iter().find(|r| r.id == n.id);
-            NodeProgress {
-                id: n.id,
-                name: n.name.clone(),
-                online: reg.is_some(),
-                step: r.map(|r| r.step),
-                progress: r.map_or(0, |r| r.progress),
-                error: r.and_then(|r| r.error.clone()),
-                installed: reg.and_then(|r| r.installed.clone()),
-            }
-        })
-        .collect();
-    Ok(axum::Json(ClusterUpgrade {
-        generation: p.generation,
-        phase: p.phase,
-        rolling: p.rolling,
-        batches: p.batches.clone(),
-        batch: p.batch,
-        restriping: p.gating(
-            qcluster::plan::now_ms(),
-            matches!(app.safety, crate::restriper::Source::Simulated { .. }),
-        ),
-        nodes,
-        mode: Some(p.mode),
-        from_version: Some(p.from_version.clone()).filter(|v| !v.is_empty()),
-        target_version: p.target_version.clone(),
-        downtime_ms: p.downtime_ms,
-    }))
 }

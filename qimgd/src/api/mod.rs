@@ -32,6 +32,7 @@ mod node;
 mod reboot;
 mod session;
 pub mod shape;
+mod snapshot;
 mod upgrade_api;
 mod webui;
 

@@ -7,12 +7,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use qapi::types::{ProtectionStatus, RebootStatus, RestriperStatus};
-use qcluster::{NodeStep, PlanMode, PlanPhase};
 use upgrade::state::{CommitStep, Stage};
 
 use super::body::NoBody;
 use super::cluster_upgrade::plan;
 use super::error::ApiError;
+use super::snapshot::{self, Snapshot};
 use super::{Shared, blocking};
 use crate::restriper::Source;
 use qcluster::plan::now_ms;
@@ -45,54 +45,8 @@ pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatu
             error_message: String::new(),
         }));
     }
-    let Some((p, _)) = plan(&app).await? else {
-        return Ok(Json(idle(node_count(&app))));
-    };
-    if !rebooting(&p) {
-        return Ok(Json(idle(node_count(&app))));
-    }
-    let reports = super::cluster_upgrade::store(&app)?.reports().await?;
-    let rebooted = reports
-        .iter()
-        .filter(|(_, r)| {
-            r.generation == p.generation
-                && match p.phase {
-                    PlanPhase::RollingBack => r.step == NodeStep::RolledBack,
-                    _ => r.step == NodeStep::Committed,
-                }
-        })
-        .count() as u32;
-    let state = match (&p.paused_error, p.paused) {
-        (Some(_), _) => "REBOOT_PAUSED_DUE_TO_ERROR",
-        (None, true) => "REBOOT_PAUSED",
-        _ => "REBOOT_IN_PROGRESS",
-    };
-    Ok(Json(RebootStatus {
-        state: state.into(),
-        rolling: p.rolling,
-        upgrade_initiated: true,
-        total_node_count: node_count(&app),
-        rebooted_node_count: rebooted,
-        error_message: p.paused_error.clone().unwrap_or_default(),
-    }))
-}
-
-/// True while a platform plan reboots nodes: forward, or back to their previous
-/// slot in a cluster-wide rollback.
-fn rebooting(p: &qcluster::ClusterPlan) -> bool {
-    matches!(p.phase, PlanPhase::Committing | PlanPhase::RollingBack)
-        && p.mode == PlanMode::Platform
-}
-
-fn idle(total: u32) -> RebootStatus {
-    RebootStatus {
-        state: "REBOOT_IDLE".into(),
-        rolling: false,
-        upgrade_initiated: false,
-        total_node_count: total,
-        rebooted_node_count: 0,
-        error_message: String::new(),
-    }
+    let s = Snapshot::load(&app).await?;
+    Ok(Json(snapshot::reboot_body(s.as_ref(), node_count(&app))))
 }
 
 async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
@@ -107,7 +61,7 @@ async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
     let Some((mut p, rev)) = plan(app).await? else {
         return Err(not_rolling());
     };
-    if !rebooting(&p) || !p.rolling {
+    if !snapshot::rebooting(&p) || !p.rolling {
         return Err(not_rolling());
     }
     p.paused = pause;
