@@ -5,7 +5,7 @@
 //! also plays its reboots: [`crate::power`].
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use upgrade::Agent;
@@ -20,6 +20,14 @@ use crate::server::Listeners;
 use crate::throttle::Throttle;
 use crate::tls::{self, TlsFiles};
 use crate::token::TokenKey;
+
+/// How long the registration goes without reading what the node runs again
+/// when no job ended and the node did not boot.
+const INFO_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// What the node registered, read after which job and boot (`Jobs::ends`,
+/// `App::up_since_ms`), and when.
+type CachedInfo = ((u64, u64), Instant, qcluster::NodeInfo);
 
 /// How long a shutdown waits for a cancelled operation to end.
 pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
@@ -163,12 +171,27 @@ pub async fn join(app: Shared) {
     // One lease for this node, kept by one keeper; its registration under it.
     let kept = c.session.keep(&store, crate::log);
     let a = app.clone();
+    // What the node runs changes only with a job or a boot: read again then (it
+    // opens the disk and the ESP), or after INFO_MAX_AGE (another process).
+    let cached: std::sync::Mutex<Option<CachedInfo>> = std::sync::Mutex::new(None);
     let registered = qcluster::store::stay_registered(
         store.clone(),
         c.session.clone(),
         move || {
-            let c = a.cluster.as_ref().expect("a cluster member");
-            node_info(&a, c)
+            let key = (
+                a.jobs.ends.load(Ordering::SeqCst),
+                a.up_since_ms.load(Ordering::SeqCst),
+            );
+            let mut cache = cached.lock().unwrap_or_else(|p| p.into_inner());
+            match &*cache {
+                Some((k, at, info)) if *k == key && at.elapsed() < INFO_MAX_AGE => info.clone(),
+                _ => {
+                    let c = a.cluster.as_ref().expect("a cluster member");
+                    let info = node_info(&a, c);
+                    *cache = Some((key, Instant::now(), info.clone()));
+                    info
+                }
+            }
         },
         crate::log,
     );

@@ -86,6 +86,8 @@ pub struct Jobs {
     /// Notified when a job ends (a commit that asked for a reboot returns): the
     /// simulated hardware looks at once instead of at its next poll.
     pub ended: tokio::sync::Notify,
+    /// How many jobs ended so far (what the node runs may have changed).
+    pub ends: std::sync::atomic::AtomicU64,
 }
 
 /// The slot, held until dropped.
@@ -97,6 +99,9 @@ pub struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         *self.jobs.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.jobs
+            .ends
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.jobs.ended.notify_one();
     }
 }

@@ -56,6 +56,16 @@ impl Store {
             .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
     }
 
+    /// The coordinator's node id as this process last saw it (the mirror while
+    /// the watch is live, no round trip); [`Store::coordinator`] otherwise.
+    pub async fn coordinator_seen(&self) -> Result<Option<u32>, Error> {
+        let key = self.key("coordinator");
+        Ok(self
+            .seen_one::<u32>("reading the coordinator", &key)
+            .await?
+            .map(|(id, _)| id))
+    }
+
     /// Steps down: deletes the coordinator key if it is `me`'s under `lease` (a
     /// transaction comparing both; a key of another node, or of an earlier run,
     /// is left alone). True when it was deleted.

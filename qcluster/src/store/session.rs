@@ -14,27 +14,63 @@ use std::time::Duration;
 use super::{NodeInfo, Store};
 use crate::error::Error;
 
-impl Store {
-    /// Renews `lease` once; false when it is gone (expired or revoked).
-    pub async fn renew(&self, lease: i64) -> Result<bool, Error> {
+/// A lease's keep-alive stream, kept open across renewals (etcd's own clients
+/// keep one per lease; opening one per renewal costs a stream setup each time).
+pub struct Renewer<'a> {
+    store: &'a Store,
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
+}
+
+impl Renewer<'_> {
+    /// Renews the lease once; false when it is gone (expired or revoked).
+    pub async fn renew(&mut self) -> Result<bool, Error> {
         let r = async {
-            let mut c = self.client.clone();
-            let (mut keeper, mut stream) = self
-                .timed("renewing the lease", c.lease_keep_alive(lease))
+            self.store
+                .timed("renewing the lease", self.keeper.keep_alive())
                 .await?;
-            self.timed("renewing the lease", keeper.keep_alive())
-                .await?;
-            self.timed("renewing the lease", stream.message()).await
+            self.store
+                .timed("renewing the lease", self.stream.message())
+                .await
         }
         .await;
         match r {
             Ok(r) => Ok(r.is_some_and(|r| r.ttl() > 0)),
-            // etcd 3.4 answers a renewal of an expired lease with this error rather
-            // than with TTL 0 (what the client crate expects from 3.5+).
-            Err(Error::Etcd {
-                source: etcd_client::Error::LeaseKeepAliveError(m),
-                ..
-            }) if m.contains("not found") => Ok(false),
+            Err(e) if gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// etcd 3.4 answers a keep-alive of an expired lease with this error, at the
+/// stream's opening or at a renewal, rather than with TTL 0 (what the client
+/// crate expects from 3.5+).
+fn gone(e: &Error) -> bool {
+    matches!(e, Error::Etcd {
+        source: etcd_client::Error::LeaseKeepAliveError(m),
+        ..
+    } if m.contains("not found"))
+}
+
+impl Store {
+    /// Opens `lease`'s keep-alive stream.
+    pub async fn renewer(&self, lease: i64) -> Result<Renewer<'_>, Error> {
+        let mut c = self.client.clone();
+        let (keeper, stream) = self
+            .timed("opening the lease's keep-alive", c.lease_keep_alive(lease))
+            .await?;
+        Ok(Renewer {
+            store: self,
+            keeper,
+            stream,
+        })
+    }
+
+    /// Renews `lease` once, on a stream of its own; false when it is gone.
+    pub async fn renew(&self, lease: i64) -> Result<bool, Error> {
+        match self.renewer(lease).await {
+            Ok(mut r) => r.renew().await,
+            Err(e) if gone(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -98,23 +134,40 @@ impl Session {
     /// hears what happened (each error as it happens).
     pub async fn keep(&self, store: &Store, log: impl Fn(&str)) {
         let secs = self.ttl.as_secs() as i64;
+        // The lease's keep-alive stream, open across renewals; opened again
+        // after an error.
+        let mut renewer: Option<(i64, Renewer<'_>)> = None;
         while !self.closed.load(Ordering::SeqCst) {
             let r = match self.lease() {
                 None => store.lease(secs).await.map(|l| {
                     log(&format!("this node's session: lease {l:x}, {secs} s"));
                     self.lease.send_replace(Some(l));
                 }),
-                Some(l) => match store.renew(l).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
-                        log(
-                            "this node's lease expired (etcd was away longer than its TTL); granting a new one",
-                        );
-                        self.lease.send_replace(None);
-                        continue;
+                Some(l) => {
+                    let renewed = match &mut renewer {
+                        Some((rl, r)) if *rl == l => r.renew().await,
+                        _ => match store.renewer(l).await {
+                            Ok(r) => renewer.insert((l, r)).1.renew().await,
+                            Err(e) if gone(&e) => Ok(false),
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match renewed {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            log(
+                                "this node's lease expired (etcd was away longer than its TTL); granting a new one",
+                            );
+                            renewer = None;
+                            self.lease.send_replace(None);
+                            continue;
+                        }
+                        Err(e) => {
+                            renewer = None;
+                            Err(e)
+                        }
                     }
-                    Err(e) => Err(e),
-                },
+                }
             };
             if let Err(e) = r {
                 log(&format!("keeping this node's lease: {e}"));

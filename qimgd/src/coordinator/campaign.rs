@@ -26,12 +26,16 @@ pub async fn run(app: Shared) {
     let mut vacancy = app.vacancy.subscribe();
     // When a data-safety gate's time is up (Unix ms), to wake exactly then.
     let mut gate_until: u64 = 0;
+    let mut polls = crate::cluster::Fresh::default();
     loop {
         // The coordinator (and a node stepping down) acts on changes, at the poll
         // at the latest, and exactly when a gate's time is up; the others
         // campaign when the coordinator key goes, or at their slower poll.
         // Only the full poll reads etcd; a change or a gate's end is in the mirror.
         let mut fresh = false;
+        // A node that does not coordinate reads the key from the mirror, etcd
+        // one poll in FRESH_EVERY.
+        let mut fresh_key = false;
         if leading {
             let nap = match gate_until.checked_sub(qcluster::plan::now_ms()) {
                 Some(left) if left > 0 => POLL.min(Duration::from_millis(left)),
@@ -42,10 +46,10 @@ pub async fn run(app: Shared) {
                 _ = changes.changed() => false,
             };
         } else {
-            tokio::select! {
-                _ = tokio::time::sleep(CAMPAIGN_POLL) => {}
-                _ = vacancy.changed() => {}
-            }
+            fresh_key = tokio::select! {
+                _ = tokio::time::sleep(CAMPAIGN_POLL) => polls.poll(),
+                _ = vacancy.changed() => false,
+            };
         }
         let (Some(store), Some(lease)) = (c.store(), c.session.lease()) else {
             // No etcd yet, or no session: a lead under a lost lease went with it.
@@ -64,8 +68,15 @@ pub async fn run(app: Shared) {
             }
             // Somebody else coordinates: nothing to campaign for (a read, where a
             // campaign would be a write on every etcd member).
-            if !leading && store.coordinator().await?.is_some_and(|id| id != me) {
-                return Ok(());
+            if !leading {
+                let holder = if fresh_key {
+                    store.coordinator().await?
+                } else {
+                    store.coordinator_seen().await?
+                };
+                if holder.is_some_and(|id| id != me) {
+                    return Ok(());
+                }
             }
             // The key lives under the session's lease, which one keeper renews:
             // while that lease is the one it won under, the lead holds without

@@ -28,7 +28,8 @@ pub const POLL: Duration = Duration::from_millis(200);
 
 /// How often it looks otherwise: etcd's watch wakes it on every change of the
 /// plan or of a report, and a boot of this node wakes it too; the poll only
-/// covers a watch that broke.
+/// covers a watch that broke (one poll in [`crate::cluster::FRESH_EVERY`] reads
+/// etcd, the others the mirror).
 pub const IDLE_POLL: Duration = Duration::from_secs(1);
 
 fn report(generation: u64, step: NodeStep, progress: u8, error: Option<String>) -> NodeReport {
@@ -58,6 +59,7 @@ pub async fn run(app: Shared) {
     let me = c.membership.node_id;
     let mut last_error = String::new();
     let mut changes = app.changes.subscribe();
+    let mut polls = crate::cluster::Fresh::default();
     loop {
         // At the next poll, or at once when the plan or a report changed.
         let nap = if app.jobs.running().is_some() {
@@ -65,9 +67,10 @@ pub async fn run(app: Shared) {
         } else {
             IDLE_POLL
         };
-        // Woken by a change: what woke it is in the mirror; at the poll: etcd.
+        // Woken by a change: what woke it is in the mirror; at a poll: etcd, one
+        // poll in FRESH_EVERY.
         let fresh = tokio::select! {
-            _ = tokio::time::sleep(nap) => true,
+            _ = tokio::time::sleep(nap) => polls.poll(),
             _ = changes.changed() => false,
         };
         let Some(store) = c.store() else {
