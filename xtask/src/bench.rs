@@ -1,7 +1,7 @@
 //! `cargo xtask bench bundle`: our bundle build and verify against the same work
 //! done with the standard tools, on the same input, in one run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::harness::{Opts, Usage, bundle_cmd, measure, median, parse, release_build, settle};
@@ -69,12 +69,12 @@ fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-fn bundle(o: &Opts) -> Result<(), String> {
-    release_build(&["imagebuild"])?;
-    let exe = target_dir().join("release/imagebuild");
+/// The bench's input in `o.dir`: a generated `--size` MiB tree and a 16 MiB UKI
+/// (made once, kept across runs: `.complete` marks it whole), and the two release
+/// specs (every payload zstd; filesystem images stored as is).
+fn bench_input(o: &Opts, exe: &Path) -> Result<PathBuf, String> {
     let io = |e: std::io::Error| e.to_string();
     let input = o.dir.join(format!("input-{}m", o.size_mib));
-    let work = o.dir.join("work");
     if !input.join(".complete").exists() {
         let _ = std::fs::remove_dir_all(&input);
         eprintln!(
@@ -104,7 +104,7 @@ fn bundle(o: &Opts) -> Result<(), String> {
         std::fs::write(input.join("os-release"), "ID=bench\nIMAGE_VERSION=1.0\n").map_err(io)?;
         step(
             "uki",
-            Command::new(&exe)
+            Command::new(exe)
                 .args([
                     "-q",
                     "uki",
@@ -136,6 +136,119 @@ fn bundle(o: &Opts) -> Result<(), String> {
         )
         .map_err(io)?;
     }
+    Ok(input)
+}
+
+/// The fastest honest pipeline a release engineer scripts for the same job, each
+/// step measured: squashfs on both cores, dm-verity appended in place, OpenSSL's
+/// SHA-256 (SHA-NI) of the image and the UKI, a minisign signature of a manifest
+/// of those digests, tar. No second compression of the compressed image.
+fn standard_pipeline(
+    input: &Path,
+    work: &Path,
+    level: i32,
+    minisign_key: &Path,
+    sde: &str,
+) -> Result<Vec<(String, Usage)>, String> {
+    let io = |e: std::io::Error| e.to_string();
+    // The fastest honest pipeline a release engineer scripts for the same job:
+    // squashfs on both cores, dm-verity appended in place, OpenSSL's SHA-256
+    // (SHA-NI) of the image and the UKI, a minisign signature of a manifest of
+    // those digests, tar. No second compression of the compressed image.
+    let sq = work.join("root.img");
+    for f in ["root.img", "manifest.json", "manifest.minisig", "std.tar"] {
+        let _ = std::fs::remove_file(work.join(f));
+    }
+    settle();
+    let mut steps = vec![];
+    steps.push((
+        "mksquashfs".to_owned(),
+        measure(
+            Command::new("mksquashfs")
+                .arg(input.join("rootfs"))
+                .arg(&sq)
+                .args(["-comp", "zstd", "-Xcompression-level", &level.to_string()])
+                .args([
+                    "-b",
+                    "131072",
+                    "-all-root",
+                    "-noappend",
+                    "-quiet",
+                    "-no-progress",
+                ])
+                .args(["-mkfs-time", sde, "-all-time", sde]),
+        )?,
+    ));
+    let data = file_size(&sq);
+    steps.push((
+        "veritysetup format".to_owned(),
+        measure(
+            Command::new("veritysetup")
+                .arg("format")
+                .arg(&sq)
+                .arg(&sq)
+                .arg(format!("--hash-offset={data}"))
+                .arg(format!("--salt={}", "ab".repeat(32)))
+                .arg("--uuid=01234567-89ab-8def-8123-456789abcdef")
+                .stdout(std::process::Stdio::null()),
+        )?,
+    ));
+    let digests = work.join("digests.txt");
+    steps.push((
+        "openssl dgst -sha256".to_owned(),
+        measure(
+            Command::new("openssl")
+                .args(["dgst", "-sha256"])
+                .arg(&sq)
+                .arg(input.join("uki.efi"))
+                .stdout(std::fs::File::create(&digests).map_err(io)?),
+        )?,
+    ));
+    // The manifest: the digests as JSON (microseconds of work, untimed).
+    let manifest: Vec<String> = std::fs::read_to_string(&digests)
+        .map_err(io)?
+        .lines()
+        .map(|l| format!("{:?}", l.rsplit(' ').next().unwrap_or("")))
+        .collect();
+    std::fs::write(
+        work.join("manifest.json"),
+        format!("{{\"sha256\": [{}]}}\n", manifest.join(", ")),
+    )
+    .map_err(io)?;
+    steps.push((
+        "minisign -S".to_owned(),
+        measure(
+            Command::new("minisign")
+                .args(["-S", "-s"])
+                .arg(minisign_key)
+                .arg("-m")
+                .arg(work.join("manifest.json"))
+                .arg("-x")
+                .arg(work.join("manifest.minisig"))
+                .stdout(std::process::Stdio::null()),
+        )?,
+    ));
+    std::fs::copy(input.join("uki.efi"), work.join("uki.efi")).map_err(io)?;
+    steps.push((
+        "tar -cf".to_owned(),
+        measure(
+            Command::new("tar")
+                .arg("-cf")
+                .arg(work.join("std.tar"))
+                .arg("-C")
+                .arg(work)
+                .args(["manifest.json", "manifest.minisig", "root.img", "uki.efi"]),
+        )?,
+    ));
+    Ok(steps)
+}
+
+fn bundle(o: &Opts) -> Result<(), String> {
+    release_build(&["imagebuild"])?;
+    let exe = target_dir().join("release/imagebuild");
+    let io = |e: std::io::Error| e.to_string();
+    let input = bench_input(o, &exe)?;
+    let work = o.dir.join("work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io)?;
     let key = work.join("bench");
@@ -184,95 +297,7 @@ fn bundle(o: &Opts) -> Result<(), String> {
         ))?);
         let _ = std::fs::remove_file(&none);
 
-        // The fastest honest pipeline a release engineer scripts for the same job:
-        // squashfs on both cores, dm-verity appended in place, OpenSSL's SHA-256
-        // (SHA-NI) of the image and the UKI, a minisign signature of a manifest of
-        // those digests, tar. No second compression of the compressed image.
-        let sq = work.join("root.img");
-        for f in ["root.img", "manifest.json", "manifest.minisig", "std.tar"] {
-            let _ = std::fs::remove_file(work.join(f));
-        }
-        settle();
-        let mut steps = vec![];
-        steps.push((
-            "mksquashfs".to_owned(),
-            measure(
-                Command::new("mksquashfs")
-                    .arg(input.join("rootfs"))
-                    .arg(&sq)
-                    .args(["-comp", "zstd", "-Xcompression-level", &o.level.to_string()])
-                    .args([
-                        "-b",
-                        "131072",
-                        "-all-root",
-                        "-noappend",
-                        "-quiet",
-                        "-no-progress",
-                    ])
-                    .args(["-mkfs-time", sde, "-all-time", sde]),
-            )?,
-        ));
-        let data = file_size(&sq);
-        steps.push((
-            "veritysetup format".to_owned(),
-            measure(
-                Command::new("veritysetup")
-                    .arg("format")
-                    .arg(&sq)
-                    .arg(&sq)
-                    .arg(format!("--hash-offset={data}"))
-                    .arg(format!("--salt={}", "ab".repeat(32)))
-                    .arg("--uuid=01234567-89ab-8def-8123-456789abcdef")
-                    .stdout(std::process::Stdio::null()),
-            )?,
-        ));
-        let digests = work.join("digests.txt");
-        steps.push((
-            "openssl dgst -sha256".to_owned(),
-            measure(
-                Command::new("openssl")
-                    .args(["dgst", "-sha256"])
-                    .arg(&sq)
-                    .arg(input.join("uki.efi"))
-                    .stdout(std::fs::File::create(&digests).map_err(io)?),
-            )?,
-        ));
-        // The manifest: the digests as JSON (microseconds of work, untimed).
-        let manifest: Vec<String> = std::fs::read_to_string(&digests)
-            .map_err(io)?
-            .lines()
-            .map(|l| format!("{:?}", l.rsplit(' ').next().unwrap_or("")))
-            .collect();
-        std::fs::write(
-            work.join("manifest.json"),
-            format!("{{\"sha256\": [{}]}}\n", manifest.join(", ")),
-        )
-        .map_err(io)?;
-        steps.push((
-            "minisign -S".to_owned(),
-            measure(
-                Command::new("minisign")
-                    .args(["-S", "-s"])
-                    .arg(&minisign_key)
-                    .arg("-m")
-                    .arg(work.join("manifest.json"))
-                    .arg("-x")
-                    .arg(work.join("manifest.minisig"))
-                    .stdout(std::process::Stdio::null()),
-            )?,
-        ));
-        std::fs::copy(input.join("uki.efi"), work.join("uki.efi")).map_err(io)?;
-        steps.push((
-            "tar -cf".to_owned(),
-            measure(
-                Command::new("tar")
-                    .arg("-cf")
-                    .arg(work.join("std.tar"))
-                    .arg("-C")
-                    .arg(&work)
-                    .args(["manifest.json", "manifest.minisig", "root.img", "uki.efi"]),
-            )?,
-        ));
+        let steps = standard_pipeline(&input, &work, o.level, &minisign_key, sde)?;
         build_std.push(steps.iter().fold(Usage::default(), |a, (_, u)| a.add(*u)));
         steps_std.push(steps);
 

@@ -47,4 +47,4 @@ pub struct Ctx {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -18,7 +18,9 @@ fn spec() -> ClusterSpec {
     spec_of(3, 1)
 }
 
-fn spec_of(n: u32, max_node_failures: u32) -> ClusterSpec {
+/// A spec of `n` nodes on fixed loopback ports (nothing listens), no etcd
+/// members: for the pure decisions' tests.
+pub(crate) fn spec_of(n: u32, max_node_failures: u32) -> ClusterSpec {
     ClusterSpec {
         name: "c".into(),
         max_node_failures,

@@ -320,7 +320,7 @@ fn slot_state(
     Ok((r.state, r.reason.clone()))
 }
 
-fn scenario_a(ctx: &mut Ctx) -> Result<(), String> {
+fn fresh_disk_boots_slot_a(ctx: &mut Ctx) -> Result<(), String> {
     let (d, v) = ctx.fresh("a-fresh", "1.0.0")?;
     let (m, _) = ctx.checked_boot(&d, &v, "boot1")?;
     expect(
@@ -329,7 +329,7 @@ fn scenario_a(ctx: &mut Ctx) -> Result<(), String> {
     )
 }
 
-fn scenario_b(ctx: &mut Ctx) -> Result<(), String> {
+fn healthy_upgrade_is_blessed(ctx: &mut Ctx) -> Result<(), String> {
     let (d, v) = ctx.fresh("b-healthy", "1.0.0")?;
     ctx.install(&d, "2.0.0", Slot::B, 3)?;
     let (m, booted) = ctx.checked_boot(&d, &v, "boot1")?;
@@ -359,7 +359,7 @@ fn scenario_b(ctx: &mut Ctx) -> Result<(), String> {
     )
 }
 
-fn scenario_c(ctx: &mut Ctx) -> Result<(), String> {
+fn broken_upgrade_falls_back_to_a(ctx: &mut Ctx) -> Result<(), String> {
     let (d, v) = ctx.fresh("c-broken", "1.0.0")?;
     ctx.install(&d, "2.1.0", Slot::B, 3)?;
     let mut seen = vec![];
@@ -392,7 +392,7 @@ fn scenario_c(ctx: &mut Ctx) -> Result<(), String> {
 
 /// The writer of slot B is killed at a crash point; the next boot must be A and the
 /// status consistent.
-fn scenario_d(ctx: &mut Ctx, exe: &Path) -> Result<(), String> {
+fn writer_killed_mid_install_leaves_a_booting(ctx: &mut Ctx, exe: &Path) -> Result<(), String> {
     for point in ["slot-write", "entry-write"] {
         let (d, v) = ctx.fresh(&format!("d-killed-{point}"), "1.0.0")?;
         let mut child = Command::new(exe)
@@ -646,9 +646,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let mut times = vec![];
     type Scenario = fn(&mut Ctx) -> Result<(), String>;
     let list: [(&str, Scenario); 3] = [
-        ("a: fresh disk boots slot A", scenario_a),
-        ("b: healthy upgrade, blessed", scenario_b),
-        ("c: broken upgrade falls back", scenario_c),
+        ("fresh disk boots slot A", fresh_disk_boots_slot_a),
+        ("healthy upgrade, blessed", healthy_upgrade_is_blessed),
+        ("broken upgrade falls back", broken_upgrade_falls_back_to_a),
     ];
     for (name, f) in list {
         let t = Instant::now();
@@ -656,8 +656,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
         times.push((name.to_owned(), t.elapsed()));
     }
     let t = Instant::now();
-    scenario_d(&mut ctx, &exe).map_err(|e| format!("scenario d: {e}"))?;
-    times.push(("d: writer killed mid-install".to_owned(), t.elapsed()));
+    writer_killed_mid_install_leaves_a_booting(&mut ctx, &exe)
+        .map_err(|e| format!("scenario writer killed mid-install: {e}"))?;
+    times.push(("writer killed mid-install".to_owned(), t.elapsed()));
     eprintln!(
         "xtask: qemu-test passed: {} boots, model agreed with the loader on every one",
         ctx.boots

@@ -1,22 +1,9 @@
 //! The cluster's REST bodies from a snapshot, case by case.
 
 use super::*;
-use qcluster::NodeSpec;
 
 fn spec(n: u32) -> ClusterSpec {
-    ClusterSpec {
-        name: "c".into(),
-        max_node_failures: 1,
-        nodes: (1..=n)
-            .map(|i| NodeSpec {
-                id: i,
-                name: format!("n{i}"),
-                agent: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                etcd_client: None,
-                etcd_peer: None,
-            })
-            .collect(),
-    }
+    crate::coordinator::tests::spec_of(n, 1)
 }
 
 fn plan(phase: PlanPhase, mode: PlanMode) -> ClusterPlan {
