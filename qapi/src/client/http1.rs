@@ -1,0 +1,260 @@
+//! One HTTP/1.1 exchange: the request's head and body written, the answer read
+//! with its framing (Content-Length or chunked), every line and the head
+//! bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+
+use super::transport::Conn;
+use super::{Client, MAX_BODY, MAX_HEAD, Response, Target};
+use crate::error::Error;
+
+impl Client {
+    fn host_header(&self) -> String {
+        match &self.target {
+            Target::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            Target::Tcp { host, port } => format!("{host}:{port}"),
+            Target::Unix(_) => "localhost".into(),
+        }
+    }
+
+    pub(super) fn exchange(
+        &self,
+        conn: &mut Conn,
+        method: &'static str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, Error> {
+        let io = |op| {
+            let target = self.target.to_string();
+            move |source| Error::Io { op, target, source }
+        };
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: qq-qimg/1\r\nAccept: application/json\r\n",
+            self.host_header()
+        );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or(&[]);
+        if method != "GET" {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        conn.write_all(&req).map_err(io("sending to"))?;
+        conn.flush().map_err(io("sending to"))?;
+        read_response(&mut *conn, method).map_err(|e| match e {
+            ReadErr::Io(source) => io("reading from")(source),
+            ReadErr::Bad(problem) => Error::Protocol {
+                method,
+                path: path.into(),
+                problem,
+            },
+        })
+    }
+}
+
+enum ReadErr {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+fn read_line<R: BufRead>(r: &mut R, limit: &mut usize) -> Result<String, ReadErr> {
+    let mut line = Vec::new();
+    let n = r
+        .by_ref()
+        .take(*limit as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(ReadErr::Io)?;
+    if n == 0 {
+        return Err(ReadErr::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed before an answer",
+        )));
+    }
+    if !line.ends_with(b"\n") {
+        return Err(ReadErr::Bad("header block too long".into()));
+    }
+    *limit -= n;
+    let s = String::from_utf8(line).map_err(|_| ReadErr::Bad("headers are not UTF-8".into()))?;
+    Ok(s.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Parses one answer from `bytes` as the client reads it from a connection (the
+/// fuzz target's entry; `method` matters for `HEAD`).
+pub fn parse_response(bytes: &[u8], method: &'static str) -> Result<Response, Error> {
+    read_response(bytes, method).map_err(|e| match e {
+        ReadErr::Io(source) => Error::Io {
+            op: "reading from",
+            target: "bytes".into(),
+            source,
+        },
+        ReadErr::Bad(problem) => Error::Protocol {
+            method,
+            path: String::new(),
+            problem,
+        },
+    })
+}
+
+fn read_response<R: Read>(conn: R, method: &str) -> Result<Response, ReadErr> {
+    let mut r = BufReader::new(conn);
+    let mut limit = MAX_HEAD;
+    let status_line = read_line(&mut r, &mut limit)?;
+    let mut parts = status_line.splitn(3, ' ');
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return Err(ReadErr::Bad(format!("not an HTTP answer: {status_line:?}")));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(ReadErr::Bad(format!(
+            "not an HTTP/1 answer: {status_line:?}"
+        )));
+    }
+    let status: u16 = code
+        .parse()
+        .ok()
+        .filter(|s| (100..1000).contains(s))
+        .ok_or_else(|| ReadErr::Bad(format!("bad status in {status_line:?}")))?;
+    let mut length = None;
+    let mut chunked = false;
+    let mut close = version == "HTTP/1.0";
+    loop {
+        let line = read_line(&mut r, &mut limit)?;
+        if line.is_empty() {
+            break;
+        }
+        let Some((k, v)) = line.split_once(':') else {
+            return Err(ReadErr::Bad(format!("bad header {line:?}")));
+        };
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                length = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| ReadErr::Bad(format!("bad Content-Length {v:?}")))?,
+                )
+            }
+            "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+            "connection" => close = v.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    let no_body =
+        method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
+    if no_body {
+    } else if chunked {
+        loop {
+            let line = read_line(&mut r, &mut 1024)?;
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| ReadErr::Bad(format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                while !read_line(&mut r, &mut 1024)?.is_empty() {}
+                break;
+            }
+            if body.len() + size > MAX_BODY {
+                return Err(ReadErr::Bad(format!("answer larger than {MAX_BODY} bytes")));
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..]).map_err(ReadErr::Io)?;
+            read_line(&mut r, &mut 1024)?;
+        }
+    } else if let Some(n) = length {
+        if n > MAX_BODY {
+            return Err(ReadErr::Bad(format!("answer larger than {MAX_BODY} bytes")));
+        }
+        body.resize(n, 0);
+        r.read_exact(&mut body).map_err(ReadErr::Io)?;
+    } else {
+        r.take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(ReadErr::Io)?;
+        if body.len() > MAX_BODY {
+            return Err(ReadErr::Bad(format!("answer larger than {MAX_BODY} bytes")));
+        }
+        close = true;
+    }
+    Ok(Response {
+        status,
+        body,
+        close,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Options;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    /// A one-shot server on a Unix socket answering `answer` to one request.
+    fn serve(
+        answer: &'static [u8],
+    ) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<Vec<u8>>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s");
+        let l = UnixListener::bind(&p).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(answer).unwrap();
+            buf.truncate(n);
+            buf
+        });
+        (d, p, h)
+    }
+
+    #[test]
+    fn content_length_and_the_request_it_sends() {
+        let (_d, p, h) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"a\":true}\n");
+        let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
+        c.set_token(Some("tok".into()));
+        let v: serde_json::Value = c.get("/v1/x").unwrap();
+        assert_eq!(v["a"], true);
+        let req = String::from_utf8(h.join().unwrap()).unwrap();
+        assert!(req.starts_with("GET /v1/x HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains("Authorization: Bearer tok\r\n"), "{req}");
+    }
+
+    #[test]
+    fn chunked_bodies_and_error_answers() {
+        let (_d, p, _h) = serve(
+            b"HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"error_class\":\"\r\n2c\r\nupgrade_blocked_error\",\"description\":\"busy\"}\r\n0\r\n\r\n",
+        );
+        let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
+        let e = c.post_empty("/v2/upgrade/commit").unwrap_err();
+        assert_eq!(e.status(), Some(409));
+        assert_eq!(e.class(), Some("upgrade_blocked_error"));
+        assert!(e.to_string().contains("busy"), "{e}");
+    }
+
+    #[test]
+    fn garbage_and_closed_connections_are_errors() {
+        let (_d, p, _h) = serve(b"SSH-2.0-OpenSSH\r\n\r\n");
+        let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
+        assert_eq!(
+            c.get::<serde_json::Value>("/").unwrap_err().code(),
+            "protocol"
+        );
+        let (_d, p, _h) = serve(b"");
+        let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
+        assert!(
+            c.get::<serde_json::Value>("/")
+                .unwrap_err()
+                .is_unreachable()
+        );
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Client::new(Target::Unix(d.path().join("none")), Options::default()).unwrap();
+        assert_eq!(
+            c.get::<serde_json::Value>("/").unwrap_err().code(),
+            "connect"
+        );
+    }
+}
