@@ -15,7 +15,7 @@ pub struct ClusterPlan {
     /// The upgrade file, as the operator named it (a cluster path).
     pub image_path: String,
     /// The release being installed.
-    pub target_version: String,
+    pub target_version: qimg::Version,
     /// Instant or platform.
     pub mode: PlanMode,
     /// Commit when every node prepared.
@@ -52,18 +52,24 @@ pub struct ClusterPlan {
     /// What happens when a node fails its commit.
     #[serde(default)]
     pub on_failure: OnFailure,
-    /// The release the node that accepted the request ran (empty: not known).
-    #[serde(default)]
-    pub from_version: String,
+    /// The release the node that accepted the request ran, if known (written
+    /// as `""` when not, as before this field was typed).
+    #[serde(default, with = "version_or_empty")]
+    pub from_version: Option<qimg::Version>,
 }
 
 impl ClusterPlan {
     /// A new plan, preparing, with nothing asked beyond what it installs.
-    pub fn new(generation: u64, image_path: &str, target_version: &str, mode: PlanMode) -> Self {
+    pub fn new(
+        generation: u64,
+        image_path: &str,
+        target_version: qimg::Version,
+        mode: PlanMode,
+    ) -> Self {
         ClusterPlan {
             generation,
             image_path: image_path.into(),
-            target_version: target_version.into(),
+            target_version,
             mode,
             auto_commit: false,
             rolling: false,
@@ -78,7 +84,7 @@ impl ClusterPlan {
             paused: false,
             paused_error: None,
             on_failure: OnFailure::Rollback,
-            from_version: String::new(),
+            from_version: None,
         }
     }
 
@@ -126,6 +132,26 @@ impl ClusterPlan {
             }
             _ => false,
         }
+    }
+}
+
+/// An optional version as the plan has always spelled it: `""` for none.
+mod version_or_empty {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<qimg::Version>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<qimg::Version>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -181,12 +207,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn versions_are_typed_and_read_as_older_agents_wrote_them() {
+        // A plan as an agent before typed versions wrote it: no from_version
+        // known, spelled "".
+        let old = r#"{"generation":3,"image_path":"/x","target_version":"7.1","mode":"platform",
+            "auto_commit":false,"rolling":false,"nodes_per_batch":null,"phase":"preparing",
+            "error":null,"downtime_ms":null,"from_version":""}"#;
+        let p: ClusterPlan = serde_json::from_str(old).unwrap();
+        assert_eq!(p.target_version, "7.1.0".parse::<qimg::Version>().unwrap());
+        assert_eq!(p.from_version, None);
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.contains(r#""from_version":"""#), "{text}");
+        let known = ClusterPlan {
+            from_version: Some("7.0.2".parse().unwrap()),
+            ..p
+        };
+        let back: ClusterPlan =
+            serde_json::from_str(&serde_json::to_string(&known).unwrap()).unwrap();
+        assert_eq!(back, known);
+        // Not a version: refused with the field named by serde.
+        let bad = old.replace(r#""target_version":"7.1""#, r#""target_version":"seven""#);
+        assert!(serde_json::from_str::<ClusterPlan>(&bad).is_err());
+    }
+
+    #[test]
     fn a_node_reboots_ahead_only_in_its_batch_of_a_platform_commit_or_rollback() {
         let mut p = ClusterPlan {
             rolling: true,
             phase: PlanPhase::Committing,
             batches: vec![vec![2], vec![1]],
-            ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+            ..ClusterPlan::new(1, "/x", "7.1.0".parse().unwrap(), PlanMode::Platform)
         };
         assert!(p.reboots_ahead(2, Some(NodeStep::Prepared)));
         assert!(p.reboots_ahead(2, Some(NodeStep::Committing)));

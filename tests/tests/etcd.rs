@@ -113,7 +113,12 @@ fn plan_compare_and_swap_and_one_coordinator() {
             rolling: true,
             nodes_per_batch: Some(1),
             phase,
-            ..ClusterPlan::new(generation, "/x.qimg", "7.1.0", PlanMode::Platform)
+            ..ClusterPlan::new(
+                generation,
+                "/x.qimg",
+                "7.1.0".parse().unwrap(),
+                PlanMode::Platform,
+            )
         };
         assert!(st.plan().await.unwrap().is_none());
         assert!(
@@ -237,7 +242,7 @@ fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
             .unwrap();
         let plan = |phase| ClusterPlan {
             phase,
-            ..ClusterPlan::new(3, "/x.qimg", "7.1.0", PlanMode::Platform)
+            ..ClusterPlan::new(3, "/x.qimg", "7.1.0".parse().unwrap(), PlanMode::Platform)
         };
         let r = |step| NodeReport {
             generation: 3,

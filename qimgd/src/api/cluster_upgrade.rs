@@ -75,8 +75,8 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
             .num_nodes_to_reboot
             .or(Some(spec.max_node_failures.saturating_sub(1).max(1))),
         on_failure: req.on_failure.unwrap_or_default(),
-        from_version: v.plan.from.version.to_string(),
-        ..ClusterPlan::new(generation, &img.shown, &v.plan.to.version.to_string(), mode)
+        from_version: Some(v.plan.from.version.clone()),
+        ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
     };
     let won = store(app)?
         .put_plan_if(&next, current.map(|(_, r)| r))

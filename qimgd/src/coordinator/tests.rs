@@ -54,7 +54,7 @@ fn rolling_plan(k: u32) -> ClusterPlan {
         rolling: true,
         nodes_per_batch: Some(k),
         phase: PlanPhase::Committing,
-        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        ..ClusterPlan::new(1, "/x", "7.1.0".parse().unwrap(), PlanMode::Platform)
     }
 }
 
@@ -62,7 +62,7 @@ fn plan(phase: PlanPhase, auto_commit: bool) -> ClusterPlan {
     ClusterPlan {
         auto_commit,
         phase,
-        ..ClusterPlan::new(7, "/x", "7.0.1", PlanMode::Instant)
+        ..ClusterPlan::new(7, "/x", "7.0.1".parse().unwrap(), PlanMode::Instant)
     }
 }
 
@@ -198,7 +198,7 @@ fn committed(ids: &[u32]) -> Vec<(u32, NodeReport)> {
 fn only_a_stop_or_an_undo_is_grave() {
     let p = ClusterPlan {
         phase: PlanPhase::Committing,
-        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        ..ClusterPlan::new(1, "/x", "7.1.0".parse().unwrap(), PlanMode::Platform)
     };
     let moved = ClusterPlan {
         batch: 1,
@@ -364,7 +364,7 @@ fn a_complete_reboot_failure_brings_every_committed_node_back_at_once() {
     let s = spec();
     let p = ClusterPlan {
         phase: PlanPhase::Committing,
-        ..ClusterPlan::new(1, "/x", "7.1.0", PlanMode::Platform)
+        ..ClusterPlan::new(1, "/x", "7.1.0".parse().unwrap(), PlanMode::Platform)
     };
     let reps = vec![
         r(1, 1, NodeStep::Committed, None),

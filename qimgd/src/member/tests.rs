@@ -16,7 +16,7 @@ const ME: u32 = 2;
 fn plan(phase: PlanPhase) -> ClusterPlan {
     ClusterPlan {
         phase,
-        ..ClusterPlan::new(5, "/x", "7.1.0", PlanMode::Instant)
+        ..ClusterPlan::new(5, "/x", "7.1.0".parse().unwrap(), PlanMode::Instant)
     }
 }
 
@@ -28,7 +28,7 @@ fn rolling_other_batch(phase: PlanPhase) -> ClusterPlan {
         batch: 0,
         ..ClusterPlan {
             phase,
-            ..ClusterPlan::new(5, "/x", "7.1.0", PlanMode::Platform)
+            ..ClusterPlan::new(5, "/x", "7.1.0".parse().unwrap(), PlanMode::Platform)
         }
     }
 }

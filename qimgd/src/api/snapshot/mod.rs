@@ -118,7 +118,7 @@ pub(crate) fn status_body(
         progress,
         settings: Some(UpgradeSettings {
             install_path: p.image_path.clone(),
-            target_version: p.target_version.clone(),
+            target_version: p.target_version.to_string(),
             upgrade_type: Some(UpgradeType::from_platform(p.mode == PlanMode::Platform)),
             auto_commit: p.auto_commit,
             do_rolling_reboot: p.rolling,
@@ -197,8 +197,8 @@ pub(crate) fn nodes_body(
         restriping,
         nodes,
         mode: Some(p.mode),
-        from_version: Some(p.from_version.clone()).filter(|v| !v.is_empty()),
-        target_version: p.target_version.clone(),
+        from_version: p.from_version.as_ref().map(ToString::to_string),
+        target_version: p.target_version.to_string(),
         downtime_ms: p.downtime_ms,
     }
 }

@@ -9,8 +9,8 @@ fn spec(n: u32) -> ClusterSpec {
 fn plan(phase: PlanPhase, mode: PlanMode) -> ClusterPlan {
     ClusterPlan {
         phase,
-        from_version: "7.0.0".into(),
-        ..ClusterPlan::new(4, "/up.qimg", "7.1.0", mode)
+        from_version: Some("7.0.0".parse().unwrap()),
+        ..ClusterPlan::new(4, "/up.qimg", "7.1.0".parse().unwrap(), mode)
     }
 }
 
