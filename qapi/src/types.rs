@@ -221,8 +221,8 @@ pub struct ClusterNode {
 /// `GET /v1/shutdown/reboot/status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebootStatus {
-    /// `REBOOT_IDLE` or `REBOOT_IN_PROGRESS`.
-    pub state: String,
+    /// Where the reboots are.
+    pub state: RebootState,
     /// Rolling.
     pub rolling: bool,
     /// Started by an upgrade.
@@ -233,6 +233,23 @@ pub struct RebootStatus {
     pub rebooted_node_count: u32,
     /// Why the cycle paused (empty).
     pub error_message: String,
+}
+
+/// The reboot manager's state, as Qumulo spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RebootState {
+    /// No reboots in progress.
+    #[serde(rename = "REBOOT_IDLE")]
+    Idle,
+    /// Nodes reboot (a platform commit or its rollback).
+    #[serde(rename = "REBOOT_IN_PROGRESS")]
+    InProgress,
+    /// The operator paused the reboots.
+    #[serde(rename = "REBOOT_PAUSED")]
+    Paused,
+    /// The reboots stopped on an error (a node not back in time, the data not safe).
+    #[serde(rename = "REBOOT_PAUSED_DUE_TO_ERROR")]
+    PausedDueToError,
 }
 
 /// `GET /v1/cluster/protection/restriper/status`.

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use qapi::types::{ProtectionStatus, RebootStatus, RestriperStatus};
+use qapi::types::{ProtectionStatus, RebootState, RebootStatus, RestriperStatus};
 use upgrade::state::{CommitStep, Stage};
 
 use super::body::NoBody;
@@ -33,11 +33,10 @@ pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatu
         );
         return Ok(Json(RebootStatus {
             state: if rebooting {
-                "REBOOT_IN_PROGRESS"
+                RebootState::InProgress
             } else {
-                "REBOOT_IDLE"
-            }
-            .into(),
+                RebootState::Idle
+            },
             rolling: rebooting && st.settings.rolling,
             upgrade_initiated: rebooting,
             total_node_count: 1,

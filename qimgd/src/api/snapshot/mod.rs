@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use qapi::types::{
-    Blocked, ClusterUpgrade, NodeProgress, RebootStatus, UpgradeSettings, UpgradeState,
-    UpgradeStatus, UpgradeType,
+    Blocked, ClusterUpgrade, NodeProgress, RebootState, RebootStatus, UpgradeSettings,
+    UpgradeState, UpgradeStatus, UpgradeType,
 };
 use qcluster::{ClusterPlan, ClusterSpec, NodeInfo, NodeReport, NodeStep, PlanMode, PlanPhase};
 
@@ -214,7 +214,7 @@ pub(crate) fn rebooting(p: &ClusterPlan) -> bool {
 pub(crate) fn reboot_body(s: Option<&Snapshot>, total: u32) -> RebootStatus {
     let Some(s) = s.filter(|s| rebooting(&s.plan)) else {
         return RebootStatus {
-            state: "REBOOT_IDLE".into(),
+            state: RebootState::Idle,
             rolling: false,
             upgrade_initiated: false,
             total_node_count: total,
@@ -224,12 +224,12 @@ pub(crate) fn reboot_body(s: Option<&Snapshot>, total: u32) -> RebootStatus {
     };
     let p = &s.plan;
     let state = match (&p.paused_error, p.paused) {
-        (Some(_), _) => "REBOOT_PAUSED_DUE_TO_ERROR",
-        (None, true) => "REBOOT_PAUSED",
-        _ => "REBOOT_IN_PROGRESS",
+        (Some(_), _) => RebootState::PausedDueToError,
+        (None, true) => RebootState::Paused,
+        _ => RebootState::InProgress,
     };
     RebootStatus {
-        state: state.into(),
+        state,
         rolling: p.rolling,
         upgrade_initiated: true,
         total_node_count: total,

@@ -185,13 +185,10 @@ fn the_nodes_body() {
 #[test]
 fn the_reboot_body() {
     let idle = reboot_body(None, 3);
-    assert_eq!(
-        (idle.state.as_str(), idle.total_node_count),
-        ("REBOOT_IDLE", 3)
-    );
+    assert_eq!((idle.state, idle.total_node_count), (RebootState::Idle, 3));
     // An instant commit reboots nothing.
     let s = snap(plan(PlanPhase::Committing, PlanMode::Instant), vec![]);
-    assert_eq!(reboot_body(Some(&s), 3).state, "REBOOT_IDLE");
+    assert_eq!(reboot_body(Some(&s), 3).state, RebootState::Idle);
     let mut p = plan(PlanPhase::Committing, PlanMode::Platform);
     p.rolling = true;
     let reports = vec![
@@ -201,19 +198,19 @@ fn the_reboot_body() {
     ];
     let b = reboot_body(Some(&snap(p.clone(), reports.clone())), 3);
     assert_eq!(
-        (b.state.as_str(), b.rolling, b.rebooted_node_count),
-        ("REBOOT_IN_PROGRESS", true, 1)
+        (b.state, b.rolling, b.rebooted_node_count),
+        (RebootState::InProgress, true, 1)
     );
     p.paused = true;
     assert_eq!(
         reboot_body(Some(&snap(p.clone(), reports.clone())), 3).state,
-        "REBOOT_PAUSED"
+        RebootState::Paused
     );
     p.paused_error = Some("node 2 not back".into());
     let b = reboot_body(Some(&snap(p.clone(), reports)), 3);
     assert_eq!(
-        (b.state.as_str(), b.error_message.as_str()),
-        ("REBOOT_PAUSED_DUE_TO_ERROR", "node 2 not back")
+        (b.state, b.error_message.as_str()),
+        (RebootState::PausedDueToError, "node 2 not back")
     );
     // A rollback counts the nodes back on the old release.
     p.phase = PlanPhase::RollingBack;
