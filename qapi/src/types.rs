@@ -235,6 +235,141 @@ pub struct RebootStatus {
     pub error_message: String,
 }
 
+/// The stable `error_class` of an error answer, as Qumulo spells its own: what
+/// the agent sends, one enum (a client reads any class as a string,
+/// [`crate::ErrorBody`], since other servers send others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorClass {
+    /// The user name or password is wrong.
+    #[serde(rename = "auth_invalid_credentials_error")]
+    AuthInvalidCredentials,
+    /// Too many failed logins from this address: wait.
+    #[serde(rename = "auth_login_throttled_error")]
+    AuthLoginThrottled,
+    /// The cluster's state in etcd is damaged.
+    #[serde(rename = "cluster_state_damaged_error")]
+    ClusterStateDamaged,
+    /// The cluster's etcd cannot be reached (yet).
+    #[serde(rename = "cluster_unavailable_error")]
+    ClusterUnavailable,
+    /// The upgrade file does not exist.
+    #[serde(rename = "fs_no_such_entry_error")]
+    FsNoSuchEntry,
+    /// The endpoint does not take this method.
+    #[serde(rename = "http_method_not_allowed_error")]
+    HttpMethodNotAllowed,
+    /// No such endpoint or resource.
+    #[serde(rename = "http_not_found_error")]
+    HttpNotFound,
+    /// The body is over the limit.
+    #[serde(rename = "http_payload_too_large_error")]
+    HttpPayloadTooLarge,
+    /// No valid token (or local-root connection).
+    #[serde(rename = "http_unauthorized_error")]
+    HttpUnauthorized,
+    /// Something failed inside the agent.
+    #[serde(rename = "internal_error")]
+    Internal,
+    /// The request's body, path or query is not what the endpoint takes.
+    #[serde(rename = "invalid_request_error")]
+    InvalidRequest,
+    /// No rolling reboot is in progress to pause or resume.
+    #[serde(rename = "reboot_not_in_progress_error")]
+    RebootNotInProgress,
+    /// This node has no data-safety source to ask.
+    #[serde(rename = "restriper_unavailable_error")]
+    RestriperUnavailable,
+    /// An upgrade may not start now (one in progress, a settle period, a job running).
+    #[serde(rename = "upgrade_blocked_error")]
+    UpgradeBlocked,
+    /// The operation was cancelled.
+    #[serde(rename = "upgrade_cancelled_error")]
+    UpgradeCancelled,
+    /// The upgrade engine failed.
+    #[serde(rename = "upgrade_engine_error")]
+    UpgradeEngine,
+    /// The bundle is damaged (a digest or the signature does not match).
+    #[serde(rename = "upgrade_image_damaged_error")]
+    UpgradeImageDamaged,
+    /// The bundle may not be installed on this node (product, model, version).
+    #[serde(rename = "upgrade_image_refused_error")]
+    UpgradeImageRefused,
+    /// The upgrade file cannot be read as a bundle.
+    #[serde(rename = "upgrade_image_unreadable_error")]
+    UpgradeImageUnreadable,
+    /// The image path leaves the upgrade directory or is not a path.
+    #[serde(rename = "upgrade_invalid_image_path_error")]
+    UpgradeInvalidImagePath,
+    /// The node's upgrade record is damaged.
+    #[serde(rename = "upgrade_state_damaged_error")]
+    UpgradeStateDamaged,
+    /// The upgrade is not in a state that allows this step.
+    #[serde(rename = "upgrade_wrong_state_error")]
+    UpgradeWrongState,
+}
+
+impl ErrorClass {
+    /// Every class, for tests.
+    pub const ALL: &'static [ErrorClass] = &[
+        ErrorClass::AuthInvalidCredentials,
+        ErrorClass::AuthLoginThrottled,
+        ErrorClass::ClusterStateDamaged,
+        ErrorClass::ClusterUnavailable,
+        ErrorClass::FsNoSuchEntry,
+        ErrorClass::HttpMethodNotAllowed,
+        ErrorClass::HttpNotFound,
+        ErrorClass::HttpPayloadTooLarge,
+        ErrorClass::HttpUnauthorized,
+        ErrorClass::Internal,
+        ErrorClass::InvalidRequest,
+        ErrorClass::RebootNotInProgress,
+        ErrorClass::RestriperUnavailable,
+        ErrorClass::UpgradeBlocked,
+        ErrorClass::UpgradeCancelled,
+        ErrorClass::UpgradeEngine,
+        ErrorClass::UpgradeImageDamaged,
+        ErrorClass::UpgradeImageRefused,
+        ErrorClass::UpgradeImageUnreadable,
+        ErrorClass::UpgradeInvalidImagePath,
+        ErrorClass::UpgradeStateDamaged,
+        ErrorClass::UpgradeWrongState,
+    ];
+
+    /// The class as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::AuthInvalidCredentials => "auth_invalid_credentials_error",
+            ErrorClass::AuthLoginThrottled => "auth_login_throttled_error",
+            ErrorClass::ClusterStateDamaged => "cluster_state_damaged_error",
+            ErrorClass::ClusterUnavailable => "cluster_unavailable_error",
+            ErrorClass::FsNoSuchEntry => "fs_no_such_entry_error",
+            ErrorClass::HttpMethodNotAllowed => "http_method_not_allowed_error",
+            ErrorClass::HttpNotFound => "http_not_found_error",
+            ErrorClass::HttpPayloadTooLarge => "http_payload_too_large_error",
+            ErrorClass::HttpUnauthorized => "http_unauthorized_error",
+            ErrorClass::Internal => "internal_error",
+            ErrorClass::InvalidRequest => "invalid_request_error",
+            ErrorClass::RebootNotInProgress => "reboot_not_in_progress_error",
+            ErrorClass::RestriperUnavailable => "restriper_unavailable_error",
+            ErrorClass::UpgradeBlocked => "upgrade_blocked_error",
+            ErrorClass::UpgradeCancelled => "upgrade_cancelled_error",
+            ErrorClass::UpgradeEngine => "upgrade_engine_error",
+            ErrorClass::UpgradeImageDamaged => "upgrade_image_damaged_error",
+            ErrorClass::UpgradeImageRefused => "upgrade_image_refused_error",
+            ErrorClass::UpgradeImageUnreadable => "upgrade_image_unreadable_error",
+            ErrorClass::UpgradeInvalidImagePath => "upgrade_invalid_image_path_error",
+            ErrorClass::UpgradeStateDamaged => "upgrade_state_damaged_error",
+            ErrorClass::UpgradeWrongState => "upgrade_wrong_state_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The reboot manager's state, as Qumulo spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RebootState {
@@ -412,6 +547,46 @@ pub struct ClusterUpgrade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_classes_round_trip_as_spelled() {
+        for c in ErrorClass::ALL {
+            let text = serde_json::to_string(c).unwrap();
+            assert_eq!(text, format!("\"{}\"", c.as_str()));
+            assert!(c.as_str().ends_with("_error"), "{c}");
+            assert_eq!(serde_json::from_str::<ErrorClass>(&text).unwrap(), *c);
+        }
+        let mut names: Vec<&str> = ErrorClass::ALL.iter().map(|c| c.as_str()).collect();
+        names.dedup();
+        assert_eq!(names.len(), ErrorClass::ALL.len(), "sorted and distinct");
+    }
+
+    #[test]
+    fn the_agents_documentation_names_every_error_class() {
+        let doc = include_str!("../../docs/qimgd.md");
+        for c in ErrorClass::ALL {
+            assert!(
+                doc.contains(&format!("`{}`", c.as_str())),
+                "docs/qimgd.md's error table does not name {c}"
+            );
+        }
+    }
+
+    #[test]
+    fn reboot_states_round_trip_as_spelled() {
+        for (st, text) in [
+            (RebootState::Idle, "REBOOT_IDLE"),
+            (RebootState::InProgress, "REBOOT_IN_PROGRESS"),
+            (RebootState::Paused, "REBOOT_PAUSED"),
+            (RebootState::PausedDueToError, "REBOOT_PAUSED_DUE_TO_ERROR"),
+        ] {
+            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{text}\""));
+            assert_eq!(
+                serde_json::from_str::<RebootState>(&format!("\"{text}\"")).unwrap(),
+                st
+            );
+        }
+    }
 
     #[test]
     fn node_steps_are_named_as_on_the_wire() {

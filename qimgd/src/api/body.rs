@@ -4,6 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use qapi::types::ErrorClass;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -39,7 +40,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "http_payload_too_large_error",
+        ErrorClass::HttpPayloadTooLarge,
         format!("the request body is larger than {BODY_LIMIT} bytes"),
     )
 }
@@ -110,8 +111,11 @@ mod tests {
             e.description
         );
         let e = parse::<B>(br#"{"a":true} x"#).unwrap_err();
-        assert_eq!(e.class, "invalid_request_error");
-        assert_eq!(parse::<B>(b"{").unwrap_err().class, "invalid_request_error");
+        assert_eq!(e.class, ErrorClass::InvalidRequest);
+        assert_eq!(
+            parse::<B>(b"{").unwrap_err().class,
+            ErrorClass::InvalidRequest
+        );
         let big = vec![b' '; BODY_LIMIT + 1];
         assert_eq!(
             parse::<B>(&big).unwrap_err().status,

@@ -5,6 +5,7 @@
 //! generation's reports (`super::snapshot`).
 
 use axum::http::StatusCode;
+use qapi::types::ErrorClass;
 use qapi::types::{Blocked, ClusterUpgrade, PrepareRequest, UpgradeStatus};
 use qcluster::{ClusterPlan, PlanPhase, Store};
 
@@ -114,7 +115,7 @@ pub(super) async fn commit(app: &Shared) -> Result<StatusCode, ApiError> {
 fn nothing_prepared(state: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
-        "upgrade_wrong_state_error",
+        ErrorClass::UpgradeWrongState,
         format!(
             "commit is not possible: the cluster's upgrade is {state}, not prepared (POST /v2/upgrade/prepare first)"
         ),

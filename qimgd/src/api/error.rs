@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use qapi::types::ErrorClass;
 use serde::Serialize;
 
 use crate::paths::PathProblem;
@@ -15,7 +16,7 @@ pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Stable error class.
-    pub class: &'static str,
+    pub class: ErrorClass,
     /// What happened, in words.
     pub description: String,
     /// The engine's error code, when the engine answered.
@@ -44,7 +45,7 @@ pub struct ErrorBody<'a> {
 
 impl ApiError {
     /// An error of `class` with `status`.
-    pub fn new(status: StatusCode, class: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, class: ErrorClass, description: impl Into<String>) -> Self {
         ApiError {
             status,
             class,
@@ -58,7 +59,7 @@ impl ApiError {
     pub fn bad_request(description: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "invalid_request_error",
+            ErrorClass::InvalidRequest,
             description,
         )
     }
@@ -67,26 +68,30 @@ impl ApiError {
     pub fn unauthorized(description: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "http_unauthorized_error",
+            ErrorClass::HttpUnauthorized,
             description,
         )
     }
 
     /// 404 `http_not_found_error`.
     pub fn not_found(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "http_not_found_error", description)
+        Self::new(StatusCode::NOT_FOUND, ErrorClass::HttpNotFound, description)
     }
 
     /// 409 `upgrade_blocked_error`.
     pub fn blocked(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "upgrade_blocked_error", description)
+        Self::new(
+            StatusCode::CONFLICT,
+            ErrorClass::UpgradeBlocked,
+            description,
+        )
     }
 
     /// 500 `internal_error`.
     pub fn internal(description: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorClass::Internal,
             description,
         )
     }
@@ -96,7 +101,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             module: "qimgd",
-            error_class: self.class,
+            error_class: self.class.as_str(),
             description: &self.description,
             code: self.code,
             user_visible: true,
@@ -116,20 +121,20 @@ impl From<upgrade::Error> for ApiError {
     fn from(e: upgrade::Error) -> Self {
         use upgrade::Error as E;
         let (status, class) = match &e {
-            E::Refused { .. } => (StatusCode::BAD_REQUEST, "upgrade_image_refused_error"),
-            E::Bundle { .. } => (StatusCode::BAD_REQUEST, "upgrade_image_damaged_error"),
+            E::Refused { .. } => (StatusCode::BAD_REQUEST, ErrorClass::UpgradeImageRefused),
+            E::Bundle { .. } => (StatusCode::BAD_REQUEST, ErrorClass::UpgradeImageDamaged),
             E::BundleOpen { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                (StatusCode::NOT_FOUND, "fs_no_such_entry_error")
+                (StatusCode::NOT_FOUND, ErrorClass::FsNoSuchEntry)
             }
-            E::BundleOpen { .. } => (StatusCode::BAD_REQUEST, "upgrade_image_unreadable_error"),
-            E::Blocked(_) => (StatusCode::CONFLICT, "upgrade_blocked_error"),
-            E::WrongState { .. } => (StatusCode::CONFLICT, "upgrade_wrong_state_error"),
-            E::Cancelled => (StatusCode::CONFLICT, "upgrade_cancelled_error"),
+            E::BundleOpen { .. } => (StatusCode::BAD_REQUEST, ErrorClass::UpgradeImageUnreadable),
+            E::Blocked(_) => (StatusCode::CONFLICT, ErrorClass::UpgradeBlocked),
+            E::WrongState { .. } => (StatusCode::CONFLICT, ErrorClass::UpgradeWrongState),
+            E::Cancelled => (StatusCode::CONFLICT, ErrorClass::UpgradeCancelled),
             E::StateDamaged { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "upgrade_state_damaged_error",
+                ErrorClass::UpgradeStateDamaged,
             ),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "upgrade_engine_error"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorClass::UpgradeEngine),
         };
         ApiError {
             status,
@@ -148,14 +153,15 @@ impl From<qcluster::Error> for ApiError {
     fn from(e: qcluster::Error) -> Self {
         use qcluster::Error as E;
         let (status, class) = match &e {
-            E::Etcd { .. } | E::Timeout { .. } | E::WatchCancelled { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable_error")
-            }
+            E::Etcd { .. } | E::Timeout { .. } | E::WatchCancelled { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorClass::ClusterUnavailable,
+            ),
             E::Damaged { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "cluster_state_damaged_error",
+                ErrorClass::ClusterStateDamaged,
             ),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorClass::Internal),
         };
         ApiError::new(
             status,
@@ -179,7 +185,7 @@ impl From<crate::Error> for ApiError {
 pub fn no_etcd_yet() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "cluster_unavailable_error",
+        ErrorClass::ClusterUnavailable,
         "the cluster's state cannot be reached: this node has not reached etcd yet",
     )
 }
@@ -189,13 +195,13 @@ impl From<PathProblem> for ApiError {
         match p {
             PathProblem::Missing(_) => Self::new(
                 StatusCode::NOT_FOUND,
-                "fs_no_such_entry_error",
+                ErrorClass::FsNoSuchEntry,
                 p.to_string(),
             ),
             PathProblem::Dir(_) => Self::internal(p.to_string()),
             _ => Self::new(
                 StatusCode::BAD_REQUEST,
-                "upgrade_invalid_image_path_error",
+                ErrorClass::UpgradeInvalidImagePath,
                 p.to_string(),
             ),
         }
@@ -215,7 +221,10 @@ mod tests {
         let e = ApiError::from(timeout);
         assert_eq!(
             (e.status, e.class),
-            (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable_error")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorClass::ClusterUnavailable
+            )
         );
         assert!(e.description.contains("reading the plan"), "{e:?}");
         let cancelled = qcluster::Error::WatchCancelled {
@@ -235,7 +244,7 @@ mod tests {
             (e.status, e.class),
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "cluster_state_damaged_error"
+                ErrorClass::ClusterStateDamaged
             )
         );
         // Through the agent's own error, the same.
@@ -248,6 +257,6 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(no_etcd_yet().status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(no_etcd_yet().class, "cluster_unavailable_error");
+        assert_eq!(no_etcd_yet().class, ErrorClass::ClusterUnavailable);
     }
 }

@@ -6,6 +6,7 @@
 //! engine's [`upgrade::Agent`] on a blocking thread, and shape the answer with
 //! [`shape`] into [`qapi::types`].
 
+use qapi::types::ErrorClass;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -191,7 +192,7 @@ pub fn router(app: Shared) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "http_method_not_allowed_error",
+                ErrorClass::HttpMethodNotAllowed,
                 "this endpoint does not take that method",
             )
         })

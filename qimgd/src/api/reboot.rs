@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use qapi::types::ErrorClass;
 use qapi::types::{ProtectionStatus, RebootState, RebootStatus, RestriperStatus};
 use upgrade::state::{CommitStep, Stage};
 
@@ -52,7 +53,7 @@ async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
     if app.cluster.is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "reboot_not_in_progress_error",
+            ErrorClass::RebootNotInProgress,
             "no rolling reboot is in progress on this node's cluster",
         ));
     }
@@ -85,7 +86,7 @@ async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
 fn not_rolling() -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
-        "reboot_not_in_progress_error",
+        ErrorClass::RebootNotInProgress,
         "no rolling reboot is in progress",
     )
 }
@@ -113,7 +114,7 @@ pub(super) async fn restriper(
     let unavailable = |why: String| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "restriper_unavailable_error",
+            ErrorClass::RestriperUnavailable,
             why,
         )
     };

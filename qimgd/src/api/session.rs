@@ -1,6 +1,7 @@
 //! `POST /v1/session/login`: a token for a user and password, slowed down per
 //! source address after failures ([`crate::throttle`]).
 
+use qapi::types::ErrorClass;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -29,7 +30,7 @@ pub(super) async fn login(
         let secs = wait.as_secs_f64().ceil() as u64;
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "auth_login_throttled_error",
+            ErrorClass::AuthLoginThrottled,
             format!("too many failed logins from {ip}: try again in {secs} s"),
         );
         e.retry_after = Some(secs);
@@ -56,7 +57,7 @@ pub(super) async fn login(
             app.throttle.failed(ip, Instant::now());
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "auth_invalid_credentials_error",
+                ErrorClass::AuthInvalidCredentials,
                 "the user name or password is wrong",
             ))
         }

@@ -7,6 +7,7 @@
 //! with nothing changed: the body, the path, the job slot, the node's lock, the
 //! state, and (prepare) the bundle's signature and its checks against the node.
 
+use qapi::types::ErrorClass;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -204,7 +205,7 @@ pub(super) async fn prepare(
         if let Stage::Committing(..) = st.stage {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "upgrade_wrong_state_error",
+                ErrorClass::UpgradeWrongState,
                 "a commit is in progress: commit again to finish it (POST /v2/upgrade/commit)",
             ));
         }
@@ -249,7 +250,7 @@ pub(super) async fn commit(
             Stage::Prepared(_) | Stage::Committing(..) => Ok(()),
             s => Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "upgrade_wrong_state_error",
+                ErrorClass::UpgradeWrongState,
                 format!(
                     "commit is not possible in state {}: nothing is prepared (POST /v2/upgrade/prepare first)",
                     s.phase().name()
