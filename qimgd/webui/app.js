@@ -132,60 +132,24 @@ async function poll() {
   timer = setTimeout(poll, POLL_MS);
 }
 
-async function get(path) {
-  const r = await api("GET", path);
-  return r.status === 200 ? r.body : null;
-}
-
+// One request for everything the page shows (`/v1/qimg/overview`).
 async function refresh() {
-  const [version, status, blocked, nodes, plan, reboot, restriper, prot] = await Promise.all([
-    get("/v1/version"),
-    get("/v3/upgrade/status"),
-    get("/v2/upgrade/blocked"),
-    get("/v1/cluster/nodes/"),
-    get("/v1/qimg/cluster/upgrade"),
-    get("/v1/shutdown/reboot/status"),
-    get("/v1/cluster/protection/restriper/status"),
-    get("/v1/cluster/protection/status"),
-  ]);
+  const r = await api("GET", "/v1/qimg/overview");
   if (!token) return;
-  if (!status) throw new Error("no status");
-  protection = prot;
-  current = version ? version.build_id : null;
-  $("current-version").textContent = current || "unknown";
-  if (nodes && nodes.length) {
-    const known = nodes.filter((n) => n.api_address).map((n) => ({ name: n.node_name, address: n.api_address }));
-    if (known.length) sessionStorage.setItem(NODES, JSON.stringify(known));
-  }
-  render(status, blocked, nodes || [], plan, reboot, restriper);
+  if (r.status !== 200 || !r.body) throw new Error("no overview");
+  const o = r.body;
+  protection = o.protection;
+  current = o.version ? o.version.build_id : null;
+  const known = (o.nodes || []).filter((n) => n.api_address).map((n) => ({ name: n.node_name, address: n.api_address }));
+  if (known.length) sessionStorage.setItem(NODES, JSON.stringify(known));
+  paint(view(o));
   $("updated").textContent = "Updated " + new Date().toLocaleTimeString();
 }
 
-function nodeRow(n, p) {
-  const tr = document.createElement("tr");
-  const cell = (text, cls) => {
-    const td = document.createElement("td");
-    td.textContent = text;
-    if (cls) td.className = cls;
-    tr.appendChild(td);
-  };
-  const th = document.createElement("th");
-  th.scope = "row";
-  th.textContent = n.node_name;
-  tr.appendChild(th);
-  cell(n.node_status === "online" ? "online" : "offline (rebooting or down)", n.node_status === "online" ? "" : "bad");
-  cell(n.software_version || "—");
-  cell(n.boot_slot ? n.boot_slot.toUpperCase() : "—");
-  let step = "—";
-  if (p) {
-    if (p.error) step = "failed: " + p.error;
-    else if (p.step === "preparing") step = "preparing " + p.progress + " %";
-    else if (p.step) step = p.step.replace(/_/g, " ");
-  }
-  cell(step, p && p.error ? "bad" : "");
-  return tr;
-}
+// ---- what to show (pure: an overview in, a description of the page out) ----
 
+// Qumulo's upgrade states, in the page's words. The names are the contract's
+// (`qapi::types::UpgradeState`), written here once.
 const STATE = {
   UPGRADE_STATE_IDLE: "idle",
   UPGRADE_STATE_PREPARING: "preparing",
@@ -195,97 +159,32 @@ const STATE = {
   UPGRADE_STATE_COMMITTED: "committed",
 };
 
-function render(status, blocked, nodes, plan, reboot, restriper) {
-  const state = STATE[status.state] || status.state;
-  const busy = ["preparing", "prepared", "committing", "rebooting"].includes(state);
-  const rollingBack = plan && plan.phase === "rolling_back";
-  const failed = plan && (plan.phase === "failed" || plan.phase === "discarding");
-
-  // The nodes, with their part in the current upgrade.
-  const body = $("nodes").tBodies[0];
-  body.replaceChildren(...nodes.map((n) => nodeRow(n, plan && plan.nodes.find((x) => x.id === n.id))));
-
-  // Blocks and problems, in words.
-  const pausedOnError = reboot && reboot.state === "REBOOT_PAUSED_DUE_TO_ERROR";
-  say("blocked", blocked && blocked.is_blocked && !busy && !rollingBack
-    ? "Upgrades are blocked: " + localTimes(blocked.blocked_reason) : "");
-  let problem = "";
-  if (pausedOnError) {
-    problem = "The reboots are paused on an error: " + (reboot.error_message || status.error_info || "unknown") +
-      ". Fix the cause, then resume.";
-  } else if (rollingBack) {
-    problem = "The upgrade failed and the cluster is rolling back to the previous release: " + (status.error_info || "");
-  } else if (failed && status.error_info) {
-    problem = "The upgrade failed; every node is back on the release it ran before: " + status.error_info;
-  } else if (status.error_info && state === "idle") {
-    problem = "The last upgrade did not complete: " + status.error_info;
+// A node's row: its name, whether it answers, what it runs, its part in the
+// current upgrade.
+function nodeView(n, p) {
+  const online = n.node_status === "online";
+  let step = "—";
+  if (p) {
+    if (p.error) step = "failed: " + p.error;
+    else if (p.step === "preparing") step = "preparing " + p.progress + " %";
+    else if (p.step) step = p.step.replace(/_/g, " ");
   }
-  say("problem", problem);
-
-  // The success message: from the plan (the release each node ran before). A
-  // finished upgrade is idle again (Qumulo's lifecycle); the plan keeps it.
-  let success = "";
-  if (!busy && plan && plan.phase === "committed") {
-    const from = plan.from_version ? "from " + plan.from_version + " " : "";
-    success = "You have successfully upgraded " + from + "to " + plan.target_version + ".";
-    if (plan.downtime_ms != null) success += " Cluster downtime: " + plan.downtime_ms + " ms.";
-  }
-  say("success", success);
-
-  // The start form, while nothing runs.
-  const idle = !busy && !rollingBack;
-  show($("start-form"), idle);
-  $("upgrade-button").disabled = !!(blocked && blocked.is_blocked);
-
-  // Progress.
-  show($("progress"), busy || rollingBack);
-  const bar = $("cluster-progress");
-  show($("restriper"), false);
-  show($("commit"), false);
-  show($("pause"), false);
-  show($("resume"), false);
-  if (!(busy || rollingBack)) return;
-  const platform = plan ? plan.mode === "platform" : state === "rebooting";
-  if (rollingBack) {
-    $("phase-title").textContent = "Rolling back";
-    $("phase-text").textContent = rebootText(reboot, plan);
-    setBar(bar, reboot);
-  } else if (state === "preparing") {
-    $("phase-title").textContent = "Preparing the upgrade";
-    $("phase-text").textContent = "Verifying the upgrade file and writing the new release on every node: " +
-      (status.progress || 0) + " %";
-    bar.value = status.progress || 0;
-  } else if (state === "prepared") {
-    $("phase-title").textContent = "Prepared";
-    $("phase-text").textContent = "Every node is prepared" +
-      (status.settings && status.settings.auto_commit ? "; committing now." : ". Commit to finish the upgrade.");
-    bar.value = 100;
-    show($("commit"), !(status.settings && status.settings.auto_commit));
-  } else if (!platform) {
-    $("phase-title").textContent = "Committing";
-    $("phase-text").textContent = "Restarting the container on every node with the new release.";
-    bar.removeAttribute("value");
-  } else {
-    $("phase-title").textContent = plan && plan.rolling ? "Rolling reboot" : "Complete reboot";
-    $("phase-text").textContent = rebootText(reboot, plan);
-    setBar(bar, reboot);
-  }
-  if (plan && plan.restriping && restriper) {
-    say("restriper", "Waiting for the data to be safe before the next nodes reboot: the restriper is " +
-      restriper.percent_complete + " % done" + (restriper.data_at_risk ? " (data at risk until it finishes)." : "."));
-  }
-  const rollingReboot = reboot && reboot.rolling && (platform || rollingBack);
-  show($("pause"), !!(rollingReboot && reboot.state === "REBOOT_IN_PROGRESS"));
-  show($("resume"), !!(rollingReboot && (reboot.state === "REBOOT_PAUSED" || pausedOnError)));
+  return {
+    name: n.node_name,
+    status: online ? "online" : "offline (rebooting or down)",
+    statusBad: !online,
+    version: n.software_version || "—",
+    slot: n.boot_slot ? n.boot_slot.toUpperCase() : "—",
+    step,
+    stepBad: !!(p && p.error),
+  };
 }
 
-function setBar(bar, reboot) {
-  if (reboot && reboot.total_node_count) {
-    bar.max = reboot.total_node_count;
-    bar.value = reboot.rebooted_node_count;
-  } else {
-    bar.removeAttribute("value");
-  }
+// The progress bar of a reboot: nodes done of all, or indeterminate.
+function rebootBar(reboot) {
+  return reboot && reboot.total_node_count
+    ? { max: reboot.total_node_count, value: reboot.rebooted_node_count }
+    : null;
 }
 
 function rebootText(reboot, plan) {
@@ -298,6 +197,131 @@ function rebootText(reboot, plan) {
   }
   if (reboot.state === "REBOOT_PAUSED") t += " (paused)";
   return t + ".";
+}
+
+// Everything the page shows for overview `o`, decided here and only here.
+function view(o) {
+  const status = o.status, blocked = o.blocked, plan = o.plan, reboot = o.reboot, restriper = o.restriper;
+  const state = STATE[status.state] || status.state;
+  const busy = ["preparing", "prepared", "committing", "rebooting"].includes(state);
+  const rollingBack = !!(plan && plan.phase === "rolling_back");
+  const failed = !!(plan && (plan.phase === "failed" || plan.phase === "discarding"));
+  const pausedOnError = !!(reboot && reboot.state === "REBOOT_PAUSED_DUE_TO_ERROR");
+  const v = {
+    current: o.version ? o.version.build_id : null,
+    nodes: (o.nodes || []).map((n) => nodeView(n, plan && plan.nodes.find((x) => x.id === n.id))),
+    blocked: blocked && blocked.is_blocked && !busy && !rollingBack
+      ? "Upgrades are blocked: " + localTimes(blocked.blocked_reason) : "",
+    problem: "",
+    success: "",
+    startForm: !busy && !rollingBack,
+    upgradeDisabled: !!(blocked && blocked.is_blocked),
+    progress: null, // {title, text, bar: {max, value} | null (indeterminate)}
+    restriper: "",
+    commit: false,
+    pause: false,
+    resume: false,
+  };
+  if (pausedOnError) {
+    v.problem = "The reboots are paused on an error: " + (reboot.error_message || status.error_info || "unknown") +
+      ". Fix the cause, then resume.";
+  } else if (rollingBack) {
+    v.problem = "The upgrade failed and the cluster is rolling back to the previous release: " + (status.error_info || "");
+  } else if (failed && status.error_info) {
+    v.problem = "The upgrade failed; every node is back on the release it ran before: " + status.error_info;
+  } else if (status.error_info && state === "idle") {
+    v.problem = "The last upgrade did not complete: " + status.error_info;
+  }
+  // A finished upgrade is idle again (Qumulo's lifecycle); the plan keeps it.
+  if (!busy && plan && plan.phase === "committed") {
+    const from = plan.from_version ? "from " + plan.from_version + " " : "";
+    v.success = "You have successfully upgraded " + from + "to " + plan.target_version + ".";
+    if (plan.downtime_ms != null) v.success += " Cluster downtime: " + plan.downtime_ms + " ms.";
+  }
+  if (!(busy || rollingBack)) return v;
+  const platform = plan ? plan.mode === "platform" : state === "rebooting";
+  if (rollingBack) {
+    v.progress = { title: "Rolling back", text: rebootText(reboot, plan), bar: rebootBar(reboot) };
+  } else if (state === "preparing") {
+    const pct = status.progress || 0;
+    v.progress = {
+      title: "Preparing the upgrade",
+      text: "Verifying the upgrade file and writing the new release on every node: " + pct + " %",
+      bar: { max: 100, value: pct },
+    };
+  } else if (state === "prepared") {
+    const auto = !!(status.settings && status.settings.auto_commit);
+    v.progress = {
+      title: "Prepared",
+      text: "Every node is prepared" + (auto ? "; committing now." : ". Commit to finish the upgrade."),
+      bar: { max: 100, value: 100 },
+    };
+    v.commit = !auto;
+  } else if (!platform) {
+    v.progress = { title: "Committing", text: "Restarting the container on every node with the new release.", bar: null };
+  } else {
+    v.progress = {
+      title: plan && plan.rolling ? "Rolling reboot" : "Complete reboot",
+      text: rebootText(reboot, plan),
+      bar: rebootBar(reboot),
+    };
+  }
+  if (plan && plan.restriping && restriper) {
+    v.restriper = "Waiting for the data to be safe before the next nodes reboot: the restriper is " +
+      restriper.percent_complete + " % done" + (restriper.data_at_risk ? " (data at risk until it finishes)." : ".");
+  }
+  const rollingReboot = !!(reboot && reboot.rolling && (platform || rollingBack));
+  v.pause = rollingReboot && reboot.state === "REBOOT_IN_PROGRESS";
+  v.resume = rollingReboot && (reboot.state === "REBOOT_PAUSED" || pausedOnError);
+  return v;
+}
+window.qimgView = view; // for the tests, which check it case by case in the browser
+
+// ---- painting it ----
+
+function nodeRow(n) {
+  const tr = document.createElement("tr");
+  const cell = (text, bad) => {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (bad) td.className = "bad";
+    tr.appendChild(td);
+  };
+  const th = document.createElement("th");
+  th.scope = "row";
+  th.textContent = n.name;
+  tr.appendChild(th);
+  cell(n.status, n.statusBad);
+  cell(n.version);
+  cell(n.slot);
+  cell(n.step, n.stepBad);
+  return tr;
+}
+
+function paint(v) {
+  $("current-version").textContent = v.current || "unknown";
+  $("nodes").tBodies[0].replaceChildren(...v.nodes.map(nodeRow));
+  say("blocked", v.blocked);
+  say("problem", v.problem);
+  say("success", v.success);
+  show($("start-form"), v.startForm);
+  $("upgrade-button").disabled = v.upgradeDisabled;
+  show($("progress"), !!v.progress);
+  if (v.progress) {
+    $("phase-title").textContent = v.progress.title;
+    $("phase-text").textContent = v.progress.text;
+    const bar = $("cluster-progress");
+    if (v.progress.bar) {
+      bar.max = v.progress.bar.max;
+      bar.value = v.progress.bar.value;
+    } else {
+      bar.removeAttribute("value");
+    }
+  }
+  say("restriper", v.restriper);
+  show($("commit"), v.commit);
+  show($("pause"), v.pause);
+  show($("resume"), v.resume);
 }
 
 // ---- when this node stops answering ----

@@ -30,6 +30,7 @@ pub mod body;
 mod cluster_upgrade;
 pub mod error;
 mod node;
+mod overview;
 mod reboot;
 mod session;
 pub mod shape;
@@ -174,6 +175,7 @@ pub fn router(app: Shared) -> Router {
         )
         .route("/v1/cluster/protection/status", get(reboot::protection))
         .route("/v1/qimg/cluster/upgrade", get(cluster_upgrade::nodes))
+        .route("/v1/qimg/overview", get(overview::overview))
         .route("/v1/upgrade/status", get(upgrade_api::status_v1))
         .route("/v2/upgrade/status", get(upgrade_api::status))
         .route("/v3/upgrade/status", get(upgrade_api::status))

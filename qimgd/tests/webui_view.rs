@@ -1,0 +1,241 @@
+//! The Web UI's one decision, `view(overview)` in `qimgd/webui/app.js`, checked
+//! case by case in a real browser (headless Chromium): the page is loaded from
+//! an agent, and each row's overview (the body of `GET /v1/qimg/overview`) is
+//! given to the page's own function, whose answer says everything the page
+//! shows. The flows in `webui.rs` check that painting it works.
+
+mod common;
+
+use common::browser::Browser;
+use common::*;
+use serde_json::{Value, json};
+
+fn status(state: &str, progress: Option<u8>, error: Option<&str>) -> Value {
+    json!({
+        "state": state,
+        "progress": progress,
+        "settings": {
+            "install_path": "/up.qimg", "target_version": "7.1.0",
+            "upgrade_type": "SOFTWARE_AND_PLATFORM", "auto_commit": false,
+            "do_rolling_reboot": true, "num_nodes_to_reboot": 1
+        },
+        "error_info": error,
+    })
+}
+
+fn node(id: u32, online: bool) -> Value {
+    json!({
+        "id": id, "node_name": format!("n{id}"),
+        "node_status": if online { "online" } else { "offline" },
+        "software_version": "7.0.0", "boot_slot": "a", "api_address": format!("127.0.0.1:{}", 9000 + id)
+    })
+}
+
+fn plan(phase: &str, nodes: Value) -> Value {
+    json!({
+        "generation": 4, "phase": phase, "rolling": true,
+        "batches": [[1], [2], [3]], "batch": 1, "restriping": false,
+        "nodes": nodes, "mode": "platform", "from_version": "7.0.0",
+        "target_version": "7.1.0", "downtime_ms": null
+    })
+}
+
+fn reboot(state: &str, done: u32, error: &str) -> Value {
+    json!({
+        "state": state, "rolling": true, "upgrade_initiated": true,
+        "total_node_count": 3, "rebooted_node_count": done, "error_message": error
+    })
+}
+
+fn overview(status: Value, plan: Value, reboot: Value, blocked: Value) -> Value {
+    json!({
+        "version": {"revision_id": "demo 7.0.0", "build_id": "7.0.0", "flavor": "release", "build_date": ""},
+        "status": status,
+        "blocked": blocked,
+        "nodes": [node(1, true), node(2, false), node(3, true)],
+        "plan": plan,
+        "reboot": reboot,
+        "restriper": {"state": "RUNNING", "phase": "REPROTECT", "blocked_reason": "",
+                      "data_at_risk": true, "elapsed_seconds": 1, "percent_complete": 40,
+                      "coordinator_node": 1},
+        "protection": {"protection_system_type": "PROTECTION_SYSTEM_TYPE_EC",
+                       "max_node_failures": 1, "remaining_node_failures": 0},
+    })
+}
+
+fn not_blocked() -> Value {
+    json!({"is_blocked": false, "cluster_degraded": false, "blocked_reason": ""})
+}
+
+fn plan_nodes() -> Value {
+    json!([
+        {"id": 1, "name": "n1", "online": true, "step": "committed", "progress": 100, "error": null, "installed": "7.1.0"},
+        {"id": 2, "name": "n2", "online": false, "step": "committing", "progress": 100, "error": null, "installed": "7.0.0"},
+        {"id": 3, "name": "n3", "online": true, "step": "failed", "progress": 0, "error": "boom", "installed": "7.0.0"}
+    ])
+}
+
+#[test]
+fn the_page_decides_what_to_show_from_one_overview() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(b) = rt.block_on(Browser::start("view", 1280, 800)) else {
+        return;
+    };
+    let Some(a) = Agentd::start() else {
+        return;
+    };
+    let idle = status("UPGRADE_STATE_IDLE", None, None);
+    let mut committed = plan("committed", plan_nodes());
+    committed["downtime_ms"] = json!(57);
+    let mut restriping = plan("committing", plan_nodes());
+    restriping["restriping"] = json!(true);
+    // (what, overview, the fields of the view it must have)
+    let rows: Vec<(&str, Value, Value)> = vec![
+        (
+            "nothing ever upgraded",
+            overview(idle.clone(), Value::Null, Value::Null, not_blocked()),
+            json!({"startForm": true, "progress": null, "problem": "", "success": "",
+                   "blocked": "", "upgradeDisabled": false, "commit": false}),
+        ),
+        (
+            "a finished upgrade is idle and says so from the plan",
+            overview(idle.clone(), committed, Value::Null, not_blocked()),
+            json!({"startForm": true, "progress": null,
+                   "success": "You have successfully upgraded from 7.0.0 to 7.1.0. Cluster downtime: 57 ms."}),
+        ),
+        (
+            "blocked while idle: said, and the button disabled",
+            overview(
+                idle.clone(),
+                Value::Null,
+                Value::Null,
+                json!({"is_blocked": true, "cluster_degraded": false, "blocked_reason": "a settle period"}),
+            ),
+            json!({"blocked": "Upgrades are blocked: a settle period", "upgradeDisabled": true, "startForm": true}),
+        ),
+        (
+            "preparing: the mean progress on a bar of 100",
+            overview(
+                status("UPGRADE_STATE_PREPARING", Some(40), None),
+                plan("preparing", plan_nodes()),
+                Value::Null,
+                not_blocked(),
+            ),
+            json!({"startForm": false, "blocked": "",
+                   "progress": {"title": "Preparing the upgrade",
+                                "text": "Verifying the upgrade file and writing the new release on every node: 40 %",
+                                "bar": {"max": 100, "value": 40}}}),
+        ),
+        (
+            "prepared without auto-commit: the commit button",
+            overview(
+                status("UPGRADE_STATE_PREPARED", Some(100), None),
+                plan("prepared", plan_nodes()),
+                Value::Null,
+                not_blocked(),
+            ),
+            json!({"commit": true, "progress": {"title": "Prepared",
+                   "text": "Every node is prepared. Commit to finish the upgrade.", "bar": {"max": 100, "value": 100}}}),
+        ),
+        (
+            "a rolling reboot: the batch by name, pause offered, the restriper's wait",
+            overview(
+                status("UPGRADE_STATE_REBOOTING", Some(100), None),
+                restriping,
+                reboot("REBOOT_IN_PROGRESS", 1, ""),
+                not_blocked(),
+            ),
+            json!({"pause": true, "resume": false, "commit": false,
+                   "restriper": "Waiting for the data to be safe before the next nodes reboot: the restriper is 40 % done (data at risk until it finishes).",
+                   "progress": {"title": "Rolling reboot", "text": "Rebooted 1 of 3 nodes; batch 2 of 3: n2.",
+                                "bar": {"max": 3, "value": 1}}}),
+        ),
+        (
+            "paused on an error: the problem, resume offered",
+            overview(
+                status(
+                    "UPGRADE_STATE_REBOOTING",
+                    Some(100),
+                    Some("node 2 not back"),
+                ),
+                plan("committing", plan_nodes()),
+                reboot("REBOOT_PAUSED_DUE_TO_ERROR", 1, "node 2 not back"),
+                not_blocked(),
+            ),
+            json!({"pause": false, "resume": true,
+                   "problem": "The reboots are paused on an error: node 2 not back. Fix the cause, then resume."}),
+        ),
+        (
+            "rolling back: said, with the reboots' progress",
+            overview(
+                status("UPGRADE_STATE_COMMITTING", Some(100), Some("node 3: boom")),
+                plan("rolling_back", plan_nodes()),
+                reboot("REBOOT_IN_PROGRESS", 0, ""),
+                not_blocked(),
+            ),
+            json!({"startForm": false,
+                   "problem": "The upgrade failed and the cluster is rolling back to the previous release: node 3: boom",
+                   "progress": {"title": "Rolling back", "text": "Rebooted 0 of 3 nodes; batch 2 of 3: n2.",
+                                "bar": {"max": 3, "value": 0}}}),
+        ),
+        (
+            "failed: every node back, in words",
+            overview(
+                status("UPGRADE_STATE_IDLE", None, Some("node 3: boom")),
+                plan("failed", plan_nodes()),
+                Value::Null,
+                not_blocked(),
+            ),
+            json!({"startForm": true, "progress": null,
+                   "problem": "The upgrade failed; every node is back on the release it ran before: node 3: boom"}),
+        ),
+    ];
+    rt.block_on(async {
+        b.c.goto(&format!("https://127.0.0.1:{}/", a.port("127.0.0.1")))
+            .await
+            .unwrap();
+        for (what, o, want) in rows {
+            let got =
+                b.c.execute("return window.qimgView(arguments[0]);", vec![o])
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            for (k, v) in want.as_object().unwrap() {
+                assert_eq!(&got[k], v, "{what}: {k} in {got:#}");
+            }
+            // The node rows: one per node, offline and failed marked.
+            let nodes = got["nodes"].as_array().unwrap();
+            assert_eq!(nodes.len(), 3, "{what}");
+            assert_eq!(nodes[1]["statusBad"], true, "{what}");
+            assert_eq!(nodes[1]["status"], "offline (rebooting or down)", "{what}");
+        }
+        // A node's part in the plan.
+        let o = overview(
+            status("UPGRADE_STATE_REBOOTING", Some(100), None),
+            plan("committing", plan_nodes()),
+            reboot("REBOOT_IN_PROGRESS", 1, ""),
+            not_blocked(),
+        );
+        let got =
+            b.c.execute("return window.qimgView(arguments[0]);", vec![o])
+                .await
+                .unwrap();
+        let steps: Vec<(&str, bool)> = got["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["step"].as_str().unwrap(), n["stepBad"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("committed", false),
+                ("committing", false),
+                ("failed: boom", true)
+            ]
+        );
+    });
+}
