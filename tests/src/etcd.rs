@@ -62,6 +62,15 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// A connection to the cluster's etcd with node `i`'s certificate (index into
+    /// `nodes`), every call limited to 10 s.
+    pub async fn store(&self, i: usize) -> qcluster::Store {
+        let n = &self.nodes[i];
+        qcluster::Store::connect(&n.load().unwrap(), n, Duration::from_secs(10))
+            .await
+            .unwrap()
+    }
+
     /// Creates the cluster under `dir` and starts its voting members; `None` when
     /// etcd is missing and QIMG_SKIP_TOOL_TESTS=1 (else the test fails).
     pub fn start(dir: &Path, spec: &ClusterSpec) -> Option<EtcdCluster> {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use qcluster::{ClusterPlan, NodeInfo, NodeReport, NodeStep, PlanMode, PlanPhase, Store};
+use qcluster::{ClusterPlan, NodeInfo, NodeReport, NodeStep, PlanMode, PlanPhase};
 use tests::etcd::{EtcdCluster, spec};
 
 fn info(id: u32) -> NodeInfo {
@@ -62,13 +62,8 @@ fn mutual_tls_and_leased_registrations() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let limit = Duration::from_secs(10);
-        let s1 = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
-            .await
-            .unwrap();
-        let s3 = Store::connect(&c.nodes[2].load().unwrap(), &c.nodes[2], limit)
-            .await
-            .unwrap();
+        let s1 = c.store(0).await;
+        let s3 = c.store(2).await;
         let lease1 = s1.lease(2).await.unwrap();
         s1.put_info(&info(1), lease1).await.unwrap();
         let lease2 = s1.lease(2).await.unwrap();
@@ -105,10 +100,7 @@ fn plan_compare_and_swap_and_one_coordinator() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let limit = Duration::from_secs(10);
-        let st = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
-            .await
-            .unwrap();
+        let st = c.store(0).await;
         let plan = |generation, phase| ClusterPlan {
             rolling: true,
             nodes_per_batch: Some(1),
@@ -233,13 +225,8 @@ fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let limit = Duration::from_secs(10);
-        let a = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
-            .await
-            .unwrap();
-        let b = Store::connect(&c.nodes[1].load().unwrap(), &c.nodes[1], limit)
-            .await
-            .unwrap();
+        let a = c.store(0).await;
+        let b = c.store(1).await;
         let plan = |phase| ClusterPlan {
             phase,
             ..ClusterPlan::new(3, "/x.qimg", "7.1.0".parse().unwrap(), PlanMode::Platform)
@@ -311,6 +298,27 @@ fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
         b.revoke(l).await.unwrap();
         tick(&mut va, "the coordinator key revoked").await;
 
+        // Another node's registration, and its going with its lease: in the
+        // mirror as the watch delivers them (bounded waits: no tick for these).
+        let l = b.lease(30).await.unwrap();
+        b.put_info(&info(2), l).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.nodes_seen().await.unwrap() != vec![info(2)] {
+            assert!(
+                Instant::now() < deadline,
+                "node 2's registration not seen in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b.revoke(l).await.unwrap();
+        while !a.nodes_seen().await.unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "node 2's registration still seen after its lease went"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
         // Once the watch is gone, reads go to etcd again: a write by another
         // node is read at once, without a tick.
         watch.abort();
@@ -337,10 +345,7 @@ fn one_session_per_node_holds_its_keys_and_takes_them_along() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let limit = Duration::from_secs(10);
-        let st = Store::connect(&c.nodes[0].load().unwrap(), &c.nodes[0], limit)
-            .await
-            .unwrap();
+        let st = c.store(0).await;
         let session = qcluster::Session::new(Duration::from_secs(2));
         let mut changed = session.subscribe();
         let (k, sess) = (st.clone(), session.clone());

@@ -406,14 +406,14 @@ impl Agent {
                     reason,
                 );
             }
-            Stage::Committing(_, s) if s.boot_id().is_some() => {
-                return Ok(CommitOutcome::Rebooting {
-                    boot_id: s.boot_id().cloned().expect("checked"),
-                });
-            }
+            // Nothing committed: a reboot still due is what the state records
+            // (`CommitOutcome::of`); else the node runs its old release.
             _ => {
-                return Ok(CommitOutcome::RolledBack {
-                    reason: format!("nothing committed to roll back ({})", st.details),
+                return Ok(match CommitOutcome::of(&st) {
+                    Some(r @ CommitOutcome::Rebooting { .. }) => r,
+                    _ => CommitOutcome::RolledBack {
+                        reason: format!("nothing committed to roll back ({})", st.details),
+                    },
                 });
             }
         };

@@ -42,18 +42,13 @@ impl Store {
         }))
     }
 
-    /// The coordinator's node id, if there is one.
+    /// The coordinator's node id, if there is one, from etcd.
     pub async fn coordinator(&self) -> Result<Option<u32>, Error> {
         let key = self.key("coordinator");
-        let r = self
-            .call("reading the coordinator", |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        Ok(r.kvs()
-            .first()
-            .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
+        Ok(self
+            .get_one::<u32>("reading the coordinator", &key)
+            .await?
+            .map(|(id, _)| id))
     }
 
     /// The coordinator's node id as this process last saw it (the mirror while

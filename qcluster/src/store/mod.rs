@@ -182,6 +182,17 @@ impl Store {
         }
     }
 
+    /// The keys under `prefix` as the mirror has them, while a watch keeps it
+    /// current (`None` otherwise: read etcd).
+    fn seen_under(&self, prefix: &str) -> Option<Vec<(String, Vec<u8>)>> {
+        let m = self.mirror();
+        m.is_live().then(|| {
+            m.under(prefix)
+                .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                .collect()
+        })
+    }
+
     /// One key as the mirror has it while a watch keeps it current, else from etcd.
     async fn seen_one<T: serde::de::DeserializeOwned>(
         &self,

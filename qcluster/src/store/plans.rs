@@ -123,15 +123,7 @@ impl Store {
     /// Every node's report as this process last saw it (see [`Store::plan_seen`]).
     pub async fn reports_seen(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
         let prefix = self.key("reports/");
-        let hit: Option<Vec<(String, Vec<u8>)>> = {
-            let m = self.mirror();
-            m.is_live().then(|| {
-                m.under(&prefix)
-                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                    .collect()
-            })
-        };
-        match hit {
+        match self.seen_under(&prefix) {
             Some(kvs) => {
                 Self::parse_reports(&prefix, kvs.iter().map(|(k, v)| (k.clone(), v.as_slice())))
             }

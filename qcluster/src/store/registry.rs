@@ -63,12 +63,17 @@ impl Store {
             .await?;
         r.kvs()
             .iter()
-            .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|e| Error::Damaged {
-                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                    problem: e.to_string(),
-                })
-            })
+            .map(|kv| Self::parse(&String::from_utf8_lossy(kv.key()), kv.value()))
             .collect()
+    }
+
+    /// The registered nodes as this process last saw them (the mirror while the
+    /// watch is live: no round trip for the endpoints a browser polls); from
+    /// etcd otherwise.
+    pub async fn nodes_seen(&self) -> Result<Vec<NodeInfo>, Error> {
+        match self.seen_under(&format!("{}nodes/", self.prefix)) {
+            Some(kvs) => kvs.iter().map(|(k, v)| Self::parse(k, v)).collect(),
+            None => self.nodes().await,
+        }
     }
 }

@@ -147,7 +147,7 @@ pub(super) async fn nodes(
     let Some(s) = Snapshot::load(&app).await? else {
         return Err(ApiError::not_found("no upgrade yet in this cluster"));
     };
-    let registered = store(&app)?.nodes().await?;
+    let registered = store(&app)?.nodes_seen().await?;
     let restriping = s.plan.gating(
         qcluster::plan::now_ms(),
         matches!(app.safety, crate::restriper::Source::Simulated { .. }),

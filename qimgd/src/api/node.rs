@@ -79,7 +79,7 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
         return Ok(vec![this_node(app, true)]);
     };
     let store = super::cluster_upgrade::store(app)?;
-    let registered = store.nodes().await?;
+    let registered = store.nodes_seen().await?;
     Ok(c.membership
         .spec
         .nodes

@@ -169,7 +169,7 @@ pub(super) async fn protection(
     };
     let max = c.membership.spec.max_node_failures;
     let online = match c.store() {
-        Some(s) => s.nodes().await.map(|n| n.len() as u32).unwrap_or(0),
+        Some(s) => s.nodes_seen().await.map(|n| n.len() as u32).unwrap_or(0),
         None => 0,
     };
     let offline = node_count(&app).saturating_sub(online);

@@ -18,9 +18,9 @@ pub async fn run(app: Shared) {
     };
     let me = c.membership.node_id;
     let spec = c.membership.spec.clone();
-    // The lease this node leads under (its session's, when it won).
+    // The session lease this node holds the coordinator key under, while it
+    // does (`None`: it does not coordinate).
     let mut led_under: Option<i64> = None;
-    let mut leading = false;
     let mut last_error = String::new();
     let mut changes = app.changes.subscribe();
     let mut vacancy = app.vacancy.subscribe();
@@ -36,7 +36,7 @@ pub async fn run(app: Shared) {
         // A node that does not coordinate reads the key from the mirror, etcd
         // one poll in FRESH_EVERY.
         let mut fresh_key = false;
-        if leading {
+        if led_under.is_some() {
             let nap = match gate_until.checked_sub(qcluster::plan::now_ms()) {
                 Some(left) if left > 0 => POLL.min(Duration::from_millis(left)),
                 _ => POLL,
@@ -53,22 +53,22 @@ pub async fn run(app: Shared) {
         }
         let (Some(store), Some(lease)) = (c.store(), c.session.lease()) else {
             // No etcd yet, or no session: a lead under a lost lease went with it.
-            set_leading(&app, &mut leading, false);
+            set_lead(&app, &mut led_under, None);
             continue;
         };
         let r: Result<(), qcluster::Error> = async {
             if app.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
                 // This node reboots for the plan: another node finishes it.
-                if leading {
+                if led_under.is_some() {
                     store.resign(me, lease).await?;
                     crate::log("this node reboots for the upgrade: it steps down as coordinator");
-                    set_leading(&app, &mut leading, false);
+                    set_lead(&app, &mut led_under, None);
                 }
                 return Ok(());
             }
             // Somebody else coordinates: nothing to campaign for (a read, where a
             // campaign would be a write on every etcd member).
-            if !leading {
+            if led_under.is_none() {
                 let holder = if fresh_key {
                     store.coordinator().await?
                 } else {
@@ -81,10 +81,9 @@ pub async fn run(app: Shared) {
             // The key lives under the session's lease, which one keeper renews:
             // while that lease is the one it won under, the lead holds without
             // asking again.
-            let now = (leading && led_under == Some(lease)) || store.try_lead(me, lease).await?;
-            led_under = now.then_some(lease);
-            set_leading(&app, &mut leading, now);
-            if leading {
+            let now = led_under == Some(lease) || store.try_lead(me, lease).await?;
+            set_lead(&app, &mut led_under, now.then_some(lease));
+            if now {
                 let probe = match &app.safety {
                     Source::Probe(argv) => Some(argv.as_slice()),
                     _ => None,
@@ -111,18 +110,19 @@ pub async fn run(app: Shared) {
     }
 }
 
-/// Notes a change of lead (logged, and in `App::coordinating` for a clean stop).
-fn set_leading(app: &Shared, leading: &mut bool, now: bool) {
-    if now != *leading {
-        crate::log(if now {
+/// Notes the lead (`Some(lease)`: held under that session lease): a change is
+/// logged, and kept in `App::coordinating` for a clean stop.
+fn set_lead(app: &Shared, led_under: &mut Option<i64>, now: Option<i64>) {
+    if now.is_some() != led_under.is_some() {
+        crate::log(if now.is_some() {
             "this node is the cluster's coordinator"
         } else {
             "this node is no longer the coordinator"
         });
-        *leading = now;
         app.coordinating
-            .store(now, std::sync::atomic::Ordering::SeqCst);
+            .store(now.is_some(), std::sync::atomic::Ordering::SeqCst);
     }
+    *led_under = now;
 }
 
 /// How long a stopping agent tries to end its session.

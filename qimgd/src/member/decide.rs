@@ -163,9 +163,12 @@ fn after_commit(phase: PlanPhase, engine: Option<&Engine>) -> Action {
     }
 }
 
-/// What a commit's outcome reports: `None` while the machine reboots (the boot
-/// decides, and the loop reports it then).
-pub fn commit_report(o: &CommitOutcome) -> Option<(NodeStep, Option<String>)> {
+/// The step an outcome reports, with why when it failed; `None` while the
+/// machine reboots (the boot decides, and the loop reports it then).
+pub type StepReport = Option<(NodeStep, Option<String>)>;
+
+/// What a commit's outcome reports.
+pub fn commit_report(o: &CommitOutcome) -> StepReport {
     match o {
         CommitOutcome::Committed { .. } => Some((NodeStep::Committed, None)),
         CommitOutcome::Rebooting { .. } => None,
@@ -175,9 +178,9 @@ pub fn commit_report(o: &CommitOutcome) -> Option<(NodeStep, Option<String>)> {
     }
 }
 
-/// What a rollback's outcome ([`upgrade::Agent::revert`]) reports: `None` while
-/// the machine reboots into the previous slot.
-pub fn revert_report(o: &CommitOutcome) -> Option<(NodeStep, Option<String>)> {
+/// What a rollback's outcome ([`upgrade::Agent::revert`]) reports (`None`
+/// while the machine reboots into the previous slot).
+pub fn revert_report(o: &CommitOutcome) -> StepReport {
     match o {
         CommitOutcome::RolledBack { .. } => Some((NodeStep::RolledBack, None)),
         CommitOutcome::Rebooting { .. } => None,

@@ -20,7 +20,9 @@ use crate::api::Shared;
 use crate::jobs::{JobKind, Observer};
 
 mod decide;
-pub use decide::{Action, Engine, commit_report, member_action, needs_engine, revert_report};
+pub use decide::{
+    Action, Engine, StepReport, commit_report, member_action, needs_engine, revert_report,
+};
 
 /// How often the loop looks at the plan while a job of this node's runs (its
 /// progress is reported at this pace).
@@ -209,13 +211,14 @@ fn run_job(
     });
 }
 
-/// The report of an outcome's step (`decide::commit_report`, `revert_report`).
+/// The report of outcome `o` as `step_of` maps it (`decide::commit_report`,
+/// `revert_report`), with a swap's downtime.
 fn outcome_report(
     g: u64,
-    r: Option<(NodeStep, Option<String>)>,
     o: &CommitOutcome,
+    step_of: fn(&CommitOutcome) -> StepReport,
 ) -> Option<NodeReport> {
-    let (step, error) = r?;
+    let (step, error) = step_of(o)?;
     let downtime_ms = match o {
         CommitOutcome::Committed { downtime_ms } => *downtime_ms,
         _ => None,
@@ -283,7 +286,7 @@ async fn start_commit(app: &Shared, store: &Store, g: u64, me: u32) -> Result<()
     crate::log(&format!("plan {g}: committing"));
     run_job(app, store, me, g, claim, "commit", move |a| {
         match a.agent.commit(&Observer(a.jobs.meter.clone())) {
-            Ok(o) => outcome_report(g, commit_report(&o), &o),
+            Ok(o) => outcome_report(g, &o, commit_report),
             Err(e) => Some(report(g, NodeStep::Failed, 100, Some(upgrade::chain(&e)))),
         }
     });
@@ -310,7 +313,7 @@ async fn start_revert(
         .await?;
     run_job(app, store, me, g, claim, "rollback", move |a| {
         match a.agent.revert(&reason, &Observer(a.jobs.meter.clone())) {
-            Ok(o) => outcome_report(g, revert_report(&o), &o),
+            Ok(o) => outcome_report(g, &o, revert_report),
             Err(e) => Some(report(g, NodeStep::Failed, 100, Some(upgrade::chain(&e)))),
         }
     });

@@ -15,13 +15,12 @@ use qcluster::{ClusterPlan, ClusterSpec, NodeInfo, NodeReport, NodeStep, PlanMod
 use super::Shared;
 use super::error::ApiError;
 
-/// The plan, its revision and the reports of its generation.
+/// The plan and the reports of its generation (what a request shows; a write
+/// reads the plan from etcd again, for its compare-and-swap).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     /// The plan.
     pub plan: ClusterPlan,
-    /// Its modification revision (for a compare-and-swap).
-    pub rev: i64,
     /// The reports of the plan's generation, by node id; a report of an older
     /// plan is none.
     pub reports: BTreeMap<u32, NodeReport>,
@@ -29,7 +28,7 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// The snapshot of `plan` from every report read: only its generation's kept.
-    pub fn new(plan: ClusterPlan, rev: i64, reports: Vec<(u32, NodeReport)>) -> Snapshot {
+    pub fn new(plan: ClusterPlan, reports: Vec<(u32, NodeReport)>) -> Snapshot {
         let g = plan.generation;
         Snapshot {
             reports: reports
@@ -37,7 +36,6 @@ impl Snapshot {
                 .filter(|(_, r)| r.generation == g)
                 .collect(),
             plan,
-            rev,
         }
     }
 
@@ -45,11 +43,11 @@ impl Snapshot {
     /// before the cluster's first upgrade.
     pub async fn load(app: &Shared) -> Result<Option<Snapshot>, ApiError> {
         let store = super::cluster_upgrade::store(app)?;
-        let Some((plan, rev)) = store.plan_seen().await? else {
+        let Some((plan, _)) = store.plan_seen().await? else {
             return Ok(None);
         };
         let reports = store.reports_seen().await?;
-        Ok(Some(Snapshot::new(plan, rev, reports)))
+        Ok(Some(Snapshot::new(plan, reports)))
     }
 
     /// The mean progress of the spec's nodes: a node preparing counts its

@@ -26,7 +26,7 @@ fn rep(generation: u64, step: NodeStep, progress: u8) -> NodeReport {
 }
 
 fn snap(p: ClusterPlan, reports: Vec<(u32, NodeReport)>) -> Snapshot {
-    Snapshot::new(p, 9, reports)
+    Snapshot::new(p, reports)
 }
 
 #[test]
