@@ -62,8 +62,18 @@ pub enum Error {
         /// etcd's reason.
         reason: String,
     },
-    /// What etcd holds cannot be used.
-    #[error("etcd key {key}: {problem}")]
+    /// A write under, or a revocation of, a lease that is gone (a node alone's
+    /// store; etcd says so in its own words, [`Error::Etcd`]).
+    #[error("{op}: lease {lease:x} is gone")]
+    NoLease {
+        /// What was being done.
+        op: String,
+        /// The lease.
+        lease: i64,
+    },
+    /// What the store holds cannot be used (a key in etcd, or a node alone's
+    /// store file).
+    #[error("the cluster's state at {key}: {problem}")]
     Damaged {
         /// The key.
         key: String,
@@ -83,6 +93,7 @@ impl Error {
             Error::Etcd { .. } => "etcd",
             Error::Timeout { .. } => "timeout",
             Error::WatchCancelled { .. } => "watch_cancelled",
+            Error::NoLease { .. } => "no_lease",
             Error::Damaged { .. } => "damaged",
         }
     }

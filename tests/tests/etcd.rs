@@ -1,10 +1,14 @@
 //! The cluster's etcd on this machine: three real members with mutual TLS from a
 //! cluster CA made by `qcluster::create`; only holders of a certificate from that
 //! CA may read or write; node registrations live exactly as long as their lease.
+//! The store's contract (compare-and-swap, the election, the mirror and its
+//! watch, the session's lease) is checked over real etcd and, the same checks,
+//! over a node alone's store (`qcluster::Local`): one code path for both.
 
 use std::time::{Duration, Instant};
 
-use qcluster::{ClusterPlan, NodeInfo, NodeReport, NodeStep, PlanMode, PlanPhase};
+use qcluster::store::Local;
+use qcluster::{ClusterPlan, NodeInfo, NodeReport, NodeStep, PlanMode, PlanPhase, Store};
 use tests::etcd::{EtcdCluster, spec};
 
 fn info(id: u32) -> NodeInfo {
@@ -99,8 +103,12 @@ fn plan_compare_and_swap_and_one_coordinator() {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let st = c.store(0).await;
+    rt.block_on(async { plan_cas_and_election(&c.store(0).await).await });
+}
+
+/// Compare-and-swap of the plan and the reports, and one coordinator at a time.
+async fn plan_cas_and_election(st: &Store) {
+    {
         let plan = |generation, phase| ClusterPlan {
             rolling: true,
             nodes_per_batch: Some(1),
@@ -205,7 +213,7 @@ fn plan_compare_and_swap_and_one_coordinator() {
             "a revoked lease leads nothing"
         );
         assert!(st.try_lead(3, l3).await.unwrap(), "free for the next");
-    });
+    }
 }
 
 /// Waits for a tick of `rx`, naming what it waited for.
@@ -224,9 +232,12 @@ fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let a = c.store(0).await;
-        let b = c.store(1).await;
+    rt.block_on(async { mirror_and_watch(c.store(0).await, c.store(1).await).await });
+}
+
+/// `a` mirrors what `b` (another process) writes, through the watch.
+async fn mirror_and_watch(a: Store, b: Store) {
+    {
         let plan = |phase| ClusterPlan {
             phase,
             ..ClusterPlan::new(3, "/x.qimg", "7.1.0".parse().unwrap(), PlanMode::Platform)
@@ -333,7 +344,7 @@ fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
             a.plan_seen().await.unwrap().unwrap().0.phase,
             PlanPhase::Committing
         );
-    });
+    }
 }
 
 #[test]
@@ -344,8 +355,12 @@ fn one_session_per_node_holds_its_keys_and_takes_them_along() {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let st = c.store(0).await;
+    rt.block_on(async { session_holds_keys(c.store(0).await).await });
+}
+
+/// One session's lease holds the node's keys, renewed, replaced, closed.
+async fn session_holds_keys(st: Store) {
+    {
         let session = qcluster::Session::new(Duration::from_secs(2));
         let mut changed = session.subscribe();
         let (k, sess) = (st.clone(), session.clone());
@@ -407,5 +422,19 @@ fn one_session_per_node_holds_its_keys_and_takes_them_along() {
         assert_eq!(st.nodes().await.unwrap(), vec![]);
         keeper.abort();
         registry.abort();
+    }
+}
+
+/// The same contract over a node alone's store: two stores over one
+/// `Local` are two processes' connections to one etcd.
+#[test]
+fn the_same_contract_over_a_node_alones_store() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let prefix = "/qimg/alone/";
+        plan_cas_and_election(&Store::local(Local::memory(), prefix)).await;
+        let l = Local::memory();
+        mirror_and_watch(Store::local(l.clone(), prefix), Store::local(l, prefix)).await;
+        session_holds_keys(Store::local(Local::memory(), prefix)).await;
     });
 }

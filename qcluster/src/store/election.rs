@@ -3,9 +3,7 @@
 //! does not exist, goes with that lease, and is deleted by its holder when it
 //! steps down ([`Store::resign`]), so the others, watching it, campaign at once.
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-
-use super::Store;
+use super::{Cond, Store};
 use crate::error::Error;
 
 impl Store {
@@ -15,31 +13,19 @@ impl Store {
     /// run of the agent, goes with that lease: not a lead to count on).
     pub async fn try_lead(&self, me: u32, lease: i64) -> Result<bool, Error> {
         let key = self.key("coordinator");
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                me.to_string(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let r = self
-            .call("campaigning for coordinator", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        if r.succeeded() {
+        let me = me.to_string().into_bytes();
+        let op = "campaigning for coordinator";
+        if self
+            .write(op, &key, me.clone(), Some(lease), Cond::Absent)
+            .await?
+            .is_some()
+        {
             return Ok(true);
         }
-        let me = me.to_string();
-        Ok(r.op_responses().iter().any(|o| match o {
-            etcd_client::TxnOpResponse::Get(g) => g
-                .kvs()
-                .iter()
-                .any(|kv| kv.lease() == lease && kv.value() == me.as_bytes()),
-            _ => false,
-        }))
+        Ok(self
+            .read(op, &key)
+            .await?
+            .is_some_and(|(v, _, l)| l == lease && v == me))
     }
 
     /// The coordinator's node id, if there is one, from etcd.
@@ -66,18 +52,11 @@ impl Store {
     /// is left alone). True when it was deleted.
     pub async fn resign(&self, me: u32, lease: i64) -> Result<bool, Error> {
         let key = self.key("coordinator");
-        let txn = Txn::new()
-            .when([
-                Compare::value(key.clone(), CompareOp::Equal, me.to_string()),
-                Compare::lease(key.clone(), CompareOp::Equal, lease),
-            ])
-            .and_then([TxnOp::delete(key.clone(), None)]);
-        let r = self
-            .call("resigning as coordinator", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        Ok(r.succeeded())
+        self.delete_if(
+            "resigning as coordinator",
+            &key,
+            Cond::Held(me.to_string().into_bytes(), lease),
+        )
+        .await
     }
 }

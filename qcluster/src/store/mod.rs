@@ -1,16 +1,16 @@
-//! The cluster's state in etcd, through `etcd-client` over mutual TLS, split by
-//! job: the connection and its keys (here: every call has a time limit, names
-//! what it waited for and is tried again on another member while one is
-//! unreachable), this node's one lease ([`session`]), its registration under it
+//! The cluster's state in etcd, through `etcd-client` over mutual TLS, or, for
+//! a node alone (a cluster of one), in its own [`local::Local`] store; split by
+//! job: the connection and its keys (here: every etcd call has a time limit,
+//! names what it waited for and is tried again on another member while one is
+//! unreachable), the few key-value operations over either backend ([`kv`]),
+//! this node's one lease ([`session`]), its registration under it
 //! ([`registry`]), the coordinator's election ([`election`]), the plan, the
 //! users and the nodes' reports written with compare-and-swap ([`plans`]), and
 //! etcd's watch feeding this process's mirror of the keys ([`watch`]).
 
 use std::time::Duration;
 
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, TlsOptions, Txn, TxnOp,
-};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use serde::Serialize;
 
 use crate::create::{Membership, NodeDir};
@@ -18,18 +18,21 @@ use crate::error::{Error, io_err};
 use crate::mirror::Mirror;
 
 pub mod election;
+mod kv;
+pub mod local;
 pub mod plans;
 pub mod registry;
 pub mod session;
 pub mod watch;
 
+pub use local::{Cond, Local};
 pub use registry::NodeInfo;
 pub use session::{Session, stay_registered};
 
-/// A connection to the cluster's etcd.
+/// A connection to the cluster's etcd, or a node alone's store.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    kv: kv::Kv,
     prefix: String,
     limit: Duration,
     /// What this process saw of the keys (`crate::mirror`), shared by its clones.
@@ -88,11 +91,28 @@ impl Store {
             })?
             .map_err(etcd_err(format!("connecting to {}", endpoints.join(","))))?;
         Ok(Store {
-            client,
+            kv: kv::Kv::Etcd(Box::new(client)),
             prefix: m.spec.prefix(),
             limit,
             seen: Default::default(),
         })
+    }
+
+    /// The store of a node alone (a cluster of one) over `local`, its keys
+    /// under `prefix`. Each call makes a store with a mirror of its own, as a
+    /// connection of another process would have.
+    pub fn local(local: std::sync::Arc<Local>, prefix: &str) -> Store {
+        Store {
+            kv: kv::Kv::Local(local),
+            prefix: prefix.into(),
+            limit: Duration::from_secs(5),
+            seen: Default::default(),
+        }
+    }
+
+    /// True over a node alone's store.
+    pub fn is_local(&self) -> bool {
+        matches!(self.kv, kv::Kv::Local(_))
     }
 
     async fn timed<T>(
@@ -112,14 +132,19 @@ impl Store {
     /// One etcd call, tried again on another connection while a member is
     /// unreachable (the client balances over every member; a dead one fails the
     /// calls routed to it until it is noticed), all within the time limit.
-    async fn call<T, Fut>(&self, op: &str, f: impl Fn(Client) -> Fut) -> Result<T, Error>
+    async fn call<T, Fut>(
+        &self,
+        client: &Client,
+        op: &str,
+        f: impl Fn(Client) -> Fut,
+    ) -> Result<T, Error>
     where
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.limit;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let r = tokio::time::timeout(left, f(self.client.clone()))
+            let r = tokio::time::timeout(left, f(client.clone()))
                 .await
                 .map_err(|_| Error::Timeout {
                     op: op.into(),
@@ -161,29 +186,20 @@ impl Store {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One key read from etcd (and noted in the mirror), with its revision.
+    /// One key read from the store (and noted in the mirror), with its revision.
     async fn get_one<T: serde::de::DeserializeOwned>(
         &self,
         op: &str,
         key: &str,
     ) -> Result<Option<(T, i64)>, Error> {
-        let r = self
-            .call(op, |mut c| {
-                let key = key.to_owned();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        match r.kvs().first() {
+        match self.read(op, key).await? {
             None => Ok(None),
-            Some(kv) => {
-                self.mirror().saw(key, kv.value(), kv.mod_revision());
-                Ok(Some((Self::parse(key, kv.value())?, kv.mod_revision())))
-            }
+            Some((v, rev, _)) => Ok(Some((Self::parse(key, &v)?, rev))),
         }
     }
 
     /// The keys under `prefix` as the mirror has them, while a watch keeps it
-    /// current (`None` otherwise: read etcd).
+    /// current (`None` otherwise: read the store).
     fn seen_under(&self, prefix: &str) -> Option<Vec<(String, Vec<u8>)>> {
         let m = self.mirror();
         m.is_live().then(|| {
@@ -193,7 +209,8 @@ impl Store {
         })
     }
 
-    /// One key as the mirror has it while a watch keeps it current, else from etcd.
+    /// One key as the mirror has it while a watch keeps it current, else from
+    /// the store.
     async fn seen_one<T: serde::de::DeserializeOwned>(
         &self,
         op: &str,
@@ -212,7 +229,7 @@ impl Store {
     }
 
     /// Writes `value` as JSON under `key` if the key is still at `revision`
-    /// (`None`: it does not exist yet).
+    /// (`None`: it does not exist yet). False when another writer came first.
     async fn put_json_if<T: Serialize>(
         &self,
         op: &str,
@@ -220,46 +237,11 @@ impl Store {
         value: &T,
         revision: Option<i64>,
     ) -> Result<bool, Error> {
-        let cmp = match revision {
-            Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
-            None => Compare::create_revision(key, CompareOp::Equal, 0),
+        let cond = match revision {
+            Some(r) => Cond::ModRev(r),
+            None => Cond::Absent,
         };
         let value = Self::json(key, value)?;
-        self.put_if(op, key, value, cmp).await
-    }
-
-    /// Writes `value` under `key` if `cmp` holds (a transaction); notes a
-    /// successful write in the mirror. False when the comparison failed.
-    async fn put_if(
-        &self,
-        op: &str,
-        key: &str,
-        value: Vec<u8>,
-        cmp: Compare,
-    ) -> Result<bool, Error> {
-        let txn = Txn::new()
-            .when([cmp])
-            .and_then([TxnOp::put(key, value.clone(), None)]);
-        let r = self
-            .call(op, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        self.wrote(key, &value, r.succeeded(), r.header());
-        Ok(r.succeeded())
-    }
-
-    /// Notes a successful write of this process in the mirror.
-    fn wrote(
-        &self,
-        key: &str,
-        value: &[u8],
-        succeeded: bool,
-        header: Option<&etcd_client::ResponseHeader>,
-    ) {
-        if let (true, Some(h)) = (succeeded, header) {
-            self.mirror().saw(key, value, h.revision());
-        }
+        Ok(self.write(op, key, value, None, cond).await?.is_some())
     }
 }

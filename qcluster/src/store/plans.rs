@@ -2,10 +2,9 @@
 //! compare-and-swap on their revisions (a report also plainly, by its node),
 //! read from etcd or, while the watch keeps it current, from the mirror.
 
-use etcd_client::{Compare, CompareOp, GetOptions};
 use serde::Serialize;
 
-use super::Store;
+use super::{Cond, Store};
 use crate::error::Error;
 use crate::plan::{ClusterPlan, NodeReport};
 
@@ -61,13 +60,8 @@ impl Store {
     pub async fn report(&self, id: u32, r: &NodeReport) -> Result<(), Error> {
         let key = self.key(&format!("reports/{id:08}"));
         let value = Self::json(&key, r)?;
-        let r = self
-            .call("writing a node report", |mut c| {
-                let (key, value) = (key.clone(), value.clone());
-                async move { c.put(key, value, None).await }
-            })
+        self.write("writing a node report", &key, value, None, Cond::Always)
             .await?;
-        self.wrote(&key, &value, true, r.header());
         Ok(())
     }
 
@@ -88,35 +82,28 @@ impl Store {
     /// task). False when another write came first.
     pub async fn report_if(&self, id: u32, r: &NodeReport, revision: i64) -> Result<bool, Error> {
         let key = self.key(&format!("reports/{id:08}"));
-        let cmp = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
         let value = Self::json(&key, r)?;
-        self.put_if("writing a node report", &key, value, cmp).await
+        Ok(self
+            .write(
+                "writing a node report",
+                &key,
+                value,
+                None,
+                Cond::ModRev(revision),
+            )
+            .await?
+            .is_some())
     }
 
-    /// Every node's report, by node id, from etcd.
+    /// Every node's report, by node id, from the store.
     pub async fn reports(&self) -> Result<Vec<(u32, NodeReport)>, Error> {
         let prefix = self.key("reports/");
-        let r = self
-            .call("reading the node reports", |mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
+        let (kvs, _) = self
+            .read_prefix("reading the node reports", &prefix)
             .await?;
-        {
-            let mut m = self.mirror();
-            for kv in r.kvs() {
-                m.saw(
-                    &String::from_utf8_lossy(kv.key()),
-                    kv.value(),
-                    kv.mod_revision(),
-                );
-            }
-        }
         Self::parse_reports(
             &prefix,
-            r.kvs()
-                .iter()
-                .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value())),
+            kvs.iter().map(|(k, v, _)| (k.clone(), v.as_slice())),
         )
     }
 

@@ -2,10 +2,9 @@
 //! lease ([`super::Session`]), so a node whose agent stopped disappears with the
 //! lease.
 
-use etcd_client::{GetOptions, PutOptions};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
+use super::{Cond, Store};
 use crate::error::Error;
 
 /// A node as it registered itself.
@@ -41,13 +40,13 @@ impl Store {
             key: key.clone(),
             problem: e.to_string(),
         })?;
-        self.call("registering the node", |mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await
-            }
-        })
+        self.write(
+            "registering the node",
+            &key,
+            value,
+            Some(lease),
+            Cond::Always,
+        )
         .await?;
         Ok(())
     }
@@ -55,16 +54,8 @@ impl Store {
     /// The registered nodes, by id.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
         let prefix = format!("{}nodes/", self.prefix);
-        let r = self
-            .call("listing the nodes", |mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        r.kvs()
-            .iter()
-            .map(|kv| Self::parse(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+        let (kvs, _) = self.read_prefix("listing the nodes", &prefix).await?;
+        kvs.iter().map(|(k, v, _)| Self::parse(k, v)).collect()
     }
 
     /// The registered nodes as this process last saw them (the mirror while the

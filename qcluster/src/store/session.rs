@@ -15,22 +15,34 @@ use super::{NodeInfo, Store};
 use crate::error::Error;
 
 /// A lease's keep-alive stream, kept open across renewals (etcd's own clients
-/// keep one per lease; opening one per renewal costs a stream setup each time).
+/// keep one per lease; opening one per renewal costs a stream setup each time);
+/// over a node alone's store, the lease itself.
 pub struct Renewer<'a> {
     store: &'a Store,
-    keeper: etcd_client::LeaseKeeper,
-    stream: etcd_client::LeaseKeepAliveStream,
+    how: Renew,
+}
+
+enum Renew {
+    Etcd {
+        keeper: etcd_client::LeaseKeeper,
+        stream: Box<etcd_client::LeaseKeepAliveStream>,
+    },
+    Local(std::sync::Arc<super::Local>, i64),
 }
 
 impl Renewer<'_> {
     /// Renews the lease once; false when it is gone (expired or revoked).
     pub async fn renew(&mut self) -> Result<bool, Error> {
+        let (keeper, stream) = match &mut self.how {
+            Renew::Local(l, lease) => return l.renew(*lease),
+            Renew::Etcd { keeper, stream } => (keeper, stream),
+        };
         let r = async {
             self.store
-                .timed("renewing the lease", self.keeper.keep_alive())
+                .timed("renewing the lease", keeper.keep_alive())
                 .await?;
             self.store
-                .timed("renewing the lease", self.stream.message())
+                .timed("renewing the lease", stream.message())
                 .await
         }
         .await;
@@ -55,15 +67,20 @@ fn gone(e: &Error) -> bool {
 impl Store {
     /// Opens `lease`'s keep-alive stream.
     pub async fn renewer(&self, lease: i64) -> Result<Renewer<'_>, Error> {
-        let mut c = self.client.clone();
-        let (keeper, stream) = self
-            .timed("opening the lease's keep-alive", c.lease_keep_alive(lease))
-            .await?;
-        Ok(Renewer {
-            store: self,
-            keeper,
-            stream,
-        })
+        let how = match &self.kv {
+            super::kv::Kv::Local(l) => Renew::Local(l.clone(), lease),
+            super::kv::Kv::Etcd(c) => {
+                let mut c = c.clone();
+                let (keeper, stream) = self
+                    .timed("opening the lease's keep-alive", c.lease_keep_alive(lease))
+                    .await?;
+                Renew::Etcd {
+                    keeper,
+                    stream: Box::new(stream),
+                }
+            }
+        };
+        Ok(Renewer { store: self, how })
     }
 
     /// Renews `lease` once, on a stream of its own; false when it is gone.
@@ -73,25 +90,6 @@ impl Store {
             Err(e) if gone(&e) => Ok(false),
             Err(e) => Err(e),
         }
-    }
-
-    /// Grants a lease of `ttl_secs`.
-    pub async fn lease(&self, ttl_secs: i64) -> Result<i64, Error> {
-        Ok(self
-            .call("granting a lease", |mut c| async move {
-                c.lease_grant(ttl_secs, None).await
-            })
-            .await?
-            .id())
-    }
-
-    /// Revokes `lease` (its keys go at once).
-    pub async fn revoke(&self, lease: i64) -> Result<(), Error> {
-        self.call("revoking a lease", |mut c| async move {
-            c.lease_revoke(lease).await
-        })
-        .await?;
-        Ok(())
     }
 }
 

@@ -1,9 +1,8 @@
-//! etcd's watch of the cluster's prefix, from the revision of one complete read
-//! + 1, feeding this process's mirror (`crate::mirror`) and waking its loops.
+//! The watch of the cluster's prefix (etcd's, or a node alone's store's), from
+//! the revision of one complete read + 1, feeding this process's mirror (`crate::mirror`) and waking its loops.
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
-
-use super::{Store, etcd_err};
+use super::Store;
+use super::local::Change;
 use crate::error::Error;
 
 impl Store {
@@ -39,55 +38,26 @@ impl Store {
             self.key("reports/"),
             self.key("coordinator"),
         );
-        let all = self
-            .call("reading the cluster's state", |mut c| {
-                let prefix = self.prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        let at = all.header().map_or(0, |h| h.revision());
-        let mut c = self.client.clone();
-        let mut stream = self
-            .timed(
-                "watching the plan and the reports",
-                c.watch(
-                    self.prefix.clone(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(at + 1),
-                    ),
-                ),
-            )
-            .await?;
-        self.mirror().reset(all.kvs().iter().map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
-                kv.mod_revision(),
-            )
-        }));
+        let (all, mut watcher) = self.watch_all().await?;
+        self.mirror().reset(all);
         changes.send_modify(|n| *n += 1); // whatever changed while nobody watched
-        while let Some(r) = stream.message().await.map_err(etcd_err("watching"))? {
-            if r.canceled() {
-                return Err(Error::WatchCancelled {
-                    prefix: self.prefix.clone(),
-                    reason: r.cancel_reason().to_owned(),
-                });
-            }
+        while let Some(events) = watcher.next(&self.prefix).await? {
             let (mut state, mut vacant) = (false, false);
             {
                 let mut m = self.mirror();
-                for e in r.events() {
-                    let Some(kv) = e.kv() else { continue };
-                    let k = String::from_utf8_lossy(kv.key());
-                    if e.event_type() == EventType::Delete {
-                        m.deleted(&k, kv.mod_revision());
-                    } else {
-                        m.saw(&k, kv.value(), kv.mod_revision());
-                    }
+                for e in events {
+                    let k = match e {
+                        Change::Delete { key, rev } => {
+                            m.deleted(&key, rev);
+                            vacant |= key == coordinator;
+                            key
+                        }
+                        Change::Put { key, value, rev } => {
+                            m.saw(&key, &value, rev);
+                            key
+                        }
+                    };
                     state |= k == plan || k.starts_with(&reports);
-                    vacant |= k == coordinator && e.event_type() == EventType::Delete;
                 }
             }
             if state {
