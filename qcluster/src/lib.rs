@@ -21,4 +21,4 @@ pub use create::{Membership, NodeDir, create};
 pub use error::Error;
 pub use plan::{ClusterPlan, NodeReport, NodeStep, PlanMode, PlanPhase};
 pub use spec::{ClusterSpec, NodeSpec};
-pub use store::{NodeInfo, Session, Store};
+pub use store::{Local, NodeInfo, Session, Store};

@@ -1,11 +1,16 @@
 //! The agent's side of the cluster: its membership (`cluster.json` and its
 //! certificate, from `qimgd cluster create`), the connection to the cluster's
 //! etcd (made in the background by `daemon::join`, retried until it works).
+//!
+//! A node in no cluster is a cluster of one ([`ClusterCtx::alone`]): a spec of
+//! itself, and its plan and report in its own store (`qcluster::Local`, one
+//! file in the state directory), so the member and the coordinator are the one
+//! upgrade path for one node and for many.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use qcluster::{Membership, NodeDir, NodeSpec, Session, Store};
+use qcluster::{ClusterSpec, Membership, NodeDir, NodeSpec, Session, Store};
 
 use crate::error::Error;
 
@@ -31,12 +36,18 @@ impl Fresh {
     }
 }
 
+/// The name of a node alone's cluster of one (its keys' prefix).
+pub const ALONE: &str = "alone";
+
+/// The file of a node alone's store, in its state directory.
+pub const ALONE_STORE: &str = "plan.json";
+
 /// This node's place in its cluster.
 pub struct ClusterCtx {
     /// `cluster.json`.
     pub membership: Membership,
-    /// The node's cluster directory.
-    pub dir: NodeDir,
+    /// The node's cluster directory (`None`: a node alone, a cluster of one).
+    pub dir: Option<NodeDir>,
     /// This node's one lease in etcd, kept by `daemon::join`: its registration
     /// and, while it coordinates, the coordinator key live under it.
     pub session: Session,
@@ -51,10 +62,53 @@ impl ClusterCtx {
         let membership = dir.load().map_err(Error::Cluster)?;
         Ok(ClusterCtx {
             membership,
-            dir,
+            dir: Some(dir),
             session: Session::new(lease_ttl),
             store: OnceLock::new(),
         })
+    }
+
+    /// A node in no cluster as a cluster of one: node `id` called `name`,
+    /// serving on `agent`, its keys in `file` (created on the first change).
+    pub fn alone(
+        id: u32,
+        name: &str,
+        agent: std::net::SocketAddr,
+        file: &std::path::Path,
+        lease_ttl: Duration,
+    ) -> Result<ClusterCtx, Error> {
+        let spec = ClusterSpec {
+            name: ALONE.into(),
+            max_node_failures: 0,
+            nodes: vec![NodeSpec {
+                id,
+                name: name.into(),
+                agent,
+                etcd_client: None,
+                etcd_peer: None,
+            }],
+        };
+        let store = Store::local(
+            qcluster::Local::open(file).map_err(Error::Cluster)?,
+            &spec.prefix(),
+        );
+        let c = ClusterCtx {
+            membership: Membership {
+                schema: qcluster::create::SCHEMA.into(),
+                node_id: id,
+                spec,
+            },
+            dir: None,
+            session: Session::new(lease_ttl),
+            store: OnceLock::new(),
+        };
+        c.set_store(store);
+        Ok(c)
+    }
+
+    /// True for a node in no cluster (a cluster of one).
+    pub fn is_alone(&self) -> bool {
+        self.dir.is_none()
     }
 
     /// This node's spec.

@@ -75,16 +75,25 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
         }
     };
     let tls = tls::server_config(&files)?;
+    let lease = Duration::from_secs(config.cluster_lease_secs.max(1));
     let cluster = match &config.cluster {
-        Some(dir) => Some(crate::cluster::ClusterCtx::load(
-            dir,
-            Duration::from_secs(config.cluster_lease_secs.max(1)),
-        )?),
-        None => None,
+        Some(dir) => crate::cluster::ClusterCtx::load(dir, lease)?,
+        // A node in no cluster is a cluster of one, its plan in its state.
+        None => crate::cluster::ClusterCtx::alone(
+            config.node_id,
+            &crate::api::hostname(),
+            config
+                .listen
+                .first()
+                .copied()
+                .unwrap_or_else(|| ([127, 0, 0, 1], 8000).into()),
+            &config.state.join(crate::cluster::ALONE_STORE),
+            lease,
+        )?,
     };
     // In a cluster every node signs tokens with the cluster's key.
-    let token_key = match &cluster {
-        Some(c) => c.dir.token_key(),
+    let token_key = match &cluster.dir {
+        Some(d) => d.token_key(),
         None => config.state.join("token.key"),
     };
     let app = Arc::new(App {
@@ -135,29 +144,36 @@ fn node_info(app: &Shared, c: &crate::cluster::ClusterCtx) -> qcluster::NodeInfo
     }
 }
 
-/// Connects to the cluster's etcd (retrying every second until it answers),
-/// then keeps this node registered. Runs until dropped.
+/// Connects to the cluster's etcd (retrying every second until it answers;
+/// a node alone has its store from the start), then keeps this node
+/// registered. Runs until dropped.
 pub async fn join(app: Shared) {
-    let Some(c) = app.cluster.as_ref() else {
-        return;
-    };
-    let mut logged = false;
-    let store = loop {
-        match qcluster::Store::connect(&c.membership, &c.dir, crate::cluster::ETCD_LIMIT).await {
-            Ok(s) => break s,
-            Err(e) => {
-                if !logged {
-                    crate::log(&format!(
-                        "the cluster's etcd is not reachable yet ({e}); retrying every second"
-                    ));
-                    logged = true;
+    let c = &app.cluster;
+    let store = match (c.store(), &c.dir) {
+        (Some(s), _) => s.clone(),
+        (None, None) => unreachable!("a node alone has its store from the start"),
+        (None, Some(dir)) => {
+            let mut logged = false;
+            let store = loop {
+                match qcluster::Store::connect(&c.membership, dir, crate::cluster::ETCD_LIMIT).await
+                {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        if !logged {
+                            crate::log(&format!(
+                                "the cluster's etcd is not reachable yet ({e}); retrying every second"
+                            ));
+                            logged = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            };
+            c.set_store(store.clone());
+            crate::log("connected to the cluster's etcd");
+            store
         }
     };
-    c.set_store(store.clone());
-    crate::log("connected to the cluster's etcd");
     // Wake-ups on changes, for as long as this task runs; the loops poll anyway,
     // so a broken watch only slows them.
     let watch = async {
@@ -186,8 +202,7 @@ pub async fn join(app: Shared) {
             match &*cache {
                 Some((k, at, info)) if *k == key && at.elapsed() < INFO_MAX_AGE => info.clone(),
                 _ => {
-                    let c = a.cluster.as_ref().expect("a cluster member");
-                    let info = node_info(&a, c);
+                    let info = node_info(&a, &a.cluster);
                     *cache = Some((key, Instant::now(), info.clone()));
                     info
                 }

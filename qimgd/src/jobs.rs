@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use qimg::{Progress, Task};
-use upgrade::Verified;
 
 /// What runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,13 +75,12 @@ impl Progress for Observer {
     }
 }
 
-/// The job slot, the meter, and what the running prepare verified.
+/// The job slot and the meter.
 #[derive(Debug, Default)]
 pub struct Jobs {
     slot: Mutex<Option<JobKind>>,
     /// The current prepare's progress.
     pub meter: Arc<Meter>,
-    verified: Mutex<Option<Verified>>,
     /// Notified when a job ends (a commit that asked for a reboot returns): the
     /// simulated hardware looks at once instead of at its next poll.
     pub ended: tokio::sync::Notify,
@@ -122,20 +120,6 @@ impl Jobs {
     /// What runs now.
     pub fn running(&self) -> Option<JobKind> {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remembers what the current prepare verified (its target before the engine
-    /// records a plan).
-    pub fn set_verified(&self, v: Option<Verified>) {
-        *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = v;
-    }
-
-    /// What the current or last prepare verified.
-    pub fn verified(&self) -> Option<Verified> {
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
 

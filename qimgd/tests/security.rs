@@ -386,7 +386,7 @@ fn a_second_prepare_while_one_runs_is_refused_with_the_reason() {
         r["description"]
             .as_str()
             .unwrap()
-            .contains("a prepare is running"),
+            .contains("is in progress"),
         "{r}"
     );
     let (s, r) = c.post("/v2/upgrade/commit", "");

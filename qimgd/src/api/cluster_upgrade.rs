@@ -1,8 +1,11 @@
-//! The upgrade endpoints of a node in a cluster: any node accepts them and writes
-//! the cluster's plan in etcd (compare-and-swap); the coordinator and every
-//! node's member loop carry it out (`crate::coordinator`, `crate::member`). The
+//! The upgrade endpoints' one flow, for a node in a cluster and a node alone (a
+//! cluster of one): any node accepts them and writes the cluster's plan in its
+//! store (compare-and-swap); the coordinator and every node's member loop carry
+//! it out (`crate::coordinator`, `crate::member`). The
 //! status is the cluster's, shaped from one [`Snapshot`] of the plan and its
 //! generation's reports (`super::snapshot`).
+
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use qapi::types::ErrorClass;
@@ -14,13 +17,13 @@ use super::snapshot::{self, Snapshot};
 use super::{Shared, blocking};
 use crate::paths;
 
+/// How long prepare and commit wait for this node's engine to record the job.
+pub const START_LIMIT: Duration = Duration::from_secs(10);
+
 /// The cluster's etcd, or 503 `cluster_unavailable_error` while this node has
 /// not reached it.
 pub(crate) fn store(app: &Shared) -> Result<&Store, ApiError> {
-    app.cluster
-        .as_ref()
-        .and_then(|c| c.store())
-        .ok_or_else(super::error::no_etcd_yet)
+    app.cluster.store().ok_or_else(super::error::no_etcd_yet)
 }
 
 /// The plan and its revision.
@@ -28,20 +31,34 @@ pub(crate) async fn plan(app: &Shared) -> Result<Option<(ClusterPlan, i64)>, Api
     store(app)?.plan().await.map_err(ApiError::from)
 }
 
+/// How long a prepare gives a plan in progress to end when no job runs on
+/// this node: the engine says its outcome (a boot fell back) a moment before
+/// the member has reported it and the coordinator ended the plan.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(3);
+
+/// The plan and its revision, once it is no longer in progress, or while a
+/// job runs on this node, or after [`SETTLE_LIMIT`].
+async fn settled_plan(app: &Shared) -> Result<Option<(ClusterPlan, i64)>, ApiError> {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let current = plan(app).await?;
+        let active = current.as_ref().is_some_and(|(p, _)| p.phase.is_active());
+        if !active || app.jobs.running().is_some() || Instant::now() >= deadline {
+            return Ok(current);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn in_progress(p: &ClusterPlan) -> ApiError {
     ApiError::blocked(snapshot::in_progress(p))
 }
 
-/// `POST /v2/upgrade/prepare` in a cluster (its batch size checked by
-/// `upgrade_api::check_batch`): checked against this node, then the plan
-/// written for every node.
+/// `POST /v2/upgrade/prepare` (its batch size checked by
+/// `upgrade_api::check_batch`, this node's engine by `engine_free`): checked
+/// against this node, then the plan written for every node.
 pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusCode, ApiError> {
-    let spec = &app
-        .cluster
-        .as_ref()
-        .expect("a cluster node")
-        .membership
-        .spec;
+    let spec = spec(app);
     // Batches of a rolling reboot wait for the data to be safe between them: a
     // node with nothing to ask refuses rather than wait a timer.
     if req.do_rolling_reboot
@@ -54,12 +71,13 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         )));
     }
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
-    let current = plan(app).await?;
+    let current = settled_plan(app).await?;
     if let Some((p, _)) = &current
         && p.phase.is_active()
     {
         return Err(in_progress(p));
     }
+    super::upgrade_api::engine_free(app).await?;
     let a = app.clone();
     let file = img.file.clone();
     let v = blocking(move || Ok(a.agent.verify(&file)?)).await?;
@@ -79,6 +97,7 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         from_version: Some(v.plan.from.version.clone()),
         ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
     };
+    let before = record(app);
     let won = store(app)?
         .put_plan_if(&next, current.map(|(_, r)| r))
         .await?;
@@ -91,10 +110,11 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         "plan {}: prepare {} on every node",
         next.generation, next.image_path
     ));
+    wait_started(app, before, next.generation).await;
     Ok(StatusCode::ACCEPTED)
 }
 
-/// `POST /v2/upgrade/commit` in a cluster.
+/// `POST /v2/upgrade/commit`.
 pub(super) async fn commit(app: &Shared) -> Result<StatusCode, ApiError> {
     let Some((mut p, rev)) = plan(app).await? else {
         return Err(nothing_prepared("no upgrade"));
@@ -103,13 +123,58 @@ pub(super) async fn commit(app: &Shared) -> Result<StatusCode, ApiError> {
         return Err(nothing_prepared(&format!("{:?}", p.phase)));
     }
     p.phase = PlanPhase::Committing;
+    let before = record(app);
     if !store(app)?.put_plan_if(&p, Some(rev)).await? {
         return Err(ApiError::blocked(
             "another request changed the cluster's plan first: look at the status",
         ));
     }
     crate::log(&format!("plan {}: commit on every node", p.generation));
+    // Every node commits at once unless the reboots roll (this node may then
+    // come last).
+    if !p.rolling || spec(app).nodes.len() == 1 {
+        wait_started(app, before, p.generation).await;
+    }
     Ok(StatusCode::ACCEPTED)
+}
+
+/// The engine's record as it is now (to see it change).
+fn record(app: &Shared) -> Option<Vec<u8>> {
+    let p = app.agent.node().store().ok()?.path();
+    std::fs::read(p).ok()
+}
+
+/// Waits (at most [`START_LIMIT`]) until this node's engine recorded a state
+/// other than `before`, or this node reported an end of generation `g` (a job
+/// refused on it): a client reading this node's status right after the answer
+/// sees the job, never the state before it, as from the engine's own CLI.
+async fn wait_started(app: &Shared, before: Option<Vec<u8>>, g: u64) {
+    let deadline = Instant::now() + START_LIMIT;
+    let me = app.node_id();
+    loop {
+        if record(app) != before {
+            return;
+        }
+        if let Ok(Some((r, _))) = store_of(app).report_of_seen(me).await
+            && r.generation == g
+            && r.step == qcluster::NodeStep::Failed
+        {
+            return;
+        }
+        if Instant::now() >= deadline {
+            crate::log(&format!(
+                "plan {g}: this node's engine recorded no state within {START_LIMIT:?} of the request; answering anyway"
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn store_of(app: &Shared) -> &Store {
+    app.cluster
+        .store()
+        .expect("written through it a moment ago")
 }
 
 fn nothing_prepared(state: &str) -> ApiError {
@@ -122,7 +187,7 @@ fn nothing_prepared(state: &str) -> ApiError {
     )
 }
 
-/// `/v3/upgrade/status` in a cluster. The progress is the mean of the nodes',
+/// `/v3/upgrade/status`. The progress is the mean of the nodes',
 /// never decreasing as this node reports it.
 pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
     let s = Snapshot::load(app).await?;
@@ -131,19 +196,16 @@ pub(super) async fn status(app: &Shared) -> Result<UpgradeStatus, ApiError> {
     }))
 }
 
-/// `/v2/upgrade/blocked` in a cluster.
+/// `/v2/upgrade/blocked`: the plan's.
 pub(super) async fn blocked(app: &Shared) -> Result<Blocked, ApiError> {
     Ok(snapshot::blocked_body(Snapshot::load(app).await?.as_ref()))
 }
 
 /// `GET /v1/qimg/cluster/upgrade`: the plan node by node (a qimg extension; 404
-/// on a node in no cluster or before any upgrade).
+/// before any upgrade).
 pub(super) async fn nodes(
     axum::extract::State(app): axum::extract::State<Shared>,
 ) -> Result<axum::Json<ClusterUpgrade>, ApiError> {
-    if app.cluster.is_none() {
-        return Err(ApiError::not_found("this node is in no cluster"));
-    }
     let Some(s) = Snapshot::load(&app).await? else {
         return Err(ApiError::not_found("no upgrade yet in this cluster"));
     };
@@ -160,11 +222,7 @@ pub(super) async fn nodes(
     )))
 }
 
-/// The cluster's spec (a cluster node's handlers only).
+/// The cluster's spec (of one node, for a node alone).
 fn spec(app: &Shared) -> &qcluster::ClusterSpec {
-    &app.cluster
-        .as_ref()
-        .expect("a cluster node")
-        .membership
-        .spec
+    &app.cluster.membership.spec
 }

@@ -63,8 +63,8 @@ pub struct App {
     pub down: AtomicBool,
     /// Set at shutdown: a running prepare stops and is undone.
     pub cancel: upgrade::Cancel,
-    /// The cluster this node belongs to (`None`: a cluster of one).
-    pub cluster: Option<crate::cluster::ClusterCtx>,
+    /// The cluster this node belongs to (a node in no cluster: a cluster of one).
+    pub cluster: crate::cluster::ClusterCtx,
     /// Notified when a simulated node powers off (`[sim] reboot_exits`).
     pub power_off: tokio::sync::Notify,
     /// Ticks when the cluster's plan or a node's report changed (etcd's watch) or
@@ -105,9 +105,7 @@ impl App {
 
     /// This node's id.
     pub fn node_id(&self) -> u32 {
-        self.cluster
-            .as_ref()
-            .map_or(self.config.node_id, |c| c.membership.node_id)
+        self.cluster.membership.node_id
     }
 }
 
@@ -150,13 +148,11 @@ async fn authenticate(
 /// This node's users: the cluster's in a cluster (as etcd's watch delivered
 /// them), else its users file.
 pub(crate) async fn users(app: &Shared) -> Result<Users, ApiError> {
-    match &app.cluster {
-        Some(_) => Ok(crate::accounts::cluster_users(cluster_upgrade::store(app)?, false).await?),
-        None => {
-            let path = app.users.clone();
-            blocking(move || Ok(Users::load(&path)?)).await
-        }
+    if app.cluster.is_alone() {
+        let path = app.users.clone();
+        return blocking(move || Ok(Users::load(&path)?)).await;
     }
+    Ok(crate::accounts::cluster_users(cluster_upgrade::store(app)?, false).await?)
 }
 
 /// The API's routes over `app`.

@@ -75,9 +75,11 @@ pub(crate) fn hostname() -> String {
 /// Every node of the cluster: the registered ones online with what they
 /// registered, the others offline (their lease expired or they never started).
 async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
-    let Some(c) = &app.cluster else {
+    let c = &app.cluster;
+    if c.is_alone() {
+        // Itself, as it answers now (no registration to wait for).
         return Ok(vec![this_node(app, true)]);
-    };
+    }
     let store = super::cluster_upgrade::store(app)?;
     let registered = store.nodes_seen().await?;
     Ok(c.membership

@@ -7,56 +7,26 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use qapi::types::ErrorClass;
-use qapi::types::{ProtectionStatus, RebootState, RebootStatus, RestriperStatus};
-use upgrade::state::{CommitStep, Stage};
+use qapi::types::{ProtectionStatus, RebootStatus, RestriperStatus};
 
+use super::Shared;
 use super::body::NoBody;
 use super::cluster_upgrade::plan;
 use super::error::ApiError;
 use super::snapshot::{self, Snapshot};
-use super::{Shared, blocking};
 use crate::restriper::Source;
 use qcluster::plan::now_ms;
 
 fn node_count(app: &Shared) -> u32 {
-    app.cluster
-        .as_ref()
-        .map_or(1, |c| c.membership.spec.nodes.len() as u32)
+    app.cluster.membership.spec.nodes.len() as u32
 }
 
 pub(super) async fn status(State(app): State<Shared>) -> Result<Json<RebootStatus>, ApiError> {
-    if app.cluster.is_none() {
-        let agent = app.agent.clone();
-        let st = blocking(move || Ok(agent.state()?)).await?;
-        let rebooting = matches!(
-            st.stage,
-            Stage::Committing(_, CommitStep::Reboot { .. } | CommitStep::Fallback { .. })
-        );
-        return Ok(Json(RebootStatus {
-            state: if rebooting {
-                RebootState::InProgress
-            } else {
-                RebootState::Idle
-            },
-            rolling: rebooting && st.settings.rolling,
-            upgrade_initiated: rebooting,
-            total_node_count: 1,
-            rebooted_node_count: 0,
-            error_message: String::new(),
-        }));
-    }
     let s = Snapshot::load(&app).await?;
     Ok(Json(snapshot::reboot_body(s.as_ref(), node_count(&app))))
 }
 
 async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
-    if app.cluster.is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorClass::RebootNotInProgress,
-            "no rolling reboot is in progress on this node's cluster",
-        ));
-    }
     let store = super::cluster_upgrade::store(app)?;
     let Some((mut p, rev)) = plan(app).await? else {
         return Err(not_rolling());
@@ -131,9 +101,6 @@ pub(super) async fn restriper(
                 .map_err(|why| unavailable(why.to_string()));
         }
     };
-    if app.cluster.is_none() {
-        return Ok(Json(finished));
-    }
     let Some((p, _)) = plan(&app).await? else {
         return Ok(Json(finished));
     };
@@ -160,13 +127,7 @@ pub(super) async fn restriper(
 pub(super) async fn protection(
     State(app): State<Shared>,
 ) -> Result<Json<ProtectionStatus>, ApiError> {
-    let Some(c) = &app.cluster else {
-        return Ok(Json(ProtectionStatus {
-            protection_system_type: "PROTECTION_SYSTEM_TYPE_EC".into(),
-            max_node_failures: 0,
-            remaining_node_failures: 0,
-        }));
-    };
+    let c = &app.cluster;
     let max = c.membership.spec.max_node_failures;
     let online = match c.store() {
         Some(s) => s.nodes_seen().await.map(|n| n.len() as u32).unwrap_or(0),

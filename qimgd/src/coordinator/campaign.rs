@@ -13,9 +13,7 @@ use crate::restriper::Source;
 /// Campaigns for coordinator and, while it holds the key, reconciles. Runs until
 /// dropped.
 pub async fn run(app: Shared) {
-    let Some(c) = app.cluster.as_ref() else {
-        return;
-    };
+    let c = &app.cluster;
     let me = c.membership.node_id;
     let spec = c.membership.spec.clone();
     // The session lease this node holds the coordinator key under, while it
@@ -134,9 +132,7 @@ pub const RESIGN_LIMIT: Duration = Duration::from_secs(2);
 /// tells them) instead of when the lease would have expired. At most
 /// [`RESIGN_LIMIT`].
 pub async fn resign(app: &Shared) {
-    let Some(c) = app.cluster.as_ref() else {
-        return;
-    };
+    let c = &app.cluster;
     let Some(store) = c.store() else {
         return;
     };

@@ -55,9 +55,7 @@ fn booted(app: &Shared, r: NodeReport) -> NodeReport {
 
 /// Runs until dropped.
 pub async fn run(app: Shared) {
-    let Some(c) = app.cluster.as_ref() else {
-        return;
-    };
+    let c = &app.cluster;
     let me = c.membership.node_id;
     let mut last_error = String::new();
     let mut changes = app.changes.subscribe();

@@ -106,9 +106,12 @@ pub(crate) fn status_body(
     };
     let p = &s.plan;
     let state = upgrade_state(p);
-    let progress = match state {
-        UpgradeState::Preparing => Some(progress(p.generation, s.mean_progress(spec).min(99))),
-        UpgradeState::Idle => None,
+    // Qumulo's lifecycle: a finished upgrade is IDLE at 100 %, its settings
+    // kept; a failed or discarded one has no progress.
+    let progress = match (state, p.phase) {
+        (UpgradeState::Preparing, _) => Some(progress(p.generation, s.mean_progress(spec).min(99))),
+        (UpgradeState::Idle, PlanPhase::Committed) => Some(100),
+        (UpgradeState::Idle, _) => None,
         _ => Some(100),
     };
     UpgradeStatus {

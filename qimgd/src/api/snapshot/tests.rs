@@ -95,10 +95,18 @@ fn the_status_body() {
     assert_eq!(set.install_path, "/up.qimg");
     assert_eq!(set.target_version, "7.1.0");
     assert_eq!(set.upgrade_type, Some(UpgradeType::from_platform(true)));
-    // Committing: 100; finished: idle with no progress; a failure's words kept.
+    // Committing: 100; finished: idle at 100; a failure: idle with no
+    // progress, its words kept.
     let sn = snap(plan(PlanPhase::Committing, PlanMode::Instant), vec![]);
     let s = status_body(Some(&sn), &spec(3), |_, _| unreachable!());
     assert_eq!((s.state, s.progress), (UpgradeState::Committing, Some(100)));
+    let sn = snap(plan(PlanPhase::Committed, PlanMode::Instant), vec![]);
+    let s = status_body(Some(&sn), &spec(3), |_, _| unreachable!());
+    assert_eq!((s.state, s.progress), (UpgradeState::Idle, Some(100)));
+    assert!(
+        s.settings.is_some(),
+        "a finished upgrade keeps its settings"
+    );
     let mut failed = plan(PlanPhase::Failed, PlanMode::Instant);
     failed.error = Some("node 2: boom".into());
     let s = status_body(Some(&snap(failed, vec![])), &spec(3), |_, _| unreachable!());
