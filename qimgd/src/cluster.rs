@@ -46,8 +46,10 @@ pub const ALONE_STORE: &str = "plan.json";
 pub struct ClusterCtx {
     /// `cluster.json`.
     pub membership: Membership,
-    /// The node's cluster directory (`None`: a node alone, a cluster of one).
+    /// The node's cluster directory (`None`: its store is not etcd).
     pub dir: Option<NodeDir>,
+    /// True for a node in no cluster (a cluster of one).
+    alone: bool,
     /// This node's one lease in etcd, kept by `daemon::join`: its registration
     /// and, while it coordinates, the coordinator key live under it.
     pub session: Session,
@@ -63,6 +65,7 @@ impl ClusterCtx {
         Ok(ClusterCtx {
             membership,
             dir: Some(dir),
+            alone: false,
             session: Session::new(lease_ttl),
             store: OnceLock::new(),
         })
@@ -88,27 +91,40 @@ impl ClusterCtx {
                 etcd_peer: None,
             }],
         };
-        let store = Store::local(
-            qcluster::Local::open(file).map_err(Error::Cluster)?,
-            &spec.prefix(),
-        );
+        let local = qcluster::Local::open(file).map_err(Error::Cluster)?;
+        let membership = Membership {
+            schema: qcluster::create::SCHEMA.into(),
+            node_id: id,
+            spec,
+        };
+        Ok(ClusterCtx {
+            alone: true,
+            ..ClusterCtx::in_process(membership, local, lease_ttl)
+        })
+    }
+
+    /// Node `membership.node_id` of a cluster whose nodes run in this process
+    /// over one `local` store (tests: a cluster in seconds, no etcd).
+    pub fn in_process(
+        membership: Membership,
+        local: std::sync::Arc<qcluster::Local>,
+        lease_ttl: Duration,
+    ) -> ClusterCtx {
+        let store = Store::local(local, &membership.spec.prefix());
         let c = ClusterCtx {
-            membership: Membership {
-                schema: qcluster::create::SCHEMA.into(),
-                node_id: id,
-                spec,
-            },
+            membership,
             dir: None,
+            alone: false,
             session: Session::new(lease_ttl),
             store: OnceLock::new(),
         };
         c.set_store(store);
-        Ok(c)
+        c
     }
 
     /// True for a node in no cluster (a cluster of one).
     pub fn is_alone(&self) -> bool {
-        self.dir.is_none()
+        self.alone
     }
 
     /// This node's spec.

@@ -35,7 +35,10 @@ pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// Loads the node, keys, identity and TLS files of `config`; generates what is
 /// missing (self-signed certificate, token key, identity). Returns the state and
 /// the TLS configuration, and says on stderr what it generated.
-pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Error> {
+pub fn build(
+    config: &Config,
+    in_process: Option<&InProcess>,
+) -> Result<(Shared, Arc<rustls::ServerConfig>), Error> {
     let node = Node::load(&config.node).map_err(Error::Engine)?;
     let product = node.open().map_err(Error::Engine)?.product;
     // Everything simulated comes from `[sim]`, which only a simulated node has.
@@ -76,10 +79,13 @@ pub fn build(config: &Config) -> Result<(Shared, Arc<rustls::ServerConfig>), Err
     };
     let tls = tls::server_config(&files)?;
     let lease = Duration::from_secs(config.cluster_lease_secs.max(1));
-    let cluster = match &config.cluster {
-        Some(dir) => crate::cluster::ClusterCtx::load(dir, lease)?,
+    let cluster = match (in_process, &config.cluster) {
+        (Some(p), _) => {
+            crate::cluster::ClusterCtx::in_process(p.membership.clone(), p.local.clone(), lease)
+        }
+        (None, Some(dir)) => crate::cluster::ClusterCtx::load(dir, lease)?,
         // A node in no cluster is a cluster of one, its plan in its state.
-        None => crate::cluster::ClusterCtx::alone(
+        (None, None) => crate::cluster::ClusterCtx::alone(
             config.node_id,
             &crate::api::hostname(),
             config
@@ -151,7 +157,7 @@ pub async fn join(app: Shared) {
     let c = &app.cluster;
     let store = match (c.store(), &c.dir) {
         (Some(s), _) => s.clone(),
-        (None, None) => unreachable!("a node alone has its store from the start"),
+        (None, None) => unreachable!("a store that is not etcd is there from the start"),
         (None, Some(dir)) => {
             let mut logged = false;
             let store = loop {
@@ -241,7 +247,28 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
     listening: impl FnOnce(Vec<String>),
 ) -> Result<(), Error> {
-    let (app, tls) = build(&config)?;
+    serve_in(config, None, stop, listening).await
+}
+
+/// A node of a cluster whose nodes run in one process over one store
+/// (`qcluster::Local`): tests run a cluster in seconds, without etcd, through
+/// the same code as a cluster on etcd.
+#[derive(Clone)]
+pub struct InProcess {
+    /// The cluster and which node this is.
+    pub membership: qcluster::Membership,
+    /// The store every node of the cluster shares.
+    pub local: Arc<qcluster::Local>,
+}
+
+/// [`serve`], as a node of an in-process cluster when `in_process` says so.
+pub async fn serve_in(
+    config: Config,
+    in_process: Option<InProcess>,
+    stop: impl std::future::Future<Output = ()>,
+    listening: impl FnOnce(Vec<String>),
+) -> Result<(), Error> {
+    let (app, tls) = build(&config, in_process.as_ref())?;
     // A machine whose power button is software, powered off for a reboot: this
     // start is its boot.
     crate::power::boot_if_due(&app).await;
@@ -330,6 +357,11 @@ pub const SPAWN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Starts an agent for `config` on a thread; returns once it listens.
 pub fn spawn(config: Config) -> Result<Background, Error> {
+    spawn_in(config, None)
+}
+
+/// [`spawn`], as a node of an in-process cluster when `in_process` says so.
+pub fn spawn_in(config: Config, in_process: Option<InProcess>) -> Result<Background, Error> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
@@ -341,8 +373,9 @@ pub fn spawn(config: Config) -> Result<Background, Error> {
                 path: "/".into(),
                 source,
             })?;
-        rt.block_on(serve(
+        rt.block_on(serve_in(
             config,
+            in_process,
             async {
                 let _ = stop_rx.await;
             },

@@ -87,6 +87,15 @@ pub fn read_boot_id(path: &std::path::Path) -> Result<BootId, Error> {
     ))
 }
 
+/// Whether a reboot command's exit says the reboot is under way: it succeeded,
+/// or the shutdown it started stopped the agent's service and SIGTERMed it with
+/// the service's other processes before it could exit (systemd signals the whole
+/// cgroup, and even `systemctl reboot --no-block` can still be running then).
+fn reboot_under_way(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.success() || status.signal() == Some(libc::SIGTERM)
+}
+
 impl Machine for LocalMachine {
     fn boot_id(&self) -> Result<BootId, Error> {
         read_boot_id(&self.boot_id)
@@ -105,7 +114,7 @@ impl Machine for LocalMachine {
                 command: command.clone(),
                 source,
             })?;
-        if !status.success() {
+        if !reboot_under_way(status) {
             return Err(Error::Reboot {
                 command,
                 source: std::io::Error::other(format!("exited with {status}")),
@@ -148,6 +157,31 @@ impl Machine for LocalMachine {
                 o.status,
                 String::from_utf8_lossy(&o.stdout).trim()
             )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_reboot_command_killed_by_the_shutdown_it_started_asked_for_it() {
+        // Raw wait statuses: exit code << 8, or the signal number.
+        let cases = [
+            (0, true, "exit 0"),
+            (libc::SIGTERM, true, "SIGTERMed by the shutdown"),
+            (1 << 8, false, "exit 1: refused"),
+            (libc::SIGKILL, false, "SIGKILL: killed, not stopped"),
+            (libc::SIGSEGV, false, "crashed"),
+        ];
+        for (raw, under_way, what) in cases {
+            assert_eq!(
+                reboot_under_way(std::process::ExitStatus::from_raw(raw)),
+                under_way,
+                "{what}"
+            );
         }
     }
 }

@@ -9,7 +9,7 @@
 //! state = "/var/lib/qimg"         # upgrade state, staged containers
 //! keys = ["/etc/qimg/release.pub"]
 //! simulated = false               # true: simulated reboots (see `sim`)
-//! reboot = ["systemctl", "reboot"]
+//! reboot = ["systemctl", "reboot", "--no-block"]  # queued: returns at once
 //! platform_health = ["systemctl", "is-system-running", "--wait"]
 //! health_timeout_secs = 30
 //! boot_id = "/proc/sys/kernel/random/boot_id"
@@ -46,8 +46,11 @@ fn default_efivars() -> PathBuf {
 fn default_state() -> PathBuf {
     "/var/lib/qimg".into()
 }
+/// Queued, not waited for: a `systemctl reboot` that waits is killed with the
+/// agent's service as the shutdown stops it, and its "failure" would be
+/// reported as the commit's.
 fn default_reboot() -> Vec<String> {
-    vec!["systemctl".into(), "reboot".into()]
+    vec!["systemctl".into(), "reboot".into(), "--no-block".into()]
 }
 fn default_health_timeout() -> u64 {
     30

@@ -255,33 +255,12 @@ impl Agentd {
 
     /// A raw HTTPS client for 127.0.0.2 (certificate not verified: self-signed).
     pub fn client(&self) -> Client {
-        Client {
-            base: format!("https://127.0.0.2:{}", self.port("127.0.0.2")),
-            agent: ureq::Agent::new_with_config(
-                ureq::Agent::config_builder()
-                    .tls_config(
-                        ureq::tls::TlsConfig::builder()
-                            .disable_verification(true)
-                            .build(),
-                    )
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(30)))
-                    .build(),
-            ),
-            token: None,
-        }
+        Client::https(format!("https://127.0.0.2:{}", self.port("127.0.0.2")))
     }
 
     /// A client logged in as the test user.
     pub fn logged_in(&self) -> Client {
-        let mut c = self.client();
-        let (s, b) = c.post(
-            "/v1/session/login",
-            &serde_json::json!({"username": USER, "password": PASSWORD}).to_string(),
-        );
-        assert_eq!(s, 200, "{b}");
-        c.token = Some(b["bearer_token"].as_str().unwrap().to_string());
-        c
+        self.client().login()
     }
 
     /// Polls `/v3/upgrade/status` until `done` says so, at most `limit`.
@@ -292,21 +271,9 @@ impl Agentd {
         limit: Duration,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + limit;
-        let mut last = serde_json::Value::Null;
-        while Instant::now() < deadline {
-            if let Ok((200, s)) = c.try_get("/v3/upgrade/status") {
-                if done(&s) {
-                    return s;
-                }
-                last = s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "waited {limit:?} for {what}; last status {last}\nagent log:\n{}",
-            self.log()
-        );
+        c.wait_for("/v3/upgrade/status", what, limit, done, || {
+            format!("agent log:\n{}", self.log())
+        })
     }
 
     /// The node's disk and state record: what a refused request must not change.
@@ -356,6 +323,64 @@ fn parse(body: String) -> serde_json::Value {
 }
 
 impl Client {
+    /// A client of `base` (certificates not verified: self-signed).
+    pub fn https(base: String) -> Client {
+        Client {
+            base,
+            agent: ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .tls_config(
+                        ureq::tls::TlsConfig::builder()
+                            .disable_verification(true)
+                            .build(),
+                    )
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build(),
+            ),
+            token: None,
+        }
+    }
+
+    /// Logged in as the test user.
+    pub fn login(mut self) -> Client {
+        let (s, b) = self.post(
+            "/v1/session/login",
+            &serde_json::json!({"username": USER, "password": PASSWORD}).to_string(),
+        );
+        assert_eq!(s, 200, "{b}");
+        self.token = Some(b["bearer_token"].as_str().unwrap().to_string());
+        self
+    }
+
+    /// Polls GET `path` until `done` says so, at most `limit` (a node
+    /// rebooting drops connections: tried again); a failure names `what`, the
+    /// last answer and `context()`.
+    pub fn wait_for(
+        &self,
+        path: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+        context: impl Fn() -> String,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        let mut last = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            if let Ok((200, v)) = self.try_get(path) {
+                if done(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "waited {limit:?} for {what}; last {path}: {last}\n{}",
+            context()
+        );
+    }
+
     fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         match &self.token {
             Some(t) => r.header("Authorization", &format!("Bearer {t}")),

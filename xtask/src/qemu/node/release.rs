@@ -165,7 +165,7 @@ fn node_toml() -> String {
      # /efi, the state on the data partition.\n\
      model = \"qemu\"\ntarget = \"onprem\"\ndisk = \"/dev/vda\"\nesp = \"/efi\"\n\
      state = \"/var/lib/qimg\"\nkeys = [\"/etc/qimg/release.pub\"]\n\
-     reboot = [\"systemctl\", \"reboot\"]\n\
+     reboot = [\"systemctl\", \"reboot\", \"--no-block\"]\n\
      platform_health = [\"/usr/lib/qimg/health-check\"]\nhealth_timeout_secs = 60\n\
      [runtime]\nkind = \"process\"\n"
         .to_owned()

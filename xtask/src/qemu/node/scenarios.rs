@@ -3,7 +3,7 @@
 //! API's answers and the ESP afterwards.
 
 use std::io::{Seek, SeekFrom, Write};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bootctl::entries::{DEFAULT_TRIES, EntryState};
@@ -61,28 +61,37 @@ fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
 struct Monitor {
     child: Child,
     out: std::path::PathBuf,
+    err: std::path::PathBuf,
 }
 
 impl Monitor {
     fn start(node: &Node, args: &[&str], name: &str) -> Result<Monitor, String> {
         let out = node.serial.with_file_name(format!("qq-{name}.out"));
+        let err = node.serial.with_file_name(format!("qq-{name}.err"));
         let f = std::fs::File::create(&out).map_err(|e| e.to_string())?;
+        let e = std::fs::File::create(&err).map_err(|e| e.to_string())?;
         let child = node
             .qq(args)
             .stdout(f)
-            .stderr(Stdio::null())
+            .stderr(e)
             .spawn()
             .map_err(|e| format!("qq: {e}"))?;
-        Ok(Monitor { child, out })
+        Ok(Monitor { child, out, err })
     }
 
-    /// Waits for qq to end, at most `limit`; returns its exit code and output.
+    /// Waits for qq to end, at most `limit`; returns its exit code and output
+    /// (and, when it failed, its stderr after it, for the failure's message).
     fn wait(mut self, limit: Duration) -> Result<(i32, String), String> {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
-                let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-                return Ok((st.code().unwrap_or(-1), text));
+                let mut text = std::fs::read_to_string(&self.out).unwrap_or_default();
+                let code = st.code().unwrap_or(-1);
+                if code != 0 {
+                    let err = std::fs::read_to_string(&self.err).unwrap_or_default();
+                    text.push_str(&format!("\nqq's stderr ({}):\n{err}", self.err.display()));
+                }
+                return Ok((code, text));
             }
             if start.elapsed() > limit {
                 let _ = self.child.kill();
@@ -160,9 +169,17 @@ fn platform(lab: &Lab, node: &mut Node) -> Result<(), String> {
     let start = Instant::now();
     let (code, out) = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.0.0")?
         .wait(UPGRADE_LIMIT)?;
+    if code != 0 {
+        let journal = node
+            .ssh("journalctl -u qimgd --no-pager | tail -n 60")
+            .unwrap_or_else(|e| format!("(no journal: {e})"));
+        return Err(format!(
+            "qq upgrade_cluster ended {code}: {out}\nthe agent's journal:\n{journal}"
+        ));
+    }
     let s = json(&out)?;
     expect(
-        code == 0 && field(&s, "state") == "UPGRADE_COMMITTED",
+        field(&s, "state") == "UPGRADE_COMMITTED",
         &format!("qq upgrade_cluster ended {code}: {out}"),
     )?;
     let (report, version, _) = node.wait_up()?;
@@ -337,7 +354,9 @@ fn unhealthy(lab: &Lab, node: &mut Node) -> Result<(), String> {
 }
 
 /// 6: the power cut in the middle of prepare, then in the middle of the commit's
-/// reboot: a good slot boots each time and the next `qq` command finishes.
+/// reboot: a good slot boots each time; the node's plan outlives the cut, so
+/// the prepare goes on by itself once the node is back, and the commit's `qq`
+/// finishes after the second cut.
 fn power_loss(lab: &Lab, node: &mut Node) -> Result<(), String> {
     let name = lab.offer(node, "2.3.0")?;
     // Logged in before the prepare starts, so the first look comes within 50 ms.
@@ -380,9 +399,25 @@ fn power_loss(lab: &Lab, node: &mut Node) -> Result<(), String> {
     node.power_on()?;
     let (report, _, _) = node.wait_up()?;
     expect(report.release == "2.0.0", "after the cut the node boots B")?;
-    // The next command cleans up and finishes; the power is cut again once the
-    // commit's reboot is under way (the loader has counted the try).
-    let m = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.3.0")?;
+    // The plan (the node's own store, a cluster of one) still says prepare: the
+    // node undoes the cut prepare and prepares again by itself.
+    let mut api = node.client()?;
+    let start = Instant::now();
+    loop {
+        let s: qapi::types::UpgradeStatus = api
+            .get("/v3/upgrade/status")
+            .map_err(|e| format!("upgrade status: {e}"))?;
+        if s.state == qapi::types::UpgradeState::Prepared {
+            break;
+        }
+        if s.error_info.is_some() || start.elapsed() > UPGRADE_LIMIT {
+            return Err(format!("the cut prepare did not go on to PREPARED: {s:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The commit; the power is cut again once its reboot is under way (the
+    // loader has counted the try).
+    let m = Monitor::start(node, &["upgrade_cluster", "commit"], "2.3.0")?;
     let stubs = node.vm().count("EFI stub: Loaded initrd");
     let start = Instant::now();
     while node.vm().count("EFI stub: Loaded initrd") == stubs {
