@@ -86,6 +86,14 @@ impl UpgradeType {
     }
 }
 
+/// Qumulo's spelling of an upgrade mode: the one mapping, for the engine's
+/// verify, the plan's status and `qq`'s local verify.
+impl From<crate::status::Mode> for UpgradeType {
+    fn from(m: crate::status::Mode) -> UpgradeType {
+        UpgradeType::from_platform(m == crate::status::Mode::Platform)
+    }
+}
+
 /// `POST /v2/upgrade/verify-image`'s answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyResponse {
@@ -571,6 +579,14 @@ pub struct Overview {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_as_qumulo_spells_them() {
+        use crate::status::Mode;
+        let wire = |m: Mode| serde_json::to_value(UpgradeType::from(m)).unwrap();
+        assert_eq!(wire(Mode::Platform), "SOFTWARE_AND_PLATFORM");
+        assert_eq!(wire(Mode::Instant), "SOFTWARE_ONLY");
+    }
 
     #[test]
     fn error_classes_round_trip_as_spelled() {

@@ -12,8 +12,8 @@
 //!   simulated node, set up by `[sim]`).
 //! - [`server`]: TLS and Unix-socket listeners and connections; [`peer`]: who
 //!   the peer is (local root or not).
-//! - [`api`]: routes, authentication, handlers; [`api::shape`] the REST bodies
-//!   (`qapi::types`) shaped from the engine's state; [`api::error`] the JSON
+//! - [`api`]: routes, authentication, handlers (the upgrade's bodies shaped
+//!   from the plan, one flow for one node and many); [`api::error`] the JSON
 //!   errors with stable classes; [`api::body`] strict JSON bodies.
 //! - [`jobs`]: the one engine operation at a time on a blocking thread, and its
 //!   never-decreasing progress.

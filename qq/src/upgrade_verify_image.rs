@@ -34,9 +34,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             match agent.verify(&a.path) {
                 Ok(v) => VerifyResponse {
                     target_version: v.plan.to.version.to_string(),
-                    upgrade_type: UpgradeType::from_platform(
-                        v.plan.mode == upgrade::state::Mode::Platform,
-                    ),
+                    upgrade_type: UpgradeType::from(v.plan.mode),
                     error: v.blocked,
                 },
                 Err(e) => return crate::finish_error(&agent, &e),

@@ -110,11 +110,6 @@ impl Store {
         }
     }
 
-    /// True over a node alone's store.
-    pub fn is_local(&self) -> bool {
-        matches!(self.kv, kv::Kv::Local(_))
-    }
-
     async fn timed<T>(
         &self,
         op: &str,

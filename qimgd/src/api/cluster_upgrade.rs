@@ -155,7 +155,8 @@ async fn wait_started(app: &Shared, before: Option<Vec<u8>>, g: u64) {
         if record(app) != before {
             return;
         }
-        if let Ok(Some((r, _))) = store_of(app).report_of_seen(me).await
+        if let Ok(s) = store(app)
+            && let Ok(Some((r, _))) = s.report_of_seen(me).await
             && r.generation == g
             && r.step == qcluster::NodeStep::Failed
         {
@@ -169,12 +170,6 @@ async fn wait_started(app: &Shared, before: Option<Vec<u8>>, g: u64) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn store_of(app: &Shared) -> &Store {
-    app.cluster
-        .store()
-        .expect("written through it a moment ago")
 }
 
 fn nothing_prepared(state: &str) -> ApiError {

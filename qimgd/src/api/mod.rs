@@ -3,8 +3,8 @@
 //! Every route except the login and the Web UI's static files ([`webui`])
 //! requires `Authorization: Bearer <token>`, or a connection from local root
 //! ([`crate::peer::Peer::local_root`]). Handlers are thin: they parse, call the
-//! engine's [`upgrade::Agent`] on a blocking thread, and shape the answer with
-//! [`shape`] into [`qapi::types`].
+//! engine's [`upgrade::Agent`] on a blocking thread or write the plan, and answer
+//! with [`qapi::types`] (the upgrade's bodies shaped from the plan by `snapshot`).
 
 use qapi::types::ErrorClass;
 use std::path::PathBuf;
@@ -33,7 +33,6 @@ mod node;
 mod overview;
 mod reboot;
 mod session;
-pub mod shape;
 mod snapshot;
 mod upgrade_api;
 mod webui;

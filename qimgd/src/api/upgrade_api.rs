@@ -19,7 +19,6 @@ use upgrade::state::{Stage, Status};
 
 use super::body::{JsonBody, NoBody};
 use super::error::ApiError;
-use super::shape;
 use super::{Shared, blocking};
 use crate::paths;
 use qapi::types::{Blocked, PrepareRequest, UpgradeStatus, VerifyRequest, VerifyResponse};
@@ -86,7 +85,7 @@ pub(super) async fn verify(
     let v = blocking(move || Ok(agent.verify(&img.file)?)).await?;
     Ok(Json(VerifyResponse {
         target_version: v.plan.to.version.to_string(),
-        upgrade_type: shape::upgrade_type(v.plan.mode),
+        upgrade_type: v.plan.mode.into(),
         error: v.blocked,
     }))
 }

@@ -120,7 +120,7 @@ pub(crate) fn status_body(
         settings: Some(UpgradeSettings {
             install_path: p.image_path.clone(),
             target_version: p.target_version.to_string(),
-            upgrade_type: Some(UpgradeType::from_platform(p.mode == PlanMode::Platform)),
+            upgrade_type: Some(UpgradeType::from(p.mode)),
             auto_commit: p.auto_commit,
             do_rolling_reboot: p.rolling,
             num_nodes_to_reboot: p.nodes_per_batch,
