@@ -3,7 +3,9 @@
 //!
 //! One flow for a node alone and a node in a cluster (a cluster of one or of
 //! many): prepare and commit write the plan (`super::cluster_upgrade`), which
-//! every node's member carries out; they answer 202 once the plan is written, so
+//! every node's member carries out; they answer 202 once this node's engine
+//! recorded the job (`cluster_upgrade::wait_started`; a rolling commit, where
+//! this node may come last, once the plan is written), so
 //! a client polling right after sees `PREPARING` or `COMMITTING`, never the state
 //! before. Everything that can refuse a request is decided before that answer,
 //! with nothing changed: the body, the path, the node's lock and engine, the
