@@ -157,13 +157,15 @@ fn the_nspawn_runtime_drives_the_template_unit() {
     std::fs::write(&fake, FAKE_SYSTEMCTL).unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let rt = Nspawn { systemctl: fake };
+    let v = |s: &str| s.parse::<qimg::Version>().unwrap();
     assert_eq!(rt.running().unwrap(), None);
-    rt.start("7.1.0", Path::new("/var/lib/qimg/containers/7.1.0"))
+    rt.start(&v("7.1.0"), Path::new("/var/lib/qimg/containers/7.1.0"))
         .unwrap();
-    rt.wait_healthy("7.1.0", Duration::from_secs(2)).unwrap();
-    assert_eq!(rt.running().unwrap().as_deref(), Some("7.1.0"));
+    rt.wait_healthy(&v("7.1.0"), Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(rt.running().unwrap(), Some(v("7.1.0")));
     let err = rt
-        .wait_healthy("7.2.0", Duration::from_secs(2))
+        .wait_healthy(&v("7.2.0"), Duration::from_secs(2))
         .unwrap_err();
     let text = upgrade::chain(&err);
     assert!(text.contains("unit is inactive"), "{text}");

@@ -18,7 +18,7 @@ fn info(id: u32) -> NodeInfo {
         uuid: format!("uuid-{id}"),
         address: format!("127.0.0.1:{}", 18000 + id),
         model: "demo-node-1".into(),
-        installed: Some("7.0.0".into()),
+        installed: Some("7.0.0".parse().unwrap()),
         slot: Some("a".into()),
         health: "online".into(),
     }

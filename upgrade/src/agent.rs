@@ -513,7 +513,7 @@ impl Agent {
         let version = crate::factory::install_container(&self.node, bundle, |m| {
             crate::factory::check(
                 bundle,
-                active.as_deref(),
+                active.as_ref(),
                 &m.release,
                 &running.product,
                 &running.platform_version,

@@ -118,10 +118,10 @@ pub(crate) fn finish_instant(
     plan: &Plan,
 ) -> Result<CommitOutcome, Error> {
     let (node, store, runtime, obs) = (cx.node, cx.store, cx.runtime, cx.obs);
-    let (from, to) = (plan.from.version.to_string(), plan.to.version.to_string());
+    let (from, to) = (&plan.from.version, &plan.to.version);
     let containers = node.containers();
     let before = containers.installed()?;
-    let restore_to = if before.active.as_deref() == Some(&to) {
+    let restore_to = if before.active.as_ref() == Some(to) {
         // Resuming after a crash between activation and the health check.
         InstalledContainers {
             active: before.previous.clone(),
@@ -133,11 +133,11 @@ pub(crate) fn finish_instant(
     obs.step(&format!("stopping container {from}"));
     let t0 = Instant::now();
     runtime.stop()?;
-    containers.activate(&to)?;
+    containers.activate(to)?;
     obs.step(&format!("starting container {to}"));
     let started = runtime
-        .start(&to, &containers.path(&to))
-        .and_then(|()| runtime.wait_healthy(&to, health_timeout(node)));
+        .start(to, &containers.path(to))
+        .and_then(|()| runtime.wait_healthy(to, health_timeout(node)));
     let downtime = t0.elapsed();
     let ms = downtime.as_secs_f64() * 1e3;
     st.downtime_ms = Some(downtime.as_millis() as u64);
@@ -161,7 +161,7 @@ pub(crate) fn finish_instant(
             obs.step(&format!("container {to} unhealthy: rolling back"));
             runtime.stop()?;
             containers.restore(&restore_to)?;
-            let back = restore_to.active.clone().unwrap_or(from);
+            let back = restore_to.active.clone().unwrap_or_else(|| from.clone());
             runtime
                 .start(&back, &containers.path(&back))
                 .and_then(|()| runtime.wait_healthy(&back, health_timeout(node)))?;
@@ -269,8 +269,8 @@ pub(crate) fn revert_platform(
         plan.from.slot, plan.from.version
     ));
     cx.node.containers().restore(&InstalledContainers {
-        active: Some(plan.from.version.to_string()),
-        previous: Some(plan.to.version.to_string()),
+        active: Some(plan.from.version.clone()),
+        previous: Some(plan.to.version.clone()),
     })?;
     // The running entry was blessed (renamed) since the loader named it: every
     // good entry of the new slot is marked bad.
@@ -338,7 +338,7 @@ pub(crate) fn check_boot(
     let containers = node.containers();
     if running.slot == to.slot {
         obs.step(&format!("booted slot {}: health check", to.slot));
-        let version = to.version.to_string();
+        let version = &to.version;
         let gate = machine
             .platform_health(running.slot)
             .map_err(|source| Error::Unhealthy {
@@ -347,10 +347,10 @@ pub(crate) fn check_boot(
             })
             .and_then(|()| {
                 runtime.stop()?;
-                containers.activate(&version)?;
+                containers.activate(version)?;
                 runtime
-                    .start(&version, &containers.path(&version))
-                    .and_then(|()| runtime.wait_healthy(&version, health_timeout(node)))
+                    .start(version, &containers.path(version))
+                    .and_then(|()| runtime.wait_healthy(version, health_timeout(node)))
             });
         match gate {
             Ok(()) => {
@@ -372,7 +372,7 @@ pub(crate) fn check_boot(
                 obs.step(&format!("slot {} unhealthy: falling back", to.slot));
                 runtime.stop()?;
                 containers.restore(&InstalledContainers {
-                    active: Some(from.version.to_string()),
+                    active: Some(from.version.clone()),
                     previous: None,
                 })?;
                 entries::mark_bad(io.esp.as_mut(), &running.entry)

@@ -69,7 +69,7 @@ pub enum Refusal {
     Incomplete(&'static str),
     /// A factory install on a node that already runs a release.
     #[error("the node already runs {0}: upgrade it instead")]
-    AlreadyInstalled(String),
+    AlreadyInstalled(qimg::Version),
     /// A factory install of a release whose platform is not the one booted.
     #[error("the bundle's platform is {bundle} and the node booted platform {booted}")]
     OtherPlatform {

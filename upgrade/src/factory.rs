@@ -31,7 +31,7 @@ pub fn install_container(
     let m = reader.manifest().clone();
     accept(&m)?;
     let containers = Containers::new(&node.config.state);
-    let version = m.release.version.to_string();
+    let version = m.release.version.clone();
     let mut staged = None;
     for c in &m.components {
         match &c.kind {
@@ -64,7 +64,7 @@ pub fn install_container(
 /// node's product, and only the booted platform's release.
 pub fn check(
     bundle: &Path,
-    active: Option<&str>,
+    active: Option<&Version>,
     m: &qimg::Release,
     product: &str,
     booted: &Version,
@@ -75,7 +75,7 @@ pub fn check(
     };
     let bundle_platform = &m.platform_version;
     if let Some(v) = active {
-        return Err(refused(Refusal::AlreadyInstalled(v.to_owned())));
+        return Err(refused(Refusal::AlreadyInstalled(v.clone())));
     }
     if m.product != product {
         return Err(refused(Refusal::Product {
@@ -116,9 +116,9 @@ mod tests {
                 if bundle == "node" && node == "other"),
             "{e:?}"
         );
-        let e = check(p, Some("1.0.0"), &rel("1.0.0"), "node", &v("1.0.0")).unwrap_err();
+        let e = check(p, Some(&v("1.0.0")), &rel("1.0.0"), "node", &v("1.0.0")).unwrap_err();
         assert!(
-            matches!(&e, Error::Refused { reason: Refusal::AlreadyInstalled(i), .. } if i == "1.0.0"),
+            matches!(&e, Error::Refused { reason: Refusal::AlreadyInstalled(i), .. } if *i == v("1.0.0")),
             "{e:?}"
         );
         assert!(qutil::chain(&e).contains("already runs 1.0.0: upgrade it instead"));

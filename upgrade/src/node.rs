@@ -342,14 +342,7 @@ impl Node {
             .map_err(|e: qimg::Error| {
                 booted(format!("booted slot {slot}'s label {label:?}: {e}"))
             })?;
-        let version = match self.containers().installed()?.active {
-            None => None,
-            Some(v) => Some(v.parse().map_err(|e: qimg::Error| Error::StateDamaged {
-                path: self.config.state.join("containers/installed.json"),
-                field: "active".into(),
-                source: crate::error::Damage::Invalid(e.to_string()),
-            })?),
-        };
+        let version = self.containers().installed()?.active;
         Ok(Running {
             product: o.product.clone(),
             slot,

@@ -238,7 +238,7 @@ pub(crate) fn run(
         }
         None => None,
     };
-    let version = m.release.version.to_string();
+    let version = m.release.version.clone();
     let mut uki = Vec::new();
     let mut staging = None;
     let mut payloads = vec![];
@@ -415,7 +415,7 @@ fn flash(
 /// and the slot is marked `_empty` (platform mode, never the running slot); the
 /// staged container goes unless it is installed. Returns the slot that was reset.
 pub fn cleanup(node: &Node, io: &mut Opened, plan: &Plan) -> Result<Option<Slot>, Error> {
-    node.containers().discard(&plan.to.version.to_string())?;
+    node.containers().discard(&plan.to.version)?;
     if plan.mode != Mode::Platform || plan.to.slot == plan.from.slot {
         return Ok(None);
     }

@@ -21,7 +21,7 @@ pub struct NodeInfo {
     /// Hardware model.
     pub model: String,
     /// The installed release.
-    pub installed: Option<String>,
+    pub installed: Option<qimg::Version>,
     /// The booted slot.
     pub slot: Option<String>,
     /// `online`, or what is wrong.

@@ -18,7 +18,7 @@ pub(super) async fn version(State(app): State<Shared>) -> Result<Json<VersionInf
             .containers()
             .installed()?
             .active
-            .unwrap_or_else(|| "unknown".into());
+            .map_or_else(|| "unknown".into(), |v| v.to_string());
         Ok(Json(VersionInfo {
             revision_id: format!("{} {release}", a.product),
             build_id: release,
@@ -59,7 +59,8 @@ fn this_node(app: &Shared, online: bool) -> ClusterNode {
             .containers()
             .installed()
             .ok()
-            .and_then(|i| i.active),
+            .and_then(|i| i.active)
+            .map(|v| v.to_string()),
         boot_slot: None,
         api_address: None,
     }
@@ -105,7 +106,7 @@ async fn all_nodes(app: &Shared) -> Result<Vec<ClusterNode>, ApiError> {
                     node_status: "online".into(),
                     uuid: r.uuid.clone(),
                     model_number: r.model.clone(),
-                    software_version: r.installed.clone(),
+                    software_version: r.installed.as_ref().map(ToString::to_string),
                     boot_slot: r.slot.clone(),
                     ..offline
                 },

@@ -282,6 +282,7 @@ impl SimNode {
         self.running().version.map(|v| v.to_string())
     }
 
+    /// The running container's release, as text.
     pub fn container(&self) -> Option<String> {
         upgrade::container::runtime(
             &self.node.config.runtime,
@@ -289,6 +290,7 @@ impl SimNode {
         )
         .running()
         .unwrap()
+        .map(|v| v.to_string())
     }
 }
 

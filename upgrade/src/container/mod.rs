@@ -39,9 +39,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// The error of container `version` failing so.
-fn cerr(version: &str) -> impl Fn(ContainerFailure) -> Error + '_ {
+fn cerr(version: &impl std::fmt::Display) -> impl Fn(ContainerFailure) -> Error + '_ {
     move |failure| Error::Container {
-        version: version.to_owned(),
+        version: version.to_string(),
         failure,
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use qimg::Version;
 use serde::{Deserialize, Serialize};
 
 use super::{cerr, write_atomic};
@@ -24,13 +25,13 @@ pub enum RuntimeConfig {
 /// Runs containers.
 pub trait Runtime: Send + Sync {
     /// Starts the staged container `version` (directory `dir`).
-    fn start(&self, version: &str, dir: &Path) -> Result<(), Error>;
+    fn start(&self, version: &Version, dir: &Path) -> Result<(), Error>;
     /// Stops whatever container runs (nothing running is fine).
     fn stop(&self) -> Result<(), Error>;
     /// Waits until container `version` is healthy, at most `timeout`.
-    fn wait_healthy(&self, version: &str, timeout: Duration) -> Result<(), Error>;
+    fn wait_healthy(&self, version: &Version, timeout: Duration) -> Result<(), Error>;
     /// The version running now, if any.
-    fn running(&self) -> Result<Option<String>, Error>;
+    fn running(&self) -> Result<Option<Version>, Error>;
 }
 
 /// The runtime a node is configured with; `run_dir` holds its runtime files.
@@ -62,13 +63,13 @@ impl Nspawn {
             .map_err(io_err("running", &self.systemctl))
     }
 
-    fn unit(version: &str) -> String {
+    fn unit(version: &Version) -> String {
         format!("qimg-container@{version}.service")
     }
 }
 
 impl Runtime for Nspawn {
-    fn start(&self, version: &str, _dir: &Path) -> Result<(), Error> {
+    fn start(&self, version: &Version, _dir: &Path) -> Result<(), Error> {
         let o = self.systemctl(&["start", &Nspawn::unit(version)])?;
         if !o.status.success() {
             return Err(cerr(version)(ContainerFailure::Systemctl {
@@ -82,7 +83,7 @@ impl Runtime for Nspawn {
     fn stop(&self) -> Result<(), Error> {
         let o = self.systemctl(&["stop", "qimg-container@*.service"])?;
         if !o.status.success() {
-            return Err(cerr("*")(ContainerFailure::Systemctl {
+            return Err(cerr(&"*")(ContainerFailure::Systemctl {
                 op: "stop",
                 stderr: String::from_utf8_lossy(&o.stderr).trim().to_owned(),
             }));
@@ -90,7 +91,7 @@ impl Runtime for Nspawn {
         Ok(())
     }
 
-    fn wait_healthy(&self, version: &str, timeout: Duration) -> Result<(), Error> {
+    fn wait_healthy(&self, version: &Version, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
             let o = self.systemctl(&["is-active", &Nspawn::unit(version)])?;
@@ -111,7 +112,7 @@ impl Runtime for Nspawn {
         }
     }
 
-    fn running(&self) -> Result<Option<String>, Error> {
+    fn running(&self) -> Result<Option<Version>, Error> {
         let o = self.systemctl(&[
             "list-units",
             "--plain",
@@ -124,7 +125,7 @@ impl Runtime for Nspawn {
             .next()
             .and_then(|u| u.strip_prefix("qimg-container@"))
             .and_then(|u| u.strip_suffix(".service"))
-            .map(str::to_owned))
+            .and_then(|v| v.parse().ok()))
     }
 }
 
@@ -138,7 +139,7 @@ pub struct Process {
 #[derive(Serialize, Deserialize)]
 struct ProcessRecord {
     pid: i32,
-    version: String,
+    version: Version,
     /// The process's start time (field 22 of /proc/PID/stat): a recycled pid has
     /// another one.
     start: u64,
@@ -191,7 +192,7 @@ impl Process {
 }
 
 impl Runtime for Process {
-    fn start(&self, version: &str, dir: &Path) -> Result<(), Error> {
+    fn start(&self, version: &Version, dir: &Path) -> Result<(), Error> {
         use std::os::unix::process::CommandExt;
         let e = cerr(version);
         std::fs::create_dir_all(&self.run).map_err(io_err("creating", &self.run))?;
@@ -206,7 +207,7 @@ impl Runtime for Process {
         let mut cmd = Command::new(&entry);
         cmd.current_dir(&rootfs)
             .env("QIMG_HEALTH_FILE", self.health_file())
-            .env("QIMG_CONTAINER_VERSION", version)
+            .env("QIMG_CONTAINER_VERSION", version.to_string())
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
@@ -225,7 +226,7 @@ impl Runtime for Process {
         let pid = child.id() as i32;
         let rec = ProcessRecord {
             pid,
-            version: version.to_owned(),
+            version: version.clone(),
             start: start_time(pid).ok_or_else(|| {
                 e(ContainerFailure::Exited {
                     log: "it exited at once".into(),
@@ -270,16 +271,16 @@ impl Runtime for Process {
         Ok(())
     }
 
-    fn wait_healthy(&self, version: &str, timeout: Duration) -> Result<(), Error> {
+    fn wait_healthy(&self, version: &Version, timeout: Duration) -> Result<(), Error> {
         let e = cerr(version);
         let deadline = Instant::now() + timeout;
         loop {
             let healthy =
                 std::fs::read_to_string(self.health_file()).is_ok_and(|s| s.trim() == "ok");
             match self.record() {
-                Some(r) if r.version == version && healthy => return Ok(()),
-                Some(r) if r.version != version => {
-                    return Err(e(ContainerFailure::Other(r.version)));
+                Some(r) if &r.version == version && healthy => return Ok(()),
+                Some(r) if &r.version != version => {
+                    return Err(e(ContainerFailure::Other(r.version.to_string())));
                 }
                 None => {
                     return Err(e(ContainerFailure::Exited {
@@ -297,7 +298,7 @@ impl Runtime for Process {
         }
     }
 
-    fn running(&self) -> Result<Option<String>, Error> {
+    fn running(&self) -> Result<Option<Version>, Error> {
         Ok(self.record().map(|r| r.version))
     }
 }

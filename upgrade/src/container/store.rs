@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use qimg::Version;
 use serde::{Deserialize, Serialize};
 
 use super::{StagingSink, cerr, extract_squashfs};
@@ -14,9 +15,9 @@ use crate::error::{Error, io_err};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledContainers {
     /// The container that runs (the installed release).
-    pub active: Option<String>,
+    pub active: Option<Version>,
     /// The one before it (kept for rollback).
-    pub previous: Option<String>,
+    pub previous: Option<Version>,
 }
 
 /// The container store in a state directory.
@@ -34,11 +35,11 @@ impl Containers {
     }
 
     /// Directory of a staged container.
-    pub fn path(&self, version: &str) -> PathBuf {
-        self.dir.join(version)
+    pub fn path(&self, version: &Version) -> PathBuf {
+        self.dir.join(version.to_string())
     }
 
-    fn partial(&self, version: &str) -> PathBuf {
+    fn partial(&self, version: &Version) -> PathBuf {
         self.dir.join(format!(".partial-{version}"))
     }
 
@@ -59,11 +60,11 @@ impl Containers {
     }
 
     /// Makes `version` the active container (atomically), the old one previous.
-    pub fn activate(&self, version: &str) -> Result<InstalledContainers, Error> {
+    pub fn activate(&self, version: &Version) -> Result<InstalledContainers, Error> {
         let mut i = self.installed()?;
-        if i.active.as_deref() != Some(version) {
+        if i.active.as_ref() != Some(version) {
             i.previous = i.active.take();
-            i.active = Some(version.to_owned());
+            i.active = Some(version.clone());
         }
         std::fs::create_dir_all(&self.dir).map_err(io_err("creating", &self.dir))?;
         let p = self.dir.join("installed.json");
@@ -79,7 +80,7 @@ impl Containers {
 
     /// Starts staging `version`: a fresh partial directory and a sink for the
     /// component's bytes (data area, then hash area at `hash_offset`).
-    pub fn begin(&self, version: &str, hash_offset: u64) -> Result<StagingSink, Error> {
+    pub fn begin(&self, version: &Version, hash_offset: u64) -> Result<StagingSink, Error> {
         let dir = self.partial(version);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
@@ -102,7 +103,7 @@ impl Containers {
     /// directory into place.
     pub fn finish(
         &self,
-        version: &str,
+        version: &Version,
         sink: StagingSink,
         root_hash: &[u8; 32],
         extract: bool,
@@ -132,12 +133,12 @@ impl Containers {
     }
 
     /// Removes a partial or staged container that is not installed.
-    pub fn discard(&self, version: &str) -> Result<(), Error> {
+    pub fn discard(&self, version: &Version) -> Result<(), Error> {
         let i = self.installed()?;
         for d in [self.partial(version), self.path(version)] {
             let installed = [&i.active, &i.previous]
                 .iter()
-                .any(|v| v.as_deref() == Some(version))
+                .any(|v| v.as_ref() == Some(version))
                 && d == self.path(version);
             if d.exists() && !installed {
                 std::fs::remove_dir_all(&d).map_err(io_err("removing", &d))?;
@@ -157,8 +158,9 @@ impl Containers {
             let name = d.file_name().to_string_lossy().into_owned();
             let keep = name == "installed.json"
                 || [&i.active, &i.previous]
-                    .iter()
-                    .any(|v| v.as_deref() == Some(&name));
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v.to_string() == name);
             if !keep && d.path().is_dir() {
                 std::fs::remove_dir_all(d.path()).map_err(io_err("removing", d.path()))?;
                 gone.push(name);

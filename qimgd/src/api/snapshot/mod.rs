@@ -185,7 +185,7 @@ pub(crate) fn nodes_body(
                 step: r.map(|r| r.step),
                 progress: r.map_or(0, |r| r.progress),
                 error: r.and_then(|r| r.error.clone()),
-                installed: reg.and_then(|r| r.installed.clone()),
+                installed: reg.and_then(|r| r.installed.as_ref().map(ToString::to_string)),
             }
         })
         .collect();

@@ -154,7 +154,7 @@ fn the_nodes_body() {
         uuid: String::new(),
         address: String::new(),
         model: "m".into(),
-        installed: Some("7.0.0".into()),
+        installed: Some("7.0.0".parse().unwrap()),
         slot: None,
         health: "online".into(),
     };
