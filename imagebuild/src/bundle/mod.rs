@@ -1,5 +1,9 @@
 //! Building a signed bundle from a release spec.
 
+mod tree;
+
+use tree::stage_tree;
+
 use qutil::fs::AtomicFile;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -13,8 +17,7 @@ use qimg::{
 };
 
 use crate::spec::{PlatformInput, ReleaseSpec, UkiInput};
-use crate::spill::Spill;
-use crate::{Cancel, Error, TOOL, squashfs};
+use crate::{Cancel, Error, TOOL};
 
 /// Chunk size for streaming inputs.
 const CHUNK: usize = 4 << 20;
@@ -319,200 +322,6 @@ fn stage_platform(
         }
     };
     Ok(vec![root, uki])
-}
-
-/// Where a tree's squashfs goes while it is built.
-enum Store<'f> {
-    /// Staged (memory up to the cap, then a temporary file), copied or compressed
-    /// into the bundle later.
-    Spill(Spill),
-    /// Written at its final offset in the bundle.
-    Place(crate::place::FileAt<'f>),
-}
-
-impl Store<'_> {
-    fn len(&self) -> u64 {
-        match self {
-            Store::Spill(s) => s.len(),
-            Store::Place(p) => p.len(),
-        }
-    }
-
-    fn scan(&mut self, f: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
-        match self {
-            Store::Spill(s) => s.scan(f),
-            Store::Place(p) => p.scan(f),
-        }
-    }
-}
-
-/// Stages a directory as squashfs followed by its dm-verity hash area, compressed
-/// (or stored as is). An image stored as is and given a `place` (the bundle file
-/// and the payload's offset in it) is written there directly instead of staged.
-fn stage_tree(
-    root: &Path,
-    name: &str,
-    platform: bool,
-    staging: &Path,
-    opts: &BuildOptions,
-    place: Option<(&File, u64)>,
-) -> Result<Staged, Error> {
-    let image_path = staging.join(format!("{name}.squashfs"));
-    let mtime = u32::try_from(opts.source_date_epoch).map_err(|_| {
-        Error::Usage("SOURCE_DATE_EPOCH does not fit squashfs's 32-bit time".into())
-    })?;
-    let plain = opts.spec.images == Compression::None;
-    // The image is staged in memory up to the cap, then in an unnamed temporary
-    // file; or written into the bundle.
-    let mut store = match place {
-        Some((file, at)) if plain => Store::Place(crate::place::FileAt::new(file, at)),
-        _ => Store::Spill(Spill::new(opts.staging_memory, staging)),
-    };
-    {
-        let task = opts.progress.begin(
-            &format!("{name}: squashfs"),
-            Some(squashfs::tree_size(root)?),
-        );
-        let (level, workers) = (opts.spec.level, workers() as usize);
-        let (task, cancel) = (task.as_ref(), opts.cancel);
-        match &mut store {
-            Store::Spill(s) => squashfs::build(root, s, level, mtime, workers, task, cancel),
-            Store::Place(p) => squashfs::build(root, p, level, mtime, workers, task, cancel),
-        }?;
-    }
-    let image_len = store.len();
-
-    // One pass over the image: the hash tree on its own thread from shared chunks,
-    // while this thread compresses the payload into a file, or (stored as is) only
-    // hashes it: the image itself is then in place, or copied into the bundle,
-    // written once either way.
-    let path = staging.join(format!("{name}.payload"));
-    let task = opts
-        .progress
-        .begin(&format!("{name}: verity + payload"), Some(image_len));
-    let salt = derive(opts.spec, name, "verity-salt");
-    let mut verity = VerityBuilder::new(&salt, derive_uuid(opts.spec, name));
-    let mut pw = match opts.spec.images {
-        Compression::None => None,
-        c => Some(payload_writer(&path, c, opts.spec.level)?),
-    };
-    let mut content = Sha256::new();
-    let pad = vec![0u8; ((4096 - image_len % 4096) % 4096) as usize];
-    let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
-    let (pumped, verity) = std::thread::scope(|s| {
-        let hasher = s.spawn(move || {
-            for chunk in rx {
-                verity.update(&chunk);
-            }
-            verity
-        });
-        let mut feed = |b: &[u8]| {
-            let _ = tx.send(std::sync::Arc::from(b));
-            match &mut pw {
-                Some(pw) => pw.write_all(b),
-                None => {
-                    content.update(b);
-                    Ok(())
-                }
-            }
-        };
-        let pumped = match &mut store {
-            // Kept (staged or in place), to be copied into the bundle afterwards.
-            store if plain => store
-                .scan(|b| {
-                    if opts.cancel.is_cancelled() {
-                        return Err(std::io::Error::other("cancelled"));
-                    }
-                    feed(b)?;
-                    task.advance(b.len() as u64);
-                    Ok(())
-                })
-                .map_err(|source| {
-                    if opts.cancel.is_cancelled() {
-                        Error::Cancelled
-                    } else {
-                        Error::Output {
-                            path: image_path.clone(),
-                            source,
-                        }
-                    }
-                }),
-            // Read once, each piece freed as it is read.
-            Store::Spill(staged) => std::mem::replace(staged, Spill::new(0, staging))
-                .into_reader()
-                .map_err(output_err(&image_path))
-                .and_then(|mut image| {
-                    pump(
-                        &mut image,
-                        &mut feed,
-                        task.as_ref(),
-                        opts.cancel,
-                        &image_path,
-                        &path,
-                    )
-                    .map(|_| ())
-                }),
-            Store::Place(_) => unreachable!("only an image stored as is is placed"),
-        }
-        .and_then(|_| feed(&pad).map_err(output_err(&path)));
-        drop(tx);
-        (pumped, hasher.join().expect("verity thread panicked"))
-    });
-    pumped?;
-    let (info, area) = verity
-        .finish()
-        .map_err(|reason| Error::Usage(format!("{name}: {reason}")))?;
-    let (payload, source) = match pw {
-        Some(mut pw) => {
-            pw.write_all(&area).map_err(output_err(&path))?;
-            (finish_payload(pw, &path)?, Source::File(path))
-        }
-        None => {
-            content.update(&area);
-            let size = image_len + pad.len() as u64 + area.len() as u64;
-            let sha256 = qimg::Sha256(content.finalize().into());
-            let mut tail = pad;
-            tail.extend_from_slice(&area);
-            let source = match store {
-                Store::Spill(staged) => Source::Image {
-                    image: staged.into_reader().map_err(output_err(&image_path))?,
-                    tail,
-                },
-                Store::Place(mut p) => {
-                    p.append(&tail).map_err(output_err(opts.out))?;
-                    Source::InPlace
-                }
-            };
-            (
-                PayloadInfo {
-                    compression: Compression::None,
-                    size,
-                    sha256,
-                    stored_size: size,
-                    stored_sha256: sha256,
-                },
-                source,
-            )
-        }
-    };
-    let filesystem = "squashfs".to_owned();
-    let kind = if platform {
-        ComponentKind::PlatformRoot {
-            filesystem,
-            verity: info,
-        }
-    } else {
-        ComponentKind::Container {
-            filesystem,
-            verity: info,
-        }
-    };
-    Ok(Staged {
-        name: name.to_owned(),
-        kind,
-        info: payload,
-        source,
-    })
 }
 
 /// A manifest of the shape this build produces (component names, kinds and
