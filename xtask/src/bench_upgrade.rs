@@ -106,13 +106,36 @@ impl Lab {
     }
 
     fn poweroff(&self) {
-        if self.node.exists() {
+        self.poweroff_node(&self.node);
+    }
+
+    /// Powers off the simulated node in `dir` (its container process ends).
+    pub(crate) fn poweroff_node(&self, dir: &Path) {
+        if dir.exists() {
             let _ = Command::new(&self.qq)
                 .arg("--node")
-                .arg(&self.node)
+                .arg(dir)
                 .arg("sim_poweroff")
                 .status();
         }
+    }
+
+    /// A simulated node in `dir` from the factory disk image [`Lab::fresh_node`]
+    /// made last.
+    pub(crate) fn sim_node(&self, dir: &Path) -> Result<(), String> {
+        step(
+            "node",
+            Command::new(&self.qq)
+                .args(["sim_create", "--model", "bench", "--dir"])
+                .arg(dir)
+                .arg("--disk")
+                .arg(self.w.join("disk.img"))
+                .arg("--bundle")
+                .arg(&self.factory)
+                .arg("--key")
+                .arg(self.w.join("k.pub"))
+                .stdout(Stdio::null()),
+        )
     }
 
     /// A new simulated node of the factory release.
@@ -142,19 +165,7 @@ impl Lab {
                 .arg(self.w.join("disk.img"))
                 .stdout(Stdio::null()),
         )?;
-        step(
-            "node",
-            Command::new(&self.qq)
-                .args(["sim_create", "--model", "bench", "--dir"])
-                .arg(&self.node)
-                .arg("--disk")
-                .arg(self.w.join("disk.img"))
-                .arg("--bundle")
-                .arg(&self.factory)
-                .arg("--key")
-                .arg(self.w.join("k.pub"))
-                .stdout(Stdio::null()),
-        )?;
+        self.sim_node(&self.node)?;
         settle();
         Ok(())
     }
