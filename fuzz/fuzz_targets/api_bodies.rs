@@ -1,8 +1,9 @@
 //! Any bytes as what crosses the agent's API: the request bodies qimgd parses
-//! (login, verify-image, prepare), a bearer token, an `image_path`, and an answer
-//! as our client reads it. Nothing panics; a body either parses (and then
-//! round-trips) or is refused with a 400/413 naming the problem; a token never
-//! verifies without the key; a resolved path stays inside the upgrade directory.
+//! (login, verify-image, prepare), a bearer token, an `image_path`, an upload's
+//! name and query, and an answer as our client reads it. Nothing panics; a body
+//! either parses (and then round-trips) or is refused with a 400/413 naming the
+//! problem; a token never verifies without the key; a resolved path stays inside
+//! the upgrade directory; an accepted upload name is one plain, visible file name.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -48,6 +49,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(p.file.starts_with(upgrade_dir().canonicalize().unwrap()), "{p:?}");
         assert!(p.shown.starts_with('/'));
     }
+    if let Ok(name) = qimgd::images::check_name(&text) {
+        assert!(!name.starts_with('.') && !name.contains('/') && !name.is_empty());
+        assert!(!name.starts_with(qimgd::images::PARTIAL_PREFIX));
+    }
+    let _ = qimgd::images::replace_of(Some(&text));
     if let Ok(r) = qapi::client::parse_response(data, "GET") {
         assert!(r.body.len() <= qapi::client::MAX_BODY);
         assert!(r.status <= 999);

@@ -105,6 +105,29 @@ pub struct VerifyResponse {
     pub error: Option<String>,
 }
 
+/// `PUT /v1/qimg/images/{name}`'s answer (qimg extension): the bundle now in
+/// the upgrade directory, verified whole as it arrived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    /// Its name in the upgrade directory.
+    pub name: String,
+    /// The path to give a prepare (`/upgrade/<name>`).
+    pub image_path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The bundle's product.
+    pub product: String,
+    /// The release it installs.
+    pub version: String,
+    /// Its platform version.
+    pub platform_version: String,
+    /// SHA-256 of its signed manifest (hex): what a cluster's plan pins.
+    pub manifest_sha256: String,
+    /// True when it replaced a file of the same name.
+    pub replaced: bool,
+}
+
 /// The upgrade state of `/v3/upgrade/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpgradeState {
@@ -260,6 +283,12 @@ pub enum ErrorClass {
     /// The cluster's etcd cannot be reached (yet).
     #[serde(rename = "cluster_unavailable_error")]
     ClusterUnavailable,
+    /// A file of that name exists (an upload without `?replace=true`).
+    #[serde(rename = "fs_entry_exists_error")]
+    FsEntryExists,
+    /// The upgrade directory has no room for the file.
+    #[serde(rename = "fs_no_space_error")]
+    FsNoSpace,
     /// The upgrade file does not exist.
     #[serde(rename = "fs_no_such_entry_error")]
     FsNoSuchEntry,
@@ -272,6 +301,9 @@ pub enum ErrorClass {
     /// The body is over the limit.
     #[serde(rename = "http_payload_too_large_error")]
     HttpPayloadTooLarge,
+    /// The client stopped sending the request's body.
+    #[serde(rename = "http_request_timeout_error")]
+    HttpRequestTimeout,
     /// No valid token (or local-root connection).
     #[serde(rename = "http_unauthorized_error")]
     HttpUnauthorized,
@@ -314,6 +346,10 @@ pub enum ErrorClass {
     /// The upgrade is not in a state that allows this step.
     #[serde(rename = "upgrade_wrong_state_error")]
     UpgradeWrongState,
+    /// The node takes no more uploads now (too many at once, or one of that
+    /// name runs).
+    #[serde(rename = "upload_busy_error")]
+    UploadBusy,
 }
 
 impl ErrorClass {
@@ -323,10 +359,13 @@ impl ErrorClass {
         ErrorClass::AuthLoginThrottled,
         ErrorClass::ClusterStateDamaged,
         ErrorClass::ClusterUnavailable,
+        ErrorClass::FsEntryExists,
+        ErrorClass::FsNoSpace,
         ErrorClass::FsNoSuchEntry,
         ErrorClass::HttpMethodNotAllowed,
         ErrorClass::HttpNotFound,
         ErrorClass::HttpPayloadTooLarge,
+        ErrorClass::HttpRequestTimeout,
         ErrorClass::HttpUnauthorized,
         ErrorClass::Internal,
         ErrorClass::InvalidRequest,
@@ -341,6 +380,7 @@ impl ErrorClass {
         ErrorClass::UpgradeInvalidImagePath,
         ErrorClass::UpgradeStateDamaged,
         ErrorClass::UpgradeWrongState,
+        ErrorClass::UploadBusy,
     ];
 
     /// The class as sent.
@@ -350,10 +390,13 @@ impl ErrorClass {
             ErrorClass::AuthLoginThrottled => "auth_login_throttled_error",
             ErrorClass::ClusterStateDamaged => "cluster_state_damaged_error",
             ErrorClass::ClusterUnavailable => "cluster_unavailable_error",
+            ErrorClass::FsEntryExists => "fs_entry_exists_error",
+            ErrorClass::FsNoSpace => "fs_no_space_error",
             ErrorClass::FsNoSuchEntry => "fs_no_such_entry_error",
             ErrorClass::HttpMethodNotAllowed => "http_method_not_allowed_error",
             ErrorClass::HttpNotFound => "http_not_found_error",
             ErrorClass::HttpPayloadTooLarge => "http_payload_too_large_error",
+            ErrorClass::HttpRequestTimeout => "http_request_timeout_error",
             ErrorClass::HttpUnauthorized => "http_unauthorized_error",
             ErrorClass::Internal => "internal_error",
             ErrorClass::InvalidRequest => "invalid_request_error",
@@ -368,6 +411,7 @@ impl ErrorClass {
             ErrorClass::UpgradeInvalidImagePath => "upgrade_invalid_image_path_error",
             ErrorClass::UpgradeStateDamaged => "upgrade_state_damaged_error",
             ErrorClass::UpgradeWrongState => "upgrade_wrong_state_error",
+            ErrorClass::UploadBusy => "upload_busy_error",
         }
     }
 }

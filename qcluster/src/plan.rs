@@ -56,6 +56,11 @@ pub struct ClusterPlan {
     /// as `""` when not, as before this field was typed).
     #[serde(default, with = "version_or_empty")]
     pub from_version: Option<qimg::Version>,
+    /// The bundle every node must prepare: a node whose file under
+    /// `image_path` is another bundle refuses, naming both (`None` in a plan
+    /// written before bundles were pinned).
+    #[serde(default)]
+    pub bundle: Option<qimg::BundlePin>,
 }
 
 impl ClusterPlan {
@@ -85,6 +90,7 @@ impl ClusterPlan {
             paused_error: None,
             on_failure: OnFailure::Rollback,
             from_version: None,
+            bundle: None,
         }
     }
 

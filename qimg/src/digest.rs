@@ -47,3 +47,37 @@ impl<'de> Deserialize<'de> for Sha256 {
             .map_err(serde::de::Error::custom)
     }
 }
+
+/// What identifies one bundle file among those of the same name: the SHA-256 of
+/// its signed manifest (which holds every payload's digest) and its size. A
+/// cluster's plan pins the bundle it installs so that every node prepares the
+/// same bytes, whichever copy of the file it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlePin {
+    /// SHA-256 of the manifest bytes the signatures cover.
+    pub manifest_sha256: Sha256,
+    /// The bundle file's size in bytes.
+    pub size: u64,
+}
+
+impl BundlePin {
+    /// The pin of a bundle of `size` bytes whose signed manifest is `manifest`.
+    pub fn of(manifest: &[u8], size: u64) -> BundlePin {
+        use sha2::Digest;
+        BundlePin {
+            manifest_sha256: Sha256(sha2::Sha256::digest(manifest).into()),
+            size,
+        }
+    }
+}
+
+impl fmt::Display for BundlePin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "manifest SHA-256 {}, {} bytes",
+            self.manifest_sha256, self.size
+        )
+    }
+}

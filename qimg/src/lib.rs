@@ -35,6 +35,7 @@ pub mod verity;
 mod version;
 pub mod writer;
 
+pub use digest::BundlePin;
 pub use error::{Error, Invalid, Part};
 pub use firmware::{Activation, DeviceMatch, FirmwareInfo, VersionFormat};
 pub use manifest::{

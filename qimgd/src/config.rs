@@ -73,6 +73,13 @@ pub struct Config {
     /// reboots pause with `PAUSED_DUE_TO_ERROR`.
     #[serde(default = "default_data_safety_limit")]
     pub data_safety_limit_secs: u64,
+    /// The largest bundle `PUT /v1/qimg/images/{name}` takes, in MiB.
+    #[serde(default = "default_upload_limit")]
+    pub upload_limit_mib: u64,
+    /// How long an upload's client may send nothing before the upload is
+    /// dropped (408), in seconds.
+    #[serde(default = "default_upload_idle")]
+    pub upload_idle_secs: u64,
     /// The simulator's settings (`[sim]`): only for a node whose `node.toml` says
     /// `simulated`; refused on a real node.
     #[serde(default)]
@@ -136,6 +143,12 @@ fn default_batch_limit() -> u64 {
 }
 fn default_data_safety_limit() -> u64 {
     6 * 3600
+}
+fn default_upload_limit() -> u64 {
+    16 * 1024
+}
+fn default_upload_idle() -> u64 {
+    30
 }
 fn default_lease() -> u64 {
     4

@@ -102,6 +102,13 @@ pub fn build(
         Some(d) => d.token_key(),
         None => config.state.join("token.key"),
     };
+    let swept = crate::images::sweep(&config.upgrade_dir);
+    if swept > 0 {
+        crate::log(&format!(
+            "removed {swept} upload(s) a stop cut off from {}",
+            config.upgrade_dir.display()
+        ));
+    }
     let app = Arc::new(App {
         config: config.clone(),
         agent,
@@ -115,6 +122,7 @@ pub fn build(
         cancel: upgrade::Cancel::new(),
         cluster,
         reported: std::sync::Mutex::new((0, 0)),
+        uploads: crate::images::Uploads::default(),
         power_off: tokio::sync::Notify::new(),
         changes: tokio::sync::watch::Sender::new(0),
         vacancy: tokio::sync::watch::Sender::new(0),

@@ -31,6 +31,7 @@ pub mod coordinator;
 pub mod daemon;
 pub mod error;
 pub mod identity;
+pub mod images;
 pub mod jobs;
 pub mod member;
 pub mod paths;

@@ -29,6 +29,9 @@ pub enum PathProblem {
     /// Resolves (through a symlink) to a place outside the upgrade directory.
     #[error("image_path {0:?} leads outside the upgrade directory")]
     Escapes(String),
+    /// An upload not finished (`crate::images`).
+    #[error("image_path {0:?} names an upload in progress, not a bundle")]
+    Partial(String),
     /// Not a regular file.
     #[error("image_path {0:?} is a {1}, not a file")]
     NotFile(String, &'static str),
@@ -64,6 +67,12 @@ pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
     let mut clean = PathBuf::new();
     for c in rel.components() {
         match c {
+            Component::Normal(n)
+                if n.to_string_lossy()
+                    .starts_with(crate::images::PARTIAL_PREFIX) =>
+            {
+                return Err(PathProblem::Partial(image_path.into()));
+            }
             Component::Normal(n) => clean.push(n),
             Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
@@ -119,6 +128,11 @@ mod tests {
         }
         assert_eq!(resolve(&up, "sub/in").unwrap().shown, "/sub/in");
         assert_eq!(resolve(&up, "").unwrap_err(), PathProblem::Empty);
+        std::fs::write(up.join(".upload-abc"), b"half").unwrap();
+        assert!(matches!(
+            resolve(&up, "/.upload-abc"),
+            Err(PathProblem::Partial(_))
+        ));
         assert_eq!(resolve(&up, "///").unwrap_err(), PathProblem::Empty);
         assert!(matches!(
             resolve(&up, "../secret"),

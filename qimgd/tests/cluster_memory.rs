@@ -22,15 +22,23 @@ struct MemCluster {
     nodes: Vec<SimNode>,
     /// Dropped before the nodes (fields drop in order): the agents stop first.
     agents: Vec<Background>,
-    upgrade: PathBuf,
+    /// Every upgrade directory: the shared one first, then the nodes' own.
+    upgrade: Vec<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 /// `n` simulated nodes, `max_node_failures` as given, their agents in this
 /// process over one `Local`; `sim` is each node's `[sim]` table.
 fn mem_cluster(n: u32, max_node_failures: u32, sim: &str) -> Option<MemCluster> {
+    mem_cluster_with(n, max_node_failures, sim, &[])
+}
+
+/// [`mem_cluster`] where the nodes `own` have an upgrade directory of their own
+/// (the others share one), as machines that share no file system.
+fn mem_cluster_with(n: u32, max_node_failures: u32, sim: &str, own: &[u32]) -> Option<MemCluster> {
     let d = tempfile::tempdir().unwrap();
-    let upgrade = d.path().join("upgrade");
+    let shared = d.path().join("upgrade");
+    let mut upgrade = vec![shared.clone()];
     let spec = ClusterSpec {
         name: "mem".into(),
         max_node_failures,
@@ -60,11 +68,19 @@ fn mem_cluster(n: u32, max_node_failures: u32, sim: &str) -> Option<MemCluster> 
         let node = factory_node()?;
         patient(&node);
         let dir = d.path().join(&s.name);
+        let up = if own.contains(&s.id) {
+            let up = d.path().join(format!("upgrade-{}", s.id));
+            std::fs::create_dir_all(&up).unwrap();
+            upgrade.push(up.clone());
+            up
+        } else {
+            shared.clone()
+        };
         let config = agent_config(
             &node,
             &dir,
             &[&s.agent.to_string()],
-            Some(&upgrade),
+            Some(&up),
             &format!("node_id = {}\ncluster_lease_secs = 2\n[sim]\n{sim}", s.id),
         );
         let config = qimgd::config::Config::load(&config).unwrap();
@@ -94,9 +110,13 @@ impl MemCluster {
         Client::https(format!("https://127.0.0.1:{port}")).login()
     }
 
+    /// Copies `bundle` into every upgrade directory; its cluster path.
     fn place(&self, bundle: &std::path::Path) -> String {
         let name = bundle.file_name().unwrap().to_str().unwrap();
-        std::fs::copy(bundle, self.upgrade.join(name)).unwrap();
+        for dir in &self.upgrade {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::copy(bundle, dir.join(name)).unwrap();
+        }
         format!("/{name}")
     }
 
@@ -220,4 +240,40 @@ fn a_commit_failing_on_one_node_rolls_every_node_back() {
         );
     }
     eprintln!("a rollback of 3 in-process nodes: {:?}", t.elapsed());
+}
+
+#[test]
+fn a_node_whose_file_is_another_bundle_refuses_naming_both() {
+    // Node 3 has its own upgrade directory; under the name the plan gives it
+    // holds another bundle (the platform release), as a copy replaced on one
+    // machine mid-rollout would be.
+    let Some(c) = mem_cluster_with(3, 1, "", &[3]) else {
+        return;
+    };
+    let p = c.place(&bundles().instant);
+    std::fs::copy(&bundles().platform, c.upgrade[1].join(&p[1..])).unwrap();
+    let pin = |b: &std::path::Path| {
+        let f = std::fs::File::open(b).unwrap();
+        let size = f.metadata().unwrap().len();
+        let r = qimg::BundleReader::open(std::io::BufReader::new(f)).unwrap();
+        qimg::BundlePin::of(r.manifest_bytes(), size)
+    };
+    let (want, other) = (pin(&bundles().instant), pin(&bundles().platform));
+    let via = c.client(0);
+    let (s, r) = via.post("/v2/upgrade/prepare", &json!({"image_path": p}).to_string());
+    assert_eq!(s, 202, "{r}");
+    let plan = c.wait_plan(&via, "the plan failed on node 3", |p| {
+        p["phase"] == "failed"
+    });
+    let node3 = &plan["nodes"][2];
+    assert_eq!(node3["step"], "failed", "{plan}");
+    let why = node3["error"].as_str().unwrap_or_default();
+    assert!(why.contains("not the bundle the upgrade pinned"), "{why}");
+    assert!(why.contains(&want.manifest_sha256.to_string()), "{why}");
+    assert!(why.contains(&other.manifest_sha256.to_string()), "{why}");
+    // Nothing of the other release was installed anywhere.
+    for node in &c.nodes {
+        assert_eq!(node.container().as_deref(), Some("7.0.0"));
+        assert_eq!(node.running().slot, Slot::A);
+    }
 }

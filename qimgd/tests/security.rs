@@ -22,11 +22,13 @@ const AUTHED: &[(&str, &str)] = &[
     ("POST", "/v2/upgrade/verify-image"),
     ("POST", "/v2/upgrade/prepare"),
     ("POST", "/v2/upgrade/commit"),
+    ("PUT", "/v1/qimg/images/x.qimg"),
 ];
 
 fn call(c: &Client, method: &str, path: &str) -> (u16, serde_json::Value) {
     match method {
         "GET" => c.get(path),
+        "PUT" => c.put(path, b"not a bundle"),
         _ => c.post(path, r#"{"image_path":"/x.qimg"}"#),
     }
 }

@@ -13,6 +13,7 @@
 //! qq [TARGET] upgrade_status [--json]
 //! qq [TARGET] upgrade_verify_image --path P
 //! qq [TARGET] upgrade_blocked
+//! qq [TARGET] upgrade_upload --file F [--name N] [--replace]   the bundle to the node
 //! qq [--host H] reboot_status | reboot_pause | reboot_resume | nodes_list
 //! qq --node DIR upgrade_mode --to BUNDLE [--from VERSION]
 //! qq --node DIR boot_check                 (run at boot by qimg-boot-check.service)
@@ -46,6 +47,7 @@ mod upgrade_blocked;
 mod upgrade_cluster;
 mod upgrade_mode;
 mod upgrade_status;
+mod upgrade_upload;
 mod upgrade_verify_image;
 mod version;
 
@@ -97,6 +99,9 @@ enum Command {
     /// What a prepare of a bundle would do, or why it is refused.
     #[command(name = "upgrade_verify_image")]
     UpgradeVerifyImage(upgrade_verify_image::Args),
+    /// Send a bundle to the node's upgrade directory (verified as it arrives).
+    #[command(name = "upgrade_upload")]
+    UpgradeUpload(upgrade_upload::Args),
     /// Whether an upgrade may start now.
     #[command(name = "upgrade_blocked")]
     UpgradeBlocked,
@@ -267,6 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::UpgradeCluster(a) => upgrade_cluster::run(&ctx, a),
         Command::UpgradeStatus(a) => upgrade_status::run(&ctx, a),
         Command::UpgradeVerifyImage(a) => upgrade_verify_image::run(&ctx, a),
+        Command::UpgradeUpload(a) => upgrade_upload::run(&ctx, a),
         Command::UpgradeBlocked => upgrade_blocked::run(&ctx),
         Command::Login(a) => login::run(&ctx, a),
         Command::Logout => login::logout(&ctx),

@@ -247,3 +247,46 @@ fn reboot_manager_and_nodes_on_a_node_of_one() {
     assert_eq!(n.as_array().unwrap().len(), 1);
     assert_eq!(n[0]["node_status"], "online");
 }
+
+#[test]
+fn a_bundle_uploaded_with_qq_is_the_one_upgraded_to() {
+    let Some(s) = serve("") else { return };
+    s.login();
+    let b = bundles();
+    let f = b.instant.to_string_lossy().into_owned();
+    let o = s.qq(&["upgrade_upload", "--file", &f, "--name", "up.qimg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info = json(&o);
+    assert_eq!(info["image_path"], "/up.qimg", "{info}");
+    assert_eq!(info["version"], "7.0.1", "{info}");
+    assert_eq!(
+        info["size"],
+        std::fs::metadata(&b.instant).unwrap().len(),
+        "{info}"
+    );
+    let on_node = s.dir.path().join("upgrade/up.qimg");
+    assert_eq!(
+        std::fs::read(&on_node).unwrap(),
+        std::fs::read(&b.instant).unwrap()
+    );
+    // Again under the same name: the agent says no before the bytes go (exit 1).
+    let o = s.qq(&["upgrade_upload", "--file", &f, "--name", "up.qimg"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("fs_entry_exists_error"),
+        "{}",
+        stderr(&o)
+    );
+    // Not logged in: the agent refuses before the bytes go (exit 2, the hint).
+    let o = s.qq(&["logout"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.qq(&["upgrade_upload", "--file", &f, "--name", "other.qimg"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("qq login"), "{}", stderr(&o));
+    assert!(!s.dir.path().join("upgrade/other.qimg").exists());
+    s.login();
+    // The uploaded path is what the upgrade installs.
+    let o = s.qq(&["upgrade_cluster", "--path", "/up.qimg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s.node.container().as_deref(), Some("7.0.1"));
+}

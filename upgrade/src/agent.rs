@@ -38,6 +38,9 @@ pub struct PrepareRequest {
     /// The path as the operator gave it, shown by the status (`None`: `path`). The
     /// REST agent resolves a cluster path to a file and shows the cluster path.
     pub shown_as: Option<String>,
+    /// The bundle the cluster's plan pins: a file under `path` that is another
+    /// bundle is refused, naming both.
+    pub pin: Option<qimg::BundlePin>,
 }
 
 /// What a bundle would do on this node ([`Agent::verify`]).
@@ -49,6 +52,8 @@ pub struct Verified {
     pub reason: String,
     /// Why a prepare would be blocked now (a settle period), if it would.
     pub blocked: Option<String>,
+    /// What identifies the file: a cluster's plan pins it.
+    pub pin: qimg::BundlePin,
 }
 
 impl PrepareRequest {
@@ -60,6 +65,7 @@ impl PrepareRequest {
             rolling: false,
             nodes_per_batch: None,
             shown_as: None,
+            pin: None,
         }
     }
 }
@@ -206,7 +212,8 @@ impl Agent {
     /// refused. Changes nothing and takes no lock.
     pub fn verify(&self, path: &Path) -> Result<Verified, Error> {
         let mut io = self.node.open()?;
-        let ex = prepare::examine(&self.node, &mut io, path, &Cancel::new())?;
+        let bundle = prepare::BundleFile { path, pinned: None };
+        let ex = prepare::examine(&self.node, &mut io, bundle, &Cancel::new())?;
         let st = self.state()?;
         let blocked = crate::checks::settle(&ex.manifest, st.last_commit.as_ref(), crate::now())
             .map(|(_, why)| why);
@@ -214,6 +221,7 @@ impl Agent {
             plan: ex.plan,
             reason: ex.reason,
             blocked,
+            pin: ex.pin,
         })
     }
 
@@ -263,7 +271,11 @@ impl Agent {
             ..NodeState::default()
         };
         store.put(&mut st)?;
-        let result = prepare::run(&self.node, &store, &mut st, &mut io, &req.path, obs, cancel);
+        let bundle = prepare::BundleFile {
+            path: &req.path,
+            pinned: req.pin.as_ref(),
+        };
+        let result = prepare::run(&self.node, &store, &mut st, &mut io, bundle, obs, cancel);
         let Err(e) = result else {
             store.put(&mut st)?;
             return Ok(st);

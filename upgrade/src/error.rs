@@ -78,6 +78,17 @@ pub enum Refusal {
         /// The booted slot's.
         booted: qimg::Version,
     },
+    /// The file is not the bundle the cluster's plan pins (another file under
+    /// the same name).
+    #[error(
+        "it is not the bundle the upgrade pinned: this file has {found}, the pinned bundle has {pinned}"
+    )]
+    NotPinned {
+        /// This file's.
+        found: qimg::BundlePin,
+        /// The plan's.
+        pinned: qimg::BundlePin,
+    },
     /// A firmware payload may not be flashed on this node.
     #[error("firmware {component}: {why}")]
     Firmware {

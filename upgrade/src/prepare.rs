@@ -20,7 +20,7 @@ use bootctl::slot::{SlotImage, SlotWriter};
 use firmware::flash::{FlashOptions, Outcome, Payload};
 use firmware::plan::{Action, PlanItem, PlanOptions};
 use firmware::prepare::{BackendSpec, Backends, NodeConfig as DeviceConfig};
-use qimg::{BundleReader, ComponentKind, Manifest, Progress, Target};
+use qimg::{BundlePin, BundleReader, ComponentKind, Manifest, Progress, Target};
 
 use crate::Cancel;
 use crate::checks::{self, NodeFacts};
@@ -76,6 +76,16 @@ fn bundle_err(path: &Path, cancel: &Cancel) -> impl Fn(qimg::Error) -> Error {
     }
 }
 
+/// The bundle a prepare reads: its file and, in a cluster, the pin the plan
+/// holds it to (another file under the same name is refused).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BundleFile<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// What it must be.
+    pub pinned: Option<&'a BundlePin>,
+}
+
 /// What a bundle would do on this node, found from its verified head without
 /// writing anything: the plan, the slot image and the container's verity, the
 /// firmware plan, and the reason for the mode. A refusal is an error.
@@ -96,6 +106,8 @@ pub(crate) struct Examined<R: std::io::Read> {
     pub firmware: Option<FirmwarePlan>,
     /// Why this mode, in words.
     pub reason: String,
+    /// What identifies the file.
+    pub pin: BundlePin,
 }
 
 /// Opens `path`, verifies its signature against the node's keys and checks it
@@ -104,17 +116,30 @@ pub(crate) struct Examined<R: std::io::Read> {
 pub(crate) fn examine(
     node: &Node,
     io: &mut Opened,
-    path: &Path,
+    bundle: BundleFile,
     cancel: &Cancel,
 ) -> Result<Examined<BufReader<std::fs::File>>, Error> {
+    let BundleFile { path, pinned } = bundle;
     let berr = bundle_err(path, cancel);
-    let file = std::fs::File::open(path).map_err(|source| Error::BundleOpen {
+    let open_err = |source| Error::BundleOpen {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
     let (reader, _) =
         BundleReader::open_verified(BufReader::with_capacity(1 << 20, file), &node.keys()?)
             .map_err(&berr)?;
+    let pin = BundlePin::of(reader.manifest_bytes(), size);
+    if let Some(pinned) = pinned.filter(|p| **p != pin) {
+        return Err(Error::Refused {
+            path: path.to_owned(),
+            reason: Refusal::NotPinned {
+                found: pin,
+                pinned: *pinned,
+            },
+        });
+    }
     let m = reader.manifest().clone();
     let running = node.running(io)?;
     let facts = NodeFacts {
@@ -173,6 +198,7 @@ pub(crate) fn examine(
     })?;
     Ok(Examined {
         reader,
+        pin,
         manifest: m,
         running,
         plan,
@@ -191,10 +217,11 @@ pub(crate) fn run(
     store: &Store,
     st: &mut NodeState,
     io: &mut Opened,
-    path: &Path,
+    bundle: BundleFile,
     obs: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<(), Error> {
+    let path = bundle.path;
     let berr = bundle_err(path, cancel);
     obs.step("verifying the bundle signature");
     let Examined {
@@ -206,7 +233,8 @@ pub(crate) fn run(
         container,
         firmware: fw,
         reason,
-    } = examine(node, io, path, cancel)?;
+        ..
+    } = examine(node, io, bundle, cancel)?;
     let refused = |reason: Refusal| Error::Refused {
         path: path.to_owned(),
         reason,

@@ -17,19 +17,7 @@ pub const FRESH_ROOT_GIB: u64 = 8;
 
 /// The bytes an unprivileged writer can still use on `dir`'s file system.
 pub fn free_bytes(dir: &Path) -> Result<u64, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| format!("{}: a NUL in the path", dir.display()))?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(format!(
-            "statvfs {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+    qutil::fs::free_bytes(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))
 }
 
 /// The decision, apart from the system call: enough space, or an error that

@@ -22,7 +22,7 @@ impl Client {
         conn: &mut Conn,
         method: &'static str,
         path: &str,
-        body: Option<&[u8]>,
+        body: Body,
     ) -> Result<Response, Error> {
         let io = |op| {
             let target = self.target.to_string();
@@ -35,27 +35,92 @@ impl Client {
         if let Some(t) = &self.token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
-        let body = body.unwrap_or(&[]);
+        let (kind, len) = match &body {
+            Body::Json(b) => ("application/json", b.len() as u64),
+            Body::Stream { len, .. } => ("application/octet-stream", *len),
+        };
         if method != "GET" {
             head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
+                "Content-Type: {kind}\r\nContent-Length: {len}\r\n"
             ));
+        }
+        if matches!(body, Body::Stream { .. }) {
+            // The server says whether it takes the body before any of it goes:
+            // a refusal (no token, a name that exists, too large) costs no upload.
+            head.push_str("Expect: 100-continue\r\n");
         }
         head.push_str("\r\n");
         let mut req = head.into_bytes();
-        req.extend_from_slice(body);
-        conn.write_all(&req).map_err(io("sending to"))?;
-        conn.flush().map_err(io("sending to"))?;
-        read_response(&mut *conn, method).map_err(|e| match e {
+        let read_err = |e| match e {
             ReadErr::Io(source) => io("reading from")(source),
             ReadErr::Bad(problem) => Error::Protocol {
                 method,
                 path: path.into(),
                 problem,
             },
-        })
+        };
+        match body {
+            Body::Json(b) => {
+                req.extend_from_slice(b);
+                conn.write_all(&req).map_err(io("sending to"))?;
+                conn.flush().map_err(io("sending to"))?;
+            }
+            Body::Stream { from, len, sent } => {
+                conn.write_all(&req).map_err(io("sending to"))?;
+                conn.flush().map_err(io("sending to"))?;
+                let first = read_response(&mut *conn, method).map_err(read_err)?;
+                if first.status != 100 {
+                    // Answered without the body: the connection cannot carry another.
+                    return Ok(Response {
+                        close: true,
+                        ..first
+                    });
+                }
+                if let Err(e) = stream(from, len, &mut *conn, sent) {
+                    // A server that refused mid-body may have answered first.
+                    return read_response(&mut *conn, method).map_err(|_| io("sending to")(e));
+                }
+            }
+        }
+        read_response(&mut *conn, method).map_err(read_err)
     }
+}
+
+/// A request's body.
+pub(super) enum Body<'a> {
+    /// JSON (empty for none).
+    Json(&'a [u8]),
+    /// `len` bytes read from `from`; `sent` hears the bytes sent so far.
+    Stream {
+        from: &'a mut dyn Read,
+        len: u64,
+        sent: &'a mut dyn FnMut(u64),
+    },
+}
+
+/// Sends `len` bytes of `from` in chunks of 1 MiB.
+fn stream(
+    from: &mut dyn Read,
+    len: u64,
+    to: &mut dyn Write,
+    sent: &mut dyn FnMut(u64),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = from.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ended after {done} of {len} bytes"),
+            ));
+        }
+        to.write_all(&buf[..n])?;
+        done += n as u64;
+        sent(done);
+    }
+    to.flush()
 }
 
 enum ReadErr {

@@ -29,6 +29,7 @@ use crate::error::{Error, ErrorBody};
 mod http1;
 mod transport;
 
+use http1::Body;
 pub use http1::parse_response;
 use transport::{Conn, is_root, tls_config};
 
@@ -152,16 +153,17 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Response, Error> {
+        let body = body.unwrap_or(&[]);
         let reused = method == "GET" && self.conn.is_some();
         let mut conn = match self.conn.take() {
             Some(c) if method == "GET" => c,
             _ => self.connect()?,
         };
-        let r = match self.exchange(&mut conn, method, path, body) {
+        let r = match self.exchange(&mut conn, method, path, Body::Json(body)) {
             Err(e) if reused && e.is_unreachable() => {
                 // The kept connection was closed by the server: once more, fresh.
                 conn = self.connect()?;
-                self.exchange(&mut conn, method, path, body)
+                self.exchange(&mut conn, method, path, Body::Json(body))
             }
             r => r,
         }?;
@@ -228,5 +230,21 @@ impl Client {
     pub fn post_empty(&mut self, path: &str) -> Result<Vec<u8>, Error> {
         let r = self.request("POST", path, None)?;
         Ok(Self::check("POST", path, r)?.body)
+    }
+
+    /// PUT `len` bytes read from `from` to `path` (on a fresh connection),
+    /// telling `sent` how many went so far; a 2xx JSON answer parsed as `T`.
+    pub fn put_stream<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        from: &mut dyn std::io::Read,
+        len: u64,
+        sent: &mut dyn FnMut(u64),
+    ) -> Result<T, Error> {
+        let mut conn = self.connect()?;
+        let body = Body::Stream { from, len, sent };
+        let r = self.exchange(&mut conn, "PUT", path, body)?;
+        let r = Self::check("PUT", path, r)?;
+        Self::parse("PUT", path, &r.body)
     }
 }

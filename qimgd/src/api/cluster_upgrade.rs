@@ -95,6 +95,7 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
             .or(Some(spec.max_node_failures.saturating_sub(1).max(1))),
         on_failure: req.on_failure.unwrap_or_default(),
         from_version: Some(v.plan.from.version.clone()),
+        bundle: Some(v.pin),
         ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
     };
     let before = record(app);

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use qapi::types::ErrorClass;
 use serde::Serialize;
 
+use crate::images::UploadProblem;
 use crate::paths::PathProblem;
 
 /// A refused or failed request.
@@ -188,6 +189,38 @@ pub fn no_etcd_yet() -> ApiError {
         ErrorClass::ClusterUnavailable,
         "the cluster's state cannot be reached: this node has not reached etcd yet",
     )
+}
+
+/// An upload's problems: the client's (400, 408, 409, 413, 429), the node's
+/// room (507), a bundle that does not verify (400, the engine's class), the
+/// file system's (500).
+impl From<UploadProblem> for ApiError {
+    fn from(p: UploadProblem) -> Self {
+        use UploadProblem as P;
+        let (status, class) = match &p {
+            P::BadName(_) | P::Request(_) | P::BrokeOff { .. } => {
+                (StatusCode::BAD_REQUEST, ErrorClass::InvalidRequest)
+            }
+            P::Exists(_) => (StatusCode::CONFLICT, ErrorClass::FsEntryExists),
+            P::InProgress(_) => (StatusCode::CONFLICT, ErrorClass::UploadBusy),
+            P::TooMany => (StatusCode::TOO_MANY_REQUESTS, ErrorClass::UploadBusy),
+            P::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorClass::HttpPayloadTooLarge,
+            ),
+            P::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, ErrorClass::FsNoSpace),
+            P::Idle { .. } => (StatusCode::REQUEST_TIMEOUT, ErrorClass::HttpRequestTimeout),
+            P::Bundle(e) if e.is_verification_failure() => {
+                (StatusCode::BAD_REQUEST, ErrorClass::UpgradeImageDamaged)
+            }
+            P::Bundle(_) => (StatusCode::BAD_REQUEST, ErrorClass::UpgradeImageUnreadable),
+            P::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorClass::Internal),
+        };
+        ApiError {
+            retry_after: matches!(p, P::TooMany).then_some(5),
+            ..ApiError::new(status, class, upgrade::chain(&p))
+        }
+    }
 }
 
 impl From<PathProblem> for ApiError {

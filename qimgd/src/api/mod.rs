@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use upgrade::Agent;
 
 use crate::config::Config;
@@ -29,6 +29,7 @@ use crate::users::Users;
 pub mod body;
 mod cluster_upgrade;
 pub mod error;
+mod images;
 mod node;
 mod overview;
 mod reboot;
@@ -88,6 +89,8 @@ pub struct App {
     pub safety: crate::restriper::Source,
     /// The highest cluster progress this node reported, per plan generation.
     pub reported: std::sync::Mutex<(u64, u8)>,
+    /// The bundle uploads running.
+    pub uploads: crate::images::Uploads,
 }
 
 impl App {
@@ -178,6 +181,7 @@ pub fn router(app: Shared) -> Router {
         .route("/v2/upgrade/verify-image", post(upgrade_api::verify))
         .route("/v2/upgrade/prepare", post(upgrade_api::prepare))
         .route("/v2/upgrade/commit", post(upgrade_api::commit))
+        .route("/v1/qimg/images/{name}", put(images::put))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .route("/v1/session/login", post(session::login))

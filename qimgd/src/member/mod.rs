@@ -259,6 +259,7 @@ async fn start_prepare(
         rolling: plan.rolling,
         nodes_per_batch: plan.nodes_per_batch,
         shown_as: Some(img.shown),
+        pin: plan.bundle,
     };
     run_job(app, store, me, g, claim, "prepare", move |a| {
         Some(

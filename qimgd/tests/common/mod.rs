@@ -402,6 +402,16 @@ impl Client {
         Ok((s, parse(r.body_mut().read_to_string().unwrap_or_default())))
     }
 
+    /// PUT raw bytes: status and JSON answer.
+    pub fn put(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let mut r = self
+            .auth(self.agent.put(&format!("{}{path}", self.base)))
+            .send(body)
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        let s = r.status().as_u16();
+        (s, parse(r.body_mut().read_to_string().unwrap_or_default()))
+    }
+
     /// POST a raw body.
     pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
         let mut r = self
