@@ -1,6 +1,6 @@
 //! Bundles uploaded to this node's upgrade directory (`PUT /v1/qimg/images/{name}`,
 //! `qq upgrade_upload`). The body streams through a verifying reader into an
-//! unnamed temporary file in the upgrade directory ([`receive`]): the signed head
+//! hidden temporary file (`.upload-*`) in the upgrade directory ([`receive`]): the signed head
 //! is checked against the node's keys before anything after it is kept, every
 //! payload against its digest as it arrives. The file gets its name ([`publish`]:
 //! a link, or with `?replace=true` a rename over the old file) only once the whole
