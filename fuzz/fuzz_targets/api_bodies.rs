@@ -1,6 +1,6 @@
 //! Any bytes as what crosses the agent's API: the request bodies qimgd parses
 //! (login, verify-image, prepare), a bearer token, an `image_path`, an upload's
-//! name and query, and an answer as our client reads it. Nothing panics; a body
+//! name and query, a peer's `Range`, and an answer as our client reads it. Nothing panics; a body
 //! either parses (and then round-trips) or is refused with a 400/413 naming the
 //! problem; a token never verifies without the key; a resolved path stays inside
 //! the upgrade directory; an accepted upload name is one plain, visible file name.
@@ -54,6 +54,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!name.starts_with(qimgd::images::PARTIAL_PREFIX));
     }
     let _ = qimgd::images::replace_of(Some(&text));
+    if let Ok(Some(from)) = qimgd::images::range_from(Some(&text), 1000) {
+        assert!(from > 0 && from < 1000, "{from}");
+    }
     if let Ok(r) = qapi::client::parse_response(data, "GET") {
         assert!(r.body.len() <= qapi::client::MAX_BODY);
         assert!(r.status <= 999);

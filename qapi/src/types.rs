@@ -292,6 +292,9 @@ pub enum ErrorClass {
     /// The upgrade file does not exist.
     #[serde(rename = "fs_no_such_entry_error")]
     FsNoSuchEntry,
+    /// Only another node of the cluster may ask this (mutual TLS).
+    #[serde(rename = "http_forbidden_error")]
+    HttpForbidden,
     /// The endpoint does not take this method.
     #[serde(rename = "http_method_not_allowed_error")]
     HttpMethodNotAllowed,
@@ -362,6 +365,7 @@ impl ErrorClass {
         ErrorClass::FsEntryExists,
         ErrorClass::FsNoSpace,
         ErrorClass::FsNoSuchEntry,
+        ErrorClass::HttpForbidden,
         ErrorClass::HttpMethodNotAllowed,
         ErrorClass::HttpNotFound,
         ErrorClass::HttpPayloadTooLarge,
@@ -393,6 +397,7 @@ impl ErrorClass {
             ErrorClass::FsEntryExists => "fs_entry_exists_error",
             ErrorClass::FsNoSpace => "fs_no_space_error",
             ErrorClass::FsNoSuchEntry => "fs_no_such_entry_error",
+            ErrorClass::HttpForbidden => "http_forbidden_error",
             ErrorClass::HttpMethodNotAllowed => "http_method_not_allowed_error",
             ErrorClass::HttpNotFound => "http_not_found_error",
             ErrorClass::HttpPayloadTooLarge => "http_payload_too_large_error",

@@ -80,6 +80,10 @@ pub struct Config {
     /// dropped (408), in seconds.
     #[serde(default = "default_upload_idle")]
     pub upload_idle_secs: u64,
+    /// The rate at which this node serves bundles to the cluster's other nodes,
+    /// every stream together, in MiB/s (0: not limited).
+    #[serde(default = "default_peer_serve")]
+    pub peer_serve_mib_per_s: u64,
     /// The simulator's settings (`[sim]`): only for a node whose `node.toml` says
     /// `simulated`; refused on a real node.
     #[serde(default)]
@@ -149,6 +153,9 @@ fn default_upload_limit() -> u64 {
 }
 fn default_upload_idle() -> u64 {
     30
+}
+fn default_peer_serve() -> u64 {
+    200
 }
 fn default_lease() -> u64 {
     4

@@ -50,10 +50,24 @@ pub fn build(
     };
     let machine = upgrade::machine_for(&node);
     let agent = Arc::new(Agent::new(node, machine));
-    let files = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => TlsFiles {
+    // A node of a cluster: its CA-issued certificate on the API port (so
+    // `qq --ca-cert <cluster ca.crt>` verifies every node), and the cluster's CA
+    // to recognize other nodes by theirs.
+    let node_dir = match in_process {
+        Some(_) => None,
+        None => config
+            .cluster
+            .as_deref()
+            .map(qcluster::create::NodeDir::new),
+    };
+    let files = match (&config.tls_cert, &config.tls_key, &node_dir) {
+        (Some(cert), Some(key), _) => TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
+        },
+        (_, _, Some(d)) => TlsFiles {
+            cert: d.cert(),
+            key: d.key(),
         },
         _ => {
             let files = TlsFiles::generated(&config.state);
@@ -77,7 +91,8 @@ pub fn build(
             files
         }
     };
-    let tls = tls::server_config(&files)?;
+    let client_ca = node_dir.as_ref().map(|d| d.ca());
+    let tls = tls::server_config(&files, client_ca.as_deref())?;
     let lease = Duration::from_secs(config.cluster_lease_secs.max(1));
     let cluster = match (in_process, &config.cluster) {
         (Some(p), _) => {
@@ -123,6 +138,8 @@ pub fn build(
         cluster,
         reported: std::sync::Mutex::new((0, 0)),
         uploads: crate::images::Uploads::default(),
+        pacer: crate::images::Pacer::new(config.peer_serve_mib_per_s),
+        serving: Arc::new(tokio::sync::Semaphore::new(crate::images::MAX_SERVES)),
         power_off: tokio::sync::Notify::new(),
         changes: tokio::sync::watch::Sender::new(0),
         vacancy: tokio::sync::watch::Sender::new(0),

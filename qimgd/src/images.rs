@@ -85,7 +85,7 @@ pub enum UploadProblem {
     Request(String),
     /// What arrived is not a bundle this node accepts (signature, digest,
     /// format).
-    #[error("the upload is not a bundle this node accepts")]
+    #[error("what came is not a bundle this node accepts")]
     Bundle(#[source] qimg::Error),
     /// The file system failed.
     #[error("{op} {path}")]
@@ -305,6 +305,110 @@ pub fn publish(
     Ok(replace && existed)
 }
 
+/// How many bundles a node serves to other nodes at once.
+pub const MAX_SERVES: usize = 4;
+/// The pieces a served bundle is read and sent in.
+pub const SERVE_CHUNK: usize = 256 << 10;
+
+/// Where a bundle served to another node starts: `Range: bytes=N-` (the one
+/// form taken: a fetch resumes where it broke off) against the file's length.
+/// `Ok(None)`: the whole file (no range, or a form not taken, which a server
+/// may ignore); `Err`: a start at or past the end (416).
+pub fn range_from(header: Option<&str>, len: u64) -> Result<Option<u64>, Unsatisfiable> {
+    let Some(from) = header
+        .and_then(|h| h.trim().strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<u64>().ok())
+    else {
+        return Ok(None);
+    };
+    match from {
+        0 => Ok(None),
+        f if f >= len => Err(Unsatisfiable),
+        f => Ok(Some(f)),
+    }
+}
+
+/// A range that starts at or past the file's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
+/// The node's rate for serving bundles to other nodes, shared by every stream
+/// it serves, so that fetching peers cannot take the node's bandwidth from its
+/// clients (`peer_serve_mib_per_s`; 0: not limited).
+#[derive(Debug)]
+pub struct Pacer {
+    bytes_per_s: u64,
+    next: Mutex<std::time::Instant>,
+}
+
+impl Pacer {
+    /// A pacer of `mib_per_s` MiB/s.
+    pub fn new(mib_per_s: u64) -> Pacer {
+        Pacer {
+            bytes_per_s: mib_per_s.saturating_mul(1 << 20),
+            next: Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Reserves `n` bytes of the rate: how long to wait before sending them.
+    pub fn reserve(&self, n: usize) -> std::time::Duration {
+        if self.bytes_per_s == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let start = (*next).max(now);
+        *next = start + std::time::Duration::from_secs_f64(n as f64 / self.bytes_per_s as f64);
+        start - now
+    }
+}
+
+/// Reads `file` from `from` in [`SERVE_CHUNK`] pieces into `tx`, at the
+/// `pacer`'s rate, until the end or until the receiver goes (the peer left).
+/// Runs on a blocking thread.
+pub fn serve_file(
+    mut file: std::fs::File,
+    from: u64,
+    pacer: &Pacer,
+    tx: mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+) {
+    use std::io::Seek;
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(from)) {
+        let _ = tx.blocking_send(Err(e));
+        return;
+    }
+    loop {
+        let mut buf = vec![0u8; SERVE_CHUNK];
+        let n = match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        buf.truncate(n);
+        std::thread::sleep(pacer.reserve(n));
+        if tx.blocking_send(Ok(buf.into())).is_err() {
+            return;
+        }
+    }
+}
+
+/// The items a channel receives, as a stream (a response body's).
+pub struct ChannelStream<T>(pub mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ChannelStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
 /// Removes what uploads cut by a crash left in `dir`; returns how many.
 pub fn sweep(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -368,6 +472,41 @@ mod tests {
         assert!(matches!(u.begin("c"), Err(UploadProblem::TooMany)));
         drop(a);
         let _a = u.begin("a").unwrap();
+    }
+
+    #[test]
+    fn a_range_resumes_or_is_ignored_or_unsatisfiable() {
+        let len = 100;
+        type Row<'a> = (Option<&'a str>, Result<Option<u64>, Unsatisfiable>);
+        let table: &[Row] = &[
+            (None, Ok(None)),
+            (Some("bytes=0-"), Ok(None)),
+            (Some("bytes=40-"), Ok(Some(40))),
+            (Some(" bytes=99-"), Ok(Some(99))),
+            (Some("bytes=100-"), Err(Unsatisfiable)),
+            (Some("bytes=500-"), Err(Unsatisfiable)),
+            // Forms not taken: the whole file.
+            (Some("bytes=0-10"), Ok(None)),
+            (Some("bytes=-10"), Ok(None)),
+            (Some("bytes=1-,5-"), Ok(None)),
+            (Some("items=5-"), Ok(None)),
+            (Some("bytes=x-"), Ok(None)),
+        ];
+        for (h, want) in table {
+            assert_eq!(range_from(*h, len), *want, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn the_pacer_spreads_bytes_over_time_for_every_stream() {
+        let p = Pacer::new(1);
+        assert_eq!(p.reserve(1 << 20), std::time::Duration::ZERO);
+        // The next MiB, from any stream, waits for the first one's second.
+        let w = p.reserve(1 << 20);
+        assert!(w > std::time::Duration::from_millis(900), "{w:?}");
+        let w2 = p.reserve(512 << 10);
+        assert!(w2 > std::time::Duration::from_millis(1900), "{w2:?}");
+        assert_eq!(Pacer::new(0).reserve(1 << 30), std::time::Duration::ZERO);
     }
 
     #[test]

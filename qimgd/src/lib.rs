@@ -30,6 +30,7 @@ pub mod config;
 pub mod coordinator;
 pub mod daemon;
 pub mod error;
+pub mod fetch;
 pub mod identity;
 pub mod images;
 pub mod jobs;

@@ -15,6 +15,9 @@ pub struct Peer {
     pub ip: Option<IpAddr>,
     /// Trusted as local root.
     pub local_root: bool,
+    /// Another node of this cluster: it presented a certificate issued by the
+    /// cluster's CA (mutual TLS), which the handshake verified.
+    pub cluster_node: bool,
 }
 
 /// The Qumulo client's privileged source ports (ours uses the same).
@@ -39,6 +42,7 @@ pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: u1
             && ip.is_loopback()
             && ROOT_PORTS.contains(&port)
             && port < unprivileged_start,
+        cluster_node: false,
     }
 }
 

@@ -142,6 +142,13 @@ pub async fn serve_tls(
             else {
                 return; // failed or too slow handshake (e.g. an old protocol version)
             };
+            // A client certificate was verified against the cluster's CA by the
+            // handshake (one that does not verify fails it): another node.
+            let cluster_node = tls.get_ref().1.peer_certificates().is_some();
+            let peer = Peer {
+                cluster_node,
+                ..peer
+            };
             serve_conn(tls, peer, router, app).await;
         });
     }
@@ -161,6 +168,7 @@ pub async fn serve_unix(l: UnixListener, router: Router, app: Shared) {
         let peer = Peer {
             ip: None,
             local_root: app.config.trust_local_root && root,
+            cluster_node: false,
         };
         let (router, app) = (router.clone(), app.clone());
         tokio::spawn(serve_conn(stream, peer, router, app));

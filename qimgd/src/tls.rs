@@ -56,8 +56,14 @@ pub fn ensure_self_signed(files: &TlsFiles, names: &[String]) -> Result<bool, Er
     Ok(true)
 }
 
-/// The rustls server configuration for `files` (HTTP/1.1).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
+/// The rustls server configuration for `files` (HTTP/1.1). With `client_ca` (a
+/// node of a cluster: the cluster's CA), a client may present a certificate,
+/// which must then be one the CA issued (another node); clients without one
+/// (operators, Qumulo's client) are served as before.
+pub fn server_config(
+    files: &TlsFiles,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, Error> {
     let bad = |what: &'static str, path: &Path, problem: String| Error::Key {
         what,
         path: path.to_owned(),
@@ -77,12 +83,28 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| bad("TLS key", &files.key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(Error::Tls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
         .map_err(Error::Tls)?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| bad("cluster CA", ca, e.to_string()))?
+            {
+                let c = c.map_err(|e| bad("cluster CA", ca, e.to_string()))?;
+                roots.add(c).map_err(Error::Tls)?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| bad("cluster CA", ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_single_cert(certs, key).map_err(Error::Tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -102,8 +124,9 @@ mod tests {
         let cert = std::fs::read(&f.cert).unwrap();
         assert!(!ensure_self_signed(&f, &["x".into()]).unwrap(), "kept");
         assert_eq!(std::fs::read(&f.cert).unwrap(), cert);
-        server_config(&f).unwrap();
+        server_config(&f, None).unwrap();
+        server_config(&f, Some(&f.cert)).unwrap();
         std::fs::write(&f.key, b"not a key").unwrap();
-        assert_eq!(server_config(&f).unwrap_err().code(), "key");
+        assert_eq!(server_config(&f, None).unwrap_err().code(), "key");
     }
 }

@@ -266,6 +266,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout: std::time::Duration::from_secs(cli.timeout.max(1)),
             ca: cli.ca_cert,
             root_port: true,
+            identity: None,
         },
     };
     match cli.command {

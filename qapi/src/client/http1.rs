@@ -86,6 +86,87 @@ impl Client {
     }
 }
 
+/// What a streamed GET got.
+pub(super) enum Fetched {
+    /// A 2xx answer with a length: its body went to the sink.
+    Streamed {
+        /// The status.
+        status: u16,
+        /// The body's length.
+        len: u64,
+    },
+    /// Any other answer, read whole.
+    Answer(Response),
+}
+
+impl Client {
+    /// GET `path`, from byte `from` (`Range: bytes=from-`) when not 0: a 2xx
+    /// answer with a `Content-Length` is handed to `sink` as it arrives.
+    pub(super) fn fetch(
+        &self,
+        conn: &mut Conn,
+        path: &str,
+        from: u64,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<Fetched, Error> {
+        let io = |op| {
+            let target = self.target.to_string();
+            move |source| Error::Io { op, target, source }
+        };
+        let bad = |e| match e {
+            ReadErr::Io(source) => io("reading from")(source),
+            ReadErr::Bad(problem) => Error::Protocol {
+                method: "GET",
+                path: path.into(),
+                problem,
+            },
+        };
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: qq-qimg/1\r\nAccept: */*\r\n",
+            self.host_header()
+        );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if from > 0 {
+            head.push_str(&format!("Range: bytes={from}-\r\n"));
+        }
+        head.push_str("\r\n");
+        conn.write_all(head.as_bytes()).map_err(io("sending to"))?;
+        conn.flush().map_err(io("sending to"))?;
+        let mut r = BufReader::with_capacity(1 << 20, &mut *conn);
+        let h = read_head(&mut r).map_err(bad)?;
+        let (status, Some(len)) = (h.status, h.length) else {
+            return read_body(&mut r, h, "GET")
+                .map(Fetched::Answer)
+                .map_err(bad);
+        };
+        if !(200..300).contains(&status) || h.chunked {
+            return read_body(&mut r, h, "GET")
+                .map(Fetched::Answer)
+                .map_err(bad);
+        }
+        let mut left = len as u64;
+        while left > 0 {
+            let buf = r.fill_buf().map_err(io("reading from"))?;
+            if buf.is_empty() {
+                return Err(io("reading from")(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the answer ended {left} bytes short of its {len}"),
+                )));
+            }
+            let n = buf.len().min(left as usize);
+            sink(&buf[..n]).map_err(io("passing on what came from"))?;
+            r.consume(n);
+            left -= n as u64;
+        }
+        Ok(Fetched::Streamed {
+            status,
+            len: len as u64,
+        })
+    }
+}
+
 /// A request's body.
 pub(super) enum Body<'a> {
     /// JSON (empty for none).
@@ -166,10 +247,23 @@ pub fn parse_response(bytes: &[u8], method: &'static str) -> Result<Response, Er
     })
 }
 
+/// What an answer's head says.
+struct Head {
+    status: u16,
+    length: Option<usize>,
+    chunked: bool,
+    close: bool,
+}
+
 fn read_response<R: Read>(conn: R, method: &str) -> Result<Response, ReadErr> {
     let mut r = BufReader::new(conn);
+    let head = read_head(&mut r)?;
+    read_body(&mut r, head, method)
+}
+
+fn read_head<R: BufRead>(r: &mut R) -> Result<Head, ReadErr> {
     let mut limit = MAX_HEAD;
-    let status_line = read_line(&mut r, &mut limit)?;
+    let status_line = read_line(r, &mut limit)?;
     let mut parts = status_line.splitn(3, ' ');
     let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
         return Err(ReadErr::Bad(format!("not an HTTP answer: {status_line:?}")));
@@ -188,7 +282,7 @@ fn read_response<R: Read>(conn: R, method: &str) -> Result<Response, ReadErr> {
     let mut chunked = false;
     let mut close = version == "HTTP/1.0";
     loop {
-        let line = read_line(&mut r, &mut limit)?;
+        let line = read_line(r, &mut limit)?;
         if line.is_empty() {
             break;
         }
@@ -208,17 +302,32 @@ fn read_response<R: Read>(conn: R, method: &str) -> Result<Response, ReadErr> {
             _ => {}
         }
     }
+    Ok(Head {
+        status,
+        length,
+        chunked,
+        close,
+    })
+}
+
+fn read_body<R: BufRead>(r: &mut R, head: Head, method: &str) -> Result<Response, ReadErr> {
+    let Head {
+        status,
+        length,
+        chunked,
+        mut close,
+    } = head;
     let mut body = Vec::new();
     let no_body =
         method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
     if no_body {
     } else if chunked {
         loop {
-            let line = read_line(&mut r, &mut 1024)?;
+            let line = read_line(r, &mut 1024)?;
             let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| ReadErr::Bad(format!("bad chunk size {line:?}")))?;
             if size == 0 {
-                while !read_line(&mut r, &mut 1024)?.is_empty() {}
+                while !read_line(r, &mut 1024)?.is_empty() {}
                 break;
             }
             if body.len() + size > MAX_BODY {
@@ -227,7 +336,7 @@ fn read_response<R: Read>(conn: R, method: &str) -> Result<Response, ReadErr> {
             let start = body.len();
             body.resize(start + size, 0);
             r.read_exact(&mut body[start..]).map_err(ReadErr::Io)?;
-            read_line(&mut r, &mut 1024)?;
+            read_line(r, &mut 1024)?;
         }
     } else if let Some(n) = length {
         if n > MAX_BODY {
@@ -236,7 +345,8 @@ fn read_response<R: Read>(conn: R, method: &str) -> Result<Response, ReadErr> {
         body.resize(n, 0);
         r.read_exact(&mut body).map_err(ReadErr::Io)?;
     } else {
-        r.take(MAX_BODY as u64 + 1)
+        r.by_ref()
+            .take(MAX_BODY as u64 + 1)
             .read_to_end(&mut body)
             .map_err(ReadErr::Io)?;
         if body.len() > MAX_BODY {
@@ -321,5 +431,43 @@ mod tests {
             c.get::<serde_json::Value>("/").unwrap_err().code(),
             "connect"
         );
+    }
+
+    #[test]
+    fn a_streamed_get_resumes_with_a_range_and_reports_a_short_body() {
+        let (_d, p, h) = serve(b"HTTP/1.1 206 Partial Content\r\ncontent-length: 5\r\n\r\nhello");
+        let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
+        let mut got = Vec::new();
+        let r = c.get_stream("/v1/qimg/peer/images/a", 10, &mut |b| {
+            got.extend_from_slice(b);
+            Ok(())
+        });
+        assert_eq!(r.unwrap(), (206, 5));
+        assert_eq!(got, b"hello");
+        let req = String::from_utf8(h.join().unwrap()).unwrap();
+        assert!(req.contains("Range: bytes=10-\r\n"), "{req}");
+        // The server goes away after 3 of 8 bytes: what came was passed on.
+        let (_d, p, _h) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nabc");
+        let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
+        let mut got = Vec::new();
+        let e = c
+            .get_stream("/x", 0, &mut |b| {
+                got.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(got, b"abc");
+        let why = std::error::Error::source(&e).map(|s| s.to_string());
+        assert!(
+            why.as_deref().unwrap_or("").contains("5 bytes short"),
+            "{e}: {why:?}"
+        );
+        // An error answer is the error it says.
+        let (_d, p, _h) = serve(
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 58\r\n\r\n{\"error_class\":\"fs_no_such_entry_error\",\"description\":\"no\"}",
+        );
+        let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
+        let e = c.get_stream("/x", 0, &mut |_| Ok(())).unwrap_err();
+        assert_eq!(e.status(), Some(404));
     }
 }

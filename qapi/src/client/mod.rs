@@ -79,6 +79,18 @@ pub struct Options {
     pub ca: Option<PathBuf>,
     /// Connect from a privileged port when root and the host is local.
     pub root_port: bool,
+    /// A client certificate to present (mutual TLS: a cluster's node fetching
+    /// from another).
+    pub identity: Option<Identity>,
+}
+
+/// A client certificate and its key (PEM files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The certificate (chain).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 impl Default for Options {
@@ -87,6 +99,7 @@ impl Default for Options {
             timeout: Duration::from_secs(30),
             ca: None,
             root_port: true,
+            identity: None,
         }
     }
 }
@@ -114,7 +127,11 @@ impl Client {
     /// A client of `target`.
     pub fn new(target: Target, options: Options) -> Result<Client, Error> {
         let tls = match &target {
-            Target::Tcp { .. } => Some(tls_config(&target, options.ca.as_deref())?),
+            Target::Tcp { .. } => Some(tls_config(
+                &target,
+                options.ca.as_deref(),
+                options.identity.as_ref(),
+            )?),
             Target::Unix(_) => None,
         };
         Ok(Client {
@@ -230,6 +247,31 @@ impl Client {
     pub fn post_empty(&mut self, path: &str) -> Result<Vec<u8>, Error> {
         let r = self.request("POST", path, None)?;
         Ok(Self::check("POST", path, r)?.body)
+    }
+
+    /// GET `path` from byte `from` (a range when not 0) on a fresh connection,
+    /// the body handed to `sink` as it arrives: the status (200, or 206 for a
+    /// range) and the body's length. An answer that is not 2xx is the error it
+    /// says; a body cut short is an I/O error after `sink` got what came (the
+    /// caller resumes from there).
+    pub fn get_stream(
+        &mut self,
+        path: &str,
+        from: u64,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(u16, u64), Error> {
+        let mut conn = self.connect()?;
+        match self.fetch(&mut conn, path, from, sink)? {
+            http1::Fetched::Streamed { status, len } => Ok((status, len)),
+            http1::Fetched::Answer(r) => {
+                let r = Self::check("GET", path, r)?;
+                Err(Error::Protocol {
+                    method: "GET",
+                    path: path.into(),
+                    problem: format!("a {} answer without a Content-Length", r.status),
+                })
+            }
+        }
     }
 
     /// PUT `len` bytes read from `from` to `path` (on a fresh connection),

@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 
-use super::{Client, ROOT_PORTS, Target};
+use super::{Client, Identity, ROOT_PORTS, Target};
 use crate::error::Error;
 
 pub(super) enum Conn {
@@ -93,7 +93,11 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-pub(super) fn tls_config(target: &Target, ca: Option<&Path>) -> Result<Arc<ClientConfig>, Error> {
+pub(super) fn tls_config(
+    target: &Target,
+    ca: Option<&Path>,
+    identity: Option<&Identity>,
+) -> Result<Arc<ClientConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls_err = |source| Error::Tls {
         target: target.to_string(),
@@ -102,7 +106,7 @@ pub(super) fn tls_config(target: &Target, ca: Option<&Path>) -> Result<Arc<Clien
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(tls_err)?;
-    let cfg = match ca {
+    let builder = match ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             let bad = |problem: String| Error::Credentials {
@@ -114,12 +118,27 @@ pub(super) fn tls_config(target: &Target, ca: Option<&Path>) -> Result<Arc<Clien
                     .add(c.map_err(|e| bad(e.to_string()))?)
                     .map_err(tls_err)?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+    };
+    let cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let bad = |path: &Path, problem: String| Error::Credentials {
+                path: path.to_owned(),
+                problem,
+            };
+            let certs = CertificateDer::pem_file_iter(&id.cert)
+                .map_err(|e| bad(&id.cert, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&id.cert, e.to_string()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&id.key)
+                .map_err(|e| bad(&id.key, e.to_string()))?;
+            builder.with_client_auth_cert(certs, key).map_err(tls_err)?
+        }
     };
     Ok(Arc::new(cfg))
 }

@@ -3,18 +3,30 @@
 //! 201 with the bundle's identity when it is new, 200 when it replaced a file of
 //! that name (`?replace=true`), 409 when one exists and the upload does not
 //! replace it.
+//!
+//! `GET /v1/qimg/peer/images/{name}`: a bundle of this node's upgrade directory
+//! for another node of the cluster, which fetches what it lacks. Only a client
+//! with the cluster's node certificate (mutual TLS) gets it; the operator's
+//! login does not. `Range: bytes=N-` resumes a broken fetch (206); the node's
+//! `peer_serve_mib_per_s` bounds every stream it serves together, and
+//! [`images::MAX_SERVES`] run at once. The fetching node verifies every byte:
+//! nothing is trusted because of where it came from.
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use http_body_util::BodyExt;
+use qapi::types::ErrorClass;
 use qapi::types::ImageInfo;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{ApiError, Shared, blocking};
 use crate::images::{self, UploadProblem};
+use crate::peer::Peer;
 
 /// How many chunks of the body wait for the receiving thread.
 const QUEUE: usize = 16;
@@ -83,6 +95,89 @@ pub(super) async fn put(
         StatusCode::CREATED
     };
     Ok((status, Json(ImageInfo { replaced, ..answer })))
+}
+
+pub(super) async fn serve(
+    State(app): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !peer.cluster_node {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorClass::HttpForbidden,
+            "only the cluster's nodes fetch bundles here: present the node's certificate (mutual TLS)",
+        ));
+    }
+    let name = images::check_name(&name)?.to_owned();
+    let path = app.config.upgrade_dir.join(&name);
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorClass::FsNoSuchEntry,
+            format!("{name} is not in this node's upgrade directory"),
+        )
+    };
+    let file = std::fs::File::open(&path).map_err(|_| missing())?;
+    let len = file
+        .metadata()
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .ok_or_else(missing)?
+        .len();
+    let range = headers
+        .get(axum::http::header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    let from = images::range_from(range, len).map_err(|_| {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorClass::InvalidRequest,
+            format!("{name} has {len} bytes: the range starts at or past its end"),
+        )
+    })?;
+    let permit = app
+        .serving
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorClass::UploadBusy,
+                format!(
+                    "this node serves {} bundles to other nodes already: try again",
+                    images::MAX_SERVES
+                ),
+            )
+        })?;
+    let (tx, rx) = mpsc::channel(4);
+    let a = app.clone();
+    let start = from.unwrap_or(0);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        images::serve_file(file, start, &a.pacer, tx);
+    });
+    let mut r = Response::new(Body::from_stream(images::ChannelStream(rx)));
+    let h = r.headers_mut();
+    let value = |s: String| axum::http::HeaderValue::from_str(&s).expect("a header value");
+    h.insert(
+        axum::http::header::CONTENT_LENGTH,
+        value((len - start).to_string()),
+    );
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        value("application/octet-stream".into()),
+    );
+    h.insert(axum::http::header::ACCEPT_RANGES, value("bytes".into()));
+    if let Some(f) = from {
+        h.insert(
+            axum::http::header::CONTENT_RANGE,
+            value(format!("bytes {f}-{}/{len}", len - 1)),
+        );
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(r)
 }
 
 /// The request's `Content-Length`, if it has one.
@@ -167,29 +262,12 @@ mod tests {
         ));
         // A body that never ends and never sends.
         let (_keep, rx) = mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
-        let stalled = Body::from_stream(tokio_stream_of(rx));
+        let stalled = Body::from_stream(images::ChannelStream(rx));
         let t = std::time::Instant::now();
         assert!(matches!(
             fed(stalled, 100, Duration::from_millis(200)).await,
             Err(UploadProblem::Idle { got: 0, .. })
         ));
         assert!(t.elapsed() < second, "{:?}", t.elapsed());
-    }
-
-    /// A stream of what `rx` receives.
-    fn tokio_stream_of<T: Send + 'static>(
-        rx: mpsc::Receiver<T>,
-    ) -> impl futures_core::Stream<Item = T> {
-        struct S<T>(mpsc::Receiver<T>);
-        impl<T> futures_core::Stream for S<T> {
-            type Item = T;
-            fn poll_next(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<Option<T>> {
-                self.0.poll_recv(cx)
-            }
-        }
-        S(rx)
     }
 }

@@ -91,6 +91,10 @@ pub struct App {
     pub reported: std::sync::Mutex<(u64, u8)>,
     /// The bundle uploads running.
     pub uploads: crate::images::Uploads,
+    /// The rate this node serves bundles to other nodes at, all streams together.
+    pub pacer: crate::images::Pacer,
+    /// Places for the bundles served to other nodes at once.
+    pub serving: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -185,6 +189,7 @@ pub fn router(app: Shared) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .route("/v1/session/login", post(session::login))
+        .route("/v1/qimg/peer/images/{name}", get(images::serve))
         .route("/", get(webui::index))
         .route("/ui/app.js", get(webui::app_js))
         .route("/ui/style.css", get(webui::style))

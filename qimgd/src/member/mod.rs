@@ -234,8 +234,15 @@ async fn start_prepare(
     me: u32,
 ) -> Result<(), qcluster::Error> {
     let g = plan.generation;
-    let img = match crate::paths::resolve(&app.config.upgrade_dir, &plan.image_path) {
-        Ok(i) => i,
+    // A bundle the plan pins and this node lacks is fetched from another node
+    // first, in the job.
+    let fetch = match crate::paths::resolve(&app.config.upgrade_dir, &plan.image_path) {
+        Ok(_) => false,
+        Err(crate::paths::PathProblem::Missing(_))
+            if plan.bundle.is_some() && app.cluster.dir.is_some() =>
+        {
+            true
+        }
         Err(e) => {
             let why = format!("{e} on this node");
             return store
@@ -249,29 +256,69 @@ async fn start_prepare(
     store
         .report(me, &report(g, NodeStep::Preparing, 0, None))
         .await?;
-    app.jobs
-        .meter
-        .reset(std::fs::metadata(&img.file).map_or(1, |m| m.len()));
-    crate::log(&format!("plan {g}: preparing {}", plan.image_path));
-    let req = upgrade::PrepareRequest {
-        path: img.file,
-        auto_commit: false,
-        rolling: plan.rolling,
-        nodes_per_batch: plan.nodes_per_batch,
-        shown_as: Some(img.shown),
-        pin: plan.bundle,
-    };
+    let plan = plan.clone();
     run_job(app, store, me, g, claim, "prepare", move |a| {
-        Some(
-            match a
-                .agent
-                .prepare(&req, &Observer(a.jobs.meter.clone()), &a.cancel)
-            {
-                Ok(_) => report(g, NodeStep::Prepared, 100, None),
-                Err(e) => report(g, NodeStep::Failed, 0, Some(upgrade::chain(&e))),
-            },
-        )
+        let failed = |why: String| Some(report(g, NodeStep::Failed, 0, Some(why)));
+        if fetch {
+            crate::log(&format!(
+                "plan {g}: {} is not on this node: fetching it from another node",
+                plan.image_path
+            ));
+            if let Err(e) = fetch_pinned(a, &plan) {
+                return failed(format!(
+                    "fetching {} from the other nodes: {}",
+                    plan.image_path,
+                    upgrade::chain(&e)
+                ));
+            }
+        }
+        let img = match crate::paths::resolve(&a.config.upgrade_dir, &plan.image_path) {
+            Ok(i) => i,
+            Err(e) => return failed(format!("{e} on this node")),
+        };
+        a.jobs
+            .meter
+            .reset(std::fs::metadata(&img.file).map_or(1, |m| m.len()));
+        crate::log(&format!("plan {g}: preparing {}", plan.image_path));
+        let req = upgrade::PrepareRequest {
+            path: img.file,
+            auto_commit: false,
+            rolling: plan.rolling,
+            nodes_per_batch: plan.nodes_per_batch,
+            shown_as: Some(img.shown),
+            pin: plan.bundle,
+        };
+        match a
+            .agent
+            .prepare(&req, &Observer(a.jobs.meter.clone()), &a.cancel)
+        {
+            Ok(_) => Some(report(g, NodeStep::Prepared, 100, None)),
+            Err(e) => failed(upgrade::chain(&e)),
+        }
     });
+    Ok(())
+}
+
+/// Fetches the bundle `plan` pins from the other nodes into this node's
+/// upgrade directory (`crate::fetch`). Blocking.
+fn fetch_pinned(a: &Shared, plan: &ClusterPlan) -> Result<(), crate::fetch::FetchProblem> {
+    use crate::fetch::{FetchProblem, fetch, peers};
+    let c = &a.cluster;
+    let (Some(pin), Some(dir)) = (plan.bundle.as_ref(), c.dir.as_ref()) else {
+        return Err(FetchProblem::NoPeers);
+    };
+    let keys = a.agent.node().keys().map_err(|e| {
+        FetchProblem::NotServed(format!("this node's keys: {}", upgrade::chain(&e)))
+    })?;
+    let name = plan.image_path.trim_start_matches('/');
+    let peers = peers(&c.membership.spec.nodes, c.membership.node_id);
+    let t = std::time::Instant::now();
+    fetch(name, &a.config.upgrade_dir, pin, &keys, dir, &peers)?;
+    crate::log(&format!(
+        "fetched {name} ({} bytes) from another node in {:.1} s",
+        pin.size,
+        t.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 

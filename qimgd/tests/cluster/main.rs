@@ -5,7 +5,7 @@
 
 //!
 //! Split by concept: `membership` (the node list, one token, instant upgrades,
-//! a failed prepare), `reboots` (complete and rolling reboots, pauses, Qumulo's
+//! a failed prepare), `peers` (bundles served to the other nodes), `reboots` (complete and rolling reboots, pauses, Qumulo's
 //! client), `rollback` (a commit failing on one node), `failover` (coordinators
 //! killed or stopped), `safety` (the data-safety gate's source), `users` (the
 //! cluster's users).
@@ -14,6 +14,7 @@
 mod common;
 mod failover;
 mod membership;
+mod peers;
 mod reboots;
 mod rollback;
 mod safety;

@@ -35,6 +35,24 @@ pub fn cluster_with(
     env: &[(&str, &str)],
     edit: impl Fn(usize, &SimNode) + Clone + 'static,
 ) -> Option<Cluster> {
+    start(name, n, max_node_failures, extra, env, true, edit)
+}
+
+/// [`cluster`] of machines that share no file system: each agent has its own
+/// upgrade directory (`Agentd::upgrade_dir`); `Cluster::upgrade` is node 1's.
+pub fn cluster_apart(name: &str, n: u32) -> Option<Cluster> {
+    start(name, n, 1, "", &[], false, |_, _| {})
+}
+
+fn start(
+    name: &str,
+    n: u32,
+    max_node_failures: u32,
+    extra: &str,
+    env: &[(&str, &str)],
+    shared: bool,
+    edit: impl Fn(usize, &SimNode) + Clone + 'static,
+) -> Option<Cluster> {
     let d = tempfile::tempdir().unwrap();
     let s = spec(name, n, max_node_failures);
     let etcd = EtcdCluster::start(d.path(), &s)?;
@@ -58,7 +76,7 @@ pub fn cluster_with(
                     "cluster_lease_secs = 2\n"
                 }
             ),
-            upgrade_dir: Some(upgrade.clone()),
+            upgrade_dir: shared.then(|| upgrade.clone()),
             node_edit: Some(Box::new(move |sim| {
                 patient(sim);
                 e(i, sim)
@@ -72,6 +90,12 @@ pub fn cluster_with(
     // A node of a cluster reads the cluster's users, in etcd: the test user,
     // added once.
     fixtures::add_cluster_user(&etcd.nodes[0].dir);
+    let upgrade = if shared {
+        upgrade
+    } else {
+        agents[0].upgrade_dir.clone()
+    };
+    std::fs::create_dir_all(&upgrade).unwrap();
     Some(Cluster {
         _dir: d,
         etcd,

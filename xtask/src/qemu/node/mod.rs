@@ -120,6 +120,7 @@ impl Node {
                 timeout: Duration::from_secs(10),
                 ca: None,
                 root_port: false,
+                identity: None,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,180 @@
+//! A member that lacks the bundle its cluster's plan pins fetches it from
+//! another node (`GET /v1/qimg/peer/images/{name}`, mutual TLS with the
+//! cluster's node certificates), before its prepare. What arrives goes through
+//! the same verifying receiver as an upload (`crate::images::receive`): the
+//! signed head against this node's keys, every payload against its digest,
+//! then the whole file against the plan's pin. Nothing is trusted because of
+//! where it came from. A dropped connection resumes where it broke off (a
+//! range), on the same node or the next; every node is asked in turn, each a
+//! bounded number of times, within [`FETCH_LIMIT`].
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use qcluster::NodeSpec;
+use qcluster::create::NodeDir;
+use qimg::{BundlePin, TrustedKeys};
+use tokio::sync::mpsc;
+
+use crate::images::{self, UploadProblem};
+
+/// How long a fetch may take in all.
+pub const FETCH_LIMIT: Duration = Duration::from_secs(3600);
+/// How many times one node is asked before the next one is.
+pub const TRIES_PER_NODE: u32 = 4;
+/// The pause before asking again after a broken connection.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long one read from a peer may take.
+pub const READ_LIMIT: Duration = Duration::from_secs(30);
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchProblem {
+    /// The cluster path names a file below a directory: only files at the top
+    /// of the upgrade directory are fetched.
+    #[error(
+        "{0} is not a bundle name a node serves (only files at the top of the upgrade directory are fetched)"
+    )]
+    Name(String),
+    /// A node alone, or without its cluster directory: nobody to ask.
+    #[error("this node has no other node to fetch it from")]
+    NoPeers,
+    /// No node had it, or every try broke.
+    #[error("no node served it ({0})")]
+    NotServed(String),
+    /// What arrived did not verify, or is not the pinned bundle.
+    #[error("what a peer sent was refused")]
+    Refused(#[source] UploadProblem),
+    /// It verified but is another bundle than the plan's.
+    #[error("a peer sent another bundle: {found}, the plan pins {pinned}")]
+    NotPinned {
+        /// What came.
+        found: BundlePin,
+        /// What the plan pins.
+        pinned: BundlePin,
+    },
+}
+
+/// The other nodes' agents, `me` left out, in the order they are asked.
+pub fn peers(spec_nodes: &[NodeSpec], me: u32) -> Vec<&NodeSpec> {
+    spec_nodes.iter().filter(|n| n.id != me).collect()
+}
+
+/// Fetches `name` (a file at the top of the upgrade directory `dir`) from one
+/// of `peers`, verified against `keys` and `pin`, into `dir`. Blocking.
+/// `Ok(false)`: the file appeared meanwhile (another fetch or a copy), and was
+/// kept.
+pub fn fetch(
+    name: &str,
+    dir: &Path,
+    pin: &BundlePin,
+    keys: &TrustedKeys,
+    node_dir: &NodeDir,
+    peers: &[&NodeSpec],
+) -> Result<bool, FetchProblem> {
+    let name = images::check_name(name).map_err(|_| FetchProblem::Name(name.into()))?;
+    if peers.is_empty() {
+        return Err(FetchProblem::NoPeers);
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let (fed, received) = std::thread::scope(|s| {
+        let receiving = s.spawn(|| images::receive(dir, keys, rx));
+        let fed = feed(name, pin, node_dir, peers, tx);
+        (
+            fed,
+            receiving.join().expect("the receiving thread panicked"),
+        )
+    });
+    fed?;
+    let received = received.map_err(FetchProblem::Refused)?;
+    if received.pin != *pin {
+        return Err(FetchProblem::NotPinned {
+            found: received.pin,
+            pinned: *pin,
+        });
+    }
+    match images::publish(received, dir, name, false) {
+        Ok(_) => Ok(true),
+        Err(UploadProblem::Exists(_)) => Ok(false),
+        Err(e) => Err(FetchProblem::Refused(e)),
+    }
+}
+
+/// Sends the bundle's bytes, from whichever peer serves them, to `tx`; the
+/// receiver verifies them. Returns once `pin.size` bytes went, or with why not.
+fn feed(
+    name: &str,
+    pin: &BundlePin,
+    node_dir: &NodeDir,
+    peers: &[&NodeSpec],
+    tx: mpsc::Sender<axum::body::Bytes>,
+) -> Result<(), FetchProblem> {
+    let deadline = Instant::now() + FETCH_LIMIT;
+    let path = format!("/v1/qimg/peer/images/{name}");
+    let mut got = 0u64;
+    let mut why = Vec::new();
+    for peer in peers {
+        let mut client = match client_of(peer, node_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                why.push(format!("node {}: {e}", peer.id));
+                continue;
+            }
+        };
+        for _ in 0..TRIES_PER_NODE {
+            if Instant::now() >= deadline {
+                why.push(format!("not done within {} s", FETCH_LIMIT.as_secs()));
+                return Err(FetchProblem::NotServed(why.join("; ")));
+            }
+            let from = got;
+            let mut sink = |b: &[u8]| {
+                if got + b.len() as u64 > pin.size {
+                    return Err(std::io::Error::other(format!(
+                        "the peer sends more than the pinned {} bytes",
+                        pin.size
+                    )));
+                }
+                tx.blocking_send(axum::body::Bytes::copy_from_slice(b))
+                    .map_err(|_| std::io::Error::other("the receiver refused what came"))?;
+                got += b.len() as u64;
+                Ok(())
+            };
+            let answer = client.get_stream(&path, from, &mut sink);
+            match answer {
+                Ok(_) if got == pin.size => return Ok(()),
+                Ok(_) => why.push(format!("node {}: the answer ended at byte {got}", peer.id)),
+                // The receiver stopped: what came does not verify; its error says why.
+                Err(_) if tx.is_closed() => return Ok(()),
+                Err(e) if e.status().is_some() => {
+                    why.push(format!("node {}: {}", peer.id, qutil::chain(&e)));
+                    break; // it does not have it: the next node
+                }
+                Err(e) => {
+                    why.push(format!("node {}: {}", peer.id, qutil::chain(&e)));
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+            }
+        }
+    }
+    Err(FetchProblem::NotServed(why.join("; ")))
+}
+
+/// A client of `peer`'s agent: verifies it against the cluster's CA and
+/// presents this node's certificate.
+fn client_of(peer: &NodeSpec, node_dir: &NodeDir) -> Result<qapi::Client, qapi::Error> {
+    qapi::Client::new(
+        qapi::Target::Tcp {
+            host: peer.agent.ip().to_string(),
+            port: peer.agent.port(),
+        },
+        qapi::Options {
+            timeout: READ_LIMIT,
+            ca: Some(node_dir.ca()),
+            root_port: false,
+            identity: Some(qapi::client::Identity {
+                cert: node_dir.cert(),
+                key: node_dir.key(),
+            }),
+        },
+    )
+}

@@ -1,0 +1,197 @@
+//! What a node serves to the cluster's other nodes: a bundle of its upgrade
+//! directory over mutual TLS with the cluster's node certificates, resumable
+//! with a range; nothing for a client without a node certificate. And the API
+//! port's certificate is the node's, issued by the cluster's CA.
+
+use super::*;
+
+/// A client of agent `i` of `c` (0-based) on its cluster address, verifying the
+/// agent against the cluster's CA, presenting node `as_node`'s certificate
+/// (`None`: none, as an operator's client).
+fn peer_client(c: &Cluster, i: usize, as_node: Option<usize>) -> qapi::Client {
+    let addr = c.etcd.nodes[i].load().unwrap().spec.nodes[i].agent;
+    let identity = as_node.map(|n| qapi::client::Identity {
+        cert: c.etcd.nodes[n].cert(),
+        key: c.etcd.nodes[n].key(),
+    });
+    qapi::Client::new(
+        qapi::Target::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        qapi::Options {
+            ca: Some(c.etcd.nodes[i].ca()),
+            root_port: false,
+            identity,
+            ..qapi::Options::default()
+        },
+    )
+    .unwrap()
+}
+
+fn fetch(client: &mut qapi::Client, path: &str, from: u64) -> Result<(u16, Vec<u8>), qapi::Error> {
+    let mut got = Vec::new();
+    let (status, len) = client.get_stream(path, from, &mut |b| {
+        got.extend_from_slice(b);
+        Ok(())
+    })?;
+    assert_eq!(len, got.len() as u64);
+    Ok((status, got))
+}
+
+#[test]
+fn a_node_serves_its_bundles_to_the_other_nodes_only() {
+    let Some(c) = cluster("peers", 2, |_, _| {}) else {
+        return;
+    };
+    let b = &bundles().instant;
+    let bytes = std::fs::read(b).unwrap();
+    std::fs::copy(b, c.upgrade.join("p.qimg")).unwrap();
+    let path = "/v1/qimg/peer/images/p.qimg";
+
+    // Node 2 fetches from node 1, the agent verified by the cluster's CA.
+    let mut n2 = peer_client(&c, 0, Some(1));
+    let (s, got) = fetch(&mut n2, path, 0).unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(got, bytes);
+    // A broken fetch resumes where it stopped.
+    let (s, tail) = fetch(&mut n2, path, 1000).unwrap();
+    assert_eq!(s, 206);
+    assert_eq!(tail, &bytes[1000..]);
+    let e = fetch(&mut n2, path, bytes.len() as u64).unwrap_err();
+    assert_eq!(e.status(), Some(416), "{e}");
+    let e = fetch(&mut n2, "/v1/qimg/peer/images/none.qimg", 0).unwrap_err();
+    assert_eq!(
+        (e.status(), e.class()),
+        (Some(404), Some("fs_no_such_entry_error"))
+    );
+    let e = fetch(&mut n2, "/v1/qimg/peer/images/.upload-x", 0).unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+
+    // Without a node certificate, a logged-in operator included: refused.
+    let mut op = peer_client(&c, 0, None);
+    let e = fetch(&mut op, path, 0).unwrap_err();
+    assert_eq!(
+        (e.status(), e.class()),
+        (Some(403), Some("http_forbidden_error")),
+        "{e}"
+    );
+    let token = c.agents[0].logged_in().token.unwrap();
+    op.set_token(Some(token));
+    let e = fetch(&mut op, path, 0).unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    // ... while the operator's API works on the same port, the certificate
+    // verified by the cluster's CA.
+    let v: serde_json::Value = op.get("/v1/version").unwrap();
+    assert!(v["revision_id"].is_string(), "{v}");
+
+    // A certificate from another CA does not get through the handshake.
+    let d = tempfile::tempdir().unwrap();
+    let other = qcluster::pki::Ca::new("other").unwrap();
+    let issued = other.issue("intruder", &["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (d.path().join("c.pem"), d.path().join("k.pem"));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let addr = c.etcd.nodes[0].load().unwrap().spec.nodes[0].agent;
+    let mut intruder = qapi::Client::new(
+        qapi::Target::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        qapi::Options {
+            root_port: false,
+            identity: Some(qapi::client::Identity { cert, key }),
+            ..qapi::Options::default()
+        },
+    )
+    .unwrap();
+    let e = fetch(&mut intruder, path, 0).unwrap_err();
+    assert_eq!(e.status(), None, "refused by the handshake: {e}");
+}
+
+/// Waits for the plan seen through `via` to reach `phase`, at most a minute.
+fn wait_phase(a: &Agentd, via: &Client, phase: &str) -> serde_json::Value {
+    via.wait_for(
+        "/v1/qimg/cluster/upgrade",
+        &format!("the plan {phase}"),
+        Duration::from_secs(60),
+        |p| p["phase"] == phase || (phase != "failed" && p["phase"] == "failed"),
+        || a.log(),
+    )
+}
+
+#[test]
+fn nodes_without_the_bundle_fetch_it_from_one_that_has_it() {
+    // Three machines that share no file system; the bundle is on node 1 only.
+    let Some(c) = cluster_apart("fetch", 3) else {
+        return;
+    };
+    let b = &bundles().instant;
+    let bytes = std::fs::read(b).unwrap();
+    std::fs::write(c.agents[0].upgrade_dir.join("up.qimg"), &bytes).unwrap();
+    for a in &c.agents[1..] {
+        assert!(!a.upgrade_dir.join("up.qimg").exists());
+    }
+    let via = c.agents[0].logged_in();
+    let (s, r) = via.post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/up.qimg", "auto_commit": true}).to_string(),
+    );
+    assert_eq!(s, 202, "{r}");
+    let plan = wait_phase(&c.agents[0], &via, "committed");
+    assert_eq!(plan["phase"], "committed", "{plan}");
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.container().as_deref(),
+            Some("7.0.1"),
+            "node {}",
+            i + 1
+        );
+        assert_eq!(std::fs::read(a.upgrade_dir.join("up.qimg")).unwrap(), bytes);
+        let leftovers: Vec<_> = std::fs::read_dir(&a.upgrade_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+            .collect();
+        assert!(leftovers.is_empty(), "node {}: {leftovers:?}", i + 1);
+    }
+    for a in &c.agents[1..] {
+        assert!(a.log().contains("from another node in"), "{}", a.log());
+    }
+}
+
+#[test]
+fn a_peer_serving_altered_bytes_is_refused_naming_the_component() {
+    // Node 2 takes the request with the good bundle; node 1, the first node
+    // node 3 asks, holds a copy with one byte of a payload changed; node 3 has
+    // none.
+    let Some(c) = cluster_apart("altered", 3) else {
+        return;
+    };
+    let b = &bundles().instant;
+    let bytes = std::fs::read(b).unwrap();
+    std::fs::write(c.agents[1].upgrade_dir.join("up.qimg"), &bytes).unwrap();
+    let mut altered = bytes.clone();
+    let at = altered.len() - 8192;
+    altered[at] ^= 0x01;
+    std::fs::write(c.agents[0].upgrade_dir.join("up.qimg"), &altered).unwrap();
+    let via = c.agents[1].logged_in();
+    let (s, r) = via.post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/up.qimg"}).to_string(),
+    );
+    assert_eq!(s, 202, "{r}");
+    let plan = wait_phase(&c.agents[1], &via, "failed");
+    assert_eq!(plan["phase"], "failed", "{plan}");
+    let node3 = &plan["nodes"][2];
+    let why = node3["error"].as_str().unwrap_or_default();
+    assert!(why.contains("what a peer sent was refused"), "{plan}");
+    assert!(
+        why.contains("container") || why.contains("rootfs") || why.contains("uki"),
+        "{why}"
+    );
+    assert!(!c.agents[2].upgrade_dir.join("up.qimg").exists());
+    for a in &c.agents {
+        assert_eq!(a.node.container().as_deref(), Some("7.0.0"));
+    }
+}
