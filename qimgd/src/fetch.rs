@@ -39,6 +39,9 @@ pub enum FetchProblem {
     /// A node alone, or without its cluster directory: nobody to ask.
     #[error("this node has no other node to fetch it from")]
     NoPeers,
+    /// No other node has it (what each said).
+    #[error("no other node has it ({0})")]
+    NoHolder(String),
     /// No node had it, or every try broke.
     #[error("no node served it ({0})")]
     NotServed(String),
@@ -161,7 +164,7 @@ fn feed(
 
 /// A client of `peer`'s agent: verifies it against the cluster's CA and
 /// presents this node's certificate.
-fn client_of(peer: &NodeSpec, node_dir: &NodeDir) -> Result<qapi::Client, qapi::Error> {
+pub fn client_of(peer: &NodeSpec, node_dir: &NodeDir) -> Result<qapi::Client, qapi::Error> {
     qapi::Client::new(
         qapi::Target::Tcp {
             host: peer.agent.ip().to_string(),
@@ -177,4 +180,24 @@ fn client_of(peer: &NodeSpec, node_dir: &NodeDir) -> Result<qapi::Client, qapi::
             }),
         },
     )
+}
+
+/// The first of `peers` that has `name` in its upgrade directory (asked with
+/// `HEAD /v1/qimg/peer/images/{name}`), with the answers of the others. Blocking.
+pub fn holder<'a>(
+    name: &str,
+    node_dir: &NodeDir,
+    peers: &[&'a NodeSpec],
+) -> Result<&'a NodeSpec, FetchProblem> {
+    let mut why = vec![];
+    for peer in peers {
+        let answer = client_of(peer, node_dir)
+            .and_then(|mut c| c.request("HEAD", &format!("/v1/qimg/peer/images/{name}"), None));
+        match answer {
+            Ok(r) if r.status == 200 => return Ok(peer),
+            Ok(r) => why.push(format!("node {}: {}", peer.id, r.status)),
+            Err(e) => why.push(format!("node {}: {}", peer.id, qutil::chain(&e))),
+        }
+    }
+    Err(FetchProblem::NoHolder(why.join("; ")))
 }

@@ -33,6 +33,7 @@ mod images;
 mod node;
 mod overview;
 mod reboot;
+mod relay;
 mod session;
 mod snapshot;
 mod upgrade_api;
@@ -190,6 +191,7 @@ pub fn router(app: Shared) -> Router {
     Router::new()
         .route("/v1/session/login", post(session::login))
         .route("/v1/qimg/peer/images/{name}", get(images::serve))
+        .route(relay::PEER_PREPARE, post(relay::peer_prepare))
         .route("/", get(webui::index))
         .route("/ui/app.js", get(webui::app_js))
         .route("/ui/style.css", get(webui::style))

@@ -140,6 +140,9 @@ pub(super) async fn prepare(
 ) -> Result<StatusCode, ApiError> {
     no_overrides(q)?;
     check_batch(&app, &req)?;
+    if let Some(answer) = super::relay::elsewhere(&app, &req).await? {
+        return Ok(answer);
+    }
     super::cluster_upgrade::prepare(&app, req).await
 }
 

@@ -195,3 +195,60 @@ fn a_peer_serving_altered_bytes_is_refused_naming_the_component() {
         assert_eq!(a.node.container().as_deref(), Some("7.0.0"));
     }
 }
+
+#[test]
+fn a_prepare_through_a_node_without_the_file_goes_to_one_with_it() {
+    // The bundle was uploaded to node 1 only; the operator asks node 2.
+    let Some(c) = cluster_apart("relay", 3) else {
+        return;
+    };
+    let b = &bundles().instant;
+    std::fs::copy(b, c.agents[0].upgrade_dir.join("up.qimg")).unwrap();
+    let via = c.agents[1].logged_in();
+    // A file no node has: 404, the others' answers named.
+    let (s, r) = via.post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/none.qimg"}).to_string(),
+    );
+    assert_eq!(
+        (s, r["error_class"].as_str()),
+        (404, Some("fs_no_such_entry_error")),
+        "{r}"
+    );
+    assert!(
+        r["description"]
+            .as_str()
+            .unwrap()
+            .contains("nor on the others"),
+        "{r}"
+    );
+    let (s, r) = via.post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/up.qimg", "auto_commit": true}).to_string(),
+    );
+    assert_eq!(s, 202, "{r}");
+    let plan = wait_phase(&c.agents[1], &via, "committed");
+    assert_eq!(plan["phase"], "committed", "{plan}");
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.container().as_deref(),
+            Some("7.0.1"),
+            "node {}",
+            i + 1
+        );
+    }
+    assert!(
+        c.agents[1].log().contains("is on node 1, not here"),
+        "{}",
+        c.agents[1].log()
+    );
+    // Without a node certificate, the hand-over endpoint refuses.
+    let mut op = peer_client(&c, 0, None);
+    let e = op
+        .post(
+            "/v1/qimg/peer/upgrade/prepare",
+            &json!({"image_path": "/up.qimg"}),
+        )
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+}

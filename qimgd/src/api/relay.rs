@@ -1,0 +1,118 @@
+//! A prepare through a node that lacks the bundle. Nodes share no file system:
+//! the operator may name a file that only the node it uploaded to holds. The
+//! node asked finds the first other node that has it (`HEAD
+//! /v1/qimg/peer/images/{name}`) and hands the request to it (`POST
+//! /v1/qimg/peer/upgrade/prepare`, mutual TLS with the cluster's node
+//! certificates); that node verifies the file, pins it and writes the plan, as
+//! any node may, and the nodes that lack the file fetch it (`crate::fetch`). Its
+//! answer is the operator's. A relayed request is never relayed again.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use qapi::types::{ErrorClass, PrepareRequest};
+
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::{Shared, blocking};
+use crate::paths::{self, PathProblem};
+use crate::peer::Peer;
+
+/// The path another node hands a prepare to.
+pub const PEER_PREPARE: &str = "/v1/qimg/peer/upgrade/prepare";
+
+/// `Some(answer)` when the request's file is not on this node and another node
+/// that has it took the request; `None` when this node answers itself (it has
+/// the file, it is alone, or the path is not one a node serves).
+pub(super) async fn elsewhere(
+    app: &Shared,
+    req: &PrepareRequest,
+) -> Result<Option<StatusCode>, ApiError> {
+    let Some(dir) = app.cluster.dir.clone() else {
+        return Ok(None);
+    };
+    if !matches!(
+        paths::resolve(&app.config.upgrade_dir, &req.image_path),
+        Err(PathProblem::Missing(_))
+    ) {
+        return Ok(None);
+    }
+    let name = req.image_path.trim_start_matches('/').to_owned();
+    if crate::images::check_name(&name).is_err() {
+        return Ok(None);
+    }
+    let c = &app.cluster;
+    let peers: Vec<qcluster::NodeSpec> =
+        crate::fetch::peers(&c.membership.spec.nodes, c.membership.node_id)
+            .into_iter()
+            .cloned()
+            .collect();
+    let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(e.to_string()))?;
+    let shown = req.image_path.clone();
+    blocking(move || {
+        let refs: Vec<&qcluster::NodeSpec> = peers.iter().collect();
+        let holder = crate::fetch::holder(&name, &dir, &refs).map_err(|why| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorClass::FsNoSuchEntry,
+                format!(
+                    "image_path {shown:?} does not exist on this node nor on the others: {why}"
+                ),
+            )
+        })?;
+        let unreachable = |e: qapi::Error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorClass::ClusterUnavailable,
+                format!(
+                    "node {} has {shown} but did not take the request: {}",
+                    holder.id,
+                    qutil::chain(&e)
+                ),
+            )
+        };
+        let r = crate::fetch::client_of(holder, &dir)
+            .and_then(|mut cl| cl.request("POST", PEER_PREPARE, Some(&body)))
+            .map_err(unreachable)?;
+        crate::log(&format!(
+            "{shown} is on node {}, not here: it took the prepare ({})",
+            holder.id, r.status
+        ));
+        if r.status == 202 {
+            return Ok(Some(StatusCode::ACCEPTED));
+        }
+        let e: qapi::ErrorBody = serde_json::from_slice(&r.body).map_err(|e| {
+            ApiError::internal(format!("node {}'s answer ({}): {e}", holder.id, r.status))
+        })?;
+        let class: ErrorClass = serde_json::from_value(serde_json::Value::String(e.error_class))
+            .unwrap_or(ErrorClass::Internal);
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        Err(ApiError::new(
+            status,
+            class,
+            format!(
+                "{} (node {}, which has the file, answered)",
+                e.description, holder.id
+            ),
+        ))
+    })
+    .await
+}
+
+/// `POST /v1/qimg/peer/upgrade/prepare`: a prepare another node of the cluster
+/// handed over (only with its node certificate), answered as this node's own.
+pub(super) async fn peer_prepare(
+    State(app): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<PrepareRequest>,
+) -> Result<StatusCode, ApiError> {
+    if !peer.cluster_node {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorClass::HttpForbidden,
+            "only the cluster's nodes hand a prepare over: present the node's certificate (mutual TLS)",
+        ));
+    }
+    super::upgrade_api::check_batch(&app, &req)?;
+    super::cluster_upgrade::prepare(&app, req).await
+}
