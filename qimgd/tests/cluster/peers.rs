@@ -120,6 +120,23 @@ fn wait_phase(a: &Agentd, via: &Client, phase: &str) -> serde_json::Value {
     )
 }
 
+/// An instant upgrade to `/up.qimg` through node `via` (0-based), committed
+/// at once: every node ends on 7.0.1.
+fn instant_upgrade_through(c: &Cluster, via: usize) {
+    let client = c.agents[via].logged_in();
+    let (s, r) = client.post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/up.qimg", "auto_commit": true}).to_string(),
+    );
+    assert_eq!(s, 202, "{r}");
+    let plan = wait_phase(&c.agents[via], &client, "committed");
+    assert_eq!(plan["phase"], "committed", "{plan}");
+    for (i, a) in c.agents.iter().enumerate() {
+        let v = a.node.container();
+        assert_eq!(v.as_deref(), Some("7.0.1"), "node {}", i + 1);
+    }
+}
+
 #[test]
 fn nodes_without_the_bundle_fetch_it_from_one_that_has_it() {
     // Three machines that share no file system; the bundle is on node 1 only.
@@ -132,21 +149,8 @@ fn nodes_without_the_bundle_fetch_it_from_one_that_has_it() {
     for a in &c.agents[1..] {
         assert!(!a.upgrade_dir.join("up.qimg").exists());
     }
-    let via = c.agents[0].logged_in();
-    let (s, r) = via.post(
-        "/v2/upgrade/prepare",
-        &json!({"image_path": "/up.qimg", "auto_commit": true}).to_string(),
-    );
-    assert_eq!(s, 202, "{r}");
-    let plan = wait_phase(&c.agents[0], &via, "committed");
-    assert_eq!(plan["phase"], "committed", "{plan}");
+    instant_upgrade_through(&c, 0);
     for (i, a) in c.agents.iter().enumerate() {
-        assert_eq!(
-            a.node.container().as_deref(),
-            Some("7.0.1"),
-            "node {}",
-            i + 1
-        );
         assert_eq!(std::fs::read(a.upgrade_dir.join("up.qimg")).unwrap(), bytes);
         let leftovers: Vec<_> = std::fs::read_dir(&a.upgrade_dir)
             .unwrap()
@@ -222,21 +226,7 @@ fn a_prepare_through_a_node_without_the_file_goes_to_one_with_it() {
             .contains("nor on the others"),
         "{r}"
     );
-    let (s, r) = via.post(
-        "/v2/upgrade/prepare",
-        &json!({"image_path": "/up.qimg", "auto_commit": true}).to_string(),
-    );
-    assert_eq!(s, 202, "{r}");
-    let plan = wait_phase(&c.agents[1], &via, "committed");
-    assert_eq!(plan["phase"], "committed", "{plan}");
-    for (i, a) in c.agents.iter().enumerate() {
-        assert_eq!(
-            a.node.container().as_deref(),
-            Some("7.0.1"),
-            "node {}",
-            i + 1
-        );
-    }
+    instant_upgrade_through(&c, 1);
     assert!(
         c.agents[1].log().contains("is on node 1, not here"),
         "{}",
