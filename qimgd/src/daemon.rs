@@ -131,6 +131,8 @@ pub fn build(
         users: config.users.clone(),
         key: TokenKey::load_or_create(&token_key)?,
         throttle: Throttle::default(),
+        checks: crate::throttle::Checks::default(),
+        hashing: Arc::new(tokio::sync::Semaphore::new(crate::throttle::HASH_SLOTS)),
         jobs: Arc::new(Jobs::default()),
         identity: Identity::load_or_create(&config.state.join("identity.json"))?,
         down: AtomicBool::new(false),

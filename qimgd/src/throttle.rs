@@ -3,6 +3,11 @@
 //! [`MAX_DELAY`]) seconds after the last failure; an earlier attempt is answered
 //! 429 with `Retry-After` and its password is not even checked. A success clears
 //! the address; an address quiet for [`FORGET_AFTER`] is forgotten.
+//!
+//! Concurrency cannot get past the slow-down: one password check at a time per
+//! address and per user name ([`Checks`], reserved before any hashing, its
+//! failure recorded before the reservation ends), and at most [`HASH_SLOTS`]
+//! checks on the node at once (Argon2id takes 19 MiB each).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,6 +22,63 @@ pub const MAX_DELAY: Duration = Duration::from_secs(60);
 pub const FORGET_AFTER: Duration = Duration::from_secs(900);
 /// Addresses remembered at most (the oldest is forgotten first).
 const MAX_ADDRESSES: usize = 4096;
+
+/// Password checks the node runs at once.
+pub const HASH_SLOTS: usize = 2;
+
+/// The password checks in flight, by address and by user name.
+#[derive(Debug, Default)]
+pub struct Checks(
+    Mutex<(
+        std::collections::HashSet<IpAddr>,
+        std::collections::HashSet<String>,
+    )>,
+);
+
+/// What is already being checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// A login from this address.
+    Address(IpAddr),
+    /// A login as this user.
+    User(String),
+}
+
+/// One check's reservation, given back when dropped.
+#[derive(Debug)]
+pub struct Check<'a> {
+    checks: &'a Checks,
+    ip: IpAddr,
+    user: String,
+}
+
+impl Checks {
+    /// Reserves the check of a login as `user` from `ip`.
+    pub fn begin(&self, ip: IpAddr, user: &str) -> Result<Check<'_>, Busy> {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0.contains(&ip) {
+            return Err(Busy::Address(ip));
+        }
+        if s.1.contains(user) {
+            return Err(Busy::User(user.into()));
+        }
+        s.0.insert(ip);
+        s.1.insert(user.into());
+        Ok(Check {
+            checks: self,
+            ip,
+            user: user.into(),
+        })
+    }
+}
+
+impl Drop for Check<'_> {
+    fn drop(&mut self) {
+        let mut s = self.checks.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.0.remove(&self.ip);
+        s.1.remove(&self.user);
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -83,6 +145,18 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_check_at_a_time_per_address_and_per_user() {
+        let c = Checks::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = c.begin(a, "admin").unwrap();
+        assert_eq!(c.begin(a, "other").unwrap_err(), Busy::Address(a));
+        assert_eq!(c.begin(b, "admin").unwrap_err(), Busy::User("admin".into()));
+        let _other = c.begin(b, "other").unwrap();
+        drop(first);
+        let _again = c.begin(a, "admin").unwrap();
+    }
 
     #[test]
     fn slows_down_after_free_failures_per_address() {

@@ -160,6 +160,48 @@ fn tokens_die_with_their_user() {
 }
 
 #[test]
+fn a_login_flood_checks_few_passwords_and_stays_small() {
+    let Some(a) = Agentd::start() else { return };
+    let before = a.peak_rss_mib();
+    // 48 wrong-password logins at once from one address (127.0.0.2).
+    let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..48)
+            .map(|_| {
+                s.spawn(|| {
+                    a.client().post(
+                        "/v1/session/login",
+                        &json!({"username": USER, "password": "wrong"}).to_string(),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let checked = answers.iter().filter(|(s, _)| *s == 401).count();
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert!(
+        checked as u32 <= qimgd::throttle::FREE_FAILURES,
+        "{checked} passwords checked (peak RSS {:.1} MiB): {statuses:?}",
+        a.peak_rss_mib()
+    );
+    for (s, b) in &answers {
+        assert!([401, 429].contains(s), "{s} {b}");
+    }
+    let peak = a.peak_rss_mib();
+    assert!(
+        peak < 64.0,
+        "peak RSS {peak:.1} MiB (before the flood {before:.1})"
+    );
+    // Another address logs in meanwhile.
+    let other = Client::https(format!("https://127.0.0.1:{}", a.port("127.0.0.1")));
+    let (s, b) = other.post(
+        "/v1/session/login",
+        &json!({"username": USER, "password": PASSWORD}).to_string(),
+    );
+    assert_eq!(s, 200, "{b}");
+}
+
+#[test]
 fn failed_logins_are_slowed_down() {
     let Some(a) = Agentd::start() else { return };
     let c = a.client();

@@ -56,6 +56,10 @@ pub struct App {
     pub key: TokenKey,
     /// Failed logins per address.
     pub throttle: Throttle,
+    /// The password checks in flight, by address and user.
+    pub checks: crate::throttle::Checks,
+    /// Places for password checks ([`crate::throttle::HASH_SLOTS`]).
+    pub hashing: Arc<tokio::sync::Semaphore>,
     /// The running engine operation.
     pub jobs: Arc<Jobs>,
     /// Node and cluster ids.

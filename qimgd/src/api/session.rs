@@ -36,6 +36,34 @@ pub(super) async fn login(
         e.retry_after = Some(secs);
         return Err(e);
     }
+    // One check at a time per address and per user, its failure recorded
+    // before the next may start; and few on the node at once.
+    let _check = app.checks.begin(ip, &req.username).map_err(|busy| {
+        let who = match busy {
+            crate::throttle::Busy::Address(ip) => format!("from {ip}"),
+            crate::throttle::Busy::User(u) => format!("as {u}"),
+        };
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorClass::AuthLoginThrottled,
+                format!("a login {who} is being checked: try again when it is answered"),
+            )
+        }
+    })?;
+    let _slot = app
+        .hashing
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorClass::AuthLoginThrottled,
+                "the node is checking other logins: try again in a second",
+            )
+        })?;
     let users: Users = super::users(&app).await?;
     let ok = blocking(move || {
         Ok(users

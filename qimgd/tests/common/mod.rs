@@ -258,6 +258,18 @@ impl Agentd {
         Client::https(format!("https://127.0.0.2:{}", self.port("127.0.0.2")))
     }
 
+    /// The agent's peak resident memory so far (`VmHWM`), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
     /// A client logged in as the test user.
     pub fn logged_in(&self) -> Client {
         self.client().login()
