@@ -131,6 +131,9 @@ pub fn build(
         users: config.users.clone(),
         key: TokenKey::load_or_create(&token_key)?,
         throttle: Throttle::default(),
+        admission: crate::admission::Admission::new(crate::admission::total_cap(
+            crate::admission::nofile(),
+        )),
         checks: crate::throttle::Checks::default(),
         hashing: Arc::new(tokio::sync::Semaphore::new(crate::throttle::HASH_SLOTS)),
         jobs: Arc::new(Jobs::default()),

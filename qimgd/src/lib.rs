@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod admission;
 pub mod api;
 pub mod cluster;
 pub mod config;

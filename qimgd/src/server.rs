@@ -134,10 +134,14 @@ pub async fn serve_tls(
         if app.down.load(Ordering::SeqCst) {
             continue; // dropped: the node is rebooting
         }
+        let Some(held) = app.admission.admit(Some(addr.ip())) else {
+            continue; // dropped: this address, or everyone, holds enough
+        };
         let _ = stream.set_nodelay(true);
         let peer = tcp_peer(addr, app.config.trust_local_root, unprivileged);
         let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
         tokio::spawn(async move {
+            let _held = held;
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await
             else {
                 return; // failed or too slow handshake (e.g. an old protocol version)
@@ -164,6 +168,9 @@ pub async fn serve_unix(l: UnixListener, router: Router, app: Shared) {
         if app.down.load(Ordering::SeqCst) {
             continue;
         }
+        let Some(held) = app.admission.admit(None) else {
+            continue;
+        };
         let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
         let peer = Peer {
             ip: None,
@@ -171,6 +178,9 @@ pub async fn serve_unix(l: UnixListener, router: Router, app: Shared) {
             cluster_node: false,
         };
         let (router, app) = (router.clone(), app.clone());
-        tokio::spawn(serve_conn(stream, peer, router, app));
+        tokio::spawn(async move {
+            let _held = held;
+            serve_conn(stream, peer, router, app).await
+        });
     }
 }

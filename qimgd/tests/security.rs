@@ -202,6 +202,72 @@ fn a_login_flood_checks_few_passwords_and_stays_small() {
 }
 
 #[test]
+fn held_connections_are_bounded_and_slow_bodies_closed() {
+    use std::io::{Read, Write};
+    let Some(a) = Agentd::start() else { return };
+    // A client that promises a body and sends nothing is answered 408 and
+    // closed within the body time limit.
+    let mut slow = std::os::unix::net::UnixStream::connect(&a.socket).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"POST /v1/session/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    let t = std::time::Instant::now();
+    // One address (127.0.0.3) opens many more connections than it may hold,
+    // and does nothing with them: what is over its cap is closed at once.
+    let port = a.port("127.0.0.2");
+    let conns: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            use socket2::{Domain, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            let from: std::net::SocketAddr = "127.0.0.3:0".parse().unwrap();
+            s.bind(&from.into()).unwrap();
+            let to: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+            s.connect(&to.into()).unwrap();
+            s.into()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Held: a read waits (and times out); closed: it ends at once.
+    let closed = conns
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut r: &std::net::TcpStream = c;
+            match r.read(&mut [0u8; 1]) {
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                Ok(0) => true,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    let cap = qimgd::admission::PER_ADDRESS as usize;
+    assert!(
+        closed >= 200 - cap,
+        "{closed} of 200 closed; the cap is {cap}"
+    );
+    // Another address is served meanwhile.
+    let other = Client::https(format!("https://127.0.0.1:{}", a.port("127.0.0.1")));
+    let (s, b) = other.post(
+        "/v1/session/login",
+        &json!({"username": USER, "password": PASSWORD}).to_string(),
+    );
+    assert_eq!(s, 200, "{b}");
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("http_request_timeout_error"), "{answer}");
+    let waited = t.elapsed();
+    assert!(
+        waited < qimgd::api::body::BODY_TIME_LIMIT + Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[test]
 fn failed_logins_are_slowed_down() {
     let Some(a) = Agentd::start() else { return };
     let c = a.client();

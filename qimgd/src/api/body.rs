@@ -1,5 +1,7 @@
 //! Request bodies: JSON, strict (unknown fields, wrong types and trailing bytes are
-//! refused with the field named), at most [`BODY_LIMIT`] bytes (413 beyond).
+//! refused with the field named), at most [`BODY_LIMIT`] bytes (413 beyond), all
+//! of it within [`BODY_TIME_LIMIT`] (408 after: a client that promises a body
+//! and sends nothing does not hold its connection).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -11,6 +13,33 @@ use super::error::ApiError;
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// How long a client may take to send a JSON body.
+pub const BODY_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn too_slow() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorClass::HttpRequestTimeout,
+        format!(
+            "the request body did not arrive within {} s",
+            BODY_TIME_LIMIT.as_secs()
+        ),
+    )
+}
+
+/// The whole body, within [`BODY_TIME_LIMIT`].
+async fn bytes_of<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_TIME_LIMIT, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| too_slow())?
+        .map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("the request body cannot be read: {r}"))
+            }
+        })
+}
 
 /// A JSON body of type `T`.
 #[derive(Debug)]
@@ -49,13 +78,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("the request body cannot be read: {r}"))
-            }
-        })?;
+        let bytes = bytes_of(req, state).await?;
         parse(&bytes).map(JsonBody)
     }
 }
@@ -68,9 +91,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|_| too_large())?;
+        let bytes = bytes_of(req, state).await?;
         let text = std::str::from_utf8(&bytes).unwrap_or("?").trim();
         if text.is_empty() || text == "{}" || text == "null" {
             Ok(NoBody)

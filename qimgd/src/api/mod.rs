@@ -56,6 +56,8 @@ pub struct App {
     pub key: TokenKey,
     /// Failed logins per address.
     pub throttle: Throttle,
+    /// The connections held, capped per address and in all.
+    pub admission: Arc<crate::admission::Admission>,
     /// The password checks in flight, by address and user.
     pub checks: crate::throttle::Checks,
     /// Places for password checks ([`crate::throttle::HASH_SLOTS`]).
