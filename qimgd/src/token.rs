@@ -3,7 +3,10 @@
 //! (32 random bytes, mode 0600). Stateless, so they survive a restart of the agent
 //! and the reboot of an upgrade; in a cluster every node holds the same key, so a
 //! token from one node is accepted by all. A token is void once it expires, its
-//! user is removed, or its user's password changed after it was issued.
+//! user is removed, or its user's password changed after it was issued. A token
+//! issued more than [`MAX_SKEW`] in the future, or for longer than the node's
+//! `token_lifetime_secs`, is refused: whoever could mint one (with the key) still
+//! cannot mint one that outlives the node's policy.
 
 use std::path::Path;
 
@@ -17,6 +20,11 @@ use crate::error::{Error, io_err};
 use crate::users::Users;
 
 const PREFIX: &str = "qimgd1";
+
+/// How far in the future a token's issue time may be: the clocks of a
+/// cluster's nodes differ a little, and a login right after a password change
+/// is issued at the change's second (`crate::users`).
+pub const MAX_SKEW: u64 = 60;
 
 /// What a token says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +55,12 @@ pub enum Rejected {
     /// The user is gone or changed the password since.
     #[error("the token's user was removed or changed the password")]
     Revoked,
+    /// Issued later than now (beyond the clocks' skew).
+    #[error("the token was issued in the future")]
+    FromTheFuture,
+    /// Valid for longer than the node gives a login.
+    #[error("the token is valid for longer than this node allows")]
+    TooLong,
 }
 
 /// The key tokens are signed with.
@@ -91,25 +105,31 @@ impl TokenKey {
         }
     }
 
-    /// A token for `user`, valid `lifetime` seconds from `now`.
-    pub fn issue(&self, user: &str, now: u64, lifetime: u64) -> String {
+    /// A token for `user`, issued at `iat`, valid `lifetime` seconds from then.
+    pub fn issue(&self, user: &str, iat: u64, lifetime: u64) -> String {
         let mut nonce = [0u8; 12];
         // A failing generator leaves zeros: the MAC still protects the token.
         let _ = SystemRandom::new().fill(&mut nonce);
-        let claims = Claims {
+        self.sign(&Claims {
             user: user.into(),
-            iat: now,
-            exp: now + lifetime,
+            iat,
+            exp: iat + lifetime,
             nonce: B64.encode(nonce),
-        };
-        let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        })
+    }
+
+    /// The token of `claims`, whatever they say (tests mint odd ones).
+    pub fn sign(&self, claims: &Claims) -> String {
+        let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
         let signed = format!("{PREFIX}.{payload}");
         let mac = hmac::sign(&self.key, signed.as_bytes());
         format!("{signed}.{}", B64.encode(mac.as_ref()))
     }
 
-    /// The claims of `token` when its MAC matches and it has not expired at `now`.
-    pub fn check(&self, token: &str, now: u64) -> Result<Claims, Rejected> {
+    /// The claims of `token` when its MAC matches, it was not issued in the
+    /// future (beyond [`MAX_SKEW`]), its lifetime is at most `max_lifetime`
+    /// and it has not expired at `now`.
+    pub fn check(&self, token: &str, now: u64, max_lifetime: u64) -> Result<Claims, Rejected> {
         let (signed, mac) = token.rsplit_once('.').ok_or(Rejected::Malformed)?;
         let (prefix, payload) = signed.split_once('.').ok_or(Rejected::Malformed)?;
         if prefix != PREFIX {
@@ -119,6 +139,12 @@ impl TokenKey {
         hmac::verify(&self.key, signed.as_bytes(), &mac).map_err(|_| Rejected::Forged)?;
         let bytes = B64.decode(payload).map_err(|_| Rejected::Malformed)?;
         let claims: Claims = serde_json::from_slice(&bytes).map_err(|_| Rejected::Malformed)?;
+        if claims.iat > now.saturating_add(MAX_SKEW) {
+            return Err(Rejected::FromTheFuture);
+        }
+        if claims.exp.saturating_sub(claims.iat) > max_lifetime {
+            return Err(Rejected::TooLong);
+        }
         if now >= claims.exp {
             return Err(Rejected::Expired);
         }
@@ -127,8 +153,14 @@ impl TokenKey {
 
     /// [`TokenKey::check`], and the user still exists with the password the token
     /// was issued under.
-    pub fn authenticate(&self, token: &str, users: &Users, now: u64) -> Result<Claims, Rejected> {
-        let c = self.check(token, now)?;
+    pub fn authenticate(
+        &self,
+        token: &str,
+        users: &Users,
+        now: u64,
+        max_lifetime: u64,
+    ) -> Result<Claims, Rejected> {
+        let c = self.check(token, now, max_lifetime)?;
         match users.get(&c.user) {
             Some(u) if u.changed <= c.iat => Ok(c),
             _ => Err(Rejected::Revoked),
@@ -144,12 +176,12 @@ mod tests {
     fn issue_check_expire_forge() {
         let k = TokenKey::from_bytes(&[7; 32]);
         let t = k.issue("admin", 1000, 60);
-        let c = k.check(&t, 1010).unwrap();
+        let c = k.check(&t, 1010, 60).unwrap();
         assert_eq!((c.user.as_str(), c.iat, c.exp), ("admin", 1000, 1060));
-        assert_eq!(k.check(&t, 1060), Err(Rejected::Expired));
+        assert_eq!(k.check(&t, 1060, 60), Err(Rejected::Expired));
         assert_ne!(t, k.issue("admin", 1000, 60), "nonces differ");
         let other = TokenKey::from_bytes(&[8; 32]);
-        assert_eq!(other.check(&t, 1010), Err(Rejected::Forged));
+        assert_eq!(other.check(&t, 1010, 60), Err(Rejected::Forged));
         // A payload changed to another user, MAC kept.
         let parts: Vec<&str> = t.split('.').collect();
         let forged_claims = Claims {
@@ -164,10 +196,65 @@ mod tests {
             B64.encode(serde_json::to_vec(&forged_claims).unwrap()),
             parts[2]
         );
-        assert_eq!(k.check(&forged, 1010), Err(Rejected::Forged));
+        assert_eq!(k.check(&forged, 1010, 60), Err(Rejected::Forged));
         for bad in ["", "x", "qimgd1.a", "other.a.b", "qimgd1.a.!!"] {
-            assert_eq!(k.check(bad, 0), Err(Rejected::Malformed), "{bad:?}");
+            assert_eq!(k.check(bad, 0, 60), Err(Rejected::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_minted_token_cannot_outlive_the_policy() {
+        let k = TokenKey::from_bytes(&[7; 32]);
+        let claims = |iat: u64, exp: u64| Claims {
+            user: "admin".into(),
+            iat,
+            exp,
+            nonce: String::new(),
+        };
+        let now = 10_000;
+        // Issued in the future, beyond the clocks' skew.
+        let t = k.sign(&claims(now + MAX_SKEW + 1, now + 100));
+        assert_eq!(k.check(&t, now, 3600), Err(Rejected::FromTheFuture));
+        assert!(
+            k.check(&k.sign(&claims(now + MAX_SKEW, now + 100)), now, 3600)
+                .is_ok()
+        );
+        // Valid for ten years.
+        let t = k.sign(&claims(now, now + 10 * 365 * 86_400));
+        assert_eq!(k.check(&t, now, 3600), Err(Rejected::TooLong));
+        assert!(
+            k.check(&k.sign(&claims(now, now + 3600)), now, 3600)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_token_of_the_second_of_a_password_change_is_void() {
+        let k = TokenKey::from_bytes(&[7; 32]);
+        // A user whose password last changed long ago.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("users.json");
+        let mut users = Users::default();
+        users.add("admin", "correct horse").unwrap();
+        users.save(&p).unwrap();
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let now = upgrade::now();
+        doc["users"][0]["changed"] = (now - 100).into();
+        std::fs::write(&p, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let mut users = Users::load(&p).unwrap();
+        // Issued in the same second as the change that follows it.
+        let login = |u: &Users| k.issue("admin", now.max(u.get("admin").unwrap().changed), 3600);
+        let before = login(&users);
+        assert!(k.authenticate(&before, &users, now, 3600).is_ok());
+        users.passwd("admin", "battery staple").unwrap();
+        assert_eq!(
+            k.authenticate(&before, &users, now, 3600),
+            Err(Rejected::Revoked)
+        );
+        // A login after the change is valid at once.
+        let after = login(&users);
+        assert!(k.authenticate(&after, &users, now, 3600).is_ok());
     }
 
     #[test]
@@ -182,7 +269,7 @@ mod tests {
         );
         let b = TokenKey::load_or_create(&p).unwrap();
         let t = a.issue("u", 5, 10);
-        assert!(b.check(&t, 6).is_ok(), "the kept key verifies");
+        assert!(b.check(&t, 6, 10).is_ok(), "the kept key verifies");
         std::fs::write(&p, b"short").unwrap();
         assert_eq!(TokenKey::load_or_create(&p).err().unwrap().code(), "key");
     }

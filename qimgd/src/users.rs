@@ -26,7 +26,9 @@ pub struct User {
     /// Argon2id PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
     pub hash: String,
     /// When the password last changed (Unix seconds): tokens issued before it
-    /// are no longer accepted.
+    /// are no longer accepted. Set one second ahead of the clock, so that a
+    /// token issued in the second of the change (before it) is void too; a
+    /// login after the change is issued at this second (`api::session`).
     pub changed: u64,
 }
 
@@ -155,7 +157,7 @@ impl Users {
         self.users.push(User {
             name: name.into(),
             hash: hash(password)?,
-            changed: upgrade::now(),
+            changed: upgrade::now() + 1,
         });
         Ok(())
     }
@@ -170,8 +172,9 @@ impl Users {
             .find(|u| u.name == name)
             .ok_or_else(|| Error::NoSuchUser(name.into()))?;
         u.hash = h;
-        // Strictly later than any token issued so far (tokens carry whole seconds).
-        u.changed = upgrade::now().max(u.changed + 1);
+        // Strictly later than any token issued so far, this second's included
+        // (tokens carry whole seconds).
+        u.changed = (upgrade::now() + 1).max(u.changed + 1);
         Ok(())
     }
 

@@ -81,6 +81,42 @@ fn every_endpoint_wants_a_valid_token() {
 }
 
 #[test]
+fn tokens_minted_with_the_key_cannot_outlive_the_policy() {
+    let Some(a) = Agentd::start() else { return };
+    // Whoever reads the node's key can sign anything: not a ten-year token,
+    // nor one issued in the future.
+    let key =
+        qimgd::token::TokenKey::load_or_create(&a.dir.path().join("state/token.key")).unwrap();
+    let now = upgrade::now();
+    let mint = |iat: u64, exp: u64| {
+        key.sign(&qimgd::token::Claims {
+            user: USER.into(),
+            iat,
+            exp,
+            nonce: String::new(),
+        })
+    };
+    for (what, t) in [
+        ("ten years", mint(now, now + 10 * 365 * 86_400)),
+        ("from the future", mint(now + 86_400, now + 86_400 + 60)),
+    ] {
+        let c = Client {
+            token: Some(t),
+            ..a.client()
+        };
+        let (s, b) = c.get("/v1/version");
+        assert_eq!(s, 401, "{what}: {b}");
+    }
+    // What the key signs within the policy is accepted (the test is sound; a
+    // few seconds ahead: the user was added a moment ago).
+    let c = Client {
+        token: Some(mint(now + 5, now + 65)),
+        ..a.client()
+    };
+    assert_eq!(c.get("/v1/version").0, 200);
+}
+
+#[test]
 fn tokens_expire() {
     let Some(a) = Agentd::start_with(Options {
         extra: "token_lifetime_secs = 1\n".into(),

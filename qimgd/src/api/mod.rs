@@ -152,7 +152,12 @@ async fn authenticate(
             })?;
         let users = users(&app).await?;
         app.key
-            .authenticate(token, &users, upgrade::now())
+            .authenticate(
+                token,
+                &users,
+                upgrade::now(),
+                app.config.token_lifetime_secs,
+            )
             .map_err(|r| ApiError::unauthorized(format!("{r}: log in again")))?;
     }
     Ok(next.run(req).await)

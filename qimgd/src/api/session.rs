@@ -68,15 +68,15 @@ pub(super) async fn login(
     let ok = blocking(move || {
         Ok(users
             .verify(&req.username, &req.password)
-            .map(|u| u.name.clone()))
+            .map(|u| (u.name.clone(), u.changed)))
     })
     .await?;
     match ok {
-        Some(user) => {
+        Some((user, changed)) => {
             app.throttle.succeeded(ip);
-            let token = app
-                .key
-                .issue(&user, upgrade::now(), app.config.token_lifetime_secs);
+            // Not before the password's change (which is a second ahead of it).
+            let iat = upgrade::now().max(changed);
+            let token = app.key.issue(&user, iat, app.config.token_lifetime_secs);
             Ok(Json(LoginResponse {
                 bearer_token: token,
             }))
