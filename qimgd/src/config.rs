@@ -12,7 +12,8 @@ use crate::error::Error;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// HTTPS listen addresses (default `0.0.0.0:8000`, Qumulo's REST port).
+    /// HTTPS listen addresses (default `[::]:8000`, both IPv6 and IPv4: Qumulo's
+    /// REST port).
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
     /// A Unix socket serving plain HTTP to local processes (Qumulo's client uses one
@@ -125,7 +126,9 @@ impl Default for Sim {
 }
 
 fn default_listen() -> Vec<SocketAddr> {
-    vec![SocketAddr::from(([0, 0, 0, 0], 8000))]
+    // Both families on one socket: nobody else can take the IPv6 port (where
+    // `localhost` may resolve first for other clients) while the agent runs.
+    vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8000))]
 }
 fn default_state() -> PathBuf {
     "/var/lib/qimgd".into()

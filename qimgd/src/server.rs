@@ -32,14 +32,10 @@ impl Listeners {
     pub async fn bind(config: &crate::config::Config) -> Result<Listeners, Error> {
         let mut tcp = vec![];
         for addr in &config.listen {
-            tcp.push(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| Error::Bind {
-                        addr: addr.to_string(),
-                        source,
-                    })?,
-            );
+            tcp.push(bind_tcp(*addr).map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })?);
         }
         let unix = match &config.socket {
             Some(p) => {
@@ -82,6 +78,30 @@ impl Listeners {
         }
         v
     }
+}
+
+/// Binds `addr`; the IPv6 unspecified address takes IPv4 too (one socket, both
+/// families, whatever `net.ipv6.bindv6only` says), and on a host without IPv6
+/// it falls back to IPv4's.
+fn bind_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let dual = matches!(addr, std::net::SocketAddr::V6(a) if a.ip().is_unspecified());
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
+        Ok(s) => s,
+        Err(e) if dual && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            crate::log("this host has no IPv6: listening on IPv4 only");
+            return bind_tcp(std::net::SocketAddr::from(([0, 0, 0, 0], addr.port())));
+        }
+        Err(e) => return Err(e),
+    };
+    if dual {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// How long a TLS handshake may take.
@@ -182,5 +202,22 @@ pub async fn serve_unix(l: UnixListener, router: Router, app: Shared) {
             let _held = held;
             serve_conn(stream, peer, router, app).await
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_unspecified_ipv6_address_takes_both_families() {
+        let l = bind_tcp("[::]:0".parse().unwrap()).unwrap();
+        let port = l.local_addr().unwrap().port();
+        for to in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+            assert!(std::net::TcpStream::connect(&to).is_ok(), "{to}");
+        }
+        // Nobody else can listen on the IPv6 loopback's port meanwhile.
+        assert!(std::net::TcpListener::bind(format!("[::1]:{port}")).is_err());
+        assert!(std::net::TcpListener::bind(format!("127.0.0.1:{port}")).is_err());
     }
 }

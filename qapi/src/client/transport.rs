@@ -184,6 +184,16 @@ fn connect_root_port(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
     Err(last.unwrap_or_else(|| std::io::Error::other("no privileged port free")))
 }
 
+/// Where `host` is: the name `localhost` is 127.0.0.1 only, never `::1` first
+/// (a user who may not bind the agent's IPv4 port could still listen on `[::1]`
+/// and take root's password or token); other names as the resolver says.
+pub(super) fn addresses(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+    }
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
 impl Client {
     pub(super) fn connect(&self) -> Result<Conn, Error> {
         let t = self.options.timeout;
@@ -199,10 +209,7 @@ impl Client {
                 Ok(Conn::Unix(s))
             }
             Target::Tcp { host, port } => {
-                let addrs: Vec<SocketAddr> = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(connect_err)?
-                    .collect();
+                let addrs = addresses(host, *port).map_err(connect_err)?;
                 let mut last = std::io::Error::other("the host name has no address");
                 let mut stream = None;
                 for a in addrs {
@@ -237,5 +244,25 @@ impl Client {
                 Ok(Conn::Tls(Box::new(StreamOwned::new(c, s))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_is_the_ipv4_loopback_only() {
+        for h in ["localhost", "LOCALHOST"] {
+            assert_eq!(
+                addresses(h, 8000).unwrap(),
+                vec![SocketAddr::from(([127, 0, 0, 1], 8000))]
+            );
+        }
+        assert_eq!(
+            addresses("::1", 8000).unwrap(),
+            vec!["[::1]:8000".parse::<SocketAddr>().unwrap()],
+            "an address asked for is that address"
+        );
     }
 }
