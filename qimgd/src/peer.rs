@@ -18,6 +18,8 @@ pub struct Peer {
     /// Another node of this cluster: it presented a certificate issued by the
     /// cluster's CA (mutual TLS), which the handshake verified.
     pub cluster_node: bool,
+    /// On the Unix socket: the peer process's user id.
+    pub uid: Option<u32>,
 }
 
 /// The Qumulo client's privileged source ports (ours uses the same).
@@ -43,6 +45,7 @@ pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: u1
             && ROOT_PORTS.contains(&port)
             && port < unprivileged_start,
         cluster_node: false,
+        uid: None,
     }
 }
 

@@ -191,11 +191,12 @@ pub async fn serve_unix(l: UnixListener, router: Router, app: Shared) {
         let Some(held) = app.admission.admit(None) else {
             continue;
         };
-        let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
         let peer = Peer {
             ip: None,
-            local_root: app.config.trust_local_root && root,
+            local_root: app.config.trust_local_root && uid == Some(0),
             cluster_node: false,
+            uid,
         };
         let (router, app) = (router.clone(), app.clone());
         tokio::spawn(async move {

@@ -334,6 +334,9 @@ fn failed_logins_are_slowed_down() {
         (s, b["error_class"].as_str()),
         (401, Some("auth_invalid_credentials_error"))
     );
+    let log = a.log();
+    let line = "audit: a failed login as \"nobody\" from 127.0.0.1: POST /v1/session/login -> 401";
+    assert!(log.contains(line), "{line}\n{log}");
 }
 
 #[test]
@@ -501,6 +504,10 @@ fn refused_bundles_change_nothing() {
     }
     let (_, s) = c.get("/v3/upgrade/status");
     assert_eq!(s["state"], "UPGRADE_STATE_IDLE", "{s}");
+    // Each refused call is in the audit trail: who, from where, what, the answer.
+    let log = a.log();
+    let line = format!("audit: user {USER:?} from 127.0.0.1: POST /v2/upgrade/prepare -> 400");
+    assert!(log.contains(&line), "{line}\n{log}");
 }
 
 #[test]

@@ -139,7 +139,9 @@ async fn authenticate(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let local_root = req.extensions().get::<Peer>().is_some_and(|p| p.local_root);
+    let peer = req.extensions().get::<Peer>().cloned();
+    let local_root = peer.as_ref().is_some_and(|p| p.local_root);
+    let mut who = "local root".to_string();
     if !local_root {
         let token = req
             .headers()
@@ -151,7 +153,8 @@ async fn authenticate(
                 ApiError::unauthorized("Need to log in first to establish credentials.")
             })?;
         let users = users(&app).await?;
-        app.key
+        let claims = app
+            .key
             .authenticate(
                 token,
                 &users,
@@ -159,8 +162,32 @@ async fn authenticate(
                 app.config.token_lifetime_secs,
             )
             .map_err(|r| ApiError::unauthorized(format!("{r}: log in again")))?;
+        who = format!("user {:?}", claims.user);
     }
-    Ok(next.run(req).await)
+    // Every call that may change something is in the log: who, from where,
+    // what, and the answer.
+    let changes =
+        req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let r = next.run(req).await;
+    if changes {
+        audit(
+            &who,
+            peer.as_ref(),
+            &format!("{what} -> {}", r.status().as_u16()),
+        );
+    }
+    Ok(r)
+}
+
+/// One line of the audit trail: `audit: <who> from <where>: <what>`.
+pub(crate) fn audit(who: &str, peer: Option<&Peer>, what: &str) {
+    let from = match peer {
+        Some(Peer { ip: Some(ip), .. }) => ip.to_string(),
+        Some(Peer { uid: Some(uid), .. }) => format!("the local socket (uid {uid})"),
+        _ => "the local socket".into(),
+    };
+    crate::log(&format!("audit: {who} from {from}: {what}"));
 }
 
 /// This node's users: the cluster's in a cluster (as etcd's watch delivered

@@ -114,5 +114,12 @@ pub(super) async fn peer_prepare(
         ));
     }
     super::upgrade_api::check_batch(&app, &req)?;
-    super::cluster_upgrade::prepare(&app, req).await
+    let r = super::cluster_upgrade::prepare(&app, req).await;
+    let status = r.as_ref().map_or_else(|e| e.status, |s| *s);
+    super::audit(
+        "another node",
+        Some(&peer),
+        &format!("POST {PEER_PREPARE} -> {}", status.as_u16()),
+    );
+    r
 }

@@ -64,6 +64,7 @@ pub(super) async fn login(
                 "the node is checking other logins: try again in a second",
             )
         })?;
+    let req_user = req.username.clone();
     let users: Users = super::users(&app).await?;
     let ok = blocking(move || {
         Ok(users
@@ -83,6 +84,11 @@ pub(super) async fn login(
         }
         None => {
             app.throttle.failed(ip, Instant::now());
+            super::audit(
+                &format!("a failed login as {:?}", truncated(&req_user)),
+                ext.get::<Peer>(),
+                "POST /v1/session/login -> 401",
+            );
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 ErrorClass::AuthInvalidCredentials,
@@ -90,4 +96,9 @@ pub(super) async fn login(
             ))
         }
     }
+}
+
+/// A name as the log shows it: at most 64 characters (a caller chooses it).
+fn truncated(name: &str) -> String {
+    name.chars().take(64).collect()
 }
