@@ -103,13 +103,7 @@ pub(super) async fn serve(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !peer.cluster_node {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorClass::HttpForbidden,
-            "only the cluster's nodes fetch bundles here: present the node's certificate (mutual TLS)",
-        ));
-    }
+    peer_only(&peer, "fetch bundles here")?;
     let name = images::check_name(&name)?.to_owned();
     let path = app.config.upgrade_dir.join(&name);
     let missing = || {
@@ -178,6 +172,19 @@ pub(super) async fn serve(
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     Ok(r)
+}
+
+/// Refuses (403) a caller that is not another node of the cluster (mutual TLS
+/// with its node certificate): only nodes `what`.
+pub(super) fn peer_only(peer: &Peer, what: &str) -> Result<(), ApiError> {
+    if peer.cluster_node {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorClass::HttpForbidden,
+        format!("only the cluster's nodes {what}: present the node's certificate (mutual TLS)"),
+    ))
 }
 
 /// The request's `Content-Length`, if it has one.

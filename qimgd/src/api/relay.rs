@@ -106,13 +106,7 @@ pub(super) async fn peer_prepare(
     Extension(peer): Extension<Peer>,
     JsonBody(req): JsonBody<PrepareRequest>,
 ) -> Result<StatusCode, ApiError> {
-    if !peer.cluster_node {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorClass::HttpForbidden,
-            "only the cluster's nodes hand a prepare over: present the node's certificate (mutual TLS)",
-        ));
-    }
+    super::images::peer_only(&peer, "hand a prepare over")?;
     super::upgrade_api::check_batch(&app, &req)?;
     let r = super::cluster_upgrade::prepare(&app, req).await;
     let status = r.as_ref().map_or_else(|e| e.status, |s| *s);
