@@ -39,6 +39,9 @@ pub enum FetchProblem {
     /// A node alone, or without its cluster directory: nobody to ask.
     #[error("this node has no other node to fetch it from")]
     NoPeers,
+    /// This node's trusted keys cannot be read.
+    #[error("this node's trusted keys")]
+    Keys(#[source] upgrade::Error),
     /// No other node has it (what each said).
     #[error("no other node has it ({0})")]
     NoHolder(String),

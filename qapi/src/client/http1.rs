@@ -17,6 +17,19 @@ impl Client {
         }
     }
 
+    /// A request's first lines: the request line, `Host`, `User-Agent`,
+    /// `Accept` and the token; the caller adds the rest and the blank line.
+    fn head(&self, method: &str, path: &str, accept: &str) -> String {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: qq-qimg/1\r\nAccept: {accept}\r\n",
+            self.host_header()
+        );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        head
+    }
+
     pub(super) fn exchange(
         &self,
         conn: &mut Conn,
@@ -28,13 +41,7 @@ impl Client {
             let target = self.target.to_string();
             move |source| Error::Io { op, target, source }
         };
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: qq-qimg/1\r\nAccept: application/json\r\n",
-            self.host_header()
-        );
-        if let Some(t) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
+        let mut head = self.head(method, path, "application/json");
         let (kind, len) = match &body {
             Body::Json(b) => ("application/json", b.len() as u64),
             Body::Stream { len, .. } => ("application/octet-stream", *len),
@@ -121,13 +128,7 @@ impl Client {
                 problem,
             },
         };
-        let mut head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: qq-qimg/1\r\nAccept: */*\r\n",
-            self.host_header()
-        );
-        if let Some(t) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
+        let mut head = self.head("GET", path, "*/*");
         if from > 0 {
             head.push_str(&format!("Range: bytes={from}-\r\n"));
         }

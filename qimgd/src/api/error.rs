@@ -56,6 +56,14 @@ impl ApiError {
         }
     }
 
+    /// The same error, asking the client to try again after `secs` (`Retry-After`).
+    pub fn retry_after(self, secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..self
+        }
+    }
+
     /// 400 `invalid_request_error`.
     pub fn bad_request(description: impl Into<String>) -> Self {
         Self::new(
@@ -216,9 +224,11 @@ impl From<UploadProblem> for ApiError {
             P::Bundle(_) => (StatusCode::BAD_REQUEST, ErrorClass::UpgradeImageUnreadable),
             P::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorClass::Internal),
         };
-        ApiError {
-            retry_after: matches!(p, P::TooMany).then_some(5),
-            ..ApiError::new(status, class, upgrade::chain(&p))
+        let e = ApiError::new(status, class, upgrade::chain(&p));
+        if matches!(p, P::TooMany) {
+            e.retry_after(5)
+        } else {
+            e
         }
     }
 }

@@ -64,17 +64,17 @@ pub(super) async fn put(
     // The body's own failure first: the receiver only saw it end early.
     fed?;
     let received = received?;
-    let info = |replaced| ImageInfo {
+    let release = &received.manifest.release;
+    let answer = ImageInfo {
         image_path: format!("/{name}"),
         name: name.clone(),
         size: received.pin.size,
-        product: received.manifest.release.product.clone(),
-        version: received.manifest.release.version.to_string(),
-        platform_version: received.manifest.release.platform_version.to_string(),
+        product: release.product.clone(),
+        version: release.version.to_string(),
+        platform_version: release.platform_version.to_string(),
         manifest_sha256: received.pin.manifest_sha256.to_string(),
-        replaced,
+        replaced: false,
     };
-    let answer = info(false);
     let n = name.clone();
     let replaced = blocking(move || Ok(images::publish(received, &dir, &n, replace)?)).await?;
     crate::log(&format!(
@@ -130,21 +130,17 @@ pub(super) async fn serve(
             format!("{name} has {len} bytes: the range starts at or past its end"),
         )
     })?;
-    let permit = app
-        .serving
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorClass::UploadBusy,
-                format!(
-                    "this node serves {} bundles to other nodes already: try again",
-                    images::MAX_SERVES
-                ),
-            )
-        })?;
+    let permit = app.serving.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorClass::UploadBusy,
+            format!(
+                "this node serves {} bundles to other nodes already: try again",
+                images::MAX_SERVES
+            ),
+        )
+        .retry_after(1)
+    })?;
     let (tx, rx) = mpsc::channel(4);
     let a = app.clone();
     let start = from.unwrap_or(0);

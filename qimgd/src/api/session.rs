@@ -43,27 +43,21 @@ pub(super) async fn login(
             crate::throttle::Busy::Address(ip) => format!("from {ip}"),
             crate::throttle::Busy::User(u) => format!("as {u}"),
         };
-        ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorClass::AuthLoginThrottled,
-                format!("a login {who} is being checked: try again when it is answered"),
-            )
-        }
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorClass::AuthLoginThrottled,
+            format!("a login {who} is being checked: try again when it is answered"),
+        )
+        .retry_after(1)
     })?;
-    let _slot = app
-        .hashing
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorClass::AuthLoginThrottled,
-                "the node is checking other logins: try again in a second",
-            )
-        })?;
+    let _slot = app.hashing.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorClass::AuthLoginThrottled,
+            "the node is checking other logins: try again in a second",
+        )
+        .retry_after(1)
+    })?;
     let req_user = req.username.clone();
     let users: Users = super::users(&app).await?;
     let ok = blocking(move || {

@@ -307,9 +307,7 @@ fn fetch_pinned(a: &Shared, plan: &ClusterPlan) -> Result<(), crate::fetch::Fetc
     let (Some(pin), Some(dir)) = (plan.bundle.as_ref(), c.dir.as_ref()) else {
         return Err(FetchProblem::NoPeers);
     };
-    let keys = a.agent.node().keys().map_err(|e| {
-        FetchProblem::NotServed(format!("this node's keys: {}", upgrade::chain(&e)))
-    })?;
+    let keys = a.agent.node().keys().map_err(FetchProblem::Keys)?;
     let name = plan.image_path.trim_start_matches('/');
     let peers = peers(&c.membership.spec.nodes, c.membership.node_id);
     let t = std::time::Instant::now();
