@@ -465,3 +465,59 @@ fn no_library_pub_fn_returns_a_string_error() {
         "library functions returning Result<_, String>: {bad:#?}"
     );
 }
+
+/// The fuzz workspace checks against what clippy checked (`cargo xtask ci`):
+/// the same dev profile and, for every package both lock files hold, the same
+/// versions. Otherwise its check compiles dependencies of its own again.
+#[test]
+fn the_fuzz_workspace_shares_the_profile_and_the_versions() {
+    let main = read(&root().join("Cargo.toml"));
+    let fuzz = read(&root().join("fuzz/Cargo.toml"));
+    let profile = |t: &str| -> Vec<String> {
+        t.lines()
+            .skip_while(|l| !l.starts_with("[profile."))
+            .take_while(|l| !l.starts_with("[workspace") && !l.starts_with("[[bin"))
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        !profile(&main).is_empty(),
+        "the workspace has a dev profile"
+    );
+    assert_eq!(
+        profile(&main),
+        profile(&fuzz),
+        "fuzz/Cargo.toml's [profile.*] tables differ from Cargo.toml's"
+    );
+    let versions = |t: &str| -> BTreeMap<String, BTreeSet<String>> {
+        let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut name = None;
+        for l in t.lines() {
+            if let Some(n) = l.strip_prefix("name = ") {
+                name = Some(n.trim_matches('"').to_owned());
+            } else if let (Some(v), Some(n)) = (l.strip_prefix("version = "), name.take()) {
+                m.entry(n)
+                    .or_default()
+                    .insert(v.trim_matches('"').to_owned());
+            }
+        }
+        m
+    };
+    let (a, b) = (
+        versions(&read(&root().join("Cargo.lock"))),
+        versions(&read(&root().join("fuzz/Cargo.lock"))),
+    );
+    assert!(
+        a.contains_key("serde") && b.contains_key("serde"),
+        "lock files parsed"
+    );
+    for (n, vs) in &b {
+        if let Some(main_vs) = a.get(n) {
+            assert!(
+                vs.is_subset(main_vs),
+                "fuzz/Cargo.lock has {n} {vs:?}, Cargo.lock {main_vs:?}: copy Cargo.lock over fuzz/Cargo.lock and run cargo check there"
+            );
+        }
+    }
+}
