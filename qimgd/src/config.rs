@@ -54,7 +54,10 @@ pub struct Config {
     #[serde(default)]
     pub node_name: Option<String>,
     /// This node's cluster directory (made by `qimgd cluster create`): the spec,
-    /// its certificate, the shared token key. Without it the node is a cluster of one.
+    /// its certificate, the shared token key. Unset, it is [`JOINED`] under
+    /// `state` when that holds a `cluster.json` (an appliance's root is read-only:
+    /// a node joins by receiving its directory on the data partition); without
+    /// either the node is a cluster of one.
     #[serde(default)]
     pub cluster: Option<PathBuf>,
     /// The TTL of this node's registration in the cluster.
@@ -176,6 +179,10 @@ fn default_sim_restripe_ms() -> u64 {
 /// The default config file.
 pub const DEFAULT_PATH: &str = "/etc/qimgd/qimgd.toml";
 
+/// Where, under `state`, a node keeps the cluster directory it was given when
+/// `cluster` is not set.
+pub const JOINED: &str = "cluster";
+
 impl Config {
     /// The simulator's settings for a node (`simulated`: its `node.toml` says
     /// so): the `[sim]` table or its defaults on a simulated node, none on a
@@ -216,6 +223,12 @@ impl Config {
         .flatten()
         {
             *p = base.join(&*p);
+        }
+        if c.cluster.is_none() {
+            let joined = c.state.join(JOINED);
+            if joined.join("cluster.json").is_file() {
+                c.cluster = Some(joined);
+            }
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             return Err(Error::Config {
@@ -270,6 +283,37 @@ mod tests {
         assert!(
             unit.contains("RuntimeDirectory=qimgd"),
             "the socket's directory"
+        );
+    }
+
+    #[test]
+    fn a_cluster_directory_under_state_joins_the_node() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("qimgd.toml");
+        std::fs::write(&p, "node = \"n\"\nupgrade_dir = \"u\"\nstate = \"s\"\n").unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap().cluster,
+            None,
+            "no directory: alone"
+        );
+        let joined = d.path().join("s").join(JOINED);
+        std::fs::create_dir_all(&joined).unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap().cluster,
+            None,
+            "an empty directory is not a cluster"
+        );
+        std::fs::write(joined.join("cluster.json"), "{}").unwrap();
+        assert_eq!(Config::load(&p).unwrap().cluster, Some(joined.clone()));
+        std::fs::write(
+            &p,
+            "node = \"n\"\nupgrade_dir = \"u\"\nstate = \"s\"\ncluster = \"/c\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap().cluster,
+            Some(PathBuf::from("/c")),
+            "the setting wins"
         );
     }
 

@@ -95,3 +95,54 @@ fn sigterm_during_a_prepare_undoes_it_before_exiting() {
     );
     assert_eq!(up["nodes"][0]["step"], "prepared", "{up}");
 }
+
+/// `qimgd cluster voter`, the etcd unit's `ExecCondition`: 0 on a voting member
+/// (its directory found under `state/cluster`, where a read-only appliance keeps
+/// it), 1 on a node that is not a voter or in no cluster.
+#[test]
+fn cluster_voter_answers_from_the_directory_under_state() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = tests::etcd::spec("voters", 4, 1);
+    let dirs = qcluster::create(&spec, &d.path().join("made")).unwrap();
+    let run = |node: Option<usize>| {
+        let state = d.path().join(format!("state-{node:?}"));
+        std::fs::create_dir_all(&state).unwrap();
+        if let Some(i) = node {
+            let st = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&dirs[i].dir)
+                .arg(state.join(qimgd::config::JOINED))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let conf = d.path().join(format!("qimgd-{node:?}.toml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "node = \"n\"\nupgrade_dir = \"u\"\nstate = \"{}\"\n",
+                state.display()
+            ),
+        )
+        .unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_qimgd"))
+            .arg("--config")
+            .arg(&conf)
+            .args(["cluster", "voter"])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(Some(0));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("node 1 is a voting member of voters"), "{out}");
+    let (code, out) = run(Some(3));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("node 4 is not a voting member"), "{out}");
+    let (code, out) = run(None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("in no cluster"), "{out}");
+}

@@ -1,5 +1,6 @@
-//! `qimgd cluster create|member`: making a cluster once, and running this
-//! node's etcd member (systemd/qimg-etcd.service).
+//! `qimgd cluster create|member|voter`: making a cluster once, running this
+//! node's etcd member (systemd/qimg-etcd.service), and whether it has one (the
+//! unit's `ExecCondition`, so one image enables the unit on every node).
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ pub enum Command {
         #[arg(long, default_value = "/var/lib/qimgd/etcd")]
         data_dir: PathBuf,
     },
+    /// Whether this node runs an etcd member: exit 0 if it is a voting member of
+    /// its cluster, 1 if not (no cluster, or not a voter), 2 on an error.
+    Voter,
 }
 
 pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -> Result<ExitCode> {
@@ -46,11 +50,27 @@ pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Voter => {
+            let config = config()?;
+            let Some(dir) = config.cluster else {
+                qutil::cli::out("this node is in no cluster: no etcd member\n")?;
+                return Ok(ExitCode::from(1));
+            };
+            let m = qcluster::NodeDir::new(&dir).load()?;
+            let voter = m.spec.voters().iter().any(|v| v.id == m.node_id);
+            qutil::cli::out(&format!(
+                "node {} is {}a voting member of {}\n",
+                m.node_id,
+                if voter { "" } else { "not " },
+                m.spec.name
+            ))?;
+            Ok(ExitCode::from(if voter { 0 } else { 1 }))
+        }
         Command::Member { data_dir } => {
             let config = config()?;
             let dir = config
                 .cluster
-                .context("this node is in no cluster: set `cluster =` in qimgd.toml")?;
+                .context("this node is in no cluster: set `cluster =` in qimgd.toml, or put its directory in <state>/cluster")?;
             let d = qcluster::NodeDir::new(&dir);
             let m = d.load()?;
             let Some(args) = qcluster::etcd::member_args(&m, &d, &data_dir) else {

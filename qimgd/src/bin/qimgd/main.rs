@@ -9,6 +9,7 @@
 //! qimgd [--config F] user list
 //! qimgd cluster create --spec cluster.toml --out DIR   the CA and each node's directory, once
 //! qimgd [--config F] cluster member [--data-dir D]     this node's etcd member (voters)
+//! qimgd [--config F] cluster voter                      exit 0 if it has one, 1 if not
 //! ```
 
 use std::path::PathBuf;
