@@ -82,6 +82,7 @@ pub fn fetch(
     if peers.is_empty() {
         return Err(FetchProblem::NoPeers);
     }
+    images::make_dir(dir).map_err(FetchProblem::Refused)?;
     let (tx, rx) = mpsc::channel(16);
     let (fed, received) = std::thread::scope(|s| {
         let receiving = s.spawn(|| images::receive(dir, keys, rx));

@@ -176,6 +176,12 @@ impl Drop for UploadSlot<'_> {
     }
 }
 
+/// Makes the upgrade directory if it is not there: on a fresh node nobody has
+/// copied anything yet, and the first upload or fetch is what needs it.
+pub fn make_dir(dir: &Path) -> Result<(), UploadProblem> {
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))
+}
+
 /// Refuses an upload of `need` bytes that would not leave [`SPACE_MARGIN`]
 /// free in `dir`.
 pub fn room(dir: &Path, need: u64) -> Result<(), UploadProblem> {

@@ -65,6 +65,9 @@ fn pin(bundle: &Path) -> qimg::BundlePin {
 #[test]
 fn an_upload_is_verified_whole_then_named() {
     let Some(a) = agent() else { return };
+    // A fresh node: nobody has copied anything, there is no upgrade directory
+    // yet (this answered 500 before the upload made it).
+    std::fs::remove_dir_all(&a.upgrade_dir).unwrap();
     let c = a.logged_in();
     let b = &bundles().instant;
     let bytes = std::fs::read(b).unwrap();
@@ -118,6 +121,16 @@ fn an_upload_is_verified_whole_then_named() {
         other
     );
     assert_eq!(names(&a.upgrade_dir), ["next.qimg"]);
+}
+
+/// A fresh node has no upgrade directory until the agent makes it: a prepare
+/// naming a file only another node has looked into it and answered 500.
+#[test]
+fn the_agent_makes_its_upgrade_directory() {
+    let Some(mut a) = agent() else { return };
+    std::fs::remove_dir_all(&a.upgrade_dir).unwrap();
+    a.restart();
+    assert!(a.upgrade_dir.is_dir(), "{}", a.log());
 }
 
 #[test]

@@ -51,6 +51,7 @@ pub(super) async fn put(
         return Err(UploadProblem::Exists(name).into());
     }
     let _slot = app.uploads.begin(&name)?;
+    images::make_dir(&dir)?;
     images::room(&dir, declared.unwrap_or(0))?;
     let keys = app.agent.node().keys()?;
     let (tx, rx) = mpsc::channel(QUEUE);
