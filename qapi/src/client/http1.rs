@@ -39,7 +39,12 @@ impl Client {
     ) -> Result<Response, Error> {
         let io = |op| {
             let target = self.target.to_string();
-            move |source| Error::Io { op, target, source }
+            let limit = self.options.timeout;
+            move |source| Error::Io {
+                op,
+                target,
+                source: timed_out(source, limit),
+            }
         };
         let mut head = self.head(method, path, "application/json");
         let (kind, len) = match &body {
@@ -118,7 +123,12 @@ impl Client {
     ) -> Result<Fetched, Error> {
         let io = |op| {
             let target = self.target.to_string();
-            move |source| Error::Io { op, target, source }
+            let limit = self.options.timeout;
+            move |source| Error::Io {
+                op,
+                target,
+                source: timed_out(source, limit),
+            }
         };
         let bad = |e| match e {
             ReadErr::Io(source) => io("reading from")(source),
@@ -229,6 +239,19 @@ fn read_line<R: BufRead>(r: &mut R, limit: &mut usize) -> Result<String, ReadErr
     *limit -= n;
     let s = String::from_utf8(line).map_err(|_| ReadErr::Bad("headers are not UTF-8".into()))?;
     Ok(s.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// A read or write that hit the socket's timeout says so (the kernel's word
+/// for it is EAGAIN, "Resource temporarily unavailable").
+fn timed_out(e: std::io::Error, limit: std::time::Duration) -> std::io::Error {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    match e.kind() {
+        WouldBlock | TimedOut => std::io::Error::new(
+            TimedOut,
+            format!("no answer within {} s", limit.as_secs_f64()),
+        ),
+        _ => e,
+    }
 }
 
 /// Parses one answer from `bytes` as the client reads it from a connection (the
@@ -365,6 +388,21 @@ fn read_body<R: BufRead>(r: &mut R, head: Head, method: &str) -> Result<Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_timeout_says_how_long_it_waited() {
+        let e = timed_out(
+            std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            std::time::Duration::from_secs(10),
+        );
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(e.to_string(), "no answer within 10 s");
+        let other = timed_out(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            std::time::Duration::from_secs(10),
+        );
+        assert_eq!(other.kind(), std::io::ErrorKind::ConnectionReset);
+    }
     use crate::client::Options;
     use std::os::unix::net::UnixListener;
     use std::path::PathBuf;

@@ -153,6 +153,11 @@ impl Client {
         self.token = token;
     }
 
+    /// The token it sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// True when connections come from a privileged port (root, local host).
     pub fn uses_root_port(&self) -> bool {
         match &self.target {
