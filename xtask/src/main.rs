@@ -10,6 +10,8 @@
 //!   `qemu-test` (`QIMG_SKIP_QEMU=1` skips it), saying so when skipped.
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
+//! - `cargo xtask qemu-cluster`: three real nodes under QEMU as one cluster, on a
+//!   link private to the test (see `qemu/node/cluster.rs`).
 //! - `cargo xtask demo [--nodes N] [--dir DIR]`: a rolling platform upgrade of a
 //!   cluster of simulated nodes with etcd, driven by `qq` (see `demo_cluster.rs`).
 //! - `cargo xtask demo-upgrade [--dir DIR]`: a whole upgrade of a simulated node
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Some("ci") => with(&[Build, Demo, Test, Qemu, FreshRoot], &ci::main),
         Some("bench") => with(&[Build, Demo, Bench], &|| bench::main(rest)),
         Some("qemu-test") => with(&[Build, Qemu], &|| qemu::main(rest)),
+        Some("qemu-cluster") => with(&[Build, Qemu], &|| qemu::cluster(rest)),
         Some("demo") => with(&[Build, Demo], &|| demo_cluster::main(rest)),
         Some("demo-upgrade") => with(&[Build, Demo], &|| demo_upgrade::main(rest)),
         Some("fresh-root") => with(&[FreshRoot], &|| fresh_root::main(rest)),

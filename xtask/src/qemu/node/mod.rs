@@ -5,6 +5,8 @@
 //! API's answers and the ESP afterwards.
 
 mod base;
+mod cluster;
+mod hub;
 mod release;
 mod scenarios;
 mod vm;
@@ -66,6 +68,16 @@ pub struct Node {
     accel: String,
     creds: PathBuf,
     ports: (u16, u16),
+    shape: vm::Shape,
+    link: Option<vm::Link>,
+    /// How long `qq` waits for each read or write: 10 s alone (while the guest
+    /// reboots, QEMU's forwarded port still accepts connections, which then
+    /// stall); in a cluster qq's default, 30 s (three VMs share two cores: a
+    /// prepare relayed to another node took over 10 s to be accepted).
+    qq_secs: u32,
+    /// A file the next power-on attaches as a read-only disk, `/dev/vdb` (an
+    /// installer's medium).
+    medium: Option<PathBuf>,
     vm: Option<Vm>,
     /// Boots that reached the report on the console.
     boots: usize,
@@ -75,10 +87,12 @@ impl Node {
     fn power_on(&mut self) -> Result<(), String> {
         self.vm = Some(Vm::start(
             &self.accel,
-            &self.disk,
-            &self.vars,
+            (&self.disk, &self.vars),
             &self.serial,
             self.ports,
+            self.shape,
+            self.link.as_ref(),
+            self.medium.as_deref(),
         )?);
         Ok(())
     }
@@ -94,13 +108,18 @@ impl Node {
         self.vm.as_mut().expect("powered on")
     }
 
-    /// Runs our `qq` against the node's agent.
+    /// Runs our `qq` against the node's agent, each read or write waiting at most
+    /// the node's `qq_secs`.
     fn qq(&self, args: &[&str]) -> Command {
+        self.qq_waiting(self.qq_secs, args)
+    }
+
+    /// Runs our `qq` against the node's agent, each read or write waiting at
+    /// most `secs`.
+    fn qq_waiting(&self, secs: u32, args: &[&str]) -> Command {
         let mut c = Command::new(target_dir().join("debug/qq"));
-        // 10 s per request: while the guest reboots, QEMU's forwarded port still
-        // accepts connections, which then stall.
         c.args(["--host", "127.0.0.1", "--port", &self.ports.0.to_string()])
-            .args(["--timeout", "10"])
+            .args(["--timeout", &secs.to_string()])
             .arg("--credentials-store")
             .arg(&self.creds)
             .args(args)
@@ -117,7 +136,7 @@ impl Node {
                 port: self.ports.0,
             },
             qapi::Options {
-                timeout: Duration::from_secs(10),
+                timeout: Duration::from_secs(u64::from(self.qq_secs)),
                 ca: None,
                 root_port: false,
                 identity: None,
@@ -179,6 +198,27 @@ impl Node {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
+    /// Copies `from` (a file, or a directory with what is in it) to `to` on the
+    /// node, as root over SSH.
+    fn scp(&self, from: &Path, to: &str) -> Result<(), String> {
+        let o = Command::new("scp")
+            .args(ssh_options(&self.ssh_key))
+            .args(["-q", "-r", "-P", &self.ports.1.to_string()])
+            .arg(from)
+            .arg(format!("root@127.0.0.1:{to}"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("scp: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "scp {} to {to}: {}",
+                from.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        Ok(())
+    }
+
     /// Waits for the next boot's report on the console.
     fn wait_report(&mut self) -> Result<BootReport, String> {
         self.boots += 1;
@@ -216,6 +256,22 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Waits for the next boot and the agent (`wait_up`), and checks that it
+    /// booted `version` through verity with that bundle's root hash and that the
+    /// agent answers with it.
+    fn booted(&mut self, lab: &Lab, version: &str) -> Result<(), String> {
+        let (report, answer, _) = self.wait_up()?;
+        let hash = root_hash(lab.bundle(version))?;
+        super::expect(
+            report.release == version && report.table.contains(&hash),
+            &format!("booted {version} with its root hash {hash}: {report:?}"),
+        )?;
+        super::expect(
+            answer.contains(&format!("qimg-node {version}")),
+            &format!("qq version: {answer}"),
+        )
     }
 
     /// The slots as `qbootctl --image DISK --json status` reads them from the disk
@@ -257,6 +313,17 @@ impl Lab {
 
     /// A node with a fresh disk of `version` in slot A, powered off.
     fn node(&self, name: &str, version: &str) -> Result<Node, String> {
+        self.node_shaped(name, version, vm::ALONE, None)
+    }
+
+    /// A node of `shape`, on `link` if it is given.
+    fn node_shaped(
+        &self,
+        name: &str,
+        version: &str,
+        shape: vm::Shape,
+        link: Option<vm::Link>,
+    ) -> Result<Node, String> {
         let dir = self.work.join(name);
         let (disk, vars) = super::fresh_disk(
             &dir,
@@ -273,9 +340,24 @@ impl Lab {
             vars,
             accel: self.accel.clone(),
             ports: (vm::free_port()?, vm::free_port()?),
+            qq_secs: if link.is_some() { 30 } else { 10 },
+            shape,
+            link,
+            medium: None,
             vm: None,
             boots: 0,
         })
+    }
+
+    /// `version`'s bundle as an installer's medium (`Node::medium`): a tar of
+    /// 512-byte blocks, so the disk QEMU makes of it is the whole file.
+    fn installer_medium(&self, version: &str) -> Result<PathBuf, String> {
+        let bundle = self.bundle(version);
+        let size = std::fs::metadata(bundle)
+            .map_err(|e| format!("{}: {e}", bundle.display()))?
+            .len();
+        super::expect(size % 512 == 0, "a bundle is whole 512-byte blocks")?;
+        Ok(bundle.to_owned())
     }
 
     /// Copies a bundle into the node's upgrade directory with scp, as an operator
@@ -287,20 +369,7 @@ impl Lab {
         node.ssh(&format!(
             "mkdir -p {UPGRADE_DIR} && rm -f {UPGRADE_DIR}/*.qimg"
         ))?;
-        let o = Command::new("scp")
-            .args(ssh_options(&node.ssh_key))
-            .args(["-q", "-P", &node.ports.1.to_string()])
-            .arg(self.bundle(version))
-            .arg(format!("root@127.0.0.1:{UPGRADE_DIR}/{name}"))
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("scp: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "scp {name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
+        node.scp(self.bundle(version), &format!("{UPGRADE_DIR}/{name}"))?;
         // A finished copy is on disk, as an SMB or NFS copy to a cluster is when it
         // closes: scp leaves it to writeback, and a power cut within 30 s (scenario
         // 6) then left the bundle with zeros, which prepare rightly refused.
@@ -326,15 +395,17 @@ fn root_hash(bundle: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{} has no platform root", bundle.display()))
 }
 
-/// Builds the base (cached), the node's binaries and the releases, then runs the
-/// scenarios on one node. Returns each scenario's time.
-pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Duration)>, String> {
-    let total = Instant::now();
+/// Builds the base (cached), the node's binaries and `releases` in `work`.
+fn lab(
+    work: &Path,
+    accel: &str,
+    firmware: &Path,
+    releases: &[release::Release],
+) -> Result<Lab, String> {
     let base = base::ensure(&target_dir().join("qemu-assets"))?;
     eprintln!("xtask: node: kernel {}", base.kernel_release);
-    let work = work.join("node");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
     crate::step(
         "the node's binaries",
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -343,13 +414,13 @@ pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Du
     let key_files = imagebuild::keys::generate(&work.join("release")).map_err(|e| e.to_string())?;
     let key = imagebuild::keys::load_secret(&key_files.secret).map_err(|e| e.to_string())?;
     let public = std::fs::read_to_string(&key_files.public).map_err(|e| e.to_string())?;
-    let shared = release::Shared::make(&work)?;
+    let shared = release::Shared::make(work)?;
     let t = Instant::now();
     let mut bundles = vec![];
-    for r in scenarios::RELEASES {
+    for r in releases {
         bundles.push((
             r.version,
-            release::build(&base, &shared, &work, r, &key, &public)?,
+            release::build(&base, &shared, work, r, &key, &public)?,
         ));
     }
     eprintln!(
@@ -357,19 +428,43 @@ pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Du
         bundles.len(),
         t.elapsed().as_secs_f64()
     );
-    let lab = Lab {
-        work: work.clone(),
+    Ok(Lab {
+        work: work.to_owned(),
         accel: accel.to_owned(),
         firmware: firmware.to_owned(),
         keys: TrustedKeys::new([key.public()]),
         bundles,
         ssh_key: shared.ssh_key(),
-    };
+    })
+}
+
+/// Builds the lab, then runs the scenarios on one node. Returns each scenario's
+/// time.
+pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Duration)>, String> {
+    let total = Instant::now();
+    let lab = lab(&work.join("node"), accel, firmware, scenarios::RELEASES)?;
     let mut node = lab.node("life", "1.0.0")?;
     let times = scenarios::run(&lab, &mut node)?;
     node.power_off();
     eprintln!(
         "xtask: node: passed; total {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
+    Ok(times)
+}
+
+/// Builds the lab, then runs the cluster's scenarios on three nodes
+/// (`cluster.rs`). Returns each scenario's time.
+pub fn cluster_main(
+    work: &Path,
+    accel: &str,
+    firmware: &Path,
+) -> Result<Vec<(String, Duration)>, String> {
+    let total = Instant::now();
+    let lab = lab(&work.join("cluster"), accel, firmware, cluster::releases())?;
+    let times = cluster::run(&lab)?;
+    eprintln!(
+        "xtask: cluster: passed; total {:.1} s",
         total.elapsed().as_secs_f64()
     );
     Ok(times)

@@ -180,7 +180,8 @@ PARTLABEL=data /var ext4 defaults,x-systemd.makefs 0 0\n";
 /// does not catch up on them; gettys on virtual consoles (it has no display; the
 /// serial console keeps its getty); dracut's copy of the initrd into /run for
 /// shutdown (it unpacks the whole initrd at every boot, and a read-only squashfs
-/// root needs no pivot back to unmount it). Generators for what the node does not have
+/// root needs no pivot back to unmount it); Debian's own etcd unit (a voting node
+/// runs its member through `qimg-etcd.service`). Generators for what the node does not have
 /// (encrypted, integrity or hibernation volumes, SysV scripts, rc.local, update
 /// mode, `systemd.run=`) are masked too: under QEMU without KVM each costs time on
 /// every boot's critical path.
@@ -192,6 +193,7 @@ const MASKED_UNITS: &[&str] = &[
     "getty@.service",
     "getty-static.service",
     "dracut-shutdown.service",
+    "etcd.service",
 ];
 const MASKED_GENERATORS: &[&str] = &[
     "systemd-cryptsetup-generator",
@@ -204,6 +206,97 @@ const MASKED_GENERATORS: &[&str] = &[
 ];
 
 const NETWORK: &str = "[Match]\nName=en* eth*\n[Network]\nDHCP=ipv4\n";
+
+/// How many nodes the image has a cluster address for.
+pub const LINK_NODES: u32 = 3;
+
+/// The MAC of node `n`'s NIC on the cluster's link.
+pub fn link_mac(n: u32) -> String {
+    format!("52:54:00:77:00:{n:02x}")
+}
+
+/// Node `n`'s address on the cluster's link (a network private to the VMs: the
+/// hub in `hub.rs` carries it, the host has no address there).
+pub fn link_address(n: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 77, 0, n as u8)
+}
+
+/// The `.network` of node `n`'s link NIC, found by its MAC (sorted before the
+/// DHCP one, so it wins): a static address, no gateway, jumbo frames (the link
+/// carries each frame as one datagram; six times fewer of them for a bundle
+/// fetched from a peer).
+fn link_network(n: u32) -> String {
+    format!(
+        "[Match]\nMACAddress={}\n[Link]\nMTUBytes=9000\n[Network]\nAddress={}/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
+        link_mac(n),
+        link_address(n)
+    )
+}
+
+/// The storage service's stand-in, the product container's `/entry`: it says it is
+/// healthy, then plays the storage software's restriper as Qumulo's answers
+/// `/v1/cluster/protection/restriper/status`. Data is at risk while a node of the
+/// cluster is away and for `RESTRIPE` seconds after every node is back (also after
+/// this service starts: a node that comes back restripes its data), then the
+/// restriper has FINISHED. Like storage software it watches its peers itself: every
+/// 2 s it connects to each node's agent port named in the node's cluster
+/// directory (a node rebooting refuses or does not answer); it writes the status
+/// to a file the probe reads. A node in no cluster is always FINISHED.
+const CONTAINER_ENTRY: &str = r#"#!/bin/bash
+echo "container $QIMG_CONTAINER_VERSION up"
+echo ok > "$QIMG_HEALTH_FILE"
+RESTRIPE=10
+out=/run/qimg-storage
+members=/var/lib/qimgd/cluster/cluster.json
+mkdir -p "$out"
+since=$(date +%s)
+while :; do
+  now=$(date +%s)
+  total=0; online=0
+  if [ -f "$members" ]; then
+    for a in $(grep -o '"agent": *"[^"]*"' "$members" | cut -d'"' -f4); do
+      total=$((total + 1))
+      timeout 2 bash -c "</dev/tcp/${a%:*}/${a##*:}" 2>/dev/null && online=$((online + 1))
+    done
+  else
+    since=0
+  fi
+  [ "$online" -lt "$total" ] && since=$now
+  ran=$((now - since))
+  if [ "$online" -lt "$total" ]; then
+    state=RUNNING; risk=true; pct=0
+  elif [ "$ran" -lt "$RESTRIPE" ]; then
+    state=RUNNING; risk=true; pct=$((ran * 100 / RESTRIPE))
+  else
+    state=FINISHED; risk=false; pct=100
+  fi
+  printf '{"state": "%s", "phase": "REPROTECT", "blocked_reason": "", "data_at_risk": %s, "elapsed_seconds": %s, "percent_complete": %s, "coordinator_node": 0, "nodes_online": %s, "nodes": %s}
+'     "$state" "$risk" "$ran" "$pct" "$online" "$total" > "$out/restriper.json.new"
+  mv "$out/restriper.json.new" "$out/restriper.json"
+  sleep 2
+done
+"#;
+
+/// The agent's `restriper_probe` on the test node: the storage service's status,
+/// refused when the service has not written it for 10 s (it is not running).
+const RESTRIPER_PROBE: &str = r#"#!/bin/sh
+f=/run/qimg-storage/restriper.json
+[ -f "$f" ] || { echo "the storage service is not running (no $f)" >&2; exit 1; }
+age=$(( $(date +%s) - $(stat -c %Y "$f") ))
+[ "$age" -le 10 ] || { echo "the storage service stopped answering ${age} s ago" >&2; exit 1; }
+cat "$f"
+"#;
+
+/// The agents' session lease on the test nodes (the shipped default is 4 s).
+const LEASE_SECS: u32 = 10;
+
+/// etcd's timing on the test nodes (its defaults: 100 ms heartbeats, 1 s
+/// elections), a drop-in for `qimg-etcd.service`.
+const ETCD_TIMING: &str = "[Service]\n\
+Environment=ETCD_HEARTBEAT_INTERVAL=500 ETCD_ELECTION_TIMEOUT=5000\n";
+
+/// Where the probe is on the node.
+const PROBE_PATH: &str = "usr/lib/qimg/restriper-status";
 
 /// Prints what this boot runs on, for the test harness reading the serial console:
 /// the root's device and file system, the device-mapper table of `root` (verity,
@@ -249,7 +342,11 @@ fn tree(
         put(&t, &format!("usr/bin/{b}"), &bytes, 0o755)?;
     }
     let units = root().join("systemd");
-    for u in ["qimgd.service", "qimg-boot-check.service"] {
+    for u in [
+        "qimgd.service",
+        "qimg-boot-check.service",
+        "qimg-etcd.service",
+    ] {
         let bytes = std::fs::read(units.join(u)).map_err(|e| e.to_string())?;
         put(&t, &format!("usr/lib/systemd/system/{u}"), &bytes, 0o644)?;
     }
@@ -269,6 +366,11 @@ fn tree(
             "multi-user.target.wants",
             "qimg-boot-check.service",
             "/usr/lib/systemd/system/qimg-boot-check.service",
+        ),
+        (
+            "multi-user.target.wants",
+            "qimg-etcd.service",
+            "/usr/lib/systemd/system/qimg-etcd.service",
         ),
         (
             "multi-user.target.wants",
@@ -304,15 +406,46 @@ fn tree(
         NETWORK.as_bytes(),
         0o644,
     )?;
+    for n in 1..=LINK_NODES {
+        put(
+            &t,
+            &format!("etc/systemd/network/10-link-{n}.network"),
+            link_network(n).as_bytes(),
+            0o644,
+        )?;
+    }
     put(&t, "etc/fstab", FSTAB.as_bytes(), 0o644)?;
+    // The journal on the data partition: what the agents did before a reboot is
+    // still there after it.
+    put(
+        &t,
+        "etc/systemd/journald.conf.d/persistent.conf",
+        b"[Journal]\nStorage=persistent\n",
+        0o644,
+    )?;
     put(&t, "etc/hostname", b"qimg-node\n", 0o644)?;
     put(&t, "etc/machine-id", b"", 0o444)?;
     let _ = std::fs::remove_file(t.join("etc/resolv.conf"));
     std::fs::create_dir_all(t.join("efi")).map_err(io(&t))?;
     put(&t, "etc/qimg/node.toml", node_toml().as_bytes(), 0o644)?;
     put(&t, "etc/qimg/release.pub", public_key.as_bytes(), 0o644)?;
-    let conf = std::fs::read(units.join("qimgd.toml")).map_err(|e| e.to_string())?;
-    put(&t, "etc/qimgd/qimgd.toml", &conf, 0o644)?;
+    // The shipped configuration, and how the agent asks the storage software
+    // whether the data is safe (the gate between a rolling reboot's batches).
+    let mut conf = std::fs::read_to_string(units.join("qimgd.toml")).map_err(|e| e.to_string())?;
+    conf.push_str(&format!("restriper_probe = [\"/{PROBE_PATH}\"]\n"));
+    // Three VMs without KVM share two cores here, each 10-20 times slower than a
+    // machine: a node preparing its slot missed renewing a 4 s lease (it went
+    // offline, coordinators changed), and etcd's default 100 ms heartbeats and 1 s
+    // elections flapped the same way. The test nodes allow for it.
+    conf.push_str(&format!("cluster_lease_secs = {LEASE_SECS}\n"));
+    put(&t, "etc/qimgd/qimgd.toml", conf.as_bytes(), 0o644)?;
+    put(&t, PROBE_PATH, RESTRIPER_PROBE.as_bytes(), 0o755)?;
+    put(
+        &t,
+        "etc/systemd/system/qimg-etcd.service.d/tcg.conf",
+        ETCD_TIMING.as_bytes(),
+        0o644,
+    )?;
     let users = std::fs::read(shared.dir.join("users.json")).map_err(|e| e.to_string())?;
     put(&t, "etc/qimgd/users.json", &users, 0o600)?;
     put(
@@ -335,16 +468,11 @@ fn tree(
 }
 
 /// The product container: `/entry`, run by the process runtime, says it is healthy
-/// and stays up.
+/// and stays up, playing the storage service's restriper.
 fn container(dir: &Path) -> Result<PathBuf, String> {
     let c = dir.join("container");
     let _ = std::fs::remove_dir_all(&c);
-    put(
-        &c,
-        "entry",
-        b"#!/bin/sh\necho \"container $QIMG_CONTAINER_VERSION up\"\necho ok > \"$QIMG_HEALTH_FILE\"\nexec sleep infinity\n",
-        0o755,
-    )?;
+    put(&c, "entry", CONTAINER_ENTRY.as_bytes(), 0o755)?;
     Ok(c)
 }
 

@@ -11,7 +11,7 @@ use bootctl::layout::Slot;
 
 use super::super::expect;
 use super::release::{Health, Release};
-use super::{Lab, Node, UPGRADE_DIR, root_hash};
+use super::{Lab, Node, root_hash};
 
 /// The releases the scenarios use: platform releases, an instant one, one whose
 /// slot is damaged after install, one whose health check fails.
@@ -53,19 +53,19 @@ const UPGRADE_LIMIT: Duration = Duration::from_secs(420);
 /// Three failed tries and the fallback boot.
 const ROLLBACK_LIMIT: Duration = Duration::from_secs(600);
 
-fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
+pub(super) fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
     v.get(k).and_then(|x| x.as_str()).unwrap_or("")
 }
 
 /// A `qq` run that follows the upgrade (its monitor), in the background.
-struct Monitor {
+pub(super) struct Monitor {
     child: Child,
     out: std::path::PathBuf,
     err: std::path::PathBuf,
 }
 
 impl Monitor {
-    fn start(node: &Node, args: &[&str], name: &str) -> Result<Monitor, String> {
+    pub(super) fn start(node: &Node, args: &[&str], name: &str) -> Result<Monitor, String> {
         let out = node.serial.with_file_name(format!("qq-{name}.out"));
         let err = node.serial.with_file_name(format!("qq-{name}.err"));
         let f = std::fs::File::create(&out).map_err(|e| e.to_string())?;
@@ -81,7 +81,7 @@ impl Monitor {
 
     /// Waits for qq to end, at most `limit`; returns its exit code and output
     /// (and, when it failed, its stderr after it, for the failure's message).
-    fn wait(mut self, limit: Duration) -> Result<(i32, String), String> {
+    pub(super) fn wait(mut self, limit: Duration) -> Result<(i32, String), String> {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
@@ -108,14 +108,51 @@ impl Monitor {
     }
 }
 
-fn json(text: &str) -> Result<serde_json::Value, String> {
+/// The container downtime of an instant upgrade that must have ended committed
+/// (qq's exit code `code`, JSON `out`), as the engine measured it in the guest.
+pub(super) fn instant_downtime(code: i32, out: &str) -> Result<u64, String> {
+    let s = json(out)?;
+    expect(
+        code == 0 && field(&s, "state") == "UPGRADE_COMMITTED" && field(&s, "mode") == "instant",
+        &format!("qq upgrade_cluster ended {code}: {out}"),
+    )?;
+    s.get("downtime_ms")
+        .and_then(|d| d.as_u64())
+        .ok_or_else(|| format!("the downtime is reported: {out}"))
+}
+
+/// The end of the agent's journal on `node` (every boot's), or why not.
+pub(super) fn journal(node: &Node, lines: u32) -> String {
+    node.ssh(&format!(
+        "journalctl --merge -u qimgd --no-pager | tail -n {lines}"
+    ))
+    .unwrap_or_else(|e| format!("(no journal: {e})"))
+}
+
+/// qq's answer to an upgrade that must have ended committed (exit code
+/// `code`, JSON `out`); otherwise the error, with `why` (the agents' journals).
+pub(super) fn committed(
+    code: i32,
+    out: &str,
+    why: &dyn Fn() -> String,
+) -> Result<serde_json::Value, String> {
+    let s = if code == 0 { json(out).ok() } else { None };
+    match s {
+        Some(s) if field(&s, "state") == "UPGRADE_COMMITTED" => Ok(s),
+        _ => Err(format!("qq upgrade_cluster ended {code}: {out}\n{}", why())),
+    }
+}
+
+pub(super) fn json(text: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(text).map_err(|e| format!("qq's JSON: {e}: {text}"))
 }
 
 /// 1: a fresh disk boots slot A through verity; the agent answers; the installer
 /// adds the factory container.
 fn fresh(lab: &Lab, node: &mut Node) -> Result<(), String> {
+    node.medium = Some(lab.installer_medium("1.0.0")?);
     node.power_on()?;
+    node.medium = None;
     let (report, version, took) = node.wait_up()?;
     eprintln!(
         "xtask: node: first boot, power on to the agent answering: {:.1} s",
@@ -143,10 +180,10 @@ fn fresh(lab: &Lab, node: &mut Node) -> Result<(), String> {
         version.contains("\"revision_id\": \"qimg-node unknown\""),
         &format!("a fresh node runs no container yet: {version}"),
     )?;
-    // The installer's last step: the release's container, from its bundle.
-    let name = lab.offer(node, "1.0.0")?;
+    // The installer's last step: the release's container, from its bundle on
+    // the installer's medium.
     let t = Instant::now();
-    let out = node.ssh(&format!("qq factory_install --path {UPGRADE_DIR}/{name}"))?;
+    let out = node.ssh("qq factory_install --path /dev/vdb")?;
     eprintln!(
         "xtask: node: factory install in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -169,34 +206,14 @@ fn platform(lab: &Lab, node: &mut Node) -> Result<(), String> {
     let start = Instant::now();
     let (code, out) = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.0.0")?
         .wait(UPGRADE_LIMIT)?;
-    if code != 0 {
-        let journal = node
-            .ssh("journalctl -u qimgd --no-pager | tail -n 60")
-            .unwrap_or_else(|e| format!("(no journal: {e})"));
-        return Err(format!(
-            "qq upgrade_cluster ended {code}: {out}\nthe agent's journal:\n{journal}"
-        ));
-    }
-    let s = json(&out)?;
-    expect(
-        field(&s, "state") == "UPGRADE_COMMITTED",
-        &format!("qq upgrade_cluster ended {code}: {out}"),
-    )?;
-    let (report, version, _) = node.wait_up()?;
+    let s = committed(code, &out, &|| {
+        format!("the agent's journal:\n{}", journal(node, 60))
+    })?;
+    node.booted(lab, "2.0.0")?;
     eprintln!(
         "xtask: node: platform upgrade, prepare to the agent answering on 2.0.0: {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    expect(report.release == "2.0.0", "release 2.0.0 booted")?;
-    let hash = root_hash(lab.bundle("2.0.0"))?;
-    expect(
-        report.table.contains(&hash),
-        &format!("root opened with 2.0.0's root hash: {}", report.table),
-    )?;
-    expect(
-        version.contains("qimg-node 2.0.0"),
-        &format!("qq version: {version}"),
-    )?;
     expect(
         field(&s, "details").contains("blessed"),
         &format!("details: {out}"),
@@ -216,19 +233,10 @@ fn instant(lab: &Lab, node: &mut Node) -> Result<(), String> {
     let reboots = node.vm().count("reboot: Restarting");
     let (code, out) = Monitor::start(node, &["upgrade_cluster", "--path", &name], "2.0.1")?
         .wait(UPGRADE_LIMIT)?;
-    let s = json(&out)?;
-    expect(
-        code == 0 && field(&s, "state") == "UPGRADE_COMMITTED" && field(&s, "mode") == "instant",
-        &format!("qq upgrade_cluster ended {code}: {out}"),
-    )?;
-    let downtime = s.get("downtime_ms").and_then(|d| d.as_u64());
+    let downtime = instant_downtime(code, &out)?;
     eprintln!(
-        "xtask: node: instant upgrade, container downtime measured in the guest: {downtime:?} ms"
+        "xtask: node: instant upgrade, container downtime measured in the guest: {downtime} ms"
     );
-    expect(
-        downtime.is_some(),
-        &format!("the downtime is reported: {out}"),
-    )?;
     expect(
         node.vm().count("reboot: Restarting") == reboots,
         "an instant upgrade does not reboot",

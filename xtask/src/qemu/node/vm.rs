@@ -1,7 +1,8 @@
 //! One test node under QEMU: OVMF, the node's disk, user networking with the agent's
-//! HTTPS and SSH ports forwarded to 127.0.0.1, the serial
-//! console in a file. Reboots happen inside the same QEMU process, as on hardware;
-//! power loss is killing it.
+//! HTTPS and SSH ports forwarded to 127.0.0.1 (restricted: the guest reaches
+//! nothing through the host), the serial console in a file, and in a cluster a
+//! second NIC on the cluster's private link (`hub.rs`). Reboots happen inside the
+//! same QEMU process, as on hardware; power loss is killing it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,28 @@ pub struct Vm {
     pub serial: PathBuf,
 }
 
+/// A node's NIC on the cluster's link: a Unix datagram socket of its own,
+/// connected to the link's hub, and the MAC the node's image gives an address.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub hub: PathBuf,
+    pub socket: PathBuf,
+    pub mac: String,
+}
+
+/// What the machine has: memory (MiB) and CPUs.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub memory_mib: u32,
+    pub cpus: u32,
+}
+
+/// A node alone: 1 GiB and two CPUs.
+pub const ALONE: Shape = Shape {
+    memory_mib: 1024,
+    cpus: 2,
+};
+
 /// A free TCP port on loopback (the kernel's choice, released for QEMU to bind).
 pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -26,10 +49,12 @@ impl Vm {
     /// loopback (the same across power cycles, so a client keeps its address).
     pub fn start(
         accel: &str,
-        disk: &Path,
-        vars: &Path,
+        (disk, vars): (&Path, &Path),
         serial: &Path,
         (port, ssh_port): (u16, u16),
+        shape: Shape,
+        link: Option<&Link>,
+        medium: Option<&Path>,
     ) -> Result<Vm, String> {
         // Appended to across power cycles, so the log is the node's whole life.
         let log = File::options()
@@ -37,18 +62,37 @@ impl Vm {
             .append(true)
             .open(serial)
             .map_err(|e| format!("{}: {e}", serial.display()))?;
+        let (memory, cpus) = (shape.memory_mib.to_string(), shape.cpus.to_string());
         let mut c = super::super::qemu_command(
             accel,
-            &["-cpu", "max", "-m", "1024", "-smp", "2"],
+            &["-cpu", "max", "-m", &memory, "-smp", &cpus],
             disk,
             vars,
         );
-        c.arg("-nic")
-            .arg(format!(
-                "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:8000,\
-                 hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
-            ))
-            .args(["-display", "none", "-vga", "none", "-monitor", "none"])
+        c.arg("-nic").arg(format!(
+            "user,model=virtio-net-pci,restrict=on,\
+                 hostfwd=tcp:127.0.0.1:{port}-:8000,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+        ));
+        if let Some(m) = medium {
+            // The installer's medium: a file as a read-only disk (/dev/vdb).
+            c.arg("-drive").arg(format!(
+                "if=virtio,format=raw,readonly=on,file={}",
+                m.display()
+            ));
+        }
+        if let Some(l) = link {
+            // A killed QEMU leaves its socket behind; the next one binds it anew.
+            let _ = std::fs::remove_file(&l.socket);
+            c.arg("-netdev")
+                .arg(format!(
+                    "dgram,id=link,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                    l.socket.display(),
+                    l.hub.display()
+                ))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=link,mac={}", l.mac));
+        }
+        c.args(["-display", "none", "-vga", "none", "-monitor", "none"])
             .args(["-serial", "stdio"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
