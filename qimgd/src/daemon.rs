@@ -117,11 +117,6 @@ pub fn build(
         Some(d) => d.token_key(),
         None => config.state.join("token.key"),
     };
-    // A fresh node: nobody has copied anything yet. Uploads, fetches and a
-    // prepare handed to the node that has the file all look into it.
-    if let Err(e) = crate::images::make_dir(&config.upgrade_dir) {
-        crate::log(&qutil::chain(&e));
-    }
     let swept = crate::images::sweep(&config.upgrade_dir);
     if swept > 0 {
         crate::log(&format!(

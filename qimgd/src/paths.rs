@@ -83,9 +83,14 @@ pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
     if clean.as_os_str().is_empty() {
         return Err(PathProblem::Empty);
     }
-    let root = dir
-        .canonicalize()
-        .map_err(|e| PathProblem::Dir(format!("{}: {e}", dir.display())))?;
+    let root = match dir.canonicalize() {
+        Ok(r) => r,
+        // A fresh node, where nobody has put anything yet: the file is not here.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PathProblem::Missing(image_path.into()));
+        }
+        Err(e) => return Err(PathProblem::Dir(format!("{}: {e}", dir.display()))),
+    };
     let file = match root.join(&clean).canonicalize() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -127,6 +132,12 @@ mod tests {
             assert_eq!(r.file, up.canonicalize().unwrap().join("sub/a.qimg"));
         }
         assert_eq!(resolve(&up, "sub/in").unwrap().shown, "/sub/in");
+        // A node where nobody has put anything yet has no upgrade directory:
+        // the file is missing (404, or handed to a node that has it), not an error.
+        assert!(matches!(
+            resolve(&d.path().join("never-made"), "a.qimg"),
+            Err(PathProblem::Missing(_))
+        ));
         assert_eq!(resolve(&up, "").unwrap_err(), PathProblem::Empty);
         std::fs::write(up.join(".upload-abc"), b"half").unwrap();
         assert!(matches!(

@@ -123,14 +123,20 @@ fn an_upload_is_verified_whole_then_named() {
     assert_eq!(names(&a.upgrade_dir), ["next.qimg"]);
 }
 
-/// A fresh node has no upgrade directory until the agent makes it: a prepare
-/// naming a file only another node has looked into it and answered 500.
+/// A fresh node has no upgrade directory yet: a prepare naming a file there is
+/// told the file is missing (in a cluster, handed to a node that has it); this
+/// answered 500 "the upgrade directory cannot be read".
 #[test]
-fn the_agent_makes_its_upgrade_directory() {
-    let Some(mut a) = agent() else { return };
+fn a_node_without_an_upgrade_directory_lacks_the_file() {
+    let Some(a) = agent() else { return };
     std::fs::remove_dir_all(&a.upgrade_dir).unwrap();
-    a.restart();
-    assert!(a.upgrade_dir.is_dir(), "{}", a.log());
+    let c = a.logged_in();
+    let (s, r) = c.post(
+        "/v2/upgrade/prepare",
+        &serde_json::json!({"image_path": "/next.qimg"}).to_string(),
+    );
+    assert_eq!(s, 404, "{r}");
+    assert_eq!(r["error_class"], "fs_no_such_entry_error", "{r}");
 }
 
 #[test]
