@@ -17,6 +17,18 @@ impl Client {
         }
     }
 
+    /// What a failed read or write on the connection becomes (`op`: what was
+    /// being done); a socket timeout says how long it waited.
+    fn io_error(&self, op: &'static str) -> impl Fn(std::io::Error) -> Error + use<> {
+        let target = self.target.to_string();
+        let limit = self.options.timeout;
+        move |source| Error::Io {
+            op,
+            target: target.clone(),
+            source: timed_out(source, limit),
+        }
+    }
+
     /// A request's first lines: the request line, `Host`, `User-Agent`,
     /// `Accept` and the token; the caller adds the rest and the blank line.
     fn head(&self, method: &str, path: &str, accept: &str) -> String {
@@ -37,15 +49,7 @@ impl Client {
         path: &str,
         body: Body,
     ) -> Result<Response, Error> {
-        let io = |op| {
-            let target = self.target.to_string();
-            let limit = self.options.timeout;
-            move |source| Error::Io {
-                op,
-                target,
-                source: timed_out(source, limit),
-            }
-        };
+        let io = |op| self.io_error(op);
         let mut head = self.head(method, path, "application/json");
         let (kind, len) = match &body {
             Body::Json(b) => ("application/json", b.len() as u64),
@@ -121,15 +125,7 @@ impl Client {
         from: u64,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<Fetched, Error> {
-        let io = |op| {
-            let target = self.target.to_string();
-            let limit = self.options.timeout;
-            move |source| Error::Io {
-                op,
-                target,
-                source: timed_out(source, limit),
-            }
-        };
+        let io = |op| self.io_error(op);
         let bad = |e| match e {
             ReadErr::Io(source) => io("reading from")(source),
             ReadErr::Bad(problem) => Error::Protocol {
@@ -388,21 +384,6 @@ fn read_body<R: BufRead>(r: &mut R, head: Head, method: &str) -> Result<Response
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_socket_timeout_says_how_long_it_waited() {
-        let e = timed_out(
-            std::io::Error::from(std::io::ErrorKind::WouldBlock),
-            std::time::Duration::from_secs(10),
-        );
-        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
-        assert_eq!(e.to_string(), "no answer within 10 s");
-        let other = timed_out(
-            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
-            std::time::Duration::from_secs(10),
-        );
-        assert_eq!(other.kind(), std::io::ErrorKind::ConnectionReset);
-    }
     use crate::client::Options;
     use std::os::unix::net::UnixListener;
     use std::path::PathBuf;
@@ -508,5 +489,20 @@ mod tests {
         let mut c = Client::new(Target::Unix(p), Options::default()).unwrap();
         let e = c.get_stream("/x", 0, &mut |_| Ok(())).unwrap_err();
         assert_eq!(e.status(), Some(404));
+    }
+
+    #[test]
+    fn a_socket_timeout_says_how_long_it_waited() {
+        let e = timed_out(
+            std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            std::time::Duration::from_secs(10),
+        );
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(e.to_string(), "no answer within 10 s");
+        let other = timed_out(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            std::time::Duration::from_secs(10),
+        );
+        assert_eq!(other.kind(), std::io::ErrorKind::ConnectionReset);
     }
 }
