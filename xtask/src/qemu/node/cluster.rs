@@ -38,8 +38,9 @@ pub fn releases() -> &'static [Release] {
 /// An instant upgrade of three nodes, the fetches included.
 const INSTANT_LIMIT: Duration = Duration::from_secs(300);
 
-/// The cluster's nodes (all three vote in etcd).
-const NODES: u32 = 3;
+/// The cluster's nodes, as many as the image has link addresses for (all three
+/// vote in etcd).
+const NODES: u32 = release::LINK_NODES;
 /// Each VM: one CPU (three VMs share this machine's two cores) and 768 MiB.
 const SHAPE: vm::Shape = vm::Shape {
     memory_mib: 768,
@@ -120,6 +121,28 @@ fn online(list: &[serde_json::Value]) -> usize {
     list.iter()
         .filter(|n| field(n, "node_status") == "online")
         .count()
+}
+
+/// Through each node, `qq nodes_list` shows every node online, on `version`,
+/// booted from `slot`.
+fn all_on(c: &Cluster, version: &str, slot: &str) -> Result<(), String> {
+    for (i, n) in c.nodes.iter().enumerate() {
+        let list = nodes_list(n)?;
+        expect(
+            list.len() == NODES as usize && online(&list) == NODES as usize,
+            &format!("node {}: every node online: {list:?}", i + 1),
+        )?;
+        for m in &list {
+            expect(
+                field(m, "software_version") == version && field(m, "boot_slot") == slot,
+                &format!(
+                    "node {}: every node on {version} from slot {slot}: {m}",
+                    i + 1
+                ),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Boots three fresh nodes on the link, installs the factory container on each,
@@ -214,7 +237,7 @@ fn form(lab: &Lab) -> Result<Cluster, String> {
     for n in &nodes {
         loop {
             let login = n.qq_out(&["login", "-u", release::USER, "-p", release::PASSWORD])?;
-            if login.status.success() && nodes_list(n).is_ok_and(|l| online(&l) == 3) {
+            if login.status.success() && nodes_list(n).is_ok_and(|l| online(&l) == NODES as usize) {
                 break;
             }
             if Instant::now() > deadline {
@@ -236,20 +259,7 @@ fn form(lab: &Lab) -> Result<Cluster, String> {
 
 /// 1: the cluster as each node sees it, and one login for all.
 fn formed(_lab: &Lab, c: &mut Cluster) -> Result<(), String> {
-    for (i, n) in c.nodes.iter().enumerate() {
-        let list = nodes_list(n)?;
-        expect(
-            list.len() == 3 && online(&list) == 3,
-            &format!("node {}: three nodes online: {list:?}", i + 1),
-        )?;
-        for m in &list {
-            expect(
-                m.get("software_version").and_then(|v| v.as_str()) == Some("1.0.0")
-                    && m.get("boot_slot").and_then(|v| v.as_str()) == Some("a"),
-                &format!("node {}: every node on 1.0.0 from slot a: {m}", i + 1),
-            )?;
-        }
-    }
+    all_on(c, "1.0.0", "a")?;
     // A token from node 1 is a token of the cluster.
     let c1 = c.nodes[0].client()?;
     let token = c1.token().ok_or("node 1's login gave no token")?.to_owned();
@@ -278,13 +288,17 @@ struct Watch {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn console_count(serial: &Path, pattern: &str) -> usize {
-    super::super::clean(&String::from_utf8_lossy(
-        &std::fs::read(serial).unwrap_or_default(),
-    ))
-    .lines()
-    .filter(|l| l.contains(pattern))
-    .count()
+/// The kernel's restart and the node's boot report, as counted on a console.
+const RESTART: &str = "reboot: Restarting";
+const BOOT_REPORT: &str = "QIMG-NODE-BOOT";
+
+/// How many restarts and boot reports `serial` shows so far (one read).
+fn restarts_and_boots(serial: &Path) -> (usize, usize) {
+    let text = vm::console_of(serial);
+    (
+        vm::count_in(&text, RESTART),
+        vm::count_in(&text, BOOT_REPORT),
+    )
 }
 
 impl Watch {
@@ -293,22 +307,15 @@ impl Watch {
         let seen = Arc::new(Mutex::new(vec![Seen::default(); serials.len()]));
         let (s, w) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
-            let base: Vec<(usize, usize)> = serials
-                .iter()
-                .map(|p| {
-                    (
-                        console_count(p, "reboot: Restarting"),
-                        console_count(p, "QIMG-NODE-BOOT"),
-                    )
-                })
-                .collect();
+            let base: Vec<(usize, usize)> = serials.iter().map(|p| restarts_and_boots(p)).collect();
             while !s.load(Ordering::Relaxed) {
                 for (i, p) in serials.iter().enumerate() {
+                    let (restarts, boots) = restarts_and_boots(p);
                     let mut w = w.lock().expect("not poisoned");
-                    if w[i].down.is_none() && console_count(p, "reboot: Restarting") > base[i].0 {
+                    if w[i].down.is_none() && restarts > base[i].0 {
                         w[i].down = Some(Instant::now());
                     }
-                    if w[i].up.is_none() && console_count(p, "QIMG-NODE-BOOT") > base[i].1 {
+                    if w[i].up.is_none() && boots > base[i].1 {
                         w[i].up = Some(Instant::now());
                     }
                 }
@@ -433,7 +440,7 @@ fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     let mut sorted = batches.clone();
     sorted.sort();
     expect(
-        sorted == [1, 2, 3],
+        sorted == (1..=NODES as usize).collect::<Vec<_>>(),
         &format!("three batches of one node each: {view}"),
     )?;
     let last = batches[2];
@@ -477,15 +484,7 @@ fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         reboot["state"] == "REBOOT_IDLE",
         &format!("reboot_status after the rolling reboot: {reboot}"),
     )?;
-    for (i, n) in c.nodes.iter().enumerate() {
-        for m in nodes_list(n)? {
-            expect(
-                m.get("software_version").and_then(|v| v.as_str()) == Some("2.0.0")
-                    && m.get("boot_slot").and_then(|v| v.as_str()) == Some("b"),
-                &format!("node {}: every node on 2.0.0 from slot b: {m}", i + 1),
-            )?;
-        }
-    }
+    all_on(c, "2.0.0", "b")?;
     Ok(())
 }
 
@@ -516,7 +515,7 @@ fn instant(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     let reboots: Vec<usize> = c
         .nodes
         .iter()
-        .map(|n| console_count(&n.serial, "reboot: Restarting"))
+        .map(|n| restarts_and_boots(&n.serial).0)
         .collect();
     let t = Instant::now();
     let (code, out) = Monitor::start(
@@ -532,7 +531,7 @@ fn instant(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     );
     for (i, n) in c.nodes.iter().enumerate() {
         expect(
-            console_count(&n.serial, "reboot: Restarting") == reboots[i],
+            restarts_and_boots(&n.serial).0 == reboots[i],
             &format!("node {}: an instant upgrade does not reboot", i + 1),
         )?;
         let version = n.qq_ok(&["version"])?;

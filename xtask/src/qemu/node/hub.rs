@@ -133,6 +133,8 @@ mod tests {
         // others: what it cannot take is dropped.
         let d_port = port("d");
         d_port.send_to(b"d0", &hub.path).unwrap();
+        // The reader stops a second after the last frame it got.
+        c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = {
             let c = c.try_clone().unwrap();

@@ -44,6 +44,18 @@ pub fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
+/// The serial console in `serial` so far, cleaned of escapes (none yet: empty).
+pub fn console_of(serial: &Path) -> String {
+    clean(&String::from_utf8_lossy(
+        &std::fs::read(serial).unwrap_or_default(),
+    ))
+}
+
+/// Lines of `console` containing `pattern`.
+pub fn count_in(console: &str, pattern: &str) -> usize {
+    console.lines().filter(|l| l.contains(pattern)).count()
+}
+
 impl Vm {
     /// Powers the node on; the agent's port and SSH are forwarded from `ports` on
     /// loopback (the same across power cycles, so a client keeps its address).
@@ -108,17 +120,12 @@ impl Vm {
 
     /// The serial console so far, cleaned of escapes.
     pub fn console(&self) -> String {
-        clean(&String::from_utf8_lossy(
-            &std::fs::read(&self.serial).unwrap_or_default(),
-        ))
+        console_of(&self.serial)
     }
 
     /// Lines of the console containing `pattern`.
     pub fn count(&self, pattern: &str) -> usize {
-        self.console()
-            .lines()
-            .filter(|l| l.contains(pattern))
-            .count()
+        count_in(&self.console(), pattern)
     }
 
     /// Waits until the console holds `count` lines containing `pattern`; returns
