@@ -150,15 +150,20 @@ mod tests {
                 tx.send(n).unwrap();
             })
         };
+        // Unix datagram queues are short (net.unix.max_dgram_qlen, 10 here):
+        // a hub that waited on d would take 0.5 s per frame once d's queue is
+        // full, and b's sends would block behind it for minutes. Frames to c
+        // may be dropped too when its reader lags: only that some arrive is
+        // asserted.
         let t = std::time::Instant::now();
         for _ in 0..2000 {
             b.send_to(&[7u8; 1024], &hub.path).unwrap();
         }
+        let sent = t.elapsed();
         let got = rx.recv_timeout(Duration::from_secs(30)).unwrap_or(0);
         assert!(
-            got > 1000 && t.elapsed() < Duration::from_secs(10),
-            "c got {got} of 2001 frames in {:?} while d read nothing",
-            t.elapsed()
+            sent < Duration::from_secs(20) && got >= 20,
+            "2000 frames sent through the hub in {sent:?}, c got {got}, while d read nothing"
         );
         let _ = reader.join();
         drop(d_port);
