@@ -7,11 +7,13 @@
 //! - `cargo xtask ci`: groups build, demo, test, qemu, fresh-root; then every gate
 //!   CI runs: rustfmt, clippy with warnings denied, all tests, both demos, a check
 //!   of the fuzz targets, `fresh-root` (`QIMG_SKIP_FRESH_ROOT=1` skips it) and
-//!   `qemu-test` (`QIMG_SKIP_QEMU=1` skips it), saying so when skipped.
+//!   `qemu-test` and `qemu-cluster --quick` (`QIMG_SKIP_QEMU=1` skips both), saying so
+//!   when skipped.
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
-//! - `cargo xtask qemu-cluster`: three real nodes under QEMU as one cluster, on a
-//!   link private to the test (see `qemu/node/cluster.rs`).
+//! - `cargo xtask qemu-cluster [--quick]`: three real nodes under QEMU as one
+//!   cluster, on a link private to the test (see `qemu/node/cluster.rs`); CI runs
+//!   `--quick` (formed, one login, an instant upgrade).
 //! - `cargo xtask demo [--nodes N] [--dir DIR]`: a rolling platform upgrade of a
 //!   cluster of simulated nodes with etcd, driven by `qq` (see `demo_cluster.rs`).
 //! - `cargo xtask demo-upgrade [--dir DIR]`: a whole upgrade of a simulated node

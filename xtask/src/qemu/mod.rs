@@ -572,11 +572,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     Ok(o)
 }
 
-/// `cargo xtask qemu-cluster`: three real nodes as one cluster (`node/cluster.rs`).
+/// `cargo xtask qemu-cluster [--quick | --only N,M…]`: three real nodes as one
+/// cluster (`node/cluster.rs`); `--quick`, CI's, runs the scenarios without
+/// reboots; `--only` the numbered ones, in the suite's order.
 pub fn cluster(args: &[String]) -> Result<(), String> {
-    if let Some(a) = args.first() {
-        return Err(format!("qemu-cluster takes no options, not {a}"));
-    }
+    let pick = cluster_pick(args)?;
     let total = Instant::now();
     let firmware = ovmf_prebuilt::ovmf_pure_efi();
     let work = target_dir().join("qemu-cluster");
@@ -584,9 +584,27 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let accel = probe_accel(&firmware, &work);
     eprintln!("xtask: qemu: accelerator {accel}");
-    let times = node::cluster_main(&work, &accel, &firmware)?;
+    let times = node::cluster_main(&work, &accel, &firmware, &pick)?;
     report("qemu-cluster", &times, total);
     Ok(())
+}
+
+/// The cluster's scenarios `args` asks for.
+fn cluster_pick(args: &[String]) -> Result<Vec<usize>, String> {
+    use node::cluster::{COUNT, QUICK};
+    let usage = || format!("usage: cargo xtask qemu-cluster [--quick | --only N,M…], not {args:?}");
+    match args {
+        [] => Ok((1..=COUNT).collect()),
+        [q] if q == "--quick" => Ok(QUICK.to_vec()),
+        [o, list] if o == "--only" => list
+            .split(',')
+            .map(|n| match n.trim().parse::<usize>() {
+                Ok(n) if (1..=COUNT).contains(&n) => Ok(n),
+                _ => Err(format!("--only: scenarios are 1 to {}, not {n:?}", COUNT)),
+            })
+            .collect(),
+        _ => Err(usage()),
+    }
 }
 
 /// Each scenario's time, then the total since `total`.

@@ -216,7 +216,7 @@ pub fn link_mac(n: u32) -> String {
 }
 
 /// Node `n`'s address on the cluster's link (a network private to the VMs: the
-/// hub in `hub.rs` carries it, the host has no address there).
+/// switch in `switch.rs` carries it, the host has no address there).
 pub fn link_address(n: u32) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(10, 77, 0, n as u8)
 }

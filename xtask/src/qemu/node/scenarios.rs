@@ -2,7 +2,6 @@
 //! left the node, as on a real appliance, and asserts the serial console, the
 //! API's answers and the ESP afterwards.
 
-use std::io::{Seek, SeekFrom, Write};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -268,17 +267,7 @@ fn tampered(lab: &Lab, node: &mut Node) -> Result<(), String> {
         code == 0 && field(&json(&out)?, "state") == "UPGRADE_PREPARED",
         &format!("prepare 2.1.0 ended {code}: {out}"),
     )?;
-    // Block 0 of slot A's data (the squashfs superblock), changed on the disk
-    // behind the node's back, as a failing or tampered disk would.
-    let at = node.root_offset(Slot::A)?;
-    let mut f = std::fs::File::options()
-        .write(true)
-        .open(&node.disk)
-        .map_err(|e| e.to_string())?;
-    f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
-    f.write_all(&[0xa5; 4096]).map_err(|e| e.to_string())?;
-    f.sync_all().map_err(|e| e.to_string())?;
-    drop(f);
+    node.damage_root(Slot::A)?;
     // An older panic's archive, dated a day ahead (a wall-clock step): it was there
     // before the commit's reboot, so it must not be named as the reason.
     node.ssh(&format!(

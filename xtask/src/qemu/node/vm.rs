@@ -1,7 +1,7 @@
 //! One test node under QEMU: OVMF, the node's disk, user networking with the agent's
 //! HTTPS and SSH ports forwarded to 127.0.0.1 (restricted: the guest reaches
 //! nothing through the host), the serial console in a file, and in a cluster a
-//! second NIC on the cluster's private link (`hub.rs`). Reboots happen inside the
+//! second NIC on the cluster's private link (`switch.rs`). Reboots happen inside the
 //! same QEMU process, as on hardware; power loss is killing it.
 
 use std::fs::File;
@@ -16,12 +16,11 @@ pub struct Vm {
     pub serial: PathBuf,
 }
 
-/// A node's NIC on the cluster's link: a Unix datagram socket of its own,
-/// connected to the link's hub, and the MAC the node's image gives an address.
+/// A node's NIC on the cluster's link: the switch's socket it connects to, and
+/// the MAC the node's image gives an address.
 #[derive(Clone, Debug)]
 pub struct Link {
-    pub hub: PathBuf,
-    pub socket: PathBuf,
+    pub switch: PathBuf,
     pub mac: String,
 }
 
@@ -93,13 +92,12 @@ impl Vm {
             ));
         }
         if let Some(l) = link {
-            // A killed QEMU leaves its socket behind; the next one binds it anew.
-            let _ = std::fs::remove_file(&l.socket);
+            // The switch's port: QEMU connects once at power-on; a QEMU killed
+            // and started again connects anew.
             c.arg("-netdev")
                 .arg(format!(
-                    "dgram,id=link,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-                    l.socket.display(),
-                    l.hub.display()
+                    "stream,id=link,server=off,addr.type=unix,addr.path={}",
+                    l.switch.display()
                 ))
                 .arg("-device")
                 .arg(format!("virtio-net-pci,netdev=link,mac={}", l.mac));

@@ -1,0 +1,415 @@
+//! The cluster's platform scenarios, each with real reboots: rolling,
+//! complete, a damaged slot rolled back cluster-wide, the coordinator cut.
+
+use super::watch::Watch;
+use super::*;
+
+/// 4: the bundle uploaded to node 1 only; a rolling platform upgrade asked of
+/// node 2: every node prepares (nodes 2 and 3 fetch the bundle from node 1), then
+/// reboots into slot B one at a time, the coordinator's node last, each next
+/// batch held until the restriper finished after the last one came back.
+pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
+    let bundle = lab.bundle("2.0.0");
+    let name = &upload(lab, c, "2.0.0")?;
+    let path = format!("{UPGRADE_DIR}/{name}");
+    for n in &c.nodes[1..] {
+        expect(
+            n.ssh(&format!("test ! -e {path}")).is_ok(),
+            "nodes 2 and 3 do not have the bundle before the upgrade",
+        )?;
+    }
+    let watch = Watch::start(c.nodes.iter().map(|n| n.serial.clone()).collect());
+    let t = Instant::now();
+    let monitor = Monitor::start(
+        &c.nodes[1],
+        &["upgrade_cluster", "--rolling", "--path", name],
+        "rolling",
+    )?;
+    let err_log = c.nodes[1].serial.with_file_name("qq-rolling.err");
+    let (code, out) = monitor.wait(ROLLING_LIMIT)?;
+    let seen = watch.finish();
+    let progress = std::fs::read_to_string(&err_log).unwrap_or_default();
+    committed(code, &out, &|| {
+        c.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node {}'s agent:\n{}\n", i + 1, journal(n, 40)))
+            .collect()
+    })?;
+    eprintln!(
+        "xtask: cluster: rolling platform upgrade of three nodes, asked of node 2: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Every node: booted 2.0.0 through verity, blessed, A kept.
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        n.booted(lab, "2.0.0")
+            .map_err(|e| format!("node {}: {e}", i + 1))?;
+        blessed_over(n, i, 1)?;
+    }
+    // Each node's copy is the bundle (hashed on the three at once), and nodes 2
+    // and 3 logged their fetch.
+    let want = sha256_here(bundle)?;
+    each(&c.nodes, |i, n| {
+        expect(
+            sha256_on(n, &path)? == want,
+            &format!("node {}: its copy of {name} is the bundle", i + 1),
+        )?;
+        expect(
+            i == 0 || n.ssh(JOURNAL)?.contains(&format!("fetched {name}")),
+            &format!("node {}'s agent fetched {name} from a peer", i + 1),
+        )
+    })?;
+    // The batches, one node each, the coordinator's node last.
+    let view: serde_json::Value = c.nodes[0]
+        .client()?
+        .get("/v1/qimg/cluster/upgrade")
+        .map_err(|e| format!("the cluster's upgrade: {e}"))?;
+    let batches: Vec<usize> = view["batches"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|x| x.as_array().filter(|x| x.len() == 1))
+                .filter_map(|x| x[0].as_u64())
+                .map(|n| n as usize)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut sorted = batches.clone();
+    sorted.sort();
+    expect(
+        sorted == (1..=NODES as usize).collect::<Vec<_>>(),
+        &format!("three batches of one node each: {view}"),
+    )?;
+    let last = batches[2];
+    let j = c.nodes[last - 1].ssh(JOURNAL)?;
+    expect(
+        j.contains("steps down as coordinator"),
+        &format!("node {last}, rebooted last, was the coordinator and stepped down"),
+    )?;
+    // The gate: each batch's reboot came after the last batch's node was back
+    // and its data restriped.
+    for w in batches.windows(2) {
+        let (a, b) = (&seen[w[0] - 1], &seen[w[1] - 1]);
+        let (Some(a_up), Some(b_down), Some(a_down)) = (a.up, b.down, a.down) else {
+            return Err(format!("every node went down and up: {seen:?}"));
+        };
+        eprintln!(
+            "xtask: cluster: node {} down to up {:.1} s; node {} went down {:.1} s after it was back",
+            w[0],
+            a_up.duration_since(a_down).as_secs_f64(),
+            w[1],
+            b_down.saturating_duration_since(a_up).as_secs_f64()
+        );
+        expect(
+            b_down >= a_up + GATE_LEAST,
+            &format!(
+                "node {} rebooted {:.1} s after node {} was back: the restriper gate holds at least {GATE_LEAST:?}",
+                w[1],
+                b_down.saturating_duration_since(a_up).as_secs_f64(),
+                w[0]
+            ),
+        )?;
+    }
+    expect(
+        progress.matches("waiting for the restriper").count() >= 2
+            && progress.contains("data fully protected"),
+        &format!("qq shows the restriper waits: {progress}"),
+    )?;
+    // Qumulo's reboot status is IDLE again once the cycle ended.
+    let reboot = json(&c.nodes[0].qq_ok(&["reboot_status"])?)?;
+    expect(
+        reboot["state"] == "REBOOT_IDLE",
+        &format!("reboot_status after the rolling reboot: {reboot}"),
+    )?;
+    all_on(c, "2.0.0", "b")?;
+    Ok(())
+}
+
+/// Node `i`'s ESP: the slot it booted (`now`, 0 = A) blessed, the other kept
+/// good as the fallback.
+fn blessed_over(n: &Node, i: usize, now: usize) -> Result<(), String> {
+    let esp = n.esp_status()?;
+    expect(
+        esp.slots[now].state == Some(EntryState::Good)
+            && esp.slots[1 - now].state == Some(EntryState::Good),
+        &format!(
+            "node {}: ESP: slot {} blessed, the other kept as the fallback: {:?}",
+            i + 1,
+            ["A", "B"][now],
+            esp.slots
+        ),
+    )
+}
+
+/// 5: a complete reboot: 2.1.0 uploaded to node 1 and asked of node 1 without
+/// `--rolling`: every node prepares, then all three reboot at once into slot A
+/// (the API is gone meanwhile) and the cluster comes back on the new release.
+pub(super) fn complete(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
+    let name = upload(lab, c, "2.1.0")?;
+    let watch = Watch::start(c.nodes.iter().map(|n| n.serial.clone()).collect());
+    let t = Instant::now();
+    let (code, out) = Monitor::start(
+        &c.nodes[0],
+        &["upgrade_cluster", "--path", &name],
+        "complete",
+    )?
+    .wait(ROLLING_LIMIT)?;
+    let seen = watch.finish();
+    committed(code, &out, &|| {
+        c.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node {}'s agent:\n{}\n", i + 1, journal(n, 40)))
+            .collect()
+    })?;
+    eprintln!(
+        "xtask: cluster: complete reboot of three nodes, asked of node 1: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // All at once: every node went down before any came back, so there was a
+    // time when no node answered.
+    let (Some(last_down), Some(first_up)) = (
+        seen.iter().filter_map(|s| s.down).max(),
+        seen.iter().filter_map(|s| s.up).min(),
+    ) else {
+        return Err(format!("every node went down and up: {seen:?}"));
+    };
+    expect(
+        seen.iter().all(|s| s.down.is_some() && s.up.is_some()) && last_down < first_up,
+        &format!("all three nodes were down together: {seen:?}"),
+    )?;
+    eprintln!(
+        "xtask: cluster: all three down for {:.1} s (the last one down to the first boot report)",
+        first_up.duration_since(last_down).as_secs_f64()
+    );
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        n.booted(lab, "2.1.0")
+            .map_err(|e| format!("node {}: {e}", i + 1))?;
+        blessed_over(n, i, 0)?;
+    }
+    let view: serde_json::Value = c.nodes[0]
+        .client()?
+        .get("/v1/qimg/cluster/upgrade")
+        .map_err(|e| format!("the cluster's upgrade: {e}"))?;
+    expect(
+        view["batches"].as_array().is_none_or(|b| b.len() <= 1),
+        &format!("a complete reboot is one batch of every node: {view}"),
+    )?;
+    all_on(c, "2.1.0", "a")
+}
+
+/// 6: a platform release whose slot is damaged on node 3 only, after its
+/// prepare (blocks changed under the verity tree): all three reboot at once;
+/// nodes 1 and 2 boot it, node 3's kernel refuses it until its tries run out and
+/// it falls back; the cluster takes nodes 1 and 2 back to their previous slot
+/// with real reboots and ends on one release; the API names node 3 and the
+/// kernel's reason.
+pub(super) fn damaged(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
+    let was = before(c)?;
+    let new = was.slot.other();
+    let name = upload(lab, c, "2.2.0")?;
+    let (code, out) = Monitor::start(
+        &c.nodes[0],
+        &["upgrade_cluster", "prepare", "--path", &name],
+        "damaged-prepare",
+    )?
+    .wait(ROLLING_LIMIT)?;
+    expect(
+        code == 0 && field(&json(&out)?, "state") == "UPGRADE_PREPARED",
+        &format!("prepare 2.2.0 ended {code}: {out}"),
+    )?;
+    c.nodes[2].damage_root(new)?;
+    let boots: Vec<usize> = c
+        .nodes
+        .iter()
+        .map(|n| restarts_and_boots(&n.serial).1)
+        .collect();
+    let t = Instant::now();
+    let (code, out) = Monitor::start(&c.nodes[0], &["upgrade_cluster", "commit"], "damaged")?
+        .wait(ROLLBACK_LIMIT)?;
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        let (report, _, _) = n.wait_up().map_err(|e| format!("node {}: {e}", i + 1))?;
+        expect(
+            report.release == was.platform,
+            &format!("node {} back on {}: {report:?}", i + 1, was.platform),
+        )?;
+    }
+    eprintln!(
+        "xtask: cluster: node 3's slot damaged: its fallback and the cluster's rollback in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Node 3: the kernel refused block 0 on every try; nodes 1 and 2 booted
+    // 2.2.0, then their previous release again.
+    let refused = vm::count_in(&c.nodes[2].vm().console(), "data block 0 is corrupted");
+    expect(
+        refused >= DEFAULT_TRIES as usize,
+        &format!(
+            "node 3's dm-verity refused block 0 on each of its {DEFAULT_TRIES} tries (seen {refused})"
+        ),
+    )?;
+    for (i, n) in c.nodes[..2].iter().enumerate() {
+        let console = vm::console_of(&n.serial);
+        let reports: Vec<&str> = console
+            .lines()
+            .filter(|l| l.contains(BOOT_REPORT))
+            .skip(boots[i])
+            .collect();
+        expect(
+            reports.len() == 2
+                && reports[0].contains("release=2.2.0")
+                && reports[1].contains("release=2.1.0"),
+            &format!(
+                "node {} booted 2.2.0, then went back to 2.1.0: {reports:?}",
+                i + 1
+            ),
+        )?;
+        let esp = n.esp_status()?;
+        expect(
+            esp.slots[0].state == Some(EntryState::Good)
+                && esp.slots[1].state != Some(EntryState::Good),
+            &format!(
+                "node {}: ESP: A good, B no longer good: {:?}",
+                i + 1,
+                esp.slots
+            ),
+        )?;
+    }
+    let esp = c.nodes[2].esp_status()?;
+    expect(
+        esp.slots[index(was.slot)].state == Some(EntryState::Good)
+            && matches!(esp.slots[index(new)].state, Some(EntryState::Bad { .. })),
+        &format!(
+            "node 3: ESP: the previous slot good, the new one bad: {:?}",
+            esp.slots
+        ),
+    )?;
+    // Why, through any node: node 3, its tries, the kernel's panic.
+    let s = c.nodes[1].status()?;
+    let why = field(&s, "error_message");
+    eprintln!("xtask: cluster: the API says: {why}");
+    expect(
+        code != 0
+            && why.contains("node3")
+            && why.contains(&format!("{DEFAULT_TRIES} tries exhausted"))
+            && why.contains("dm-verity")
+            && why.contains("every node goes back"),
+        &format!("qq ended {code} ({out}); the API names node 3 and the kernel's reason: {s}"),
+    )?;
+    all_on(c, &was.version, letter(was.slot))
+}
+
+/// The cluster's upgrade as the first node that answers sees it.
+fn plan_view(c: &Cluster) -> Option<qapi::types::ClusterUpgrade> {
+    c.nodes.iter().filter(|n| n.vm.is_some()).find_map(|n| {
+        let mut api = n.client().ok()?;
+        api.get("/v1/qimg/cluster/upgrade").ok()
+    })
+}
+
+/// 7: the coordinator's VM powered off (QEMU killed) in the middle of a rolling
+/// reboot, after the first batch came back: another node takes over; the cut
+/// node, powered on again, boots its good slot, rejoins, and the upgrade
+/// finishes with it.
+pub(super) fn coordinator_cut(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
+    use qapi::types::PlanPhase;
+    let was = before(c)?;
+    let name = upload(lab, c, "2.3.0")?;
+    let t = Instant::now();
+    c.nodes[0].qq_ok(&[
+        "upgrade_cluster",
+        "--rolling",
+        "--path",
+        &name,
+        "--no-monitor",
+    ])?;
+    // The coordinator's node is the last batch; it is cut once the first batch
+    // is back and the second one is under way.
+    let coordinator = loop {
+        if let Some(v) = plan_view(c)
+            && v.phase == PlanPhase::Committing
+            && v.batch >= 1
+            && let Some(last) = v.batches.last().and_then(|b| b.first())
+        {
+            break *last as usize;
+        }
+        expect(
+            t.elapsed() < ROLLING_LIMIT,
+            "the rolling reboot's second batch began",
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let cut = &mut c.nodes[coordinator - 1];
+    cut.power_off();
+    eprintln!(
+        "xtask: cluster: node {coordinator}, the coordinator, powered off {:.1} s into the rollout",
+        t.elapsed().as_secs_f64()
+    );
+    // Another node takes over (the cut node's session lease runs out).
+    let took_over = Instant::now();
+    let successor = 'found: loop {
+        for (i, n) in c.nodes.iter().enumerate() {
+            if i + 1 != coordinator
+                && n.ssh(&format!(
+                    "{JOURNAL} --since=-{}s",
+                    took_over.elapsed().as_secs() + 5
+                ))
+                .is_ok_and(|j| j.contains("this node is the cluster's coordinator"))
+            {
+                break 'found i + 1;
+            }
+        }
+        expect(
+            took_over.elapsed() < FORM_LIMIT,
+            "another node became the coordinator",
+        )?;
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    eprintln!(
+        "xtask: cluster: node {successor} took over as coordinator in {:.1} s",
+        took_over.elapsed().as_secs_f64()
+    );
+    let cut = &mut c.nodes[coordinator - 1];
+    let boots = restarts_and_boots(&cut.serial).1;
+    cut.power_on()?;
+    let (report, _, _) = cut.wait_up()?;
+    expect(
+        report.release == was.platform,
+        &format!(
+            "the cut node boots its good slot ({}): {report:?}",
+            was.platform
+        ),
+    )?;
+    // It rejoins and takes its turn: the plan ends committed.
+    loop {
+        if let Some(v) = plan_view(c) {
+            if v.phase == PlanPhase::Committed {
+                break;
+            }
+            expect(
+                !matches!(
+                    v.phase,
+                    PlanPhase::Failed | PlanPhase::RollingBack | PlanPhase::Discarding
+                ),
+                &format!("the rollout goes on after the cut: {v:?}"),
+            )?;
+        }
+        expect(
+            t.elapsed() < ROLLING_LIMIT,
+            "the rollout ended committed after the cut",
+        )?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "xtask: cluster: rolling upgrade with the coordinator cut: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    expect(
+        restarts_and_boots(&c.nodes[coordinator - 1].serial).1 >= boots + 2,
+        "the cut node booted its good slot, then the new release",
+    )?;
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        n.booted(lab, "2.3.0")
+            .map_err(|e| format!("node {}: {e}", i + 1))?;
+    }
+    all_on(c, "2.3.0", letter(was.slot.other()))
+}
