@@ -137,6 +137,41 @@ fn boot_check_after_an_ordinary_boot_starts_the_active_container() {
     assert_eq!(n.container().as_deref(), Some("7.0.0"));
 }
 
+#[test]
+fn boot_check_that_finds_a_rollback_records_it_starts_the_old_container_and_succeeds() {
+    // The boot path found the new slot's tries run out and the firmware back on
+    // the old slot: it records the rollback, starts the old container and has
+    // done its job (exit 0). It exited 1, so `qimg-boot-check.service` failed on
+    // every rolled-back node, and systemd killed what it had started with it: the
+    // process runtime's container (a real cluster under QEMU ran on without its
+    // storage service until its rolling reboot's data-safety gate waited forever).
+    let Some(n) = factory_node() else { return };
+    let b = bundles();
+    let o = n.qq(&[
+        "upgrade_cluster",
+        "prepare",
+        "--path",
+        b.panic.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The commit asks for its reboot; the firmware's tries run out on the
+    // panicking platform and it boots slot A again.
+    let asked = n.agent().commit(&qimg::NoProgress).unwrap();
+    assert!(
+        matches!(asked, upgrade::CommitOutcome::Rebooting { .. }),
+        "{asked:?}"
+    );
+    upgrade::sim::boot_firmware(&n.node).unwrap();
+    assert_eq!(n.container(), None, "the reboot stopped the container");
+    let o = n.qq(&["boot_check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("3 tries exhausted"), "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(s["error_state"], "UPGRADE_ERROR_ROLLED_BACK", "{s}");
+    assert_eq!(n.container().as_deref(), Some("7.0.0"));
+    assert_eq!(n.running().slot, bootctl::layout::Slot::A);
+}
+
 const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
 # A stand-in for systemctl: records calls, keeps one unit's state next to itself.
 d=$(dirname "$0")
