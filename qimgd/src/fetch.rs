@@ -5,8 +5,10 @@
 //! signed head against this node's keys, every payload against its digest,
 //! then the whole file against the plan's pin. Nothing is trusted because of
 //! where it came from. A dropped connection resumes where it broke off (a
-//! range), on the same node or the next; every node is asked in turn, each a
-//! bounded number of times, within [`FETCH_LIMIT`].
+//! range), on the same node or the next; every node is asked in turn, each
+//! again and again (pauses doubling to [`RETRY_PAUSE_MAX`]) until it has sent
+//! nothing for [`PEER_PATIENCE`] (an agent restarting comes back well within
+//! it), all within [`FETCH_LIMIT`].
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,10 +22,13 @@ use crate::images::{self, UploadProblem};
 
 /// How long a fetch may take in all.
 pub const FETCH_LIMIT: Duration = Duration::from_secs(3600);
-/// How many times one node is asked before the next one is.
-pub const TRIES_PER_NODE: u32 = 4;
-/// The pause before asking again after a broken connection.
+/// How long one node may send nothing (refusing connections, its agent
+/// restarting, a broken answer each time) before the next node is asked.
+pub const PEER_PATIENCE: Duration = Duration::from_secs(30);
+/// The first pause before asking again after a broken connection; it doubles.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause between two tries of one node.
+pub const RETRY_PAUSE_MAX: Duration = Duration::from_secs(4);
 /// How long one read from a peer may take.
 pub const READ_LIMIT: Duration = Duration::from_secs(30);
 
@@ -128,8 +133,14 @@ fn feed(
                 continue;
             }
         };
-        for _ in 0..TRIES_PER_NODE {
+        // Asked until it has sent nothing for PEER_PATIENCE; only its last
+        // problem is kept for the error.
+        let mut heard = Instant::now();
+        let mut pause = RETRY_PAUSE;
+        let mut last = None;
+        loop {
             if Instant::now() >= deadline {
+                why.extend(last);
                 why.push(format!("not done within {} s", FETCH_LIMIT.as_secs()));
                 return Err(FetchProblem::NotServed(why.join("; ")));
             }
@@ -149,18 +160,30 @@ fn feed(
             let answer = client.get_stream(&path, from, &mut sink);
             match answer {
                 Ok(_) if got == pin.size => return Ok(()),
-                Ok(_) => why.push(format!("node {}: the answer ended at byte {got}", peer.id)),
+                Ok(_) => last = Some(format!("node {}: the answer ended at byte {got}", peer.id)),
                 // The receiver stopped: what came does not verify; its error says why.
                 Err(_) if tx.is_closed() => return Ok(()),
                 Err(e) if e.status().is_some() => {
                     why.push(format!("node {}: {}", peer.id, qutil::chain(&e)));
                     break; // it does not have it: the next node
                 }
-                Err(e) => {
-                    why.push(format!("node {}: {}", peer.id, qutil::chain(&e)));
-                    std::thread::sleep(RETRY_PAUSE);
-                }
+                Err(e) => last = Some(format!("node {}: {}", peer.id, qutil::chain(&e))),
             }
+            if got > from {
+                heard = Instant::now();
+                pause = RETRY_PAUSE;
+            }
+            if heard.elapsed() >= PEER_PATIENCE {
+                why.extend(last.take());
+                why.push(format!(
+                    "node {}: nothing for {} s",
+                    peer.id,
+                    PEER_PATIENCE.as_secs()
+                ));
+                break;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
     Err(FetchProblem::NotServed(why.join("; ")))

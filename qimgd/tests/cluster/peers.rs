@@ -109,6 +109,47 @@ fn a_node_serves_its_bundles_to_the_other_nodes_only() {
     assert_eq!(e.status(), None, "refused by the handshake: {e}");
 }
 
+#[test]
+fn a_fetch_waits_for_the_serving_agent_to_come_back() {
+    // Node 1 has the bundle; its agent is down when node 2 starts fetching
+    // (restarting, as after an upgrade of the agent) and back 3 s later. The
+    // fetch keeps asking (pauses doubling, up to 30 s without a byte) and ends
+    // with the bundle. It gave up after four tries 0.5 s apart, so a restart of
+    // the serving agent failed every member's prepare.
+    let Some(mut c) = cluster_apart("restart", 2) else {
+        return;
+    };
+    let b = &bundles().platform;
+    let bytes = std::fs::read(b).unwrap();
+    std::fs::copy(b, c.agents[0].upgrade_dir.join("big.qimg")).unwrap();
+    let reader = qimg::BundleReader::open(std::fs::File::open(b).unwrap()).unwrap();
+    let pin = qimg::BundlePin::of(reader.manifest_bytes(), bytes.len() as u64);
+    let keys = qimg::TrustedKeys::new([key(1).public()]);
+    let spec = c.etcd.nodes[1].load().unwrap().spec;
+    let to = c.agents[1].upgrade_dir.clone();
+    let node2 = c.etcd.nodes[1].clone();
+    c.agents[0].kill();
+    let (fetched, back) = std::thread::scope(|s| {
+        let fetching = s.spawn(|| {
+            let peers = qimgd::fetch::peers(&spec.nodes, 2);
+            let r = qimgd::fetch::fetch("big.qimg", &to, &pin, &keys, &node2, &peers);
+            (r, Instant::now())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !fetching.is_finished(),
+            "the fetch gave up while node 1 was down"
+        );
+        c.agents[0].restart();
+        let back = Instant::now();
+        (fetching.join().unwrap(), back)
+    });
+    let (r, ended) = fetched;
+    assert!(r.as_ref().is_ok_and(|new| *new), "{r:?}");
+    assert!(ended >= back);
+    assert_eq!(std::fs::read(to.join("big.qimg")).unwrap(), bytes);
+}
+
 /// Waits for the plan seen through `via` to reach `phase`, at most a minute.
 fn wait_phase(a: &Agentd, via: &Client, phase: &str) -> serde_json::Value {
     via.wait_for(

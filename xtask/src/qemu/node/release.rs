@@ -54,6 +54,28 @@ pub struct Release {
     pub platform: Option<Health>,
 }
 
+impl Release {
+    /// A platform release `version` (its platform the same version) whose
+    /// platform boots with `health`.
+    pub const fn platform(version: &'static str, health: Health) -> Release {
+        Release {
+            version,
+            platform_version: version,
+            platform: Some(health),
+        }
+    }
+
+    /// A container-only release `version` for the platform `platform_version`
+    /// (an instant upgrade).
+    pub const fn container(version: &'static str, platform_version: &'static str) -> Release {
+        Release {
+            version,
+            platform_version,
+            platform: None,
+        }
+    }
+}
+
 fn io(p: &Path) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", p.display())
 }

@@ -15,36 +15,12 @@ use super::{Lab, Node, root_hash};
 /// The releases the scenarios use: platform releases, an instant one, one whose
 /// slot is damaged after install, one whose health check fails.
 pub const RELEASES: &[Release] = &[
-    Release {
-        version: "1.0.0",
-        platform_version: "1.0.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "2.0.0",
-        platform_version: "2.0.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "2.0.1",
-        platform_version: "2.0.0",
-        platform: None,
-    },
-    Release {
-        version: "2.1.0",
-        platform_version: "2.1.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "2.2.0",
-        platform_version: "2.2.0",
-        platform: Some(Health::Failing),
-    },
-    Release {
-        version: "2.3.0",
-        platform_version: "2.3.0",
-        platform: Some(Health::Good),
-    },
+    Release::platform("1.0.0", Health::Good),
+    Release::platform("2.0.0", Health::Good),
+    Release::container("2.0.1", "2.0.0"),
+    Release::platform("2.1.0", Health::Good),
+    Release::platform("2.2.0", Health::Failing),
+    Release::platform("2.3.0", Health::Good),
 ];
 
 /// A whole upgrade through one platform reboot may take this long.

@@ -43,41 +43,13 @@ use watch::{BOOT_REPORT, restarts_and_boots};
 /// The releases the cluster's scenarios use: the disks' 1.0.0, 1.0.1 (the same
 /// platform with a new container), then two platform releases.
 pub const RELEASES: &[Release] = &[
-    Release {
-        version: "1.0.0",
-        platform_version: "1.0.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "1.0.1",
-        platform_version: "1.0.0",
-        platform: None,
-    },
-    Release {
-        version: "2.0.0",
-        platform_version: "2.0.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "2.1.0",
-        platform_version: "2.1.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "2.2.0",
-        platform_version: "2.2.0",
-        platform: Some(Health::Good),
-    },
-    Release {
-        version: "1.0.2",
-        platform_version: "1.0.0",
-        platform: None,
-    },
-    Release {
-        version: "2.3.0",
-        platform_version: "2.3.0",
-        platform: Some(Health::Good),
-    },
+    Release::platform("1.0.0", Health::Good),
+    Release::container("1.0.1", "1.0.0"),
+    Release::platform("2.0.0", Health::Good),
+    Release::platform("2.1.0", Health::Good),
+    Release::platform("2.2.0", Health::Good),
+    Release::container("1.0.2", "1.0.0"),
+    Release::platform("2.3.0", Health::Good),
 ];
 
 /// An instant upgrade of three nodes, the fetches included.

@@ -29,13 +29,7 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     let (code, out) = monitor.wait(ROLLING_LIMIT)?;
     let seen = watch.finish();
     let progress = std::fs::read_to_string(&err_log).unwrap_or_default();
-    committed(code, &out, &|| {
-        c.nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("node {}'s agent:\n{}\n", i + 1, journal(n, 40)))
-            .collect()
-    })?;
+    committed_everywhere(c, code, &out)?;
     eprintln!(
         "xtask: cluster: rolling platform upgrade of three nodes, asked of node 2: {:.1} s",
         t.elapsed().as_secs_f64()
@@ -125,6 +119,18 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// `qq`'s run ended committed, or the error with every node's agent journal.
+fn committed_everywhere(c: &Cluster, code: i32, out: &str) -> Result<(), String> {
+    committed(code, out, &|| {
+        c.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node {}'s agent:\n{}\n", i + 1, journal(n, 40)))
+            .collect()
+    })
+    .map(|_| ())
+}
+
 /// Node `i`'s ESP: the slot it booted (`now`, 0 = A) blessed, the other kept
 /// good as the fallback.
 fn blessed_over(n: &Node, i: usize, now: usize) -> Result<(), String> {
@@ -157,13 +163,7 @@ pub(super) fn complete(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     )?
     .wait(ROLLING_LIMIT)?;
     let seen = watch.finish();
-    committed(code, &out, &|| {
-        c.nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("node {}'s agent:\n{}\n", i + 1, journal(n, 40)))
-            .collect()
-    })?;
+    committed_everywhere(c, code, &out)?;
     eprintln!(
         "xtask: cluster: complete reboot of three nodes, asked of node 1: {:.1} s",
         t.elapsed().as_secs_f64()
