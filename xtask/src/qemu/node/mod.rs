@@ -235,8 +235,16 @@ impl Node {
         let report = self.wait_report()?;
         loop {
             let login = self.qq_out(&["login", "-u", release::USER, "-p", release::PASSWORD])?;
-            if login.status.success() {
-                let v = self.qq_ok(&["version"])?;
+            // The agent may go down between the two (a node that boots again at
+            // once, as in a cluster's rollback): asked again until the limit.
+            let version = login
+                .status
+                .success()
+                .then(|| self.qq_out(&["version"]))
+                .transpose()?
+                .filter(|v| v.status.success());
+            if let Some(v) = version {
+                let v = String::from_utf8_lossy(&v.stdout).into_owned();
                 let took = start.elapsed();
                 // The operator's SSH too (bundles are copied with scp): sshd can come
                 // up after the agent.
