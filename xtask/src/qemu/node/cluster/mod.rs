@@ -144,7 +144,7 @@ fn online(list: &[serde_json::Value]) -> usize {
 
 /// Through each node, `qq nodes_list` shows every node online, on `version`,
 /// booted from `slot`.
-fn all_on(c: &Cluster, version: &str, slot: &str) -> Result<(), String> {
+fn all_on(c: &Cluster, version: &str, slot: Slot) -> Result<(), String> {
     for (i, n) in c.nodes.iter().enumerate() {
         let list = nodes_list(n)?;
         expect(
@@ -153,7 +153,8 @@ fn all_on(c: &Cluster, version: &str, slot: &str) -> Result<(), String> {
         )?;
         for m in &list {
             expect(
-                field(m, "software_version") == version && field(m, "boot_slot") == slot,
+                field(m, "software_version") == version
+                    && field(m, "boot_slot") == slot.to_string(),
                 &format!(
                     "node {}: every node on {version} from slot {slot}: {m}",
                     i + 1
@@ -339,8 +340,9 @@ fn before(c: &Cluster) -> Result<Before, String> {
         .lines()
         .rev()
         .find(|l| l.contains(BOOT_REPORT))
-        .and_then(|l| super::super::word(l, "release="))
-        .ok_or("no boot report on node 1's console")?;
+        .and_then(super::parse_report)
+        .ok_or("no boot report on node 1's console")?
+        .release;
     Ok(Before {
         version: field(me, "software_version").to_owned(),
         platform,
@@ -348,13 +350,12 @@ fn before(c: &Cluster) -> Result<Before, String> {
     })
 }
 
-/// The other slot (0 = A, 1 = B, as the ESP lists them).
-fn index(slot: Slot) -> usize {
-    if slot == Slot::A { 0 } else { 1 }
-}
-
-fn letter(slot: Slot) -> &'static str {
-    if slot == Slot::A { "a" } else { "b" }
+/// The state of `slot`'s boot entry in an ESP's status.
+fn entry_state(esp: &bootctl::status::Status, slot: Slot) -> Option<EntryState> {
+    esp.slots
+        .iter()
+        .find(|s| s.slot == slot)
+        .and_then(|s| s.state)
 }
 
 type Scenario = fn(&Lab, &mut Cluster) -> Result<(), String>;

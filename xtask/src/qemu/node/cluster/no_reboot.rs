@@ -5,7 +5,7 @@ use super::*;
 
 /// 1: the cluster as each node sees it, and one login for all.
 pub(super) fn formed(_lab: &Lab, c: &mut Cluster) -> Result<(), String> {
-    all_on(c, "1.0.0", "a")?;
+    all_on(c, "1.0.0", Slot::A)?;
     // A token from node 1 is a token of the cluster.
     let c1 = c.nodes[0].client()?;
     let token = c1.token().ok_or("node 1's login gave no token")?.to_owned();
@@ -59,7 +59,7 @@ pub(super) fn instant(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
             )?;
         }
     }
-    all_on(c, "1.0.1", "a")
+    all_on(c, "1.0.1", Slot::A)
 }
 
 /// The first component of `bundle` in archive order: its name and the offset of

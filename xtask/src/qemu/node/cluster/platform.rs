@@ -38,7 +38,7 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     for (i, n) in c.nodes.iter_mut().enumerate() {
         n.booted(lab, "2.0.0")
             .map_err(|e| format!("node {}: {e}", i + 1))?;
-        blessed_over(n, i, 1)?;
+        blessed_over(n, i, Slot::B)?;
     }
     // Each node's copy is the bundle (hashed on the three at once), and nodes 2
     // and 3 logged their fetch.
@@ -115,7 +115,7 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         reboot["state"] == "REBOOT_IDLE",
         &format!("reboot_status after the rolling reboot: {reboot}"),
     )?;
-    all_on(c, "2.0.0", "b")?;
+    all_on(c, "2.0.0", Slot::B)?;
     Ok(())
 }
 
@@ -131,17 +131,17 @@ fn committed_everywhere(c: &Cluster, code: i32, out: &str) -> Result<(), String>
     .map(|_| ())
 }
 
-/// Node `i`'s ESP: the slot it booted (`now`, 0 = A) blessed, the other kept
+/// Node `i`'s ESP: the slot it booted (`now`) blessed, the other kept
 /// good as the fallback.
-fn blessed_over(n: &Node, i: usize, now: usize) -> Result<(), String> {
+fn blessed_over(n: &Node, i: usize, now: Slot) -> Result<(), String> {
     let esp = n.esp_status()?;
     expect(
-        esp.slots[now].state == Some(EntryState::Good)
-            && esp.slots[1 - now].state == Some(EntryState::Good),
+        entry_state(&esp, now) == Some(EntryState::Good)
+            && entry_state(&esp, now.other()) == Some(EntryState::Good),
         &format!(
             "node {}: ESP: slot {} blessed, the other kept as the fallback: {:?}",
             i + 1,
-            ["A", "B"][now],
+            now,
             esp.slots
         ),
     )
@@ -187,7 +187,7 @@ pub(super) fn complete(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     for (i, n) in c.nodes.iter_mut().enumerate() {
         n.booted(lab, "2.1.0")
             .map_err(|e| format!("node {}: {e}", i + 1))?;
-        blessed_over(n, i, index(new))?;
+        blessed_over(n, i, new)?;
     }
     let view: serde_json::Value = c.nodes[0]
         .client()?
@@ -197,7 +197,7 @@ pub(super) fn complete(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         view["batches"].as_array().is_none_or(|b| b.len() <= 1),
         &format!("a complete reboot is one batch of every node: {view}"),
     )?;
-    all_on(c, "2.1.0", letter(new))
+    all_on(c, "2.1.0", new)
 }
 
 /// 6: a platform release whose slot is damaged on node 3 only, after its
@@ -262,8 +262,8 @@ pub(super) fn damaged(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     for (i, n) in c.nodes[..2].iter().enumerate() {
         let esp = n.esp_status()?;
         expect(
-            esp.slots[index(was.slot)].state == Some(EntryState::Good)
-                && esp.slots[index(new)].state != Some(EntryState::Good),
+            entry_state(&esp, was.slot) == Some(EntryState::Good)
+                && entry_state(&esp, new) != Some(EntryState::Good),
             &format!(
                 "node {}: ESP: the previous slot good, the new one no longer: {:?}",
                 i + 1,
@@ -273,8 +273,8 @@ pub(super) fn damaged(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     }
     let esp = c.nodes[2].esp_status()?;
     expect(
-        esp.slots[index(was.slot)].state == Some(EntryState::Good)
-            && matches!(esp.slots[index(new)].state, Some(EntryState::Bad { .. })),
+        entry_state(&esp, was.slot) == Some(EntryState::Good)
+            && matches!(entry_state(&esp, new), Some(EntryState::Bad { .. })),
         &format!(
             "node 3: ESP: the previous slot good, the new one bad: {:?}",
             esp.slots
@@ -292,7 +292,7 @@ pub(super) fn damaged(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
             && why.contains("every node goes back"),
         &format!("qq ended {code} ({out}); the API names node 3 and the kernel's reason: {s}"),
     )?;
-    all_on(c, &was.version, letter(was.slot))
+    all_on(c, &was.version, was.slot)
 }
 
 /// The cluster's upgrade as the first node that answers sees it.
@@ -408,5 +408,5 @@ pub(super) fn coordinator_cut(lab: &Lab, c: &mut Cluster) -> Result<(), String> 
         n.booted(lab, "2.3.0")
             .map_err(|e| format!("node {}: {e}", i + 1))?;
     }
-    all_on(c, "2.3.0", letter(was.slot.other()))
+    all_on(c, "2.3.0", was.slot.other())
 }
