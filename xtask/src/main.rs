@@ -11,9 +11,10 @@
 //!   when skipped.
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
-//! - `cargo xtask qemu-cluster [--quick]`: three real nodes under QEMU as one
-//!   cluster, on a link private to the test (see `qemu/node/cluster.rs`); CI runs
-//!   `--quick` (formed, one login, an instant upgrade).
+//! - `cargo xtask qemu-cluster [--quick | --only N,M…]`: three real nodes under
+//!   QEMU as one cluster, on a link private to the test (see `qemu/node/cluster/`);
+//!   CI runs `--quick` (formed, one login, an instant upgrade, an altered bundle
+//!   refused).
 //! - `cargo xtask demo [--nodes N] [--dir DIR]`: a rolling platform upgrade of a
 //!   cluster of simulated nodes with etcd, driven by `qq` (see `demo_cluster.rs`).
 //! - `cargo xtask demo-upgrade [--dir DIR]`: a whole upgrade of a simulated node

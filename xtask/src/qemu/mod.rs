@@ -573,7 +573,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 /// `cargo xtask qemu-cluster [--quick | --only N,M…]`: three real nodes as one
-/// cluster (`node/cluster.rs`); `--quick`, CI's, runs the scenarios without
+/// cluster (`node/cluster/`); `--quick`, CI's, runs the scenarios without
 /// reboots; `--only` the numbered ones, in the suite's order.
 pub fn cluster(args: &[String]) -> Result<(), String> {
     let pick = cluster_pick(args)?;

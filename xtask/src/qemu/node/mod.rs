@@ -477,7 +477,7 @@ pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Du
 }
 
 /// Builds the lab, then runs the cluster's scenarios numbered in `pick` on
-/// three nodes (`cluster.rs`). Returns each scenario's time.
+/// three nodes (`cluster/`). Returns each scenario's time.
 pub fn cluster_main(
     work: &Path,
     accel: &str,
