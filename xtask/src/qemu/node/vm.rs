@@ -43,11 +43,20 @@ pub fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-/// The serial console in `serial` so far, cleaned of escapes (none yet: empty).
+/// The serial console in `serial` so far, cleaned of escapes (none yet: empty):
+/// its complete lines only, as QEMU may be in the middle of writing the last.
 pub fn console_of(serial: &Path) -> String {
-    clean(&String::from_utf8_lossy(
-        &std::fs::read(serial).unwrap_or_default(),
-    ))
+    let bytes = std::fs::read(serial).unwrap_or_default();
+    clean(&String::from_utf8_lossy(complete_lines(&bytes)))
+}
+
+/// `bytes` up to and with its last newline: a line still being written is not
+/// read as if it were whole (a boot report read as "QIMG-NODE-BOOT r").
+fn complete_lines(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &bytes[..=i],
+        None => &[],
+    }
 }
 
 /// Lines of `console` containing `pattern`.
@@ -171,5 +180,41 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_still_being_written_is_not_read() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"", b""),
+            (b"QIMG-NODE-BOOT r", b""),
+            (b"a\nQIMG-NODE-BOOT r", b"a\n"),
+            (
+                b"a\nQIMG-NODE-BOOT release=1\r\n",
+                b"a\nQIMG-NODE-BOOT release=1\r\n",
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                complete_lines(bytes),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("qimg-vm-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let serial = dir.join("serial");
+        std::fs::write(
+            &serial,
+            b"boot\nQIMG-NODE-BOOT release=1.0.0\nQIMG-NODE-BOOT r",
+        )
+        .unwrap();
+        assert_eq!(count_in(&console_of(&serial), "QIMG-NODE-BOOT"), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
