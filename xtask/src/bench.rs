@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Opts, Usage, bundle_cmd, measure, median, parse, release_build, settle};
+use crate::harness::{
+    Opts, Usage, bundle_cmd, first_line, host, measure, median, parse, release_build, settle,
+};
 use crate::{root, step, target_dir};
 
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -15,49 +17,18 @@ pub fn main(args: &[String]) -> Result<(), String> {
         Some("cloud") => crate::bench_cloud::cloud(&parse(&args[1..])?),
         Some("agent") => crate::bench_agent::agent(&parse(&args[1..])?),
         Some("cluster") => crate::bench_cluster::cluster(&args[1..]),
+        Some("distribute") => crate::bench_distribute::distribute(&args[1..]),
         _ => Err(
-            "usage: cargo xtask bench bundle|firmware|upgrade|cloud|agent|cluster [--size MIB] [--nodes N] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask bench bundle|firmware|upgrade|cloud|agent|cluster|distribute [--size MIB] [--nodes N] [--level N] [--runs N] [--dir DIR]"
                 .into(),
         ),
     }
 }
 
-fn first_line(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| {
-            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
-            t.push_str(&String::from_utf8_lossy(&o.stderr));
-            t.lines().next().unwrap_or("").trim().to_owned()
-        })
-        .unwrap_or_else(|_| "?".into())
-}
-
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
-        })
-        .and_then(|k| k.parse::<u64>().ok())
-        .map_or(0, |k| k / 1024 / 1024);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!(
-        "{cpu}, {cores} cores, {mem} GiB; load {}; {}; {}; {}; {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        "{}; {}; {}; {}; {}",
+        host(),
         first_line(Command::new("mksquashfs").arg("-version")),
         first_line(Command::new("veritysetup").arg("--version")),
         first_line(Command::new("zstd").arg("--version")),

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::median;
-use crate::sim_cluster::{SimCluster, nodes_and_dir, wait};
+use crate::sim_cluster::{Layout, SimCluster, nodes_and_dir, post, until, wait};
 use crate::target_dir;
 
 fn io(e: std::io::Error) -> String {
@@ -78,45 +78,6 @@ fn idle_cores(groups: &[&[u32]]) -> Vec<f64> {
 const SHUTDOWN_MS: u64 = 1000;
 const BOOT_MS: u64 = 500;
 const RESTRIPE_MS: u64 = 1000;
-
-fn post(
-    c: &mut qapi::Client,
-    path: &str,
-    body: Option<&qapi::types::PrepareRequest>,
-) -> Result<(), String> {
-    match body {
-        Some(b) => c.post(path, b),
-        None => c.post_empty(path),
-    }
-    .map(|_| ())
-    .map_err(|e| format!("POST {path}: {e}"))
-}
-
-fn state_is(c: &mut qapi::Client, want: qapi::types::UpgradeState) -> Result<bool, String> {
-    match c.get::<qapi::types::UpgradeStatus>("/v3/upgrade/status") {
-        Ok(s) if s.error_info.is_some() => Err(format!("the upgrade failed: {:?}", s.error_info)),
-        Ok(s) => Ok(s.state == want),
-        Err(_) => Ok(false), // the node asked is rebooting: ask again
-    }
-}
-
-fn until(
-    c: &mut qapi::Client,
-    what: &str,
-    want: qapi::types::UpgradeState,
-    limit: Duration,
-) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if state_is(c, want)? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("waited {limit:?} for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The engine's work for a batch of `k` platform reboots, as this machine does it
 /// with no orchestration: `k` simulated nodes of their own (no agent) run `qq
@@ -187,7 +148,18 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         "[sim]\nshutdown_ms = {SHUTDOWN_MS}\nboot_ms = {BOOT_MS}\nrestripe_ms = {RESTRIPE_MS}\n"
     );
     // Four node failures permitted: batches of up to 4.
-    let c = SimCluster::start(&dir.join("cluster"), "bench", nodes, 4, &extra, true)?;
+    let c = SimCluster::start(
+        &dir.join("cluster"),
+        "bench",
+        Layout {
+            nodes,
+            max_node_failures: 4,
+            tree_mib: 4,
+            apart: false,
+        },
+        &extra,
+        true,
+    )?;
     eprintln!("xtask: {nodes} simulated nodes");
     let instant = c.lab.build("instant", "1.0.1", "1.0", 4)?;
     std::fs::copy(&instant, c.upgrade.join("instant.qimg")).map_err(io)?;
@@ -242,21 +214,11 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         )?;
         let t = Instant::now();
         post(&mut cl, "/v2/upgrade/commit", None)?;
-        // Any node that is up answers.
-        let deadline = Instant::now() + Duration::from_secs(1800);
-        'done: loop {
-            for i in 1..=nodes {
-                if let Ok(mut x) = c.client(i)
-                    && state_is(&mut x, qapi::types::UpgradeState::Idle)?
-                {
-                    break 'done;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("rolling by {k}: not committed within 1800 s"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        c.until_any(
+            &format!("rolling by {k} committed"),
+            qapi::types::UpgradeState::Idle,
+            Duration::from_secs(1800),
+        )?;
         let wall = t.elapsed().as_secs_f64();
         let batches = c.plan()?["batches"].as_array().map_or(0, Vec::len);
         let hardware = (SHUTDOWN_MS + BOOT_MS + RESTRIPE_MS * u64::from(k)) as f64 / 1000.0;

@@ -17,7 +17,7 @@
 
 use std::process::Command;
 
-use crate::sim_cluster::{SimCluster, nodes_and_dir};
+use crate::sim_cluster::{Layout, SimCluster, nodes_and_dir};
 use crate::target_dir;
 
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -29,7 +29,18 @@ pub fn main(args: &[String]) -> Result<(), String> {
         "xtask demo: a cluster of {nodes} simulated nodes in {}",
         dir.display()
     );
-    let c = SimCluster::start(&dir, "demo", nodes, 1, "[sim]\nrestripe_ms = 1500\n", false)?;
+    let c = SimCluster::start(
+        &dir,
+        "demo",
+        Layout {
+            nodes,
+            max_node_failures: 1,
+            tree_mib: 4,
+            apart: false,
+        },
+        "[sim]\nrestripe_ms = 1500\n",
+        false,
+    )?;
     let bundle = c.lab.build("release-2.0.0", "2.0.0", "2.0", 4)?;
     std::fs::copy(&bundle, c.upgrade.join("release-2.0.0.qimg"))
         .map_err(|e| format!("{}: {e}", bundle.display()))?;

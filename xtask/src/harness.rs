@@ -202,3 +202,44 @@ pub(crate) fn sh_stream_member(
     };
     head + &pipe
 }
+
+/// The first line a tool prints (stdout, then stderr), for version lines.
+pub(crate) fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines().next().unwrap_or("").trim().to_owned()
+        })
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// This machine: CPU, cores, memory and load.
+pub(crate) fn host() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|k| k.parse::<u64>().ok())
+        .map_or(0, |k| k / 1024 / 1024);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {mem} GiB; load {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}

@@ -35,6 +35,12 @@
 //! - `cargo xtask bench cluster [--nodes N]`: an instant upgrade of N simulated
 //!   nodes through one request, coordinator failover, agent and etcd memory
 //!   (`bench_cluster.rs`).
+//! - `cargo xtask bench distribute [--nodes N] [--size MIB] [--runs N] [--serve-mib R]
+//!   [--dir DIR]`:
+//!   a bundle uploaded to one of N simulated nodes reaching the others (the
+//!   peers' verified fetch) against `scp` to them through an sshd of its own on
+//!   loopback (`sshd.rs`), and the prepare with the fetch against one from local
+//!   files (`bench_distribute.rs`).
 //! - `cargo xtask fresh-root [--keep]`: proves the list complete on a new minimal
 //!   Debian root (`fresh_root.rs`).
 //! - `cargo xtask deps [--install] [--run] [GROUP...]`: prints the list (what each
@@ -44,6 +50,7 @@ mod bench;
 mod bench_agent;
 mod bench_cloud;
 mod bench_cluster;
+mod bench_distribute;
 mod bench_fw;
 mod bench_upgrade;
 mod ci;
@@ -55,6 +62,7 @@ mod harness;
 mod qemu;
 mod sim_cluster;
 mod space;
+mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

@@ -2,7 +2,8 @@
 //! run it: release `qimg`/`qq`/`qimgd` binaries, a cluster made by `qimgd cluster
 //! create` on free 127.0.0.1 ports, etcd members on the first 3 (5 from 8 nodes)
 //! through `qimgd cluster member` (mutual TLS), one `qimgd serve` per node, a
-//! user `bench` of the cluster (in etcd, added once by `qimgd user add` on node 1), one upgrade directory every node sees. Dropped, it stops the
+//! user `bench` of the cluster (in etcd, added once by `qimgd user add` on node 1),
+//! one upgrade directory every node sees or one per node. Dropped, it stops the
 //! agents, the etcd members and the nodes' containers.
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,64 @@ pub(crate) fn nodes_and_dir(
     Ok((nodes, dir))
 }
 
+/// POSTs `body` (or nothing) to `path`.
+pub(crate) fn post(
+    c: &mut qapi::Client,
+    path: &str,
+    body: Option<&qapi::types::PrepareRequest>,
+) -> Result<(), String> {
+    match body {
+        Some(b) => c.post(path, b),
+        None => c.post_empty(path),
+    }
+    .map(|_| ())
+    .map_err(|e| format!("POST {path}: {e}"))
+}
+
+/// Whether the node `c` asks is in state `want` (`false` while it does not
+/// answer); an upgrade that failed is an error.
+pub(crate) fn state_is(
+    c: &mut qapi::Client,
+    want: qapi::types::UpgradeState,
+) -> Result<bool, String> {
+    match c.get::<qapi::types::UpgradeStatus>("/v3/upgrade/status") {
+        Ok(s) if s.error_info.is_some() => Err(format!("the upgrade failed: {:?}", s.error_info)),
+        Ok(s) => Ok(s.state == want),
+        Err(_) => Ok(false), // the node asked is rebooting: ask again
+    }
+}
+
+/// Waits for the node `c` asks to be in state `want`, at most `limit`.
+pub(crate) fn until(
+    c: &mut qapi::Client,
+    what: &str,
+    want: qapi::types::UpgradeState,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if state_is(c, want)? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("waited {limit:?} for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The cluster's shape: its nodes, how many may be down at once, the platform
+/// tree of the releases its lab builds (MiB; the slots fit it), and whether
+/// every node has an upgrade directory of its own (machines that share no file
+/// system) or all see one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    pub nodes: u32,
+    pub max_node_failures: u32,
+    pub tree_mib: u64,
+    pub apart: bool,
+}
+
 /// The running cluster.
 pub(crate) struct SimCluster {
     /// Its name in etcd (`/qimg/<name>/…`).
@@ -84,8 +143,9 @@ pub(crate) struct SimCluster {
     pub voters: u32,
     /// The agents' HTTPS ports, node 1 first.
     pub ports: Vec<u16>,
-    /// The shared upgrade directory.
+    /// The shared upgrade directory (with [`Layout::apart`], node 1's).
     pub upgrade: PathBuf,
+    apart: bool,
     /// The `qimgd` binary.
     pub qimgd: PathBuf,
     /// Agents, node 1 first (the fields drop in order: agents before etcd).
@@ -99,16 +159,21 @@ pub(crate) struct SimCluster {
 
 impl SimCluster {
     /// Builds the binaries (`release` or debug) and a factory release in `dir`
-    /// (wiped), and starts `nodes` nodes; `extra` is added to every agent's
-    /// `qimgd.toml`.
+    /// (wiped), and starts the nodes of `layout`; `extra` is added to every
+    /// agent's `qimgd.toml`.
     pub(crate) fn start(
         dir: &Path,
         name: &str,
-        nodes: u32,
-        max_node_failures: u32,
+        layout: Layout,
         extra: &str,
         release: bool,
     ) -> Result<SimCluster, String> {
+        let Layout {
+            nodes,
+            max_node_failures,
+            tree_mib,
+            apart,
+        } = layout;
         let bins = if release {
             release_build(&["imagebuild", "qq", "qimgd"])?;
             target_dir().join("release")
@@ -121,10 +186,13 @@ impl SimCluster {
             target_dir().join("debug")
         };
         let qimgd = bins.join("qimgd");
-        let lab = Lab::with_bins(dir, 4, &bins)?;
+        let lab = Lab::with_bins(dir, tree_mib, &bins)?;
         let w = lab.w.clone();
-        let upgrade = w.join("upgrade");
-        std::fs::create_dir_all(&upgrade).map_err(io)?;
+        let upgrade = if apart {
+            w.join("n1/upgrade")
+        } else {
+            w.join("upgrade")
+        };
         let voters = match nodes {
             0..=2 => nodes,
             3..=7 => 3,
@@ -178,6 +246,7 @@ impl SimCluster {
             voters,
             ports,
             upgrade,
+            apart,
             qimgd,
             agents: Procs(vec![]),
             etcd: Procs(vec![]),
@@ -186,6 +255,7 @@ impl SimCluster {
         };
         for i in 1..=nodes {
             let nd = c.node_dir(i);
+            std::fs::create_dir_all(c.upgrade_dir(i)).map_err(io)?;
             Command::new(&c.lab.qq)
                 .args(["sim_create", "--model", "bench", "--dir"])
                 .arg(nd.join("node"))
@@ -204,7 +274,7 @@ impl SimCluster {
                 format!(
                     "listen = [\"127.0.0.1:{}\"]\nnode = \"node\"\nstate = \"state\"\nusers = \"users.json\"\nupgrade_dir = \"{}\"\ncluster = \"{}\"\n{extra}",
                     c.ports[i as usize - 1],
-                    c.upgrade.display(),
+                    c.upgrade_dir(i).display(),
                     w.join(format!("c/node{i}")).display()
                 ),
             )
@@ -255,6 +325,39 @@ impl SimCluster {
     /// Node `i`'s directory (1-based).
     pub(crate) fn node_dir(&self, i: u32) -> PathBuf {
         self.lab.w.join(format!("n{i}"))
+    }
+
+    /// Node `i`'s upgrade directory (1-based).
+    pub(crate) fn upgrade_dir(&self, i: u32) -> PathBuf {
+        if self.apart {
+            self.node_dir(i).join("upgrade")
+        } else {
+            self.upgrade.clone()
+        }
+    }
+
+    /// Waits for any node that answers to be in state `want`, at most `limit`
+    /// (nodes reboot during a commit).
+    pub(crate) fn until_any(
+        &self,
+        what: &str,
+        want: qapi::types::UpgradeState,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            for i in 1..=self.nodes {
+                if let Ok(mut x) = self.client(i)
+                    && state_is(&mut x, want)?
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("waited {limit:?} for {what}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// etcdctl against the cluster with node 1's certificate; its stdout.

@@ -259,6 +259,13 @@ pub const NEEDS: &[Need] = &[
         why: "the verify bench's baseline",
         also: &[],
     },
+    Need {
+        package: "openssh-server",
+        check: File("/usr/sbin/sshd"),
+        groups: &[Bench],
+        why: "the distribute bench's baseline: scp to each simulated node through an sshd of the bench's own on loopback",
+        also: &[],
+    },
     // QEMU.
     Need {
         package: "qemu-system-x86",
@@ -284,8 +291,8 @@ pub const NEEDS: &[Need] = &[
     Need {
         package: "openssh-client",
         check: Tool("ssh", &["-V"]),
-        groups: &[Qemu],
-        why: "the host reaches the test node's shell with ssh, scp and ssh-keygen",
+        groups: &[Qemu, Bench],
+        why: "the host reaches the test node's shell with ssh, scp and ssh-keygen; the distribute bench copies with scp",
         also: &["scp", "ssh-keygen"],
     },
 ];
