@@ -66,6 +66,17 @@ pub enum FetchProblem {
     },
 }
 
+/// What a fetch did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    /// The file is this fetch's (`false`: it appeared meanwhile, from another
+    /// fetch or a copy, and was kept).
+    pub new: bool,
+    /// Where each broken-off stream was taken up again (a range request), in
+    /// bytes from the start, in order.
+    pub resumed_at: Vec<u64>,
+}
+
 /// The other nodes' agents, `me` left out, in the order they are asked.
 pub fn peers(spec_nodes: &[NodeSpec], me: u32) -> Vec<&NodeSpec> {
     spec_nodes.iter().filter(|n| n.id != me).collect()
@@ -73,8 +84,6 @@ pub fn peers(spec_nodes: &[NodeSpec], me: u32) -> Vec<&NodeSpec> {
 
 /// Fetches `name` (a file at the top of the upgrade directory `dir`) from one
 /// of `peers`, verified against `keys` and `pin`, into `dir`. Blocking.
-/// `Ok(false)`: the file appeared meanwhile (another fetch or a copy), and was
-/// kept.
 pub fn fetch(
     name: &str,
     dir: &Path,
@@ -82,16 +91,17 @@ pub fn fetch(
     keys: &TrustedKeys,
     node_dir: &NodeDir,
     peers: &[&NodeSpec],
-) -> Result<bool, FetchProblem> {
+) -> Result<Fetched, FetchProblem> {
     let name = images::check_name(name).map_err(|_| FetchProblem::Name(name.into()))?;
     if peers.is_empty() {
         return Err(FetchProblem::NoPeers);
     }
     images::make_dir(dir).map_err(FetchProblem::Refused)?;
     let (tx, rx) = mpsc::channel(16);
+    let mut resumed_at = vec![];
     let (fed, received) = std::thread::scope(|s| {
         let receiving = s.spawn(|| images::receive(dir, keys, rx));
-        let fed = feed(name, pin, node_dir, peers, tx);
+        let fed = feed(name, pin, node_dir, peers, tx, &mut resumed_at);
         (
             fed,
             receiving.join().expect("the receiving thread panicked"),
@@ -105,21 +115,25 @@ pub fn fetch(
             pinned: *pin,
         });
     }
-    match images::publish(received, dir, name, false) {
-        Ok(_) => Ok(true),
-        Err(UploadProblem::Exists(_)) => Ok(false),
-        Err(e) => Err(FetchProblem::Refused(e)),
-    }
+    let new = match images::publish(received, dir, name, false) {
+        Ok(_) => true,
+        Err(UploadProblem::Exists(_)) => false,
+        Err(e) => return Err(FetchProblem::Refused(e)),
+    };
+    Ok(Fetched { new, resumed_at })
 }
 
 /// Sends the bundle's bytes, from whichever peer serves them, to `tx`; the
-/// receiver verifies them. Returns once `pin.size` bytes went, or with why not.
+/// receiver verifies them. Returns once `pin.size` bytes went, or with why not;
+/// where a broken-off stream was taken up again goes to `resumed_at` (and the
+/// log).
 fn feed(
     name: &str,
     pin: &BundlePin,
     node_dir: &NodeDir,
     peers: &[&NodeSpec],
     tx: mpsc::Sender<axum::body::Bytes>,
+    resumed_at: &mut Vec<u64>,
 ) -> Result<(), FetchProblem> {
     let deadline = Instant::now() + FETCH_LIMIT;
     let path = format!("/v1/qimg/peer/images/{name}");
@@ -145,6 +159,13 @@ fn feed(
                 return Err(FetchProblem::NotServed(why.join("; ")));
             }
             let from = got;
+            if from > 0 {
+                crate::log(&format!(
+                    "fetch of {name}: resuming at byte {from} of {} from node {}",
+                    pin.size, peer.id
+                ));
+                resumed_at.push(from);
+            }
             let mut sink = |b: &[u8]| {
                 if got + b.len() as u64 > pin.size {
                     return Err(std::io::Error::other(format!(

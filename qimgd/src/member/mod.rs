@@ -311,9 +311,13 @@ fn fetch_pinned(a: &Shared, plan: &ClusterPlan) -> Result<(), crate::fetch::Fetc
     let name = plan.image_path.trim_start_matches('/');
     let peers = peers(&c.membership.spec.nodes, c.membership.node_id);
     let t = std::time::Instant::now();
-    fetch(name, &a.config.upgrade_dir, pin, &keys, dir, &peers)?;
+    let done = fetch(name, &a.config.upgrade_dir, pin, &keys, dir, &peers)?;
+    let resumed = match done.resumed_at.len() {
+        0 => String::new(),
+        n => format!(", its stream taken up again {n} time(s)"),
+    };
     crate::log(&format!(
-        "fetched {name} ({} bytes) from another node in {:.1} s",
+        "fetched {name} ({} bytes) from another node in {:.1} s{resumed}",
         pin.size,
         t.elapsed().as_secs_f64()
     ));

@@ -142,7 +142,76 @@ fn a_fetch_waits_for_the_serving_agent_to_come_back() {
         c.agents[0].restart();
         fetching.join().unwrap()
     });
-    assert!(fetched.as_ref().is_ok_and(|new| *new), "{fetched:?}");
+    assert!(fetched.as_ref().is_ok_and(|f| f.new), "{fetched:?}");
+    assert_eq!(std::fs::read(to.join("big.qimg")).unwrap(), bytes);
+}
+
+#[test]
+fn a_fetch_cut_halfway_resumes_where_it_broke_off() {
+    // Node 1 serves at 1 MiB/s; once node 2 has part of the bundle, node 1's
+    // agent is killed (the stream breaks) and started again. The fetch takes
+    // it up with a range from the byte it had, not from the start, and ends
+    // with the bundle.
+    let Some(mut c) = cluster_apart_with("resume", 2, "peer_serve_mib_per_s = 1\n") else {
+        return;
+    };
+    // Bigger than the receiver's 1 MiB write buffer, so that a part of it
+    // shows in the partial file.
+    let made = tempfile::tempdir().unwrap();
+    let b = &build_bundle_sized(
+        made.path(),
+        "big",
+        &Rel::new("7.1.0", "7.1"),
+        &key(1),
+        6 << 20,
+    );
+    let bytes = std::fs::read(b).unwrap();
+    std::fs::copy(b, c.agents[0].upgrade_dir.join("big.qimg")).unwrap();
+    let reader = qimg::BundleReader::open(std::fs::File::open(b).unwrap()).unwrap();
+    let pin = qimg::BundlePin::of(reader.manifest_bytes(), bytes.len() as u64);
+    let keys = qimg::TrustedKeys::new([key(1).public()]);
+    let spec = c.etcd.nodes[1].load().unwrap().spec;
+    let to = c.agents[1].upgrade_dir.clone();
+    let node2 = c.etcd.nodes[1].clone();
+    let partial = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let fetched = std::thread::scope(|s| {
+        let fetching = s.spawn(|| {
+            let peers = qimgd::fetch::peers(&spec.nodes, 2);
+            qimgd::fetch::fetch("big.qimg", &to, &pin, &keys, &node2, &peers)
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while partial(&to) < 1 << 20 {
+            assert!(
+                Instant::now() < deadline && !fetching.is_finished(),
+                "node 2 held no 1 MiB of the bundle within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.agents[0].kill();
+        std::thread::sleep(Duration::from_millis(500));
+        c.agents[0].restart();
+        fetching.join().unwrap()
+    });
+    let f = fetched.unwrap();
+    assert!(f.new);
+    assert!(!f.resumed_at.is_empty(), "the stream was never cut: {f:?}");
+    for at in &f.resumed_at {
+        assert!(
+            *at >= 1 << 20 && *at < bytes.len() as u64,
+            "taken up at byte {at} of {}, not where it broke off",
+            bytes.len()
+        );
+    }
     assert_eq!(std::fs::read(to.join("big.qimg")).unwrap(), bytes);
 }
 

@@ -41,7 +41,12 @@ pub fn cluster_with(
 /// [`cluster`] of machines that share no file system: each agent has its own
 /// upgrade directory (`Agentd::upgrade_dir`); `Cluster::upgrade` is node 1's.
 pub fn cluster_apart(name: &str, n: u32) -> Option<Cluster> {
-    start(name, n, 1, "", &[], false, |_, _| {})
+    cluster_apart_with(name, n, "")
+}
+
+/// [`cluster_apart`] with `extra` in every agent's `qimgd.toml`.
+pub fn cluster_apart_with(name: &str, n: u32, extra: &str) -> Option<Cluster> {
+    start(name, n, 1, extra, &[], false, |_, _| {})
 }
 
 fn start(

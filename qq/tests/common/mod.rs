@@ -75,9 +75,20 @@ pub fn foreign_bundle(dir: &Path) -> PathBuf {
 
 /// Builds a signed bundle for `rel` in `dir`.
 pub fn build_bundle(dir: &Path, name: &str, rel: &Rel, signer: &SecretKey) -> PathBuf {
+    build_bundle_sized(dir, name, rel, signer, 600 << 10)
+}
+
+/// [`build_bundle`] with `root_bytes` of generated platform root.
+pub fn build_bundle_sized(
+    dir: &Path,
+    name: &str,
+    rel: &Rel,
+    signer: &SecretKey,
+    root_bytes: u64,
+) -> PathBuf {
     let src = dir.join(format!("{name}.src"));
     let _ = std::fs::remove_dir_all(&src);
-    sample::generate_tree(&src.join("rootfs"), 600 << 10, 21, rel.platform).unwrap();
+    sample::generate_tree(&src.join("rootfs"), root_bytes, 21, rel.platform).unwrap();
     write(&src.join("rootfs/etc/qimg/platform"), rel.platform);
     if let Some(m) = rel.sim_boot {
         write(&src.join("rootfs").join(upgrade::sim::SIM_BOOT), m);

@@ -5,7 +5,9 @@ use super::watch::Watch;
 use super::*;
 
 /// 4: the bundle uploaded to node 1 only; a rolling platform upgrade asked of
-/// node 2: every node prepares (nodes 2 and 3 fetch the bundle from node 1), then
+/// node 2: every node prepares (nodes 2 and 3 fetch the bundle from node 1;
+/// halfway, node 1's agent restarts and their fetches resume where they broke
+/// off), then
 /// reboots into slot B one at a time, the coordinator's node last, each next
 /// batch held until the restriper finished after the last one came back.
 pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
@@ -25,6 +27,7 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         &["upgrade_cluster", "--rolling", "--path", name],
         "rolling",
     )?;
+    let cut_at = restart_server_halfway(c, name, file_size(bundle)?)?;
     let err_log = c.nodes[1].serial.with_file_name("qq-rolling.err");
     let (code, out) = monitor.wait(ROLLING_LIMIT)?;
     let seen = watch.finish();
@@ -41,17 +44,36 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         blessed_over(n, i, Slot::B)?;
     }
     // Each node's copy is the bundle (hashed on the three at once), and nodes 2
-    // and 3 logged their fetch.
+    // and 3 logged their fetch; the one that was halfway took its stream up
+    // again where it broke off, not from the start.
     let want = sha256_here(bundle)?;
     each(&c.nodes, |i, n| {
         expect(
             sha256_on(n, &path)? == want,
             &format!("node {}: its copy of {name} is the bundle", i + 1),
         )?;
+        let journal = n.ssh(JOURNAL)?;
         expect(
-            i == 0 || n.ssh(JOURNAL)?.contains(&format!("fetched {name}")),
+            i == 0 || journal.contains(&format!("fetched {name}")),
             &format!("node {}'s agent fetched {name} from a peer", i + 1),
-        )
+        )?;
+        if i == cut_at.0 {
+            let resumed = resumed_at(&journal, name);
+            expect(
+                !resumed.is_empty() && resumed.iter().all(|b| *b >= cut_at.1),
+                &format!(
+                    "node {} took its fetch up again at or after byte {} (it had that much when node 1's agent restarted): {resumed:?}",
+                    i + 1,
+                    cut_at.1
+                ),
+            )?;
+            eprintln!(
+                "xtask: cluster: node {}'s fetch, cut at {} bytes, taken up again at byte(s) {resumed:?}",
+                i + 1,
+                cut_at.1
+            );
+        }
+        Ok(())
     })?;
     // The batches, one node each, the coordinator's node last.
     let view: serde_json::Value = c.nodes[0]
@@ -117,6 +139,78 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     )?;
     all_on(c, "2.0.0", Slot::B)?;
     Ok(())
+}
+
+/// How long nodes 2 and 3 may take to hold half the bundle, node 1 prepared.
+const HALF_FETCH_LIMIT: Duration = Duration::from_secs(300);
+
+/// Waits until node 1 (which serves the bundle) has prepared and node 2 or 3
+/// holds at least half of its fetch, then restarts node 1's agent: the streams
+/// to both break. Returns the node (0-based) that was furthest, and the bytes
+/// it held.
+fn restart_server_halfway(c: &Cluster, name: &str, size: u64) -> Result<(usize, u64), String> {
+    use qapi::types::NodeStep;
+    let partial = format!(
+        "for f in {UPGRADE_DIR}/{PARTIAL}*; do [ -e \"$f\" ] && stat -c %s \"$f\"; done; true"
+    );
+    let deadline = Instant::now() + HALF_FETCH_LIMIT;
+    loop {
+        let prepared = plan_view(c).is_some_and(|v| {
+            v.nodes
+                .first()
+                .is_some_and(|n| n.step == Some(NodeStep::Prepared))
+        });
+        let mut held = vec![];
+        for (i, n) in c.nodes.iter().enumerate().skip(1) {
+            let bytes: u64 = n
+                .ssh(&partial)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<u64>().ok())
+                .sum();
+            let done = n.ssh(&format!("test -e {UPGRADE_DIR}/{name}")).is_ok();
+            held.push((i, bytes, done));
+        }
+        if held.iter().any(|h| h.2) {
+            return Err(format!(
+                "a node finished its fetch before node 1 prepared and another held half of it: {held:?}"
+            ));
+        }
+        let (i, bytes, _) = *held.iter().max_by_key(|h| h.1).expect("two nodes");
+        if prepared && bytes * 2 >= size {
+            c.nodes[0].ssh("systemctl restart qimgd.service")?;
+            eprintln!(
+                "xtask: cluster: node 1's agent restarted while node {} held {bytes} of {size} bytes",
+                i + 1
+            );
+            return Ok((i, bytes));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "node 1 prepared ({prepared}) and half a fetch ({held:?}) not both within {HALF_FETCH_LIMIT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The name prefix of a bundle being received (`qimgd::images::PARTIAL_PREFIX`).
+const PARTIAL: &str = ".upload-";
+
+/// Where the agent's journal says its fetch of `name` was taken up again.
+fn resumed_at(journal: &str, name: &str) -> Vec<u64> {
+    let marker = format!("fetch of {name}: resuming at byte ");
+    journal
+        .lines()
+        .filter_map(|l| l.split_once(&marker))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn file_size(p: &std::path::Path) -> Result<u64, String> {
+    std::fs::metadata(p)
+        .map(|m| m.len())
+        .map_err(|e| format!("{}: {e}", p.display()))
 }
 
 /// `qq`'s run ended committed, or the error with every node's agent journal.
