@@ -1,6 +1,8 @@
 //! A member that lacks the bundle its cluster's plan pins fetches it from
 //! another node (`GET /v1/qimg/peer/images/{name}`, mutual TLS with the
-//! cluster's node certificates), before its prepare. What arrives goes through
+//! cluster's node certificates), and prepares from the bytes as they arrive
+//! ([`Arriving`]: the engine verifies them as from a file and makes nothing
+//! bootable before the last digest). What arrives also goes through
 //! the same verifying receiver as an upload (`crate::images::receive`): the
 //! signed head against this node's keys, every payload against its digest,
 //! then the whole file against the plan's pin. Nothing is trusted because of
@@ -82,8 +84,47 @@ pub fn peers(spec_nodes: &[NodeSpec], me: u32) -> Vec<&NodeSpec> {
     spec_nodes.iter().filter(|n| n.id != me).collect()
 }
 
+/// The bundle's bytes as a fetch receives them, for a prepare that reads them
+/// while they arrive ([`fetch`]'s `tee`): the end of the stream is the end of
+/// the fetch's sending (all of it, or where it gave up).
+pub struct Arriving {
+    rx: std::sync::mpsc::Receiver<axum::body::Bytes>,
+    chunk: axum::body::Bytes,
+}
+
+/// How many chunks a fetch may be ahead of the prepare reading them.
+const ARRIVING_CHUNKS: usize = 64;
+
+/// A tee for [`fetch`] and the reader of what goes through it.
+pub fn arriving() -> (std::sync::mpsc::SyncSender<axum::body::Bytes>, Arriving) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(ARRIVING_CHUNKS);
+    (
+        tx,
+        Arriving {
+            rx,
+            chunk: axum::body::Bytes::new(),
+        },
+    )
+}
+
+impl std::io::Read for Arriving {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(c) => self.chunk = c,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 /// Fetches `name` (a file at the top of the upgrade directory `dir`) from one
-/// of `peers`, verified against `keys` and `pin`, into `dir`. Blocking.
+/// of `peers`, verified against `keys` and `pin`, into `dir`. Blocking. Every
+/// byte, in order and once, also goes to `tee` while its reader reads (a
+/// prepare that stopped reading does not stop the fetch).
 pub fn fetch(
     name: &str,
     dir: &Path,
@@ -91,6 +132,7 @@ pub fn fetch(
     keys: &TrustedKeys,
     node_dir: &NodeDir,
     peers: &[&NodeSpec],
+    tee: Option<std::sync::mpsc::SyncSender<axum::body::Bytes>>,
 ) -> Result<Fetched, FetchProblem> {
     let name = images::check_name(name).map_err(|_| FetchProblem::Name(name.into()))?;
     if peers.is_empty() {
@@ -101,7 +143,7 @@ pub fn fetch(
     let mut resumed_at = vec![];
     let (fed, received) = std::thread::scope(|s| {
         let receiving = s.spawn(|| images::receive(dir, keys, rx));
-        let fed = feed(name, pin, node_dir, peers, tx, &mut resumed_at);
+        let fed = feed(name, pin, node_dir, peers, (tx, tee), &mut resumed_at);
         (
             fed,
             receiving.join().expect("the receiving thread panicked"),
@@ -132,7 +174,10 @@ fn feed(
     pin: &BundlePin,
     node_dir: &NodeDir,
     peers: &[&NodeSpec],
-    tx: mpsc::Sender<axum::body::Bytes>,
+    (tx, mut tee): (
+        mpsc::Sender<axum::body::Bytes>,
+        Option<std::sync::mpsc::SyncSender<axum::body::Bytes>>,
+    ),
     resumed_at: &mut Vec<u64>,
 ) -> Result<(), FetchProblem> {
     let deadline = Instant::now() + FETCH_LIMIT;
@@ -159,7 +204,8 @@ fn feed(
                 return Err(FetchProblem::NotServed(why.join("; ")));
             }
             let from = got;
-            if from > 0 {
+            // Once per break: tries that bring nothing do not count again.
+            if from > 0 && resumed_at.last() != Some(&from) {
                 crate::log(&format!(
                     "fetch of {name}: resuming at byte {from} of {} from node {}",
                     pin.size, peer.id
@@ -173,7 +219,13 @@ fn feed(
                         pin.size
                     )));
                 }
-                tx.blocking_send(axum::body::Bytes::copy_from_slice(b))
+                let chunk = axum::body::Bytes::copy_from_slice(b);
+                if let Some(t) = &tee
+                    && t.send(chunk.clone()).is_err()
+                {
+                    tee = None; // the prepare stopped reading (its error says why)
+                }
+                tx.blocking_send(chunk)
                     .map_err(|_| std::io::Error::other("the receiver refused what came"))?;
                 got += b.len() as u64;
                 Ok(())

@@ -212,7 +212,11 @@ impl Agent {
     /// refused. Changes nothing and takes no lock.
     pub fn verify(&self, path: &Path) -> Result<Verified, Error> {
         let mut io = self.node.open()?;
-        let bundle = prepare::BundleFile { path, pinned: None };
+        let bundle = prepare::BundleFile {
+            path,
+            pinned: None,
+            stream: None,
+        };
         let ex = prepare::examine(&self.node, &mut io, bundle, &Cancel::new())?;
         let st = self.state()?;
         let blocked = crate::checks::settle(&ex.manifest, st.last_commit.as_ref(), crate::now())
@@ -233,6 +237,22 @@ impl Agent {
     pub fn prepare(
         &self,
         req: &PrepareRequest,
+        obs: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<NodeState, Error> {
+        self.prepare_from(req, None, obs, cancel)
+    }
+
+    /// [`Agent::prepare`] from `stream`, the bundle's bytes as they arrive (a
+    /// fetch from another node, which names the file `req.path` once it has
+    /// verified it), instead of the file: the slot is written while the bytes
+    /// come, verified as they stream as from a file, and made bootable only
+    /// after the last digest. `req.pin` is required (its size is the stream's
+    /// length). `None`: the file.
+    pub fn prepare_from(
+        &self,
+        req: &PrepareRequest,
+        stream: Option<Box<dyn std::io::Read + Send>>,
         obs: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<NodeState, Error> {
@@ -274,6 +294,7 @@ impl Agent {
         let bundle = prepare::BundleFile {
             path: &req.path,
             pinned: req.pin.as_ref(),
+            stream,
         };
         let result = prepare::run(&self.node, &store, &mut st, &mut io, bundle, obs, cancel);
         let Err(e) = result else {

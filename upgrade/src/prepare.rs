@@ -11,7 +11,7 @@
 //! staged entry goes, the slot is `_empty`, the partial container is removed. The
 //! running slot, its entries and the running container are never touched.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use bootctl::entries;
@@ -77,14 +77,20 @@ fn bundle_err(path: &Path, cancel: &Cancel) -> impl Fn(qimg::Error) -> Error {
 }
 
 /// The bundle a prepare reads: its file and, in a cluster, the pin the plan
-/// holds it to (another file under the same name is refused).
-#[derive(Clone, Copy, Debug)]
+/// holds it to (another file under the same name is refused); or, while it is
+/// fetched from another node, its bytes as they arrive.
 pub(crate) struct BundleFile<'a> {
-    /// The file.
+    /// The file (while streamed: the name it will have).
     pub path: &'a Path,
     /// What it must be.
     pub pinned: Option<&'a BundlePin>,
+    /// The bytes as they arrive (`None`: read the file). Its length is the
+    /// pin's size.
+    pub stream: Option<Box<dyn Read + Send>>,
 }
+
+/// What a prepare reads its bundle from.
+type Source = BufReader<Box<dyn Read + Send>>;
 
 /// What a bundle would do on this node, found from its verified head without
 /// writing anything: the plan, the slot image and the container's verity, the
@@ -118,17 +124,33 @@ pub(crate) fn examine(
     io: &mut Opened,
     bundle: BundleFile,
     cancel: &Cancel,
-) -> Result<Examined<BufReader<std::fs::File>>, Error> {
-    let BundleFile { path, pinned } = bundle;
+) -> Result<Examined<Source>, Error> {
+    let BundleFile {
+        path,
+        pinned,
+        stream,
+    } = bundle;
     let berr = bundle_err(path, cancel);
     let open_err = |source| Error::BundleOpen {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(open_err)?;
-    let size = file.metadata().map_err(open_err)?.len();
+    let (source, size): (Box<dyn Read + Send>, u64) = match (stream, pinned) {
+        (Some(s), Some(pin)) => (s, pin.size),
+        (Some(_), None) => {
+            return Err(Error::Refused {
+                path: path.to_owned(),
+                reason: Refusal::Incomplete("a bundle read as it arrives needs the plan's pin"),
+            });
+        }
+        (None, _) => {
+            let file = std::fs::File::open(path).map_err(open_err)?;
+            let size = file.metadata().map_err(open_err)?.len();
+            (Box::new(file), size)
+        }
+    };
     let (reader, _) =
-        BundleReader::open_verified(BufReader::with_capacity(1 << 20, file), &node.keys()?)
+        BundleReader::open_verified(BufReader::with_capacity(1 << 20, source), &node.keys()?)
             .map_err(&berr)?;
     let pin = BundlePin::of(reader.manifest_bytes(), size);
     if let Some(pinned) = pinned.filter(|p| **p != pin) {

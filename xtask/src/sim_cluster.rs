@@ -109,9 +109,18 @@ pub(crate) fn until(
     want: qapi::types::UpgradeState,
     limit: Duration,
 ) -> Result<(), String> {
+    poll(what, limit, || state_is(c, want))
+}
+
+/// Asks `ok` every 20 ms until it says yes or fails, at most `limit`.
+fn poll(
+    what: &str,
+    limit: Duration,
+    mut ok: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
-        if state_is(c, want)? {
+        if ok()? {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -344,20 +353,16 @@ impl SimCluster {
         want: qapi::types::UpgradeState,
         limit: Duration,
     ) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        loop {
+        poll(what, limit, || {
             for i in 1..=self.nodes {
                 if let Ok(mut x) = self.client(i)
                     && state_is(&mut x, want)?
                 {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
-            if Instant::now() > deadline {
-                return Err(format!("waited {limit:?} for {what}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Ok(false)
+        })
     }
 
     /// etcdctl against the cluster with node 1's certificate; its stdout.

@@ -259,49 +259,84 @@ async fn start_prepare(
     let plan = plan.clone();
     run_job(app, store, me, g, claim, "prepare", move |a| {
         let failed = |why: String| Some(report(g, NodeStep::Failed, 0, Some(why)));
-        if fetch {
+        let prepared = if fetch {
             crate::log(&format!(
-                "plan {g}: {} is not on this node: fetching it from another node",
+                "plan {g}: {} is not on this node: fetching it from another node, preparing from it as it arrives",
                 plan.image_path
             ));
-            if let Err(e) = fetch_pinned(a, &plan) {
+            // The fetch and the prepare at once: the prepare reads what the
+            // fetch receives. The fetch's failure is the reason (the
+            // prepare's is then only that its stream ended).
+            let (tee, arriving) = crate::fetch::arriving();
+            let (fetched, prepared) = std::thread::scope(|s| {
+                let fetching = s.spawn(|| fetch_pinned(a, &plan, Some(tee)));
+                let prepared = prepare_pinned(a, &plan, Some(Box::new(arriving)));
+                (fetching.join().expect("the fetch panicked"), prepared)
+            });
+            if let Err(e) = fetched {
                 return failed(format!(
                     "fetching {} from the other nodes: {}",
                     plan.image_path,
                     upgrade::chain(&e)
                 ));
             }
-        }
-        let img = match crate::paths::resolve(&a.config.upgrade_dir, &plan.image_path) {
-            Ok(i) => i,
-            Err(e) => return failed(format!("{e} on this node")),
+            prepared
+        } else {
+            prepare_pinned(a, &plan, None)
         };
-        a.jobs
-            .meter
-            .reset(std::fs::metadata(&img.file).map_or(1, |m| m.len()));
-        crate::log(&format!("plan {g}: preparing {}", plan.image_path));
-        let req = upgrade::PrepareRequest {
-            path: img.file,
-            auto_commit: false,
-            rolling: plan.rolling,
-            nodes_per_batch: plan.nodes_per_batch,
-            shown_as: Some(img.shown),
-            pin: plan.bundle,
-        };
-        match a
-            .agent
-            .prepare(&req, &Observer(a.jobs.meter.clone()), &a.cancel)
-        {
-            Ok(_) => Some(report(g, NodeStep::Prepared, 100, None)),
-            Err(e) => failed(upgrade::chain(&e)),
+        match prepared {
+            Ok(()) => Some(report(g, NodeStep::Prepared, 100, None)),
+            Err(why) => failed(why),
         }
     });
     Ok(())
 }
 
+/// Prepares the bundle `plan` pins: from its file in the upgrade directory,
+/// or from `stream` while a fetch receives it. Blocking. The error in words.
+fn prepare_pinned(
+    a: &Shared,
+    plan: &ClusterPlan,
+    stream: Option<Box<dyn std::io::Read + Send>>,
+) -> Result<(), String> {
+    let g = plan.generation;
+    let (file, shown, size) = if stream.is_some() {
+        let name = plan.image_path.trim_start_matches('/');
+        let size = plan.bundle.as_ref().map_or(1, |p| p.size);
+        (
+            a.config.upgrade_dir.join(name),
+            plan.image_path.clone(),
+            size,
+        )
+    } else {
+        let img = crate::paths::resolve(&a.config.upgrade_dir, &plan.image_path)
+            .map_err(|e| format!("{e} on this node"))?;
+        let size = std::fs::metadata(&img.file).map_or(1, |m| m.len());
+        (img.file, img.shown, size)
+    };
+    a.jobs.meter.reset(size);
+    crate::log(&format!("plan {g}: preparing {}", plan.image_path));
+    let req = upgrade::PrepareRequest {
+        path: file,
+        auto_commit: false,
+        rolling: plan.rolling,
+        nodes_per_batch: plan.nodes_per_batch,
+        shown_as: Some(shown),
+        pin: plan.bundle,
+    };
+    a.agent
+        .prepare_from(&req, stream, &Observer(a.jobs.meter.clone()), &a.cancel)
+        .map(|_| ())
+        .map_err(|e| upgrade::chain(&e))
+}
+
 /// Fetches the bundle `plan` pins from the other nodes into this node's
-/// upgrade directory (`crate::fetch`). Blocking.
-fn fetch_pinned(a: &Shared, plan: &ClusterPlan) -> Result<(), crate::fetch::FetchProblem> {
+/// upgrade directory (`crate::fetch`), every byte also to `tee`. Blocking.
+fn fetch_pinned(
+    a: &Shared,
+    plan: &ClusterPlan,
+    tee: Option<std::sync::mpsc::SyncSender<axum::body::Bytes>>,
+) -> Result<(), crate::fetch::FetchProblem> {
     use crate::fetch::{FetchProblem, fetch, peers};
     let c = &a.cluster;
     let (Some(pin), Some(dir)) = (plan.bundle.as_ref(), c.dir.as_ref()) else {
@@ -311,7 +346,7 @@ fn fetch_pinned(a: &Shared, plan: &ClusterPlan) -> Result<(), crate::fetch::Fetc
     let name = plan.image_path.trim_start_matches('/');
     let peers = peers(&c.membership.spec.nodes, c.membership.node_id);
     let t = std::time::Instant::now();
-    let done = fetch(name, &a.config.upgrade_dir, pin, &keys, dir, &peers)?;
+    let done = fetch(name, &a.config.upgrade_dir, pin, &keys, dir, &peers, tee)?;
     let resumed = match done.resumed_at.len() {
         0 => String::new(),
         n => format!(", its stream taken up again {n} time(s)"),

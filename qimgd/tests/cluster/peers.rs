@@ -109,6 +109,41 @@ fn a_node_serves_its_bundles_to_the_other_nodes_only() {
     assert_eq!(e.status(), None, "refused by the handshake: {e}");
 }
 
+/// A fetch by node 2, called directly, of node 1's copy of a bundle (as
+/// `big.qimg`).
+struct Direct {
+    bytes: Vec<u8>,
+    pin: qimg::BundlePin,
+    keys: qimg::TrustedKeys,
+    nodes: Vec<qcluster::NodeSpec>,
+    to: std::path::PathBuf,
+    node2: qcluster::create::NodeDir,
+}
+
+impl Direct {
+    /// Puts `b` in node 1's upgrade directory.
+    fn new(c: &Cluster, b: &std::path::Path) -> Direct {
+        let bytes = std::fs::read(b).unwrap();
+        std::fs::copy(b, c.agents[0].upgrade_dir.join("big.qimg")).unwrap();
+        let reader = qimg::BundleReader::open(std::fs::File::open(b).unwrap()).unwrap();
+        let pin = qimg::BundlePin::of(reader.manifest_bytes(), bytes.len() as u64);
+        Direct {
+            bytes,
+            pin,
+            keys: qimg::TrustedKeys::new([key(1).public()]),
+            nodes: c.etcd.nodes[1].load().unwrap().spec.nodes,
+            to: c.agents[1].upgrade_dir.clone(),
+            node2: c.etcd.nodes[1].clone(),
+        }
+    }
+
+    fn fetch(&self) -> Result<qimgd::fetch::Fetched, qimgd::fetch::FetchProblem> {
+        let peers = qimgd::fetch::peers(&self.nodes, 2);
+        let (pin, keys) = (&self.pin, &self.keys);
+        qimgd::fetch::fetch("big.qimg", &self.to, pin, keys, &self.node2, &peers, None)
+    }
+}
+
 #[test]
 fn a_fetch_waits_for_the_serving_agent_to_come_back() {
     // Node 1 has the bundle; its agent is down when node 2 starts fetching
@@ -120,20 +155,10 @@ fn a_fetch_waits_for_the_serving_agent_to_come_back() {
         return;
     };
     let b = &bundles().platform;
-    let bytes = std::fs::read(b).unwrap();
-    std::fs::copy(b, c.agents[0].upgrade_dir.join("big.qimg")).unwrap();
-    let reader = qimg::BundleReader::open(std::fs::File::open(b).unwrap()).unwrap();
-    let pin = qimg::BundlePin::of(reader.manifest_bytes(), bytes.len() as u64);
-    let keys = qimg::TrustedKeys::new([key(1).public()]);
-    let spec = c.etcd.nodes[1].load().unwrap().spec;
-    let to = c.agents[1].upgrade_dir.clone();
-    let node2 = c.etcd.nodes[1].clone();
+    let d = Direct::new(&c, b);
     c.agents[0].kill();
     let fetched = std::thread::scope(|s| {
-        let fetching = s.spawn(|| {
-            let peers = qimgd::fetch::peers(&spec.nodes, 2);
-            qimgd::fetch::fetch("big.qimg", &to, &pin, &keys, &node2, &peers)
-        });
+        let fetching = s.spawn(|| d.fetch());
         std::thread::sleep(Duration::from_secs(3));
         assert!(
             !fetching.is_finished(),
@@ -143,7 +168,7 @@ fn a_fetch_waits_for_the_serving_agent_to_come_back() {
         fetching.join().unwrap()
     });
     assert!(fetched.as_ref().is_ok_and(|f| f.new), "{fetched:?}");
-    assert_eq!(std::fs::read(to.join("big.qimg")).unwrap(), bytes);
+    assert_eq!(std::fs::read(d.to.join("big.qimg")).unwrap(), d.bytes);
 }
 
 #[test]
@@ -165,14 +190,7 @@ fn a_fetch_cut_halfway_resumes_where_it_broke_off() {
         &key(1),
         6 << 20,
     );
-    let bytes = std::fs::read(b).unwrap();
-    std::fs::copy(b, c.agents[0].upgrade_dir.join("big.qimg")).unwrap();
-    let reader = qimg::BundleReader::open(std::fs::File::open(b).unwrap()).unwrap();
-    let pin = qimg::BundlePin::of(reader.manifest_bytes(), bytes.len() as u64);
-    let keys = qimg::TrustedKeys::new([key(1).public()]);
-    let spec = c.etcd.nodes[1].load().unwrap().spec;
-    let to = c.agents[1].upgrade_dir.clone();
-    let node2 = c.etcd.nodes[1].clone();
+    let d = Direct::new(&c, b);
     let partial = |dir: &std::path::Path| -> u64 {
         std::fs::read_dir(dir)
             .map(|d| {
@@ -185,12 +203,9 @@ fn a_fetch_cut_halfway_resumes_where_it_broke_off() {
             .unwrap_or(0)
     };
     let fetched = std::thread::scope(|s| {
-        let fetching = s.spawn(|| {
-            let peers = qimgd::fetch::peers(&spec.nodes, 2);
-            qimgd::fetch::fetch("big.qimg", &to, &pin, &keys, &node2, &peers)
-        });
+        let fetching = s.spawn(|| d.fetch());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while partial(&to) < 1 << 20 {
+        while partial(&d.to) < 1 << 20 {
             assert!(
                 Instant::now() < deadline && !fetching.is_finished(),
                 "node 2 held no 1 MiB of the bundle within 30 s"
@@ -207,12 +222,64 @@ fn a_fetch_cut_halfway_resumes_where_it_broke_off() {
     assert!(!f.resumed_at.is_empty(), "the stream was never cut: {f:?}");
     for at in &f.resumed_at {
         assert!(
-            *at >= 1 << 20 && *at < bytes.len() as u64,
+            *at >= 1 << 20 && *at < d.bytes.len() as u64,
             "taken up at byte {at} of {}, not where it broke off",
-            bytes.len()
+            d.bytes.len()
         );
     }
-    assert_eq!(std::fs::read(to.join("big.qimg")).unwrap(), bytes);
+    assert_eq!(std::fs::read(d.to.join("big.qimg")).unwrap(), d.bytes);
+}
+
+#[test]
+fn a_member_prepares_from_the_bundle_while_it_arrives() {
+    // Node 1 serves a 6 MiB platform bundle at 1 MiB/s. Node 2's prepare reads
+    // the bytes as its fetch receives them: its progress moves while the file
+    // is not yet in its upgrade directory (it is named once verified), and it
+    // ends prepared with the file. It fetched the whole bundle, then prepared.
+    let Some(c) = cluster_apart_with("stream", 2, "peer_serve_mib_per_s = 1\n") else {
+        return;
+    };
+    let made = tempfile::tempdir().unwrap();
+    let b = build_bundle_sized(
+        made.path(),
+        "big",
+        &Rel::new("7.1.0", "7.1"),
+        &key(1),
+        6 << 20,
+    );
+    let bytes = std::fs::read(&b).unwrap();
+    std::fs::write(c.agents[0].upgrade_dir.join("big.qimg"), &bytes).unwrap();
+    let file2 = c.agents[1].upgrade_dir.join("big.qimg");
+    let via = c.agents[0].logged_in();
+    let (s, r) = via.post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/big.qimg"}).to_string(),
+    );
+    assert_eq!(s, 202, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = None;
+    loop {
+        let (_, plan) = via.get("/v1/qimg/cluster/upgrade");
+        let progress = plan["nodes"][1]["progress"].as_u64().unwrap_or(0);
+        if seen.is_none() && progress >= 10 && !file2.exists() {
+            seen = Some(progress);
+        }
+        if plan["phase"] == "prepared" || plan["phase"] == "failed" {
+            assert_eq!(plan["phase"], "prepared", "{plan}\n{}", c.agents[1].log());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not prepared within 60 s: {plan}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        seen.is_some(),
+        "node 2's prepare did not move before its fetch ended\n{}",
+        c.agents[1].log()
+    );
+    assert_eq!(std::fs::read(&file2).unwrap(), bytes);
 }
 
 /// Waits for the plan seen through `via` to reach `phase`, at most a minute.

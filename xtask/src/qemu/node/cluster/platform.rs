@@ -150,8 +150,11 @@ const HALF_FETCH_LIMIT: Duration = Duration::from_secs(300);
 /// it held.
 fn restart_server_halfway(c: &Cluster, name: &str, size: u64) -> Result<(usize, u64), String> {
     use qapi::types::NodeStep;
-    let partial = format!(
-        "for f in {UPGRADE_DIR}/{PARTIAL}*; do [ -e \"$f\" ] && stat -c %s \"$f\"; done; true"
+    // One command per node: the bytes of its partial file(s), then "done" once
+    // the bundle has its name.
+    let probe = format!(
+        "for f in {UPGRADE_DIR}/{PARTIAL}*; do [ -e \"$f\" ] && stat -c %s \"$f\"; done; \
+         [ -e {UPGRADE_DIR}/{name} ] && echo done; true"
     );
     let deadline = Instant::now() + HALF_FETCH_LIMIT;
     loop {
@@ -162,14 +165,12 @@ fn restart_server_halfway(c: &Cluster, name: &str, size: u64) -> Result<(usize, 
         });
         let mut held = vec![];
         for (i, n) in c.nodes.iter().enumerate().skip(1) {
-            let bytes: u64 = n
-                .ssh(&partial)
-                .unwrap_or_default()
+            let out = n.ssh(&probe).unwrap_or_default();
+            let bytes: u64 = out
                 .lines()
                 .filter_map(|l| l.trim().parse::<u64>().ok())
                 .sum();
-            let done = n.ssh(&format!("test -e {UPGRADE_DIR}/{name}")).is_ok();
-            held.push((i, bytes, done));
+            held.push((i, bytes, out.contains("done")));
         }
         if held.iter().any(|h| h.2) {
             return Err(format!(
