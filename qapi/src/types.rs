@@ -585,6 +585,10 @@ pub struct ClusterUpgrade {
     pub batch: usize,
     /// The data-safety gate holds the next batch back.
     pub restriping: bool,
+    /// Why it holds: the restriper probe's last answer (`null` when no probed
+    /// gate holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_safety_wait: Option<String>,
     /// Every node.
     pub nodes: Vec<NodeProgress>,
     /// Instant or platform (`null` from an agent that did not say).

@@ -49,6 +49,11 @@ pub struct ClusterPlan {
     /// The reboots stopped on an error (a node not back within the limit), with why.
     #[serde(default)]
     pub paused_error: Option<String>,
+    /// Why the data-safety gate holds the next batch back: the restriper
+    /// probe's last answer (its state, or why it could not be asked); `None`
+    /// while no probed gate holds. Written when it changes.
+    #[serde(default)]
+    pub gate_why: Option<String>,
     /// What happens when a node fails its commit.
     #[serde(default)]
     pub on_failure: OnFailure,
@@ -88,6 +93,7 @@ impl ClusterPlan {
             gate_until_ms: 0,
             paused: false,
             paused_error: None,
+            gate_why: None,
             on_failure: OnFailure::Rollback,
             from_version: None,
             bundle: None,

@@ -269,6 +269,9 @@ function view(o) {
   if (plan && plan.restriping && restriper) {
     v.restriper = "Waiting for the data to be safe before the next nodes reboot: the restriper is " +
       restriper.percent_complete + " % done" + (restriper.data_at_risk ? " (data at risk until it finishes)." : ".");
+  } else if (plan && plan.restriping && plan.data_safety_wait) {
+    // The restriper cannot be read here: the coordinator's probe says why.
+    v.restriper = "Waiting for the data to be safe before the next nodes reboot: " + plan.data_safety_wait + ".";
   }
   const rollingReboot = !!(reboot && reboot.rolling && (platform || rollingBack));
   v.pause = rollingReboot && reboot.state === "REBOOT_IN_PROGRESS";

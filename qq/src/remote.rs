@@ -87,7 +87,9 @@ struct ClusterView {
     off: bool,
     last: std::collections::HashMap<u32, (Option<NodeStep>, u8)>,
     batch: Option<usize>,
-    restriping: bool,
+    /// While the data-safety gate holds: why, if the plan says (`None`: it
+    /// does not hold).
+    waiting: Option<Option<String>>,
 }
 
 impl ClusterView {
@@ -139,13 +141,16 @@ impl ClusterView {
             ));
             self.batch = Some(u.batch);
         }
-        if u.restriping != self.restriping {
-            bars.step(if u.restriping {
-                "waiting for the restriper (data protection) before the next batch"
-            } else {
-                "data fully protected"
-            });
-            self.restriping = u.restriping;
+        let waiting = u.restriping.then(|| u.data_safety_wait.clone());
+        if waiting != self.waiting {
+            match &waiting {
+                Some(why) => bars.step(&format!(
+                    "waiting for the restriper (data protection) before the next batch{}",
+                    why.as_deref().map(|w| format!(": {w}")).unwrap_or_default()
+                )),
+                None => bars.step("data fully protected"),
+            }
+            self.waiting = waiting;
         }
     }
 }

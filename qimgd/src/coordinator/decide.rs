@@ -290,6 +290,12 @@ fn batch_step(
                 ));
                 return Batch::Moved(Box::new(p));
             }
+            // Said where everyone reads the plan, when the answer changes: a
+            // probe that cannot ask the restriper is not a restripe.
+            if plan.gate_why.as_deref() != Some(why.as_str()) {
+                p.gate_why = Some(why.clone());
+                return Batch::Moved(Box::new(p));
+            }
             return Batch::Wait;
         }
     }
@@ -299,6 +305,7 @@ fn batch_step(
     p.batch += 1;
     p.batch_started_ms = cx.now_ms;
     p.gate_until_ms = 0;
+    p.gate_why = None;
     Batch::Moved(Box::new(p))
 }
 

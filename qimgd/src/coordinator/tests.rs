@@ -403,8 +403,21 @@ fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
     // The batch is back: the gate starts now, whatever the simulated timing.
     p = next(&p, &s, &back, &cx(2000, DataSafety::Safe)).unwrap();
     assert_eq!((p.batch, p.gate_until_ms), (0, 2000));
+    // The probe's answer is written where every node reads the plan, once
+    // per change; the batch stays.
     let risk = DataSafety::AtRisk("the restriper is RUNNING (40 % complete)".into());
-    assert_eq!(next(&p, &s, &back, &cx(30_000, risk.clone())), None);
+    p = next(&p, &s, &back, &cx(30_000, risk.clone())).unwrap();
+    assert_eq!(
+        (p.batch, p.gate_until_ms, p.gate_why.as_deref()),
+        (0, 2000, Some("the restriper is RUNNING (40 % complete)"))
+    );
+    assert_eq!(next(&p, &s, &back, &cx(31_000, risk.clone())), None);
+    let down = DataSafety::AtRisk("the restriper probe: connection refused".into());
+    let said = next(&p, &s, &back, &cx(32_000, down)).unwrap();
+    assert_eq!(
+        (said.batch, said.gate_why.as_deref()),
+        (0, Some("the restriper probe: connection refused"))
+    );
     let stuck = next(&p, &s, &back, &cx(70_000, risk)).unwrap();
     assert_eq!(
         stuck.paused_error.as_deref(),
@@ -413,7 +426,7 @@ fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
         )
     );
     p = next(&p, &s, &back, &cx(30_000, DataSafety::Safe)).unwrap();
-    assert_eq!((p.batch, p.gate_until_ms), (1, 0));
+    assert_eq!((p.batch, p.gate_until_ms, p.gate_why), (1, 0, None));
 }
 
 #[test]

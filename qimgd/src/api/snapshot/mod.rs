@@ -196,6 +196,7 @@ pub(crate) fn nodes_body(
         batches: p.batches.clone(),
         batch: p.batch,
         restriping,
+        data_safety_wait: p.gate_why.clone().filter(|_| restriping),
         nodes,
         mode: Some(p.mode),
         from_version: p.from_version.as_ref().map(ToString::to_string),

@@ -162,6 +162,7 @@ fn the_nodes_body() {
     p.rolling = true;
     p.batches = vec![vec![2], vec![1, 3]];
     p.batch = 1;
+    p.gate_why = Some("the restriper probe: connection refused".into());
     let s = snap(
         p,
         vec![
@@ -172,6 +173,15 @@ fn the_nodes_body() {
     );
     let b = nodes_body(&s, &spec(3), &[reg(1), reg(2)], true);
     assert_eq!((b.generation, b.batch, b.restriping), (4, 1, true));
+    assert_eq!(
+        b.data_safety_wait.as_deref(),
+        Some("the restriper probe: connection refused")
+    );
+    let idle = nodes_body(&s, &spec(3), &[reg(1), reg(2)], false);
+    assert_eq!(
+        idle.data_safety_wait, None,
+        "said only while the gate holds"
+    );
     assert_eq!(b.batches, vec![vec![2], vec![1, 3]]);
     assert_eq!(b.from_version.as_deref(), Some("7.0.0"));
     let n: Vec<_> = b
