@@ -109,15 +109,8 @@ pub fn arriving() -> (std::sync::mpsc::SyncSender<axum::body::Bytes>, Arriving) 
 
 impl std::io::Read for Arriving {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(c) => self.chunk = c,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
+        let rx = &self.rx;
+        images::read_chunked(&mut self.chunk, buf, || Ok(rx.recv().ok()))
     }
 }
 

@@ -214,20 +214,34 @@ struct Tee {
 
 impl Read for Tee {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(c) => {
-                    self.file.write_all(&c)?;
-                    self.got += c.len() as u64;
-                    self.chunk = c;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
+        let (rx, file, got) = (&mut self.rx, &mut self.file, &mut self.got);
+        read_chunked(&mut self.chunk, buf, || {
+            let Some(c) = rx.blocking_recv() else {
+                return Ok(None);
+            };
+            file.write_all(&c)?;
+            *got += c.len() as u64;
+            Ok(Some(c))
+        })
     }
+}
+
+/// One `read` of a stream that comes in chunks: from what is left of `chunk`,
+/// else from the next chunk `next` gives (`None`: the stream ended).
+pub(crate) fn read_chunked(
+    chunk: &mut axum::body::Bytes,
+    buf: &mut [u8],
+    mut next: impl FnMut() -> std::io::Result<Option<axum::body::Bytes>>,
+) -> std::io::Result<usize> {
+    while chunk.is_empty() {
+        match next()? {
+            Some(c) => *chunk = c,
+            None => return Ok(0),
+        }
+    }
+    let n = buf.len().min(chunk.len());
+    buf[..n].copy_from_slice(&chunk.split_to(n));
+    Ok(n)
 }
 
 /// Receives an upload on a blocking thread: the chunks from `rx`, until the

@@ -81,6 +81,8 @@ const SIM: &str = "[sim]\nshutdown_ms = 100\nboot_ms = 100\nrestripe_ms = 100\n"
 
 /// One run's times, in seconds.
 struct Run {
+    /// The fetched bundle's bytes.
+    size: u64,
     local: f64,
     peer: f64,
     fetched: f64,
@@ -230,6 +232,7 @@ fn one_run(c: &SimCluster, s: &Sshd, run: usize, mib: u64) -> Result<Run, String
         }
     }
     let r = Run {
+        size: std::fs::metadata(peer_b).map_err(io)?.len(),
         local,
         peer,
         fetched,
@@ -270,9 +273,7 @@ pub fn distribute(args: &[String]) -> Result<(), String> {
     for run in 0..o.runs {
         runs.push(one_run(&c, &s, run, o.size_mib)?);
     }
-    let size = std::fs::metadata(c.lab.w.join(format!("d{}.qimg", 2 * o.runs + 1)))
-        .map_err(io)?
-        .len() as f64;
+    let size = runs.last().map_or(0, |r| r.size) as f64;
     let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
     let (local, peer, fetched) = (m(|r| r.local), m(|r| r.peer), m(|r| r.fetched));
     let (par, ser) = (m(|r| r.scp_parallel), m(|r| r.scp_serial));

@@ -27,7 +27,8 @@ fn io(e: std::io::Error) -> String {
     e.to_string()
 }
 
-fn keygen(path: &Path) -> Result<(), String> {
+/// A new ed25519 key pair at `path` (and `path.pub`), without a passphrase.
+pub(crate) fn keygen(path: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("pub"));
     let ok = Command::new("ssh-keygen")
@@ -112,22 +113,9 @@ impl Sshd {
     }
 
     fn options(&self) -> Vec<String> {
-        [
-            "-i",
-            &self.key.to_string_lossy(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-c",
-            CIPHER,
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut v = client_options(&self.key);
+        v.extend(["-c".into(), CIPHER.into()]);
+        v
     }
 
     /// `scp` of `from` to `to` on this server (as root).
@@ -140,6 +128,23 @@ impl Sshd {
             .stdin(Stdio::null());
         c
     }
+}
+
+/// `ssh`/`scp` options for a test machine reached with `key`: no host key
+/// kept or checked (each run makes new ones), never a prompt, 20 s to connect.
+pub(crate) fn client_options(key: &Path) -> Vec<String> {
+    let mut v = vec!["-i".to_owned(), key.display().to_string()];
+    for o in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "LogLevel=ERROR",
+        "BatchMode=yes",
+        "ConnectTimeout=20",
+    ] {
+        v.push("-o".into());
+        v.push(o.into());
+    }
+    v
 }
 
 impl Drop for Sshd {

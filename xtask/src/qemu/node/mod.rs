@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bootctl::layout::Slot;
 use qimg::TrustedKeys;
 
+use crate::sshd::client_options as ssh_options;
 use crate::target_dir;
 use vm::Vm;
 
@@ -43,21 +44,6 @@ fn parse_report(line: &str) -> Option<BootReport> {
         root: word(line, "root=")?,
         table: word(line, "table=")?.replace(',', " "),
     })
-}
-
-fn ssh_options(key: &Path) -> Vec<String> {
-    let mut v = vec!["-i".to_owned(), key.display().to_string()];
-    for o in [
-        "StrictHostKeyChecking=no",
-        "UserKnownHostsFile=/dev/null",
-        "LogLevel=ERROR",
-        "BatchMode=yes",
-        "ConnectTimeout=20",
-    ] {
-        v.push("-o".into());
-        v.push(o.into());
-    }
-    v
 }
 
 pub struct Node {

@@ -133,24 +133,7 @@ impl Shared {
             binary(b, &dir.join(b))?;
         }
         // The operator's SSH key: bundles are copied onto the node with scp.
-        let st = Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "qimg-test-operator",
-                "-f",
-            ])
-            .arg(dir.join("operator"))
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| format!("ssh-keygen: {e}"))?;
-        if !st.success() {
-            return Err(format!("ssh-keygen: {st}"));
-        }
+        crate::sshd::keygen(&dir.join("operator"))?;
         // The users file, written by qimgd itself.
         let conf = dir.join("users-qimgd.toml");
         std::fs::write(

@@ -258,6 +258,9 @@ fn form(lab: &Lab) -> Result<Cluster, String> {
         ));
         match r {
             Ok(_) => break,
+            // An earlier try whose answer was lost (etcd took the write, then
+            // the call timed out): the user is there. The logins below prove it.
+            Err(e) if e.contains("already exists") => break,
             Err(e) if Instant::now() > deadline => {
                 return Err(format!(
                     "the cluster's etcd did not take a user within {FORM_LIMIT:?}: {e}"
