@@ -98,6 +98,13 @@ impl Error {
         matches!(self, Error::Connect { .. } | Error::Io { .. })
     }
 
+    /// True when the agent is away for now: unreachable, or answering 503 (it
+    /// is stopping, or not yet serving its cluster). A client following a commit
+    /// through a reboot waits through these, within its limit.
+    pub fn is_away(&self) -> bool {
+        self.is_unreachable() || self.status() == Some(503)
+    }
+
     /// The error class of an error answer.
     pub fn class(&self) -> Option<&str> {
         match self {

@@ -271,6 +271,10 @@ pub struct RebootStatus {
 /// [`crate::ErrorBody`], since other servers send others).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorClass {
+    /// The agent is stopping (its node shuts down or reboots): ask again once
+    /// it is back.
+    #[serde(rename = "agent_stopping_error")]
+    AgentStopping,
     /// The user name or password is wrong.
     #[serde(rename = "auth_invalid_credentials_error")]
     AuthInvalidCredentials,
@@ -358,6 +362,7 @@ pub enum ErrorClass {
 impl ErrorClass {
     /// Every class, for tests.
     pub const ALL: &'static [ErrorClass] = &[
+        ErrorClass::AgentStopping,
         ErrorClass::AuthInvalidCredentials,
         ErrorClass::AuthLoginThrottled,
         ErrorClass::ClusterStateDamaged,
@@ -390,6 +395,7 @@ impl ErrorClass {
     /// The class as sent.
     pub fn as_str(self) -> &'static str {
         match self {
+            ErrorClass::AgentStopping => "agent_stopping_error",
             ErrorClass::AuthInvalidCredentials => "auth_invalid_credentials_error",
             ErrorClass::AuthLoginThrottled => "auth_login_throttled_error",
             ErrorClass::ClusterStateDamaged => "cluster_state_damaged_error",

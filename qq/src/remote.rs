@@ -189,8 +189,8 @@ fn finished_committed(c: &mut Client) -> Result<bool> {
 
 /// Follows `/v3/upgrade/status` until `until`, a failure, or `limit`. The
 /// progress bar follows the server's `progress`. Once a commit may be under way
-/// (`commit_started`), an unreachable agent is a node rebooting: the monitor waits
-/// for it to come back.
+/// (`commit_started`), an agent away (unreachable, or answering 503 while it
+/// stops or starts) is a node rebooting: the monitor waits for it to come back.
 pub fn monitor(
     c: &mut Client,
     until: Until,
@@ -250,7 +250,7 @@ pub fn monitor(
                 }
                 last = Some(s.state);
             }
-            Err(e) if e.is_unreachable() && (commit_started || until == Until::Committed) => {
+            Err(e) if e.is_away() && (commit_started || until == Until::Committed) => {
                 if away_since.is_none() {
                     bars.step("the node is rebooting; waiting for it to come back");
                     away_since = Some(Instant::now());
@@ -269,5 +269,117 @@ pub fn monitor(
             );
         }
         std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// An agent on a Unix socket that answers `/v3/upgrade/status` with
+    /// `answers` in turn (a status line and a body, or `None`: the connection
+    /// closed unanswered) and 404 to anything else.
+    fn agent(
+        answers: Vec<Option<(&'static str, String)>>,
+    ) -> (tempfile::TempDir, std::thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        let t = std::thread::spawn(move || {
+            let mut answers = answers.into_iter().peekable();
+            for conn in l.incoming() {
+                if answers.peek().is_none() {
+                    return;
+                }
+                let mut conn = conn.unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut b).unwrap() == 1 {
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let (status, body) = if head.starts_with("GET /v3/upgrade/status ") {
+                    match answers.next() {
+                        Some(Some(a)) => a,
+                        _ => continue,
+                    }
+                } else {
+                    let e = r#"{"module":"qimgd","error_class":"http_not_found_error","description":"no","user_visible":true,"stack":[]}"#;
+                    ("404 Not Found", e.to_owned())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (dir, t)
+    }
+
+    fn status(state: UpgradeState) -> Option<(&'static str, String)> {
+        let s = UpgradeStatus {
+            state,
+            progress: None,
+            settings: None,
+            error_info: None,
+        };
+        Some(("200 OK", serde_json::to_string(&s).unwrap()))
+    }
+
+    #[test]
+    fn a_commit_is_followed_through_an_agent_that_answers_503_while_it_stops() {
+        let stopping = r#"{"module":"qimgd","error_class":"agent_stopping_error","description":"the agent is stopping","user_visible":true,"stack":[]}"#;
+        let (dir, t) = agent(vec![
+            status(UpgradeState::Rebooting),
+            Some(("503 Service Unavailable", stopping.to_owned())),
+            None,
+            status(UpgradeState::Committed),
+        ]);
+        let mut c = Client::new(
+            Target::Unix(dir.path().join("s")),
+            qapi::Options {
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let bars = qutil::cli::Bars::new("qq", true);
+        let ended = monitor(
+            &mut c,
+            Until::Committed,
+            true,
+            Duration::from_secs(30),
+            &bars,
+        )
+        .expect("the 503 is a node going away, not a failure");
+        assert!(
+            matches!(&ended, Ended::Done(s) if s.state == UpgradeState::Committed),
+            "{:?}",
+            matches!(ended, Ended::Failed(_))
+        );
+        // Every answer was asked for: the agent ends after its last.
+        drop(c);
+        let _ = std::os::unix::net::UnixStream::connect(dir.path().join("s"));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn before_a_commit_a_503_is_an_error() {
+        let stopping = r#"{"module":"qimgd","error_class":"agent_stopping_error","description":"the agent is stopping","user_visible":true,"stack":[]}"#;
+        let (dir, _t) = agent(vec![Some(("503 Service Unavailable", stopping.to_owned()))]);
+        let mut c =
+            Client::new(Target::Unix(dir.path().join("s")), qapi::Options::default()).unwrap();
+        let bars = qutil::cli::Bars::new("qq", true);
+        let e = monitor(
+            &mut c,
+            Until::Prepared,
+            false,
+            Duration::from_secs(30),
+            &bars,
+        )
+        .map(|_| ())
+        .expect_err("a prepare's monitor does not wait through a 503");
+        assert!(format!("{e:#}").contains("agent_stopping_error"), "{e:#}");
     }
 }

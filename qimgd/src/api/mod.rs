@@ -129,9 +129,24 @@ pub type Shared = Arc<App>;
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("a worker thread failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(join_failed)?
+}
+
+/// The answer when blocking work did not run to its end: cancelled, it never
+/// started because the runtime is stopping (the node shuts down or reboots; a
+/// client waiting through a commit asks again), 503 `agent_stopping_error`;
+/// a panic is 500.
+fn join_failed(e: tokio::task::JoinError) -> ApiError {
+    if e.is_cancelled() {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            qapi::types::ErrorClass::AgentStopping,
+            "the agent is stopping (its node shuts down or reboots); ask again once it is back",
+        )
+        .retry_after(5)
+    } else {
+        ApiError::internal(format!("a worker thread failed: {e}"))
+    }
 }
 
 async fn authenticate(
@@ -245,4 +260,30 @@ pub fn router(app: Shared) -> Router {
         })
         .layer(DefaultBodyLimit::max(body::BODY_LIMIT))
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_work_cut_by_a_stopping_agent_is_503_not_an_internal_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (cancelled, panicked) = rt.block_on(async {
+            let h = tokio::spawn(std::future::pending::<()>());
+            h.abort();
+            let cancelled = h.await.unwrap_err();
+            let panicked = tokio::spawn(async { panic!("a bug") }).await.unwrap_err();
+            (cancelled, panicked)
+        });
+        let e = join_failed(cancelled);
+        assert_eq!(e.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.class, qapi::types::ErrorClass::AgentStopping);
+        assert_eq!(e.retry_after, Some(5));
+        let e = join_failed(panicked);
+        assert_eq!(e.status, axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.class, qapi::types::ErrorClass::Internal);
+    }
 }
