@@ -2,8 +2,24 @@
 
 use crate::*;
 
+/// What CI's builds set for every cargo it runs (clippy, the tests, the demos, the
+/// QEMU suites' binaries): a clean clone builds once, so incremental state is only
+/// written, never read, and full debug info only makes the 50 test binaries bigger
+/// to write and link; backtraces keep their file and line. On this 2-core machine
+/// the workspace's own crates built for the tests in 112 s with cargo's defaults and
+/// in 57 s with these (docs/benchmarks.md). A developer's builds keep the defaults.
+pub const BUILD_ENV: [(&str, &str); 2] = [
+    ("CARGO_INCREMENTAL", "0"),
+    ("CARGO_PROFILE_DEV_DEBUG", "line-tables-only"),
+];
+
 pub fn main() -> Result<(), String> {
     let start = std::time::Instant::now();
+    for (k, v) in BUILD_ENV {
+        // SAFETY: set first, while xtask runs no other thread; every cargo CI
+        // starts inherits it, so all of them share one set of artifacts.
+        unsafe { std::env::set_var(k, v) };
+    }
     space::require("xtask ci", &target_dir(), space::CI_GIB)?;
     step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(
@@ -26,11 +42,16 @@ pub fn main() -> Result<(), String> {
         cargo()
             .args(["test", "--workspace"])
             .env("QIMG_MOTO_SERVER", &moto)
-            .env("QIMG_QUMULO_QQ", &qumulo_qq),
+            .env("QIMG_QUMULO_QQ", &qumulo_qq)
+            .env("RUST_TEST_THREADS", TEST_THREADS),
     )?;
-    // The README's demos keep working: the cluster's, then one node's.
-    demo_cluster::main(&[])?;
+    // The README's demos keep working: one node's here; the cluster's
+    // (`cargo xtask demo`, README's first command) runs in the fresh root below,
+    // from nothing, and here only when that check is skipped.
     demo_upgrade::main(&[])?;
+    if skipped("fresh-root", FRESH_ROOT_OPT_OUT) {
+        demo_cluster::main(&[])?;
+    }
     // The fuzz crate is its own workspace (cargo-fuzz layout); checking it here keeps
     // the targets compiling. It shares the workspace's lock file versions and dev
     // profile (fuzz/Cargo.toml), so in this target directory it reuses what clippy
@@ -47,36 +68,78 @@ pub fn main() -> Result<(), String> {
             ])
             .arg(target_dir()),
     )?;
-    // The one list of system packages, proved complete on a new Debian root.
-    heavy("fresh-root", "QIMG_SKIP_FRESH_ROOT", &|| {
-        fresh_root::main(&[])
-    })?;
-    // The boot chain on real firmware (QEMU, OVMF, the kernel).
-    heavy("qemu-test", "QIMG_SKIP_QEMU", &|| qemu::main(&[]))?;
+    // The one list of system packages, proved complete on a new Debian root;
+    // beside it, the boot chain on real firmware (QEMU, OVMF, the kernel; a
+    // one-vCPU guest) and the node's lab: the fresh root spends much of its
+    // time downloading and unpacking, which leaves a core free.
+    let (fresh, first) = std::thread::scope(|s| {
+        let fresh = s.spawn(|| heavy("fresh-root", FRESH_ROOT_OPT_OUT, &|| fresh_root::main(&[])));
+        let first = if skipped("qemu-test", QEMU_OPT_OUT) {
+            Ok(None)
+        } else {
+            timed("qemu-test, first part (boot chain, node lab)", || {
+                qemu::first(&[])
+            })
+        };
+        let fresh = fresh
+            .join()
+            .unwrap_or_else(|_| Err("the fresh-root check panicked".into()));
+        (fresh, first)
+    });
+    match (fresh, first) {
+        (Err(a), Err(b)) => return Err(format!("{a}\nand beside it: {b}")),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+        (Ok(()), Ok(first)) => {
+            // The node under QEMU: its life, scenario by scenario.
+            if let Some(first) = first {
+                timed("qemu-test, the node's scenarios", || qemu::rest(first))?;
+            }
+        }
+    }
     // Three real nodes as one cluster, the scenarios without reboots: formed,
     // one login for all, an instant upgrade fetched from the node it was given
     // to, a bundle altered there refused (about 4 minutes). The four platform
     // scenarios with real reboots (`cargo xtask qemu-cluster` without `--quick`)
     // take about 27 more, past CI's 35 (docs/benchmarks.md).
-    heavy("qemu-cluster --quick", "QIMG_SKIP_QEMU", &|| {
+    heavy("qemu-cluster --quick", QEMU_OPT_OUT, &|| {
         qemu::cluster(&["--quick".to_owned()])
     })?;
     eprintln!("xtask: ci passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
+/// Test threads per test binary: most of the tests wait on processes (etcd,
+/// agents, Chromium, moto), so more than the two cores run them sooner: the
+/// whole run took 290 s with 2 (the default here), 234 s with 4.
+const TEST_THREADS: &str = "4";
+const FRESH_ROOT_OPT_OUT: &str = "QIMG_SKIP_FRESH_ROOT";
+const QEMU_OPT_OUT: &str = "QIMG_SKIP_QEMU";
+
+/// True when a person opted out of the heavy gate `name` with `opt_out=1`; says so.
+fn skipped(name: &str, opt_out: &str) -> bool {
+    let off = std::env::var(opt_out).as_deref() == Ok("1");
+    if off {
+        eprintln!("xtask: SKIPPED {name} because {opt_out}=1");
+    }
+    off
+}
+
 /// A heavy gate: it fails (it never skips itself) when what it needs cannot be
 /// had; a person can opt out explicitly with `opt_out=1`, and it says so.
 fn heavy(name: &str, opt_out: &str, run: &dyn Fn() -> Result<(), String>) -> Result<(), String> {
-    if std::env::var(opt_out).as_deref() == Ok("1") {
-        eprintln!("xtask: SKIPPED {name} because {opt_out}=1");
+    if skipped(name, opt_out) {
         return Ok(());
     }
+    timed(name, run)
+}
+
+/// Runs `run`, saying how long it took when it passed.
+fn timed<T>(name: &str, run: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let t = std::time::Instant::now();
-    run()?;
+    let v = run()?;
     eprintln!(
         "xtask: == {name}: passed in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(v)
 }
