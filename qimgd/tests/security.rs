@@ -304,6 +304,49 @@ fn held_connections_are_bounded_and_slow_bodies_closed() {
 }
 
 #[test]
+fn a_valid_login_between_guesses_does_not_clear_them() {
+    let Some(a) = Agentd::start() else { return };
+    // The caller's own account, beside the one it guesses at.
+    let users_file = a.dir.path().join("users.json");
+    let mut users = qimgd::users::Users::load(&users_file).unwrap();
+    users.add("mine", "my-own-password").unwrap();
+    users.save(&users_file).unwrap();
+    let c = a.client();
+    let login = |u: &str, p: &str| {
+        c.post(
+            "/v1/session/login",
+            &json!({"username": u, "password": p}).to_string(),
+        )
+    };
+    // Each guess at the other's password follows a success of its own, from
+    // the same address: the guesses still add up.
+    for i in 0..qimgd::throttle::FREE_FAILURES {
+        let (s, b) = login("mine", "my-own-password");
+        assert_eq!(s, 200, "its own login {i}: {b}");
+        let (s, b) = login(USER, "guess");
+        assert_eq!(s, 401, "guess {i}: {b}");
+    }
+    let (s, b) = login("mine", "my-own-password");
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = login(USER, "guess");
+    assert_eq!(s, 429, "the next guess waits, unchecked: {b}");
+    assert!(
+        b["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("as {USER}")),
+        "{b}"
+    );
+    // From another address of the same /24 too: the name is what is slowed.
+    let other = Client::https(format!("https://127.0.0.1:{}", a.port("127.0.0.1")));
+    let (s, b) = other.post(
+        "/v1/session/login",
+        &json!({"username": USER, "password": "guess"}).to_string(),
+    );
+    assert_eq!(s, 429, "{b}");
+}
+
+#[test]
 fn failed_logins_are_slowed_down() {
     let Some(a) = Agentd::start() else { return };
     let c = a.client();

@@ -1,5 +1,5 @@
 //! `POST /v1/session/login`: a token for a user and password, slowed down per
-//! source address after failures ([`crate::throttle`]).
+//! user name and per source address prefix after failures ([`crate::throttle`]).
 
 use qapi::types::ErrorClass;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,12 +26,12 @@ pub(super) async fn login(
         .get::<Peer>()
         .and_then(|p| p.ip)
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    if let Err(wait) = app.throttle.admit(ip, Instant::now()) {
-        let secs = wait.as_secs_f64().ceil() as u64;
+    if let Err(w) = app.throttle.admit(ip, &req.username, Instant::now()) {
+        let secs = w.wait.as_secs_f64().ceil() as u64;
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorClass::AuthLoginThrottled,
-            format!("too many failed logins from {ip}: try again in {secs} s"),
+            format!("too many failed logins {}: try again in {secs} s", w.who),
         );
         e.retry_after = Some(secs);
         return Err(e);
@@ -68,7 +68,7 @@ pub(super) async fn login(
     .await?;
     match ok {
         Some((user, changed)) => {
-            app.throttle.succeeded(ip);
+            app.throttle.succeeded(ip, &req_user);
             // Not before the password's change (which is a second ahead of it).
             let iat = upgrade::now().max(changed);
             let token = app.key.issue(&user, iat, app.config.token_lifetime_secs);
@@ -77,7 +77,7 @@ pub(super) async fn login(
             }))
         }
         None => {
-            app.throttle.failed(ip, Instant::now());
+            app.throttle.failed(ip, &req_user, Instant::now());
             super::audit(
                 &format!("a failed login as {:?}", truncated(&req_user)),
                 ext.get::<Peer>(),

@@ -616,25 +616,6 @@ fn report(what: &str, times: &[(String, Duration)], total: Instant) {
 }
 
 pub fn main(args: &[String]) -> Result<(), String> {
-    let Some(first) = first(args)? else {
-        return Ok(());
-    };
-    rest(first)
-}
-
-/// What `qemu-test`'s first part leaves for the rest: the node's lab, built,
-/// and the times so far.
-pub struct First {
-    lab: Option<node::Lab>,
-    times: Vec<(String, Duration)>,
-    total: Instant,
-}
-
-/// `qemu-test`'s first part: the boot chain's scenarios, then the node's lab
-/// (its Debian base, binaries and releases). CI runs it beside the fresh-root
-/// check, whose downloads and installs leave a core to a one-vCPU guest. `None`
-/// when `--shell` ran instead.
-pub fn first(args: &[String]) -> Result<Option<First>, String> {
     let o = parse(args)?;
     let total = Instant::now();
     let firmware = if o.debian_firmware {
@@ -662,6 +643,14 @@ pub fn first(args: &[String]) -> Result<Option<First>, String> {
     );
     let accel = probe_accel(&firmware, &work);
     eprintln!("xtask: qemu: accelerator {accel}");
+    if o.only.as_deref() == Some("node") {
+        node::main(&work, &accel, &firmware)?;
+        eprintln!(
+            "xtask: qemu-test total {:.1} s",
+            total.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let mut ctx = Ctx {
         work,
         firmware,
@@ -678,38 +667,11 @@ pub fn first(args: &[String]) -> Result<Option<First>, String> {
         );
         let status = ctx.qemu(&d, &v).status().map_err(|e| e.to_string())?;
         return if status.success() {
-            Ok(None)
+            Ok(())
         } else {
             Err(format!("qemu: {status}"))
         };
     }
-    let mut times = vec![];
-    if o.only.as_deref() != Some("node") {
-        times = boot_chain(&mut ctx)?;
-    }
-    let lab = match o.only.as_deref() {
-        Some("boot") => None,
-        _ => Some(node::node_lab(&ctx.work, &ctx.accel, &ctx.firmware)?),
-    };
-    Ok(Some(First { lab, times, total }))
-}
-
-/// `qemu-test`'s rest: the node's scenarios on the lab `first` built.
-pub fn rest(first: First) -> Result<(), String> {
-    let First {
-        lab,
-        mut times,
-        total,
-    } = first;
-    if let Some(lab) = lab {
-        times.extend(node::run(&lab)?);
-    }
-    report("qemu-test", &times, total);
-    Ok(())
-}
-
-/// The boot chain's scenarios on the small test image; each one's time.
-fn boot_chain(ctx: &mut Ctx) -> Result<Vec<(String, Duration)>, String> {
     // install-slot runs as its own process so it can be killed; qbootctl reads the
     // ESP state after the boots.
     crate::step(
@@ -733,16 +695,21 @@ fn boot_chain(ctx: &mut Ctx) -> Result<Vec<(String, Duration)>, String> {
     ];
     for (name, f) in list {
         let t = Instant::now();
-        f(ctx).map_err(|e| format!("scenario {name}: {e}"))?;
+        f(&mut ctx).map_err(|e| format!("scenario {name}: {e}"))?;
         times.push((name.to_owned(), t.elapsed()));
     }
     let t = Instant::now();
-    writer_killed_mid_install_leaves_a_booting(ctx, &exe)
+    writer_killed_mid_install_leaves_a_booting(&mut ctx, &exe)
         .map_err(|e| format!("scenario writer killed mid-install: {e}"))?;
     times.push(("writer killed mid-install".to_owned(), t.elapsed()));
     eprintln!(
         "xtask: qemu-test passed: {} boots, model agreed with the loader on every one",
         ctx.boots
     );
-    Ok(times)
+    if o.only.as_deref() != Some("boot") {
+        let node_times = node::main(&ctx.work, &ctx.accel, &ctx.firmware)?;
+        times.extend(node_times);
+    }
+    report("qemu-test", &times, total);
+    Ok(())
 }

@@ -447,16 +447,13 @@ fn lab(
     })
 }
 
-/// The node scenarios' lab: the base (cached), the binaries, their releases.
-pub fn node_lab(work: &Path, accel: &str, firmware: &Path) -> Result<Lab, String> {
-    lab(&work.join("node"), accel, firmware, scenarios::RELEASES)
-}
-
-/// Runs the scenarios on one node of `lab`. Returns each scenario's time.
-pub fn run(lab: &Lab) -> Result<Vec<(String, Duration)>, String> {
+/// Builds the lab, then runs the scenarios on one node. Returns each scenario's
+/// time.
+pub fn main(work: &Path, accel: &str, firmware: &Path) -> Result<Vec<(String, Duration)>, String> {
     let total = Instant::now();
+    let lab = lab(&work.join("node"), accel, firmware, scenarios::RELEASES)?;
     let mut node = lab.node("life", "1.0.0")?;
-    let times = scenarios::run(lab, &mut node)?;
+    let times = scenarios::run(&lab, &mut node)?;
     node.power_off();
     eprintln!(
         "xtask: node: passed; total {:.1} s",
