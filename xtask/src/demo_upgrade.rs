@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{cargo, step, target_dir};
+use crate::{step, target_dir};
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::create_dir_all(path.parent().expect("has a parent"))
@@ -77,19 +77,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             other => return Err(format!("demo-upgrade: unknown argument {other}")),
         }
     }
-    step(
-        "build",
-        cargo().args([
-            "build",
-            "-q",
-            "-p",
-            "imagebuild",
-            "-p",
-            "bootctl",
-            "-p",
-            "qq",
-        ]),
-    )?;
+    crate::build_bins("build")?;
     let bin = |name: &str| target_dir().join("debug").join(name);
     let (imagebuild, qq, qbootctl) = (bin("imagebuild"), bin("qq"), bin("qbootctl"));
     if dir.join("node").exists() {

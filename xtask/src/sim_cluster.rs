@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench_upgrade::Lab;
 use crate::harness::release_build;
-use crate::{step, target_dir};
+use crate::target_dir;
 
 fn io(e: std::io::Error) -> String {
     e.to_string()
@@ -187,11 +187,8 @@ impl SimCluster {
             release_build(&["imagebuild", "qq", "qimgd"])?;
             target_dir().join("release")
         } else {
-            eprintln!("xtask: building imagebuild, qq, qimgd (first run: a few minutes)");
-            step(
-                "build",
-                crate::cargo().args(["build", "-q", "-p", "imagebuild", "-p", "qq", "-p", "qimgd"]),
-            )?;
+            eprintln!("xtask: building imagebuild, qbootctl, qq, qimgd (first run: a few minutes)");
+            crate::build_bins("build")?;
             target_dir().join("debug")
         };
         let qimgd = bins.join("qimgd");

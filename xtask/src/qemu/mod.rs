@@ -674,17 +674,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     // install-slot runs as its own process so it can be killed; qbootctl reads the
     // ESP state after the boots.
-    crate::step(
-        "imagebuild and qbootctl binaries",
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "-q",
-            "-p",
-            "imagebuild",
-            "-p",
-            "bootctl",
-        ]),
-    )?;
+    crate::build_bins("imagebuild and qbootctl binaries")?;
     let exe = target_dir().join("debug/imagebuild");
     let mut times = vec![];
     type Scenario = fn(&mut Ctx) -> Result<(), String>;

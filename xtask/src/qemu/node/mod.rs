@@ -415,11 +415,7 @@ fn lab(
     eprintln!("xtask: node: kernel {}", base.kernel_release);
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
-    crate::step(
-        "the node's binaries",
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-q", "-p", "qimgd", "-p", "qq", "-p", "bootctl"]),
-    )?;
+    crate::build_bins("the node's binaries")?;
     let key_files = imagebuild::keys::generate(&work.join("release")).map_err(|e| e.to_string())?;
     let key = imagebuild::keys::load_secret(&key_files.secret).map_err(|e| e.to_string())?;
     let public = std::fs::read_to_string(&key_files.public).map_err(|e| e.to_string())?;
