@@ -45,6 +45,7 @@ pub fn main() -> Result<(), String> {
             .env("QIMG_QUMULO_QQ", &qumulo_qq)
             .env("RUST_TEST_THREADS", TEST_THREADS),
     )?;
+    crate::bins_built_by_tests();
     // The README's demos keep working: one node's here; the cluster's
     // (`cargo xtask demo`, README's first command) runs in the fresh root below,
     // from nothing, and here only when that check is skipped.

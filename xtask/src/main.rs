@@ -138,14 +138,37 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// The packages whose programs xtask runs (the demos, the QEMU suites).
+/// The packages whose programs xtask runs (the demos, the QEMU suites), and
+/// the programs.
 pub const BIN_PACKAGES: [&str; 4] = ["imagebuild", "bootctl", "qq", "qimgd"];
+const BIN_PROGRAMS: [&str; 4] = ["imagebuild", "qbootctl", "qq", "qimgd"];
+
+/// Set once `cargo test --workspace` has passed in this process (CI): its build
+/// made every program of [`BIN_PACKAGES`] (their integration tests run them).
+static BINS_FROM_TESTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that the test build just made the shipped programs (`cargo xtask ci`).
+pub fn bins_built_by_tests() {
+    BINS_FROM_TESTS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Builds the shipped programs (debug) into `target/debug`, always as one set:
 /// cargo unifies the dependencies' features over the packages asked for, so
 /// each different subset built them again (CI built three subsets one after
-/// another: 15, 15 and 49 s, where one build and two no-ops do).
+/// another: 15, 15 and 49 s, where one build and two no-ops do). After CI's test
+/// build, which made them from the same sources (with the tests' features), it
+/// uses those: a build of the set took 55 s more in CI.
 pub fn build_bins(name: &str) -> Result<(), String> {
+    let dir = target_dir().join("debug");
+    if BINS_FROM_TESTS.load(std::sync::atomic::Ordering::Relaxed)
+        && BIN_PROGRAMS.iter().all(|p| dir.join(p).is_file())
+    {
+        eprintln!(
+            "xtask: == {name}: the programs the test build made ({})",
+            dir.display()
+        );
+        return Ok(());
+    }
     let mut c = cargo();
     c.args(["build", "-q"]);
     for p in BIN_PACKAGES {
