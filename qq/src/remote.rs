@@ -317,6 +317,22 @@ mod tests {
         (dir, t)
     }
 
+    /// A Qumulo-shaped 503 from an agent that stops.
+    fn stopping() -> Option<(&'static str, String)> {
+        let body = r#"{"module":"qimgd","error_class":"agent_stopping_error","description":"the agent is stopping","user_visible":true,"stack":[]}"#;
+        Some(("503 Service Unavailable", body.to_owned()))
+    }
+
+    /// A client of the agent in `dir`, and the progress bars `monitor` takes.
+    fn client(dir: &tempfile::TempDir) -> (Client, qutil::cli::Bars) {
+        let options = qapi::Options {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let c = Client::new(Target::Unix(dir.path().join("s")), options).unwrap();
+        (c, qutil::cli::Bars::new("qq", true))
+    }
+
     fn status(state: UpgradeState) -> Option<(&'static str, String)> {
         let s = UpgradeStatus {
             state,
@@ -329,22 +345,13 @@ mod tests {
 
     #[test]
     fn a_commit_is_followed_through_an_agent_that_answers_503_while_it_stops() {
-        let stopping = r#"{"module":"qimgd","error_class":"agent_stopping_error","description":"the agent is stopping","user_visible":true,"stack":[]}"#;
         let (dir, t) = agent(vec![
             status(UpgradeState::Rebooting),
-            Some(("503 Service Unavailable", stopping.to_owned())),
+            stopping(),
             None,
             status(UpgradeState::Committed),
         ]);
-        let mut c = Client::new(
-            Target::Unix(dir.path().join("s")),
-            qapi::Options {
-                timeout: Duration::from_secs(5),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let bars = qutil::cli::Bars::new("qq", true);
+        let (mut c, bars) = client(&dir);
         let ended = monitor(
             &mut c,
             Until::Committed,
@@ -353,11 +360,10 @@ mod tests {
             &bars,
         )
         .expect("the 503 is a node going away, not a failure");
-        assert!(
-            matches!(&ended, Ended::Done(s) if s.state == UpgradeState::Committed),
-            "{:?}",
-            matches!(ended, Ended::Failed(_))
-        );
+        match ended {
+            Ended::Done(s) => assert_eq!(s.state, UpgradeState::Committed),
+            Ended::Failed(why) => panic!("the commit was followed to a failure: {why}"),
+        }
         // Every answer was asked for: the agent ends after its last.
         drop(c);
         let _ = std::os::unix::net::UnixStream::connect(dir.path().join("s"));
@@ -366,11 +372,8 @@ mod tests {
 
     #[test]
     fn before_a_commit_a_503_is_an_error() {
-        let stopping = r#"{"module":"qimgd","error_class":"agent_stopping_error","description":"the agent is stopping","user_visible":true,"stack":[]}"#;
-        let (dir, _t) = agent(vec![Some(("503 Service Unavailable", stopping.to_owned()))]);
-        let mut c =
-            Client::new(Target::Unix(dir.path().join("s")), qapi::Options::default()).unwrap();
-        let bars = qutil::cli::Bars::new("qq", true);
+        let (dir, _t) = agent(vec![stopping()]);
+        let (mut c, bars) = client(&dir);
         let e = monitor(
             &mut c,
             Until::Prepared,

@@ -61,7 +61,7 @@ fn coldsnap() -> Result<std::path::PathBuf, String> {
             "xtask: installing coldsnap with cargo into {}",
             root.display()
         );
-        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let ok = crate::cargo()
             .args(["install", "--locked", "coldsnap", "--root"])
             .arg(&root)
             .status()

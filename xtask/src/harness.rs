@@ -106,7 +106,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
 
 /// Builds `packages` in release mode.
 pub(crate) fn release_build(packages: &[&str]) -> Result<(), String> {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut c = crate::cargo();
     c.args(["build", "--release"]);
     for p in packages {
         c.args(["-p", p]);

@@ -138,13 +138,17 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// The packages whose programs xtask runs (the demos, the QEMU suites), and
-/// the programs.
-pub const BIN_PACKAGES: [&str; 4] = ["imagebuild", "bootctl", "qq", "qimgd"];
-const BIN_PROGRAMS: [&str; 4] = ["imagebuild", "qbootctl", "qq", "qimgd"];
+/// The packages whose programs xtask runs (the demos, the QEMU suites), each
+/// with its program.
+const BINS: [(&str, &str); 4] = [
+    ("imagebuild", "imagebuild"),
+    ("bootctl", "qbootctl"),
+    ("qq", "qq"),
+    ("qimgd", "qimgd"),
+];
 
 /// Set once `cargo test --workspace` has passed in this process (CI): its build
-/// made every program of [`BIN_PACKAGES`] (their integration tests run them).
+/// made every program of [`BINS`] (their integration tests run them).
 static BINS_FROM_TESTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Says that the test build just made the shipped programs (`cargo xtask ci`).
@@ -161,7 +165,7 @@ pub fn bins_built_by_tests() {
 pub fn build_bins(name: &str) -> Result<(), String> {
     let dir = target_dir().join("debug");
     if BINS_FROM_TESTS.load(std::sync::atomic::Ordering::Relaxed)
-        && BIN_PROGRAMS.iter().all(|p| dir.join(p).is_file())
+        && BINS.iter().all(|(_, p)| dir.join(p).is_file())
     {
         eprintln!(
             "xtask: == {name}: the programs the test build made ({})",
@@ -171,7 +175,7 @@ pub fn build_bins(name: &str) -> Result<(), String> {
     }
     let mut c = cargo();
     c.args(["build", "-q"]);
-    for p in BIN_PACKAGES {
+    for (p, _) in BINS {
         c.args(["-p", p]);
     }
     step(name, &mut c)
