@@ -3,7 +3,7 @@
 //! etcd members the voting nodes run ([`etcd`]), and the state those members
 //! hold ([`store`]: each node's session lease, its registration and the
 //! coordinator's key under it, the upgrade plan and the nodes' reports of
-//! [`plan`]), and what this process saw
+//! [`plan`], and the upgrade records of [`history`]), and what this process saw
 //! of them through etcd's watch ([`mirror`]). The engine (consensus) is etcd's;
 //! this crate only names keys and checks values.
 #![deny(missing_docs)]
@@ -11,6 +11,7 @@
 pub mod create;
 pub mod error;
 pub mod etcd;
+pub mod history;
 pub mod mirror;
 pub mod pki;
 pub mod plan;

@@ -66,6 +66,10 @@ pub struct ClusterPlan {
     /// written before bundles were pinned).
     #[serde(default)]
     pub bundle: Option<qimg::BundlePin>,
+    /// Who asked for it, from where, when (`None` in a plan written before
+    /// this was kept): the history's first line.
+    #[serde(default)]
+    pub started: Option<qapi::history::Started>,
 }
 
 impl ClusterPlan {
@@ -97,6 +101,7 @@ impl ClusterPlan {
             on_failure: OnFailure::Rollback,
             from_version: None,
             bundle: None,
+            started: None,
         }
     }
 

@@ -88,6 +88,11 @@ pub struct Config {
     /// every stream together, in MiB/s (0: not limited).
     #[serde(default = "default_peer_serve")]
     pub peer_serve_mib_per_s: u64,
+    /// The journal's native socket: the upgrade events (`crate::events`) go
+    /// there with their fields (`MESSAGE_ID`, `QIMG_*`); without a journal, to
+    /// the log.
+    #[serde(default = "default_journal_socket")]
+    pub journal_socket: PathBuf,
     /// The simulator's settings (`[sim]`): only for a node whose `node.toml` says
     /// `simulated`; refused on a real node.
     #[serde(default)]
@@ -162,6 +167,9 @@ fn default_upload_idle() -> u64 {
 }
 fn default_peer_serve() -> u64 {
     200
+}
+fn default_journal_socket() -> PathBuf {
+    "/run/systemd/journal/socket".into()
 }
 fn default_lease() -> u64 {
     4

@@ -6,7 +6,8 @@
 //! - [`cluster`]: this node's membership and its etcd connection; [`member`]: the
 //!   loop that carries out the cluster's plan on this node; [`coordinator`]: the
 //!   loop of the elected node that moves the plan on from the nodes' reports;
-//!   [`restriper`]: the data-safety gate's source (a probe, or the simulated one).
+//!   [`restriper`]: the data-safety gate's source (a probe, or the simulated one);
+//!   [`events`]: the upgrade's events, told to the journal.
 //! - [`daemon`]: start-up (certificate, token key, identity), serving, shutdown;
 //!   [`power`]: the reboots of a machine whose power button is software (a
 //!   simulated node, set up by `[sim]`).
@@ -31,6 +32,7 @@ pub mod config;
 pub mod coordinator;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod fetch;
 pub mod identity;
 pub mod images;

@@ -132,6 +132,18 @@ fn log_in_refused_bundle_instant_upgrade_then_a_blocked_one() {
             t.lines().filter(|l| l.contains(" online 7.0.1 A ")).count() == 3
         })
         .await;
+        // The history lists it: who, the versions, the result.
+        let h = b
+            .wait_for(
+                "the upgrade in the history",
+                STEP_LIMIT,
+                "#history tbody",
+                |t| t.contains("7.0.0 → 7.0.1") && t.contains("upgraded"),
+            )
+            .await;
+        assert!(h.contains(&format!("user {USER:?} from 127.0.0.1")), "{h}");
+        assert!(h.contains("#1") && h.contains("instant"), "{h}");
+        assert!(!b.shown("#history-empty").await);
         b.shot("instant-done").await;
 
         // A release that asks for a settle period after the last upgrade: blocked,
@@ -401,6 +413,13 @@ fn a_node_failing_its_new_release_rolls_the_cluster_back_and_the_page_says_why()
         // Nothing runs: a new upgrade can be started.
         assert!(b.shown("#start-form").await && b.enabled("#upgrade-button").await);
         assert!(!b.shown("#success").await);
+        b.wait_for(
+            "the rollback in the history",
+            STEP_LIMIT,
+            "#history tbody",
+            |t| t.contains("rolled back: ") && t.contains("7.0.0 → 7.1.0"),
+        )
+        .await;
         b.shot("rolled-back").await;
     });
     assert_eq!(versions(&c), ["7.0.0", "7.0.0", "7.0.0"], "{}", c.logs());

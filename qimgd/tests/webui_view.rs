@@ -237,5 +237,74 @@ fn the_page_decides_what_to_show_from_one_overview() {
                 ("failed: boom", true)
             ]
         );
+        // The history: a row per upgrade as the agent lists them (newest
+        // first), who started it, its result and why, how long it took; one
+        // under way counts to now.
+        let mut o = overview(idle.clone(), Value::Null, Value::Null, not_blocked());
+        o["history"] = json!({"schema": "qimg.upgrade_history/1", "upgrades": [
+            record(5, None, None, 1_000_000),
+            record(4, Some("rolled_back"), Some("node 3 failed its commit"), 400_000),
+            record(3, Some("upgraded"), None, 65_500),
+        ]});
+        let got =
+            b.c.execute("return window.qimgView(arguments[0], 1030000);", vec![o])
+                .await
+                .unwrap();
+        let rows: Vec<Value> = got["history"].as_array().unwrap().clone();
+        let pick = |r: &Value, k: &str| r[k].clone();
+        assert_eq!(
+            rows.iter()
+                .map(|r| (
+                    pick(r, "id"),
+                    pick(r, "result"),
+                    pick(r, "resultBad"),
+                    pick(r, "took")
+                ))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    json!("#5"),
+                    json!("under way"),
+                    json!(false),
+                    json!("30.0 s")
+                ),
+                (
+                    json!("#4"),
+                    json!("rolled back: node 3 failed its commit"),
+                    json!(true),
+                    json!("6 min 40 s")
+                ),
+                (
+                    json!("#3"),
+                    json!("upgraded"),
+                    json!(false),
+                    json!("1 min 5 s")
+                ),
+            ]
+        );
+        assert_eq!(rows[1]["by"], "user \"admin\" from 10.1.2.3");
+        assert_eq!(rows[1]["versions"], "7.0.0 → 7.1.0");
+        assert_eq!(rows[1]["mode"], "platform, rolling");
+        // Nothing upgraded yet: an empty history.
+        let o = overview(idle, Value::Null, Value::Null, not_blocked());
+        let got =
+            b.c.execute("return window.qimgView(arguments[0]);", vec![o])
+                .await
+                .unwrap();
+        assert_eq!(got["history"], json!([]));
     });
+}
+
+/// An upgrade's record (`qapi::history::UpgradeRecord`) started at 1 000 s
+/// (Unix ms 1 000 000), ended after `took_ms` unless under way.
+fn record(generation: u64, result: Option<&str>, reason: Option<&str>, took_ms: u64) -> Value {
+    json!({
+        "generation": generation,
+        "started": {"at_ms": 1_000_000, "by": "user \"admin\"", "from": "10.1.2.3"},
+        "image_path": "/up.qimg", "from_version": "7.0.0", "to_version": "7.1.0",
+        "mode": "platform", "rolling": true, "batches": [[2], [1]], "on_failure": "rollback",
+        "overrides": [], "phases": [{"phase": "preparing", "at_ms": 1_000_000}],
+        "nodes": [], "pauses": [], "result": result, "reason": reason,
+        "ended_ms": result.map(|_| 1_000_000 + took_ms), "downtime_ms": null
+    })
 }

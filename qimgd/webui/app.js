@@ -199,8 +199,37 @@ function rebootText(reboot, plan) {
   return t + ".";
 }
 
+// A duration in words: "6.7 s", "4 min 5 s", "1 h 2 min".
+function took(ms) {
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return (ms / 1000).toFixed(1) + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+  return Math.floor(s / 3600) + " h " + (Math.floor(s / 60) % 60) + " min";
+}
+
+const RESULT = { upgraded: "upgraded", rolled_back: "rolled back", failed: "failed" };
+
+// A row of the history: one upgrade (`qapi::history::UpgradeRecord`).
+function historyView(r, nowMs) {
+  const startedMs = r.started ? r.started.at_ms : (r.phases.length ? r.phases[0].at_ms : 0);
+  const mode = r.mode === "instant" ? "instant" : (r.rolling ? "platform, rolling" : "platform, all at once");
+  let result = r.result ? RESULT[r.result] || r.result : "under way";
+  if (r.reason) result += ": " + r.reason;
+  return {
+    id: "#" + r.generation,
+    started: localTime(startedMs / 1000),
+    by: r.started && r.started.by ? r.started.by + " from " + r.started.from : "—",
+    versions: (r.from_version || "?") + " → " + r.to_version,
+    mode,
+    result,
+    resultBad: !!r.result && r.result !== "upgraded",
+    took: took((r.ended_ms || nowMs) - startedMs),
+  };
+}
+
 // Everything the page shows for overview `o`, decided here and only here.
-function view(o) {
+function view(o, nowMs) {
+  if (nowMs === undefined) nowMs = Date.now();
   const status = o.status, blocked = o.blocked, plan = o.plan, reboot = o.reboot, restriper = o.restriper;
   const state = STATE[status.state] || status.state;
   const busy = ["preparing", "prepared", "committing", "rebooting"].includes(state);
@@ -221,6 +250,7 @@ function view(o) {
     commit: false,
     pause: false,
     resume: false,
+    history: (o.history ? o.history.upgrades : []).map((r) => historyView(r, nowMs)),
   };
   if (pausedOnError) {
     v.problem = "The reboots are paused on an error: " + (reboot.error_message || status.error_info || "unknown") +
@@ -282,27 +312,30 @@ window.qimgView = view; // for the tests, which check it case by case in the bro
 
 // ---- painting it ----
 
-function nodeRow(n) {
+// A table row: a header cell, then [text, bad] cells.
+function tableRow(head, cells) {
   const tr = document.createElement("tr");
-  const cell = (text, bad) => {
+  const th = document.createElement("th");
+  th.scope = "row";
+  th.textContent = head;
+  tr.appendChild(th);
+  for (const [text, bad] of cells) {
     const td = document.createElement("td");
     td.textContent = text;
     if (bad) td.className = "bad";
     tr.appendChild(td);
-  };
-  const th = document.createElement("th");
-  th.scope = "row";
-  th.textContent = n.name;
-  tr.appendChild(th);
-  cell(n.status, n.statusBad);
-  cell(n.version);
-  cell(n.slot);
-  cell(n.step, n.stepBad);
+  }
   return tr;
 }
 
+const nodeRow = (n) => tableRow(n.name, [[n.status, n.statusBad], [n.version], [n.slot], [n.step, n.stepBad]]);
+const historyRow = (h) =>
+  tableRow(h.id, [[h.started], [h.by], [h.versions], [h.mode], [h.result, h.resultBad], [h.took]]);
+
 function paint(v) {
   $("current-version").textContent = v.current || "unknown";
+  $("history").tBodies[0].replaceChildren(...v.history.map(historyRow));
+  show($("history-empty"), !v.history.length);
   $("nodes").tBodies[0].replaceChildren(...v.nodes.map(nodeRow));
   say("blocked", v.blocked);
   say("problem", v.problem);

@@ -13,6 +13,7 @@
 //! qq [TARGET] upgrade_status [--json]
 //! qq [TARGET] upgrade_verify_image --path P
 //! qq [TARGET] upgrade_blocked
+//! qq [TARGET] upgrade_history [--json] [--limit N]            the cluster's upgrades
 //! qq [TARGET] upgrade_upload --file F [--name N] [--replace]   the bundle to the node
 //! qq [--host H] reboot_status | reboot_pause | reboot_resume | nodes_list
 //! qq --node DIR upgrade_mode --to BUNDLE [--from VERSION]
@@ -45,6 +46,7 @@ mod sim_create;
 mod sim_poweroff;
 mod upgrade_blocked;
 mod upgrade_cluster;
+mod upgrade_history;
 mod upgrade_mode;
 mod upgrade_status;
 mod upgrade_upload;
@@ -105,6 +107,9 @@ enum Command {
     /// Whether an upgrade may start now.
     #[command(name = "upgrade_blocked")]
     UpgradeBlocked,
+    /// The cluster's upgrades, newest first: who, when, from -> to, each node, the result.
+    #[command(name = "upgrade_history")]
+    UpgradeHistory(upgrade_history::Args),
     /// Log in to the agent; the token is kept for later commands.
     Login(login::Args),
     /// Forget the kept token.
@@ -275,6 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::UpgradeVerifyImage(a) => upgrade_verify_image::run(&ctx, a),
         Command::UpgradeUpload(a) => upgrade_upload::run(&ctx, a),
         Command::UpgradeBlocked => upgrade_blocked::run(&ctx),
+        Command::UpgradeHistory(a) => upgrade_history::run(&ctx, a),
         Command::Login(a) => login::run(&ctx, a),
         Command::Logout => login::logout(&ctx),
         Command::Version => version::run(&ctx),

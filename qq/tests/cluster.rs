@@ -1,6 +1,9 @@
 //! Our `qq` rolls a platform upgrade over a three-node cluster (real etcd
 //! members, three in-process agents): one line per node's step, the batches and
-//! the data-safety gate on stderr, the end reported on stdout.
+//! the data-safety gate on stderr, the end reported on stdout; then the
+//! upgrade's record (`qq upgrade_history`) and its events in the journal, each
+//! told once although the coordinator changed on the way (its node reboots
+//! last and hands over).
 
 mod common;
 
@@ -17,6 +20,7 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
         return;
     };
     let upgrade = d.path().join("upgrade");
+    let journal = Journal::start();
     let mut agents = vec![];
     let mut nodes = vec![];
     let mut port2 = 0;
@@ -35,8 +39,9 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
             &listen,
             Some(&upgrade),
             &format!(
-                "cluster = \"{}\"\ncluster_lease_secs = 2\n[sim]\nrestripe_ms = 300\n",
-                dir.dir.display()
+                "cluster = \"{}\"\ncluster_lease_secs = 2\n{}[sim]\nrestripe_ms = 300\n",
+                dir.dir.display(),
+                journal.config()
             ),
         );
         agents.push(qimgd::daemon::spawn(qimgd::config::Config::load(&config).unwrap()).unwrap());
@@ -75,5 +80,94 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
     let o = qq(&["nodes_list"]);
     let list = json(&o);
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    history_of_the_rolling_upgrade(&qq, &journal);
     drop(agents);
+}
+
+/// The record of the rolling upgrade above, read back through `qq`, and its
+/// events in the journal.
+fn history_of_the_rolling_upgrade(qq: &dyn Fn(&[&str]) -> std::process::Output, journal: &Journal) {
+    use qapi::history::{HISTORY_SCHEMA, UpgradeHistory, UpgradeResult};
+    // The record ends once the coordinator saw the end: at most a poll after
+    // `qq` did.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let h = loop {
+        let o = qq(&["upgrade_history", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let h: UpgradeHistory = serde_json::from_slice(&o.stdout).unwrap();
+        if h.upgrades.first().is_some_and(|r| r.result.is_some()) {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record did not end within 10 s: {h:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(h.schema, HISTORY_SCHEMA);
+    assert_eq!(h.upgrades.len(), 1, "{h:?}");
+    let r = &h.upgrades[0];
+    assert_eq!(r.result, Some(UpgradeResult::Upgraded));
+    assert_eq!(r.generation, 1);
+    assert_eq!(
+        (r.from_version.as_deref(), r.to_version.as_str()),
+        (Some("7.0.0"), "7.1.0")
+    );
+    assert!(r.rolling);
+    let started = r.started.as_ref().expect("who started it");
+    assert_eq!(started.by, format!("user {AGENT_USER:?}"));
+    assert!(started.from.starts_with("127.0.0."), "{started:?}");
+    assert_eq!(r.batches.concat().len(), 3, "{r:?}");
+    assert_eq!(r.nodes.len(), 3, "{r:?}");
+    for n in &r.nodes {
+        assert_eq!(n.outcome(), Some(qapi::types::NodeStep::Committed), "{n:?}");
+        // Steps in the order the node reached them, by its own clock.
+        assert!(
+            n.steps.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
+            "{n:?}"
+        );
+    }
+    let phases: Vec<_> = r.phases.iter().map(|p| p.phase).collect();
+    use qapi::types::PlanPhase::*;
+    assert_eq!(phases.first(), Some(&Preparing));
+    assert!(phases.contains(&Committing), "{phases:?}");
+    assert_eq!(phases.last(), Some(&Committed));
+    assert!(r.ended_ms.unwrap() >= r.started_ms());
+    // For people: one line per upgrade, one per node.
+    let o = qq(&["upgrade_history"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("upgrade 1: 7.0.0 -> 7.1.0 (platform, rolling): upgraded"),
+        "{text}"
+    );
+    assert!(text.contains("node 3: "), "{text}");
+    assert!(
+        text.contains(&format!("by user {AGENT_USER:?} from 127.0.0.")),
+        "{text}"
+    );
+    // Each transition told once, by whichever node coordinated then.
+    let started = journal.events("started");
+    assert_eq!(started.len(), 1, "{:?}", journal.all());
+    assert_eq!(
+        started[0]["MESSAGE_ID"],
+        qapi::history::EventKind::Started.message_id()
+    );
+    assert_eq!(started[0]["QIMG_GENERATION"], "1");
+    let finished = journal.events("finished");
+    assert_eq!(finished.len(), 1, "{:?}", journal.all());
+    assert_eq!(finished[0]["QIMG_RESULT"], "upgraded");
+    assert_eq!(finished[0]["PRIORITY"], "6");
+    let committed: Vec<_> = journal
+        .events("node_step")
+        .into_iter()
+        .filter(|e| e["QIMG_STEP"] == "committed")
+        .map(|e| e["QIMG_NODE"].clone())
+        .collect();
+    let mut sorted = committed.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["1", "2", "3"],
+        "each node's commit once: {committed:?}"
+    );
 }

@@ -18,6 +18,7 @@ use crate::error::{Error, io_err};
 use crate::mirror::Mirror;
 
 pub mod election;
+pub mod history;
 mod kv;
 pub mod local;
 pub mod plans;

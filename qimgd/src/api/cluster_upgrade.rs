@@ -57,7 +57,11 @@ fn in_progress(p: &ClusterPlan) -> ApiError {
 /// `POST /v2/upgrade/prepare` (its batch size checked by
 /// `upgrade_api::check_batch`, this node's engine by `engine_free`): checked
 /// against this node, then the plan written for every node.
-pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusCode, ApiError> {
+pub(super) async fn prepare(
+    app: &Shared,
+    req: PrepareRequest,
+    started: qapi::history::Started,
+) -> Result<StatusCode, ApiError> {
     let spec = spec(app);
     // Batches of a rolling reboot wait for the data to be safe between them: a
     // node with nothing to ask refuses rather than wait a timer.
@@ -96,6 +100,7 @@ pub(super) async fn prepare(app: &Shared, req: PrepareRequest) -> Result<StatusC
         on_failure: req.on_failure.unwrap_or_default(),
         from_version: Some(v.plan.from.version.clone()),
         bundle: Some(v.pin),
+        started: Some(started),
         ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
     };
     let before = record(app);

@@ -29,6 +29,7 @@ use crate::users::Users;
 pub mod body;
 mod cluster_upgrade;
 pub mod error;
+mod history;
 mod images;
 mod node;
 mod overview;
@@ -151,7 +152,7 @@ fn join_failed(e: tokio::task::JoinError) -> ApiError {
 
 async fn authenticate(
     State(app): State<Shared>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let local_root = req.extensions().get::<Peer>().is_some_and(|p| p.local_root);
@@ -178,6 +179,7 @@ async fn authenticate(
             .map_err(|r| ApiError::unauthorized(format!("{r}: log in again")))?;
         user = Some(claims.user);
     }
+    let who = user.map_or_else(|| "local root".to_string(), |u| format!("user {u:?}"));
     // Every call that may change something is in the log: who, from where,
     // what, and the answer.
     // Reads (the hot path: pollers) pay nothing for it.
@@ -185,9 +187,12 @@ async fn authenticate(
         return Ok(next.run(req).await);
     }
     let peer = req.extensions().get::<Peer>().cloned();
+    req.extensions_mut().insert(Caller {
+        who: who.clone(),
+        from: from(peer.as_ref()),
+    });
     let what = format!("{} {}", req.method(), req.uri().path());
     let r = next.run(req).await;
-    let who = user.map_or_else(|| "local root".to_string(), |u| format!("user {u:?}"));
     audit(
         &who,
         peer.as_ref(),
@@ -196,14 +201,28 @@ async fn authenticate(
     Ok(r)
 }
 
-/// One line of the audit trail: `audit: <who> from <where>: <what>`.
-pub(crate) fn audit(who: &str, peer: Option<&Peer>, what: &str) {
-    let from = match peer {
+/// Who made a call that may change something, and from where (set by the
+/// authentication for the handlers: an upgrade's record says who started it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// `user "admin"` or `local root`.
+    pub who: String,
+    /// [`from`].
+    pub from: String,
+}
+
+/// Where a caller is: its address, or the local socket (with its uid).
+pub(crate) fn from(peer: Option<&Peer>) -> String {
+    match peer {
         Some(Peer { ip: Some(ip), .. }) => ip.to_string(),
         Some(Peer { uid: Some(uid), .. }) => format!("the local socket (uid {uid})"),
         _ => "the local socket".into(),
-    };
-    crate::log(&format!("audit: {who} from {from}: {what}"));
+    }
+}
+
+/// One line of the audit trail: `audit: <who> from <where>: <what>`.
+pub(crate) fn audit(who: &str, peer: Option<&Peer>, what: &str) {
+    crate::log(&format!("audit: {who} from {}: {what}", from(peer)));
 }
 
 /// This node's users: the cluster's in a cluster (as etcd's watch delivered
@@ -233,6 +252,7 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/cluster/protection/status", get(reboot::protection))
         .route("/v1/qimg/cluster/upgrade", get(cluster_upgrade::nodes))
         .route("/v1/qimg/overview", get(overview::overview))
+        .route("/v1/qimg/upgrade/history", get(history::history))
         .route("/v1/upgrade/status", get(upgrade_api::status_v1))
         .route("/v2/upgrade/status", get(upgrade_api::status))
         .route("/v3/upgrade/status", get(upgrade_api::status))

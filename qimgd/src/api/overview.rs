@@ -4,15 +4,18 @@
 //! refuses is `null`. The status is the one part that must be there.
 
 use axum::Json;
-use axum::extract::State;
-use qapi::types::Overview;
+use axum::extract::{RawQuery, State};
+use qapi::overview::Overview;
 
 use super::error::ApiError;
-use super::{Shared, cluster_upgrade, node, reboot, upgrade_api};
+use super::{Shared, cluster_upgrade, history, node, reboot, upgrade_api};
+
+/// How many upgrades the page lists.
+const HISTORY: &str = "limit=5";
 
 pub(super) async fn overview(State(app): State<Shared>) -> Result<Json<Overview>, ApiError> {
     let s = || State(app.clone());
-    let (version, status, blocked, nodes, plan, reboot, restriper, protection) = tokio::join!(
+    let (version, status, blocked, nodes, plan, reboot, restriper, protection, history) = tokio::join!(
         node::version(s()),
         upgrade_api::status(s()),
         upgrade_api::blocked(s()),
@@ -21,6 +24,7 @@ pub(super) async fn overview(State(app): State<Shared>) -> Result<Json<Overview>
         reboot::status(s()),
         reboot::restriper(s()),
         reboot::protection(s()),
+        history::history(s(), RawQuery(Some(HISTORY.into()))),
     );
     Ok(Json(Overview {
         version: version?.0,
@@ -31,5 +35,6 @@ pub(super) async fn overview(State(app): State<Shared>) -> Result<Json<Overview>
         reboot: reboot.ok().map(|j| j.0),
         restriper: restriper.ok().map(|j| j.0),
         protection: protection.ok().map(|j| j.0),
+        history: history.ok().map(|j| j.0),
     }))
 }

@@ -8,8 +8,9 @@
 //! answer is the operator's. A relayed request is never relayed again.
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use qapi::history::Started;
 use qapi::types::{ErrorClass, PrepareRequest};
 
 use super::body::JsonBody;
@@ -27,6 +28,7 @@ pub const PEER_PREPARE: &str = "/v1/qimg/peer/upgrade/prepare";
 pub(super) async fn elsewhere(
     app: &Shared,
     req: &PrepareRequest,
+    started: &Started,
 ) -> Result<Option<StatusCode>, ApiError> {
     let Some(dir) = app.cluster.dir.clone() else {
         return Ok(None);
@@ -49,6 +51,12 @@ pub(super) async fn elsewhere(
             .collect();
     let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(e.to_string()))?;
     let shown = req.image_path.clone();
+    // Who asked goes with the request: the record says who started the upgrade.
+    let path = format!(
+        "{PEER_PREPARE}?by={}&from={}",
+        percent(&started.by),
+        percent(&started.from)
+    );
     blocking(move || {
         let refs: Vec<&qcluster::NodeSpec> = peers.iter().collect();
         let holder = crate::fetch::holder(&name, &dir, &refs).map_err(|why| {
@@ -72,7 +80,7 @@ pub(super) async fn elsewhere(
             )
         };
         let r = crate::fetch::client_of(holder, &dir)
-            .and_then(|mut cl| cl.request("POST", PEER_PREPARE, Some(&body)))
+            .and_then(|mut cl| cl.request("POST", &path, Some(&body)))
             .map_err(unreachable)?;
         crate::log(&format!(
             "{shown} is on node {}, not here: it took the prepare ({})",
@@ -99,16 +107,31 @@ pub(super) async fn elsewhere(
     .await
 }
 
+/// Who asked the node that handed a prepare over (`?by=…&from=…`).
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct Asker {
+    #[serde(default)]
+    by: String,
+    #[serde(default)]
+    from: String,
+}
+
 /// `POST /v1/qimg/peer/upgrade/prepare`: a prepare another node of the cluster
 /// handed over (only with its node certificate), answered as this node's own.
 pub(super) async fn peer_prepare(
     State(app): State<Shared>,
     Extension(peer): Extension<Peer>,
+    Query(asker): Query<Asker>,
     JsonBody(req): JsonBody<PrepareRequest>,
 ) -> Result<StatusCode, ApiError> {
     super::images::peer_only(&peer, "hand a prepare over")?;
     super::upgrade_api::check_batch(&app, &req)?;
-    let r = super::cluster_upgrade::prepare(&app, req).await;
+    let started = Started {
+        at_ms: qcluster::plan::now_ms(),
+        by: asker.by,
+        from: asker.from,
+    };
+    let r = super::cluster_upgrade::prepare(&app, req, started).await;
     let status = r.as_ref().map_or_else(|e| e.status, |s| *s);
     super::audit(
         "another node",
@@ -116,4 +139,36 @@ pub(super) async fn peer_prepare(
         &format!("POST {PEER_PREPARE} -> {}", status.as_u16()),
     );
     r
+}
+
+/// `s` for a query string: every byte but unreserved ones as `%XX`.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn who_asked_survives_the_query_string() {
+        #[derive(serde::Deserialize)]
+        struct Q {
+            by: String,
+            from: String,
+        }
+        let by = "user \"a&b=c\" ü";
+        let from = "the local socket (uid 0)";
+        let q = format!("by={}&from={}", super::percent(by), super::percent(from));
+        assert!(q.bytes().all(|b| b.is_ascii_graphic()), "{q}");
+        let uri: axum::http::Uri = format!("{}?{q}", super::PEER_PREPARE).parse().unwrap();
+        let axum::extract::Query(back) = axum::extract::Query::<Q>::try_from_uri(&uri).unwrap();
+        assert_eq!((back.by.as_str(), back.from.as_str()), (by, from));
+    }
 }

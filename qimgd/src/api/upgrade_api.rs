@@ -13,9 +13,10 @@
 
 use qapi::types::ErrorClass;
 
-use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
+use qapi::history::Started;
 use upgrade::Error;
 use upgrade::state::{Stage, Status};
 
@@ -135,15 +136,21 @@ pub(super) fn check_batch(app: &Shared, req: &PrepareRequest) -> Result<(), ApiE
 
 pub(super) async fn prepare(
     State(app): State<Shared>,
+    caller: Option<Extension<super::Caller>>,
     RawQuery(q): RawQuery,
     JsonBody(req): JsonBody<PrepareRequest>,
 ) -> Result<StatusCode, ApiError> {
     no_overrides(q)?;
     check_batch(&app, &req)?;
-    if let Some(answer) = super::relay::elsewhere(&app, &req).await? {
+    let started = Started {
+        at_ms: qcluster::plan::now_ms(),
+        by: caller.as_ref().map_or_else(String::new, |c| c.who.clone()),
+        from: caller.map_or_else(String::new, |c| c.0.from),
+    };
+    if let Some(answer) = super::relay::elsewhere(&app, &req, &started).await? {
         return Ok(answer);
     }
-    super::cluster_upgrade::prepare(&app, req).await
+    super::cluster_upgrade::prepare(&app, req, started).await
 }
 
 pub(super) async fn commit(

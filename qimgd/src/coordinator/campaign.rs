@@ -25,6 +25,7 @@ pub async fn run(app: Shared) {
     // When a data-safety gate's time is up (Unix ms), to wake exactly then.
     let mut gate_until: u64 = 0;
     let mut polls = crate::cluster::Fresh::default();
+    let events = crate::events::Events::new(app.config.journal_socket.clone());
     loop {
         // The coordinator (and a node stepping down) acts on changes, at the poll
         // at the latest, and exactly when a gate's time is up; the others
@@ -93,7 +94,7 @@ pub async fn run(app: Shared) {
                     gate_limit_ms: app.config.data_safety_limit_secs * 1000,
                     data: app.safety.initial(),
                 };
-                gate_until = reconcile(store, &spec, cx, probe, fresh).await?;
+                gate_until = reconcile(store, &spec, cx, probe, fresh, &events).await?;
             }
             Ok(())
         }

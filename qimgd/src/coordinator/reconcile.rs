@@ -1,11 +1,16 @@
 //! One reconciliation: load the plan and the reports (from etcd at a poll, from
 //! the mirror when the watch woke the loop), ask the data-safety probe while a
-//! gate holds, decide ([`super::next`]), write by compare-and-swap.
+//! gate holds, decide ([`super::next`]), write by compare-and-swap; then the
+//! upgrade's record (`qcluster::history::advance`, written by compare-and-swap,
+//! its events told only once it is written).
 
 use qcluster::{ClusterSpec, Store};
 
+use qcluster::{ClusterPlan, NodeReport};
+
 use super::Ctx;
 use super::decide::{grave, next};
+use crate::events::Events;
 use crate::restriper::DataSafety;
 
 /// One reconciliation; returns when the plan's data-safety gate is up (Unix ms,
@@ -16,6 +21,7 @@ pub(super) async fn reconcile(
     mut cx: Ctx,
     probe: Option<&[String]>,
     mut fresh: bool,
+    events: &Events,
 ) -> Result<u64, qcluster::Error> {
     loop {
         // Read from etcd at the poll; as the watch delivered it otherwise (a stale
@@ -38,6 +44,7 @@ pub(super) async fn reconcile(
             .unwrap_or_else(|e| DataSafety::AtRisk(format!("the restriper probe: {e}")));
         }
         let Some(p) = next(&plan, spec, &reports, &cx) else {
+            record(store, &plan, &reports, cx.now_ms, events).await?;
             return Ok(plan.gate_until_ms);
         };
         // A report the mirror has not seen yet must not pause or fail the rollout:
@@ -60,6 +67,31 @@ pub(super) async fn reconcile(
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         ));
+        record(store, &p, &reports, cx.now_ms, events).await?;
         return Ok(p.gate_until_ms);
     }
+}
+
+/// Moves the record of `plan`'s generation on, if anything changed; its events
+/// are told once the record is written (a writer that lost the race tells
+/// nothing: the next reconciliation starts from what won).
+async fn record(
+    store: &Store,
+    plan: &ClusterPlan,
+    reports: &[(u32, NodeReport)],
+    now_ms: u64,
+    events: &Events,
+) -> Result<(), qcluster::Error> {
+    let prev = store.record_seen(plan.generation).await?;
+    let Some((next, told)) =
+        qcluster::history::advance(prev.as_ref().map(|(r, _)| r), plan, reports, now_ms)
+    else {
+        return Ok(());
+    };
+    if store.put_record_if(&next, prev.map(|(_, rev)| rev)).await? {
+        for e in &told {
+            events.tell(e);
+        }
+    }
+    Ok(())
 }

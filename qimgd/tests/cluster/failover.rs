@@ -4,12 +4,13 @@ use super::*;
 
 #[test]
 fn the_coordinator_killed_mid_upgrade_another_node_finishes_it() {
+    let journal = Journal::start();
     // Every node's prepare pauses 2 s after recording its write step.
     let Some(mut c) = cluster_with(
         "t8",
         3,
         1,
-        "",
+        &journal.config(),
         &[("QIMG_PAUSE_AT", "step:write"), ("QIMG_PAUSE_SECS", "2")],
         |_, _| {},
     ) else {
@@ -52,6 +53,23 @@ fn the_coordinator_killed_mid_upgrade_another_node_finishes_it() {
         log.contains("this node is the cluster's coordinator"),
         "{log}"
     );
+    // The new coordinator went on with the record the first one began: one
+    // upgrade, ended, every node's commit in it, each event told once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let (st, h) = clients[other].get("/v1/qimg/upgrade/history");
+        assert_eq!(st, 200, "{h}");
+        if h["upgrades"][0]["result"] == "upgraded" {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no ended record in 10 s: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ups = h["upgrades"].as_array().unwrap();
+    assert_eq!(ups.len(), 1, "{h}");
+    assert_eq!(ups[0]["nodes"].as_array().unwrap().len(), 3, "{h}");
+    assert_eq!(journal.events("started").len(), 1, "{:?}", journal.all());
+    assert_eq!(journal.events("finished").len(), 1, "{:?}", journal.all());
 }
 
 #[test]

@@ -405,6 +405,12 @@ fn a_prepare_through_a_node_without_the_file_goes_to_one_with_it() {
         "{}",
         c.agents[1].log()
     );
+    // The record names the operator who asked node 2, not node 2.
+    let (st, h) = via.get("/v1/qimg/upgrade/history");
+    assert_eq!(st, 200, "{h}");
+    let started = &h["upgrades"][0]["started"];
+    assert_eq!(started["by"], format!("user {USER:?}"), "{h}");
+    assert!(started["from"].as_str().unwrap().starts_with("127."), "{h}");
     // Without a node certificate, the hand-over endpoint refuses.
     let mut op = peer_client(&c, 0, None);
     let e = op

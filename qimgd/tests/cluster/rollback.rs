@@ -81,7 +81,9 @@ fn an_instant_commit_failing_on_one_node_rolls_every_node_back() {
 /// the status. `rolling`: one node at a time (the failing node in the second
 /// batch, after a node that committed); else a complete reboot.
 fn platform_rollback(name: &str, fault: &str, rolling: bool) {
-    let Some(c) = cluster_with(name, 4, 1, "[sim]\nrestripe_ms = 200\n", &[], |_, _| {}) else {
+    let journal = Journal::start();
+    let extra = format!("{}[sim]\nrestripe_ms = 200\n", journal.config());
+    let Some(c) = cluster_with(name, 4, 1, &extra, &[], |_, _| {}) else {
         return;
     };
     let clients = logged_in_everywhere(&c);
@@ -179,6 +181,68 @@ fn platform_rollback(name: &str, fault: &str, rolling: bool) {
             "a complete reboot: every other node went back"
         );
     }
+    rollback_recorded(&c, &clients, &journal, bad);
+}
+
+/// The history says the upgrade rolled back, why, and which node failed; the
+/// journal has its end once, as a warning.
+fn rollback_recorded(c: &Cluster, clients: &[Client], journal: &Journal, bad: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h =
+            (0..clients.len()).find_map(|i| clients[i].try_get("/v1/qimg/upgrade/history").ok());
+        if let Some((200, h)) = &h
+            && h["upgrades"][0]["result"].is_string()
+        {
+            break h.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ended record within 10 s: {h:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let r = &h["upgrades"][0];
+    assert_eq!(h["schema"], "qimg.upgrade_history/1");
+    assert_eq!(r["result"], "rolled_back", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("node{bad}")),
+        "{r}"
+    );
+    let phases: Vec<&str> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert!(phases.contains(&"rolling_back"), "{phases:?}");
+    assert_eq!(phases.last(), Some(&"failed"));
+    let node = r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == bad)
+        .unwrap_or_else(|| panic!("node {bad} in {r}"));
+    assert_eq!(
+        node["steps"].as_array().unwrap().last().unwrap()["step"],
+        "failed"
+    );
+    let finished = journal.events("finished");
+    assert_eq!(finished.len(), 1, "{:?}", journal.all());
+    assert_eq!(finished[0]["QIMG_RESULT"], "rolled_back");
+    assert_eq!(finished[0]["PRIORITY"], "4", "a warning");
+    assert!(
+        journal
+            .events("node_step")
+            .iter()
+            .any(|e| e["QIMG_NODE"] == bad.to_string() && e["QIMG_STEP"] == "failed"),
+        "{:?}",
+        journal.all()
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! (`qimgd/tests`) include this file too.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -448,4 +449,70 @@ pub fn stderr(o: &Output) -> String {
 pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+}
+
+/// A journal of the test's own: a datagram socket the agents send their events
+/// to (`journal_socket`), in the journal's native protocol, collected by a
+/// thread until dropped.
+pub struct Journal {
+    pub path: PathBuf,
+    entries: std::sync::Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl Journal {
+    pub fn start() -> Journal {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.socket");
+        let s = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let entries = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (e, st) = (entries.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0; 256 << 10];
+            while !st.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(n) = s.recv(&mut buf) {
+                    let fields = qimgd::events::parse_entry(&buf[..n])
+                        .expect("an entry in the journal's native protocol");
+                    e.lock().unwrap().push(fields.into_iter().collect());
+                }
+            }
+        });
+        Journal {
+            path,
+            entries,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    /// The config line that sends an agent's events here.
+    pub fn config(&self) -> String {
+        format!("journal_socket = \"{}\"\n", self.path.display())
+    }
+
+    /// The entries of one event kind (`QIMG_EVENT`), in the order received.
+    pub fn events(&self, kind: &str) -> Vec<HashMap<String, String>> {
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.get("QIMG_EVENT").map(String::as_str) == Some(kind))
+            .cloned()
+            .collect()
+    }
+
+    /// Every entry received.
+    pub fn all(&self) -> Vec<HashMap<String, String>> {
+        self.entries.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -1,0 +1,263 @@
+//! The upgrade history: what the coordinator keeps of each plan generation in
+//! an [`UpgradeRecord`], and the [`Event`]s it tells on the way. [`advance`] is
+//! pure (the last record + the plan + the reports → the next record and what
+//! changed); the coordinator writes the record by compare-and-swap and only
+//! then tells the events, so a new coordinator continues the record where the
+//! last one stopped and no event is told twice.
+
+pub use qapi::history::{
+    EVENT_SCHEMA, Event, EventKind, HISTORY_SCHEMA, NodeRecord, Pause, PhaseAt, Started, StepAt,
+    UpgradeHistory, UpgradeRecord, UpgradeResult, took,
+};
+
+use crate::plan::{ClusterPlan, NodeReport, NodeStep, PlanPhase};
+
+/// How many upgrades the store keeps (the oldest go when a new one starts).
+pub const KEEP: usize = 100;
+
+/// The next record of `plan`'s generation, and the events since `prev` (the
+/// record as written last; `None` for a plan not seen yet). `None` when nothing
+/// changed, or the record has ended.
+pub fn advance(
+    prev: Option<&UpgradeRecord>,
+    plan: &ClusterPlan,
+    reports: &[(u32, NodeReport)],
+    now_ms: u64,
+) -> Option<(UpgradeRecord, Vec<Event>)> {
+    let prev = prev.filter(|r| r.generation == plan.generation);
+    if prev.is_some_and(|r| r.result.is_some()) {
+        return None;
+    }
+    let mut events = vec![];
+    let mut r = match prev {
+        Some(r) => r.clone(),
+        None => {
+            let r = begin(plan, now_ms);
+            let by = plan
+                .started
+                .as_ref()
+                .map(|s| format!(" by {} from {}", s.by, s.from))
+                .unwrap_or_default();
+            let how = match (plan.mode, plan.in_batches()) {
+                (qapi::types::PlanMode::Platform, true) => "platform, rolling reboots",
+                (qapi::types::PlanMode::Platform, false) => "platform, every node at once",
+                (qapi::types::PlanMode::Instant, _) => "instant",
+            };
+            events.push(event(
+                &r,
+                EventKind::Started,
+                r.started_ms(),
+                format!(
+                    "upgrade {} to {} ({how}) started{by}: {}",
+                    r.generation, r.to_version, r.image_path
+                ),
+            ));
+            r
+        }
+    };
+    if !plan.batches.is_empty() && r.batches != plan.batches {
+        r.batches = plan.batches.clone();
+    }
+    if plan.downtime_ms.is_some() {
+        r.downtime_ms = plan.downtime_ms;
+    }
+    // The nodes' steps, in node order, each at the time the node reached it.
+    for (id, rep) in reports
+        .iter()
+        .filter(|(_, rep)| rep.generation == plan.generation)
+    {
+        let at_ms = if rep.at_ms == 0 { now_ms } else { rep.at_ms };
+        let i = match r.nodes.iter().position(|n| n.id == *id) {
+            Some(i) => i,
+            None => {
+                r.nodes.push(NodeRecord {
+                    id: *id,
+                    steps: vec![],
+                    error: None,
+                });
+                r.nodes.sort_by_key(|n| n.id);
+                r.nodes.iter().position(|n| n.id == *id)?
+            }
+        };
+        let node = &mut r.nodes[i];
+        if node.outcome() == Some(rep.step) {
+            continue;
+        }
+        node.steps.push(StepAt {
+            step: rep.step,
+            at_ms,
+        });
+        if rep.error.is_some() {
+            node.error.clone_from(&rep.error);
+        }
+        let failed = rep.step == NodeStep::Failed;
+        let mut e = event(
+            &r,
+            EventKind::NodeStep,
+            at_ms,
+            format!(
+                "upgrade {}: node {id} {}{}",
+                r.generation,
+                rep.step.name().replace('_', " "),
+                rep.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+        );
+        e.node = Some(*id);
+        e.step = Some(rep.step);
+        e.warning = failed;
+        events.push(e);
+    }
+    if r.phases.last().map(|p| p.phase) != Some(plan.phase) {
+        r.phases.push(PhaseAt {
+            phase: plan.phase,
+            at_ms: now_ms,
+        });
+        if !matches!(plan.phase, PlanPhase::Committed | PlanPhase::Failed) {
+            let mut e = event(
+                &r,
+                EventKind::Phase,
+                now_ms,
+                format!("upgrade {}: {}", r.generation, phase_words(plan.phase)),
+            );
+            e.phase = Some(plan.phase);
+            e.warning = matches!(plan.phase, PlanPhase::Discarding | PlanPhase::RollingBack);
+            events.push(e);
+        }
+    }
+    // Pauses: the operator's, or the rollout's own on an error.
+    let paused = plan.phase.is_active() && (plan.paused || plan.paused_error.is_some());
+    let open = r.pauses.last().is_some_and(|p| p.resumed_ms.is_none());
+    if paused && !open {
+        r.pauses.push(Pause {
+            at_ms: now_ms,
+            error: plan.paused_error.clone(),
+            resumed_ms: None,
+        });
+        let mut e = event(
+            &r,
+            EventKind::Paused,
+            now_ms,
+            match &plan.paused_error {
+                Some(why) => format!("upgrade {}: the reboots stopped: {why}", r.generation),
+                None => format!("upgrade {}: the operator paused the reboots", r.generation),
+            },
+        );
+        e.warning = plan.paused_error.is_some();
+        events.push(e);
+    } else if !paused && open {
+        if let Some(p) = r.pauses.last_mut() {
+            p.resumed_ms = Some(now_ms);
+        }
+        if plan.phase.is_active() {
+            events.push(event(
+                &r,
+                EventKind::Resumed,
+                now_ms,
+                format!("upgrade {}: the reboots go on", r.generation),
+            ));
+        }
+    }
+    if matches!(plan.phase, PlanPhase::Committed | PlanPhase::Failed) {
+        let result = match plan.phase {
+            PlanPhase::Committed => UpgradeResult::Upgraded,
+            _ if r.phases.iter().any(|p| p.phase == PlanPhase::RollingBack) => {
+                UpgradeResult::RolledBack
+            }
+            _ => UpgradeResult::Failed,
+        };
+        r.result = Some(result);
+        r.reason.clone_from(&plan.error);
+        r.ended_ms = Some(now_ms);
+        let took = took(r.elapsed_ms(now_ms));
+        let mut e = event(
+            &r,
+            EventKind::Finished,
+            now_ms,
+            match result {
+                UpgradeResult::Upgraded => format!(
+                    "upgrade {} ended: the cluster runs {} ({took})",
+                    r.generation, r.to_version
+                ),
+                UpgradeResult::RolledBack | UpgradeResult::Failed => format!(
+                    "upgrade {} ended: {}{} ({took})",
+                    r.generation,
+                    result.name().replace('_', " "),
+                    r.reason
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            },
+        );
+        e.result = Some(result);
+        e.warning = result != UpgradeResult::Upgraded;
+        events.push(e);
+    }
+    if prev == Some(&r) {
+        return None;
+    }
+    Some((r, events))
+}
+
+/// A new record of `plan`, started at its request's time (else now).
+fn begin(plan: &ClusterPlan, now_ms: u64) -> UpgradeRecord {
+    let started_ms = plan.started.as_ref().map_or(now_ms, |s| s.at_ms);
+    UpgradeRecord {
+        generation: plan.generation,
+        started: plan.started.clone(),
+        image_path: plan.image_path.clone(),
+        from_version: plan.from_version.as_ref().map(ToString::to_string),
+        to_version: plan.target_version.to_string(),
+        mode: plan.mode,
+        rolling: plan.in_batches(),
+        batches: vec![],
+        on_failure: plan.on_failure,
+        overrides: vec![],
+        // A plan first seen past its first phase still started preparing.
+        phases: vec![PhaseAt {
+            phase: PlanPhase::Preparing,
+            at_ms: started_ms,
+        }],
+        nodes: vec![],
+        pauses: vec![],
+        result: None,
+        reason: None,
+        ended_ms: None,
+        downtime_ms: None,
+    }
+}
+
+fn event(r: &UpgradeRecord, kind: EventKind, at_ms: u64, message: String) -> Event {
+    Event {
+        schema: EVENT_SCHEMA.into(),
+        kind,
+        generation: r.generation,
+        at_ms,
+        from_version: r.from_version.clone(),
+        to_version: r.to_version.clone(),
+        phase: None,
+        node: None,
+        step: None,
+        result: None,
+        warning: false,
+        message,
+    }
+}
+
+fn phase_words(p: PlanPhase) -> &'static str {
+    match p {
+        PlanPhase::Preparing => "every node prepares",
+        PlanPhase::Prepared => "every node prepared: ready to commit",
+        PlanPhase::Committing => "the nodes commit",
+        PlanPhase::Committed => "every node runs the new release",
+        PlanPhase::Discarding => "a node failed: every node discards what it prepared",
+        PlanPhase::RollingBack => "a node failed its commit: the nodes that committed go back",
+        PlanPhase::Failed => "ended without committing",
+    }
+}
+
+#[cfg(test)]
+mod tests;
