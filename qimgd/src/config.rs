@@ -93,6 +93,15 @@ pub struct Config {
     /// the log.
     #[serde(default = "default_journal_socket")]
     pub journal_socket: PathBuf,
+    /// An `https://` URL each upgrade event is also posted to, as JSON (schema
+    /// `qimg.upgrade_event/1`), by the node that coordinates: a few tries, never
+    /// holding the upgrade up.
+    #[serde(default)]
+    pub event_webhook: Option<String>,
+    /// The CA (PEM) the webhook's certificate must chain to; without it the
+    /// certificate is not verified (as Qumulo's client does with nodes').
+    #[serde(default)]
+    pub event_webhook_ca: Option<PathBuf>,
     /// The simulator's settings (`[sim]`): only for a node whose `node.toml` says
     /// `simulated`; refused on a real node.
     #[serde(default)]
@@ -218,7 +227,13 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.node, &mut c.state, &mut c.users, &mut c.upgrade_dir] {
+        for p in [
+            &mut c.node,
+            &mut c.state,
+            &mut c.users,
+            &mut c.upgrade_dir,
+            &mut c.journal_socket,
+        ] {
             *p = base.join(&*p);
         }
         for p in [
@@ -226,6 +241,7 @@ impl Config {
             &mut c.tls_cert,
             &mut c.tls_key,
             &mut c.cluster,
+            &mut c.event_webhook_ca,
         ]
         .into_iter()
         .flatten()
@@ -248,6 +264,14 @@ impl Config {
             return Err(Error::Config {
                 path: path.to_owned(),
                 problem: "nothing to listen on: set listen or socket".into(),
+            });
+        }
+        if let Some(url) = &c.event_webhook
+            && let Err(why) = crate::events::WebhookUrl::parse(url)
+        {
+            return Err(Error::Config {
+                path: path.to_owned(),
+                problem: format!("event_webhook: {why}"),
             });
         }
         if c.token_lifetime_secs == 0 {
@@ -291,6 +315,28 @@ mod tests {
         assert!(
             unit.contains("RuntimeDirectory=qimgd"),
             "the socket's directory"
+        );
+    }
+
+    #[test]
+    fn a_webhook_that_is_not_https_refuses_the_start() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("qimgd.toml");
+        let base = "node = \"n\"\nupgrade_dir = \"u\"\n";
+        std::fs::write(&p, format!("{base}event_webhook = \"http://h/x\"\n")).unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert_eq!(e.code(), "config");
+        assert!(e.to_string().contains("event_webhook"), "{e}");
+        std::fs::write(
+            &p,
+            format!("{base}event_webhook = \"https://h/x\"\nevent_webhook_ca = \"ca.crt\"\n"),
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.event_webhook_ca,
+            Some(d.path().join("ca.crt")),
+            "relative to the file"
         );
     }
 

@@ -2,7 +2,11 @@
 //! entry in the journal through its native protocol, with the kind's stable
 //! `MESSAGE_ID` and the event's fields (`QIMG_EVENT`, `QIMG_GENERATION`,
 //! `QIMG_NODE`, …), so `journalctl MESSAGE_ID=… QIMG_GENERATION=3` finds them;
-//! without a journal (a development machine, a test), a line of the log.
+//! without a journal (a development machine, a test), a line of the log. With
+//! `event_webhook`, the event's JSON is also posted there by a thread of its
+//! own: [`TRIES`] tries at most, each within [`WEBHOOK_LIMIT`], from a queue
+//! of [`QUEUE`] events (a full queue drops the event, with a log line): the
+//! coordinator never waits for a webhook.
 //!
 //! The journal's native protocol: one datagram per entry to its socket, each
 //! field `NAME=value\n`, or, for a value holding a newline, `NAME\n`, the
@@ -11,19 +15,110 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
 
 use qcluster::history::Event;
+
+use crate::config::Config;
+
+/// How many tries a webhook gets per event.
+pub const TRIES: u32 = 3;
+/// How long one try may take (connect, send, answer).
+pub const WEBHOOK_LIMIT: Duration = Duration::from_secs(5);
+/// How many events may wait for the webhook.
+pub const QUEUE: usize = 256;
 
 /// Where events go.
 #[derive(Debug)]
 pub struct Events {
     journal: PathBuf,
+    webhook: Option<SyncSender<Event>>,
+}
+
+/// The webhook's place: `https://host[:port]/path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// Host name or address (an IPv6 address without its brackets).
+    pub host: String,
+    /// Port (443 unless given).
+    pub port: u16,
+    /// Path and query (`/` unless given).
+    pub path: String,
+}
+
+impl WebhookUrl {
+    /// Parses `url`; only `https://` (events name the cluster's nodes and releases).
+    pub fn parse(url: &str) -> Result<WebhookUrl, String> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("{url:?} is not an https:// URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(format!("{url:?}: credentials in the URL are not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: an unclosed [ in the host"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?} names no host"));
+        }
+        let port = match port {
+            None => 443,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{url:?}: {p:?} is not a port"))?,
+        };
+        Ok(WebhookUrl {
+            host: host.into(),
+            port,
+            path: path.into(),
+        })
+    }
 }
 
 impl Events {
-    /// Events to the journal at `journal` (its native socket).
+    /// Events to the journal at `journal` (its native socket), and nowhere else.
     pub fn new(journal: PathBuf) -> Events {
-        Events { journal }
+        Events {
+            journal,
+            webhook: None,
+        }
+    }
+
+    /// Events as `config` says: its journal, and its webhook if it has one (a
+    /// thread of its own posts them; it ends when this is dropped).
+    pub fn of(config: &Config) -> Events {
+        let mut e = Events::new(config.journal_socket.clone());
+        if let Some(url) = config
+            .event_webhook
+            .as_deref()
+            .and_then(|u| WebhookUrl::parse(u).ok())
+        {
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+            let ca = config.event_webhook_ca.clone();
+            let spawned = std::thread::Builder::new()
+                .name("qimgd-webhook".into())
+                .spawn(move || deliver(&url, ca, &rx));
+            match spawned {
+                Ok(_) => e.webhook = Some(tx),
+                Err(err) => crate::log(&format!("the event webhook's thread: {err}")),
+            }
+        }
+        e
     }
 
     /// Tells `e`: to the journal (true), else to the log (false). Never blocks
@@ -37,7 +132,62 @@ impl Events {
         if sent.is_err() {
             crate::log(&format!("event {}: {}", e.kind.name(), e.message));
         }
+        if let Some(tx) = &self.webhook {
+            match tx.try_send(e.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => crate::log(&format!(
+                    "the event webhook is {QUEUE} events behind: event {} of upgrade {} not posted",
+                    e.kind.name(),
+                    e.generation
+                )),
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
         sent.is_ok()
+    }
+}
+
+/// Posts each event to the webhook, [`TRIES`] tries at most (pauses of 1 s,
+/// then 2 s), until the queue's sender is gone.
+fn deliver(url: &WebhookUrl, ca: Option<PathBuf>, rx: &Receiver<Event>) {
+    let options = qapi::Options {
+        timeout: WEBHOOK_LIMIT,
+        ca,
+        root_port: false,
+        identity: None,
+    };
+    let target = qapi::Target::Tcp {
+        host: url.host.clone(),
+        port: url.port,
+    };
+    for e in rx {
+        let Ok(body) = serde_json::to_vec(&e) else {
+            continue;
+        };
+        let mut last = String::new();
+        let mut posted = false;
+        for attempt in 0..TRIES {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs(1 << (attempt - 1)));
+            }
+            let r = qapi::Client::new(target.clone(), options.clone())
+                .and_then(|mut c| c.request("POST", &url.path, Some(&body)));
+            match r {
+                Ok(r) if (200..300).contains(&r.status) => {
+                    posted = true;
+                    break;
+                }
+                Ok(r) => last = format!("it answered HTTP {}", r.status),
+                Err(err) => last = qutil::chain(&err),
+            }
+        }
+        if !posted {
+            crate::log(&format!(
+                "event {} of upgrade {} not posted to the webhook after {TRIES} tries: {last}",
+                e.kind.name(),
+                e.generation
+            ));
+        }
     }
 }
 
@@ -175,6 +325,30 @@ mod tests {
         let fields = parse_entry(&b).unwrap();
         assert_eq!(fields[0], ("MESSAGE".into(), "two\nlines".into()));
         assert!(b.starts_with(b"MESSAGE\n\x09\0\0\0\0\0\0\0two\nlines\n"));
+    }
+
+    #[test]
+    fn webhook_urls_are_https_with_a_host() {
+        let u = WebhookUrl::parse("https://hooks.example:8443/a/b?c=d").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("hooks.example", 8443, "/a/b?c=d")
+        );
+        let u = WebhookUrl::parse("https://[::1]").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 443, "/")
+        );
+        for bad in [
+            "http://x/",
+            "https:///p",
+            "https://x:0/",
+            "https://x:y/",
+            "https://u:p@x/",
+            "https://[::1/",
+        ] {
+            assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

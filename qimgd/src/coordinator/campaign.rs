@@ -25,7 +25,7 @@ pub async fn run(app: Shared) {
     // When a data-safety gate's time is up (Unix ms), to wake exactly then.
     let mut gate_until: u64 = 0;
     let mut polls = crate::cluster::Fresh::default();
-    let events = crate::events::Events::new(app.config.journal_socket.clone());
+    let events = crate::events::Events::of(&app.config);
     loop {
         // The coordinator (and a node stepping down) acts on changes, at the poll
         // at the latest, and exactly when a gate's time is up; the others

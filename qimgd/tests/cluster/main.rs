@@ -8,10 +8,11 @@
 //! a failed prepare), `peers` (bundles served to the other nodes), `reboots` (complete and rolling reboots, pauses, Qumulo's
 //! client), `rollback` (a commit failing on one node), `failover` (coordinators
 //! killed or stopped), `safety` (the data-safety gate's source), `users` (the
-//! cluster's users).
+//! cluster's users), `events` (the upgrade's events posted to a webhook).
 
 #[path = "../common/mod.rs"]
 mod common;
+mod events;
 mod failover;
 mod membership;
 mod peers;

@@ -440,3 +440,114 @@ impl Client {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A webhook of the test's own on 127.0.0.1: HTTPS with a self-signed
+/// certificate (`ca`), answering 500 to the first `fail_first` posts and 200
+/// to the rest, keeping each post's answer and JSON body.
+pub struct WebhookReceiver {
+    pub url: String,
+    pub ca: PathBuf,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<(u16, serde_json::Value)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl WebhookReceiver {
+    pub fn start(fail_first: usize) -> WebhookReceiver {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let files = qimgd::tls::TlsFiles {
+            cert: dir.path().join("hook.crt"),
+            key: dir.path().join("hook.key"),
+        };
+        qimgd::tls::ensure_self_signed(&files, &["127.0.0.1".into()]).unwrap();
+        let cfg = qimgd::tls::server_config(&files, None).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/hooks/qimg",
+            l.local_addr().unwrap().port()
+        );
+        let posts = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, st) = (posts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((sock, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                sock.set_nonblocking(false).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                // The head, then the body its Content-Length says.
+                let mut got = vec![];
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i + 4);
+                    }
+                    match tls.read(&mut buf) {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break None,
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+                assert!(head.starts_with("post /hooks/qimg "), "{head}");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("a Content-Length");
+                while got.len() < head_end + len {
+                    match tls.read(&mut buf) {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let body: serde_json::Value =
+                    serde_json::from_slice(&got[head_end..]).expect("a JSON body");
+                let mut posts = p.lock().unwrap();
+                let status = if posts.len() < fail_first { 500 } else { 200 };
+                posts.push((status, body));
+                drop(posts);
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        WebhookReceiver {
+            url,
+            ca: files.cert,
+            posts,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    /// The config lines that post an agent's events here.
+    pub fn config(&self) -> String {
+        format!(
+            "event_webhook = \"{}\"\nevent_webhook_ca = \"{}\"\n",
+            self.url,
+            self.ca.display()
+        )
+    }
+
+    /// Every post so far: the answer given and the body.
+    pub fn posts(&self) -> Vec<(u16, serde_json::Value)> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
