@@ -7,12 +7,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{NodeStep, OnFailure, PlanMode, PlanPhase};
+use crate::types::{NodeStep, OnFailure, PhaseEta, PlanMode, PlanPhase};
 
 /// The schema of [`UpgradeHistory`].
 pub const HISTORY_SCHEMA: &str = "qimg.upgrade_history/1";
 /// The schema of [`Event`] (the webhook's body).
 pub const EVENT_SCHEMA: &str = "qimg.upgrade_event/1";
+/// The schema of [`Preview`].
+pub const PREVIEW_SCHEMA: &str = "qimg.upgrade_preview/1";
 
 /// Who asked for an upgrade, and when: written into the plan by the node that
 /// accepted the prepare.
@@ -146,9 +148,25 @@ pub struct UpgradeRecord {
     /// The cluster's downtime of an instant commit, ms.
     #[serde(default)]
     pub downtime_ms: Option<u64>,
+    /// The bundle's size in bytes (what a prepare's rate is measured over).
+    #[serde(default)]
+    pub bundle_size: Option<u64>,
 }
 
 impl UpgradeRecord {
+    /// When the cluster entered `phase` (its first time).
+    pub fn entered(&self, phase: PlanPhase) -> Option<u64> {
+        self.phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .map(|p| p.at_ms)
+    }
+
+    /// How long the cluster spent from entering `phase` to entering `next`.
+    pub fn between(&self, phase: PlanPhase, next: PlanPhase) -> Option<u64> {
+        Some(self.entered(next)?.saturating_sub(self.entered(phase)?))
+    }
+
     /// When it started: the request's time, else its first phase's.
     pub fn started_ms(&self) -> u64 {
         self.started
@@ -173,6 +191,32 @@ pub struct UpgradeHistory {
     pub schema: String,
     /// Newest first.
     pub upgrades: Vec<UpgradeRecord>,
+}
+
+/// `POST /v1/qimg/upgrade/preview` (`qq upgrade_cluster … --dry-run`): what a
+/// prepare with the same body would do, and how long it is expected to take,
+/// with nothing written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preview {
+    /// [`PREVIEW_SCHEMA`].
+    pub schema: String,
+    /// The upgrade file.
+    pub image_path: String,
+    /// Instant or platform.
+    pub mode: PlanMode,
+    /// The release the cluster runs (`None`: not known).
+    pub from_version: Option<String>,
+    /// The release it would go to.
+    pub to_version: String,
+    /// Rolling reboots.
+    pub rolling: bool,
+    /// The nodes that reboot together, in order (the coordinator's node last);
+    /// one batch of every node for a complete reboot, none for an instant upgrade.
+    pub batches: Vec<Vec<u32>>,
+    /// Each phase's expected time.
+    pub phases: Vec<PhaseEta>,
+    /// All of them, ms.
+    pub total_ms: u64,
 }
 
 /// What happened. Each kind has a stable journal `MESSAGE_ID`
@@ -367,6 +411,7 @@ mod tests {
             reason: None,
             ended_ms: Some(61_000),
             downtime_ms: None,
+            bundle_size: Some(1 << 20),
         };
         let back: UpgradeRecord =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();

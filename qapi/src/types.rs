@@ -576,6 +576,31 @@ pub struct NodeProgress {
     pub installed: Option<String>,
 }
 
+/// A phase's expected time: from this cluster's measured history, or a stated
+/// default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseEta {
+    /// The phase (`preparing`, `committing`).
+    pub phase: PlanPhase,
+    /// How long it is expected to take, ms.
+    pub expected_ms: u64,
+    /// How long it has run (`null`: not started).
+    pub elapsed_ms: Option<u64>,
+    /// Where `expected_ms` comes from, in words.
+    pub basis: String,
+}
+
+/// The time an upgrade is expected to take, phase by phase, and what is left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eta {
+    /// The phases still to run or running.
+    pub phases: Vec<PhaseEta>,
+    /// Left: the running phase's expected time less what it ran (at least 0),
+    /// plus the phases after it, ms. An operator's wait (a prepared upgrade
+    /// without auto-commit, a pause) is not counted.
+    pub remaining_ms: u64,
+}
+
 /// The cluster's upgrade, node by node (`GET /v1/qimg/cluster/upgrade`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterUpgrade {
@@ -609,6 +634,9 @@ pub struct ClusterUpgrade {
     /// The cluster's downtime of an instant commit (the longest node's), ms.
     #[serde(default)]
     pub downtime_ms: Option<u64>,
+    /// Time expected and left while it runs (`null` once it ended).
+    #[serde(default)]
+    pub eta: Option<Eta>,
 }
 
 #[cfg(test)]

@@ -227,6 +227,7 @@ fn begin(plan: &ClusterPlan, now_ms: u64) -> UpgradeRecord {
         reason: None,
         ended_ms: None,
         downtime_ms: None,
+        bundle_size: plan.bundle.as_ref().map(|b| b.size),
     }
 }
 

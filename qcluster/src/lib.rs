@@ -3,13 +3,15 @@
 //! etcd members the voting nodes run ([`etcd`]), and the state those members
 //! hold ([`store`]: each node's session lease, its registration and the
 //! coordinator's key under it, the upgrade plan and the nodes' reports of
-//! [`plan`], and the upgrade records of [`history`]), and what this process saw
+//! [`plan`], and the upgrade records of [`history`], from which [`eta`]
+//! expects an upgrade's time), and what this process saw
 //! of them through etcd's watch ([`mirror`]). The engine (consensus) is etcd's;
 //! this crate only names keys and checks values.
 #![deny(missing_docs)]
 
 pub mod create;
 pub mod error;
+pub mod eta;
 pub mod etcd;
 pub mod history;
 pub mod mirror;

@@ -237,6 +237,15 @@ fn rolling_reboot_goes_on_from_another_node_when_the_page_s_node_reboots() {
                 .await
                 .unwrap();
         assert_eq!(e.attr("max").await.unwrap().as_deref(), Some("1"));
+        // The preview of the choice: the order of the reboots and the time
+        // expected (no upgrade recorded yet: the defaults, said to be).
+        let eta = b
+            .wait_for("the rolling preview", STEP_LIMIT, "#dlg-eta", |t| {
+                t.contains("Reboot order:")
+            })
+            .await;
+        assert!(eta.starts_with("Expected time: about "), "{eta}");
+        assert!(eta.contains("a default"), "{eta}");
         b.shot("confirm-rolling").await;
         b.click("#start").await;
 
@@ -245,6 +254,10 @@ fn rolling_reboot_goes_on_from_another_node_when_the_page_s_node_reboots() {
             .await;
         b.wait_for("the rolling progress", STEP_LIMIT, "#phase-text", |t| {
             t.contains("Rebooted") && t.contains("of 3 nodes") && t.contains("batch")
+        })
+        .await;
+        b.wait_for("the time left", STEP_LIMIT, "#phase-eta", |t| {
+            t.starts_with("About ") && t.ends_with(" left.")
         })
         .await;
         assert!(

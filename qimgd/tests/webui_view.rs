@@ -285,6 +285,20 @@ fn the_page_decides_what_to_show_from_one_overview() {
         assert_eq!(rows[1]["by"], "user \"admin\" from 10.1.2.3");
         assert_eq!(rows[1]["versions"], "7.0.0 → 7.1.0");
         assert_eq!(rows[1]["mode"], "platform, rolling");
+        // The time left, from the plan's ETA.
+        let mut o = overview(
+            status("UPGRADE_STATE_REBOOTING", Some(100), None),
+            plan("committing", plan_nodes()),
+            reboot("REBOOT_IN_PROGRESS", 1, ""),
+            not_blocked(),
+        );
+        o["plan"]["eta"] = json!({"phases": [{"phase": "committing", "expected_ms": 180_000,
+            "elapsed_ms": 60_000, "basis": "3 batches"}], "remaining_ms": 125_000});
+        let got =
+            b.c.execute("return window.qimgView(arguments[0]);", vec![o])
+                .await
+                .unwrap();
+        assert_eq!(got["eta"], "About 2 min 5 s left.");
         // Nothing upgraded yet: an empty history.
         let o = overview(idle, Value::Null, Value::Null, not_blocked());
         let got =

@@ -251,6 +251,7 @@ function view(o, nowMs) {
     pause: false,
     resume: false,
     history: (o.history ? o.history.upgrades : []).map((r) => historyView(r, nowMs)),
+    eta: plan && plan.eta ? "About " + took(plan.eta.remaining_ms) + " left." : "",
   };
   if (pausedOnError) {
     v.problem = "The reboots are paused on an error: " + (reboot.error_message || status.error_info || "unknown") +
@@ -336,6 +337,7 @@ function paint(v) {
   $("current-version").textContent = v.current || "unknown";
   $("history").tBodies[0].replaceChildren(...v.history.map(historyRow));
   show($("history-empty"), !v.history.length);
+  show($("history"), !!v.history.length);
   $("nodes").tBodies[0].replaceChildren(...v.nodes.map(nodeRow));
   say("blocked", v.blocked);
   say("problem", v.problem);
@@ -355,6 +357,7 @@ function paint(v) {
     }
   }
   say("restriper", v.restriper);
+  say("phase-eta", v.eta);
   show($("commit"), v.commit);
   show($("pause"), v.pause);
   show($("resume"), v.resume);
@@ -443,6 +446,7 @@ function openDialog() {
   $("complete-option").checked = true;
   syncBatch();
   say("dlg-error", "");
+  dialogEta();
   $("confirm").showModal();
   (verified.platform ? $("complete-option") : $("start")).focus();
 }
@@ -452,18 +456,45 @@ function syncBatch() {
   show($("batch-row"), rolling);
 }
 
-async function startUpgrade(ev) {
-  ev.preventDefault();
+// The request the dialog's choices make, or a string saying what is wrong.
+function dialogBody() {
   const rolling = verified.platform && $("rolling-option").checked;
   const body = { image_path: verified.path, auto_commit: true, do_rolling_reboot: rolling };
   if (rolling) {
     const k = Number($("per-batch").value);
     const max = Number($("per-batch").max);
     if (!Number.isInteger(k) || k < 1 || k > max) {
-      say("dlg-error", "Nodes to reboot at a time: a whole number from 1 to " + max + ".");
-      return;
+      return "Nodes to reboot at a time: a whole number from 1 to " + max + ".";
     }
     body.num_nodes_to_reboot = k;
+  }
+  return body;
+}
+
+// The preview of the dialog's choices: the batches and the expected time.
+let etaAsked = 0;
+async function dialogEta() {
+  const body = dialogBody();
+  const asked = ++etaAsked;
+  if (typeof body === "string") { say("dlg-eta", ""); return; }
+  const r = await api("POST", "/v1/qimg/upgrade/preview", body).catch(() => null);
+  if (asked !== etaAsked) return; // the choices changed meanwhile
+  if (!r || r.status !== 200) { say("dlg-eta", ""); return; }
+  const p = r.body;
+  let t = "Expected time: about " + took(p.total_ms) + " (" +
+    p.phases.map((x) => x.phase + " about " + took(x.expected_ms) + ": " + x.basis).join("; ") + ").";
+  if (p.batches.length > 1) {
+    t += " Reboot order: " + p.batches.map((b) => b.join(" + ")).join(", then ") + ".";
+  }
+  say("dlg-eta", t);
+}
+
+async function startUpgrade(ev) {
+  ev.preventDefault();
+  const body = dialogBody();
+  if (typeof body === "string") {
+    say("dlg-error", body);
+    return;
   }
   $("start").disabled = true;
   try {
@@ -504,8 +535,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("path").addEventListener("input", () => say("start-error", ""));
   $("confirm-form").addEventListener("submit", startUpgrade);
   $("cancel").addEventListener("click", () => $("confirm").close());
-  $("complete-option").addEventListener("change", syncBatch);
-  $("rolling-option").addEventListener("change", syncBatch);
+  $("complete-option").addEventListener("change", () => { syncBatch(); dialogEta(); });
+  $("rolling-option").addEventListener("change", () => { syncBatch(); dialogEta(); });
+  $("per-batch").addEventListener("input", dialogEta);
   $("commit").addEventListener("click", () => post("/v2/upgrade/commit", "Commit"));
   $("pause").addEventListener("click", () => post("/v1/shutdown/reboot/pause", "Pause"));
   $("resume").addEventListener("click", () => post("/v1/shutdown/reboot/resume", "Resume"));

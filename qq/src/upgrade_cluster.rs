@@ -34,6 +34,20 @@ pub struct Args {
     on_failure: Option<OnFailure>,
     #[command(flatten)]
     run: Monitor,
+    #[command(flatten)]
+    preview: DryRun,
+}
+
+/// Show the plan instead of starting it.
+#[derive(clap::Args)]
+struct DryRun {
+    /// Show what the upgrade would do (mode, versions, batches in order) and the
+    /// time each phase is expected to take; start nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: the agent's answer as JSON (schema qimg.upgrade_preview/1).
+    #[arg(long, requires = "dry_run")]
+    json: bool,
 }
 
 fn on_failure(s: &str) -> Result<OnFailure, String> {
@@ -72,6 +86,8 @@ enum Phase {
         auto_commit: bool,
         #[command(flatten)]
         run: Monitor,
+        #[command(flatten)]
+        preview: DryRun,
     },
     /// Swap the container or reboot into the new slot.
     Commit {
@@ -84,14 +100,14 @@ enum Phase {
 pub const MONITOR_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let (request, on_failure, run) = match a.phase {
+    let (request, on_failure, run, preview) = match a.phase {
         None => {
             let path = a.path.context("--path is required without a subcommand")?;
             let mut r = PrepareRequest::new(path);
             r.rolling = a.rolling;
             r.nodes_per_batch = a.num_nodes_to_reboot;
             r.auto_commit = true;
-            (Some(r), a.on_failure, a.run)
+            (Some(r), a.on_failure, a.run, a.preview)
         }
         Some(Phase::Prepare {
             path,
@@ -100,15 +116,29 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             on_failure,
             auto_commit,
             run,
+            preview,
         }) => {
             let mut r = PrepareRequest::new(path);
             r.rolling = rolling;
             r.nodes_per_batch = num_nodes_to_reboot;
             r.auto_commit = auto_commit;
-            (Some(r), on_failure, run)
+            (Some(r), on_failure, run, preview)
         }
-        Some(Phase::Commit { run }) => (None, None, run),
+        Some(Phase::Commit { run }) => (
+            None,
+            None,
+            run,
+            DryRun {
+                dry_run: false,
+                json: false,
+            },
+        ),
     };
+    if preview.dry_run {
+        let r = request.context("--dry-run previews an upgrade: give --path")?;
+        let remote = ctx.require_remote("upgrade_cluster --dry-run")?;
+        return dry_run(&remote, &wire(&r, on_failure), preview.json);
+    }
     match ctx.remote()? {
         Some(remote) => run_remote(ctx, &remote, request, on_failure, run.no_monitor),
         None if on_failure.is_some() => {
@@ -128,16 +158,7 @@ fn run_remote(
 ) -> Result<ExitCode> {
     let mut c = remote.client()?;
     let sent = match &request {
-        Some(r) => c.post(
-            "/v2/upgrade/prepare",
-            &qapi::types::PrepareRequest {
-                image_path: r.path.to_string_lossy().into_owned(),
-                auto_commit: r.auto_commit,
-                do_rolling_reboot: r.rolling,
-                num_nodes_to_reboot: r.nodes_per_batch,
-                on_failure,
-            },
-        ),
+        Some(r) => c.post("/v2/upgrade/prepare", &wire(r, on_failure)),
         None => c.post_empty("/v2/upgrade/commit"),
     };
     if let Err(e) = sent {
@@ -222,4 +243,72 @@ fn run_local(ctx: &Ctx, request: Option<PrepareRequest>, run: Monitor) -> Result
         Ok(o) => crate::finish_outcome(&agent, o),
         Err(e) => crate::finish_error(&agent, &e),
     }
+}
+
+/// The prepare's body on the wire (the path is the cluster path, as given).
+fn wire(r: &PrepareRequest, on_failure: Option<OnFailure>) -> qapi::types::PrepareRequest {
+    qapi::types::PrepareRequest {
+        image_path: r.path.to_string_lossy().into_owned(),
+        auto_commit: r.auto_commit,
+        do_rolling_reboot: r.rolling,
+        num_nodes_to_reboot: r.nodes_per_batch,
+        on_failure,
+    }
+}
+
+/// `--dry-run`: the agent's preview of `body`, in words or as JSON.
+fn dry_run(remote: &Remote, body: &qapi::types::PrepareRequest, json: bool) -> Result<ExitCode> {
+    use qapi::history::{PREVIEW_SCHEMA, Preview};
+    let mut c = remote.client()?;
+    let p: Preview = match c.post_json("/v1/qimg/upgrade/preview", body) {
+        Ok(p) => p,
+        Err(e) => return Ok(remote::fail(&e)),
+    };
+    anyhow::ensure!(
+        p.schema == PREVIEW_SCHEMA,
+        "the agent answered the preview in schema {:?}; this qq reads {PREVIEW_SCHEMA}",
+        p.schema
+    );
+    if json {
+        qutil::cli::print_json(&p)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    qutil::cli::out(&preview_text(&p))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A preview for people.
+fn preview_text(p: &qapi::history::Preview) -> String {
+    use qapi::history::took;
+    use std::fmt::Write as _;
+    let how = match (p.mode, p.rolling) {
+        (qapi::types::PlanMode::Instant, _) => "instant: the container restarts on every node",
+        (_, true) => "platform, rolling reboots",
+        (_, false) => "platform, every node reboots at once",
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "upgrade {} -> {} ({how}): {}",
+        p.from_version.as_deref().unwrap_or("?"),
+        p.to_version,
+        p.image_path
+    );
+    if !p.batches.is_empty() {
+        let order: Vec<String> = p.batches.iter().map(|b| format!("{b:?}")).collect();
+        let _ = writeln!(s, "  reboots: {}", order.join(" then "));
+    }
+    for ph in &p.phases {
+        let name = serde_json::to_value(ph.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  {name}: about {} ({})", took(ph.expected_ms), ph.basis);
+    }
+    let _ = writeln!(s, "  in all: about {}", took(p.total_ms));
+    let _ = writeln!(
+        s,
+        "nothing was started: the same command without --dry-run starts it"
+    );
+    s
 }

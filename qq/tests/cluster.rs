@@ -61,6 +61,7 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
     };
     let o = qq(&["login", "-u", AGENT_USER, "-p", AGENT_PASSWORD]);
     assert!(o.status.success(), "{}", stderr(&o));
+    preview_changes_nothing(&qq);
     let o = qq(&["upgrade_cluster", "--rolling", "--path", "/platform.qimg"]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
@@ -81,7 +82,92 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
     let list = json(&o);
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     history_of_the_rolling_upgrade(&qq, &journal);
+    preview_from_the_history(&qq, &upgrade);
     drop(agents);
+}
+
+/// `--dry-run` before any upgrade: the plan with the stated defaults, and
+/// nothing started.
+fn preview_changes_nothing(qq: &dyn Fn(&[&str]) -> std::process::Output) {
+    let dry = [
+        "upgrade_cluster",
+        "--rolling",
+        "--path",
+        "/platform.qimg",
+        "--dry-run",
+    ];
+    let o = qq(&[&dry[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: qapi::history::Preview = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p.schema, qapi::history::PREVIEW_SCHEMA);
+    assert_eq!((p.mode, p.rolling), (qapi::types::PlanMode::Platform, true));
+    assert_eq!(p.to_version, "7.1.0");
+    // Three batches of one, the coordinator's node last.
+    assert_eq!(p.batches.len(), 3, "{p:?}");
+    assert!(p.batches.iter().all(|b| b.len() == 1), "{p:?}");
+    assert!(
+        p.phases.iter().all(|ph| ph.basis.contains("a default")),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.total_ms,
+        p.phases.iter().map(|ph| ph.expected_ms).sum::<u64>()
+    );
+    // In words too.
+    let o = qq(&dry);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("upgrade 7.0.0 -> 7.1.0 (platform, rolling reboots)"),
+        "{text}"
+    );
+    assert!(text.contains(" then "), "{text}");
+    assert!(text.contains("nothing was started"), "{text}");
+    // Nothing started: no upgrade recorded, the status idle.
+    let o = qq(&["upgrade_history", "--json"]);
+    let h: qapi::history::UpgradeHistory = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(h.upgrades.is_empty(), "{h:?}");
+    let o = qq(&["upgrade_status"]);
+    assert_eq!(json(&o)["state"], "UPGRADE_IDLE", "{}", stderr(&o));
+}
+
+/// `--dry-run` after one upgrade: the times measured on it. The coordinator's
+/// node (node 1 reboots last and hands over; whoever holds it now) is last.
+fn preview_from_the_history(
+    qq: &dyn Fn(&[&str]) -> std::process::Output,
+    upgrade: &std::path::Path,
+) {
+    let next = build_bundle(
+        &bundles().dir,
+        "platform-7.2.0",
+        &Rel::new("7.2.0", "7.2"),
+        &key(1),
+    );
+    std::fs::copy(&next, upgrade.join("next.qimg")).unwrap();
+    let o = qq(&[
+        "upgrade_cluster",
+        "--rolling",
+        "--path",
+        "/next.qimg",
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: qapi::history::Preview = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p.from_version.as_deref(), Some("7.1.0"));
+    assert!(
+        p.phases[0]
+            .basis
+            .contains("measured over the last 1 prepare"),
+        "{p:?}"
+    );
+    assert!(
+        p.phases[1].basis.contains("3 batches; ")
+            && p.phases[1]
+                .basis
+                .contains("per batch, measured over the last 1 platform commit"),
+        "{p:?}"
+    );
+    assert!(p.phases.iter().all(|ph| ph.expected_ms > 0), "{p:?}");
 }
 
 /// The record of the rolling upgrade above, read back through `qq`, and its

@@ -94,9 +94,7 @@ pub(super) async fn prepare(
     let next = ClusterPlan {
         auto_commit: req.auto_commit,
         rolling: req.do_rolling_reboot,
-        nodes_per_batch: req
-            .num_nodes_to_reboot
-            .or(Some(spec.max_node_failures.saturating_sub(1).max(1))),
+        nodes_per_batch: Some(batch_size(spec, &req)),
         on_failure: req.on_failure.unwrap_or_default(),
         from_version: Some(v.plan.from.version.clone()),
         bundle: Some(v.pin),
@@ -211,16 +209,44 @@ pub(super) async fn nodes(
         return Err(ApiError::not_found("no upgrade yet in this cluster"));
     };
     let registered = store(&app)?.nodes_seen().await?;
+    let now = qcluster::plan::now_ms();
     let restriping = s.plan.gating(
-        qcluster::plan::now_ms(),
+        now,
         matches!(app.safety, crate::restriper::Source::Simulated { .. }),
     );
-    Ok(axum::Json(snapshot::nodes_body(
-        &s,
-        spec(&app),
-        &registered,
-        restriping,
-    )))
+    let mut body = snapshot::nodes_body(&s, spec(&app), &registered, restriping);
+    // The time left, from the cluster's history (the watch's mirror).
+    let history = store(&app)?.history(qcluster::history::KEEP).await?;
+    let record = history.iter().find(|r| r.generation == s.plan.generation);
+    let batches = match s.plan.nodes_per_batch {
+        Some(k) if s.plan.in_batches() => planned_batches(&app, k).await?.len(),
+        _ => 1,
+    };
+    body.eta = qcluster::eta::eta(&s.plan, record, &history, batches, now);
+    Ok(axum::Json(body))
+}
+
+/// Nodes per batch of a rolling reboot: the request's, else one less than the
+/// node failures the cluster permits (at least 1).
+pub(super) fn batch_size(spec: &qcluster::ClusterSpec, req: &PrepareRequest) -> u32 {
+    req.num_nodes_to_reboot
+        .unwrap_or(spec.max_node_failures.saturating_sub(1).max(1))
+}
+
+/// The batches a rolling commit of `k` nodes each would reboot in, were it to
+/// start now: as the coordinator sets them (never a voter majority, its own
+/// node last).
+pub(super) async fn planned_batches(app: &Shared, k: u32) -> Result<Vec<Vec<u32>>, ApiError> {
+    let spec = spec(app);
+    let ids: Vec<u32> = spec.nodes.iter().map(|n| n.id).collect();
+    let voters: Vec<u32> = spec.voters().iter().map(|n| n.id).collect();
+    let coordinator = store(app)?.coordinator_seen().await?;
+    Ok(qcluster::plan::batches(
+        &ids,
+        &voters,
+        coordinator,
+        k as usize,
+    ))
 }
 
 /// The cluster's spec (of one node, for a node alone).

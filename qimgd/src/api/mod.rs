@@ -33,6 +33,7 @@ mod history;
 mod images;
 mod node;
 mod overview;
+mod preview;
 mod reboot;
 mod relay;
 mod session;
@@ -253,6 +254,7 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/qimg/cluster/upgrade", get(cluster_upgrade::nodes))
         .route("/v1/qimg/overview", get(overview::overview))
         .route("/v1/qimg/upgrade/history", get(history::history))
+        .route("/v1/qimg/upgrade/preview", post(preview::preview))
         .route("/v1/upgrade/status", get(upgrade_api::status_v1))
         .route("/v2/upgrade/status", get(upgrade_api::status))
         .route("/v3/upgrade/status", get(upgrade_api::status))

@@ -26,7 +26,7 @@ use super::{Shared, blocking};
 use crate::paths;
 use qapi::types::{Blocked, PrepareRequest, UpgradeStatus, VerifyRequest, VerifyResponse};
 
-fn no_overrides(q: Option<String>) -> Result<(), ApiError> {
+pub(super) fn no_overrides(q: Option<String>) -> Result<(), ApiError> {
     for pair in q
         .as_deref()
         .unwrap_or("")

@@ -101,6 +101,9 @@ fn rolling(name: &str, k: u32) {
     let deadline = Instant::now() + Duration::from_secs(240);
     let (mut max_down, mut saw_restripe, mut saw_progress, mut saw_mixed) =
         (0, false, false, false);
+    // The time left while it commits, batch by batch (never more than the
+    // phase's expected time).
+    let mut lefts: Vec<u64> = vec![];
     loop {
         let down = c
             .agents
@@ -137,6 +140,19 @@ fn rolling(name: &str, k: u32) {
                 .collect();
             saw_mixed |= versions.len() == 2;
         }
+        if let Some((200, u)) =
+            (0..5).find_map(|i| clients[i].try_get("/v1/qimg/cluster/upgrade").ok())
+            && u["phase"] == "committing"
+        {
+            let eta = &u["eta"];
+            assert_eq!(eta["phases"][0]["phase"], "committing", "{u}");
+            let left = eta["remaining_ms"].as_u64().unwrap();
+            assert!(
+                left <= eta["phases"][0]["expected_ms"].as_u64().unwrap(),
+                "{u}"
+            );
+            lefts.push(left);
+        }
         let status = (0..5).find_map(|i| clients[i].try_get("/v1/shutdown/reboot/status").ok());
         if let Some((200, r)) = status {
             saw_progress |=
@@ -157,6 +173,12 @@ fn rolling(name: &str, k: u32) {
         "{max_down} nodes rebooting at once (k = {k})"
     );
     assert!(saw_restripe, "the data-safety gate ran between batches");
+    // No upgrade recorded before: a default per batch, counting down.
+    assert!(lefts.len() >= 2, "{lefts:?}");
+    assert!(
+        lefts.first() > lefts.last(),
+        "the time left went down: {lefts:?}"
+    );
     assert!(saw_progress, "the reboot manager counted rebooted nodes");
     assert!(
         saw_mixed,

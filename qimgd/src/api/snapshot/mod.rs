@@ -202,6 +202,7 @@ pub(crate) fn nodes_body(
         from_version: p.from_version.as_ref().map(ToString::to_string),
         target_version: p.target_version.to_string(),
         downtime_ms: p.downtime_ms,
+        eta: None,
     }
 }
 
