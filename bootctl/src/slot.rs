@@ -106,7 +106,39 @@ fn relabel<D: DiskDevice>(
 /// Returns where to write.
 fn begin<D: DiskDevice>(dev: &mut D, slot: Slot, image: &SlotImage) -> Result<SlotParts, Error> {
     let t = table::read(dev)?;
-    let p = parts(&t, slot)?;
+    let p = fits(&t, slot, image)?;
+    relabel(dev, p, EMPTY, None)?;
+    Ok(p)
+}
+
+/// Checks, writing nothing, that `image` fits `slot` and may go there, and
+/// that both of the slot's partitions read (their first and last 4 KiB): what
+/// an assessment asks before a prepare. Returns the slot's partitions.
+pub fn check<D: DiskDevice>(
+    dev: &mut D,
+    slot: Slot,
+    image: &SlotImage,
+) -> Result<SlotParts, Error> {
+    let t = table::read(dev)?;
+    let p = fits(&t, slot, image)?;
+    let mut block = [0u8; 4096];
+    for (_, off, len) in [p.root, p.verity] {
+        for at in [off, off + len.saturating_sub(4096)] {
+            dev.seek(SeekFrom::Start(at))
+                .and_then(|_| dev.read_exact(&mut block))
+                .map_err(|source| Error::Device {
+                    what: format!("reading slot {slot} at byte {at}"),
+                    source,
+                })?;
+        }
+    }
+    Ok(p)
+}
+
+/// Whether `image` fits `slot` of `t` and may go there (not the image the other
+/// slot holds).
+fn fits(t: &Table, slot: Slot, image: &SlotImage) -> Result<SlotParts, Error> {
+    let p = parts(t, slot)?;
     slot_label(&image.product, &image.version)?;
     let hash_len =
         image
@@ -128,7 +160,7 @@ fn begin<D: DiskDevice>(dev: &mut D, slot: Slot, image: &SlotImage) -> Result<Sl
     // DPS derives the partition UUIDs from the root hash: the same image in both slots
     // would give two partitions one UUID.
     let (root_uuid, _) = uuids_from_root_hash(&image.root_hash);
-    let other = parts(&t, slot.other())?;
+    let other = parts(t, slot.other())?;
     if t.partitions[&other.root.0].part_guid == root_uuid {
         return Err(Error::BadTable {
             reason: format!(
@@ -137,7 +169,6 @@ fn begin<D: DiskDevice>(dev: &mut D, slot: Slot, image: &SlotImage) -> Result<Sl
             ),
         });
     }
-    relabel(dev, p, EMPTY, None)?;
     Ok(p)
 }
 

@@ -128,7 +128,7 @@ pub struct UpgradeRecord {
     pub on_failure: OnFailure,
     /// Checks the operator overrode, by name.
     #[serde(default)]
-    pub overrides: Vec<String>,
+    pub overrides: Vec<crate::assess::CheckName>,
     /// Each phase the cluster went through, in order.
     pub phases: Vec<PhaseAt>,
     /// Each node's steps.

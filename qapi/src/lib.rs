@@ -2,11 +2,13 @@
 //! UI's tests, benchmarks): the REST bodies ([`types`], spelled as Qumulo's
 //! documented API; [`status`], the v1 status body and the engine's phases,
 //! error states and modes; [`history`], the cluster's upgrade records and
-//! events; [`overview`], the Web UI's one body), a small blocking HTTPS/Unix-socket client ([`client`]) that
+//! events; [`overview`], the Web UI's one body; [`assess`], the checks before
+//! an upgrade), a small blocking HTTPS/Unix-socket client ([`client`]) that
 //! behaves as Qumulo's client does, and the credentials file ([`credentials`]).
 //! It does not depend on the engine: clients link it without linking a node.
 #![deny(missing_docs)]
 
+pub mod assess;
 pub mod client;
 pub mod credentials;
 pub mod error;

@@ -49,6 +49,10 @@ pub struct PrepareRequest {
     /// absent: roll back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+    /// Checks of the assessment a failure of which does not stop this
+    /// prepare, by name (a qimg extension; kept in the upgrade's record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<crate::assess::CheckName>,
 }
 
 /// What a cluster does when a node fails its commit (falls back to its old slot,
@@ -737,9 +741,11 @@ mod tests {
             do_rolling_reboot: false,
             num_nodes_to_reboot: None,
             on_failure: None,
+            overrides: vec![],
         };
         let v = serde_json::to_value(&r).unwrap();
         assert!(v.get("on_failure").is_none(), "{v}");
+        assert!(v.get("overrides").is_none(), "{v}");
         r.on_failure = Some(OnFailure::Stop);
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""on_failure":"stop""#), "{text}");

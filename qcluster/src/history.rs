@@ -215,7 +215,7 @@ fn begin(plan: &ClusterPlan, now_ms: u64) -> UpgradeRecord {
         rolling: plan.in_batches(),
         batches: vec![],
         on_failure: plan.on_failure,
-        overrides: vec![],
+        overrides: plan.overrides.clone(),
         // A plan first seen past its first phase still started preparing.
         phases: vec![PhaseAt {
             phase: PlanPhase::Preparing,

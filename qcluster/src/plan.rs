@@ -70,6 +70,10 @@ pub struct ClusterPlan {
     /// this was kept): the history's first line.
     #[serde(default)]
     pub started: Option<qapi::history::Started>,
+    /// The assessment's checks the request overrode (their failures did not
+    /// stop it).
+    #[serde(default)]
+    pub overrides: Vec<qapi::assess::CheckName>,
 }
 
 impl ClusterPlan {
@@ -102,6 +106,7 @@ impl ClusterPlan {
             from_version: None,
             bundle: None,
             started: None,
+            overrides: vec![],
         }
     }
 

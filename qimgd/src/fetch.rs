@@ -258,13 +258,22 @@ fn feed(
 /// A client of `peer`'s agent: verifies it against the cluster's CA and
 /// presents this node's certificate.
 pub fn client_of(peer: &NodeSpec, node_dir: &NodeDir) -> Result<qapi::Client, qapi::Error> {
+    client_for(peer, node_dir, READ_LIMIT)
+}
+
+/// [`client_of`] whose every read may take `limit`.
+pub fn client_for(
+    peer: &NodeSpec,
+    node_dir: &NodeDir,
+    limit: Duration,
+) -> Result<qapi::Client, qapi::Error> {
     qapi::Client::new(
         qapi::Target::Tcp {
             host: peer.agent.ip().to_string(),
             port: peer.agent.port(),
         },
         qapi::Options {
-            timeout: READ_LIMIT,
+            timeout: limit,
             ca: Some(node_dir.ca()),
             root_port: false,
             identity: Some(qapi::client::Identity {

@@ -14,6 +14,7 @@
 //! qq [TARGET] upgrade_verify_image --path P
 //! qq [TARGET] upgrade_blocked
 //! qq [TARGET] upgrade_history [--json] [--limit N]            the cluster's upgrades
+//! qq [TARGET] upgrade_assess --path P [--num-nodes-to-reboot N] [--json]   checks before an upgrade
 //! qq [TARGET] upgrade_upload --file F [--name N] [--replace]   the bundle to the node
 //! qq [--host H] reboot_status | reboot_pause | reboot_resume | nodes_list
 //! qq --node DIR upgrade_mode --to BUNDLE [--from VERSION]
@@ -44,6 +45,7 @@ mod reboot;
 mod remote;
 mod sim_create;
 mod sim_poweroff;
+mod upgrade_assess;
 mod upgrade_blocked;
 mod upgrade_cluster;
 mod upgrade_history;
@@ -107,6 +109,9 @@ enum Command {
     /// Whether an upgrade may start now.
     #[command(name = "upgrade_blocked")]
     UpgradeBlocked,
+    /// The checks every node and the cluster make before an upgrade; exit 1 when one fails.
+    #[command(name = "upgrade_assess")]
+    UpgradeAssess(upgrade_assess::Args),
     /// The cluster's upgrades, newest first: who, when, from -> to, each node, the result.
     #[command(name = "upgrade_history")]
     UpgradeHistory(upgrade_history::Args),
@@ -281,6 +286,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::UpgradeUpload(a) => upgrade_upload::run(&ctx, a),
         Command::UpgradeBlocked => upgrade_blocked::run(&ctx),
         Command::UpgradeHistory(a) => upgrade_history::run(&ctx, a),
+        Command::UpgradeAssess(a) => upgrade_assess::run(&ctx, a),
         Command::Login(a) => login::run(&ctx, a),
         Command::Logout => login::logout(&ctx),
         Command::Version => version::run(&ctx),

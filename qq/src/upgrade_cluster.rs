@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use qapi::assess::CheckName;
 use qapi::types::OnFailure;
 use qutil::cli::EXIT_NO;
 use upgrade::{Cancel, PrepareRequest};
@@ -29,13 +30,24 @@ pub struct Args {
     /// Nodes per batch of a rolling reboot (needs --rolling).
     #[arg(long, requires = "rolling")]
     num_nodes_to_reboot: Option<u32>,
-    /// When a node fails its commit: roll every node back (the default), or stop.
-    #[arg(long, value_name = "rollback|stop", value_parser = on_failure)]
-    on_failure: Option<OnFailure>,
+    #[command(flatten)]
+    cluster: ClusterOpts,
     #[command(flatten)]
     run: Monitor,
     #[command(flatten)]
     preview: DryRun,
+}
+
+/// What the cluster does beyond the node's engine.
+#[derive(clap::Args, Default)]
+struct ClusterOpts {
+    /// When a node fails its commit: roll every node back (the default), or stop.
+    #[arg(long, value_name = "rollback|stop", value_parser = on_failure)]
+    on_failure: Option<OnFailure>,
+    /// A check of the assessment (`qq upgrade_assess`) whose failure does not
+    /// stop this upgrade, by name; repeatable; kept in the upgrade's history.
+    #[arg(long = "override", value_name = "CHECK", value_parser = CheckName::parse)]
+    overrides: Vec<CheckName>,
 }
 
 /// Show the plan instead of starting it.
@@ -78,9 +90,8 @@ enum Phase {
         /// Nodes per batch of a rolling reboot (needs --rolling).
         #[arg(long, requires = "rolling")]
         num_nodes_to_reboot: Option<u32>,
-        /// When a node fails its commit: roll every node back (the default), or stop.
-        #[arg(long, value_name = "rollback|stop", value_parser = on_failure)]
-        on_failure: Option<OnFailure>,
+        #[command(flatten)]
+        cluster: ClusterOpts,
         /// Commit as soon as prepared.
         #[arg(long)]
         auto_commit: bool,
@@ -100,20 +111,20 @@ enum Phase {
 pub const MONITOR_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let (request, on_failure, run, preview) = match a.phase {
+    let (request, cluster, run, preview) = match a.phase {
         None => {
             let path = a.path.context("--path is required without a subcommand")?;
             let mut r = PrepareRequest::new(path);
             r.rolling = a.rolling;
             r.nodes_per_batch = a.num_nodes_to_reboot;
             r.auto_commit = true;
-            (Some(r), a.on_failure, a.run, a.preview)
+            (Some(r), a.cluster, a.run, a.preview)
         }
         Some(Phase::Prepare {
             path,
             rolling,
             num_nodes_to_reboot,
-            on_failure,
+            cluster,
             auto_commit,
             run,
             preview,
@@ -122,11 +133,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             r.rolling = rolling;
             r.nodes_per_batch = num_nodes_to_reboot;
             r.auto_commit = auto_commit;
-            (Some(r), on_failure, run, preview)
+            (Some(r), cluster, run, preview)
         }
         Some(Phase::Commit { run }) => (
             None,
-            None,
+            ClusterOpts::default(),
             run,
             DryRun {
                 dry_run: false,
@@ -137,12 +148,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     if preview.dry_run {
         let r = request.context("--dry-run previews an upgrade: give --path")?;
         let remote = ctx.require_remote("upgrade_cluster --dry-run")?;
-        return dry_run(&remote, &wire(&r, on_failure), preview.json);
+        return dry_run(&remote, &wire(&r, &cluster), preview.json);
     }
     match ctx.remote()? {
-        Some(remote) => run_remote(ctx, &remote, request, on_failure, run.no_monitor),
-        None if on_failure.is_some() => {
-            anyhow::bail!("--on-failure applies to a cluster: run qq against an agent (--host)")
+        Some(remote) => run_remote(ctx, &remote, request, &cluster, run.no_monitor),
+        None if cluster.on_failure.is_some() || !cluster.overrides.is_empty() => {
+            anyhow::bail!(
+                "--on-failure and --override apply to a cluster: run qq against an agent (--host)"
+            )
         }
         None => run_local(ctx, request, run),
     }
@@ -153,12 +166,12 @@ fn run_remote(
     ctx: &Ctx,
     remote: &Remote,
     request: Option<PrepareRequest>,
-    on_failure: Option<OnFailure>,
+    cluster: &ClusterOpts,
     no_monitor: bool,
 ) -> Result<ExitCode> {
     let mut c = remote.client()?;
     let sent = match &request {
-        Some(r) => c.post("/v2/upgrade/prepare", &wire(r, on_failure)),
+        Some(r) => c.post("/v2/upgrade/prepare", &wire(r, cluster)),
         None => c.post_empty("/v2/upgrade/commit"),
     };
     if let Err(e) = sent {
@@ -246,13 +259,14 @@ fn run_local(ctx: &Ctx, request: Option<PrepareRequest>, run: Monitor) -> Result
 }
 
 /// The prepare's body on the wire (the path is the cluster path, as given).
-fn wire(r: &PrepareRequest, on_failure: Option<OnFailure>) -> qapi::types::PrepareRequest {
+fn wire(r: &PrepareRequest, cluster: &ClusterOpts) -> qapi::types::PrepareRequest {
     qapi::types::PrepareRequest {
         image_path: r.path.to_string_lossy().into_owned(),
         auto_commit: r.auto_commit,
         do_rolling_reboot: r.rolling,
         num_nodes_to_reboot: r.nodes_per_batch,
-        on_failure,
+        on_failure: cluster.on_failure,
+        overrides: cluster.overrides.clone(),
     }
 }
 

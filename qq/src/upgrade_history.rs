@@ -122,7 +122,8 @@ pub fn table(upgrades: &[UpgradeRecord], now_ms: u64) -> String {
             let _ = writeln!(s, "  downtime {d} ms");
         }
         if !r.overrides.is_empty() {
-            let _ = writeln!(s, "  overridden checks: {}", r.overrides.join(", "));
+            let names: Vec<&str> = r.overrides.iter().map(|c| c.name()).collect();
+            let _ = writeln!(s, "  overridden checks: {}", names.join(", "));
         }
         if let Some(why) = &r.reason {
             let _ = writeln!(s, "  reason: {why}");

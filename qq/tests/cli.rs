@@ -234,13 +234,19 @@ fn on_failure_is_checked_and_belongs_to_a_cluster() {
         stderr(&o)
     );
     let disk = n.disk();
-    let o = n.qq(&["upgrade_cluster", "--path", path, "--on-failure", "stop"]);
+    for extra in [["--on-failure", "stop"], ["--override", "free_space"]] {
+        let o = n.qq(&[&["upgrade_cluster", "--path", path][..], &extra].concat());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--on-failure and --override apply to a cluster"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // A check that does not exist: its name refused, the names listed.
+    let o = n.qq(&["upgrade_cluster", "--path", path, "--override", "space"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--on-failure applies to a cluster"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("mixed_releases"), "{}", stderr(&o));
     assert_eq!(n.disk(), disk, "a refused request changes nothing");
     assert_eq!(n.status()["state"], "UPGRADE_IDLE");
 }

@@ -61,6 +61,7 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
     };
     let o = qq(&["login", "-u", AGENT_USER, "-p", AGENT_PASSWORD]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assessment(&qq);
     preview_changes_nothing(&qq);
     let o = qq(&["upgrade_cluster", "--rolling", "--path", "/platform.qimg"]);
     let err = stderr(&o);
@@ -84,6 +85,61 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
     history_of_the_rolling_upgrade(&qq, &journal);
     preview_from_the_history(&qq, &upgrade);
     drop(agents);
+}
+
+/// `upgrade_assess`: every node's checks and the cluster's, in words and as
+/// JSON; a file no node has fails (exit 1).
+fn assessment(qq: &dyn Fn(&[&str]) -> std::process::Output) {
+    use qapi::assess::{Assessment, CheckName, Verdict};
+    let o = qq(&[
+        "upgrade_assess",
+        "--path",
+        "/platform.qimg",
+        "--num-nodes-to-reboot",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let a: Assessment = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a.schema, qapi::assess::ASSESSMENT_SCHEMA);
+    assert_eq!(a.result, Verdict::Pass, "{a:?}");
+    for node in 1..=3 {
+        for name in [
+            CheckName::Bundle,
+            CheckName::ReleaseRules,
+            CheckName::InactiveSlot,
+            CheckName::FreeSpace,
+        ] {
+            assert!(
+                a.checks
+                    .iter()
+                    .any(|c| c.name == name && c.node == Some(node)),
+                "{name:?} of node {node}: {a:?}"
+            );
+        }
+    }
+    let quorum = a
+        .checks
+        .iter()
+        .find(|c| c.name == CheckName::EtcdQuorum)
+        .unwrap();
+    assert!(
+        quorum
+            .message
+            .contains("with the largest batch down 2 remain"),
+        "{quorum:?}"
+    );
+    let o = qq(&["upgrade_assess", "--path", "/platform.qimg"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("pass release_rules (node 2): "), "{text}");
+    assert!(text.ends_with("every check passes\n"), "{text}");
+    let o = qq(&["upgrade_assess", "--path", "/none.qimg"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("FAIL bundle: no node has /none.qimg"),
+        "{text}"
+    );
 }
 
 /// `--dry-run` before any upgrade: the plan with the stated defaults, and

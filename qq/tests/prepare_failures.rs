@@ -138,3 +138,78 @@ fn a_tampered_payload_fails_mid_write_and_the_slot_is_reset() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&o)["state"], "UPGRADE_COMMITTED");
 }
+
+#[test]
+fn the_node_checks_name_each_problem_and_write_nothing() {
+    use qapi::assess::{CheckName, Verdict};
+    let Some(n) = factory_node() else { return };
+    let b = bundles();
+    let agent = n.agent();
+    let disk = n.disk();
+    let of = |checks: &[qapi::assess::Check], name: CheckName| {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name:?} in {checks:?}"))
+            .clone()
+    };
+    // A good platform bundle: every check passes, the whole bundle read.
+    let whole = upgrade::assess::assess(&agent, &b.platform, true, Some(4));
+    assert_eq!(whole.to_version.as_deref(), Some("7.1.0"));
+    assert_eq!(whole.mode, Some(upgrade::wire::Mode::Platform));
+    let good = whole.checks;
+    for c in &good {
+        assert_eq!((c.result, c.node), (Verdict::Pass, Some(4)), "{c:?}");
+    }
+    assert!(
+        of(&good, CheckName::Bundle)
+            .message
+            .contains("payloads match their digests")
+    );
+    assert!(
+        of(&good, CheckName::InactiveSlot)
+            .message
+            .starts_with("slot b reads and holds")
+    );
+    assert!(
+        of(&good, CheckName::ReleaseRules)
+            .message
+            .contains("7.0.0 -> 7.1.0")
+    );
+    // The release it runs: the rules fail, saying why; the others still answer.
+    let same = upgrade::assess::assess(&agent, &b.factory, false, None).checks;
+    let rules = of(&same, CheckName::ReleaseRules);
+    assert_eq!(rules.result, Verdict::Fail);
+    assert!(rules.message.contains("7.0.0"), "{rules:?}");
+    assert_eq!(of(&same, CheckName::FreeSpace).result, Verdict::Pass);
+    // A payload altered: the full read fails it, naming the digest; the
+    // signature alone (a prepare's check) does not see it.
+    let mut bytes = std::fs::read(&b.platform).unwrap();
+    let members = tests::Members::parse(&bytes);
+    let m = members
+        .0
+        .iter()
+        .find(|m| m.header.name.starts_with("payload/"))
+        .unwrap();
+    bytes[m.offset as usize + 512 + 10] ^= 0x55;
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("tampered.qimg");
+    std::fs::write(&bad, &bytes).unwrap();
+    let full = of(
+        &upgrade::assess::assess(&agent, &bad, true, None).checks,
+        CheckName::Bundle,
+    );
+    assert_eq!(full.result, Verdict::Fail);
+    assert!(full.message.contains("sha256"), "{full:?}");
+    let quick = of(
+        &upgrade::assess::assess(&agent, &bad, false, None).checks,
+        CheckName::Bundle,
+    );
+    assert_eq!(quick.result, Verdict::Pass);
+    // No such file: one failing check, and nothing else claimed.
+    let none = upgrade::assess::assess(&agent, &d.path().join("none.qimg"), true, None).checks;
+    assert_eq!(none.len(), 1, "{none:?}");
+    assert_eq!(none[0].result, Verdict::Fail);
+    assert_eq!(n.disk(), disk, "nothing written");
+    assert_eq!(agent.state().unwrap().phase(), upgrade::wire::Phase::Idle);
+}

@@ -118,7 +118,7 @@ pub fn check(m: &Manifest, n: &NodeFacts) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn target_name(t: Target) -> &'static str {
+pub(crate) fn target_name(t: Target) -> &'static str {
     match t {
         Target::Onprem => "on-prem",
         Target::Cloud => "cloud",

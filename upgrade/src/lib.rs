@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod assess;
 pub mod checks;
 pub mod commit;
 pub mod container;

@@ -373,7 +373,7 @@ pub(crate) type FirmwarePlan = (Vec<PlanItem>, Backends);
 /// carries firmware. Refused items refuse the bundle. `running` is the platform the
 /// node runs now: after a platform commit it is the fallback, so firmware that
 /// declares `compatible_platforms` without it would strand the fallback slot.
-fn firmware_plan(
+pub(crate) fn firmware_plan(
     node: &Node,
     m: &Manifest,
     running: &qimg::Version,

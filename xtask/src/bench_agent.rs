@@ -139,6 +139,7 @@ impl Agentd {
                 do_rolling_reboot: false,
                 num_nodes_to_reboot: None,
                 on_failure: None,
+                overrides: vec![],
             },
         )
         .map_err(|e| e.to_string())?;

@@ -169,6 +169,7 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         do_rolling_reboot: k.is_some(),
         num_nodes_to_reboot: k,
         on_failure: None,
+        overrides: vec![],
     };
 
     // 1. Instant upgrade of every node through node 1.

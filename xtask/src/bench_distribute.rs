@@ -103,6 +103,7 @@ fn prepare(c: &SimCluster, name: &str) -> Result<(f64, Vec<f64>), String> {
         do_rolling_reboot: false,
         num_nodes_to_reboot: None,
         on_failure: None,
+        overrides: vec![],
     };
     let t = Instant::now();
     post(&mut cl, "/v2/upgrade/prepare", Some(&body))?;

@@ -88,6 +88,28 @@ pub(super) async fn prepare(
     if let Some(why) = v.blocked {
         return Err(ApiError::blocked(why));
     }
+    // Every node's checks and the cluster's (the payloads' digests are the
+    // prepare's own); a failing one stops it unless overridden by name.
+    let asked = qapi::assess::AssessRequest {
+        image_path: req.image_path.clone(),
+        num_nodes_to_reboot: req.do_rolling_reboot.then(|| batch_size(spec, &req)),
+    };
+    let a = super::assess::assessment(app, &asked, false).await?;
+    let refusals = a.refusals(&req.overrides);
+    if !refusals.is_empty() {
+        let each: Vec<String> = refusals
+            .iter()
+            .map(|c| match c.node {
+                Some(n) => format!("{} on node {n}: {}", c.name.name(), c.message),
+                None => format!("{}: {}", c.name.name(), c.message),
+            })
+            .collect();
+        return Err(ApiError::blocked(format!(
+            "the assessment fails: {}. Fix it, or override a check by name (overrides: [\"{}\"])",
+            each.join("; "),
+            refusals[0].name.name()
+        )));
+    }
     // The engine's mode is the plan's (one enum, `qapi::status::Mode`).
     let mode = v.plan.mode;
     let generation = current.as_ref().map_or(1, |(p, _)| p.generation + 1);
@@ -99,6 +121,7 @@ pub(super) async fn prepare(
         from_version: Some(v.plan.from.version.clone()),
         bundle: Some(v.pin),
         started: Some(started),
+        overrides: req.overrides.clone(),
         ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
     };
     let before = record(app);

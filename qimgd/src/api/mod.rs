@@ -26,6 +26,7 @@ use crate::throttle::Throttle;
 use crate::token::TokenKey;
 use crate::users::Users;
 
+pub mod assess;
 pub mod body;
 mod cluster_upgrade;
 pub mod error;
@@ -255,6 +256,7 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/qimg/overview", get(overview::overview))
         .route("/v1/qimg/upgrade/history", get(history::history))
         .route("/v1/qimg/upgrade/preview", post(preview::preview))
+        .route("/v1/qimg/upgrade/assess", post(assess::assess))
         .route("/v1/upgrade/status", get(upgrade_api::status_v1))
         .route("/v2/upgrade/status", get(upgrade_api::status))
         .route("/v3/upgrade/status", get(upgrade_api::status))
@@ -268,6 +270,7 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/session/login", post(session::login))
         .route("/v1/qimg/peer/images/{name}", get(images::serve))
         .route(relay::PEER_PREPARE, post(relay::peer_prepare))
+        .route(assess::PEER_ASSESS, post(assess::peer_assess))
         .route("/", get(webui::index))
         .route("/ui/app.js", get(webui::app_js))
         .route("/ui/style.css", get(webui::style))

@@ -86,7 +86,7 @@ fn one_request_upgrades_every_node_instantly() {
 }
 
 #[test]
-fn a_node_that_cannot_prepare_makes_every_node_discard() {
+fn a_node_that_cannot_prepare_is_assessed_refused_and_overridden_makes_every_node_discard() {
     // Node 3 is a model the bundle does not support.
     let Some(c) = cluster("t5", 3, |i, sim| {
         if i == 2 {
@@ -105,9 +105,88 @@ fn a_node_that_cannot_prepare_makes_every_node_discard() {
         .iter()
         .map(|a| a.node.slot_label(bootctl::layout::Slot::B))
         .collect();
+    // The assessment names the node and why, every node's other checks and
+    // the cluster's pass; it writes nothing.
+    let (st, a) = clients[0].post(
+        "/v1/qimg/upgrade/assess",
+        &json!({"image_path": "/platform.qimg"}).to_string(),
+    );
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(a["schema"], "qimg.upgrade_assessment/1");
+    assert_eq!(
+        (&a["result"], &a["to_version"]),
+        (&json!("fail"), &json!("7.1.0")),
+        "{a}"
+    );
+    let checks = a["checks"].as_array().unwrap();
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["result"] == "fail").collect();
+    assert_eq!(failed.len(), 1, "{a}");
+    assert_eq!(
+        (&failed[0]["name"], &failed[0]["node"]),
+        (&json!("release_rules"), &json!(3))
+    );
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("demo-node-9"),
+        "{a}"
+    );
+    for node in 1..=3 {
+        let bundle = checks
+            .iter()
+            .find(|c| c["name"] == "bundle" && c["node"] == node)
+            .unwrap_or_else(|| panic!("node {node}'s bundle check in {a}"));
+        assert!(
+            bundle["message"]
+                .as_str()
+                .unwrap()
+                .contains("payloads match their digests"),
+            "{a}"
+        );
+        assert!(
+            checks
+                .iter()
+                .any(|c| c["name"] == "free_space" && c["node"] == node && c["result"] == "pass"),
+            "{a}"
+        );
+    }
+    for name in [
+        "nodes_online",
+        "etcd_quorum",
+        "data_protection",
+        "clock_skew",
+        "mixed_releases",
+    ] {
+        let c = checks
+            .iter()
+            .find(|c| c["name"] == name && c["node"].is_null());
+        assert_eq!(
+            c.map(|c| &c["result"]),
+            Some(&json!("pass")),
+            "{name} in {a}"
+        );
+    }
+    // The prepare refuses the same way, naming the check to override.
     let (st, r) = clients[0].post(
         "/v2/upgrade/prepare",
         &json!({"image_path": "/platform.qimg"}).to_string(),
+    );
+    assert_eq!(
+        (st, r["error_class"].as_str()),
+        (409, Some("upgrade_blocked_error")),
+        "{r}"
+    );
+    let d = r["description"].as_str().unwrap();
+    assert!(
+        d.contains("release_rules on node 3") && d.contains("override"),
+        "{d}"
+    );
+    assert_eq!(c.plan("t5"), serde_json::Value::Null, "no plan written");
+    // Overridden, it starts; node 3's own prepare fails and every node discards.
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "overrides": ["release_rules"]}).to_string(),
     );
     assert_eq!(st, 202, "{r}");
     let (st, r) = clients[1].post(
@@ -170,5 +249,22 @@ fn a_node_that_cannot_prepare_makes_every_node_discard() {
     assert!(
         s["error_info"].as_str().unwrap().contains("node node3"),
         "{s}"
+    );
+    // The record keeps the override.
+    let (_, h) = clients[2].get("/v1/qimg/upgrade/history");
+    assert_eq!(
+        h["upgrades"][0]["overrides"],
+        json!(["release_rules"]),
+        "{h}"
+    );
+    // An unknown check cannot be overridden: the names are listed.
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "overrides": ["space"]}).to_string(),
+    );
+    assert_eq!(st, 400, "{r}");
+    assert!(
+        r["description"].as_str().unwrap().contains("free_space"),
+        "{r}"
     );
 }
