@@ -74,6 +74,25 @@ fn first_component(bundle: &Path) -> Result<(String, u64), String> {
     Ok((c.component.name, c.offset + c.component.stored_size / 2))
 }
 
+/// How long the nodes may take to discard a failed prepare.
+const DISCARD_LIMIT: Duration = Duration::from_secs(60);
+
+/// The cluster's upgrade once its plan ended (no longer active), asked
+/// every second for at most `limit`; the last view when it did not end.
+fn plan_ended(c: &Cluster, limit: Duration) -> Result<qapi::types::ClusterUpgrade, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let view: qapi::types::ClusterUpgrade = c.nodes[1]
+            .client()?
+            .get("/v1/qimg/cluster/upgrade")
+            .map_err(|e| format!("the cluster's upgrade: {e}"))?;
+        if !view.phase.is_active() || Instant::now() >= deadline {
+            return Ok(view);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// 3: a bundle altered on the node it was given to (one byte of its first
 /// payload changed after the upload, the signed head intact): the nodes that
 /// fetch it from there refuse what came, naming the component; nothing is kept
@@ -101,20 +120,19 @@ pub(super) fn altered(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         code != 0,
         &format!("the upgrade of an altered bundle failed: {out}"),
     )?;
-    let view: serde_json::Value = c.nodes[1]
-        .client()?
-        .get("/v1/qimg/cluster/upgrade")
-        .map_err(|e| format!("the cluster's upgrade: {e}"))?;
+    // `qq` ends on the first node's failure; the plan ends once every node
+    // discarded (node 1 may still be stopping its prepare).
+    let view = plan_ended(c, DISCARD_LIMIT)?;
     expect(
-        view["phase"] == "failed",
-        &format!("the plan failed: {view}"),
+        view.phase == qapi::types::PlanPhase::Failed,
+        &format!("the plan failed: {view:?}"),
     )?;
     for i in 1..3 {
-        let why = view["nodes"][i]["error"].as_str().unwrap_or_default();
+        let why = view.nodes[i].error.as_deref().unwrap_or_default();
         expect(
             why.contains("what a peer sent was refused") && why.contains(&component),
             &format!(
-                "node {} refused what node 1 sent, naming {component}: {view}",
+                "node {} refused what node 1 sent, naming {component}: {view:?}",
                 i + 1
             ),
         )?;
