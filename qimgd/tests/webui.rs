@@ -115,6 +115,13 @@ fn log_in_refused_bundle_instant_upgrade_then_a_blocked_one() {
             "no rolling choice for an instant upgrade"
         );
         assert!(!b.shown("#complete-option").await);
+        // Every node's checks and the cluster's, before it starts.
+        b.wait_for("the assessment", STEP_LIMIT, "#dlg-assess-summary", |t| {
+            t.ends_with("checks pass on every node and the cluster.")
+        })
+        .await;
+        assert!(!b.shown("#dlg-override-row").await, "nothing to override");
+        assert!(b.enabled("#start").await);
         b.shot("confirm-instant").await;
         let focused = b.c.active_element().await.unwrap();
         assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("start"));

@@ -299,6 +299,31 @@ fn the_page_decides_what_to_show_from_one_overview() {
                 .await
                 .unwrap();
         assert_eq!(got["eta"], "About 2 min 5 s left.");
+        // The dialog's assessment: failures first, then warnings; the names a
+        // start must override, once each.
+        let a = json!({"schema": "qimg.upgrade_assessment/1", "image_path": "/up.qimg",
+            "mode": "platform", "to_version": "7.1.0", "result": "fail", "checks": [
+                {"name": "bundle", "node": 1, "result": "pass", "message": "ok"},
+                {"name": "clock_skew", "node": 2, "result": "warn", "message": "3000 ms"},
+                {"name": "free_space", "node": 2, "result": "fail", "message": "1 MB free"},
+                {"name": "free_space", "node": 3, "result": "fail", "message": "2 MB free"},
+            ]});
+        let got =
+            b.c.execute("return window.qimgAssessView(arguments[0]);", vec![a])
+                .await
+                .unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "summary": "1 of 4 checks pass on every node and the cluster; 2 fail: the upgrade starts only if you override them",
+                "items": [
+                    {"text": "free space (node 2): 1 MB free", "bad": true},
+                    {"text": "free space (node 3): 2 MB free", "bad": true},
+                    {"text": "clock skew (node 2): 3000 ms", "bad": false},
+                ],
+                "failing": ["free_space"],
+            })
+        );
         // Nothing upgraded yet: an empty history.
         let o = overview(idle, Value::Null, Value::Null, not_blocked());
         let got =

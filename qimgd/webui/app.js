@@ -311,6 +311,26 @@ function view(o, nowMs) {
 }
 window.qimgView = view; // for the tests, which check it case by case in the browser
 
+// What the dialog shows of an assessment (`qapi::assess::Assessment`): a
+// summary, the checks that warn or fail (failures first), and the names a
+// start must override.
+function assessView(a) {
+  const named = (c) => c.name.replace(/_/g, " ") + (c.node != null ? " (node " + c.node + ")" : "") + ": " + c.message;
+  const fails = a.checks.filter((c) => c.result === "fail");
+  const warns = a.checks.filter((c) => c.result === "warn");
+  const passes = a.checks.length - fails.length - warns.length;
+  let summary = passes + " of " + a.checks.length + " checks pass on every node and the cluster";
+  if (fails.length) summary += "; " + fails.length + " fail: the upgrade starts only if you override them";
+  else if (warns.length) summary += "; look at the warnings";
+  else summary += ".";
+  return {
+    summary,
+    items: fails.map((c) => ({ text: named(c), bad: true })).concat(warns.map((c) => ({ text: named(c), bad: false }))),
+    failing: [...new Set(fails.map((c) => c.name))],
+  };
+}
+window.qimgAssessView = assessView;
+
 // ---- painting it ----
 
 // A table row: a header cell, then [text, bad] cells.
@@ -447,6 +467,7 @@ function openDialog() {
   syncBatch();
   say("dlg-error", "");
   dialogEta();
+  dialogAssess();
   $("confirm").showModal();
   (verified.platform ? $("complete-option") : $("start")).focus();
 }
@@ -489,12 +510,60 @@ async function dialogEta() {
   say("dlg-eta", t);
 }
 
+// The assessment of the dialog's choices; a failing check holds the start
+// until the operator overrides it.
+let assessAsked = 0;
+let failing = [];
+function syncStart() {
+  const override = $("dlg-override").checked;
+  $("start").disabled = failing.length > 0 && !override;
+}
+async function dialogAssess() {
+  const body = dialogBody();
+  const asked = ++assessAsked;
+  failing = [];
+  $("dlg-override").checked = false;
+  show($("dlg-override-row"), false);
+  show($("dlg-assess-list"), false);
+  if (typeof body === "string") { say("dlg-assess-summary", ""); syncStart(); return; }
+  say("dlg-assess-summary", "Checking every node…");
+  const req = { image_path: body.image_path };
+  if (body.num_nodes_to_reboot) req.num_nodes_to_reboot = body.num_nodes_to_reboot;
+  const r = await api("POST", "/v1/qimg/upgrade/assess", req).catch(() => null);
+  if (asked !== assessAsked) return; // the choices changed meanwhile
+  if (!r || r.status !== 200) {
+    say("dlg-assess-summary", "The checks could not be run: " + (r ? why(r) : "the node did not answer") + ".");
+    syncStart();
+    return;
+  }
+  const v = assessView(r.body);
+  say("dlg-assess-summary", v.summary);
+  $("dlg-assess-list").replaceChildren(...v.items.map((i) => {
+    const li = document.createElement("li");
+    li.textContent = i.text;
+    li.className = i.bad ? "bad" : "warn";
+    return li;
+  }));
+  show($("dlg-assess-list"), v.items.length > 0);
+  failing = v.failing;
+  $("dlg-override-text").textContent = "Override the failing checks (" + failing.join(", ") + "); the upgrade's history keeps this.";
+  show($("dlg-override-row"), failing.length > 0);
+  syncStart();
+}
+
 async function startUpgrade(ev) {
   ev.preventDefault();
   const body = dialogBody();
   if (typeof body === "string") {
     say("dlg-error", body);
     return;
+  }
+  if (failing.length) {
+    if (!$("dlg-override").checked) {
+      say("dlg-error", "Checks fail: override them to start anyway.");
+      return;
+    }
+    body.overrides = failing;
   }
   $("start").disabled = true;
   try {
@@ -508,7 +577,7 @@ async function startUpgrade(ev) {
   } catch (_) {
     say("dlg-error", "The node did not answer; try again.");
   } finally {
-    $("start").disabled = false;
+    syncStart();
   }
 }
 
@@ -535,9 +604,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("path").addEventListener("input", () => say("start-error", ""));
   $("confirm-form").addEventListener("submit", startUpgrade);
   $("cancel").addEventListener("click", () => $("confirm").close());
-  $("complete-option").addEventListener("change", () => { syncBatch(); dialogEta(); });
-  $("rolling-option").addEventListener("change", () => { syncBatch(); dialogEta(); });
-  $("per-batch").addEventListener("input", dialogEta);
+  const rechoose = () => { syncBatch(); dialogEta(); dialogAssess(); };
+  $("complete-option").addEventListener("change", rechoose);
+  $("rolling-option").addEventListener("change", rechoose);
+  $("per-batch").addEventListener("input", () => { dialogEta(); dialogAssess(); });
+  $("dlg-override").addEventListener("change", syncStart);
   $("commit").addEventListener("click", () => post("/v2/upgrade/commit", "Commit"));
   $("pause").addEventListener("click", () => post("/v1/shutdown/reboot/pause", "Pause"));
   $("resume").addEventListener("click", () => post("/v1/shutdown/reboot/resume", "Resume"));

@@ -18,8 +18,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
         Some("agent") => crate::bench_agent::agent(&parse(&args[1..])?),
         Some("cluster") => crate::bench_cluster::cluster(&args[1..]),
         Some("distribute") => crate::bench_distribute::distribute(&args[1..]),
+        Some("eta") => crate::bench_eta::eta(&args[1..]),
         _ => Err(
-            "usage: cargo xtask bench bundle|firmware|upgrade|cloud|agent|cluster|distribute [--size MIB] [--nodes N] [--level N] [--runs N] [--dir DIR]"
+            "usage: cargo xtask bench bundle|firmware|upgrade|cloud|agent|cluster|distribute|eta [--size MIB] [--nodes N] [--level N] [--runs N] [--dir DIR]"
                 .into(),
         ),
     }

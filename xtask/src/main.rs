@@ -41,6 +41,8 @@
 //!   peers' verified fetch) against `scp` to them through an sshd of its own on
 //!   loopback (`sshd.rs`), and the prepare with the fetch against one from local
 //!   files (`bench_distribute.rs`).
+//! - `cargo xtask bench eta [--nodes N]`: the preview's expected time against the
+//!   upgrade's, over three rolling upgrades of N simulated nodes (`bench_eta.rs`).
 //! - `cargo xtask fresh-root [--keep]`: proves the list complete on a new minimal
 //!   Debian root (`fresh_root.rs`).
 //! - `cargo xtask deps [--install] [--run] [GROUP...]`: prints the list (what each
@@ -51,6 +53,7 @@ mod bench_agent;
 mod bench_cloud;
 mod bench_cluster;
 mod bench_distribute;
+mod bench_eta;
 mod bench_fw;
 mod bench_upgrade;
 mod ci;
