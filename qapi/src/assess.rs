@@ -75,13 +75,16 @@ impl CheckName {
     }
 
     /// The check named `s`.
-    pub fn parse(s: &str) -> Result<CheckName, String> {
+    pub fn parse(s: &str) -> Result<CheckName, crate::Error> {
         CheckName::ALL
             .into_iter()
             .find(|c| c.name() == s)
             .ok_or_else(|| {
                 let all: Vec<&str> = CheckName::ALL.iter().map(|c| c.name()).collect();
-                format!("no check is named {s:?}; the checks: {}", all.join(", "))
+                crate::Error::UnknownCheck {
+                    name: s.into(),
+                    known: all.join(", "),
+                }
             })
     }
 }
@@ -197,10 +200,10 @@ mod tests {
     #[test]
     fn check_names_read_back_and_an_unknown_one_lists_them() {
         for c in CheckName::ALL {
-            assert_eq!(CheckName::parse(c.name()), Ok(c));
+            assert_eq!(CheckName::parse(c.name()).unwrap(), c);
             assert_eq!(serde_json::to_value(c).unwrap(), c.name());
         }
-        let e = CheckName::parse("space").unwrap_err();
+        let e = CheckName::parse("space").unwrap_err().to_string();
         assert!(
             e.contains("free_space") && e.contains("mixed_releases"),
             "{e}"

@@ -77,6 +77,14 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// No check of the assessment has this name.
+    #[error("no check is named {name:?}; the checks: {known}")]
+    UnknownCheck {
+        /// The name given.
+        name: String,
+        /// Every check's name.
+        known: String,
+    },
 }
 
 impl Error {
@@ -89,6 +97,7 @@ impl Error {
             Error::Http { .. } => "http",
             Error::Protocol { .. } => "protocol",
             Error::Credentials { .. } => "credentials",
+            Error::UnknownCheck { .. } => "unknown_check",
         }
     }
 

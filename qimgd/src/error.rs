@@ -15,6 +15,14 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// The event webhook's URL cannot be used.
+    #[error("the event webhook {url:?}: {problem}")]
+    Webhook {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The configuration cannot be parsed.
     #[error("config {path} cannot be parsed")]
     ConfigSyntax {
@@ -110,9 +118,10 @@ impl Error {
     /// A stable identifier of the kind of error.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Config { .. } | Error::ConfigSyntax { .. } | Error::NodeConfig { .. } => {
-                "config"
-            }
+            Error::Config { .. }
+            | Error::ConfigSyntax { .. }
+            | Error::NodeConfig { .. }
+            | Error::Webhook { .. } => "config",
             Error::Io { .. } => "io",
             Error::UsersDamaged { .. } => "users-damaged",
             Error::UsersContended { .. } => "users-contended",

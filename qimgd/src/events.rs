@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use qcluster::history::Event;
 
-use crate::config::Config;
-
 /// How many tries a webhook gets per event.
 pub const TRIES: u32 = 3;
 /// How long one try may take (connect, send, answer).
@@ -49,7 +47,14 @@ pub struct WebhookUrl {
 
 impl WebhookUrl {
     /// Parses `url`; only `https://` (events name the cluster's nodes and releases).
-    pub fn parse(url: &str) -> Result<WebhookUrl, String> {
+    pub fn parse(url: &str) -> Result<WebhookUrl, crate::Error> {
+        Self::parts(url).map_err(|problem| crate::Error::Webhook {
+            url: url.into(),
+            problem,
+        })
+    }
+
+    fn parts(url: &str) -> Result<WebhookUrl, String> {
         let rest = url
             .strip_prefix("https://")
             .ok_or_else(|| format!("{url:?} is not an https:// URL"))?;
@@ -99,17 +104,15 @@ impl Events {
         }
     }
 
-    /// Events as `config` says: its journal, and its webhook if it has one (a
-    /// thread of its own posts them; it ends when this is dropped).
-    pub fn of(config: &Config) -> Events {
-        let mut e = Events::new(config.journal_socket.clone());
-        if let Some(url) = config
-            .event_webhook
-            .as_deref()
-            .and_then(|u| WebhookUrl::parse(u).ok())
+    /// Events to the journal at `journal`, and to `webhook` (its URL and the
+    /// CA its certificate must chain to) if given: a thread of its own posts
+    /// them, until this is dropped.
+    pub fn with_webhook(journal: PathBuf, webhook: Option<(&str, Option<PathBuf>)>) -> Events {
+        let mut e = Events::new(journal);
+        if let Some((url, ca)) = webhook
+            && let Ok(url) = WebhookUrl::parse(url)
         {
             let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-            let ca = config.event_webhook_ca.clone();
             let spawned = std::thread::Builder::new()
                 .name("qimgd-webhook".into())
                 .spawn(move || deliver(&url, ca, &rx));

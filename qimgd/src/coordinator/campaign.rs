@@ -25,7 +25,13 @@ pub async fn run(app: Shared) {
     // When a data-safety gate's time is up (Unix ms), to wake exactly then.
     let mut gate_until: u64 = 0;
     let mut polls = crate::cluster::Fresh::default();
-    let events = crate::events::Events::of(&app.config);
+    let events = crate::events::Events::with_webhook(
+        app.config.journal_socket.clone(),
+        app.config
+            .event_webhook
+            .as_deref()
+            .map(|u| (u, app.config.event_webhook_ca.clone())),
+    );
     loop {
         // The coordinator (and a node stepping down) acts on changes, at the poll
         // at the latest, and exactly when a gate's time is up; the others
