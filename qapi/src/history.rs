@@ -76,6 +76,9 @@ pub struct Pause {
     /// When the reboots went on (`None`: still paused, or the upgrade ended).
     #[serde(default)]
     pub resumed_ms: Option<u64>,
+    /// The rollout waited on its canaries (not the operator, not an error).
+    #[serde(default)]
+    pub canary: bool,
 }
 
 /// How an upgrade ended.

@@ -53,6 +53,14 @@ pub struct PrepareRequest {
     /// prepare, by name (a qimg extension; kept in the upgrade's record).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<crate::assess::CheckName>,
+    /// A rolling platform commit's canaries: this many nodes (never the
+    /// coordinator's) go first, then the rollout waits (a qimg extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u32>,
+    /// How long the rollout waits on the canaries before it goes on by itself,
+    /// in seconds (absent: until `POST /v1/shutdown/reboot/resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_secs: Option<u64>,
 }
 
 /// What a cluster does when a node fails its commit (falls back to its old slot,
@@ -641,6 +649,15 @@ pub struct ClusterUpgrade {
     /// Time expected and left while it runs (`null` once it ended).
     #[serde(default)]
     pub eta: Option<Eta>,
+    /// Its canaries (`null`: none): the first batch.
+    #[serde(default)]
+    pub canary: Option<u32>,
+    /// The rollout waits on its canaries.
+    #[serde(default)]
+    pub soaking: bool,
+    /// Until when (Unix ms; 0: until resumed).
+    #[serde(default)]
+    pub soak_until_ms: u64,
 }
 
 #[cfg(test)]
@@ -742,6 +759,8 @@ mod tests {
             num_nodes_to_reboot: None,
             on_failure: None,
             overrides: vec![],
+            canary: None,
+            soak_secs: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert!(v.get("on_failure").is_none(), "{v}");

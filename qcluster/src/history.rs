@@ -135,14 +135,27 @@ pub fn advance(
             at_ms: now_ms,
             error: plan.paused_error.clone(),
             resumed_ms: None,
+            canary: plan.soaking,
         });
         let mut e = event(
             &r,
             EventKind::Paused,
             now_ms,
-            match &plan.paused_error {
-                Some(why) => format!("upgrade {}: the reboots stopped: {why}", r.generation),
-                None => format!("upgrade {}: the operator paused the reboots", r.generation),
+            match (&plan.paused_error, plan.soaking) {
+                (Some(why), _) => format!("upgrade {}: the reboots stopped: {why}", r.generation),
+                (None, true) => format!(
+                    "upgrade {}: the canaries run {}: the rollout waits {}",
+                    r.generation,
+                    r.to_version,
+                    if plan.soak_until_ms == 0 {
+                        "until it is resumed".to_string()
+                    } else {
+                        format!("until {} UTC", qapi::history::utc(plan.soak_until_ms))
+                    }
+                ),
+                (None, false) => {
+                    format!("upgrade {}: the operator paused the reboots", r.generation)
+                }
             },
         );
         e.warning = plan.paused_error.is_some();

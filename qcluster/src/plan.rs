@@ -74,6 +74,20 @@ pub struct ClusterPlan {
     /// stop it).
     #[serde(default)]
     pub overrides: Vec<qapi::assess::CheckName>,
+    /// A rolling commit's canaries: the first batch, this many nodes (never
+    /// the coordinator's), after which the rollout waits (`None`: no canary).
+    #[serde(default)]
+    pub canary: Option<u32>,
+    /// How long the rollout waits on the canaries before it goes on by itself
+    /// (0: until the operator resumes it).
+    #[serde(default)]
+    pub soak_ms: u64,
+    /// Until when the canaries soak (Unix ms; 0: they do not, or not yet).
+    #[serde(default)]
+    pub soak_until_ms: u64,
+    /// The rollout waits on its canaries (a pause that is not an error).
+    #[serde(default)]
+    pub soaking: bool,
 }
 
 impl ClusterPlan {
@@ -107,6 +121,10 @@ impl ClusterPlan {
             bundle: None,
             started: None,
             overrides: vec![],
+            canary: None,
+            soak_ms: 0,
+            soak_until_ms: 0,
+            soaking: false,
         }
     }
 

@@ -285,6 +285,26 @@ fn the_page_decides_what_to_show_from_one_overview() {
         assert_eq!(rows[1]["by"], "user \"admin\" from 10.1.2.3");
         assert_eq!(rows[1]["versions"], "7.0.0 → 7.1.0");
         assert_eq!(rows[1]["mode"], "platform, rolling");
+        // The rollout waits on its canaries: said, resume offered.
+        let mut soaking = plan("committing", plan_nodes());
+        soaking["soaking"] = json!(true);
+        soaking["soak_until_ms"] = json!(0);
+        soaking["canary"] = json!(1);
+        let o = overview(
+            status("UPGRADE_STATE_REBOOTING", Some(100), None),
+            soaking,
+            reboot("REBOOT_PAUSED", 1, ""),
+            not_blocked(),
+        );
+        let got =
+            b.c.execute("return window.qimgView(arguments[0]);", vec![o])
+                .await
+                .unwrap();
+        assert_eq!(
+            got["progress"]["text"],
+            "The canaries (n1) run 7.1.0; the rollout goes on when you resume it."
+        );
+        assert_eq!((&got["resume"], &got["pause"]), (&json!(true), &json!(false)));
         // The time left, from the plan's ETA.
         let mut o = overview(
             status("UPGRADE_STATE_REBOOTING", Some(100), None),

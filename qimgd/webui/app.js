@@ -297,6 +297,11 @@ function view(o, nowMs) {
       bar: rebootBar(reboot),
     };
   }
+  if (plan && plan.soaking) {
+    const canaries = (plan.batches[0] || []).map((id) => (plan.nodes.find((n) => n.id === id) || { name: "node " + id }).name);
+    v.progress.text = "The canaries (" + canaries.join(", ") + ") run " + plan.target_version + "; the rollout goes on " +
+      (plan.soak_until_ms ? "at " + localTime(plan.soak_until_ms / 1000) + " or when you resume it." : "when you resume it.");
+  }
   if (plan && plan.restriping && restriper) {
     v.restriper = "Waiting for the data to be safe before the next nodes reboot: the restriper is " +
       restriper.percent_complete + " % done" + (restriper.data_at_risk ? " (data at risk until it finishes)." : ".");

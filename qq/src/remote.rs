@@ -90,6 +90,8 @@ struct ClusterView {
     /// While the data-safety gate holds: why, if the plan says (`None`: it
     /// does not hold).
     waiting: Option<Option<String>>,
+    /// The rollout waits on its canaries.
+    soaking: bool,
 }
 
 impl ClusterView {
@@ -151,6 +153,19 @@ impl ClusterView {
                 None => bars.step("data fully protected"),
             }
             self.waiting = waiting;
+        }
+        if u.soaking != self.soaking {
+            bars.step(&if !u.soaking {
+                "the rollout goes on after its canaries".to_owned()
+            } else if u.soak_until_ms == 0 {
+                "the canaries run the new release; the rollout waits: `qq reboot_resume` lets it go on".to_owned()
+            } else {
+                format!(
+                    "the canaries run the new release; the rollout goes on at {} UTC (or at `qq reboot_resume`)",
+                    qapi::history::utc(u.soak_until_ms)
+                )
+            });
+            self.soaking = u.soaking;
         }
     }
 }

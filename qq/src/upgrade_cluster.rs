@@ -48,6 +48,14 @@ struct ClusterOpts {
     /// stop this upgrade, by name; repeatable; kept in the upgrade's history.
     #[arg(long = "override", value_name = "CHECK", value_parser = CheckName::parse)]
     overrides: Vec<CheckName>,
+    /// Canaries: this many nodes (never the coordinator's) reboot first, then
+    /// the rollout waits (`qq reboot_resume`, or --soak); a failing canary rolls
+    /// the canaries back and stops it.
+    #[arg(long, requires = "rolling", value_name = "N")]
+    canary: Option<u32>,
+    /// How long the rollout waits on the canaries before it goes on by itself.
+    #[arg(long, requires = "canary", value_name = "SECONDS")]
+    soak: Option<u64>,
 }
 
 /// Show the plan instead of starting it.
@@ -152,9 +160,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     }
     match ctx.remote()? {
         Some(remote) => run_remote(ctx, &remote, request, &cluster, run.no_monitor),
-        None if cluster.on_failure.is_some() || !cluster.overrides.is_empty() => {
+        None if cluster.on_failure.is_some()
+            || !cluster.overrides.is_empty()
+            || cluster.canary.is_some() =>
+        {
             anyhow::bail!(
-                "--on-failure and --override apply to a cluster: run qq against an agent (--host)"
+                "--on-failure, --override and --canary apply to a cluster: run qq against an agent (--host)"
             )
         }
         None => run_local(ctx, request, run),
@@ -267,6 +278,8 @@ fn wire(r: &PrepareRequest, cluster: &ClusterOpts) -> qapi::types::PrepareReques
         num_nodes_to_reboot: r.nodes_per_batch,
         on_failure: cluster.on_failure,
         overrides: cluster.overrides.clone(),
+        canary: cluster.canary,
+        soak_secs: cluster.soak,
     }
 }
 

@@ -238,7 +238,7 @@ fn on_failure_is_checked_and_belongs_to_a_cluster() {
         let o = n.qq(&[&["upgrade_cluster", "--path", path][..], &extra].concat());
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(
-            stderr(&o).contains("--on-failure and --override apply to a cluster"),
+            stderr(&o).contains("--on-failure, --override and --canary apply to a cluster"),
             "{}",
             stderr(&o)
         );

@@ -21,6 +21,28 @@ fn refused(n: &SimNode, bundle: &std::path::Path, cause: &str) {
     assert_eq!(n.container().as_deref(), Some("7.0.0"));
 }
 
+/// `bundle` with one byte of its first payload flipped (at `at(first data
+/// byte, data length)`, the signed head intact), as `dir/tampered.qimg`.
+fn tampered(
+    bundle: &std::path::Path,
+    dir: &std::path::Path,
+    at: impl FnOnce(usize, usize) -> usize,
+) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(bundle).unwrap();
+    let members = tests::Members::parse(&bytes);
+    let m = members
+        .0
+        .iter()
+        .find(|m| m.header.name.starts_with("payload/"))
+        .unwrap();
+    let i = at(m.offset as usize + 512, m.data.len());
+    drop(members);
+    bytes[i] ^= 0x55;
+    let bad = dir.join("tampered.qimg");
+    std::fs::write(&bad, &bytes).unwrap();
+    bad
+}
+
 #[test]
 fn bad_bundles_are_refused_with_their_cause_and_nothing_written() {
     let Some(n) = factory_node() else { return };
@@ -90,19 +112,9 @@ fn bad_bundles_are_refused_with_their_cause_and_nothing_written() {
 fn a_tampered_payload_fails_mid_write_and_the_slot_is_reset() {
     let Some(n) = factory_node() else { return };
     let b = bundles();
-    let mut bytes = std::fs::read(&b.platform).unwrap();
-    let members = tests::Members::parse(&bytes);
-    let m = members
-        .0
-        .iter()
-        .find(|m| m.header.name.starts_with("payload/"))
-        .unwrap();
-    // A byte near the end of the platform root: most of it streams into the slot first.
-    let at = m.offset as usize + 512 + m.data.len() - 100;
-    bytes[at] ^= 0x55;
     let d = tempfile::tempdir().unwrap();
-    let bad = d.path().join("tampered.qimg");
-    std::fs::write(&bad, &bytes).unwrap();
+    // A byte near the end of the platform root: most of it streams into the slot first.
+    let bad = tampered(&b.platform, d.path(), |data, len| data + len - 100);
 
     let slot_a = n.slot_bytes(Slot::A);
     let o = n.qq(&[
@@ -184,17 +196,8 @@ fn the_node_checks_name_each_problem_and_write_nothing() {
     assert_eq!(of(&same, CheckName::FreeSpace).result, Verdict::Pass);
     // A payload altered: the full read fails it, naming the digest; the
     // signature alone (a prepare's check) does not see it.
-    let mut bytes = std::fs::read(&b.platform).unwrap();
-    let members = tests::Members::parse(&bytes);
-    let m = members
-        .0
-        .iter()
-        .find(|m| m.header.name.starts_with("payload/"))
-        .unwrap();
-    bytes[m.offset as usize + 512 + 10] ^= 0x55;
     let d = tempfile::tempdir().unwrap();
-    let bad = d.path().join("tampered.qimg");
-    std::fs::write(&bad, &bytes).unwrap();
+    let bad = tampered(&b.platform, d.path(), |data, _| data + 10);
     let full = of(
         &upgrade::assess::assess(&agent, &bad, true, None).checks,
         CheckName::Bundle,

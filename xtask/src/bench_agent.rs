@@ -140,6 +140,8 @@ impl Agentd {
                 num_nodes_to_reboot: None,
                 on_failure: None,
                 overrides: vec![],
+                canary: None,
+                soak_secs: None,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -170,6 +170,8 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         num_nodes_to_reboot: k,
         on_failure: None,
         overrides: vec![],
+        canary: None,
+        soak_secs: None,
     };
 
     // 1. Instant upgrade of every node through node 1.

@@ -104,6 +104,8 @@ fn prepare(c: &SimCluster, name: &str) -> Result<(f64, Vec<f64>), String> {
         num_nodes_to_reboot: None,
         on_failure: None,
         overrides: vec![],
+        canary: None,
+        soak_secs: None,
     };
     let t = Instant::now();
     post(&mut cl, "/v2/upgrade/prepare", Some(&body))?;

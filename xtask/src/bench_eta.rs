@@ -49,6 +49,8 @@ pub fn eta(args: &[String]) -> Result<(), String> {
             num_nodes_to_reboot: Some(1),
             on_failure: None,
             overrides: vec![],
+            canary: None,
+            soak_secs: None,
         };
         let p: Preview = c1
             .post_json("/v1/qimg/upgrade/preview", &req)

@@ -162,7 +162,8 @@ fn a_rolling_upgrade_is_recorded_step_by_step_and_told_once() {
         vec![Pause {
             at_ms: 9_500,
             error: None,
-            resumed_ms: Some(12_000)
+            resumed_ms: Some(12_000),
+            canary: false,
         }]
     );
     let last = &ev[8][1];

@@ -112,6 +112,11 @@ pub(super) async fn prepare(
     }
     // The engine's mode is the plan's (one enum, `qapi::status::Mode`).
     let mode = v.plan.mode;
+    if req.canary.is_some() && mode != qcluster::PlanMode::Platform {
+        return Err(ApiError::bad_request(
+            "canary applies to platform upgrades (their nodes reboot batch by batch); this bundle is an instant upgrade",
+        ));
+    }
     let generation = current.as_ref().map_or(1, |(p, _)| p.generation + 1);
     let next = ClusterPlan {
         auto_commit: req.auto_commit,
@@ -122,6 +127,8 @@ pub(super) async fn prepare(
         bundle: Some(v.pin),
         started: Some(started),
         overrides: req.overrides.clone(),
+        canary: req.canary,
+        soak_ms: req.soak_secs.unwrap_or(0).saturating_mul(1000),
         ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
     };
     let before = record(app);

@@ -237,6 +237,17 @@ pub(crate) async fn users(app: &Shared) -> Result<Users, ApiError> {
     Ok(crate::accounts::cluster_users(cluster_upgrade::store(app)?, false).await?)
 }
 
+/// [`users`], knowing `name` if the cluster does: a user just added on another
+/// node may not have reached this node's mirror yet (etcd's watch delivers it
+/// a moment later), so an unknown name is looked up in etcd once more.
+pub(crate) async fn users_knowing(app: &Shared, name: &str) -> Result<Users, ApiError> {
+    let users = users(app).await?;
+    if users.get(name).is_some() || app.cluster.is_alone() {
+        return Ok(users);
+    }
+    Ok(crate::accounts::cluster_users(cluster_upgrade::store(app)?, true).await?)
+}
+
 /// The API's routes over `app`.
 pub fn router(app: Shared) -> Router {
     let authed = Router::new()

@@ -36,8 +36,11 @@ async fn set_paused(app: &Shared, pause: bool) -> Result<StatusCode, ApiError> {
     }
     p.paused = pause;
     if !pause {
-        // Resuming clears an error pause and gives the batch its time again.
+        // Resuming clears an error pause, ends a canary soak, and gives the
+        // batch its time again.
         p.paused_error = None;
+        p.soaking = false;
+        p.soak_until_ms = 0;
         p.batch_started_ms = now_ms();
     }
     if !store.put_plan_if(&p, Some(rev)).await? {

@@ -59,7 +59,7 @@ pub(super) async fn login(
         .retry_after(1)
     })?;
     let req_user = req.username.clone();
-    let users: Users = super::users(&app).await?;
+    let users: Users = super::users_knowing(&app, &req.username).await?;
     let ok = blocking(move || {
         Ok(users
             .verify(&req.username, &req.password)

@@ -123,6 +123,26 @@ pub(super) async fn engine_free(app: &Shared) -> Result<(), ApiError> {
 /// of one). The one check, for a node alone and in a cluster.
 pub(super) fn check_batch(app: &Shared, req: &PrepareRequest) -> Result<(), ApiError> {
     let max = app.cluster.membership.spec.max_node_failures.max(1);
+    let nodes = app.cluster.membership.spec.nodes.len() as u32;
+    match (req.canary, req.soak_secs) {
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "soak_secs is how long canaries soak: set canary",
+            ));
+        }
+        (Some(_), _) if !req.do_rolling_reboot => {
+            return Err(ApiError::bad_request(
+                "canary applies to rolling reboots: set do_rolling_reboot",
+            ));
+        }
+        (Some(n), _) if n == 0 || n > max || n >= nodes => {
+            return Err(ApiError::bad_request(format!(
+                "canary must be between 1 and {} (at most the node failures this cluster permits, {max}, and fewer than its {nodes} nodes); got {n}",
+                max.min(nodes.saturating_sub(1))
+            )));
+        }
+        _ => {}
+    }
     match req.num_nodes_to_reboot {
         Some(_) if !req.do_rolling_reboot => Err(ApiError::bad_request(
             "num_nodes_to_reboot applies to rolling reboots only: set do_rolling_reboot",

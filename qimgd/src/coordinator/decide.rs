@@ -173,10 +173,21 @@ fn rolling(
     let mut p = plan.clone();
     if plan.batches.is_empty() {
         let ids: Vec<u32> = spec.nodes.iter().map(|n| n.id).collect();
-        p.batches = batches(plan, spec, &ids, cx.me);
+        p.batches = match plan.canary {
+            Some(n) => canary_batches(plan, spec, &ids, cx.me, n),
+            None => batches(plan, spec, &ids, cx.me),
+        };
         p.batch = 0;
         p.batch_started_ms = cx.now_ms;
         p.gate_until_ms = 0;
+        return Some(p);
+    }
+    // The canaries soaked long enough: the rollout goes on by itself.
+    if plan.soaking && plan.soak_until_ms != 0 && cx.now_ms >= plan.soak_until_ms {
+        p.soaking = false;
+        p.paused = false;
+        p.soak_until_ms = 0;
+        p.batch_started_ms = cx.now_ms;
         return Some(p);
     }
     match batch_step(
@@ -188,12 +199,53 @@ fn rolling(
         "the new release",
     ) {
         Batch::Wait => None,
+        // The canaries are back and their gate passed: the rollout waits on
+        // them, for the soak time or until the operator resumes it.
+        Batch::Moved(mut p) if plan.canary.is_some() && plan.batch == 0 && p.batch == 1 => {
+            p.soaking = true;
+            p.paused = true;
+            p.soak_until_ms = if plan.soak_ms == 0 {
+                0
+            } else {
+                cx.now_ms + plan.soak_ms
+            };
+            Some(*p)
+        }
         Batch::Moved(p) => Some(*p),
         Batch::Last => {
             p.phase = PlanPhase::Committed;
             Some(p)
         }
     }
+}
+
+/// A rolling commit's batches after `n` canaries: the first `n` nodes of the
+/// order (never the coordinator's, never a voter majority), then the rest at
+/// the plan's batch size, the coordinator's node last.
+fn canary_batches(
+    plan: &ClusterPlan,
+    spec: &ClusterSpec,
+    ids: &[u32],
+    me: u32,
+    n: u32,
+) -> Vec<Vec<u32>> {
+    let voters: Vec<u32> = spec.voters().iter().map(|n| n.id).collect();
+    let first = qcluster::plan::batches(ids, &voters, Some(me), n as usize)
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| *id != me)
+        .collect::<Vec<u32>>();
+    let rest: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| !first.contains(id))
+        .collect();
+    let mut out = vec![first];
+    out.extend(batches(plan, spec, &rest, me));
+    out.retain(|b| !b.is_empty());
+    out
 }
 
 /// Where the current batch of a rolling reboot (forward or back) is.

@@ -460,3 +460,75 @@ fn without_a_data_safety_source_the_reboots_pause_instead_of_waiting_a_timer() {
     assert!(why.contains("restriper_probe"));
     assert_eq!(next(&paused, &s, &back, &cx(10_000_000)), None);
 }
+
+#[test]
+fn canaries_go_first_then_the_rollout_soaks_and_goes_on() {
+    // Five nodes, two failures permitted, batches of 2 after one canary; the
+    // coordinator is node 1.
+    let s = spec_of(5, 2);
+    let cx = |now_ms| Ctx {
+        data: DataSafety::Safe,
+        ..rolling_cx(now_ms, 1)
+    };
+    let start = ClusterPlan {
+        canary: Some(1),
+        soak_ms: 5_000,
+        ..rolling_plan(2)
+    };
+    let p = next(&start, &s, &[], &cx(1000)).unwrap();
+    assert_eq!(p.batches[0], vec![2], "one canary, not the coordinator");
+    assert!(
+        p.batches.last().unwrap().contains(&1),
+        "the coordinator last: {:?}",
+        p.batches
+    );
+    assert_eq!(p.batches.concat().len(), 5, "{:?}", p.batches);
+    assert!(p.batches.iter().all(|b| b.len() <= 2), "{:?}", p.batches);
+    // The canary is back: its gate, then the rollout waits on it.
+    let back = committed(&[2]);
+    let gated = next(&p, &s, &back, &cx(2000)).unwrap();
+    assert_eq!((gated.batch, gated.soaking), (0, false));
+    let soaking = next(&gated, &s, &back, &cx(2001)).unwrap();
+    assert_eq!(
+        (
+            soaking.batch,
+            soaking.soaking,
+            soaking.paused,
+            soaking.soak_until_ms
+        ),
+        (1, true, true, 7001)
+    );
+    // Nothing moves while it soaks; at the end of the soak it goes on.
+    assert_eq!(next(&soaking, &s, &back, &cx(7000)), None);
+    let on = next(&soaking, &s, &back, &cx(7001)).unwrap();
+    assert_eq!(
+        (
+            on.batch,
+            on.soaking,
+            on.paused,
+            on.soak_until_ms,
+            on.batch_started_ms
+        ),
+        (1, false, false, 0, 7001)
+    );
+    // Without a soak time, only the operator's resume lets it go on.
+    let forever = ClusterPlan {
+        soak_ms: 0,
+        ..gated.clone()
+    };
+    let held = next(&forever, &s, &back, &cx(2001)).unwrap();
+    assert_eq!((held.soaking, held.soak_until_ms), (true, 0));
+    assert_eq!(next(&held, &s, &back, &cx(100_000_000)), None);
+    // The next batches do not soak.
+    let b1 = committed(&[2, 3, 4]);
+    let mut later = ClusterPlan {
+        batches: vec![vec![2], vec![3, 4], vec![5], vec![1]],
+        ..on
+    };
+    later = next(&later, &s, &b1, &cx(8000)).unwrap();
+    let moved = next(&later, &s, &b1, &cx(8001)).unwrap();
+    assert_eq!(
+        (moved.batch, moved.soaking, moved.paused),
+        (2, false, false)
+    );
+}

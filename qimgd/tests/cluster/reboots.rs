@@ -437,3 +437,138 @@ fn the_client_gone_after_no_monitor_the_cluster_finishes_alone() {
         assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
     }
 }
+
+#[test]
+fn canaries_go_first_soak_then_the_rollout_goes_on_and_a_failing_one_rolls_back_alone() {
+    let Some(c) = cluster_with("can1", 3, 1, "[sim]\nrestripe_ms = 200\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    let coordinator = c.wait_coordinator("can1", Duration::from_secs(20), |_| true);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    // Checked first: a canary needs rolling reboots, fewer than the nodes.
+    for (body, why) in [
+        (
+            json!({"image_path": "/platform.qimg", "canary": 1}),
+            "set do_rolling_reboot",
+        ),
+        (
+            json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "canary": 3}),
+            "canary must be between 1 and 1",
+        ),
+        (
+            json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "soak_secs": 3}),
+            "set canary",
+        ),
+    ] {
+        let (st, r) = clients[0].post("/v2/upgrade/prepare", &body.to_string());
+        assert_eq!(st, 400, "{r}");
+        assert!(r["description"].as_str().unwrap().contains(why), "{r}");
+    }
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "do_rolling_reboot": true, "auto_commit": true,
+                "canary": 1, "soak_secs": 3})
+        .to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    // The canary (never the coordinator's node) goes first; then the rollout
+    // waits, said by the reboot manager, until the soak is over.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut soaked, mut canary) = (None, None);
+    loop {
+        if let Some((200, u)) =
+            (0..3).find_map(|i| clients[i].try_get("/v1/qimg/cluster/upgrade").ok())
+        {
+            if u["soaking"] == true && soaked.is_none() {
+                canary = u["batches"][0][0].as_u64();
+                let r = (0..3).find_map(|i| clients[i].try_get("/v1/shutdown/reboot/status").ok());
+                soaked = Some((Instant::now(), r.map(|(_, r)| r["state"].clone())));
+                // Only the canary runs the new release meanwhile.
+                let on_new = c
+                    .agents
+                    .iter()
+                    .filter(|a| a.node.version().as_deref() == Some("7.1.0"))
+                    .count();
+                assert_eq!(on_new, 1, "{u}");
+            }
+            if u["phase"] == "committed" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the canary rollout did not end:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let (_, reboot_state) = soaked.expect("the rollout soaked on its canary");
+    assert_eq!(reboot_state, Some(json!("REBOOT_PAUSED")));
+    assert_ne!(canary, Some(u64::from(coordinator)));
+    for a in &c.agents {
+        assert_eq!(a.node.version().as_deref(), Some("7.1.0"));
+    }
+    // The history keeps the canary's pause, its end, and the soak's length.
+    let (_, h) = clients[0].get("/v1/qimg/upgrade/history");
+    let pause = &h["upgrades"][0]["pauses"][0];
+    assert_eq!(pause["canary"], true, "{h}");
+    let soak = pause["resumed_ms"].as_u64().unwrap() - pause["at_ms"].as_u64().unwrap();
+    assert!((3000..10_000).contains(&soak), "soaked {soak} ms: {h}");
+    assert_eq!(h["upgrades"][0]["result"], "upgraded");
+}
+
+#[test]
+fn a_failing_canary_rolls_back_alone_and_stops_the_rollout() {
+    let Some(c) = cluster_with("can2", 3, 1, "[sim]\nrestripe_ms = 200\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().panic, c.upgrade.join("panic.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/panic.qimg", "do_rolling_reboot": true, "auto_commit": true, "canary": 1})
+            .to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let h = loop {
+        if let Some((200, h)) =
+            (0..3).find_map(|i| clients[i].try_get("/v1/qimg/upgrade/history").ok())
+            && h["upgrades"][0]["result"].is_string()
+        {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no end:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let r = &h["upgrades"][0];
+    assert_eq!(r["result"], "rolled_back", "{h}");
+    let canary = r["batches"][0][0].as_u64().unwrap() as usize;
+    // Only the canary tried the new release; the others never rebooted.
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.running().slot,
+            bootctl::layout::Slot::A,
+            "node {}",
+            i + 1
+        );
+        let steps: Vec<&str> = r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["id"] == i + 1)
+            .flat_map(|n| n["steps"].as_array().unwrap().iter())
+            .map(|s| s["step"].as_str().unwrap())
+            .collect();
+        let tried = steps.contains(&"committing");
+        assert_eq!(tried, i + 1 == canary, "node {}: {r}", i + 1);
+        if i + 1 != canary {
+            assert_eq!(steps.last(), Some(&"discarded"), "node {}: {r}", i + 1);
+        }
+    }
+    assert!(
+        r["pauses"].as_array().unwrap().is_empty(),
+        "no soak after a failing canary: {r}"
+    );
+}

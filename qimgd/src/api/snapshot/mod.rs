@@ -203,6 +203,9 @@ pub(crate) fn nodes_body(
         target_version: p.target_version.to_string(),
         downtime_ms: p.downtime_ms,
         eta: None,
+        canary: p.canary,
+        soaking: p.soaking,
+        soak_until_ms: p.soak_until_ms,
     }
 }
 
