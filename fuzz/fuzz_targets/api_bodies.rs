@@ -1,6 +1,7 @@
 //! Any bytes as what crosses the agent's API: the request bodies qimgd parses
-//! (login, verify-image, prepare), a bearer token, an `image_path`, an upload's
-//! name and query, a peer's `Range`, and an answer as our client reads it. Nothing panics; a body
+//! (login, verify-image, prepare and preview, assess, a peer's assess), a
+//! bearer token, an `image_path`, an upload's name and query, a peer's
+//! `Range`, and an answer as our client reads it. Nothing panics; a body
 //! either parses (and then round-trips) or is refused with a 400/413 naming the
 //! problem; a token never verifies without the key; a resolved path stays inside
 //! the upgrade directory; an accepted upload name is one plain, visible file name.
@@ -9,7 +10,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use qapi::assess::AssessRequest;
 use qapi::types::{LoginRequest, PrepareRequest, VerifyRequest};
+use qimgd::api::assess::PeerAssessRequest;
 use qimgd::api::body::parse;
 
 fn check<T>(data: &[u8])
@@ -42,6 +45,8 @@ fuzz_target!(|data: &[u8]| {
     check::<LoginRequest>(data);
     check::<VerifyRequest>(data);
     check::<PrepareRequest>(data);
+    check::<AssessRequest>(data);
+    check::<PeerAssessRequest>(data);
     let text = String::from_utf8_lossy(data);
     let key = qimgd::token::TokenKey::from_bytes(&[3; 32]);
     assert!(key.check(&text, 0, u64::MAX).is_err() || text.starts_with("qimgd1."));
