@@ -59,8 +59,15 @@ fn sigterm_during_a_prepare_undoes_it_before_exiting() {
     );
     let why = s["error_info"].as_str().unwrap_or_default();
     assert!(why.contains("cancelled"), "{s}");
-    let (code, up) = c.get("/v1/qimg/cluster/upgrade");
-    assert_eq!(code, 200, "{up}");
+    // The status ends with the node's failure; the plan, once the coordinator
+    // read it (a reconciliation later).
+    let up = c.wait_for(
+        "/v1/qimg/cluster/upgrade",
+        "the plan to end",
+        Duration::from_secs(30),
+        |u| u["phase"] != "discarding",
+        || a.log(),
+    );
     assert_eq!(up["phase"], "failed", "{up}");
     assert_eq!(up["nodes"].as_array().map(Vec::len), Some(1), "{up}");
     assert_eq!(up["nodes"][0]["step"], "failed", "{up}");

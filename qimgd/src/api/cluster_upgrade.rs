@@ -246,7 +246,7 @@ pub(super) async fn nodes(
     );
     let mut body = snapshot::nodes_body(&s, spec(&app), &registered, restriping);
     // The time left, from the cluster's history (the watch's mirror).
-    let history = store(&app)?.history(qcluster::history::KEEP).await?;
+    let history = store(&app)?.history(ETA_HISTORY).await?;
     let record = history.iter().find(|r| r.generation == s.plan.generation);
     let batches = match s.plan.nodes_per_batch {
         Some(k) if s.plan.in_batches() => planned_batches(&app, k).await?.len(),
@@ -255,6 +255,10 @@ pub(super) async fn nodes(
     body.eta = qcluster::eta::eta(&s.plan, record, &history, batches, now);
     Ok(axum::Json(body))
 }
+
+/// How many recent upgrades the time left is measured from (the page asks
+/// every second: not all [`qcluster::history::KEEP`]).
+const ETA_HISTORY: usize = 4 * qcluster::eta::LOOK_BACK;
 
 /// Nodes per batch of a rolling reboot: the request's, else one less than the
 /// node failures the cluster permits (at least 1).
