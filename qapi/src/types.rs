@@ -513,6 +513,19 @@ pub enum PlanPhase {
 }
 
 impl PlanPhase {
+    /// Its name on the wire (`preparing`, `rolling_back`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanPhase::Preparing => "preparing",
+            PlanPhase::Prepared => "prepared",
+            PlanPhase::Committing => "committing",
+            PlanPhase::Committed => "committed",
+            PlanPhase::Discarding => "discarding",
+            PlanPhase::RollingBack => "rolling_back",
+            PlanPhase::Failed => "failed",
+        }
+    }
+
     /// True while the plan is under way (a new one may not start).
     pub fn is_active(self) -> bool {
         matches!(

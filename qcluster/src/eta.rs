@@ -184,12 +184,9 @@ pub fn eta(
         },
         bundle_size: plan.bundle.as_ref().map(|b| b.size),
     };
-    let past: Vec<UpgradeRecord> = history
-        .iter()
-        .filter(|r| r.generation != plan.generation)
-        .cloned()
-        .collect();
-    let mut phases = expected(&shape, &past);
+    // The plan's own record has not ended: `expected` measures only upgrades
+    // that ended well.
+    let mut phases = expected(&shape, history);
     let entered = |p: PlanPhase| record.and_then(|r| r.entered(p));
     let started = entered(PlanPhase::Preparing)
         .or_else(|| plan.started.as_ref().map(|s| s.at_ms))

@@ -196,11 +196,7 @@ mod version_or_empty {
 }
 
 /// Now, in Unix milliseconds (the plan's times).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use qutil::now_ms;
 
 /// The batches of a rolling reboot: `k` nodes at a time (at least 1), never more
 /// than a minority of the etcd voters in one batch, the coordinator's node in the

@@ -223,7 +223,7 @@ pub fn entry(e: &Event) -> Vec<u8> {
         field("QIMG_FROM_VERSION", v);
     }
     if let Some(p) = e.phase {
-        field("QIMG_PHASE", &json_name(&p));
+        field("QIMG_PHASE", p.name());
     }
     if let Some(n) = e.node {
         field("QIMG_NODE", &n.to_string());
@@ -235,14 +235,6 @@ pub fn entry(e: &Event) -> Vec<u8> {
         field("QIMG_RESULT", r.name());
     }
     out
-}
-
-/// A unit enum's serde name.
-fn json_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// Reads the native protocol back (for tests): the fields of one entry.

@@ -326,11 +326,13 @@ fn preview_text(p: &qapi::history::Preview) -> String {
         let _ = writeln!(s, "  reboots: {}", order.join(" then "));
     }
     for ph in &p.phases {
-        let name = serde_json::to_value(ph.phase)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let _ = writeln!(s, "  {name}: about {} ({})", took(ph.expected_ms), ph.basis);
+        let _ = writeln!(
+            s,
+            "  {}: about {} ({})",
+            ph.phase.name(),
+            took(ph.expected_ms),
+            ph.basis
+        );
     }
     let _ = writeln!(s, "  in all: about {}", took(p.total_ms));
     let _ = writeln!(

@@ -41,16 +41,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     if a.json {
         qutil::cli::print_json(&h)?;
     } else {
-        qutil::cli::out(&table(&h.upgrades, now_ms()))?;
+        qutil::cli::out(&table(&h.upgrades, qutil::now_ms()))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Now, in Unix ms.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The history for people: a line per upgrade, then its nodes, pauses and reason.

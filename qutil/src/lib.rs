@@ -15,6 +15,13 @@ pub mod process;
 pub mod progress;
 pub mod require;
 
+/// Now, in Unix milliseconds (a cluster's plans, records and clocks).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// An error and its causes on one line, `: `-separated (each part once, since no
 /// message repeats its source).
 pub fn chain(e: &dyn std::error::Error) -> String {

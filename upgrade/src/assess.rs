@@ -33,9 +33,7 @@ pub fn assess(agent: &Agent, path: &Path, full: bool, id: Option<u32>) -> NodeAs
         checks: vec![],
     };
     out.checks = checks(agent, path, full, id, &mut out);
-    out.now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    out.now_ms = qutil::now_ms();
     out
 }
 

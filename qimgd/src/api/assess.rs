@@ -185,8 +185,8 @@ async fn peers(app: &Shared, asked: &PeerAssessRequest) -> Vec<(u32, PeerAnswer)
                 }
                 let a: NodeAssessment =
                     serde_json::from_slice(&r.body).map_err(|e| format!("its answer: {e}"))?;
-                let mid = t0 + spread;
-                Ok((a.clone(), a.now_ms as i64 - mid as i64, spread))
+                let skew = a.now_ms as i64 - (t0 + spread) as i64;
+                Ok((a, skew, spread))
             }),
         ));
     }

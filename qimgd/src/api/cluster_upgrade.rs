@@ -245,14 +245,22 @@ pub(super) async fn nodes(
         matches!(app.safety, crate::restriper::Source::Simulated { .. }),
     );
     let mut body = snapshot::nodes_body(&s, spec(&app), &registered, restriping);
-    // The time left, from the cluster's history (the watch's mirror).
-    let history = store(&app)?.history(ETA_HISTORY).await?;
-    let record = history.iter().find(|r| r.generation == s.plan.generation);
-    let batches = match s.plan.nodes_per_batch {
-        Some(k) if s.plan.in_batches() => planned_batches(&app, k).await?.len(),
-        _ => 1,
-    };
-    body.eta = qcluster::eta::eta(&s.plan, record, &history, batches, now);
+    // The time left while it runs, from the cluster's history (the watch's
+    // mirror); the batches a rolling commit will have, until it sets them.
+    if matches!(
+        s.plan.phase,
+        PlanPhase::Preparing | PlanPhase::Prepared | PlanPhase::Committing
+    ) {
+        let history = store(&app)?.history(ETA_HISTORY).await?;
+        let record = history.iter().find(|r| r.generation == s.plan.generation);
+        let batches = match s.plan.nodes_per_batch {
+            Some(k) if s.plan.in_batches() && s.plan.batches.is_empty() => {
+                planned_batches(&app, k).await?.len()
+            }
+            _ => 1,
+        };
+        body.eta = qcluster::eta::eta(&s.plan, record, &history, batches, now);
+    }
     Ok(axum::Json(body))
 }
 
