@@ -311,6 +311,16 @@ pub struct Event {
     pub message: String,
 }
 
+/// An upgrade's kind in words: `instant`, `platform, rolling reboots`,
+/// `platform, every node at once` (`rolling` counts for a platform upgrade only).
+pub fn how(mode: PlanMode, rolling: bool) -> &'static str {
+    match (mode, rolling) {
+        (PlanMode::Instant, _) => "instant",
+        (PlanMode::Platform, true) => "platform, rolling reboots",
+        (PlanMode::Platform, false) => "platform, every node at once",
+    }
+}
+
 /// A duration as people say it: `1 h 2 min 3 s`, `4 min 5 s`, `6.7 s`.
 pub fn took(ms: u64) -> String {
     let s = ms / 1000;

@@ -38,11 +38,7 @@ pub fn advance(
                 .as_ref()
                 .map(|s| format!(" by {} from {}", s.by, s.from))
                 .unwrap_or_default();
-            let how = match (plan.mode, plan.in_batches()) {
-                (qapi::types::PlanMode::Platform, true) => "platform, rolling reboots",
-                (qapi::types::PlanMode::Platform, false) => "platform, every node at once",
-                (qapi::types::PlanMode::Instant, _) => "instant",
-            };
+            let how = qapi::history::how(plan.mode, plan.in_batches());
             events.push(event(
                 &r,
                 EventKind::Started,
@@ -67,19 +63,17 @@ pub fn advance(
         .filter(|(_, rep)| rep.generation == plan.generation)
     {
         let at_ms = if rep.at_ms == 0 { now_ms } else { rep.at_ms };
-        let i = match r.nodes.iter().position(|n| n.id == *id) {
-            Some(i) => i,
-            None => {
-                r.nodes.push(NodeRecord {
-                    id: *id,
-                    steps: vec![],
-                    error: None,
-                });
-                r.nodes.sort_by_key(|n| n.id);
-                r.nodes.iter().position(|n| n.id == *id)?
-            }
+        if !r.nodes.iter().any(|n| n.id == *id) {
+            r.nodes.push(NodeRecord {
+                id: *id,
+                steps: vec![],
+                error: None,
+            });
+            r.nodes.sort_by_key(|n| n.id);
+        }
+        let Some(node) = r.nodes.iter_mut().find(|n| n.id == *id) else {
+            continue;
         };
-        let node = &mut r.nodes[i];
         if node.outcome() == Some(rep.step) {
             continue;
         }

@@ -308,11 +308,7 @@ fn dry_run(remote: &Remote, body: &qapi::types::PrepareRequest, json: bool) -> R
 fn preview_text(p: &qapi::history::Preview) -> String {
     use qapi::history::took;
     use std::fmt::Write as _;
-    let how = match (p.mode, p.rolling) {
-        (qapi::types::PlanMode::Instant, _) => "instant: the container restarts on every node",
-        (_, true) => "platform, rolling reboots",
-        (_, false) => "platform, every node reboots at once",
-    };
+    let how = qapi::history::how(p.mode, p.rolling);
     let mut s = String::new();
     let _ = writeln!(
         s,

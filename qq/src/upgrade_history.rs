@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use qapi::history::{HISTORY_SCHEMA, UpgradeHistory, UpgradeRecord, took, utc};
-use qapi::types::PlanMode;
 
 use crate::Ctx;
 
@@ -53,11 +52,7 @@ pub fn table(upgrades: &[UpgradeRecord], now_ms: u64) -> String {
     }
     let mut s = String::new();
     for r in upgrades {
-        let how = match (r.mode, r.rolling) {
-            (PlanMode::Instant, _) => "instant",
-            (PlanMode::Platform, true) => "platform, rolling",
-            (PlanMode::Platform, false) => "platform, all at once",
-        };
+        let how = qapi::history::how(r.mode, r.rolling);
         let result = r.result.map_or("under way", |x| x.name());
         let _ = writeln!(
             s,

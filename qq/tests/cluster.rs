@@ -279,7 +279,7 @@ fn history_of_the_rolling_upgrade(qq: &dyn Fn(&[&str]) -> std::process::Output, 
     let o = qq(&["upgrade_history"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.contains("upgrade 1: 7.0.0 -> 7.1.0 (platform, rolling): upgraded"),
+        text.contains("upgrade 1: 7.0.0 -> 7.1.0 (platform, rolling reboots): upgraded"),
         "{text}"
     );
     assert!(text.contains("node 3: "), "{text}");
