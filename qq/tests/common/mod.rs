@@ -475,9 +475,16 @@ impl Journal {
             let mut buf = vec![0; 256 << 10];
             while !st.load(std::sync::atomic::Ordering::SeqCst) {
                 if let Ok(n) = s.recv(&mut buf) {
-                    let fields = qimgd::events::parse_entry(&buf[..n])
-                        .expect("an entry in the journal's native protocol");
-                    e.lock().unwrap().push(fields.into_iter().collect());
+                    // Kept either way: a panic here would only stop the
+                    // collecting, and the test would fail on a missing event.
+                    let entry = match qimgd::events::parse_entry(&buf[..n]) {
+                        Some(fields) => fields.into_iter().collect(),
+                        None => HashMap::from([(
+                            "UNREADABLE".to_string(),
+                            String::from_utf8_lossy(&buf[..n]).into_owned(),
+                        )]),
+                    };
+                    e.lock().unwrap().push(entry);
                 }
             }
         });
@@ -494,20 +501,24 @@ impl Journal {
         format!("journal_socket = \"{}\"\n", self.path.display())
     }
 
-    /// The entries of one event kind (`QIMG_EVENT`), in the order received.
+    /// The entries of one event kind (`QIMG_EVENT`), in the order received;
+    /// an entry not in the journal's native protocol fails the test.
     pub fn events(&self, kind: &str) -> Vec<HashMap<String, String>> {
-        self.entries
-            .lock()
-            .unwrap()
+        self.all()
             .iter()
             .filter(|e| e.get("QIMG_EVENT").map(String::as_str) == Some(kind))
             .cloned()
             .collect()
     }
 
-    /// Every entry received.
+    /// Every entry received; one not in the journal's native protocol fails
+    /// the test.
     pub fn all(&self) -> Vec<HashMap<String, String>> {
-        self.entries.lock().unwrap().clone()
+        let all = self.entries.lock().unwrap().clone();
+        if let Some(bad) = all.iter().find_map(|e| e.get("UNREADABLE")) {
+            panic!("an entry not in the journal's native protocol: {bad:?}");
+        }
+        all
     }
 }
 
