@@ -160,11 +160,16 @@ impl TokenKey {
         now: u64,
         max_lifetime: u64,
     ) -> Result<Claims, Rejected> {
-        let c = self.check(token, now, max_lifetime)?;
-        match users.get(&c.user) {
-            Some(u) if u.changed <= c.iat => Ok(c),
-            _ => Err(Rejected::Revoked),
-        }
+        admit(self.check(token, now, max_lifetime)?, users)
+    }
+}
+
+/// The claims of a checked token ([`TokenKey::check`]), if their user still
+/// exists with the password the token was issued under.
+pub fn admit(c: Claims, users: &Users) -> Result<Claims, Rejected> {
+    match users.get(&c.user) {
+        Some(u) if u.changed <= c.iat => Ok(c),
+        _ => Err(Rejected::Revoked),
     }
 }
 

@@ -169,16 +169,16 @@ async fn authenticate(
             .ok_or_else(|| {
                 ApiError::unauthorized("Need to log in first to establish credentials.")
             })?;
-        let users = users(&app).await?;
+        let refused =
+            |r: crate::token::Rejected| ApiError::unauthorized(format!("{r}: log in again"));
         let claims = app
             .key
-            .authenticate(
-                token,
-                &users,
-                upgrade::now(),
-                app.config.token_lifetime_secs,
-            )
-            .map_err(|r| ApiError::unauthorized(format!("{r}: log in again")))?;
+            .check(token, upgrade::now(), app.config.token_lifetime_secs)
+            .map_err(refused)?;
+        // Only a token this cluster signed may make the node ask etcd again
+        // for a user its mirror does not know yet.
+        let users = users_knowing(&app, &claims.user).await?;
+        let claims = crate::token::admit(claims, &users).map_err(refused)?;
         user = Some(claims.user);
     }
     let who = user.map_or_else(|| "local root".to_string(), |u| format!("user {u:?}"));
