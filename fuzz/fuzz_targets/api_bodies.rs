@@ -1,5 +1,6 @@
 //! Any bytes as what crosses the agent's API: the request bodies qimgd parses
-//! (login, verify-image, prepare and preview, assess, a peer's assess), a
+//! (login, verify-image, prepare and preview, assess, a peer's assess, a
+//! rollback), a
 //! bearer token, an `image_path`, an upload's name and query, a peer's
 //! `Range`, and an answer as our client reads it. Nothing panics; a body
 //! either parses (and then round-trips) or is refused with a 400/413 naming the
@@ -11,6 +12,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use qapi::assess::AssessRequest;
+use qapi::rollback::RollbackRequest;
 use qapi::types::{LoginRequest, PrepareRequest, VerifyRequest};
 use qimgd::api::assess::PeerAssessRequest;
 use qimgd::api::body::parse;
@@ -47,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
     check::<PrepareRequest>(data);
     check::<AssessRequest>(data);
     check::<PeerAssessRequest>(data);
+    check::<RollbackRequest>(data);
     let text = String::from_utf8_lossy(data);
     let key = qimgd::token::TokenKey::from_bytes(&[3; 32]);
     assert!(key.check(&text, 0, u64::MAX).is_err() || text.starts_with("qimgd1."));

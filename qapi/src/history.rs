@@ -16,17 +16,7 @@ pub const EVENT_SCHEMA: &str = "qimg.upgrade_event/1";
 /// The schema of [`Preview`].
 pub const PREVIEW_SCHEMA: &str = "qimg.upgrade_preview/1";
 
-/// Who asked for an upgrade, and when: written into the plan by the node that
-/// accepted the prepare.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Started {
-    /// Unix ms.
-    pub at_ms: u64,
-    /// `user "admin"`, `local root`, …
-    pub by: String,
-    /// The caller's address, or `the local socket (uid N)`.
-    pub from: String,
-}
+pub use crate::who::Started;
 
 /// A plan phase and when the cluster entered it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +77,8 @@ pub struct Pause {
 pub enum UpgradeResult {
     /// Every node runs the new release.
     Upgraded,
-    /// A node failed its commit and the nodes that had committed went back: the
-    /// cluster runs the release it ran before.
+    /// The nodes that had committed went back (a node failed its commit, or
+    /// the operator asked): the cluster runs the release it ran before.
     RolledBack,
     /// Ended without committing (a prepare failed, or the rollout stopped).
     Failed,
@@ -154,6 +144,12 @@ pub struct UpgradeRecord {
     /// The bundle's size in bytes (what a prepare's rate is measured over).
     #[serde(default)]
     pub bundle_size: Option<u64>,
+    /// Who finalized it, when (`None`: not finalized, or before this was kept).
+    #[serde(default)]
+    pub finalized: Option<Started>,
+    /// Who rolled it back after it committed, when.
+    #[serde(default)]
+    pub rollback: Option<Started>,
 }
 
 impl UpgradeRecord {
@@ -239,17 +235,20 @@ pub enum EventKind {
     Resumed,
     /// The upgrade ended (`result`).
     Finished,
+    /// The committed upgrade was finalized: no rollback any more.
+    Finalized,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Started,
         EventKind::Phase,
         EventKind::NodeStep,
         EventKind::Paused,
         EventKind::Resumed,
         EventKind::Finished,
+        EventKind::Finalized,
     ];
 
     /// Its name on the wire and in the journal's `QIMG_EVENT`.
@@ -261,6 +260,7 @@ impl EventKind {
             EventKind::Paused => "paused",
             EventKind::Resumed => "resumed",
             EventKind::Finished => "finished",
+            EventKind::Finalized => "finalized",
         }
     }
 
@@ -274,6 +274,7 @@ impl EventKind {
             EventKind::Paused => "1b8401d84a914636813af712cfe0b922",
             EventKind::Resumed => "13a0cc8a5f9e4425aff201dac392e425",
             EventKind::Finished => "9f216528d2994a93841cb349026591c2",
+            EventKind::Finalized => "c3d87a0e5b2f4f6c9e41d7a6f0b8e312",
         }
     }
 }
@@ -425,6 +426,12 @@ mod tests {
             ended_ms: Some(61_000),
             downtime_ms: None,
             bundle_size: Some(1 << 20),
+            finalized: Some(Started {
+                at_ms: 70_000,
+                by: "user \"admin\"".into(),
+                from: "127.0.0.1".into(),
+            }),
+            rollback: None,
         };
         let back: UpgradeRecord =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();

@@ -3,7 +3,8 @@
 //! documented API; [`status`], the v1 status body and the engine's phases,
 //! error states and modes; [`history`], the cluster's upgrade records and
 //! events; [`overview`], the Web UI's one body; [`assess`], the checks before
-//! an upgrade), a small blocking HTTPS/Unix-socket client ([`client`]) that
+//! an upgrade; [`rollback`], an upgrade's rollback on demand and its
+//! finalize; [`who`], who asked for what the cluster records), a small blocking HTTPS/Unix-socket client ([`client`]) that
 //! behaves as Qumulo's client does, and the credentials file ([`credentials`]).
 //! It does not depend on the engine: clients link it without linking a node.
 #![deny(missing_docs)]
@@ -14,8 +15,10 @@ pub mod credentials;
 pub mod error;
 pub mod history;
 pub mod overview;
+pub mod rollback;
 pub mod status;
 pub mod types;
+pub mod who;
 
 pub use client::{Client, Options, Target};
 pub use error::{Error, ErrorBody};

@@ -57,12 +57,14 @@ fn median(mut v: Vec<u64>) -> Option<u64> {
 }
 
 /// The expected preparing and committing of `shape`, from `history` (newest
-/// first; only upgrades that ended well are measured).
+/// first; only upgrades that committed on every node are measured: those that
+/// ended well, and those the operator rolled back after they had).
 pub fn expected(shape: &Shape, history: &[UpgradeRecord]) -> Vec<PhaseEta> {
     let good = || {
-        history
-            .iter()
-            .filter(|r| r.result == Some(UpgradeResult::Upgraded))
+        history.iter().filter(|r| {
+            r.result == Some(UpgradeResult::Upgraded)
+                || (r.result == Some(UpgradeResult::RolledBack) && r.rollback.is_some())
+        })
     };
     // A prepare's rate, in bytes per second, over the bundle's size.
     let rates: Vec<u64> = good()

@@ -25,7 +25,13 @@ pub fn advance(
     now_ms: u64,
 ) -> Option<(UpgradeRecord, Vec<Event>)> {
     let prev = prev.filter(|r| r.generation == plan.generation);
-    if prev.is_some_and(|r| r.result.is_some()) {
+    // An ended record goes on only for what follows a commit: its finalize,
+    // or its rollback on demand.
+    if prev.is_some_and(|r| {
+        r.result.is_some()
+            && r.finalized == plan.finalized
+            && r.phases.last().map(|p| p.phase) == Some(plan.phase)
+    }) {
         return None;
     }
     let mut events = vec![];
@@ -51,6 +57,26 @@ pub fn advance(
             r
         }
     };
+    if plan.phase == PlanPhase::RollingBack && r.result.is_some() {
+        // The operator rolls the upgrade back: under way again.
+        r.result = None;
+        r.ended_ms = None;
+    }
+    r.rollback.clone_from(&plan.rollback);
+    if plan.finalized.is_some() && r.finalized.is_none() {
+        r.finalized.clone_from(&plan.finalized);
+        let f = plan.finalized.as_ref().map(|f| (f.at_ms, f.by.clone()));
+        let (at_ms, by) = f.unwrap_or_default();
+        events.push(event(
+            &r,
+            EventKind::Finalized,
+            at_ms,
+            format!(
+                "upgrade {} finalized by {by}: the cluster keeps {} (no rollback any more)",
+                r.generation, r.to_version
+            ),
+        ));
+    }
     if !plan.batches.is_empty() && r.batches != plan.batches {
         r.batches = plan.batches.clone();
     }
@@ -109,15 +135,16 @@ pub fn advance(
             phase: plan.phase,
             at_ms: now_ms,
         });
-        if !matches!(plan.phase, PlanPhase::Committed | PlanPhase::Failed) {
+        if !plan.phase.ended() {
             let mut e = event(
                 &r,
                 EventKind::Phase,
                 now_ms,
-                format!("upgrade {}: {}", r.generation, phase_words(plan.phase)),
+                format!("upgrade {}: {}", r.generation, phase_words(plan)),
             );
             e.phase = Some(plan.phase);
-            e.warning = matches!(plan.phase, PlanPhase::Discarding | PlanPhase::RollingBack);
+            e.warning = matches!(plan.phase, PlanPhase::Discarding)
+                || (plan.phase == PlanPhase::RollingBack && plan.rollback.is_none());
             events.push(e);
         }
     }
@@ -167,16 +194,22 @@ pub fn advance(
             ));
         }
     }
-    if matches!(plan.phase, PlanPhase::Committed | PlanPhase::Failed) {
+    if plan.phase.ended() && r.result.is_none() {
         let result = match plan.phase {
             PlanPhase::Committed => UpgradeResult::Upgraded,
-            _ if r.phases.iter().any(|p| p.phase == PlanPhase::RollingBack) => {
+            PlanPhase::RolledBack => UpgradeResult::RolledBack,
+            _ if plan.rollback.is_none()
+                && r.phases.iter().any(|p| p.phase == PlanPhase::RollingBack) =>
+            {
                 UpgradeResult::RolledBack
             }
             _ => UpgradeResult::Failed,
         };
         r.result = Some(result);
-        r.reason.clone_from(&plan.error);
+        r.reason = match plan.phase {
+            PlanPhase::RolledBack => Some(plan.rollback_reason()),
+            _ => plan.error.clone(),
+        };
         r.ended_ms = Some(now_ms);
         let took = took(r.elapsed_ms(now_ms));
         let mut e = event(
@@ -200,7 +233,7 @@ pub fn advance(
             },
         );
         e.result = Some(result);
-        e.warning = result != UpgradeResult::Upgraded;
+        e.warning = result != UpgradeResult::Upgraded && plan.phase != PlanPhase::RolledBack;
         events.push(e);
     }
     if prev == Some(&r) {
@@ -233,6 +266,8 @@ fn begin(plan: &ClusterPlan, now_ms: u64) -> UpgradeRecord {
         result: None,
         reason: None,
         ended_ms: None,
+        finalized: None,
+        rollback: None,
         downtime_ms: None,
         bundle_size: plan.bundle.as_ref().map(|b| b.size),
     }
@@ -255,8 +290,11 @@ fn event(r: &UpgradeRecord, kind: EventKind, at_ms: u64, message: String) -> Eve
     }
 }
 
-fn phase_words(p: PlanPhase) -> &'static str {
-    match p {
+fn phase_words(plan: &ClusterPlan) -> &'static str {
+    match plan.phase {
+        PlanPhase::RollingBack if plan.rollback.is_some() => {
+            "the operator rolls the upgrade back: every node goes back to the release it ran"
+        }
         PlanPhase::Preparing => "every node prepares",
         PlanPhase::Prepared => "every node prepared: ready to commit",
         PlanPhase::Committing => "the nodes commit",
@@ -264,6 +302,7 @@ fn phase_words(p: PlanPhase) -> &'static str {
         PlanPhase::Discarding => "a node failed: every node discards what it prepared",
         PlanPhase::RollingBack => "a node failed its commit: the nodes that committed go back",
         PlanPhase::Failed => "ended without committing",
+        PlanPhase::RolledBack => "every node runs the release it ran before",
     }
 }
 

@@ -88,6 +88,22 @@ pub struct ClusterPlan {
     /// The rollout waits on its canaries (a pause that is not an error).
     #[serde(default)]
     pub soaking: bool,
+    /// When every node had committed (Unix ms; 0: not yet).
+    #[serde(default)]
+    pub committed_ms: u64,
+    /// How long after `committed_ms` the upgrade finalizes by itself (`None`:
+    /// only when asked; `Some(0)`: at once).
+    #[serde(default)]
+    pub auto_finalize_ms: Option<u64>,
+    /// Who finalized it (the previous release may then be overwritten: no
+    /// rollback any more, a new prepare may start).
+    #[serde(default)]
+    pub finalized: Option<qapi::history::Started>,
+    /// Who rolled the committed upgrade back (the phase is then `RollingBack`,
+    /// then `RolledBack`); `None`: nobody asked (a rollback after a node's
+    /// failure is the plan's own).
+    #[serde(default)]
+    pub rollback: Option<qapi::history::Started>,
 }
 
 impl ClusterPlan {
@@ -125,6 +141,42 @@ impl ClusterPlan {
             soak_ms: 0,
             soak_until_ms: 0,
             soaking: false,
+            committed_ms: 0,
+            auto_finalize_ms: None,
+            finalized: None,
+            rollback: None,
+        }
+    }
+
+    /// Every node committed and nobody finalized it: it may be rolled back,
+    /// and no new upgrade may be prepared.
+    pub fn finalizable(&self) -> bool {
+        self.phase == PlanPhase::Committed && self.finalized.is_none()
+    }
+
+    /// When it finalizes by itself (Unix ms), if it will.
+    pub fn auto_finalize_at_ms(&self) -> Option<u64> {
+        let after = self.auto_finalize_ms?;
+        (self.finalizable() && self.committed_ms != 0)
+            .then(|| self.committed_ms.saturating_add(after))
+    }
+
+    /// Why the nodes go back: the operator's request, or the node that failed.
+    pub fn rollback_reason(&self) -> String {
+        match (&self.rollback, &self.error) {
+            (Some(s), _) => format!("rolled back on request by {} from {}", s.by, s.from),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "another node failed its commit".into(),
+        }
+    }
+
+    /// What the API says of its rollback window.
+    pub fn finality(&self) -> qapi::rollback::Finality {
+        qapi::rollback::Finality {
+            finalizable: self.finalizable(),
+            finalized: self.finalized.clone(),
+            auto_finalize_at_ms: self.auto_finalize_at_ms(),
+            rollback: self.rollback.clone(),
         }
     }
 

@@ -198,6 +198,19 @@ fn one_command_platform_upgrade_and_no_monitor() {
     let s = a.wait_status(&c, "the instant upgrade", Duration::from_secs(60), finished);
     assert_eq!(s["settings"]["auto_commit"], true, "{s}");
     assert_eq!(a.node.container().as_deref(), Some("7.0.1"));
+    // The next upgrade waits until this one is finalized: Qumulo's client is
+    // told why, and goes on once it is.
+    let path = a.place(&b.platform);
+    let o = a.qumulo(&qq, &["upgrade_cluster", "--path", &path]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(said.contains("is not finalized"), "{said}");
+    let (st, f) = c.post("/v1/qimg/upgrade/finalize", "");
+    assert_eq!(
+        (st, &f["finalizable"]),
+        (200, &serde_json::json!(false)),
+        "{f}"
+    );
 
     // One command, prepare then commit, through the reboot: losing the rebooting
     // node is not an error for the client.

@@ -153,6 +153,33 @@ fn log_in_refused_bundle_instant_upgrade_then_a_blocked_one() {
         assert!(!b.shown("#history-empty").await);
         b.shot("instant-done").await;
 
+        // Until it is finalized, the upgrade may be rolled back and no other
+        // starts: the page offers both, and Finalize ends that.
+        let t = b
+            .wait_text(
+                "#finality-text",
+                "Until you finalize it, the cluster can be rolled back to 7.0.0",
+                STEP_LIMIT,
+            )
+            .await;
+        assert!(t.contains("once it is finalized"), "{t}");
+        assert!(b.shown("#rollback").await && b.shown("#finalize").await);
+        assert!(
+            !b.enabled("#upgrade-button").await,
+            "the next upgrade waits"
+        );
+        assert!(!b.shown("#blocked").await, "the box says why, not a banner");
+        b.shot("finalizable").await;
+        b.click("#finalize").await;
+        b.wait_text(
+            "#success",
+            &format!("Finalized by user {USER:?}."),
+            STEP_LIMIT,
+        )
+        .await;
+        assert!(!b.shown("#finality").await);
+        assert!(b.enabled("#upgrade-button").await);
+
         // A release that asks for a settle period after the last upgrade: blocked,
         // until a time shown in the browser's time zone (not Unix seconds).
         b.fill("#path", "settle.qimg").await;
@@ -362,10 +389,65 @@ fn rolling_reboot_goes_on_from_another_node_when_the_page_s_node_reboots() {
             |t| t.lines().filter(|l| l.contains(" online 7.1.0 B ")).count() == 3,
         )
         .await;
+
+        // Not finalized: rolled back from the page, a node at a time, under
+        // the same gate; the page follows it to the end on whichever node.
+        b.wait_text("#finality-text", "can be rolled back to 7.0.0", STEP_LIMIT)
+            .await;
+        b.click("#rollback").await;
+        b.wait_text("#rb-title", "Roll back to 7.0.0?", STEP_LIMIT)
+            .await;
+        assert!(
+            b.shown("#rb-choice").await,
+            "a platform upgrade: how they reboot"
+        );
+        assert_eq!(
+            b.c.execute(
+                "return document.getElementById('rb-rolling').checked",
+                vec![]
+            )
+            .await
+            .unwrap(),
+            serde_json::Value::Bool(true),
+            "a few at a time unless chosen otherwise"
+        );
+        b.shot("rollback-dialog").await;
+        b.click("#rb-start").await;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let mut saw_rolling_back = false;
+        loop {
+            if let Some(t) = b.text("#success").await
+                && t.contains("The cluster was rolled back to 7.0.0")
+            {
+                assert!(t.contains(&format!("asked by user {USER:?}")), "{t}");
+                break;
+            }
+            saw_rolling_back |= b
+                .text("#phase-title")
+                .await
+                .is_some_and(|t| t == "Rolling back");
+            assert!(
+                Instant::now() < deadline,
+                "not rolled back within 240 s; the page shows {:?}\n{}",
+                b.text("main").await,
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(saw_rolling_back, "the page showed the rollback under way");
+        assert!(!b.shown("#problem").await, "asked for: not a problem");
+        b.wait_for(
+            "every node on 7.0.0 from slot A",
+            STEP_LIMIT,
+            "#nodes tbody",
+            |t| t.lines().filter(|l| l.contains(" online 7.0.0 A ")).count() == 3,
+        )
+        .await;
+        b.shot("rolled-back").await;
     });
-    assert_eq!(versions(&c), ["7.1.0", "7.1.0", "7.1.0"], "{}", c.logs());
+    assert_eq!(versions(&c), ["7.0.0", "7.0.0", "7.0.0"], "{}", c.logs());
     for a in &c.agents {
-        assert_eq!(a.node.running().slot, bootctl::layout::Slot::B);
+        assert_eq!(a.node.running().slot, bootctl::layout::Slot::A);
     }
 }
 

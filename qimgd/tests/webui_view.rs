@@ -93,6 +93,19 @@ fn the_page_decides_what_to_show_from_one_overview() {
     committed["downtime_ms"] = json!(57);
     let mut restriping = plan("committing", plan_nodes());
     restriping["restriping"] = json!(true);
+    let admin = json!({"at_ms": 1_000_000, "by": "user \"admin\"", "from": "10.1.2.3"});
+    let mut finalizable = committed.clone();
+    finalizable["finality"] = json!({"finalizable": true});
+    let mut finalized = committed.clone();
+    finalized["finality"] = json!({"finalizable": false, "finalized": admin});
+    let mut asked_back = plan("rolling_back", plan_nodes());
+    asked_back["finality"] = json!({"finalizable": false, "rollback": admin});
+    let mut rolled_back = plan("rolled_back", plan_nodes());
+    rolled_back["finality"] = json!({"finalizable": false, "rollback": admin});
+    let mut rollback_failed = plan("failed", plan_nodes());
+    rollback_failed["finality"] = json!({"finalizable": false, "rollback": admin});
+    let not_finalized = json!({"is_blocked": true, "cluster_degraded": false,
+        "blocked_reason": "the upgrade to 7.1.0 (plan 4) is not finalized"});
     // (what, overview, the fields of the view it must have)
     let rows: Vec<(&str, Value, Value)> = vec![
         (
@@ -183,6 +196,56 @@ fn the_page_decides_what_to_show_from_one_overview() {
                                 "bar": {"max": 3, "value": 0}}}),
         ),
         (
+            "committed, not finalized: finalize and roll back offered, no blocked banner",
+            overview(
+                idle.clone(),
+                finalizable,
+                Value::Null,
+                not_finalized.clone(),
+            ),
+            json!({"startForm": true, "upgradeDisabled": true, "blocked": "", "rollbackTo": "7.0.0",
+                   "success": "You have successfully upgraded from 7.0.0 to 7.1.0. Cluster downtime: 57 ms.",
+                   "finality": "Until you finalize it, the cluster can be rolled back to 7.0.0; a new upgrade can start once it is finalized."}),
+        ),
+        (
+            "finalized: said, no buttons",
+            overview(idle.clone(), finalized, Value::Null, not_blocked()),
+            json!({"finality": "", "rollbackTo": null, "upgradeDisabled": false,
+                   "success": "You have successfully upgraded from 7.0.0 to 7.1.0. Cluster downtime: 57 ms. Finalized by user \"admin\"."}),
+        ),
+        (
+            "rolling back on request: progress, not a problem",
+            overview(
+                status("UPGRADE_STATE_COMMITTING", Some(100), None),
+                asked_back,
+                reboot("REBOOT_IN_PROGRESS", 1, ""),
+                not_blocked(),
+            ),
+            json!({"startForm": false, "problem": "", "finality": "",
+                   "progress": {"title": "Rolling back", "text": "Rebooted 1 of 3 nodes; batch 2 of 3: n2.",
+                                "bar": {"max": 3, "value": 1}}}),
+        ),
+        (
+            "rolled back on request: who asked, the release it runs",
+            overview(idle.clone(), rolled_back, Value::Null, not_blocked()),
+            json!({"startForm": true, "problem": "", "progress": null, "finality": "",
+                   "success": "The cluster was rolled back to 7.0.0 (asked by user \"admin\")."}),
+        ),
+        (
+            "a rollback on request that failed: said as the rollback's",
+            overview(
+                status(
+                    "UPGRADE_STATE_IDLE",
+                    None,
+                    Some("the rollback failed on node n3: boom"),
+                ),
+                rollback_failed,
+                Value::Null,
+                not_blocked(),
+            ),
+            json!({"problem": "The rollback did not complete: the rollback failed on node n3: boom"}),
+        ),
+        (
             "failed: every node back, in words",
             overview(
                 status("UPGRADE_STATE_IDLE", None, Some("node 3: boom")),
@@ -240,11 +303,15 @@ fn the_page_decides_what_to_show_from_one_overview() {
         // The history: a row per upgrade as the agent lists them (newest
         // first), who started it, its result and why, how long it took; one
         // under way counts to now.
+        let mut asked_for = record(6, Some("rolled_back"), Some("rolled back on request"), 1_000);
+        asked_for["generation"] = json!(2);
+        asked_for["rollback"] = json!({"at_ms": 1, "by": "user \"admin\"", "from": "10.1.2.3"});
         let mut o = overview(idle.clone(), Value::Null, Value::Null, not_blocked());
         o["history"] = json!({"schema": "qimg.upgrade_history/1", "upgrades": [
             record(5, None, None, 1_000_000),
             record(4, Some("rolled_back"), Some("node 3 failed its commit"), 400_000),
             record(3, Some("upgraded"), None, 65_500),
+            asked_for,
         ]});
         let got =
             b.c.execute("return window.qimgView(arguments[0], 1030000);", vec![o])
@@ -279,6 +346,12 @@ fn the_page_decides_what_to_show_from_one_overview() {
                     json!("upgraded"),
                     json!(false),
                     json!("1 min 5 s")
+                ),
+                (
+                    json!("#2"),
+                    json!("rolled back: rolled back on request"),
+                    json!(false),
+                    json!("1.0 s")
                 ),
             ]
         );

@@ -142,7 +142,10 @@ async function refresh() {
   current = o.version ? o.version.build_id : null;
   const known = (o.nodes || []).filter((n) => n.api_address).map((n) => ({ name: n.node_name, address: n.api_address }));
   if (known.length) sessionStorage.setItem(NODES, JSON.stringify(known));
-  paint(view(o));
+  const v = view(o);
+  rollbackTo = v.rollbackTo;
+  rollbackPlatform = !!(o.plan && o.plan.mode === "platform" && (o.nodes || []).length > 1);
+  paint(v);
   $("updated").textContent = "Updated " + new Date().toLocaleTimeString();
 }
 
@@ -222,7 +225,8 @@ function historyView(r, nowMs) {
     versions: (r.from_version || "?") + " → " + r.to_version,
     mode,
     result,
-    resultBad: !!r.result && r.result !== "upgraded",
+    // A rollback the operator asked for is not a failure.
+    resultBad: !!r.result && r.result !== "upgraded" && !(r.rollback && r.result === "rolled_back"),
     took: took((r.ended_ms || nowMs) - startedMs),
   };
 }
@@ -234,6 +238,8 @@ function view(o, nowMs) {
   const state = STATE[status.state] || status.state;
   const busy = ["preparing", "prepared", "committing", "rebooting"].includes(state);
   const rollingBack = !!(plan && plan.phase === "rolling_back");
+  const fin = (plan && plan.finality) || {};
+  const asked = !!fin.rollback; // the operator rolls it back
   const failed = !!(plan && (plan.phase === "failed" || plan.phase === "discarding"));
   const pausedOnError = !!(reboot && reboot.state === "REBOOT_PAUSED_DUE_TO_ERROR");
   const v = {
@@ -252,12 +258,16 @@ function view(o, nowMs) {
     resume: false,
     history: (o.history ? o.history.upgrades : []).map((r) => historyView(r, nowMs)),
     eta: plan && plan.eta ? "About " + took(plan.eta.remaining_ms) + " left." : "",
+    finality: "", // the finalize and rollback buttons' text; empty: hidden
+    rollbackTo: null,
   };
   if (pausedOnError) {
     v.problem = "The reboots are paused on an error: " + (reboot.error_message || status.error_info || "unknown") +
       ". Fix the cause, then resume.";
-  } else if (rollingBack) {
+  } else if (rollingBack && !asked) {
     v.problem = "The upgrade failed and the cluster is rolling back to the previous release: " + (status.error_info || "");
+  } else if (failed && asked) {
+    v.problem = "The rollback did not complete: " + (status.error_info || "unknown");
   } else if (failed && status.error_info) {
     v.problem = "The upgrade failed; every node is back on the release it ran before: " + status.error_info;
   } else if (status.error_info && state === "idle") {
@@ -268,10 +278,26 @@ function view(o, nowMs) {
     const from = plan.from_version ? "from " + plan.from_version + " " : "";
     v.success = "You have successfully upgraded " + from + "to " + plan.target_version + ".";
     if (plan.downtime_ms != null) v.success += " Cluster downtime: " + plan.downtime_ms + " ms.";
+    if (fin.finalizable) {
+      // The next upgrade waits for the finalize: the box says it, not a banner.
+      v.blocked = "";
+      v.rollbackTo = plan.from_version || "the previous release";
+      v.finality = "Until you finalize it, the cluster can be rolled back to " + v.rollbackTo +
+        "; a new upgrade can start once it is finalized" +
+        (fin.auto_finalize_at_ms ? " (it finalizes by itself at " + localTime(fin.auto_finalize_at_ms / 1000) + ")" : "") + ".";
+    } else if (fin.finalized) {
+      v.success += " Finalized by " + fin.finalized.by + ".";
+    }
+  }
+  if (!busy && plan && plan.phase === "rolled_back") {
+    v.success = "The cluster was rolled back to " + (plan.from_version || "its previous release") +
+      (fin.rollback ? " (asked by " + fin.rollback.by + ")." : ".");
   }
   if (!(busy || rollingBack)) return v;
   const platform = plan ? plan.mode === "platform" : state === "rebooting";
-  if (rollingBack) {
+  if (rollingBack && !platform) {
+    v.progress = { title: "Rolling back", text: "Restarting the previous container on every node.", bar: null };
+  } else if (rollingBack) {
     v.progress = { title: "Rolling back", text: rebootText(reboot, plan), bar: rebootBar(reboot) };
   } else if (state === "preparing") {
     const pct = status.progress || 0;
@@ -383,6 +409,8 @@ function paint(v) {
   }
   say("restriper", v.restriper);
   say("phase-eta", v.eta);
+  say("finality-text", v.finality);
+  show($("finality"), !!v.finality);
   show($("commit"), v.commit);
   show($("pause"), v.pause);
   show($("resume"), v.resume);
@@ -586,6 +614,35 @@ async function startUpgrade(ev) {
   }
 }
 
+// ---- the rollback dialog and finalize ----
+
+let rollbackTo = null; // the view's, when the dialog opens
+let rollbackPlatform = false;
+function openRollback() {
+  $("rb-title").textContent = "Roll back to " + rollbackTo + "?";
+  $("rb-text").textContent = rollbackPlatform
+    ? "Every node reboots into the release it ran before the upgrade."
+    : "Every node restarts the container it ran before the upgrade; no node reboots.";
+  show($("rb-choice"), rollbackPlatform);
+  $("rb-rolling").checked = true;
+  say("rb-error", "");
+  $("rb-start").disabled = false;
+  $("rollback-dialog").showModal();
+  $("rb-cancel").focus();
+}
+
+async function startRollback(ev) {
+  ev.preventDefault();
+  const body = rollbackPlatform ? { do_rolling_reboot: $("rb-rolling").checked } : {};
+  $("rb-start").disabled = true;
+  const r = await api("POST", "/v1/qimg/upgrade/rollback", body).catch(() => null);
+  if (!r) say("rb-error", "The node did not answer; try again.");
+  else if (r.status >= 300) say("rb-error", "The rollback did not start: " + why(r));
+  else $("rollback-dialog").close();
+  $("rb-start").disabled = false;
+  poll();
+}
+
 async function post(path, what) {
   const r = await api("POST", path).catch(() => null);
   if (!r) say("problem", what + ": the node did not answer.");
@@ -617,5 +674,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("commit").addEventListener("click", () => post("/v2/upgrade/commit", "Commit"));
   $("pause").addEventListener("click", () => post("/v1/shutdown/reboot/pause", "Pause"));
   $("resume").addEventListener("click", () => post("/v1/shutdown/reboot/resume", "Resume"));
+  $("finalize").addEventListener("click", () => post("/v1/qimg/upgrade/finalize", "Finalize"));
+  $("rollback").addEventListener("click", openRollback);
+  $("rb-cancel").addEventListener("click", () => $("rollback-dialog").close());
+  $("rollback-form").addEventListener("submit", startRollback);
   if (token) started(); else loggedOut("");
 });

@@ -10,6 +10,8 @@
 //! qq [TARGET] upgrade_cluster --path P [--rolling [--num-nodes-to-reboot N]] [--no-monitor]
 //! qq [TARGET] upgrade_cluster prepare --path P [--rolling] [--auto-commit] [--no-monitor]
 //! qq [TARGET] upgrade_cluster commit [--no-monitor]
+//! qq [TARGET] upgrade_cluster rollback [--rolling [--num-nodes-to-reboot N] | --all-at-once] [--no-monitor]
+//! qq [TARGET] upgrade_cluster finalize
 //! qq [TARGET] upgrade_status [--json]
 //! qq [TARGET] upgrade_verify_image --path P
 //! qq [TARGET] upgrade_blocked
@@ -50,6 +52,7 @@ mod upgrade_blocked;
 mod upgrade_cluster;
 mod upgrade_history;
 mod upgrade_mode;
+mod upgrade_rollback;
 mod upgrade_status;
 mod upgrade_upload;
 mod upgrade_verify_image;

@@ -10,6 +10,9 @@ use qapi::types::{NodeStep, PlanPhase, UpgradeState, UpgradeStatus};
 use qapi::{Client, Target};
 use qutil::cli::{EXIT_ERROR, EXIT_NO, print_json};
 
+/// How long the monitor follows an upgrade before it leaves it to the agent.
+pub const MONITOR_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
 /// How often the monitor polls.
 pub const POLL: Duration = Duration::from_millis(500);
 
@@ -118,7 +121,7 @@ impl ClusterView {
                     Some(NodeStep::Failed) => {
                         format!("failed: {}", n.error.as_deref().unwrap_or("?"))
                     }
-                    Some(s) => s.name().to_owned(),
+                    Some(s) => s.name().replace('_', " "),
                 };
                 let state = if n.online { "" } else { " (offline)" };
                 bars.step(&format!("{}: {what}{state}", n.name));
@@ -177,6 +180,8 @@ pub enum Until {
     Prepared,
     /// The commit ends (`COMMITTED`), through a reboot if there is one.
     Committed,
+    /// A rollback on demand ends: the cluster runs its previous release.
+    RolledBack,
 }
 
 /// How a monitored upgrade ended.
@@ -188,15 +193,15 @@ pub enum Ended {
     Failed(String),
 }
 
-/// Whether the upgrade an agent shows `IDLE` again finished committed: the
-/// cluster's plan (`/v1/qimg/cluster/upgrade`), or on a node in no cluster the
-/// engine's record (`/v1/upgrade/status`).
-fn finished_committed(c: &mut Client) -> Result<bool> {
+/// How the upgrade an agent shows `IDLE` again ended: the cluster's plan
+/// (`/v1/qimg/cluster/upgrade`), or on a node in no cluster the engine's
+/// record (`/v1/upgrade/status`: committed or not).
+fn finished_as(c: &mut Client) -> Result<Option<PlanPhase>> {
     match c.get::<qapi::types::ClusterUpgrade>("/v1/qimg/cluster/upgrade") {
-        Ok(u) => Ok(u.phase == PlanPhase::Committed),
+        Ok(u) => Ok(Some(u.phase)),
         Err(e) if e.status() == Some(404) => {
             let s: qapi::status::Status = c.get("/v1/upgrade/status")?;
-            Ok(s.state == upgrade::state::Phase::Committed)
+            Ok((s.state == upgrade::state::Phase::Committed).then_some(PlanPhase::Committed))
         }
         Err(e) => Err(e.into()),
     }
@@ -249,9 +254,21 @@ pub fn monitor(
                     }
                     // Qumulo's lifecycle: a finished upgrade is IDLE again. Whether
                     // it finished committed, the plan or the node's record says.
-                    (UpgradeState::Idle, Until::Committed) if finished_committed(c)? => {
+                    (UpgradeState::Idle, Until::Committed)
+                        if finished_as(c)? == Some(PlanPhase::Committed) =>
+                    {
                         task.advance(100 - shown.min(100));
                         return Ok(Ended::Done(s));
+                    }
+                    (UpgradeState::Idle, Until::RolledBack) => {
+                        return Ok(match finished_as(c)? {
+                            Some(PlanPhase::RolledBack) => Ended::Done(s),
+                            Some(p) => Ended::Failed(format!(
+                                "the rollback ended with the cluster's upgrade {}",
+                                p.name()
+                            )),
+                            None => Ended::Failed("the rollback ended unseen".into()),
+                        });
                     }
                     (UpgradeState::Idle, _) => {
                         return Ok(Ended::Failed(
@@ -265,7 +282,7 @@ pub fn monitor(
                 }
                 last = Some(s.state);
             }
-            Err(e) if e.is_away() && (commit_started || until == Until::Committed) => {
+            Err(e) if e.is_away() && (commit_started || until != Until::Prepared) => {
                 if away_since.is_none() {
                     bars.step("the node is rebooting; waiting for it to come back");
                     away_since = Some(Instant::now());
@@ -280,11 +297,45 @@ pub fn monitor(
                 match until {
                     Until::Prepared => "prepared",
                     Until::Committed => "committed",
+                    Until::RolledBack => "rolled back",
                 }
             );
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// After the agent accepted a request: follows it `until` (unless
+/// `no_monitor`), then prints the node's report. Exit 1 when it failed.
+pub fn follow(
+    ctx: &crate::Ctx,
+    c: &mut Client,
+    until: Until,
+    no_monitor: bool,
+) -> Result<ExitCode> {
+    if no_monitor {
+        eprintln!(
+            "qq: the agent accepted the request and goes on alone; `qq upgrade_status` follows it"
+        );
+        print_report(c)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bars = ctx.bars();
+    let ended = monitor(c, until, until != Until::Prepared, MONITOR_LIMIT, &bars);
+    drop(bars);
+    let code = match ended {
+        Ok(Ended::Done(_)) => ExitCode::SUCCESS,
+        Ok(Ended::Failed(why)) => {
+            eprintln!("qq: {why}");
+            ExitCode::from(EXIT_NO)
+        }
+        Err(e) => {
+            qutil::cli::error("qq", &format!("{e:#}"));
+            ExitCode::from(qutil::cli::EXIT_ERROR)
+        }
+    };
+    print_report(c)?;
+    Ok(code)
 }
 
 #[cfg(test)]

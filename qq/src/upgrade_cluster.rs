@@ -1,21 +1,20 @@
-//! `qq upgrade_cluster [prepare|commit]`: prepare then commit, or one phase.
-//! Through the agent (`POST /v2/upgrade/prepare|commit`, then the monitor), or in
-//! local mode on a simulated node (`--node`), where `--no-monitor` runs the work
-//! in a detached process.
+//! `qq upgrade_cluster [prepare|commit|rollback|finalize]`: prepare then
+//! commit, or one phase. Through the agent (`POST /v2/upgrade/prepare|commit`,
+//! then the monitor), or in local mode on a simulated node (`--node`), where
+//! `--no-monitor` runs the work in a detached process. Rollback and finalize
+//! (`crate::upgrade_rollback`) need an agent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use qapi::assess::CheckName;
 use qapi::types::OnFailure;
-use qutil::cli::EXIT_NO;
 use upgrade::{Cancel, PrepareRequest};
 
 use crate::Ctx;
-use crate::remote::{self, Ended, Remote, Until};
+use crate::remote::{self, Remote, Until};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -56,6 +55,11 @@ struct ClusterOpts {
     /// How long the rollout waits on the canaries before it goes on by itself.
     #[arg(long, requires = "canary", value_name = "SECONDS")]
     soak: Option<u64>,
+    /// Finalize the upgrade by itself this long after it committed (0: at
+    /// once); without it, the upgrade may be rolled back until `qq
+    /// upgrade_cluster finalize`.
+    #[arg(long, value_name = "SECONDS")]
+    auto_finalize_after: Option<u64>,
 }
 
 /// Show the plan instead of starting it.
@@ -113,10 +117,18 @@ enum Phase {
         #[command(flatten)]
         run: Monitor,
     },
+    /// Return the whole cluster to the release it ran before the committed
+    /// upgrade (until it is finalized).
+    Rollback {
+        #[command(flatten)]
+        how: crate::upgrade_rollback::How,
+        #[command(flatten)]
+        run: Monitor,
+    },
+    /// Keep the committed upgrade: no rollback any more, and a new upgrade may
+    /// then be prepared.
+    Finalize,
 }
-
-/// How long the monitor follows an upgrade before it leaves it to the agent.
-pub const MONITOR_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let (request, cluster, run, preview) = match a.phase {
@@ -143,6 +155,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             r.auto_commit = auto_commit;
             (Some(r), cluster, run, preview)
         }
+        Some(Phase::Rollback { how, run }) => {
+            return crate::upgrade_rollback::rollback(ctx, &how, run.no_monitor);
+        }
+        Some(Phase::Finalize) => return crate::upgrade_rollback::finalize(ctx),
         Some(Phase::Commit { run }) => (
             None,
             ClusterOpts::default(),
@@ -162,10 +178,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         Some(remote) => run_remote(ctx, &remote, request, &cluster, run.no_monitor),
         None if cluster.on_failure.is_some()
             || !cluster.overrides.is_empty()
-            || cluster.canary.is_some() =>
+            || cluster.canary.is_some()
+            || cluster.auto_finalize_after.is_some() =>
         {
             anyhow::bail!(
-                "--on-failure, --override and --canary apply to a cluster: run qq against an agent (--host)"
+                "--on-failure, --override, --canary and --auto-finalize-after apply to a cluster: run qq against an agent (--host)"
             )
         }
         None => run_local(ctx, request, run),
@@ -188,33 +205,11 @@ fn run_remote(
     if let Err(e) = sent {
         return Ok(remote::fail(&e));
     }
-    if no_monitor {
-        eprintln!(
-            "qq: the agent accepted the request and goes on alone; `qq upgrade_status` follows it"
-        );
-        remote::print_report(&mut c)?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let until = match &request {
         Some(r) if !r.auto_commit => Until::Prepared,
         _ => Until::Committed,
     };
-    let bars = ctx.bars();
-    let ended = remote::monitor(&mut c, until, request.is_none(), MONITOR_LIMIT, &bars);
-    drop(bars);
-    let code = match ended {
-        Ok(Ended::Done(_)) => ExitCode::SUCCESS,
-        Ok(Ended::Failed(why)) => {
-            eprintln!("qq: {why}");
-            ExitCode::from(EXIT_NO)
-        }
-        Err(e) => {
-            qutil::cli::error("qq", &format!("{e:#}"));
-            ExitCode::from(qutil::cli::EXIT_ERROR)
-        }
-    };
-    remote::print_report(&mut c)?;
-    Ok(code)
+    remote::follow(ctx, &mut c, until, no_monitor)
 }
 
 /// On a simulated node, in this process (or a detached one).
@@ -280,6 +275,7 @@ fn wire(r: &PrepareRequest, cluster: &ClusterOpts) -> qapi::types::PrepareReques
         overrides: cluster.overrides.clone(),
         canary: cluster.canary,
         soak_secs: cluster.soak,
+        auto_finalize_after_secs: cluster.auto_finalize_after,
     }
 }
 

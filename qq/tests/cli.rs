@@ -234,11 +234,17 @@ fn on_failure_is_checked_and_belongs_to_a_cluster() {
         stderr(&o)
     );
     let disk = n.disk();
-    for extra in [["--on-failure", "stop"], ["--override", "free_space"]] {
+    for extra in [
+        ["--on-failure", "stop"],
+        ["--override", "free_space"],
+        ["--auto-finalize-after", "0"],
+    ] {
         let o = n.qq(&[&["upgrade_cluster", "--path", path][..], &extra].concat());
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(
-            stderr(&o).contains("--on-failure, --override and --canary apply to a cluster"),
+            stderr(&o).contains(
+                "--on-failure, --override, --canary and --auto-finalize-after apply to a cluster"
+            ),
             "{}",
             stderr(&o)
         );

@@ -83,8 +83,100 @@ fn rolling_upgrade_of_a_cluster_with_a_line_per_node() {
     let list = json(&o);
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     history_of_the_rolling_upgrade(&qq, &journal);
-    preview_from_the_history(&qq, &upgrade);
+    let next = build_bundle(
+        &bundles().dir,
+        "platform-7.2.0",
+        &Rel::new("7.2.0", "7.2"),
+        &key(1),
+    );
+    std::fs::copy(&next, upgrade.join("next.qimg")).unwrap();
+    finalize_first_or_roll_back(&qq, &nodes, &journal);
+    preview_from_the_history(&qq);
     drop(agents);
+}
+
+/// The committed upgrade stays finalizable: the next one is refused until it
+/// is finalized, naming finalize; `rollback` brings every node back to slot A
+/// batch by batch, the record says who asked; then nothing is left to
+/// finalize or roll back.
+fn finalize_first_or_roll_back(
+    qq: &dyn Fn(&[&str]) -> std::process::Output,
+    nodes: &[SimNode],
+    journal: &Journal,
+) {
+    use qapi::history::{UpgradeHistory, UpgradeResult};
+    for args in [
+        &["upgrade_cluster", "--path", "/next.qimg"][..],
+        &["upgrade_cluster", "--path", "/next.qimg", "--dry-run"][..],
+    ] {
+        let o = qq(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("is not finalized") && err.contains("qq upgrade_cluster finalize"),
+            "{err}"
+        );
+    }
+    let o = qq(&["upgrade_blocked"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not finalized"));
+    let o = qq(&["upgrade_cluster", "rollback"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    for name in ["node1", "node2", "node3"] {
+        assert!(err.contains(&format!("{name}: rolled back")), "{err}");
+    }
+    assert!(err.contains("rolling reboot: batch 3/3"), "{err}");
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(n.running().slot, bootctl::layout::Slot::A, "node {}", i + 1);
+        assert_eq!(n.container().as_deref(), Some("7.0.0"), "node {}", i + 1);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let o = qq(&["upgrade_history", "--json"]);
+        let h: UpgradeHistory = serde_json::from_slice(&o.stdout).unwrap();
+        let r = h.upgrades[0].clone();
+        if r.result == Some(UpgradeResult::RolledBack) {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rolled back record within 10 s: {r:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(r.generation, 1, "the same upgrade's record");
+    let by = r.rollback.as_ref().expect("who asked");
+    assert_eq!(by.by, format!("user {AGENT_USER:?}"));
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap()
+            .contains("rolled back on request")
+    );
+    for n in &r.nodes {
+        assert_eq!(
+            n.outcome(),
+            Some(qapi::types::NodeStep::RolledBack),
+            "{n:?}"
+        );
+    }
+    let finished = journal.events("finished");
+    assert_eq!(finished.len(), 2, "{:?}", journal.all());
+    assert_eq!(finished[1]["QIMG_RESULT"], "rolled_back");
+    assert_eq!(finished[1]["PRIORITY"], "6", "asked for: not a warning");
+    // Nothing committed any more: neither again.
+    for args in [
+        &["upgrade_cluster", "rollback"][..],
+        &["upgrade_cluster", "finalize"][..],
+    ] {
+        let o = qq(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("rolled_back, not committed"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 /// `upgrade_assess`: every node's checks and the cluster's, in words and as
@@ -186,19 +278,9 @@ fn preview_changes_nothing(qq: &dyn Fn(&[&str]) -> std::process::Output) {
     assert_eq!(json(&o)["state"], "UPGRADE_IDLE", "{}", stderr(&o));
 }
 
-/// `--dry-run` after one upgrade: the times measured on it. The coordinator's
+/// `--dry-run` after one upgrade (rolled back): the times measured on it. The coordinator's
 /// node (node 1 reboots last and hands over; whoever holds it now) is last.
-fn preview_from_the_history(
-    qq: &dyn Fn(&[&str]) -> std::process::Output,
-    upgrade: &std::path::Path,
-) {
-    let next = build_bundle(
-        &bundles().dir,
-        "platform-7.2.0",
-        &Rel::new("7.2.0", "7.2"),
-        &key(1),
-    );
-    std::fs::copy(&next, upgrade.join("next.qimg")).unwrap();
+fn preview_from_the_history(qq: &dyn Fn(&[&str]) -> std::process::Output) {
     let o = qq(&[
         "upgrade_cluster",
         "--rolling",
@@ -209,7 +291,9 @@ fn preview_from_the_history(
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let p: qapi::history::Preview = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(p.from_version.as_deref(), Some("7.1.0"));
+    // Rolled back: the cluster runs 7.0.0 again; the upgrade it rolled back
+    // had committed, and its times count.
+    assert_eq!(p.from_version.as_deref(), Some("7.0.0"));
     assert!(
         p.phases[0]
             .basis

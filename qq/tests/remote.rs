@@ -132,6 +132,11 @@ fn instant_then_platform_upgrade_through_the_agent() {
     assert_eq!(st["mode"], "instant");
     assert!(st["downtime_ms"].as_u64().unwrap() < 30_000);
     assert_eq!(s.node.container().as_deref(), Some("7.0.1"));
+    // Kept: finalized (a node alone is a cluster of one).
+    let o = s.qq(&["upgrade_cluster", "finalize"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f: qapi::rollback::Finality = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!f.finalizable && f.finalized.is_some(), "{f:?}");
 
     // Two phases, the commit through the reboot: the client waits for the node
     // to come back and reports the boot's outcome.
@@ -149,6 +154,20 @@ fn instant_then_platform_upgrade_through_the_agent() {
     assert_eq!(st["to_version"], "7.1.0");
     assert_eq!(s.node.running().slot, Slot::B);
     assert_eq!(s.node.version().as_deref(), Some("7.1.0"));
+    // Not finalized: rolled back on request, through the node's reboot into
+    // slot A; the node's engine records why.
+    let o = s.qq(&["upgrade_cluster", "rollback", "--all-at-once"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s.node.running().slot, Slot::A);
+    assert_eq!(
+        s.node.version().as_deref(),
+        Some("7.0.1"),
+        "the release it ran"
+    );
+    assert_eq!(s.node.container().as_deref(), Some("7.0.1"));
+    let st = s.node.agent().state().unwrap();
+    let why = st.failure.expect("the rollback recorded").message;
+    assert!(why.contains("rolled back on request by user"), "{why}");
 }
 
 #[test]

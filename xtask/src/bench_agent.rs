@@ -142,6 +142,8 @@ impl Agentd {
                 overrides: vec![],
                 canary: None,
                 soak_secs: None,
+                // Upgrade after upgrade: each finalized as it commits.
+                auto_finalize_after_secs: Some(0),
             },
         )
         .map_err(|e| e.to_string())?;

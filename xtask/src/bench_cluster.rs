@@ -172,6 +172,8 @@ pub fn cluster(args: &[String]) -> Result<(), String> {
         overrides: vec![],
         canary: None,
         soak_secs: None,
+        // Upgrade after upgrade: each finalized as it commits.
+        auto_finalize_after_secs: Some(0),
     };
 
     // 1. Instant upgrade of every node through node 1.

@@ -106,6 +106,8 @@ fn prepare(c: &SimCluster, name: &str) -> Result<(f64, Vec<f64>), String> {
         overrides: vec![],
         canary: None,
         soak_secs: None,
+        // Upgrade after upgrade: each finalized as it commits.
+        auto_finalize_after_secs: Some(0),
     };
     let t = Instant::now();
     post(&mut cl, "/v2/upgrade/prepare", Some(&body))?;

@@ -51,6 +51,8 @@ pub fn eta(args: &[String]) -> Result<(), String> {
             overrides: vec![],
             canary: None,
             soak_secs: None,
+            // Upgrade after upgrade: each finalized as it commits.
+            auto_finalize_after_secs: Some(0),
         };
         let p: Preview = c1
             .post_json("/v1/qimg/upgrade/preview", &req)

@@ -9,8 +9,8 @@
 //! 3. our `qq` against node 1: `login`, `nodes_list`, then `upgrade_cluster --path
 //!    /release-2.0.0.qimg --rolling`: every node prepares, then the nodes reboot
 //!    one at a time into their new slot, each batch gated on the simulated
-//!    restriper, one progress line per node; then `nodes_list`, `upgrade_status`
-//!    and `reboot_status`.
+//!    restriper, one progress line per node; then `nodes_list`, `upgrade_status`,
+//!    `reboot_status` and `upgrade_cluster finalize`.
 //!
 //! Before it builds, `main.rs` ensures the build and demo groups of the one list
 //! (`protoc` and its include files, etcd, systemd's EFI stub), saying what it installs.
@@ -79,6 +79,10 @@ pub fn main(args: &[String]) -> Result<(), String> {
     qq("every node, on 2.0.0", &["nodes_list"])?;
     qq("the cluster's upgrade", &["upgrade_status"])?;
     qq("the reboot manager", &["reboot_status"])?;
+    qq(
+        "keep 2.0.0: finalize it (until then `qq upgrade_cluster rollback` returns every node to 1.0.0)",
+        &["upgrade_cluster", "finalize"],
+    )?;
     let plan = c.plan()?;
     println!(
         "\nxtask demo: the cluster upgraded from 1.0.0 to 2.0.0 with rolling reboots in {} batches {}",

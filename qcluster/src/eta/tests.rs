@@ -50,6 +50,8 @@ fn done(
         ended_ms: Some(t0 + prepare_ms + 50 + commit_ms),
         downtime_ms: None,
         bundle_size: Some(size),
+        finalized: None,
+        rollback: None,
     }
 }
 
@@ -180,4 +182,32 @@ fn a_running_upgrade_counts_down_by_phase_and_by_batch() {
     assert!(eta(&plan, Some(&rec), &history, 3, 5_200_000).is_none());
     plan.phase = PlanPhase::RollingBack;
     assert!(eta(&plan, Some(&rec), &history, 3, 5_200_000).is_none());
+}
+
+#[test]
+fn an_upgrade_rolled_back_on_request_had_committed_and_counts() {
+    let shape = Shape {
+        mode: PlanMode::Instant,
+        batches: 1,
+        bundle_size: Some(100_000_000),
+    };
+    let mut asked = done(
+        2,
+        PlanMode::Instant,
+        100_000_000,
+        4_000,
+        6_000,
+        1,
+        UpgradeResult::RolledBack,
+    );
+    // Rolled back after a node failed: its commit did not end well.
+    let failed_commit = expected(&shape, std::slice::from_ref(&asked));
+    assert!(
+        failed_commit[0].basis.contains("no prepare recorded"),
+        "{failed_commit:?}"
+    );
+    asked.rollback = Some(crate::history::Started::default());
+    let e = expected(&shape, &[asked]);
+    assert_eq!(e[0].expected_ms, 4_000, "{e:?}");
+    assert_eq!(e[1].expected_ms, 6_000, "{e:?}");
 }

@@ -264,3 +264,119 @@ fn a_prepare_that_failed_is_failed_and_other_generations_are_not_mixed_in() {
     assert_eq!(r8.generation, 8);
     assert_eq!(kinds(&events), vec![EventKind::Started]);
 }
+
+#[test]
+fn a_finalize_and_a_rollback_on_demand_go_on_in_the_ended_record() {
+    let every = |step| {
+        vec![
+            report(1, step, 2_000),
+            report(2, step, 2_100),
+            report(3, step, 2_200),
+        ]
+    };
+    let done = plan(PlanPhase::Committed);
+    let asked = Started {
+        at_ms: 9_000,
+        by: "user \"admin\"".into(),
+        from: "10.0.0.9".into(),
+    };
+    let mut finalized = done.clone();
+    finalized.finalized = Some(asked.clone());
+    // Finalized: once, and only a finalize event.
+    let (r, ev) = run(&[
+        (
+            plan(PlanPhase::Committing),
+            every(NodeStep::Committed),
+            3_000,
+        ),
+        (done.clone(), every(NodeStep::Committed), 4_000),
+        (done.clone(), every(NodeStep::Committed), 5_000),
+        (finalized.clone(), every(NodeStep::Committed), 9_100),
+        (finalized.clone(), every(NodeStep::Committed), 9_200),
+    ]);
+    assert_eq!(r.result, Some(UpgradeResult::Upgraded));
+    assert_eq!(
+        r.ended_ms,
+        Some(4_000),
+        "the finalize does not move its end"
+    );
+    assert_eq!(r.finalized.as_ref(), Some(&asked));
+    assert!(ev[2].is_empty() && ev[4].is_empty(), "{ev:?}");
+    assert_eq!(kinds(&ev[3]), vec![EventKind::Finalized]);
+    assert!(ev[3][0].message.contains("finalized by user \"admin\""));
+    assert!(!ev[3][0].warning);
+    // Rolled back on request: under way again, then rolled back with who asked.
+    let mut back = done.clone();
+    back.phase = PlanPhase::RollingBack;
+    back.rollback = Some(asked.clone());
+    let mut rolled = back.clone();
+    rolled.phase = PlanPhase::RolledBack;
+    let (r, ev) = run(&[
+        (
+            plan(PlanPhase::Committing),
+            every(NodeStep::Committed),
+            3_000,
+        ),
+        (done.clone(), every(NodeStep::Committed), 4_000),
+        (back.clone(), every(NodeStep::Committed), 9_100),
+        (back.clone(), every(NodeStep::RollingBack), 9_500),
+        (rolled.clone(), every(NodeStep::RolledBack), 12_000),
+        (rolled.clone(), every(NodeStep::RolledBack), 13_000),
+    ]);
+    assert_eq!(kinds(&ev[2]), vec![EventKind::Phase]);
+    assert!(
+        ev[2][0]
+            .message
+            .contains("the operator rolls the upgrade back")
+            && !ev[2][0].warning,
+        "{:?}",
+        ev[2][0]
+    );
+    assert_eq!(
+        kinds(&ev[4]),
+        vec![
+            EventKind::NodeStep,
+            EventKind::NodeStep,
+            EventKind::NodeStep,
+            EventKind::Finished
+        ]
+    );
+    let fin = &ev[4][3];
+    assert_eq!(fin.result, Some(UpgradeResult::RolledBack));
+    assert!(!fin.warning, "asked for: not a warning");
+    assert!(ev[5].is_empty());
+    assert_eq!(r.result, Some(UpgradeResult::RolledBack));
+    assert_eq!(r.ended_ms, Some(12_000));
+    assert_eq!(r.rollback.as_ref(), Some(&asked));
+    assert_eq!(
+        r.reason.as_deref(),
+        Some("rolled back on request by user \"admin\" from 10.0.0.9")
+    );
+    let phases: Vec<PlanPhase> = r.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(
+        phases,
+        vec![
+            PlanPhase::Preparing,
+            PlanPhase::Committing,
+            PlanPhase::Committed,
+            PlanPhase::RollingBack,
+            PlanPhase::RolledBack
+        ]
+    );
+    assert_eq!(
+        r.nodes[0].outcome(),
+        Some(NodeStep::RolledBack),
+        "each node's way back is in its steps"
+    );
+    // One that could not go back: failed, a warning.
+    let mut failed = back.clone();
+    failed.phase = PlanPhase::Failed;
+    failed.error = Some("the rollback failed on node n3: boom".into());
+    let (r, ev) = run(&[
+        (done.clone(), every(NodeStep::Committed), 4_000),
+        (back.clone(), every(NodeStep::Committed), 9_100),
+        (failed, every(NodeStep::Committed), 12_000),
+    ]);
+    assert_eq!(r.result, Some(UpgradeResult::Failed));
+    assert!(ev[2].last().unwrap().warning);
+}

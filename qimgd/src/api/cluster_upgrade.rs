@@ -50,8 +50,20 @@ async fn settled_plan(app: &Shared) -> Result<Option<(ClusterPlan, i64)>, ApiErr
     }
 }
 
-fn in_progress(p: &ClusterPlan) -> ApiError {
-    ApiError::blocked(snapshot::in_progress(p))
+/// Whether a new upgrade may start after `p` (the cluster's last plan): not
+/// while one is under way (409 `upgrade_blocked_error`), nor while the last
+/// committed one may still be rolled back (409 `upgrade_wrong_state_error`,
+/// naming finalize).
+pub(super) fn may_start(p: Option<&ClusterPlan>) -> Result<(), ApiError> {
+    match p {
+        Some(p) if p.phase.is_active() => Err(ApiError::blocked(snapshot::in_progress(p))),
+        Some(p) if p.finalizable() => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorClass::UpgradeWrongState,
+            qapi::rollback::not_finalized(&p.target_version.to_string(), p.generation),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `POST /v2/upgrade/prepare` (its batch size checked by
@@ -76,11 +88,7 @@ pub(super) async fn prepare(
     }
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
     let current = settled_plan(app).await?;
-    if let Some((p, _)) = &current
-        && p.phase.is_active()
-    {
-        return Err(in_progress(p));
-    }
+    may_start(current.as_ref().map(|(p, _)| p))?;
     super::upgrade_api::engine_free(app).await?;
     let a = app.clone();
     let file = img.file.clone();
@@ -129,6 +137,7 @@ pub(super) async fn prepare(
         overrides: req.overrides.clone(),
         canary: req.canary,
         soak_ms: req.soak_secs.unwrap_or(0).saturating_mul(1000),
+        auto_finalize_ms: req.auto_finalize_after_secs.map(|s| s.saturating_mul(1000)),
         ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
     };
     let before = record(app);

@@ -37,6 +37,7 @@ mod overview;
 mod preview;
 mod reboot;
 mod relay;
+mod rollback;
 mod session;
 mod snapshot;
 mod upgrade_api;
@@ -268,6 +269,8 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/qimg/upgrade/history", get(history::history))
         .route("/v1/qimg/upgrade/preview", post(preview::preview))
         .route("/v1/qimg/upgrade/assess", post(assess::assess))
+        .route("/v1/qimg/upgrade/rollback", post(rollback::rollback))
+        .route("/v1/qimg/upgrade/finalize", post(rollback::finalize))
         .route("/v1/upgrade/status", get(upgrade_api::status_v1))
         .route("/v2/upgrade/status", get(upgrade_api::status))
         .route("/v3/upgrade/status", get(upgrade_api::status))

@@ -2,7 +2,8 @@
 //! UI's dialog): what a prepare with the same body would do — the mode, the
 //! versions, the batches in order (the coordinator's node last) — and how long
 //! each phase is expected to take from this cluster's history
-//! (`qcluster::eta`). Refused as the prepare would be; nothing is written.
+//! (`qcluster::eta`). Refused as the prepare would be (an upgrade under way,
+//! or one not finalized); nothing is written.
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -10,7 +11,7 @@ use qapi::history::{PREVIEW_SCHEMA, Preview};
 use qapi::types::{PlanMode, PrepareRequest};
 
 use super::body::JsonBody;
-use super::cluster_upgrade::{batch_size, planned_batches, store};
+use super::cluster_upgrade::{batch_size, plan, planned_batches, store};
 use super::error::ApiError;
 use super::{Shared, blocking};
 use crate::paths;
@@ -23,6 +24,7 @@ pub(super) async fn preview(
     super::upgrade_api::no_overrides(q)?;
     super::upgrade_api::check_batch(&app, &req)?;
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
+    super::cluster_upgrade::may_start(plan(&app).await?.as_ref().map(|(p, _)| p))?;
     let a = app.clone();
     let file = img.file.clone();
     let v = blocking(move || Ok(a.agent.verify(&file)?)).await?;

@@ -147,6 +147,15 @@ pub(super) fn check_batch(app: &Shared, req: &PrepareRequest) -> Result<(), ApiE
         Some(_) if !req.do_rolling_reboot => Err(ApiError::bad_request(
             "num_nodes_to_reboot applies to rolling reboots only: set do_rolling_reboot",
         )),
+        n => check_nodes_per_batch(app, n),
+    }
+}
+
+/// Nodes per batch of a rolling reboot (forward or back): from 1 to the node
+/// failures the cluster permits.
+pub(super) fn check_nodes_per_batch(app: &Shared, n: Option<u32>) -> Result<(), ApiError> {
+    let max = app.cluster.membership.spec.max_node_failures.max(1);
+    match n {
         Some(n) if n == 0 || n > max => Err(ApiError::bad_request(format!(
             "num_nodes_to_reboot must be between 1 and {max} (the node failures this cluster permits); got {n}"
         ))),

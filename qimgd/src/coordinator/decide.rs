@@ -69,6 +69,7 @@ pub fn next(
                     .iter()
                     .filter_map(|(_, r)| r.and_then(|r| r.downtime_ms))
                     .max();
+                committed(&mut p, cx);
             } else {
                 return None;
             }
@@ -90,10 +91,46 @@ pub fn next(
                 return None;
             }
             p.phase = PlanPhase::Failed;
+            // Asked for: the cluster is back where it was, unless a node
+            // could not go back.
+            if plan.rollback.is_some() {
+                match failed {
+                    Some(why) => {
+                        p.error = Some(format!("the rollback failed on {why}"));
+                    }
+                    None => p.phase = PlanPhase::RolledBack,
+                }
+            }
         }
-        PlanPhase::Prepared | PlanPhase::Committed | PlanPhase::Failed => return None,
+        PlanPhase::Committed => {
+            // Finalized by itself once its time ran out.
+            let due = plan.auto_finalize_at_ms()?;
+            if cx.now_ms < due {
+                return None;
+            }
+            p.finalized = Some(auto_finalized(cx));
+        }
+        PlanPhase::Prepared | PlanPhase::Failed | PlanPhase::RolledBack => return None,
     }
     Some(p)
+}
+
+/// Every node committed: the time it did (a rollback window's start), and
+/// finalized at once when asked for (`auto_finalize_after_secs: 0`).
+fn committed(p: &mut ClusterPlan, cx: &Ctx) {
+    p.committed_ms = cx.now_ms;
+    if p.auto_finalize_ms == Some(0) {
+        p.finalized = Some(auto_finalized(cx));
+    }
+}
+
+/// Who finalizes an upgrade whose `auto_finalize_after_secs` ran out.
+fn auto_finalized(cx: &Ctx) -> qapi::history::Started {
+    qapi::history::Started {
+        at_ms: cx.now_ms,
+        by: qapi::rollback::AUTO_FINALIZE.into(),
+        from: format!("the coordinator (node {})", cx.me),
+    }
 }
 
 /// True once a node is back on the release it ran (or never left it).
@@ -214,6 +251,7 @@ fn rolling(
         Batch::Moved(p) => Some(*p),
         Batch::Last => {
             p.phase = PlanPhase::Committed;
+            committed(&mut p, cx);
             Some(p)
         }
     }

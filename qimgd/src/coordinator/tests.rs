@@ -532,3 +532,114 @@ fn canaries_go_first_then_the_rollout_soaks_and_goes_on() {
         (2, false, false)
     );
 }
+
+#[test]
+fn a_committed_upgrade_stays_finalizable_unless_its_time_finalizes_it() {
+    let s = spec();
+    let reps = vec![
+        r(1, 7, NodeStep::Committed, None),
+        r(2, 7, NodeStep::Committed, None),
+        r(3, 7, NodeStep::Committed, None),
+    ];
+    // Asked for nothing: committed, finalizable, and it stays so.
+    let c = next(&plan(PlanPhase::Committing, false), &s, &reps, &CX).unwrap();
+    assert_eq!(c.phase, PlanPhase::Committed);
+    assert_eq!(c.committed_ms, CX.now_ms, "the rollback window's start");
+    assert!(c.finalizable() && c.auto_finalize_at_ms().is_none());
+    let later = Ctx {
+        now_ms: CX.now_ms + 86_400_000,
+        ..CX
+    };
+    assert_eq!(next(&c, &s, &reps, &later), None);
+    // `auto_finalize_after_secs: 0`: finalized in the same write.
+    let at_once = ClusterPlan {
+        auto_finalize_ms: Some(0),
+        ..plan(PlanPhase::Committing, false)
+    };
+    let c0 = next(&at_once, &s, &reps, &CX).unwrap();
+    assert_eq!(c0.phase, PlanPhase::Committed);
+    assert!(!c0.finalizable());
+    let f = c0.finalized.as_ref().unwrap();
+    assert_eq!(
+        (f.by.as_str(), f.at_ms),
+        (qapi::rollback::AUTO_FINALIZE, CX.now_ms)
+    );
+    assert!(f.from.contains("node 1"), "{f:?}");
+    // After an hour: not before it, at it.
+    let hour = ClusterPlan {
+        auto_finalize_ms: Some(3_600_000),
+        ..plan(PlanPhase::Committing, false)
+    };
+    let c1 = next(&hour, &s, &reps, &CX).unwrap();
+    assert_eq!(c1.auto_finalize_at_ms(), Some(CX.now_ms + 3_600_000));
+    let at = |ms| Ctx { now_ms: ms, ..CX };
+    assert_eq!(next(&c1, &s, &reps, &at(CX.now_ms + 3_599_999)), None);
+    let f1 = next(&c1, &s, &reps, &at(CX.now_ms + 3_600_000)).unwrap();
+    assert_eq!(f1.phase, PlanPhase::Committed);
+    assert!(f1.finalized.is_some() && !f1.finalizable());
+    assert_eq!(f1.auto_finalize_at_ms(), None);
+    assert_eq!(next(&f1, &s, &reps, &at(CX.now_ms + 9_999_999)), None);
+    // A rolling commit's last batch commits the same way.
+    let s5 = spec_of(2, 1);
+    let p = ClusterPlan {
+        batches: vec![vec![2], vec![1]],
+        batch: 1,
+        gate_until_ms: 1,
+        auto_finalize_ms: Some(0),
+        ..rolling_plan(1)
+    };
+    let done = next(&p, &s5, &committed(&[1, 2]), &rolling_cx(5000, 1)).unwrap();
+    assert_eq!(done.phase, PlanPhase::Committed);
+    assert_eq!(done.committed_ms, 5000);
+    assert!(done.finalized.is_some());
+}
+
+#[test]
+fn a_rollback_on_demand_ends_rolled_back_or_names_the_node_that_could_not_go_back() {
+    let s = spec();
+    let asked = qapi::history::Started {
+        at_ms: 1,
+        by: "user \"admin\"".into(),
+        from: "127.0.0.1".into(),
+    };
+    let p = ClusterPlan {
+        rollback: Some(asked),
+        ..plan(PlanPhase::RollingBack, false)
+    };
+    let going = vec![
+        r(1, 7, NodeStep::RolledBack, None),
+        r(2, 7, NodeStep::RollingBack, None),
+        r(3, 7, NodeStep::Committed, None),
+    ];
+    assert_eq!(next(&p, &s, &going, &CX), None, "nodes 2 and 3 go back");
+    let back = vec![
+        r(1, 7, NodeStep::RolledBack, None),
+        r(2, 7, NodeStep::RolledBack, None),
+        r(3, 7, NodeStep::RolledBack, None),
+    ];
+    let done = next(&p, &s, &back, &CX).unwrap();
+    assert_eq!(done.phase, PlanPhase::RolledBack);
+    assert_eq!(done.error, None);
+    assert!(!done.phase.is_active() && done.phase.ended());
+    assert!(!done.finalizable(), "nothing left to finalize");
+    assert_eq!(next(&done, &s, &back, &CX), None, "it stays");
+    assert!(!grave(&p, &done), "asked for: not an alarm");
+    // A node that could not go back: failed, named.
+    let mut bad = back.clone();
+    bad[2] = r(3, 7, NodeStep::Failed, None);
+    let failed = next(&p, &s, &bad, &CX).unwrap();
+    assert_eq!(failed.phase, PlanPhase::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("the rollback failed on node n3: boom"),
+        "{failed:?}"
+    );
+    // The reason every node gives its engine names who asked.
+    assert_eq!(
+        p.rollback_reason(),
+        "rolled back on request by user \"admin\" from 127.0.0.1"
+    );
+}

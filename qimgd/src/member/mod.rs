@@ -386,10 +386,7 @@ async fn start_revert(
         return Ok(()); // the next tick
     };
     let g = plan.generation;
-    let reason = plan
-        .error
-        .clone()
-        .unwrap_or_else(|| "another node failed its commit".into());
+    let reason = plan.rollback_reason();
     crate::log(&format!("plan {g}: rolling back ({reason})"));
     store
         .report(me, &report(g, NodeStep::RollingBack, 100, None))

@@ -76,13 +76,123 @@ fn one_request_upgrades_every_node_instantly() {
         assert!(finished(&s), "node {}: {s}", i + 1);
         assert_eq!(s["settings"]["target_version"], "7.0.1");
     }
-    // A second plan while none is active is accepted; a commit now is refused.
+    // A commit now is refused.
     let (st, r) = clients[2].post("/v2/upgrade/commit", "");
     assert_eq!(
         (st, r["error_class"].as_str()),
         (409, Some("upgrade_wrong_state_error")),
         "{r}"
     );
+    finalize_or_roll_back_an_instant_upgrade(&c, &clients, &qq);
+}
+
+/// After an instant upgrade committed: the next prepare waits for finalize
+/// (Qumulo's own client is told why); the cluster rolls back on request to the
+/// previous container on every node; upgraded again and finalized by the
+/// operator, nothing rolls back any more.
+fn finalize_or_roll_back_an_instant_upgrade(c: &Cluster, clients: &[Client], qq: &std::path::Path) {
+    let (_, u) = clients[0].get("/v1/qimg/cluster/upgrade");
+    assert_eq!(u["finality"]["finalizable"], true, "{u}");
+    let generation = u["generation"].clone();
+    let o = c.agents[1].qumulo(
+        qq,
+        &["upgrade_cluster", "prepare", "--path", "/instant.qimg"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        format!("{}{}", stdout(&o), stderr(&o)).contains("is not finalized"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let (_, u) = clients[0].get("/v1/qimg/cluster/upgrade");
+    assert_eq!(
+        u["generation"], generation,
+        "the refused prepare changed nothing"
+    );
+    // Back, on request, every node at once (an instant upgrade).
+    let (st, r) = clients[2].post("/v1/qimg/upgrade/rollback", "{}");
+    assert_eq!(st, 202, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let u = loop {
+        let (_, u) = clients[0].get("/v1/qimg/cluster/upgrade");
+        if u["phase"] == "rolled_back" {
+            break u;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rollback in 60 s: {u}
+{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(u["generation"], generation, "the same plan");
+    assert_eq!(
+        u["finality"]["rollback"]["by"],
+        format!("user {USER:?}"),
+        "{u}"
+    );
+    for (i, a) in c.agents.iter().enumerate() {
+        assert_eq!(
+            a.node.container().as_deref(),
+            Some("7.0.0"),
+            "node {}",
+            i + 1
+        );
+        let (_, s) = clients[i].get("/v3/upgrade/status");
+        assert_eq!(s["state"], "UPGRADE_STATE_IDLE", "node {}: {s}", i + 1);
+        assert!(s["error_info"].is_null(), "asked for, not an error: {s}");
+    }
+    let (st, r) = clients[0].post("/v1/qimg/upgrade/finalize", "");
+    assert_eq!(
+        (st, r["error_class"].as_str()),
+        (409, Some("upgrade_wrong_state_error")),
+        "{r}"
+    );
+    assert!(
+        r["description"]
+            .as_str()
+            .unwrap()
+            .contains("rolled_back, not committed"),
+        "{r}"
+    );
+    // Upgraded again; finalized by the operator (twice: the same answer).
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/instant.qimg", "auto_commit": true}).to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while clients[0].get("/v1/qimg/cluster/upgrade").1["phase"] != "committed" {
+        assert!(
+            Instant::now() < deadline,
+            "no commit in 60 s
+{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (st, f) = clients[1].post("/v1/qimg/upgrade/finalize", "");
+    assert_eq!(st, 200, "{f}");
+    assert_eq!(f["finalizable"], false, "{f}");
+    assert_eq!(f["finalized"]["by"], format!("user {USER:?}"), "{f}");
+    let (st, again) = clients[2].post("/v1/qimg/upgrade/finalize", "");
+    assert_eq!((st, &again), (200, &f));
+    let (st, r) = clients[0].post("/v1/qimg/upgrade/rollback", "{}");
+    assert_eq!(st, 409, "{r}");
+    assert!(
+        r["description"]
+            .as_str()
+            .unwrap()
+            .contains("was finalized by user"),
+        "{r}"
+    );
+    let (_, b) = clients[0].get("/v2/upgrade/blocked");
+    assert_eq!(b["is_blocked"], false, "{b}");
+    for a in &c.agents {
+        assert_eq!(a.node.container().as_deref(), Some("7.0.1"));
+    }
 }
 
 #[test]

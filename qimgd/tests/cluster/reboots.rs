@@ -11,7 +11,7 @@ fn complete_reboot_of_every_node() {
     std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
     let (st, r) = clients[2].post(
         "/v2/upgrade/prepare",
-        &json!({"image_path": "platform.qimg"}).to_string(),
+        &json!({"image_path": "platform.qimg", "auto_finalize_after_secs": 0}).to_string(),
     );
     assert_eq!(st, 202, "{r}");
     let s = c.agents[0].wait_status(&clients[0], "PREPARED", Duration::from_secs(60), |s| {
@@ -45,6 +45,18 @@ fn complete_reboot_of_every_node() {
         );
         assert_eq!(a.node.version().as_deref(), Some("7.1.0"), "node {}", i + 1);
     }
+    // Finalized as it committed (`auto_finalize_after_secs: 0`): no rollback,
+    // nothing blocks the next upgrade.
+    let (_, u) = clients[0].get("/v1/qimg/cluster/upgrade");
+    assert_eq!(u["finality"]["finalizable"], false, "{u}");
+    assert_eq!(
+        u["finality"]["finalized"]["by"], "auto_finalize_after",
+        "{u}"
+    );
+    let (_, b) = clients[1].get("/v2/upgrade/blocked");
+    assert_eq!(b["is_blocked"], false, "{b}");
+    let (st, r) = clients[2].post("/v1/qimg/upgrade/rollback", "{}");
+    assert_eq!(st, 409, "{r}");
 }
 
 #[test]

@@ -85,7 +85,10 @@ pub(crate) fn upgrade_state(p: &ClusterPlan) -> UpgradeState {
         PlanPhase::Prepared => UpgradeState::Prepared,
         PlanPhase::Committing if p.mode == PlanMode::Platform => UpgradeState::Rebooting,
         PlanPhase::Committing | PlanPhase::RollingBack => UpgradeState::Committing,
-        PlanPhase::Committed | PlanPhase::Discarding | PlanPhase::Failed => UpgradeState::Idle,
+        PlanPhase::Committed
+        | PlanPhase::Discarding
+        | PlanPhase::Failed
+        | PlanPhase::RolledBack => UpgradeState::Idle,
     }
 }
 
@@ -153,6 +156,10 @@ pub(crate) fn blocked_body(s: Option<&Snapshot>) -> Blocked {
             )
         }
         Some(p) if p.phase.is_active() => (true, in_progress(p)),
+        Some(p) if p.finalizable() => (
+            true,
+            qapi::rollback::not_finalized(&p.target_version.to_string(), p.generation),
+        ),
         _ => (false, String::new()),
     };
     Blocked {
@@ -206,6 +213,7 @@ pub(crate) fn nodes_body(
         canary: p.canary,
         soaking: p.soaking,
         soak_until_ms: p.soak_until_ms,
+        finality: Some(p.finality()),
     }
 }
 

@@ -64,6 +64,7 @@ fn the_state_of_every_phase() {
         (P::Committed, Platform, U::Idle),
         (P::Discarding, Instant, U::Idle),
         (P::Failed, Instant, U::Idle),
+        (P::RolledBack, Platform, U::Idle),
     ] {
         assert_eq!(
             upgrade_state(&plan(phase, mode)),
@@ -140,7 +141,21 @@ fn the_blocked_body() {
             .contains("paused on an error: node 3 not back")
     );
     assert!(b.blocked_reason.contains("resume"), "{}", b.blocked_reason);
-    for ended in [PlanPhase::Committed, PlanPhase::Failed] {
+    // Committed and not finalized: the next upgrade waits for finalize.
+    let b = blocked_body(Some(&snap(
+        plan(PlanPhase::Committed, PlanMode::Instant),
+        vec![],
+    )));
+    assert!(b.is_blocked);
+    assert!(
+        b.blocked_reason.contains("not finalized") && b.blocked_reason.contains("rollback"),
+        "{}",
+        b.blocked_reason
+    );
+    let mut finalized = plan(PlanPhase::Committed, PlanMode::Instant);
+    finalized.finalized = Some(qapi::history::Started::default());
+    assert!(!blocked_body(Some(&snap(finalized, vec![]))).is_blocked);
+    for ended in [PlanPhase::Failed, PlanPhase::RolledBack] {
         let b = blocked_body(Some(&snap(plan(ended, PlanMode::Instant), vec![])));
         assert!(!b.is_blocked, "{ended:?}");
     }

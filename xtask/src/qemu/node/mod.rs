@@ -160,6 +160,19 @@ impl Node {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
+    /// `qq upgrade_cluster finalize` through this node: the upgrade that
+    /// committed is kept (its previous release may be overwritten), and the next
+    /// one may start.
+    fn finalize(&self) -> Result<(), String> {
+        let out = self.qq_ok(&["upgrade_cluster", "finalize"])?;
+        let f: qapi::rollback::Finality =
+            serde_json::from_str(&out).map_err(|e| format!("finalize's JSON: {e}: {out}"))?;
+        super::expect(
+            !f.finalizable && f.finalized.is_some(),
+            &format!("the upgrade is finalized: {out}"),
+        )
+    }
+
     /// `qq upgrade_status` as JSON.
     fn status(&self) -> Result<serde_json::Value, String> {
         let out = self.qq_ok(&["upgrade_status"])?;

@@ -198,11 +198,13 @@ fn platform(lab: &Lab, node: &mut Node) -> Result<(), String> {
         esp.slots[1].state == Some(EntryState::Good)
             && esp.slots[0].state == Some(EntryState::Good),
         &format!("ESP: B blessed, A kept as the fallback: {:?}", esp.slots),
-    )
+    )?;
+    node.finalize()
 }
 
 /// 5: an instant upgrade: the container swapped inside the guest, the downtime
-/// measured there, no reboot.
+/// measured there, no reboot; then rolled back on request (not finalized): the
+/// previous container runs again, no reboot.
 fn instant(lab: &Lab, node: &mut Node) -> Result<(), String> {
     let name = lab.offer(node, "2.0.1")?;
     let reboots = node.vm().count("reboot: Restarting");
@@ -220,6 +222,18 @@ fn instant(lab: &Lab, node: &mut Node) -> Result<(), String> {
     expect(
         version.contains("qimg-node 2.0.1"),
         &format!("qq version: {version}"),
+    )?;
+    // Not finalized: rolled back on request, the previous container running
+    // again in the guest, still no reboot.
+    node.qq_ok(&["upgrade_cluster", "rollback"])?;
+    let version = node.qq_ok(&["version"])?;
+    expect(
+        version.contains("qimg-node 2.0.0"),
+        &format!("qq version after the rollback: {version}"),
+    )?;
+    expect(
+        node.vm().count("reboot: Restarting") == reboots,
+        "an instant rollback does not reboot",
     )
 }
 
@@ -431,7 +445,10 @@ pub fn run(lab: &Lab, node: &mut Node) -> Result<Vec<(String, Duration)>, String
     let list: [(&str, Scenario); 6] = [
         ("node 1: fresh disk boots slot A through verity", fresh),
         ("node 2: platform upgrade over HTTPS, real reboot", platform),
-        ("node 5: instant upgrade, no reboot", instant),
+        (
+            "node 5: instant upgrade and its rollback, no reboot",
+            instant,
+        ),
         (
             "node 3: slot damaged after install, verity refuses",
             tampered,

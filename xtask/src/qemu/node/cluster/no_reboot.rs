@@ -22,7 +22,8 @@ pub(super) fn formed(_lab: &Lab, c: &mut Cluster) -> Result<(), String> {
 /// 2: an instant upgrade of all three: 1.0.1 (the same platform, a new
 /// container) uploaded to node 1 and asked of node 3. Nodes 2 and 3 fetch it
 /// from node 1, every node swaps its container and reboots nothing; the downtime
-/// is measured in the guests.
+/// is measured in the guests. Then rolled back on request through node 2:
+/// every node runs 1.0.0 again, nothing rebooted.
 pub(super) fn instant(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
     let name = upload(lab, c, "1.0.1")?;
     let reboots: Vec<usize> = c
@@ -59,7 +60,36 @@ pub(super) fn instant(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
             )?;
         }
     }
-    all_on(c, "1.0.1", Slot::A)
+    all_on(c, "1.0.1", Slot::A)?;
+    // Not finalized: rolled back on request through node 2, every node's
+    // previous container running again, nothing rebooted.
+    let t = Instant::now();
+    let (code, out) = Monitor::start(&c.nodes[1], &["upgrade_cluster", "rollback"], "rollback")?
+        .wait(INSTANT_LIMIT)?;
+    expect(
+        code == 0,
+        &format!("qq upgrade_cluster rollback ended {code}: {out}"),
+    )?;
+    eprintln!(
+        "xtask: cluster: rollback of the instant upgrade on request: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    for (i, n) in c.nodes.iter().enumerate() {
+        expect(
+            restarts_and_boots(&n.serial).0 == reboots[i],
+            &format!("node {}: an instant rollback does not reboot", i + 1),
+        )?;
+    }
+    let view: qapi::types::ClusterUpgrade = c.nodes[0]
+        .client()?
+        .get("/v1/qimg/cluster/upgrade")
+        .map_err(|e| format!("the cluster's upgrade: {e}"))?;
+    expect(
+        view.phase == qapi::types::PlanPhase::RolledBack
+            && view.finality.as_ref().is_some_and(|f| f.rollback.is_some()),
+        &format!("the plan ended rolled back on request: {view:?}"),
+    )?;
+    all_on(c, "1.0.0", Slot::A)
 }
 
 /// The first component of `bundle` in archive order: its name and the offset of
@@ -175,5 +205,5 @@ pub(super) fn altered(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
             &format!("node {}: qq version after the retry: {version}", i + 1),
         )?;
     }
-    Ok(())
+    c.nodes[2].finalize()
 }

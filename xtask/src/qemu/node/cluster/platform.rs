@@ -138,7 +138,7 @@ pub(super) fn rolling(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         &format!("reboot_status after the rolling reboot: {reboot}"),
     )?;
     all_on(c, "2.0.0", Slot::B)?;
-    Ok(())
+    c.nodes[0].finalize()
 }
 
 /// How long nodes 2 and 3 may take to hold half the bundle, node 1 prepared.
@@ -292,7 +292,8 @@ pub(super) fn complete(lab: &Lab, c: &mut Cluster) -> Result<(), String> {
         view["batches"].as_array().is_none_or(|b| b.len() <= 1),
         &format!("a complete reboot is one batch of every node: {view}"),
     )?;
-    all_on(c, "2.1.0", new)
+    all_on(c, "2.1.0", new)?;
+    c.nodes[0].finalize()
 }
 
 /// 6: a platform release whose slot is damaged on node 3 only, after its
