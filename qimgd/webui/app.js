@@ -497,6 +497,7 @@ function openDialog() {
   $("per-batch-hint").textContent = "From 1 to " + Math.max(1, max) +
     " (the data protection tolerates " + max + " node failure" + (max === 1 ? "" : "s") + ").";
   $("complete-option").checked = true;
+  $("canary-option").checked = false;
   syncBatch();
   say("dlg-error", "");
   dialogEta();
@@ -521,6 +522,7 @@ function dialogBody() {
       return "Nodes to reboot at a time: a whole number from 1 to " + max + ".";
     }
     body.num_nodes_to_reboot = k;
+    if ($("canary-option").checked) body.canary = 1;
   }
   return body;
 }

@@ -31,6 +31,10 @@ const FOR_DOCS: &[&str] = &[
     "rolling-back",
     "rolled-back",
     "phone",
+    "canary",
+    "finalizable",
+    "rollback-dialog",
+    "rolled-back-on-request",
 ];
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
