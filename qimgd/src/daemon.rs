@@ -117,6 +117,10 @@ pub fn build(
         Some(d) => d.token_key(),
         None => config.state.join("token.key"),
     };
+    // Answers name the cluster's paths, never this node's directories.
+    crate::api::redact::hide(&config.upgrade_dir, "", "the upgrade directory");
+    crate::api::redact::hide(&config.state, "<agent state>", "<agent state>");
+    crate::api::redact::hide(&agent.node().config.state, "<node state>", "<node state>");
     let swept = crate::images::sweep(&config.upgrade_dir);
     if swept > 0 {
         crate::log(&format!(

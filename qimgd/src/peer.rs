@@ -2,7 +2,8 @@
 //! trusted without a token as Qumulo's client expects: a TCP peer on a loopback
 //! address whose source port is in 900–1023 (Qumulo's client binds one when it
 //! runs as root against localhost) and below the kernel's
-//! `ip_unprivileged_port_start` (so only root could bind it); or a Unix-socket
+//! `ip_unprivileged_port_start` (so only root could bind it; read at each
+//! connection, and unknown means nobody); or a Unix-socket
 //! peer whose `SO_PEERCRED` uid is 0. Anything else needs a token.
 //! `trust_local_root = false` turns both off.
 
@@ -26,16 +27,18 @@ pub struct Peer {
 pub use qapi::client::ROOT_PORTS;
 
 /// The first port an unprivileged process may bind
-/// (`/proc/sys/net/ipv4/ip_unprivileged_port_start`, 1024 when unreadable).
-pub fn unprivileged_port_start() -> u16 {
+/// (`/proc/sys/net/ipv4/ip_unprivileged_port_start`), read when asked (an
+/// administrator may lower it while the agent runs); `None` when it cannot be
+/// read: then no TCP peer is local root (the check fails closed).
+pub fn unprivileged_port_start() -> Option<u16> {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1024)
 }
 
-/// The peer of a TCP connection from `addr`.
-pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: u16) -> Peer {
+/// The peer of a TCP connection from `addr` (`unprivileged_start`: the
+/// kernel's setting now, `None` when unknown).
+pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: Option<u16>) -> Peer {
     let ip = addr.ip().to_canonical();
     let port = addr.port();
     Peer {
@@ -43,7 +46,7 @@ pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: u1
         local_root: trust_local_root
             && ip.is_loopback()
             && ROOT_PORTS.contains(&port)
-            && port < unprivileged_start,
+            && unprivileged_start.is_some_and(|start| port < start),
         cluster_node: false,
         uid: None,
     }
@@ -55,17 +58,25 @@ mod tests {
 
     #[test]
     fn local_root_is_loopback_and_a_privileged_port() {
-        let p = |s: &str| tcp_peer(s.parse().unwrap(), true, 1024).local_root;
+        let p = |s: &str| tcp_peer(s.parse().unwrap(), true, Some(1024)).local_root;
         assert!(p("127.0.0.1:950"));
         assert!(p("[::1]:1023"));
         assert!(p("[::ffff:127.0.0.1]:900"));
         assert!(!p("127.0.0.1:1024"));
         assert!(!p("127.0.0.1:899"), "below Qumulo's range");
         assert!(!p("10.0.0.5:950"), "not loopback");
-        assert!(!tcp_peer("127.0.0.1:950".parse().unwrap(), false, 1024).local_root);
+        assert!(!tcp_peer("127.0.0.1:950".parse().unwrap(), false, Some(1024)).local_root);
         assert!(
-            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, 800).local_root,
+            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, Some(800)).local_root,
             "ports any user may bind prove nothing"
+        );
+        assert!(
+            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, None).local_root,
+            "the kernel's setting unknown: nobody is trusted"
+        );
+        assert!(
+            unprivileged_port_start().is_some(),
+            "this machine's setting reads"
         );
     }
 }

@@ -144,7 +144,6 @@ pub async fn serve_tls(
     app: Shared,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let unprivileged = unprivileged_port_start();
     loop {
         let Ok((stream, addr)) = l.accept().await else {
             // Out of descriptors or similar: back off instead of spinning.
@@ -158,7 +157,9 @@ pub async fn serve_tls(
             continue; // dropped: this address, or everyone, holds enough
         };
         let _ = stream.set_nodelay(true);
-        let peer = tcp_peer(addr, app.config.trust_local_root, unprivileged);
+        // The kernel's setting as it is now (read per connection: a small
+        // procfs read, on a path the admission above already bounds).
+        let peer = tcp_peer(addr, app.config.trust_local_root, unprivileged_port_start());
         let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
         tokio::spawn(async move {
             let _held = held;

@@ -542,9 +542,20 @@ fn refused_bundles_change_nothing() {
             let d = r["description"].as_str().unwrap();
             assert!(d.contains(words), "{d}");
             assert!(r["code"].is_string(), "{r}");
+            // The file as the cluster names it; the node's own directories
+            // stay in its journal.
+            assert!(d.contains(&format!("bundle {p} ")), "{d}");
+            let up = a.upgrade_dir.canonicalize().unwrap();
+            assert!(!d.contains(&*up.to_string_lossy()), "{d}");
+            assert!(!d.contains(&*a.dir.path().to_string_lossy()), "{d}");
         }
         assert_eq!(a.node_bytes(), before, "{p}");
     }
+    assert!(
+        a.log()
+            .contains("answered 400 upgrade_image_damaged_error: bundle /"),
+        "the full text in the journal"
+    );
     let (_, s) = c.get("/v3/upgrade/status");
     assert_eq!(s["state"], "UPGRADE_STATE_IDLE", "{s}");
     // Each refused call is in the audit trail: who, from where, what, the answer.

@@ -1,6 +1,8 @@
 //! Error responses, shaped as Qumulo's: JSON with a stable `error_class` (what a
 //! client branches on) and a `description`, plus the engine's `code` when the
 //! engine said no. Qumulo's client prints `Error <status>: <class>: <description>`.
+//! A description never names the node's own directories (`super::redact`): the
+//! journal has it in full.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -108,10 +110,20 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The node's own layout stays in the journal (`super::redact`).
+        let shown = super::redact::redact(&self.description);
+        if shown.is_some() {
+            crate::log(&format!(
+                "answered {} {}: {}",
+                self.status.as_u16(),
+                self.class.as_str(),
+                self.description
+            ));
+        }
         let body = ErrorBody {
             module: "qimgd",
             error_class: self.class.as_str(),
-            description: &self.description,
+            description: shown.as_deref().unwrap_or(&self.description),
             code: self.code,
             user_visible: true,
             stack: [],

@@ -36,6 +36,7 @@ mod node;
 mod overview;
 mod preview;
 mod reboot;
+pub(crate) mod redact;
 mod relay;
 mod rollback;
 mod session;

@@ -20,9 +20,11 @@ use crate::api::Shared;
 use crate::jobs::{JobKind, Observer};
 
 mod decide;
+mod trust;
 pub use decide::{
     Action, Engine, StepReport, commit_report, member_action, needs_engine, revert_report,
 };
+pub use trust::distrust;
 
 /// How often the loop looks at the plan while a job of this node's runs (its
 /// progress is reported at this pace).
@@ -121,6 +123,14 @@ async fn step(app: &Shared, store: &Store, me: u32, fresh: bool) -> Result<(), q
         progress,
         engine.as_ref(),
     );
+    if matches!(action, Action::Commit { .. } | Action::Revert { .. })
+        && let Some(why) = hold_reboot(app, store, &plan, me, fresh).await?
+    {
+        say_once(&format!(
+            "plan {g}: this node does not reboot for it: {why}"
+        ));
+        return Ok(());
+    }
     match action {
         Action::Wait => Ok(()),
         Action::Prepare { again } => {
@@ -167,6 +177,60 @@ async fn step(app: &Shared, store: &Store, me: u32, fresh: bool) -> Result<(), q
                 .report(me, &report(g, NodeStep::Failed, 100, Some(why)))
                 .await
         }
+    }
+}
+
+/// Why this node holds a reboot the plan asks of it (`None`: it goes): a plan
+/// no coordinator of this cluster would write ([`distrust`]), or, past the
+/// first batch of a rolling one, its own restriper saying the data is not safe
+/// yet (asked here too: a plan that skipped the coordinator's gate does not
+/// take the data's last copies down).
+async fn hold_reboot(
+    app: &Shared,
+    store: &Store,
+    plan: &ClusterPlan,
+    me: u32,
+    fresh: bool,
+) -> Result<Option<String>, qcluster::Error> {
+    if plan.mode != qcluster::PlanMode::Platform || !plan.in_batches() {
+        return Ok(None);
+    }
+    let reports = if fresh {
+        store.reports().await?
+    } else {
+        store.reports_seen().await?
+    };
+    if let Some(why) = distrust(plan, &app.cluster.membership.spec, me, &reports) {
+        return Ok(Some(why));
+    }
+    let crate::restriper::Source::Probe(argv) = &app.safety else {
+        return Ok(None);
+    };
+    if plan.batch == 0 {
+        return Ok(None);
+    }
+    let argv = argv.clone();
+    let safety = tokio::task::spawn_blocking(move || {
+        crate::restriper::safety(crate::restriper::probe(&argv))
+    })
+    .await
+    .unwrap_or_else(|e| crate::restriper::DataSafety::AtRisk(format!("the probe: {e}")));
+    Ok(match safety {
+        crate::restriper::DataSafety::Safe | crate::restriper::DataSafety::Timed { .. } => None,
+        crate::restriper::DataSafety::AtRisk(why) | crate::restriper::DataSafety::NoSource(why) => {
+            Some(format!("the data is not safe yet here: {why}"))
+        }
+    })
+}
+
+/// Logs `line` unless it is the line logged last (a hold is looked at again
+/// every second).
+fn say_once(line: &str) {
+    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if *last != line {
+        crate::log(line);
+        line.clone_into(&mut last);
     }
 }
 

@@ -138,3 +138,67 @@ fn a_probed_restriper_holds_the_next_batch_until_the_data_is_safe() {
         );
     }
 }
+
+/// A plan forged with a node's certificate (which may write any key in etcd):
+/// every node rebooting at once in a "rolling" commit of a cluster that permits
+/// one failure, then a batch that goes before the earlier ones are back. No
+/// node reboots for either; each says why in its journal.
+#[test]
+fn a_forged_plan_that_takes_too_many_nodes_down_reboots_none() {
+    let Some(c) = cluster_with("fp", 3, 1, "[sim]\nrestripe_ms = 200\n", &[], |_, _| {}) else {
+        return;
+    };
+    let clients = logged_in_everywhere(&c);
+    std::fs::copy(&bundles().platform, c.upgrade.join("platform.qimg")).unwrap();
+    let (st, r) = clients[0].post(
+        "/v2/upgrade/prepare",
+        &json!({"image_path": "/platform.qimg", "do_rolling_reboot": true}).to_string(),
+    );
+    assert_eq!(st, 202, "{r}");
+    c.agents[0].wait_status(&clients[0], "PREPARED", Duration::from_secs(60), |s| {
+        s["state"] == "UPGRADE_STATE_PREPARED"
+    });
+    let forge = |batches: serde_json::Value, batch: u32| {
+        let mut p = c.plan("fp");
+        p["phase"] = json!("committing");
+        p["batches"] = batches;
+        p["batch"] = json!(batch);
+        p["batch_started_ms"] = json!(qcluster::plan::now_ms());
+        let o = c
+            .etcd
+            .etcdctl(&c.etcd.nodes[1], &["put", "/qimg/fp/plan", &p.to_string()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let held = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.logs().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no node said {what:?} within 20 s:\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A few more looks: still nobody reboots.
+        std::thread::sleep(Duration::from_secs(3));
+        for (i, a) in c.agents.iter().enumerate() {
+            assert_eq!(
+                a.node.running().slot,
+                bootctl::layout::Slot::A,
+                "node {}: {}",
+                i + 1,
+                a.log()
+            );
+            let st = a.node.agent().state().unwrap();
+            assert_eq!(st.phase(), upgrade::wire::Phase::Prepared, "node {}", i + 1);
+        }
+    };
+    forge(json!([[1, 2, 3]]), 0);
+    held(
+        "does not reboot for it: batch 1 of plan 1 reboots 3 nodes at once; this cluster permits 1",
+    );
+    forge(json!([[1], [2], [3]]), 2);
+    held(
+        "does not reboot for it: plan 1 has batch 3 go while node 1 of an earlier batch is not back",
+    );
+}
