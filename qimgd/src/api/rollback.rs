@@ -77,6 +77,11 @@ pub(super) async fn rollback(
     let rolling = p.mode == PlanMode::Platform
         && spec.nodes.len() > 1
         && req.do_rolling_reboot.unwrap_or(p.rolling);
+    if req.num_nodes_to_reboot.is_some() && !rolling {
+        return Err(ApiError::bad_request(
+            "num_nodes_to_reboot applies to a rolling rollback of a platform upgrade only",
+        ));
+    }
     let k = req.num_nodes_to_reboot.or(p.nodes_per_batch).unwrap_or(1);
     if rolling {
         super::upgrade_api::check_nodes_per_batch(&app, Some(k))?;

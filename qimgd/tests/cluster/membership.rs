@@ -110,6 +110,17 @@ fn finalize_or_roll_back_an_instant_upgrade(c: &Cluster, clients: &[Client], qq:
         u["generation"], generation,
         "the refused prepare changed nothing"
     );
+    // Bodies it cannot honour: refused, nothing changed.
+    for body in [r#"{"num_nodes_to_reboot": 1}"#, r#"{"rolling": true}"#] {
+        let (st, r) = clients[2].post("/v1/qimg/upgrade/rollback", body);
+        assert_eq!(
+            (st, r["error_class"].as_str()),
+            (400, Some("invalid_request_error")),
+            "{body}: {r}"
+        );
+    }
+    let (_, u) = clients[0].get("/v1/qimg/cluster/upgrade");
+    assert_eq!(u["phase"], "committed", "{u}");
     // Back, on request, every node at once (an instant upgrade).
     let (st, r) = clients[2].post("/v1/qimg/upgrade/rollback", "{}");
     assert_eq!(st, 202, "{r}");
