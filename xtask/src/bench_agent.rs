@@ -7,7 +7,11 @@
 //! 2. the same REST prepare while 64 clients (each its own kept HTTPS connection)
 //!    poll `/v3/upgrade/status` as fast as they can: requests/s, p50/p99 latency;
 //! 3. the agent's RSS idle (after start, a login and a status) and its peak
-//!    (VmHWM) over a prepare.
+//!    (VmHWM) over a prepare;
+//! 4. a login flood (issue 28): 8 token holders read `/v3/upgrade/status` for
+//!    [`FLOOD_WINDOW`] alone, then as long again while 32 clients send wrong
+//!    passwords as fast as the agent answers: the readers' p50/p99 both times,
+//!    how the flood was answered (401, 429, 503), the agent's peak RSS.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -27,6 +31,12 @@ const POLLERS: usize = 64;
 const POLL: Duration = Duration::from_millis(10);
 /// The longest a prepare may take in the bench.
 const PREPARE_LIMIT: Duration = Duration::from_secs(600);
+/// Readers and flooders of the flood run, and how long each half lasts.
+const READERS: usize = 8;
+const FLOODERS: usize = 32;
+const FLOOD_WINDOW: Duration = Duration::from_secs(10);
+/// At most this many requests per client in a window (bounded in count too).
+const FLOOD_MAX: u64 = 200_000;
 
 fn io(e: std::io::Error) -> String {
     e.to_string()
@@ -241,6 +251,8 @@ pub fn agent(o: &Opts) -> Result<(), String> {
     let loaded_peak = a.mem("VmHWM:");
     drop(a);
 
+    let flood = login_flood(&lab, &big)?;
+
     let (l, r) = (median(local), median(rest));
     println!(
         "agent, platform prepare of a {} MiB-tree release, median of {} runs:\n  qq --node (local mode, process start to exit): {l:.3} s\n  qimgd REST (HTTPS POST to PREPARED, polled every 10 ms): {r:.3} s\n  overhead: {:+.1} %\n  with {POLLERS} clients polling /v3/upgrade/status meanwhile: prepare {loaded:.3} s; {} requests in {window:.2} s = {:.0} requests/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {errors} errors\n  agent RSS: idle {:.1} MiB, peak over a prepare {:.1} MiB (under load {loaded_peak:.1} MiB)",
@@ -255,5 +267,99 @@ pub fn agent(o: &Opts) -> Result<(), String> {
         median(idle),
         median(peak),
     );
+    println!("{flood}");
     Ok(())
+}
+
+/// Step 4: the readers' latency without, then with, a login flood; in words.
+fn login_flood(lab: &Lab, big: &Path) -> Result<String, String> {
+    lab.fresh_node()?;
+    let a = Agentd::start(lab, big)?;
+    let token = a.login()?;
+    settle();
+    let quiet = read_for(&a, &token, FLOOD_WINDOW)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flooders = vec![];
+    for _ in 0..FLOODERS {
+        let mut c = a.client(None)?;
+        let stop = stop.clone();
+        flooders.push(std::thread::spawn(move || {
+            let wrong = qapi::types::LoginRequest {
+                username: "admin".into(),
+                password: "not-the-password".into(),
+            };
+            let mut answers = std::collections::BTreeMap::<String, u64>::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && n < FLOOD_MAX {
+                n += 1;
+                let what = match c.post("/v1/session/login", &wrong) {
+                    Ok(_) => "200".to_owned(),
+                    Err(e) => e
+                        .status()
+                        .map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
+                };
+                *answers.entry(what).or_default() += 1;
+            }
+            answers
+        }));
+    }
+    let loaded = read_for(&a, &token, FLOOD_WINDOW);
+    stop.store(true, Ordering::SeqCst);
+    let mut answers = std::collections::BTreeMap::<String, u64>::new();
+    for f in flooders {
+        for (k, v) in f.join().map_err(|_| "a flooder panicked")? {
+            *answers.entry(k).or_default() += v;
+        }
+    }
+    let loaded = loaded?;
+    let peak = a.mem("VmHWM:");
+    drop(a);
+    let answered: Vec<String> = answers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    Ok(format!(
+        "  a login flood, {FLOODERS} clients sending wrong passwords for {:.0} s: answered {}
+  {READERS} token holders reading /v3/upgrade/status: alone {}; during the flood {}
+  agent RSS peak (VmHWM) after the flood: {peak:.1} MiB",
+        FLOOD_WINDOW.as_secs_f64(),
+        answered.join(", "),
+        quiet,
+        loaded,
+    ))
+}
+
+/// [`READERS`] token holders read the status for `window`: their latency in words.
+fn read_for(a: &Agentd, token: &str, window: Duration) -> Result<String, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = vec![];
+    for _ in 0..READERS {
+        let mut c = a.client(Some(token))?;
+        let stop = stop.clone();
+        readers.push(std::thread::spawn(move || {
+            let (mut lat, mut errors, mut n) = (vec![], 0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) && n < FLOOD_MAX {
+                n += 1;
+                let t = Instant::now();
+                match c.get::<qapi::types::UpgradeStatus>("/v3/upgrade/status") {
+                    Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    std::thread::sleep(window);
+    stop.store(true, Ordering::SeqCst);
+    let (mut lat, mut errors) = (vec![], 0);
+    for r in readers {
+        let (l, e) = r.join().map_err(|_| "a reader panicked")?;
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(format!(
+        "{} reads, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {errors} errors",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0),
+    ))
 }
