@@ -143,8 +143,27 @@ fn online(list: &[serde_json::Value]) -> usize {
 }
 
 /// Through each node, `qq nodes_list` shows every node online, on `version`,
-/// booted from `slot`.
+/// booted from `slot` (within [`REGISTERED_LIMIT`]).
 fn all_on(c: &Cluster, version: &str, slot: Slot) -> Result<(), String> {
+    // A node registers what it runs every third of its lease (10 s here): the
+    // list may lag a job that just ended by that long.
+    let deadline = Instant::now() + REGISTERED_LIMIT;
+    loop {
+        match all_on_now(c, version, slot) {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
+            r => {
+                return r
+                    .map_err(|e| format!("{e} (still so {} s later)", REGISTERED_LIMIT.as_secs()));
+            }
+        }
+    }
+}
+
+/// How long every node's list may take to show what each node now runs.
+const REGISTERED_LIMIT: Duration = Duration::from_secs(30);
+
+/// [`all_on`], as the lists say now.
+fn all_on_now(c: &Cluster, version: &str, slot: Slot) -> Result<(), String> {
     for (i, n) in c.nodes.iter().enumerate() {
         let list = nodes_list(n)?;
         expect(
