@@ -538,10 +538,7 @@ impl PlanPhase {
 
     /// True once the plan ended (committed, failed, rolled back).
     pub fn ended(self) -> bool {
-        matches!(
-            self,
-            PlanPhase::Committed | PlanPhase::Failed | PlanPhase::RolledBack
-        )
+        !self.is_active()
     }
 
     /// True while the plan is under way (a new one may not start).
@@ -584,6 +581,15 @@ pub enum NodeStep {
 }
 
 impl NodeStep {
+    /// Back on the release it ran before the plan (or it never left it): what
+    /// a rollback waits for on every node it sends back.
+    pub fn is_back(self) -> bool {
+        matches!(
+            self,
+            NodeStep::RolledBack | NodeStep::Failed | NodeStep::Discarded
+        )
+    }
+
     /// Its name on the wire (`preparing`, `committed`, …).
     pub fn name(self) -> &'static str {
         match self {

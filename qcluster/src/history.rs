@@ -63,17 +63,15 @@ pub fn advance(
         r.ended_ms = None;
     }
     r.rollback.clone_from(&plan.rollback);
-    if plan.finalized.is_some() && r.finalized.is_none() {
-        r.finalized.clone_from(&plan.finalized);
-        let f = plan.finalized.as_ref().map(|f| (f.at_ms, f.by.clone()));
-        let (at_ms, by) = f.unwrap_or_default();
+    if let (Some(f), None) = (&plan.finalized, &r.finalized) {
+        r.finalized = Some(f.clone());
         events.push(event(
             &r,
             EventKind::Finalized,
-            at_ms,
+            f.at_ms,
             format!(
-                "upgrade {} finalized by {by}: the cluster keeps {} (no rollback any more)",
-                r.generation, r.to_version
+                "upgrade {} finalized by {}: the cluster keeps {} (no rollback any more)",
+                r.generation, f.by, r.to_version
             ),
         ));
     }

@@ -161,6 +161,23 @@ impl ClusterPlan {
             .then(|| self.committed_ms.saturating_add(after))
     }
 
+    /// Sends the nodes that committed back (a node failed its commit, or the
+    /// operator asked): `batches` in order (empty: every node at once), from
+    /// `now_ms`, with the forward rollout's batch, gate, pauses and soak
+    /// cleared — the one way a plan enters `RollingBack`.
+    pub fn roll_back(&mut self, batches: Vec<Vec<u32>>, now_ms: u64) {
+        self.phase = PlanPhase::RollingBack;
+        self.batches = batches;
+        self.batch = 0;
+        self.batch_started_ms = now_ms;
+        self.gate_until_ms = 0;
+        self.gate_why = None;
+        self.paused = false;
+        self.paused_error = None;
+        self.soaking = false;
+        self.soak_until_ms = 0;
+    }
+
     /// Why the nodes go back: the operator's request, or the node that failed.
     pub fn rollback_reason(&self) -> String {
         match (&self.rollback, &self.error) {

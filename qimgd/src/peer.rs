@@ -37,8 +37,13 @@ pub fn unprivileged_port_start() -> Option<u16> {
 }
 
 /// The peer of a TCP connection from `addr` (`unprivileged_start`: the
-/// kernel's setting now, `None` when unknown).
-pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: Option<u16>) -> Peer {
+/// kernel's setting now, `None` when unknown; asked only for a loopback peer
+/// on one of the root ports, so other connections read nothing).
+pub fn tcp_peer(
+    addr: SocketAddr,
+    trust_local_root: bool,
+    unprivileged_start: impl FnOnce() -> Option<u16>,
+) -> Peer {
     let ip = addr.ip().to_canonical();
     let port = addr.port();
     Peer {
@@ -46,7 +51,7 @@ pub fn tcp_peer(addr: SocketAddr, trust_local_root: bool, unprivileged_start: Op
         local_root: trust_local_root
             && ip.is_loopback()
             && ROOT_PORTS.contains(&port)
-            && unprivileged_start.is_some_and(|start| port < start),
+            && unprivileged_start().is_some_and(|start| port < start),
         cluster_node: false,
         uid: None,
     }
@@ -58,22 +63,25 @@ mod tests {
 
     #[test]
     fn local_root_is_loopback_and_a_privileged_port() {
-        let p = |s: &str| tcp_peer(s.parse().unwrap(), true, Some(1024)).local_root;
+        let p = |s: &str| tcp_peer(s.parse().unwrap(), true, || Some(1024)).local_root;
         assert!(p("127.0.0.1:950"));
         assert!(p("[::1]:1023"));
         assert!(p("[::ffff:127.0.0.1]:900"));
         assert!(!p("127.0.0.1:1024"));
         assert!(!p("127.0.0.1:899"), "below Qumulo's range");
         assert!(!p("10.0.0.5:950"), "not loopback");
-        assert!(!tcp_peer("127.0.0.1:950".parse().unwrap(), false, Some(1024)).local_root);
+        assert!(!tcp_peer("127.0.0.1:950".parse().unwrap(), false, || Some(1024)).local_root);
         assert!(
-            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, Some(800)).local_root,
+            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, || Some(800)).local_root,
             "ports any user may bind prove nothing"
         );
         assert!(
-            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, None).local_root,
+            !tcp_peer("127.0.0.1:950".parse().unwrap(), true, || None).local_root,
             "the kernel's setting unknown: nobody is trusted"
         );
+        // Another address or port: the kernel's setting is not read at all.
+        let unread = |s: &str| tcp_peer(s.parse().unwrap(), true, || panic!("read for {s}"));
+        assert!(!unread("10.0.0.5:950").local_root && !unread("127.0.0.1:40000").local_root);
         assert!(
             unprivileged_port_start().is_some(),
             "this machine's setting reads"

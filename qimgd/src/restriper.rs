@@ -126,6 +126,14 @@ pub fn parse(text: &str) -> Result<RestriperStatus, BadStatus> {
     })
 }
 
+/// Runs the probe `argv` off the async threads: [`safety`] of its answer.
+pub async fn ask(argv: &[String]) -> DataSafety {
+    let argv = argv.to_vec();
+    tokio::task::spawn_blocking(move || safety(probe(&argv)))
+        .await
+        .unwrap_or_else(|e| DataSafety::AtRisk(format!("the restriper probe: {e}")))
+}
+
 /// The gate's answer from the probe's: safe only when the restriper is not
 /// running and no data is at risk.
 pub fn safety(r: Result<RestriperStatus, Error>) -> DataSafety {

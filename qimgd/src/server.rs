@@ -157,9 +157,8 @@ pub async fn serve_tls(
             continue; // dropped: this address, or everyone, holds enough
         };
         let _ = stream.set_nodelay(true);
-        // The kernel's setting as it is now (read per connection: a small
-        // procfs read, on a path the admission above already bounds).
-        let peer = tcp_peer(addr, app.config.trust_local_root, unprivileged_port_start());
+        // The kernel's setting as it is now, read only for a would-be local root.
+        let peer = tcp_peer(addr, app.config.trust_local_root, unprivileged_port_start);
         let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
         tokio::spawn(async move {
             let _held = held;

@@ -49,6 +49,29 @@ fn reboot_states_round_trip_as_spelled() {
 }
 
 #[test]
+fn plan_phases_are_named_as_on_the_wire_and_end_or_run() {
+    use PlanPhase::*;
+    for p in [
+        Preparing,
+        Prepared,
+        Committing,
+        Committed,
+        Discarding,
+        RollingBack,
+        Failed,
+        RolledBack,
+    ] {
+        assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+        assert_eq!(
+            serde_json::from_value::<PlanPhase>(p.name().into()).unwrap(),
+            p
+        );
+        assert_ne!(p.ended(), p.is_active(), "{p:?}");
+    }
+    assert!(RolledBack.ended() && Committed.ended() && !RollingBack.ended());
+}
+
+#[test]
 fn node_steps_are_named_as_on_the_wire() {
     use NodeStep::*;
     for s in [

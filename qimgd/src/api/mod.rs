@@ -215,6 +215,20 @@ pub(crate) struct Caller {
     pub from: String,
 }
 
+impl Caller {
+    /// Who asked (`caller`: `None` for a route that is not authenticated),
+    /// from where, now: what the plan records of an upgrade, its finalize, its
+    /// rollback.
+    pub(crate) fn asked(caller: Option<axum::Extension<Caller>>) -> qapi::history::Started {
+        let (by, from) = caller.map_or_else(Default::default, |c| (c.0.who, c.0.from));
+        qapi::history::Started {
+            at_ms: qcluster::plan::now_ms(),
+            by,
+            from,
+        }
+    }
+}
+
 /// Where a caller is: its address, or the local socket (with its uid).
 pub(crate) fn from(peer: Option<&Peer>) -> String {
     match peer {

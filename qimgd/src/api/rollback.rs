@@ -12,7 +12,6 @@
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
-use qapi::history::Started;
 use qapi::rollback::{Finality, RollbackRequest};
 use qapi::types::ErrorClass;
 use qcluster::{ClusterPlan, PlanMode, PlanPhase};
@@ -22,27 +21,21 @@ use super::cluster_upgrade::{plan, planned_batches, store};
 use super::error::ApiError;
 use super::{Caller, Shared};
 
-/// Who asks, from where, now.
-fn asked(caller: Option<axum::Extension<Caller>>) -> Started {
-    Started {
-        at_ms: qcluster::plan::now_ms(),
-        by: caller.as_ref().map_or_else(String::new, |c| c.who.clone()),
-        from: caller.map_or_else(String::new, |c| c.0.from),
-    }
-}
-
 /// 409 `upgrade_wrong_state_error`: `what` cannot be done to `p` (or to no
 /// upgrade at all).
 fn wrong_state(what: &str, p: Option<&ClusterPlan>) -> ApiError {
     let why = match p {
         None => "the cluster has no upgrade".to_string(),
-        Some(p) if p.finalized.is_some() && p.phase == PlanPhase::Committed => {
-            let f = p.finalized.as_ref().map(|f| f.by.as_str()).unwrap_or("?");
-            format!(
-                "the upgrade to {} (plan {}) was finalized by {f}: its previous release may be overwritten",
-                p.target_version, p.generation
-            )
-        }
+        Some(
+            p @ ClusterPlan {
+                phase: PlanPhase::Committed,
+                finalized: Some(f),
+                ..
+            },
+        ) => format!(
+            "the upgrade to {} (plan {}) was finalized by {}: its previous release may be overwritten",
+            p.target_version, p.generation, f.by
+        ),
         Some(p) => format!(
             "the cluster's upgrade to {} (plan {}) is {}, not committed",
             p.target_version,
@@ -92,23 +85,15 @@ pub(super) async fn rollback(
             )));
         }
     }
-    let by = asked(caller);
-    p.phase = PlanPhase::RollingBack;
-    p.rolling = rolling || (p.rolling && p.mode == PlanMode::Instant);
-    p.nodes_per_batch = Some(k);
-    p.batches = if rolling {
+    let by = Caller::asked(caller);
+    let batches = if rolling {
         planned_batches(&app, k).await?
     } else {
         vec![]
     };
-    p.batch = 0;
-    p.batch_started_ms = by.at_ms;
-    p.gate_until_ms = 0;
-    p.gate_why = None;
-    p.paused = false;
-    p.paused_error = None;
-    p.soaking = false;
-    p.soak_until_ms = 0;
+    p.roll_back(batches, by.at_ms);
+    p.rolling = rolling || (p.rolling && p.mode == PlanMode::Instant);
+    p.nodes_per_batch = Some(k);
     p.rollback = Some(by);
     if !store(&app)?.put_plan_if(&p, Some(rev)).await? {
         return Err(ApiError::blocked(
@@ -143,13 +128,14 @@ pub(super) async fn finalize(
         return Ok(Json(p.finality()));
     }
     let (mut p, rev) = finalizable(&app, "a finalize").await?;
-    p.finalized = Some(asked(caller));
+    let who = Caller::asked(caller);
+    let by = who.by.clone();
+    p.finalized = Some(who);
     if !store(&app)?.put_plan_if(&p, Some(rev)).await? {
         return Err(ApiError::blocked(
             "another request changed the cluster's plan first: look at the status and try again",
         ));
     }
-    let by = p.finalized.as_ref().map(|f| f.by.as_str()).unwrap_or("?");
     crate::log(&format!(
         "plan {}: the upgrade to {} finalized by {by}",
         p.generation, p.target_version

@@ -16,7 +16,6 @@ use qapi::types::ErrorClass;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use qapi::history::Started;
 use upgrade::Error;
 use upgrade::state::{Stage, Status};
 
@@ -171,11 +170,7 @@ pub(super) async fn prepare(
 ) -> Result<StatusCode, ApiError> {
     no_overrides(q)?;
     check_batch(&app, &req)?;
-    let started = Started {
-        at_ms: qcluster::plan::now_ms(),
-        by: caller.as_ref().map_or_else(String::new, |c| c.who.clone()),
-        from: caller.map_or_else(String::new, |c| c.0.from),
-    };
+    let started = super::Caller::asked(caller);
     if let Some(answer) = super::relay::elsewhere(&app, &req, &started).await? {
         return Ok(answer);
     }

@@ -78,7 +78,14 @@ pub fn next(
             // The nodes going back do so batch by batch under the same gates (a
             // rolling platform upgrade), then every node must have settled.
             if !plan.batches.is_empty() {
-                match batch_step(plan, spec, reports, cx, is_back, "its previous release") {
+                match batch_step(
+                    plan,
+                    spec,
+                    reports,
+                    cx,
+                    NodeStep::is_back,
+                    "its previous release",
+                ) {
                     Batch::Wait => return None,
                     Batch::Moved(p) => return Some(*p),
                     Batch::Last => {}
@@ -86,7 +93,7 @@ pub fn next(
             }
             let settled = steps
                 .iter()
-                .all(|(_, r)| r.is_some_and(|r| is_back(r.step)));
+                .all(|(_, r)| r.is_some_and(|r| r.step.is_back()));
             if !settled {
                 return None;
             }
@@ -133,14 +140,6 @@ fn auto_finalized(cx: &Ctx) -> qapi::history::Started {
     }
 }
 
-/// True once a node is back on the release it ran (or never left it).
-fn is_back(step: NodeStep) -> bool {
-    matches!(
-        step,
-        NodeStep::RolledBack | NodeStep::Failed | NodeStep::Discarded
-    )
-}
-
 /// A node failed its commit (`why` names it). The request's policy decides:
 /// stop where the rollout is, or bring every node that committed (or is
 /// committing) back to the release it ran — at once for an instant or complete
@@ -160,16 +159,10 @@ fn stop_or_roll_back(
         ));
         return p;
     }
-    p.phase = PlanPhase::RollingBack;
     p.error = Some(format!(
         "the commit failed on {why}; every node goes back to the release it ran"
     ));
-    p.paused = false;
-    p.paused_error = None;
-    p.batch = 0;
-    p.batch_started_ms = cx.now_ms;
-    p.gate_until_ms = 0;
-    p.batches = if plan.in_batches() {
+    let order = if plan.in_batches() {
         let back: Vec<u32> = spec
             .nodes
             .iter()
@@ -186,6 +179,7 @@ fn stop_or_roll_back(
     } else {
         vec![]
     };
+    p.roll_back(order, cx.now_ms);
     p
 }
 

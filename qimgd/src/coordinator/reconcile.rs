@@ -11,7 +11,6 @@ use qcluster::{ClusterPlan, NodeReport};
 use super::Ctx;
 use super::decide::{grave, next};
 use crate::events::Events;
-use crate::restriper::DataSafety;
 
 /// One reconciliation; returns when the plan's data-safety gate is up (Unix ms,
 /// 0 for none), for the loop to wake then.
@@ -36,12 +35,7 @@ pub(super) async fn reconcile(
         };
         // The restriper is asked only while a gate holds the next batch back.
         if let Some(argv) = probe.filter(|_| plan.gating(cx.now_ms, false)) {
-            let argv = argv.to_vec();
-            cx.data = tokio::task::spawn_blocking(move || {
-                crate::restriper::safety(crate::restriper::probe(&argv))
-            })
-            .await
-            .unwrap_or_else(|e| DataSafety::AtRisk(format!("the restriper probe: {e}")));
+            cx.data = crate::restriper::ask(argv).await;
         }
         let Some(p) = next(&plan, spec, &reports, &cx) else {
             record(store, &plan, &reports, cx.now_ms, events).await?;

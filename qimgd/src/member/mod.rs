@@ -59,7 +59,9 @@ fn booted(app: &Shared, r: NodeReport) -> NodeReport {
 pub async fn run(app: Shared) {
     let c = &app.cluster;
     let me = c.membership.node_id;
-    let mut last_error = String::new();
+    // What the loop said last: an error, or why it holds a reboot (each is
+    // looked at again every second; said once until it changes).
+    let mut last_said = String::new();
     let mut changes = app.changes.subscribe();
     let mut polls = crate::cluster::Fresh::default();
     loop {
@@ -78,19 +80,28 @@ pub async fn run(app: Shared) {
         let Some(store) = c.store() else {
             continue;
         };
-        if let Err(e) = step(&app, store, me, fresh).await {
-            let text = upgrade::chain(&e);
-            if text != last_error {
-                crate::log(&format!("member: {text}"));
-                last_error = text;
-            }
+        let said = match step(&app, store, me, fresh).await {
+            Ok(held) => held,
+            Err(e) => Some(format!("member: {}", upgrade::chain(&e))),
+        };
+        if let Some(text) = said
+            && text != last_said
+        {
+            crate::log(&text);
+            last_said = text;
         }
     }
 }
 
 /// One look at the plan and this node's report (`fresh`: read from etcd, else
 /// as the watch delivered them): load, decide ([`member_action`]), act.
-async fn step(app: &Shared, store: &Store, me: u32, fresh: bool) -> Result<(), qcluster::Error> {
+/// `Some`: why it holds a reboot the plan asks of this node (for the journal).
+async fn step(
+    app: &Shared,
+    store: &Store,
+    me: u32,
+    fresh: bool,
+) -> Result<Option<String>, qcluster::Error> {
     // Whether a job runs, asked before the reports are read: a job writes its
     // final report before it lets go of its claim, so a job seen ended has its
     // report in what is read next.
@@ -101,7 +112,7 @@ async fn step(app: &Shared, store: &Store, me: u32, fresh: bool) -> Result<(), q
         (store.plan_seen().await?, store.report_of_seen(me).await?)
     };
     let Some((plan, _)) = plan else {
-        return Ok(());
+        return Ok(None);
     };
     let g = plan.generation;
     let own = own.filter(|(r, _)| r.generation == g);
@@ -126,12 +137,11 @@ async fn step(app: &Shared, store: &Store, me: u32, fresh: bool) -> Result<(), q
     if matches!(action, Action::Commit { .. } | Action::Revert { .. })
         && let Some(why) = hold_reboot(app, store, &plan, me, fresh).await?
     {
-        say_once(&format!(
+        return Ok(Some(format!(
             "plan {g}: this node does not reboot for it: {why}"
-        ));
-        return Ok(());
+        )));
     }
-    match action {
+    let done = match action {
         Action::Wait => Ok(()),
         Action::Prepare { again } => {
             if again {
@@ -177,7 +187,8 @@ async fn step(app: &Shared, store: &Store, me: u32, fresh: bool) -> Result<(), q
                 .report(me, &report(g, NodeStep::Failed, 100, Some(why)))
                 .await
         }
-    }
+    };
+    done.map(|()| None)
 }
 
 /// Why this node holds a reboot the plan asks of it (`None`: it goes): a plan
@@ -209,29 +220,12 @@ async fn hold_reboot(
     if plan.batch == 0 {
         return Ok(None);
     }
-    let argv = argv.clone();
-    let safety = tokio::task::spawn_blocking(move || {
-        crate::restriper::safety(crate::restriper::probe(&argv))
-    })
-    .await
-    .unwrap_or_else(|e| crate::restriper::DataSafety::AtRisk(format!("the probe: {e}")));
-    Ok(match safety {
+    Ok(match crate::restriper::ask(argv).await {
         crate::restriper::DataSafety::Safe | crate::restriper::DataSafety::Timed { .. } => None,
         crate::restriper::DataSafety::AtRisk(why) | crate::restriper::DataSafety::NoSource(why) => {
             Some(format!("the data is not safe yet here: {why}"))
         }
     })
-}
-
-/// Logs `line` unless it is the line logged last (a hold is looked at again
-/// every second).
-fn say_once(line: &str) {
-    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if *last != line {
-        crate::log(line);
-        line.clone_into(&mut last);
-    }
 }
 
 /// The engine's view (off the async threads).

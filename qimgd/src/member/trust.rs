@@ -57,10 +57,7 @@ pub fn distrust(
             *i == id
                 && r.generation == plan.generation
                 && match plan.phase {
-                    PlanPhase::RollingBack => matches!(
-                        r.step,
-                        NodeStep::RolledBack | NodeStep::Failed | NodeStep::Discarded
-                    ),
+                    PlanPhase::RollingBack => r.step.is_back(),
                     _ => r.step == NodeStep::Committed,
                 }
         })
