@@ -2,16 +2,36 @@
 //! upgrade directory, with or without a leading slash (the Web UI's habit).
 //! `..`, symlinks that lead out, devices, directories and other non-files are
 //! refused before anything is read.
+//!
+//! The file is opened once, here, and the engine reads that descriptor
+//! ([`upgrade::BundleSource::Opened`]): `openat2` beneath the directory
+//! (`RESOLVE_BENEATH`: no `..`, absolute link or magic link leads out, checked
+//! by the kernel as it walks), non-blocking (a FIFO swapped in cannot hold the
+//! agent), then `fstat` of what was opened. Nothing swapped in after the check
+//! is read.
 
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Component, Path, PathBuf};
 
-/// An image path resolved to a file inside the upgrade directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An image path resolved to a file inside the upgrade directory, opened.
+#[derive(Debug)]
 pub struct ImagePath {
-    /// The file (canonical).
+    /// The file's name on this node (logs only: callers see `shown`).
     pub file: PathBuf,
     /// The path as the cluster names it (`/upgrade/x.qimg`).
     pub shown: String,
+    /// The file, opened read-only; what the engine reads.
+    pub opened: File,
+    /// Its size, from the descriptor.
+    pub size: u64,
+}
+
+impl ImagePath {
+    /// What the engine reads: this descriptor, nothing opened again by name.
+    pub fn source(self) -> upgrade::BundleSource {
+        upgrade::BundleSource::Opened(self.opened)
+    }
 }
 
 /// Why an image path is refused.
@@ -58,7 +78,7 @@ fn kind(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// Resolves `image_path` inside `dir`.
+/// Resolves `image_path` inside `dir` and opens it (see the module's text).
 pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
     if image_path.contains('\0') {
         return Err(PathProblem::Traversal(image_path.replace('\0', "\\0")));
@@ -83,7 +103,7 @@ pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
     if clean.as_os_str().is_empty() {
         return Err(PathProblem::Empty);
     }
-    let root = match dir.canonicalize() {
+    let root = match File::open(dir) {
         Ok(r) => r,
         // A fresh node, where nobody has put anything yet: the file is not here.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -91,24 +111,66 @@ pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
         }
         Err(e) => return Err(PathProblem::Dir(format!("{}: {e}", dir.display()))),
     };
-    let file = match root.join(&clean).canonicalize() {
+    let opened = match open_beneath(&root, &clean) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PathProblem::Missing(image_path.into()));
+        Err(e) => {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) => PathProblem::Missing(image_path.into()),
+                // The kernel's word for a walk that would leave the directory.
+                Some(libc::EXDEV | libc::ELOOP) => PathProblem::Escapes(image_path.into()),
+                _ => PathProblem::Dir(format!("{}: {e}", clean.display())),
+            });
         }
-        Err(e) => return Err(PathProblem::Dir(e.to_string())),
     };
-    if !file.starts_with(&root) {
-        return Err(PathProblem::Escapes(image_path.into()));
-    }
-    let m = std::fs::metadata(&file).map_err(|e| PathProblem::Dir(e.to_string()))?;
+    let m = opened
+        .metadata()
+        .map_err(|e| PathProblem::Dir(e.to_string()))?;
     if !m.is_file() {
         return Err(PathProblem::NotFile(image_path.into(), kind(&m)));
     }
+    // Blocking reads again (no effect on a regular file; tidy for the engine).
+    // SAFETY: fcntl on a descriptor this function owns.
+    unsafe {
+        let fd = opened.as_raw_fd();
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
     Ok(ImagePath {
-        file,
+        file: dir.join(&clean),
         shown: format!("/{}", clean.display()),
+        size: m.len(),
+        opened,
     })
+}
+
+/// `openat2(root, rel, O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC,
+/// RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS)`.
+fn open_beneath(root: &File, rel: &Path) -> std::io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `open_how` is plain data; zero is "no flags".
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and an
+    // `open_how` of the size passed; the result is a new descriptor we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]
@@ -129,7 +191,8 @@ mod tests {
         for p in ["sub/a.qimg", "/sub/a.qimg", "//sub/./a.qimg"] {
             let r = resolve(&up, p).unwrap();
             assert_eq!(r.shown, "/sub/a.qimg");
-            assert_eq!(r.file, up.canonicalize().unwrap().join("sub/a.qimg"));
+            assert_eq!(r.file, up.join("sub/a.qimg"));
+            assert_eq!(r.size, 1);
         }
         assert_eq!(resolve(&up, "sub/in").unwrap().shown, "/sub/in");
         // A node where nobody has put anything yet has no upgrade directory:
@@ -167,6 +230,42 @@ mod tests {
             Err(PathProblem::NotFile(_, "directory"))
         ));
         assert!(matches!(resolve(&up, "nope"), Err(PathProblem::Missing(_))));
+        assert!(matches!(
+            resolve(&up, "sub/a.qimg/x"),
+            Err(PathProblem::Missing(_))
+        ));
+        // A directory link that leads out, then a file below it.
+        std::fs::create_dir(d.path().join("outside")).unwrap();
+        std::fs::write(d.path().join("outside/b.qimg"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), up.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../outside", up.join("rel")).unwrap();
+        for p in ["abs/b.qimg", "rel/b.qimg"] {
+            assert!(
+                matches!(resolve(&up, p), Err(PathProblem::Escapes(_))),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_is_read_is_what_was_opened_and_checked() {
+        use std::io::Read;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.qimg"), b"the bundle").unwrap();
+        let mut img = resolve(d.path(), "a.qimg").unwrap();
+        // A link to a secret swapped in under the same name after the check.
+        std::fs::write(d.path().join("secret"), b"the secret").unwrap();
+        std::fs::remove_file(d.path().join("a.qimg")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), d.path().join("a.qimg")).unwrap();
+        let mut read = String::new();
+        img.opened.read_to_string(&mut read).unwrap();
+        assert_eq!(read, "the bundle");
+        assert_eq!(img.size, 10);
+        // And the name, resolved again, is refused (an absolute link).
+        assert!(matches!(
+            resolve(d.path(), "a.qimg"),
+            Err(PathProblem::Escapes(_))
+        ));
     }
 
     #[test]
@@ -176,8 +275,14 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Opened without blocking (nobody writes it), then refused.
         assert!(matches!(
             resolve(d.path(), "f"),
+            Err(PathProblem::NotFile(_, "fifo"))
+        ));
+        std::os::unix::fs::symlink("f", d.path().join("to-f")).unwrap();
+        assert!(matches!(
+            resolve(d.path(), "to-f"),
             Err(PathProblem::NotFile(_, "fifo"))
         ));
     }

@@ -166,7 +166,13 @@ fn the_node_checks_name_each_problem_and_write_nothing() {
             .clone()
     };
     // A good platform bundle: every check passes, the whole bundle read.
-    let whole = upgrade::assess::assess(&agent, &b.platform, true, Some(4));
+    let whole = upgrade::assess::assess(
+        &agent,
+        &b.platform,
+        upgrade::BundleSource::Path,
+        true,
+        Some(4),
+    );
     assert_eq!(whole.to_version.as_deref(), Some("7.1.0"));
     assert_eq!(whole.mode, Some(upgrade::wire::Mode::Platform));
     let good = whole.checks;
@@ -189,7 +195,9 @@ fn the_node_checks_name_each_problem_and_write_nothing() {
             .contains("7.0.0 -> 7.1.0")
     );
     // The release it runs: the rules fail, saying why; the others still answer.
-    let same = upgrade::assess::assess(&agent, &b.factory, false, None).checks;
+    let same =
+        upgrade::assess::assess(&agent, &b.factory, upgrade::BundleSource::Path, false, None)
+            .checks;
     let rules = of(&same, CheckName::ReleaseRules);
     assert_eq!(rules.result, Verdict::Fail);
     assert!(rules.message.contains("7.0.0"), "{rules:?}");
@@ -199,20 +207,64 @@ fn the_node_checks_name_each_problem_and_write_nothing() {
     let d = tempfile::tempdir().unwrap();
     let bad = tampered(&b.platform, d.path(), |data, _| data + 10);
     let full = of(
-        &upgrade::assess::assess(&agent, &bad, true, None).checks,
+        &upgrade::assess::assess(&agent, &bad, upgrade::BundleSource::Path, true, None).checks,
         CheckName::Bundle,
     );
     assert_eq!(full.result, Verdict::Fail);
     assert!(full.message.contains("sha256"), "{full:?}");
     let quick = of(
-        &upgrade::assess::assess(&agent, &bad, false, None).checks,
+        &upgrade::assess::assess(&agent, &bad, upgrade::BundleSource::Path, false, None).checks,
         CheckName::Bundle,
     );
     assert_eq!(quick.result, Verdict::Pass);
     // No such file: one failing check, and nothing else claimed.
-    let none = upgrade::assess::assess(&agent, &d.path().join("none.qimg"), true, None).checks;
+    let none = upgrade::assess::assess(
+        &agent,
+        &d.path().join("none.qimg"),
+        upgrade::BundleSource::Path,
+        true,
+        None,
+    )
+    .checks;
     assert_eq!(none.len(), 1, "{none:?}");
     assert_eq!(none[0].result, Verdict::Fail);
     assert_eq!(n.disk(), disk, "nothing written");
     assert_eq!(agent.state().unwrap().phase(), upgrade::wire::Phase::Idle);
+}
+
+#[test]
+fn the_engine_reads_the_descriptor_it_was_given_not_the_name_again() {
+    let Some(n) = factory_node() else { return };
+    let b = bundles();
+    let agent = n.agent();
+    let d = tempfile::tempdir().unwrap();
+    let name = d.path().join("x.qimg");
+    std::fs::copy(&b.platform, &name).unwrap();
+    let opened = || std::fs::File::open(&name).unwrap();
+    let (for_verify, for_assess) = (opened(), opened());
+    // Something else is put under the name after it was opened (a link or a
+    // file renamed over it).
+    let other = d.path().join("other");
+    std::fs::write(&other, b"not a bundle").unwrap();
+    std::fs::rename(&other, &name).unwrap();
+    assert!(agent.verify(&name).is_err(), "the name now holds junk");
+    let v = agent
+        .verify_from(&name, upgrade::BundleSource::Opened(for_verify))
+        .unwrap();
+    assert_eq!(v.plan.to.version.to_string(), "7.1.0");
+    let a = upgrade::assess::assess(
+        &agent,
+        &name,
+        upgrade::BundleSource::Opened(for_assess),
+        true,
+        None,
+    );
+    assert_eq!(a.to_version.as_deref(), Some("7.1.0"));
+    assert!(
+        a.checks
+            .iter()
+            .all(|c| c.result == qapi::assess::Verdict::Pass),
+        "{:?}",
+        a.checks
+    );
 }

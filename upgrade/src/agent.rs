@@ -16,6 +16,7 @@ use crate::container::{Runtime, runtime};
 use crate::error::{Error, Op, chain, io_err};
 use crate::machine::Machine;
 use crate::node::Node;
+use crate::prepare::BundleSource;
 use crate::recovery::{Recovery, recovery};
 use crate::state::{
     CommitStep, ErrorState, Failure, NodeState, Plan, PrepareStep, Settings, Stage, Status,
@@ -211,11 +212,16 @@ impl Agent {
     /// reading only the bundle's head: what a prepare would do, or why it is
     /// refused. Changes nothing and takes no lock.
     pub fn verify(&self, path: &Path) -> Result<Verified, Error> {
+        self.verify_from(path, BundleSource::Path)
+    }
+
+    /// [`Agent::verify`] of what `source` reads (`path` names it).
+    pub fn verify_from(&self, path: &Path, source: BundleSource) -> Result<Verified, Error> {
         let mut io = self.node.open()?;
         let bundle = prepare::BundleFile {
             path,
             pinned: None,
-            stream: None,
+            source,
         };
         let ex = prepare::examine(&self.node, &mut io, bundle, &Cancel::new())?;
         let st = self.state()?;
@@ -240,19 +246,19 @@ impl Agent {
         obs: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<NodeState, Error> {
-        self.prepare_from(req, None, obs, cancel)
+        self.prepare_from(req, BundleSource::Path, obs, cancel)
     }
 
-    /// [`Agent::prepare`] from `stream`, the bundle's bytes as they arrive (a
-    /// fetch from another node, which names the file `req.path` once it has
-    /// verified it), instead of the file: the slot is written while the bytes
-    /// come, verified as they stream as from a file, and made bootable only
-    /// after the last digest. `req.pin` is required (its size is the stream's
-    /// length). `None`: the file.
+    /// [`Agent::prepare`] from `source`: a file the caller opened (read through
+    /// that descriptor only), or the bundle's bytes as they arrive (a fetch
+    /// from another node, which names the file `req.path` once it has verified
+    /// it): the slot is written while the bytes come, verified as they stream
+    /// as from a file, and made bootable only after the last digest;
+    /// `req.pin` is required then (its size is the stream's length).
     pub fn prepare_from(
         &self,
         req: &PrepareRequest,
-        stream: Option<Box<dyn std::io::Read + Send>>,
+        source: BundleSource,
         obs: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<NodeState, Error> {
@@ -294,7 +300,7 @@ impl Agent {
         let bundle = prepare::BundleFile {
             path: &req.path,
             pinned: req.pin.as_ref(),
-            stream,
+            source,
         };
         let result = prepare::run(&self.node, &store, &mut st, &mut io, bundle, obs, cancel);
         let Err(e) = result else {

@@ -14,6 +14,7 @@ use qimg::{BundleReader, ComponentKind, NoProgress};
 use crate::Error;
 use crate::agent::Agent;
 use crate::checks::{self, NodeFacts};
+use crate::prepare::BundleSource;
 
 /// How much room beyond the container's size staging wants (a tenth).
 const MARGIN_PERCENT: u64 = 10;
@@ -22,17 +23,23 @@ fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 
-/// This node's checks of the bundle at `path` (`full`: read every payload
-/// and check its digest, as an assessment does; a prepare checks them as it
-/// writes). `id` names the node in each check.
-pub fn assess(agent: &Agent, path: &Path, full: bool, id: Option<u32>) -> NodeAssessment {
+/// This node's checks of the bundle `source` reads, named `path` (`full`:
+/// read every payload and check its digest, as an assessment does; a prepare
+/// checks them as it writes). `id` names the node in each check.
+pub fn assess(
+    agent: &Agent,
+    path: &Path,
+    source: BundleSource,
+    full: bool,
+    id: Option<u32>,
+) -> NodeAssessment {
     let mut out = NodeAssessment {
         now_ms: 0,
         mode: None,
         to_version: None,
         checks: vec![],
     };
-    out.checks = checks(agent, path, full, id, &mut out);
+    out.checks = checks(agent, path, source, full, id, &mut out);
     out.now_ms = qutil::now_ms();
     out
 }
@@ -40,33 +47,22 @@ pub fn assess(agent: &Agent, path: &Path, full: bool, id: Option<u32>) -> NodeAs
 fn checks(
     agent: &Agent,
     path: &Path,
+    source: BundleSource,
     full: bool,
     id: Option<u32>,
     seen: &mut NodeAssessment,
 ) -> Vec<Check> {
     let check = |name, result, message: String| Check::new(name, id, result, message);
     let node = agent.node();
-    let opened = std::fs::File::open(path)
-        .map_err(|source| Error::BundleOpen {
-            path: path.to_owned(),
-            source,
-        })
-        .and_then(|f| {
-            let size = f
-                .metadata()
-                .map_err(|source| Error::BundleOpen {
-                    path: path.to_owned(),
-                    source,
-                })?
-                .len();
-            let keys = node.keys()?;
-            let (r, _) = BundleReader::open_verified(BufReader::with_capacity(1 << 20, f), &keys)
-                .map_err(|source| Error::Bundle {
+    let opened = source.open(path, None).and_then(|(f, size)| {
+        let keys = node.keys()?;
+        let (r, _) = BundleReader::open_verified(BufReader::with_capacity(1 << 20, f), &keys)
+            .map_err(|source| Error::Bundle {
                 path: path.to_owned(),
                 source,
             })?;
-            Ok((r, size))
-        });
+        Ok((r, size))
+    });
     let (reader, size) = match opened {
         Ok(r) => r,
         Err(e) => {

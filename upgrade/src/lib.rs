@@ -44,6 +44,7 @@ pub use agent::{Agent, PrepareRequest, Verified};
 pub use commit::CommitOutcome;
 pub use error::{Error, chain};
 pub use machine::Machine;
+pub use prepare::BundleSource;
 pub use qimg::Cancel;
 
 /// Seconds since the Unix epoch.

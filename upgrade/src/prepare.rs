@@ -76,6 +76,48 @@ fn bundle_err(path: &Path, cancel: &Cancel) -> impl Fn(qimg::Error) -> Error {
     }
 }
 
+/// Where the engine reads a bundle from.
+pub enum BundleSource {
+    /// The file at the path the caller names, opened by the engine (the
+    /// operator's own `qq` on the node: a file the operator chose).
+    Path,
+    /// A file the caller opened, read through that descriptor only (the REST
+    /// agent opens the file beneath its upgrade directory once, without
+    /// following a link out, and checks what it opened: nothing swapped in
+    /// later is read).
+    Opened(std::fs::File),
+    /// The bundle's bytes as they arrive (a fetch from another node); their
+    /// length is the pin's size, so the pin is required.
+    Arriving(Box<dyn Read + Send>),
+}
+
+impl BundleSource {
+    /// Opens what the engine reads, with its size. `path` names it in errors.
+    pub(crate) fn open(
+        self,
+        path: &Path,
+        pinned: Option<&BundlePin>,
+    ) -> Result<(Box<dyn Read + Send>, u64), Error> {
+        let open_err = |source| Error::BundleOpen {
+            path: path.to_owned(),
+            source,
+        };
+        let file = match self {
+            BundleSource::Arriving(s) => {
+                let pin = pinned.ok_or_else(|| Error::Refused {
+                    path: path.to_owned(),
+                    reason: Refusal::Incomplete("a bundle read as it arrives needs the plan's pin"),
+                })?;
+                return Ok((s, pin.size));
+            }
+            BundleSource::Opened(f) => f,
+            BundleSource::Path => std::fs::File::open(path).map_err(open_err)?,
+        };
+        let size = file.metadata().map_err(open_err)?.len();
+        Ok((Box::new(file), size))
+    }
+}
+
 /// The bundle a prepare reads: its file and, in a cluster, the pin the plan
 /// holds it to (another file under the same name is refused); or, while it is
 /// fetched from another node, its bytes as they arrive.
@@ -84,9 +126,8 @@ pub(crate) struct BundleFile<'a> {
     pub path: &'a Path,
     /// What it must be.
     pub pinned: Option<&'a BundlePin>,
-    /// The bytes as they arrive (`None`: read the file). Its length is the
-    /// pin's size.
-    pub stream: Option<Box<dyn Read + Send>>,
+    /// Where its bytes come from.
+    pub source: BundleSource,
 }
 
 /// What a prepare reads its bundle from.
@@ -128,27 +169,10 @@ pub(crate) fn examine(
     let BundleFile {
         path,
         pinned,
-        stream,
+        source,
     } = bundle;
     let berr = bundle_err(path, cancel);
-    let open_err = |source| Error::BundleOpen {
-        path: path.to_owned(),
-        source,
-    };
-    let (source, size): (Box<dyn Read + Send>, u64) = match (stream, pinned) {
-        (Some(s), Some(pin)) => (s, pin.size),
-        (Some(_), None) => {
-            return Err(Error::Refused {
-                path: path.to_owned(),
-                reason: Refusal::Incomplete("a bundle read as it arrives needs the plan's pin"),
-            });
-        }
-        (None, _) => {
-            let file = std::fs::File::open(path).map_err(open_err)?;
-            let size = file.metadata().map_err(open_err)?.len();
-            (Box::new(file), size)
-        }
-    };
+    let (source, size) = source.open(path, pinned)?;
     let (reader, _) =
         BundleReader::open_verified(BufReader::with_capacity(1 << 20, source), &node.keys()?)
             .map_err(&berr)?;

@@ -88,7 +88,17 @@ async fn own(app: &Shared, image_path: &str, full: bool) -> Result<NodeAssessmen
         Err(e) => return Err(e.into()),
     };
     let agent = app.agent.clone();
-    blocking(move || Ok(upgrade::assess::assess(&agent, &img.file, full, Some(me)))).await
+    blocking(move || {
+        let name = img.file.clone();
+        Ok(upgrade::assess::assess(
+            &agent,
+            &name,
+            img.source(),
+            full,
+            Some(me),
+        ))
+    })
+    .await
 }
 
 /// Every node's checks and the cluster's, for `req` (`full`: each node reads

@@ -91,8 +91,8 @@ pub(super) async fn prepare(
     may_start(current.as_ref().map(|(p, _)| p))?;
     super::upgrade_api::engine_free(app).await?;
     let a = app.clone();
-    let file = img.file.clone();
-    let v = blocking(move || Ok(a.agent.verify(&file)?)).await?;
+    let shown = img.shown.clone();
+    let v = blocking(move || Ok(a.agent.verify_from(&img.file.clone(), img.source())?)).await?;
     if let Some(why) = v.blocked {
         return Err(ApiError::blocked(why));
     }
@@ -138,7 +138,7 @@ pub(super) async fn prepare(
         canary: req.canary,
         soak_ms: req.soak_secs.unwrap_or(0).saturating_mul(1000),
         auto_finalize_ms: req.auto_finalize_after_secs.map(|s| s.saturating_mul(1000)),
-        ..ClusterPlan::new(generation, &img.shown, v.plan.to.version.clone(), mode)
+        ..ClusterPlan::new(generation, &shown, v.plan.to.version.clone(), mode)
     };
     let before = record(app);
     let won = store(app)?

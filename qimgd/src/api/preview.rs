@@ -26,8 +26,8 @@ pub(super) async fn preview(
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
     super::cluster_upgrade::may_start(plan(&app).await?.as_ref().map(|(p, _)| p))?;
     let a = app.clone();
-    let file = img.file.clone();
-    let v = blocking(move || Ok(a.agent.verify(&file)?)).await?;
+    let shown = img.shown.clone();
+    let v = blocking(move || Ok(a.agent.verify_from(&img.file.clone(), img.source())?)).await?;
     if let Some(why) = v.blocked {
         return Err(ApiError::blocked(why));
     }
@@ -49,7 +49,7 @@ pub(super) async fn preview(
     let phases = qcluster::eta::expected(&shape, &history);
     Ok(Json(Preview {
         schema: PREVIEW_SCHEMA.into(),
-        image_path: img.shown,
+        image_path: shown,
         mode,
         from_version: Some(v.plan.from.version.to_string()),
         to_version: v.plan.to.version.to_string(),

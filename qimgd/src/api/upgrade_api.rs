@@ -84,7 +84,7 @@ pub(super) async fn verify(
     no_overrides(q)?;
     let img = paths::resolve(&app.config.upgrade_dir, &req.image_path)?;
     let agent = app.agent.clone();
-    let v = blocking(move || Ok(agent.verify(&img.file)?)).await?;
+    let v = blocking(move || Ok(agent.verify_from(&img.file.clone(), img.source())?)).await?;
     Ok(Json(VerifyResponse {
         target_version: v.plan.to.version.to_string(),
         upgrade_type: v.plan.mode.into(),

@@ -358,19 +358,22 @@ fn prepare_pinned(
     stream: Option<Box<dyn std::io::Read + Send>>,
 ) -> Result<(), String> {
     let g = plan.generation;
-    let (file, shown, size) = if stream.is_some() {
-        let name = plan.image_path.trim_start_matches('/');
-        let size = plan.bundle.as_ref().map_or(1, |p| p.size);
-        (
-            a.config.upgrade_dir.join(name),
-            plan.image_path.clone(),
-            size,
-        )
-    } else {
-        let img = crate::paths::resolve(&a.config.upgrade_dir, &plan.image_path)
-            .map_err(|e| format!("{e} on this node"))?;
-        let size = std::fs::metadata(&img.file).map_or(1, |m| m.len());
-        (img.file, img.shown, size)
+    let (file, shown, size, source) = match stream {
+        Some(arriving) => {
+            let name = plan.image_path.trim_start_matches('/');
+            let size = plan.bundle.as_ref().map_or(1, |p| p.size);
+            (
+                a.config.upgrade_dir.join(name),
+                plan.image_path.clone(),
+                size,
+                upgrade::BundleSource::Arriving(arriving),
+            )
+        }
+        None => {
+            let img = crate::paths::resolve(&a.config.upgrade_dir, &plan.image_path)
+                .map_err(|e| format!("{e} on this node"))?;
+            (img.file.clone(), img.shown.clone(), img.size, img.source())
+        }
     };
     a.jobs.meter.reset(size);
     crate::log(&format!("plan {g}: preparing {}", plan.image_path));
@@ -383,7 +386,7 @@ fn prepare_pinned(
         pin: plan.bundle,
     };
     a.agent
-        .prepare_from(&req, stream, &Observer(a.jobs.meter.clone()), &a.cancel)
+        .prepare_from(&req, source, &Observer(a.jobs.meter.clone()), &a.cancel)
         .map(|_| ())
         .map_err(|e| upgrade::chain(&e))
 }
