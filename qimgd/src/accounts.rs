@@ -4,6 +4,7 @@
 //! added, a password changed or a user removed on any node is so on every node.
 
 use qcluster::Store;
+use qcluster::store::SharedDoc;
 
 use crate::Error;
 use crate::users::{Doc, Users};
@@ -28,9 +29,9 @@ pub async fn connect(dir: &std::path::Path) -> Result<Store, Error> {
 /// `fresh`, else as the watch last delivered them.
 pub async fn cluster_users(store: &Store, fresh: bool) -> Result<Users, Error> {
     let r = if fresh {
-        store.users::<Doc>().await
+        store.doc::<Doc>(SharedDoc::Users).await
     } else {
-        store.users_seen::<Doc>().await
+        store.doc_seen::<Doc>(SharedDoc::Users).await
     }
     .map_err(Error::Cluster)?;
     match r {
@@ -47,18 +48,25 @@ pub async fn edit_cluster_users(
     edit: impl Fn(&mut Users) -> Result<(), Error>,
 ) -> Result<(), Error> {
     for _ in 0..CAS_TRIES {
-        let (mut users, revision) = match store.users::<Doc>().await.map_err(Error::Cluster)? {
+        let (mut users, revision) = match store
+            .doc::<Doc>(SharedDoc::Users)
+            .await
+            .map_err(Error::Cluster)?
+        {
             None => (Users::default(), None),
             Some((doc, r)) => (Users::from_doc(doc, IN_CLUSTER)?, Some(r)),
         };
         edit(&mut users)?;
         if store
-            .put_users_if(&users.to_doc(), revision)
+            .put_doc_if(SharedDoc::Users, &users.to_doc(), revision)
             .await
             .map_err(Error::Cluster)?
         {
             return Ok(());
         }
     }
-    Err(Error::UsersContended { tries: CAS_TRIES })
+    Err(Error::Contended {
+        what: "users",
+        tries: CAS_TRIES,
+    })
 }

@@ -133,7 +133,7 @@ pub fn build(
         agent,
         product,
         users: config.users.clone(),
-        key: TokenKey::load_or_create(&token_key)?,
+        keys: crate::token_keys::Keys::new(TokenKey::load_or_create(&token_key)?),
         throttle: Throttle::default(),
         admission: crate::admission::Admission::new(crate::admission::total_cap(
             crate::admission::nofile(),

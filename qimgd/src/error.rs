@@ -102,12 +102,20 @@ pub enum Error {
     /// The upgrade engine failed.
     #[error("upgrade engine")]
     Engine(#[source] upgrade::Error),
-    /// The users could not be written to the cluster: other writers kept
-    /// changing them.
-    #[error("the cluster's users changed under {tries} writes in a row; try again")]
-    UsersContended {
+    /// A document the cluster shares (its users, its token keys) could not be
+    /// written: other writers kept changing it.
+    #[error("the cluster's {what} changed under {tries} writes in a row; try again")]
+    Contended {
+        /// Which document.
+        what: &'static str,
         /// Writes tried.
         tries: u32,
+    },
+    /// The cluster's token keys are unusable (`crate::token_keys`).
+    #[error("the cluster's token keys: {problem}")]
+    TokenKeys {
+        /// What is wrong.
+        problem: String,
     },
     /// The cluster's files or etcd failed.
     #[error("cluster")]
@@ -124,7 +132,8 @@ impl Error {
             | Error::Webhook { .. } => "config",
             Error::Io { .. } => "io",
             Error::UsersDamaged { .. } => "users-damaged",
-            Error::UsersContended { .. } => "users-contended",
+            Error::Contended { .. } => "contended",
+            Error::TokenKeys { .. } => "token-keys",
             Error::UserExists(_) => "user-exists",
             Error::NoSuchUser(_) => "no-such-user",
             Error::BadCredentials(_) => "bad-credentials",

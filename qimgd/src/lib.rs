@@ -19,7 +19,8 @@
 //! - [`jobs`]: the one engine operation at a time on a blocking thread, and its
 //!   never-decreasing progress.
 //! - [`users`], [`token`], [`throttle`]: Argon2id password hashes, HMAC tokens,
-//!   failed logins slowed per address; [`accounts`]: where the users live (the
+//!   failed logins slowed per address; [`token_keys`]: the keys tokens are
+//!   signed with and their rotation; [`accounts`]: where the users live (the
 //!   users file, or the cluster's etcd). [`tls`]: certificates. [`identity`]: node
 //!   and cluster ids. [`paths`]: `image_path` resolved inside the upgrade directory.
 #![deny(missing_docs)]
@@ -46,6 +47,7 @@ pub mod server;
 pub mod throttle;
 pub mod tls;
 pub mod token;
+pub mod token_keys;
 pub mod users;
 
 pub use error::Error;

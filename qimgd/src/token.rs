@@ -61,9 +61,14 @@ pub enum Rejected {
     /// Valid for longer than the node gives a login.
     #[error("the token is valid for longer than this node allows")]
     TooLong,
+    /// Signed with a key the cluster rotated away from, past its last day
+    /// (`crate::token_keys`).
+    #[error("the token was signed with a retired key")]
+    Retired,
 }
 
 /// The key tokens are signed with.
+#[derive(Clone)]
 pub struct TokenKey {
     key: hmac::Key,
 }
@@ -71,6 +76,11 @@ pub struct TokenKey {
 impl TokenKey {
     /// Loads the key from `path`, generating it (mode 0600) on first use.
     pub fn load_or_create(path: &Path) -> Result<TokenKey, Error> {
+        Ok(TokenKey::from_bytes(&TokenKey::bytes_or_create(path)?))
+    }
+
+    /// [`TokenKey::load_or_create`], the key's bytes.
+    pub fn bytes_or_create(path: &Path) -> Result<[u8; 32], Error> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -88,14 +98,11 @@ impl TokenKey {
             }
             Err(e) => return Err(io_err("reading", path)(e)),
         };
-        if bytes.len() != 32 {
-            return Err(Error::Key {
-                what: "token key",
-                path: path.to_owned(),
-                problem: format!("{} bytes, expected 32", bytes.len()),
-            });
-        }
-        Ok(TokenKey::from_bytes(&bytes))
+        bytes.as_slice().try_into().map_err(|_| Error::Key {
+            what: "token key",
+            path: path.to_owned(),
+            problem: format!("{} bytes, expected 32", bytes.len()),
+        })
     }
 
     /// A key from its bytes.
@@ -130,25 +137,16 @@ impl TokenKey {
     /// future (beyond [`MAX_SKEW`]), its lifetime is at most `max_lifetime`
     /// and it has not expired at `now`.
     pub fn check(&self, token: &str, now: u64, max_lifetime: u64) -> Result<Claims, Rejected> {
-        let (signed, mac) = token.rsplit_once('.').ok_or(Rejected::Malformed)?;
-        let (prefix, payload) = signed.split_once('.').ok_or(Rejected::Malformed)?;
-        if prefix != PREFIX {
-            return Err(Rejected::Malformed);
+        let t = Parsed::of(token)?;
+        if !self.signed(&t) {
+            return Err(Rejected::Forged);
         }
-        let mac = B64.decode(mac).map_err(|_| Rejected::Malformed)?;
-        hmac::verify(&self.key, signed.as_bytes(), &mac).map_err(|_| Rejected::Forged)?;
-        let bytes = B64.decode(payload).map_err(|_| Rejected::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&bytes).map_err(|_| Rejected::Malformed)?;
-        if claims.iat > now.saturating_add(MAX_SKEW) {
-            return Err(Rejected::FromTheFuture);
-        }
-        if claims.exp.saturating_sub(claims.iat) > max_lifetime {
-            return Err(Rejected::TooLong);
-        }
-        if now >= claims.exp {
-            return Err(Rejected::Expired);
-        }
-        Ok(claims)
+        t.claims(now, max_lifetime)
+    }
+
+    /// Whether this key signed `t`.
+    pub(crate) fn signed(&self, t: &Parsed) -> bool {
+        hmac::verify(&self.key, t.signed.as_bytes(), &t.mac).is_ok()
     }
 
     /// [`TokenKey::check`], and the user still exists with the password the token
@@ -161,6 +159,48 @@ impl TokenKey {
         max_lifetime: u64,
     ) -> Result<Claims, Rejected> {
         admit(self.check(token, now, max_lifetime)?, users)
+    }
+}
+
+/// A token taken apart, its signature not checked yet.
+pub(crate) struct Parsed<'a> {
+    signed: &'a str,
+    payload: &'a str,
+    mac: Vec<u8>,
+}
+
+impl<'a> Parsed<'a> {
+    /// `qimgd1.<payload>.<mac>`, or [`Rejected::Malformed`].
+    pub(crate) fn of(token: &'a str) -> Result<Parsed<'a>, Rejected> {
+        let (signed, mac) = token.rsplit_once('.').ok_or(Rejected::Malformed)?;
+        let (prefix, payload) = signed.split_once('.').ok_or(Rejected::Malformed)?;
+        if prefix != PREFIX {
+            return Err(Rejected::Malformed);
+        }
+        let mac = B64.decode(mac).map_err(|_| Rejected::Malformed)?;
+        Ok(Parsed {
+            signed,
+            payload,
+            mac,
+        })
+    }
+
+    /// The claims, once a key is found to have signed it: not issued in the
+    /// future (beyond [`MAX_SKEW`]), a lifetime of at most `max_lifetime`,
+    /// not expired at `now`.
+    pub(crate) fn claims(&self, now: u64, max_lifetime: u64) -> Result<Claims, Rejected> {
+        let bytes = B64.decode(self.payload).map_err(|_| Rejected::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&bytes).map_err(|_| Rejected::Malformed)?;
+        if claims.iat > now.saturating_add(MAX_SKEW) {
+            return Err(Rejected::FromTheFuture);
+        }
+        if claims.exp.saturating_sub(claims.iat) > max_lifetime {
+            return Err(Rejected::TooLong);
+        }
+        if now >= claims.exp {
+            return Err(Rejected::Expired);
+        }
+        Ok(claims)
     }
 }
 

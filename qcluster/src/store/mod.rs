@@ -27,6 +27,7 @@ pub mod session;
 pub mod watch;
 
 pub use local::{Cond, Local};
+pub use plans::SharedDoc;
 pub use registry::NodeInfo;
 pub use session::{Session, stay_registered};
 

@@ -1,6 +1,7 @@
-//! The cluster's plan, its users and the nodes' reports: written with
-//! compare-and-swap on their revisions (a report also plainly, by its node),
-//! read from etcd or, while the watch keeps it current, from the mirror.
+//! The cluster's plan, the documents the agents share (users, token keys) and
+//! the nodes' reports: written with compare-and-swap on their revisions (a
+//! report also plainly, by its node), read from etcd or, while the watch keeps
+//! it current, from the mirror.
 
 use serde::Serialize;
 
@@ -31,28 +32,33 @@ impl Store {
             .await
     }
 
-    /// The cluster's users (a document the agents define: names and password
-    /// hashes) and its revision, from etcd.
-    pub async fn users<T: serde::de::DeserializeOwned>(&self) -> Result<Option<(T, i64)>, Error> {
-        self.get_one("reading the users", &self.key("users")).await
-    }
-
-    /// The users as this process last saw them (the mirror, no round trip while
-    /// the watch is live); [`Store::users`] otherwise.
-    pub async fn users_seen<T: serde::de::DeserializeOwned>(
+    /// A document the agents share (`d`; its schema is theirs) and its
+    /// revision, from etcd.
+    pub async fn doc<T: serde::de::DeserializeOwned>(
         &self,
+        d: SharedDoc,
     ) -> Result<Option<(T, i64)>, Error> {
-        self.seen_one("reading the users", &self.key("users")).await
+        self.get_one(d.reading(), &self.key(d.name())).await
     }
 
-    /// Writes the users if they are still at `revision` (`None`: none yet).
-    /// False when another writer came first.
-    pub async fn put_users_if<T: Serialize>(
+    /// [`Store::doc`] as this process last saw it (the mirror, no round trip
+    /// while the watch is live); from etcd otherwise.
+    pub async fn doc_seen<T: serde::de::DeserializeOwned>(
         &self,
-        users: &T,
+        d: SharedDoc,
+    ) -> Result<Option<(T, i64)>, Error> {
+        self.seen_one(d.reading(), &self.key(d.name())).await
+    }
+
+    /// Writes document `d` if it is still at `revision` (`None`: none yet).
+    /// False when another writer came first.
+    pub async fn put_doc_if<T: Serialize>(
+        &self,
+        d: SharedDoc,
+        value: &T,
         revision: Option<i64>,
     ) -> Result<bool, Error> {
-        self.put_json_if("writing the users", &self.key("users"), users, revision)
+        self.put_json_if(d.writing(), &self.key(d.name()), value, revision)
             .await
     }
 
@@ -133,5 +139,38 @@ impl Store {
             Ok((id, Self::parse(&key, value)?))
         })
         .collect()
+    }
+}
+
+/// The documents the agents share through the store, each under its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedDoc {
+    /// The cluster's users (names and password hashes): `users`.
+    Users,
+    /// The keys login tokens are signed with: `token-keys`.
+    TokenKeys,
+}
+
+impl SharedDoc {
+    /// Its key under the cluster's prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            SharedDoc::Users => "users",
+            SharedDoc::TokenKeys => "token-keys",
+        }
+    }
+
+    fn reading(self) -> &'static str {
+        match self {
+            SharedDoc::Users => "reading the users",
+            SharedDoc::TokenKeys => "reading the token keys",
+        }
+    }
+
+    fn writing(self) -> &'static str {
+        match self {
+            SharedDoc::Users => "writing the users",
+            SharedDoc::TokenKeys => "writing the token keys",
+        }
     }
 }

@@ -23,7 +23,6 @@ use crate::identity::Identity;
 use crate::jobs::Jobs;
 use crate::peer::Peer;
 use crate::throttle::Throttle;
-use crate::token::TokenKey;
 use crate::users::Users;
 
 pub mod assess;
@@ -57,8 +56,8 @@ pub struct App {
     pub product: String,
     /// The users file.
     pub users: PathBuf,
-    /// The token key.
-    pub key: TokenKey,
+    /// The keys tokens are signed with (`crate::token_keys`).
+    pub keys: crate::token_keys::Keys,
     /// Failed logins per address.
     pub throttle: Throttle,
     /// The connections held, capped per address and in all.
@@ -173,10 +172,19 @@ async fn authenticate(
             })?;
         let refused =
             |r: crate::token::Rejected| ApiError::unauthorized(format!("{r}: log in again"));
-        let claims = app
-            .key
-            .check(token, upgrade::now(), app.config.token_lifetime_secs)
-            .map_err(refused)?;
+        let check = |ring: &crate::token_keys::KeyRing| {
+            ring.check(token, upgrade::now(), app.config.token_lifetime_secs)
+        };
+        let claims = match check(&*token_keys(&app, false).await?) {
+            // Signed by no key this node's watch delivered: a key added a
+            // moment ago on another node's rotation, or a forgery (etcd is
+            // asked at most once a second for those).
+            Err(crate::token::Rejected::Forged) if app.keys.may_refresh() => {
+                check(&*token_keys(&app, true).await?)
+            }
+            r => r,
+        }
+        .map_err(refused)?;
         // Only a token this cluster signed may make the node ask etcd again
         // for a user its mirror does not know yet.
         let users = users_knowing(&app, &claims.user).await?;
@@ -251,6 +259,20 @@ pub(crate) async fn users(app: &Shared) -> Result<Users, ApiError> {
         return blocking(move || Ok(Users::load(&path)?)).await;
     }
     Ok(crate::accounts::cluster_users(cluster_upgrade::store(app)?, false).await?)
+}
+
+/// The keys this node checks tokens against and signs them with: its file's
+/// alone; in a cluster, the cluster's (as the watch delivered them, or from
+/// etcd when `fresh`).
+pub(crate) async fn token_keys(
+    app: &Shared,
+    fresh: bool,
+) -> Result<std::sync::Arc<crate::token_keys::KeyRing>, ApiError> {
+    let store = match app.cluster.is_alone() {
+        true => None,
+        false => Some(cluster_upgrade::store(app)?),
+    };
+    Ok(app.keys.ring(store, fresh).await?)
 }
 
 /// [`users`], knowing `name` if the cluster does: a user just added on another

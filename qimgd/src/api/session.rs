@@ -71,7 +71,11 @@ pub(super) async fn login(
             app.throttle.succeeded(ip, &req_user);
             // Not before the password's change (which is a second ahead of it).
             let iat = upgrade::now().max(changed);
-            let token = app.key.issue(&user, iat, app.config.token_lifetime_secs);
+            let token = super::token_keys(&app, false).await?.issue(
+                &user,
+                iat,
+                app.config.token_lifetime_secs,
+            );
             Ok(Json(LoginResponse {
                 bearer_token: token,
             }))

@@ -91,3 +91,81 @@ fn users_are_the_clusters_managed_on_any_node() {
     local.save(&users).unwrap();
     login_until(a2, "mallory", "local password", 401);
 }
+
+/// `qimgd --config <node's config> cluster rotate-token-key ARGS`.
+fn rotate_cli(a: &Agentd, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qimgd"))
+        .arg("--config")
+        .arg(&a.config)
+        .args(["cluster", "rotate-token-key", "--grace-secs", "1"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_token_key_rolls_on_every_node_and_a_leaked_one_dies() {
+    let Some(c) = cluster("tk", 3, |_, _| {}) else {
+        return;
+    };
+    let (a1, a2, a3) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    let with = |a: &Agentd, t: &str| Client {
+        token: Some(t.to_owned()),
+        ..a.client()
+    };
+    let status = |a: &Agentd, t: &str| with(a, t).get("/v1/version").0;
+    // What a thief of the cluster's token.key mints: a token within policy.
+    let file_key = std::fs::read(c.etcd.nodes[0].dir.join("token.key")).unwrap();
+    let stolen = qimgd::token::TokenKey::from_bytes(&file_key);
+    // Issued a little ahead (within the clocks' skew): the test user was just
+    // added, and a token older than its password is void.
+    let minted = || stolen.issue(USER, upgrade::now() + 5, 60);
+    let before = login_until(a1, USER, PASSWORD, 200).unwrap();
+    assert_eq!(status(a3, &minted()), 200, "before any rotation");
+
+    // A rotation: nobody is logged out, the new key's tokens work everywhere.
+    let o = rotate_cli(a2, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("token key 1 signs new logins"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("token key 0 is refused from"),
+        "{}",
+        stdout(&o)
+    );
+    let after = login_until(a3, USER, PASSWORD, 200).unwrap();
+    assert!(
+        stolen.check(&after, upgrade::now(), 3600).is_err(),
+        "signed with the new key"
+    );
+    for a in [a1, a2, a3] {
+        assert_eq!(
+            status(a, &before),
+            200,
+            "a token of the old key, during its last day"
+        );
+        assert_eq!(status(a, &after), 200, "a token of the new key");
+    }
+
+    // The old key leaked: retired at once. Its tokens and the thief's die on
+    // every node; logins and the tokens of the newest key work.
+    let o = rotate_cli(a1, &["--retire-now"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("token key 2 signs new logins"),
+        "{}",
+        stdout(&o)
+    );
+    let fresh = login_until(a2, USER, PASSWORD, 200).unwrap();
+    for a in [a1, a2, a3] {
+        let (st, b) = with(a, &minted()).get("/v1/version");
+        assert_eq!(st, 401, "{b}");
+        assert!(b.to_string().contains("retired key"), "{b}");
+        assert_eq!(status(a, &before), 401);
+        assert_eq!(status(a, &after), 401);
+        assert_eq!(status(a, &fresh), 200);
+    }
+}

@@ -1,6 +1,8 @@
-//! `qimgd cluster create|member|voter`: making a cluster once, running this
-//! node's etcd member (systemd/qimg-etcd.service), and whether it has one (the
-//! unit's `ExecCondition`, so one image enables the unit on every node).
+//! `qimgd cluster create|member|voter|rotate-token-key`: making a cluster once,
+//! running this node's etcd member (systemd/qimg-etcd.service), whether it has
+//! one (the unit's `ExecCondition`, so one image enables the unit on every
+//! node), and rolling the key login tokens are signed with
+//! (`qimgd::token_keys`).
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -29,6 +31,17 @@ pub enum Command {
     /// Whether this node runs an etcd member: exit 0 if it is a voting member of
     /// its cluster, 1 if not (no cluster, or not a voter), 2 on an error.
     Voter,
+    /// Roll the key login tokens are signed with, on every node: the new key
+    /// is accepted everywhere first, then signs; the old one is still
+    /// accepted for one token lifetime (nobody is logged out), then refused.
+    RotateTokenKey {
+        /// Refuse the old key at once (it leaked): everyone logs in again.
+        #[arg(long)]
+        retire_now: bool,
+        /// How long every node has to see the new key before it signs.
+        #[arg(long, default_value_t = 5)]
+        grace_secs: u64,
+    },
 }
 
 pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -> Result<ExitCode> {
@@ -66,6 +79,10 @@ pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -
             ))?;
             Ok(ExitCode::from(if voter { 0 } else { 1 }))
         }
+        Command::RotateTokenKey {
+            retire_now,
+            grace_secs,
+        } => rotate_token_key(&config()?, retire_now, grace_secs),
         Command::Member { data_dir } => {
             let config = config()?;
             let dir = config
@@ -84,4 +101,45 @@ pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -
             Err(e).context("starting etcd")
         }
     }
+}
+
+fn rotate_token_key(
+    config: &qimgd::config::Config,
+    retire_now: bool,
+    grace_secs: u64,
+) -> Result<ExitCode> {
+    let dir = config
+        .cluster
+        .as_ref()
+        .context("this node is in no cluster: its token key is its own file (replace it, then restart the agent)")?;
+    let file_key =
+        qimgd::token::TokenKey::bytes_or_create(&qcluster::NodeDir::new(dir).token_key())?;
+    let retire_after = if retire_now {
+        0
+    } else {
+        config.token_lifetime_secs
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let done = rt.block_on(async {
+        let store = qimgd::accounts::connect(dir).await?;
+        qimgd::token_keys::rotate(
+            &store,
+            &file_key,
+            retire_after,
+            std::time::Duration::from_secs(grace_secs),
+            |s| eprintln!("qimgd: {s}"),
+        )
+        .await
+    })?;
+    qutil::cli::out(&format!("token key {} signs new logins\n", done.id))?;
+    for (id, at) in done.retiring {
+        qutil::cli::out(&format!(
+            "token key {id} is refused from {} UTC\n",
+            qapi::history::utc(at * 1000)
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
