@@ -4,6 +4,9 @@
 //! spec and which node this is), `ca.crt`, `node.crt` and `node.key` (its TLS
 //! identity from the CA), `token.key` (the login-token key every node shares, so a
 //! token from one node is accepted by all). Keys are mode 0600.
+//!
+//! `qimgd cluster reissue`: every node's certificate renewed from the CA in the
+//! same directory (the operator's copy of its key), before they expire.
 
 use std::path::{Path, PathBuf};
 
@@ -154,4 +157,82 @@ pub fn create(spec: &ClusterSpec, out: &Path) -> Result<Vec<NodeDir>, Error> {
         dirs.push(d);
     }
     Ok(dirs)
+}
+
+/// One node's renewed certificate ([`reissue`]).
+#[derive(Clone, Debug)]
+pub struct Reissued {
+    /// The node.
+    pub node: NodeSpec,
+    /// Its directory under the cluster's, with the new `node.crt` (and with
+    /// new keys, `node.key`).
+    pub dir: NodeDir,
+    /// The new certificate's last second (Unix).
+    pub expires: i64,
+}
+
+/// Renews the certificate of every node of the cluster `create` wrote under
+/// `out` from its CA (`out/ca/ca.crt` and the operator's `ca.key`), for
+/// [`crate::pki::NODE_CERT_DAYS`] from now; `new_keys`: with a new key each
+/// (written before its certificate), else keeping each node's key. Every node
+/// directory is checked before anything is written.
+pub fn reissue(out: &Path, new_keys: bool) -> Result<Vec<Reissued>, Error> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err("reading", p));
+    let ca_dir = out.join("ca");
+    let ca = Ca::load(
+        &read(&ca_dir.join("ca.crt"))?,
+        &read(&ca_dir.join("ca.key"))?,
+    )?;
+    let spec = first_membership(out)?.spec;
+    let mut dirs = vec![];
+    for n in &spec.nodes {
+        let d = NodeDir::new(&out.join(&n.name));
+        let m = d.load()?;
+        if m.spec != spec || m.node_id != n.id {
+            return Err(Error::Spec {
+                path: d.membership(),
+                problem: format!("not node {} of the cluster {}", n.id, spec.name),
+            });
+        }
+        let key = if new_keys {
+            None
+        } else {
+            Some(read(&d.key())?)
+        };
+        dirs.push((n, d, key));
+    }
+    let mut done = vec![];
+    for (n, d, key) in dirs {
+        let subject = format!("{} node {}", spec.name, n.name);
+        let issued = match key {
+            Some(k) => ca.renew(&subject, &names_of(n), &k)?,
+            None => ca.issue(&subject, &names_of(n))?,
+        };
+        if new_keys {
+            write(&d.key(), issued.key_pem.as_bytes(), true)?;
+        }
+        write(&d.cert(), issued.cert_pem.as_bytes(), false)?;
+        let (expires, _) = crate::pki::expiry(&issued.cert_pem)?;
+        done.push(Reissued {
+            node: n.clone(),
+            dir: d,
+            expires,
+        });
+    }
+    Ok(done)
+}
+
+/// The membership of any node directory under `out` (they share the spec).
+fn first_membership(out: &Path) -> Result<Membership, Error> {
+    let entries = std::fs::read_dir(out).map_err(io_err("reading", out))?;
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("cluster.json").is_file())
+        .collect();
+    names.sort();
+    let first = names.first().ok_or_else(|| Error::Spec {
+        path: out.to_owned(),
+        problem: "no node directory (with cluster.json) here: give the directory `qimgd cluster create` wrote".into(),
+    })?;
+    NodeDir::new(first).load()
 }

@@ -34,6 +34,14 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    /// A certificate or key that cannot be used.
+    #[error("{subject}: {problem}")]
+    BadCert {
+        /// Whose.
+        subject: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// `cluster create` into a directory that holds a cluster already.
     #[error("{0} is not empty: a cluster is created once (its CA would be replaced)")]
     Exists(PathBuf),
@@ -88,7 +96,7 @@ impl Error {
         match self {
             Error::Spec { .. } => "spec",
             Error::Io { .. } => "io",
-            Error::Cert { .. } => "cert",
+            Error::Cert { .. } | Error::BadCert { .. } => "cert",
             Error::Exists(_) => "exists",
             Error::Etcd { .. } => "etcd",
             Error::Timeout { .. } => "timeout",

@@ -20,7 +20,7 @@ pub mod plan;
 pub mod spec;
 pub mod store;
 
-pub use create::{Membership, NodeDir, create};
+pub use create::{Membership, NodeDir, Reissued, create, reissue};
 pub use error::Error;
 pub use plan::{ClusterPlan, NodeReport, NodeStep, PlanMode, PlanPhase};
 pub use spec::{ClusterSpec, NodeSpec};

@@ -647,3 +647,48 @@ fn old_tls_versions_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let Some(a) = Agentd::start() else { return };
+    assert!(tests::tool("openssl"));
+    let addr = format!("127.0.0.2:{}", a.port("127.0.0.2"));
+    // The first certificate the agent presents, whitespace dropped.
+    let served = || {
+        let o = Command::new("openssl")
+            .args(["s_client", "-connect", &addr, "-showcerts"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = stdout(&o);
+        let begin = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .expect("a certificate");
+        let end = text[begin..].find("-----END CERTIFICATE-----").unwrap() + begin;
+        text[begin..end].split_whitespace().collect::<String>()
+    };
+    let squeeze = |pem: &str| {
+        let end = pem.find("-----END CERTIFICATE-----").unwrap();
+        pem[..end].split_whitespace().collect::<String>()
+    };
+    let tls = a.dir.path().join("state/tls");
+    let (cert, key) = (tls.join("qimgd.crt"), tls.join("qimgd.key"));
+    assert_eq!(served(), squeeze(&std::fs::read_to_string(&cert).unwrap()));
+    // A renewed pair, written as an operator's copy lands (key, then cert).
+    let renewed = rcgen::generate_simple_self_signed(vec!["127.0.0.2".into()]).unwrap();
+    qutil::fs::write_secret(&key, renewed.signing_key.serialize_pem().as_bytes()).unwrap();
+    qutil::fs::write_atomic(&cert, renewed.cert.pem().as_bytes()).unwrap();
+    assert_eq!(served(), squeeze(&renewed.cert.pem()), "served at once");
+    // A key that is not the certificate's: the pair in use stays, said once.
+    let other = rcgen::KeyPair::generate().unwrap();
+    qutil::fs::write_secret(&key, other.serialize_pem().as_bytes()).unwrap();
+    assert_eq!(served(), squeeze(&renewed.cert.pem()));
+    assert_eq!(served(), squeeze(&renewed.cert.pem()));
+    assert_eq!(
+        a.log().matches("keeping the certificate in use").count(),
+        1,
+        "{}",
+        a.log()
+    );
+    assert_eq!(a.logged_in().get("/v1/version").0, 200);
+}

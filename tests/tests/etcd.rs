@@ -438,3 +438,63 @@ fn the_same_contract_over_a_node_alones_store() {
         session_holds_keys(Store::local(Local::memory(), prefix)).await;
     });
 }
+
+#[test]
+fn renewed_certificates_chain_to_the_ca_expire_and_serve_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec("rn", 3, 1);
+    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+        return;
+    };
+    assert!(tests::tool("openssl"));
+    let out = d.path().join("cluster");
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let openssl = |args: &[&str], cert: &std::path::Path| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .arg(cert)
+            .output()
+            .unwrap()
+    };
+    let day = 86_400u64;
+    for new_keys in [false, true] {
+        let (cert0, key0) = (read(c.nodes[1].cert()), read(c.nodes[1].key()));
+        let done = qcluster::reissue(&out, new_keys).unwrap();
+        assert_eq!(done.len(), 3);
+        assert_ne!(read(c.nodes[1].cert()), cert0, "renewed");
+        assert_eq!(
+            read(c.nodes[1].key()) != key0,
+            new_keys,
+            "a new key only when asked"
+        );
+        for n in &c.nodes {
+            let ca = format!("{}", n.ca().display());
+            let o = openssl(&["verify", "-CAfile", &ca], &n.cert());
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            // Valid for 397 days: past 396 days yes, past 398 no.
+            for (days, valid) in [(396, true), (398, false)] {
+                let secs = (days * day).to_string();
+                let o = openssl(&["x509", "-noout", "-checkend", &secs, "-in"], &n.cert());
+                assert_eq!(o.status.success(), valid, "{days} days");
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((done[0].expires - now - 397 * day as i64).abs() < 120);
+        // The running members (not restarted) accept the renewed identities.
+        for i in 0..3 {
+            let o = c.etcdctl(&c.nodes[i], &["put", "/renewed", "x"]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { assert!(c.store(2).await.nodes().await.is_ok()) });
+    }
+    // Without the CA's key nothing is renewed, and nothing is written.
+    std::fs::remove_file(out.join("ca/ca.key")).unwrap();
+    let cert = read(c.nodes[0].cert());
+    let e = qcluster::reissue(&out, true).unwrap_err();
+    assert!(e.to_string().contains("ca.key"), "{e}");
+    assert_eq!(read(c.nodes[0].cert()), cert);
+}

@@ -1,8 +1,8 @@
-//! `qimgd cluster create|member|voter|rotate-token-key`: making a cluster once,
-//! running this node's etcd member (systemd/qimg-etcd.service), whether it has
-//! one (the unit's `ExecCondition`, so one image enables the unit on every
-//! node), and rolling the key login tokens are signed with
-//! (`qimgd::token_keys`).
+//! `qimgd cluster create|reissue|member|voter|rotate-token-key`: making a
+//! cluster once and renewing its certificates (where the CA key is), running
+//! this node's etcd member (systemd/qimg-etcd.service), whether it has one (the
+//! unit's `ExecCondition`, so one image enables the unit on every node), and
+//! rolling the key login tokens are signed with (`qimgd::token_keys`).
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -21,6 +21,18 @@ pub enum Command {
         /// Where to write (must not exist or be empty).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Renew every node's certificate (397 days from now) from the CA that
+    /// `create` wrote, where its key is: then copy each node's `node.crt`
+    /// (and `node.key`) to it. The agent serves the new one from its next
+    /// connection; etcd from its next handshake.
+    Reissue {
+        /// The directory `create` wrote (`ca/` and one directory per node).
+        #[arg(long)]
+        out: PathBuf,
+        /// A new key for every node too (else each keeps its key).
+        #[arg(long)]
+        new_keys: bool,
     },
     /// Run this node's etcd member (voting nodes only): replaces this process.
     Member {
@@ -61,6 +73,18 @@ pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -
                 "qimgd: the CA key is {}: keep it off the nodes; copy each node's directory to it and set `cluster =` in its qimgd.toml",
                 out.join("ca/ca.key").display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reissue { out, new_keys } => {
+            for r in qcluster::reissue(&out, new_keys)? {
+                qutil::cli::out(&format!(
+                    "node {} ({}): {} valid until {} UTC\n",
+                    r.node.id,
+                    r.node.name,
+                    r.dir.cert().display(),
+                    qapi::history::utc(r.expires.max(0) as u64 * 1000)
+                ))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Voter => {
