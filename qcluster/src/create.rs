@@ -92,6 +92,13 @@ impl NodeDir {
     }
 }
 
+/// The common name of node `n`'s certificate: also its user name in etcd
+/// (`crate::access`), which takes a client certificate's common name as the
+/// user.
+pub fn node_subject(spec: &ClusterSpec, n: &NodeSpec) -> String {
+    format!("{} node {}", spec.name, n.name)
+}
+
 fn names_of(n: &NodeSpec) -> Vec<String> {
     let mut v = vec![n.name.clone(), "localhost".into(), "127.0.0.1".into()];
     for a in [Some(n.agent), n.etcd_client, n.etcd_peer]
@@ -138,7 +145,7 @@ pub fn create(spec: &ClusterSpec, out: &Path) -> Result<Vec<NodeDir>, Error> {
     for n in &spec.nodes {
         let d = NodeDir::new(&out.join(&n.name));
         std::fs::create_dir_all(&d.dir).map_err(io_err("creating", &d.dir))?;
-        let issued = ca.issue(&format!("{} node {}", spec.name, n.name), &names_of(n))?;
+        let issued = ca.issue(&node_subject(spec, n), &names_of(n))?;
         write(&d.ca(), ca.cert_pem().as_bytes(), false)?;
         write(&d.cert(), issued.cert_pem.as_bytes(), false)?;
         write(&d.key(), issued.key_pem.as_bytes(), true)?;
@@ -203,7 +210,7 @@ pub fn reissue(out: &Path, new_keys: bool) -> Result<Vec<Reissued>, Error> {
     }
     let mut done = vec![];
     for (n, d, key) in dirs {
-        let subject = format!("{} node {}", spec.name, n.name);
+        let subject = node_subject(&spec, n);
         let issued = match key {
             Some(k) => ca.renew(&subject, &names_of(n), &k)?,
             None => ca.issue(&subject, &names_of(n))?,
@@ -223,7 +230,7 @@ pub fn reissue(out: &Path, new_keys: bool) -> Result<Vec<Reissued>, Error> {
 }
 
 /// The membership of any node directory under `out` (they share the spec).
-fn first_membership(out: &Path) -> Result<Membership, Error> {
+pub(crate) fn first_membership(out: &Path) -> Result<Membership, Error> {
     let entries = std::fs::read_dir(out).map_err(io_err("reading", out))?;
     let mut names: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -6,9 +6,11 @@
 //! [`plan`], and the upgrade records of [`history`], from which [`eta`]
 //! expects an upgrade's time), and what this process saw
 //! of them through etcd's watch ([`mirror`]). The engine (consensus) is etcd's;
-//! this crate only names keys and checks values.
+//! this crate only names keys and checks values; [`access`] sets etcd's own
+//! access control for them (a role per node).
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod create;
 pub mod error;
 pub mod eta;

@@ -1,6 +1,9 @@
 //! A real etcd cluster for tests: `qimgd cluster create`'s files (through the
 //! library), one `etcd` process per voting node on 127.0.0.1 ports the kernel had
-//! free, mutual TLS from the cluster CA. Members stop when dropped.
+//! free, mutual TLS from the cluster CA, and etcd's authentication on with a
+//! role per node (`qimgd cluster secure-etcd`, through the library), as an
+//! operator sets a cluster up: every test of the cluster runs under it.
+//! Members stop when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -71,9 +74,26 @@ impl EtcdCluster {
             .unwrap()
     }
 
-    /// Creates the cluster under `dir` and starts its voting members; `None` when
-    /// etcd is missing and QIMG_SKIP_TOOL_TESTS=1 (else the test fails).
+    /// Creates the cluster under `dir` and starts its voting members, etcd's
+    /// authentication on (a role per node); `None` when etcd is missing and
+    /// QIMG_SKIP_TOOL_TESTS=1 (else the test fails).
     pub fn start(dir: &Path, spec: &ClusterSpec) -> Option<EtcdCluster> {
+        let c = Self::start_open(dir, spec)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(qcluster::access::secure(
+            &dir.join("cluster"),
+            Duration::from_secs(10),
+        ))
+        .unwrap_or_else(|e| panic!("securing etcd: {}\n{}", qutil::chain(&e), c.logs()));
+        Some(c)
+    }
+
+    /// [`EtcdCluster::start`] without etcd's authentication: for the store's
+    /// contract checked from one connection acting as several nodes.
+    pub fn start_open(dir: &Path, spec: &ClusterSpec) -> Option<EtcdCluster> {
         if !crate::tool("etcd") {
             return None;
         }

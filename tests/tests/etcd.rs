@@ -31,8 +31,8 @@ fn mutual_tls_and_leased_registrations() {
     let Some(c) = EtcdCluster::start(d.path(), &s) else {
         return;
     };
-    // A certificate from the cluster CA reads and writes.
-    let o = c.etcdctl(&c.nodes[2], &["put", "/probe", "x"]);
+    // A certificate from the cluster CA reads and writes (its node's keys).
+    let o = c.etcdctl(&c.nodes[2], &["put", "/qimg/t1/reports/00000003", "x"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Another cluster's certificate (another CA) can neither read nor write.
     let other = qcluster::create(&spec("other", 1, 0), &d.path().join("other")).unwrap();
@@ -43,7 +43,12 @@ fn mutual_tls_and_leased_registrations() {
         .arg(format!("--cacert={}", c.nodes[0].ca().display()))
         .arg(format!("--cert={}", other[0].cert().display()))
         .arg(format!("--key={}", other[0].key().display()))
-        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "/probe"])
+        .args([
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+            "get",
+            "/qimg/t1/reports/00000003",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success(), "a foreign certificate read the state");
@@ -59,7 +64,12 @@ fn mutual_tls_and_leased_registrations() {
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", m.spec.endpoints().join(",")))
         .arg(format!("--cacert={}", c.nodes[0].ca().display()))
-        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "/probe"])
+        .args([
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+            "get",
+            "/qimg/t1/reports/00000003",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success(), "no certificate read the state");
@@ -67,17 +77,18 @@ fn mutual_tls_and_leased_registrations() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let s1 = c.store(0).await;
+        let s2 = c.store(1).await;
         let s3 = c.store(2).await;
         let lease1 = s1.lease(2).await.unwrap();
         s1.put_info(&info(1), lease1).await.unwrap();
-        let lease2 = s1.lease(2).await.unwrap();
-        s1.put_info(&info(2), lease2).await.unwrap();
+        let lease2 = s2.lease(2).await.unwrap();
+        s2.put_info(&info(2), lease2).await.unwrap();
         assert_ne!(lease1, lease2);
         assert_eq!(s3.nodes().await.unwrap(), vec![info(1), info(2)]);
         // Node 2 renews, node 1 does not: node 1 is gone after its TTL.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            assert!(s1.renew(lease2).await.unwrap(), "node 2's lease is alive");
+            assert!(s2.renew(lease2).await.unwrap(), "node 2's lease is alive");
             let ids: Vec<u32> = s3.nodes().await.unwrap().iter().map(|n| n.id).collect();
             if ids == vec![2] {
                 break;
@@ -99,7 +110,8 @@ fn mutual_tls_and_leased_registrations() {
 fn plan_compare_and_swap_and_one_coordinator() {
     let d = tempfile::tempdir().unwrap();
     let s = spec("t3", 3, 1);
-    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+    // One connection acts as every node: etcd's access control off.
+    let Some(c) = EtcdCluster::start_open(d.path(), &s) else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -228,7 +240,8 @@ async fn tick(rx: &mut tokio::sync::watch::Receiver<u64>, what: &str) {
 fn the_mirror_follows_other_nodes_writes_and_says_when_the_coordinator_goes() {
     let d = tempfile::tempdir().unwrap();
     let s = spec("t4", 3, 1);
-    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+    // Node 2's connection writes node 3's report: etcd's access control off.
+    let Some(c) = EtcdCluster::start_open(d.path(), &s) else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -485,7 +498,8 @@ fn renewed_certificates_chain_to_the_ca_expire_and_serve_at_once() {
         assert!((done[0].expires - now - 397 * day as i64).abs() < 120);
         // The running members (not restarted) accept the renewed identities.
         for i in 0..3 {
-            let o = c.etcdctl(&c.nodes[i], &["put", "/renewed", "x"]);
+            let own = format!("/qimg/rn/reports/{:08}", i + 1);
+            let o = c.etcdctl(&c.nodes[i], &["put", &own, "x"]);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         }
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -497,4 +511,60 @@ fn renewed_certificates_chain_to_the_ca_expire_and_serve_at_once() {
     let e = qcluster::reissue(&out, true).unwrap_err();
     assert!(e.to_string().contains("ca.key"), "{e}");
     assert_eq!(read(c.nodes[0].cert()), cert);
+}
+
+#[test]
+fn a_stolen_node_key_cannot_write_another_nodes_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec("ak", 3, 1);
+    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+        return;
+    };
+    let denied = |r: Result<(), qcluster::Error>, what: &str| {
+        let e = r.expect_err(what);
+        assert!(
+            qutil::chain(&e).contains("permission denied"),
+            "{what}: {}",
+            qutil::chain(&e)
+        );
+    };
+    let report = |id: u64| NodeReport {
+        generation: id,
+        step: NodeStep::Committed,
+        progress: 100,
+        error: None,
+        downtime_ms: None,
+        at_ms: 0,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Node 2's identity, as whoever holds its node.key.
+        let thief = c.store(1).await;
+        thief.report(2, &report(2)).await.unwrap();
+        let lease = thief.lease(5).await.unwrap();
+        thief.put_info(&info(2), lease).await.unwrap();
+        // Another node's report ("I am back, go on") and registration: refused
+        // by etcd itself.
+        denied(thief.report(1, &report(1)).await, "node 1's report");
+        denied(
+            thief.put_info(&info(3), lease).await,
+            "node 3's registration",
+        );
+        // What every node may write stays writable (the members check it).
+        assert!(thief.plan().await.unwrap().is_none());
+        // Node 1's own report is still its own, unchanged.
+        let s1 = c.store(0).await;
+        s1.report(1, &report(1)).await.unwrap();
+        assert_eq!(thief.reports().await.unwrap().len(), 2, "both reports read");
+    });
+    // Outside the cluster's prefix: nothing, not even a read.
+    for args in [&["put", "/other", "x"][..], &["get", "/other"][..]] {
+        let o = c.etcdctl(&c.nodes[1], args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("permission denied"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }

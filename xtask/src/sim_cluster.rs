@@ -323,6 +323,19 @@ impl SimCluster {
         wait("a coordinator", Duration::from_secs(60), || {
             c.coordinator().is_some()
         })?;
+        // etcd's access control on, as an operator does once the members run:
+        // a role per node.
+        let o = Command::new(&c.qimgd)
+            .args(["cluster", "secure-etcd", "--out"])
+            .arg(w.join("c"))
+            .output()
+            .map_err(io)?;
+        if !o.status.success() {
+            return Err(format!(
+                "qimgd cluster secure-etcd: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
         // The cluster's users are in etcd: the user is added once, on node 1.
         crate::harness::add_bench_user(&c.qimgd, &c.node_dir(1).join("qimgd.toml"))?;
         Ok(c)

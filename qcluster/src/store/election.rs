@@ -12,7 +12,7 @@ impl Store {
     /// under `lease` (a key of this node's under another lease, left by an earlier
     /// run of the agent, goes with that lease: not a lead to count on).
     pub async fn try_lead(&self, me: u32, lease: i64) -> Result<bool, Error> {
-        let key = self.key("coordinator");
+        let key = self.key(super::COORDINATOR);
         let me = me.to_string().into_bytes();
         let op = "campaigning for coordinator";
         if self
@@ -30,7 +30,7 @@ impl Store {
 
     /// The coordinator's node id, if there is one, from etcd.
     pub async fn coordinator(&self) -> Result<Option<u32>, Error> {
-        let key = self.key("coordinator");
+        let key = self.key(super::COORDINATOR);
         Ok(self
             .get_one::<u32>("reading the coordinator", &key)
             .await?
@@ -40,7 +40,7 @@ impl Store {
     /// The coordinator's node id as this process last saw it (the mirror while
     /// the watch is live, no round trip); [`Store::coordinator`] otherwise.
     pub async fn coordinator_seen(&self) -> Result<Option<u32>, Error> {
-        let key = self.key("coordinator");
+        let key = self.key(super::COORDINATOR);
         Ok(self
             .seen_one::<u32>("reading the coordinator", &key)
             .await?
@@ -51,7 +51,7 @@ impl Store {
     /// transaction comparing both; a key of another node, or of an earlier run,
     /// is left alone). True when it was deleted.
     pub async fn resign(&self, me: u32, lease: i64) -> Result<bool, Error> {
-        let key = self.key("coordinator");
+        let key = self.key(super::COORDINATOR);
         self.delete_if(
             "resigning as coordinator",
             &key,

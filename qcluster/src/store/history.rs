@@ -9,7 +9,7 @@ use crate::history::UpgradeRecord;
 
 impl Store {
     fn record_key(&self, generation: u64) -> String {
-        self.key(&format!("history/{generation:020}"))
+        self.key(&format!("{}{generation:020}", super::HISTORY))
     }
 
     /// The record of plan `generation` and its revision, as this process last
@@ -38,7 +38,7 @@ impl Store {
             return Ok(false);
         }
         if revision.is_none() {
-            let prefix = self.key("history/");
+            let prefix = self.key(super::HISTORY);
             let (kvs, _) = self
                 .read_prefix("reading the upgrade history", &prefix)
                 .await?;
@@ -56,7 +56,7 @@ impl Store {
     /// The newest `limit` records, newest first: from the mirror while the
     /// watch is live, else from etcd.
     pub async fn history(&self, limit: usize) -> Result<Vec<UpgradeRecord>, Error> {
-        let prefix = self.key("history/");
+        let prefix = self.key(super::HISTORY);
         let kvs = match self.seen_under(&prefix) {
             Some(kvs) => kvs,
             None => {

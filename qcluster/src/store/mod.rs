@@ -67,9 +67,53 @@ fn unreachable(e: &etcd_client::Error) -> bool {
     }
 }
 
-fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
+/// Node `id`'s registration, under the cluster's prefix.
+pub(crate) fn node_key(id: u32) -> String {
+    format!("nodes/{id:08}")
+}
+
+/// Node `id`'s report, under the cluster's prefix.
+pub(crate) fn report_key(id: u32) -> String {
+    format!("reports/{id:08}")
+}
+
+/// The coordinator's key (the election), under the cluster's prefix.
+pub(crate) const COORDINATOR: &str = "coordinator";
+
+/// The plan, under the cluster's prefix.
+pub(crate) const PLAN: &str = "plan";
+
+/// The upgrade records, under the cluster's prefix.
+pub(crate) const HISTORY: &str = "history/";
+
+pub(crate) fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
     let op = op.into();
     move |source| Error::Etcd { op, source }
+}
+
+/// An etcd client of `endpoints` over mutual TLS: the cluster's CA
+/// (`ca_pem`) and `identity`; every call limited to `limit`.
+pub(crate) async fn client(
+    endpoints: &[String],
+    ca_pem: Vec<u8>,
+    identity: Identity,
+    limit: Duration,
+) -> Result<Client, Error> {
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(identity);
+    let opts = ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(limit)
+        .with_timeout(limit);
+    let op = format!("connecting to {}", endpoints.join(","));
+    tokio::time::timeout(limit, Client::connect(endpoints, Some(opts)))
+        .await
+        .map_err(|_| Error::Timeout {
+            op: op.clone(),
+            secs: limit.as_secs(),
+        })?
+        .map_err(etcd_err(op))
 }
 
 impl Store {
@@ -77,21 +121,13 @@ impl Store {
     /// call is limited to `limit`.
     pub async fn connect(m: &Membership, files: &NodeDir, limit: Duration) -> Result<Store, Error> {
         let read = |p: std::path::PathBuf| std::fs::read(&p).map_err(io_err("reading", &p));
-        let tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(read(files.ca())?))
-            .identity(Identity::from_pem(read(files.cert())?, read(files.key())?));
-        let opts = ConnectOptions::new()
-            .with_tls(tls)
-            .with_connect_timeout(limit)
-            .with_timeout(limit);
-        let endpoints = m.spec.endpoints();
-        let client = tokio::time::timeout(limit, Client::connect(&endpoints, Some(opts)))
-            .await
-            .map_err(|_| Error::Timeout {
-                op: format!("connecting to {}", endpoints.join(",")),
-                secs: limit.as_secs(),
-            })?
-            .map_err(etcd_err(format!("connecting to {}", endpoints.join(","))))?;
+        let client = client(
+            &m.spec.endpoints(),
+            read(files.ca())?,
+            Identity::from_pem(read(files.cert())?, read(files.key())?),
+            limit,
+        )
+        .await?;
         Ok(Store {
             kv: kv::Kv::Etcd(Box::new(client)),
             prefix: m.spec.prefix(),

@@ -5,20 +5,22 @@
 
 use serde::Serialize;
 
-use super::{Cond, Store};
+use super::{Cond, Store, report_key};
 use crate::error::Error;
 use crate::plan::{ClusterPlan, NodeReport};
 
 impl Store {
     /// The plan and its modification revision (for compare-and-swap), from etcd.
     pub async fn plan(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
-        self.get_one("reading the plan", &self.key("plan")).await
+        self.get_one("reading the plan", &self.key(super::PLAN))
+            .await
     }
 
     /// The plan as this process last saw it (see `crate::mirror`): no round trip
     /// while the watch is live; [`Store::plan`] otherwise.
     pub async fn plan_seen(&self) -> Result<Option<(ClusterPlan, i64)>, Error> {
-        self.seen_one("reading the plan", &self.key("plan")).await
+        self.seen_one("reading the plan", &self.key(super::PLAN))
+            .await
     }
 
     /// Writes `plan` if the plan is still at `revision` (`None`: no plan yet).
@@ -28,7 +30,7 @@ impl Store {
         plan: &ClusterPlan,
         revision: Option<i64>,
     ) -> Result<bool, Error> {
-        self.put_json_if("writing the plan", &self.key("plan"), plan, revision)
+        self.put_json_if("writing the plan", &self.key(super::PLAN), plan, revision)
             .await
     }
 
@@ -64,7 +66,7 @@ impl Store {
 
     /// Writes node `id`'s report.
     pub async fn report(&self, id: u32, r: &NodeReport) -> Result<(), Error> {
-        let key = self.key(&format!("reports/{id:08}"));
+        let key = self.key(&report_key(id));
         let value = Self::json(&key, r)?;
         self.write("writing a node report", &key, value, None, Cond::Always)
             .await?;
@@ -73,13 +75,13 @@ impl Store {
 
     /// Node `id`'s report and its revision (for [`Store::report_if`]), from etcd.
     pub async fn report_of(&self, id: u32) -> Result<Option<(NodeReport, i64)>, Error> {
-        let key = self.key(&format!("reports/{id:08}"));
+        let key = self.key(&report_key(id));
         self.get_one("reading a node report", &key).await
     }
 
     /// Node `id`'s report as this process last saw it (see [`Store::plan_seen`]).
     pub async fn report_of_seen(&self, id: u32) -> Result<Option<(NodeReport, i64)>, Error> {
-        let key = self.key(&format!("reports/{id:08}"));
+        let key = self.key(&report_key(id));
         self.seen_one("reading a node report", &key).await
     }
 
@@ -87,7 +89,7 @@ impl Store {
     /// a progress report never overwrites a report written meanwhile by another
     /// task). False when another write came first.
     pub async fn report_if(&self, id: u32, r: &NodeReport, revision: i64) -> Result<bool, Error> {
-        let key = self.key(&format!("reports/{id:08}"));
+        let key = self.key(&report_key(id));
         let value = Self::json(&key, r)?;
         Ok(self
             .write(

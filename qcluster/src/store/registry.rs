@@ -30,7 +30,7 @@ pub struct NodeInfo {
 
 impl Store {
     fn node_key(&self, id: u32) -> String {
-        format!("{}nodes/{id:08}", self.prefix)
+        self.key(&super::node_key(id))
     }
 
     /// Rewrites `info` under `lease`.

@@ -34,9 +34,9 @@ impl Store {
         vacancy: &tokio::sync::watch::Sender<u64>,
     ) -> Result<(), Error> {
         let (plan, reports, coordinator) = (
-            self.key("plan"),
+            self.key(super::PLAN),
             self.key("reports/"),
-            self.key("coordinator"),
+            self.key(super::COORDINATOR),
         );
         let (all, mut watcher) = self.watch_all().await?;
         self.mirror().reset(all);

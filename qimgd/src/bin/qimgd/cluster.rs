@@ -1,5 +1,6 @@
-//! `qimgd cluster create|reissue|member|voter|rotate-token-key`: making a
-//! cluster once and renewing its certificates (where the CA key is), running
+//! `qimgd cluster create|reissue|secure-etcd|member|voter|rotate-token-key`:
+//! making a cluster once, renewing its certificates and turning etcd's access
+//! control on (where the CA key is), running
 //! this node's etcd member (systemd/qimg-etcd.service), whether it has one (the
 //! unit's `ExecCondition`, so one image enables the unit on every node), and
 //! rolling the key login tokens are signed with (`qimgd::token_keys`).
@@ -33,6 +34,16 @@ pub enum Command {
         /// A new key for every node too (else each keeps its key).
         #[arg(long)]
         new_keys: bool,
+    },
+    /// Turn etcd's authentication on, once the members run: a user and role
+    /// per node (it reads the cluster's keys and writes only its own
+    /// registration and report and the keys every node may write), `root`
+    /// for the operator. Run where the CA key is (a `root` certificate is made
+    /// for the run, never written); run again after adding nodes.
+    SecureEtcd {
+        /// The directory `create` wrote (`ca/` and one directory per node).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run this node's etcd member (voting nodes only): replaces this process.
     Member {
@@ -85,6 +96,22 @@ pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -
                     qapi::history::utc(r.expires.max(0) as u64 * 1000)
                 ))?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SecureEtcd { out } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let done = rt.block_on(qcluster::access::secure(&out, qimgd::cluster::ETCD_LIMIT))?;
+            for u in done.users {
+                qutil::cli::out(&format!(
+                    "etcd user {u:?}: its own keys and the shared ones\n"
+                ))?;
+            }
+            eprintln!(
+                "qimgd: etcd's authentication is on: only root and the nodes' users, by certificate"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Voter => {
