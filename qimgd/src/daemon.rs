@@ -248,6 +248,7 @@ pub async fn join(app: Shared) {
                 }
             }
         },
+        Some(app.jobs.ended_count.subscribe()),
         crate::log,
     );
     tokio::join!(watch, kept, registered);

@@ -86,6 +86,8 @@ pub struct Jobs {
     pub ended: tokio::sync::Notify,
     /// How many jobs ended so far (what the node runs may have changed).
     pub ends: std::sync::atomic::AtomicU64,
+    /// The same count, for whoever waits on it (the node's registration).
+    pub ended_count: tokio::sync::watch::Sender<u64>,
 }
 
 /// The slot, held until dropped.
@@ -97,9 +99,11 @@ pub struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         *self.jobs.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.jobs
+        let n = self
+            .jobs
             .ends
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.jobs.ended_count.send_replace(n + 1);
         self.jobs.ended.notify_one();
     }
 }

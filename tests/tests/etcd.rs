@@ -383,6 +383,7 @@ async fn session_holds_keys(st: Store) {
             r,
             sess,
             || info(1),
+            None,
             |_| {},
         ));
         // Waits until `cond` holds, naming it.
@@ -567,4 +568,56 @@ fn a_stolen_node_key_cannot_write_another_nodes_keys() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+#[test]
+fn a_job_that_ended_is_registered_at_once_not_a_third_of_the_ttl_later() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec("t6", 1, 0);
+    let Some(c) = EtcdCluster::start(d.path(), &s) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let st = c.store(0).await;
+        // A lease of 30 s: the timer alone would look again after 10 s.
+        let session = qcluster::Session::new(Duration::from_secs(30));
+        let (k, sess) = (st.clone(), session.clone());
+        let keeper = tokio::spawn(async move { sess.keep(&k, |_| {}).await });
+        let now = std::sync::Arc::new(std::sync::Mutex::new(info(1)));
+        let (poke, poked) = tokio::sync::watch::channel(0u64);
+        let shown = now.clone();
+        let registry = tokio::spawn(qcluster::store::stay_registered(
+            st.clone(),
+            session.clone(),
+            move || shown.lock().unwrap().clone(),
+            Some(poked),
+            |_| {},
+        ));
+        let until = |want: NodeInfo, limit: Duration| {
+            let st = st.clone();
+            async move {
+                let deadline = Instant::now() + limit;
+                while st.nodes().await.unwrap() != vec![want.clone()] {
+                    assert!(
+                        Instant::now() < deadline,
+                        "not registered within {limit:?}: {want:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        until(info(1), Duration::from_secs(15)).await;
+        // The upgrade's job ends: the node runs 7.1.0 from slot b.
+        let upgraded = NodeInfo {
+            installed: Some("7.1.0".parse().unwrap()),
+            slot: Some("b".into()),
+            ..info(1)
+        };
+        *now.lock().unwrap() = upgraded.clone();
+        poke.send_replace(1);
+        until(upgraded, Duration::from_secs(3)).await;
+        registry.abort();
+        keeper.abort();
+    });
 }

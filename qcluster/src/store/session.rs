@@ -189,12 +189,15 @@ impl Session {
 
 /// Keeps `info()` registered under the session's lease: written when the lease
 /// is new (the registration under a lost one went with it) and when the info
-/// changed (after an upgrade), looked at every third of the TTL and whenever
-/// the lease changes. Runs until dropped.
+/// changed (after an upgrade), looked at every third of the TTL, whenever the
+/// lease changes and whenever `poke` changes (a job ended: the node list
+/// shows the new release at once, not up to a third of the TTL later). Runs
+/// until dropped.
 pub async fn stay_registered(
     store: Store,
     session: Session,
     info: impl Fn() -> NodeInfo,
+    mut poke: Option<tokio::sync::watch::Receiver<u64>>,
     log: impl Fn(&str),
 ) {
     let mut changed = session.subscribe();
@@ -219,11 +222,22 @@ pub async fn stay_registered(
                 }
             }
         }
+        let poked = async {
+            match poke.as_mut() {
+                Some(p) => p.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(session.ttl() / 3) => {}
             r = changed.changed() => {
                 if r.is_err() {
                     return; // the session is gone
+                }
+            }
+            alive = poked => {
+                if !alive {
+                    poke = None; // its sender is gone: the timer alone
                 }
             }
         }
