@@ -9,6 +9,13 @@
 //! by the kernel as it walks), non-blocking (a FIFO swapped in cannot hold the
 //! agent), then `fstat` of what was opened. Nothing swapped in after the check
 //! is read.
+//!
+//! Where `openat2` is refused (systemd's `RestrictSUIDSGID=` answers it with
+//! `ENOSYS`, since seccomp cannot read its flags), the file is opened by its
+//! resolved name without following a last link, and what was opened is
+//! checked instead: the kernel's own name for the descriptor
+//! (`/proc/self/fd/N`) must be beneath the directory. A directory swapped for
+//! a link in between shows there, and is refused.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -80,6 +87,14 @@ fn kind(m: &std::fs::Metadata) -> &'static str {
 
 /// Resolves `image_path` inside `dir` and opens it (see the module's text).
 pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
+    resolve_with(dir, image_path, open_beneath)
+}
+
+/// How a file beneath a directory is opened: the directory (opened, and its
+/// name), the path below it.
+type Opener = fn(&File, &Path, &Path) -> std::io::Result<File>;
+
+fn resolve_with(dir: &Path, image_path: &str, open: Opener) -> Result<ImagePath, PathProblem> {
     if image_path.contains('\0') {
         return Err(PathProblem::Traversal(image_path.replace('\0', "\\0")));
     }
@@ -111,7 +126,7 @@ pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
         }
         Err(e) => return Err(PathProblem::Dir(format!("{}: {e}", dir.display()))),
     };
-    let opened = match open_beneath(&root, &clean) {
+    let opened = match open(&root, dir, &clean) {
         Ok(f) => f,
         Err(e) => {
             return Err(match e.raw_os_error() {
@@ -145,15 +160,47 @@ pub fn resolve(dir: &Path, image_path: &str) -> Result<ImagePath, PathProblem> {
     })
 }
 
-/// `openat2(root, rel, O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC,
-/// RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS)`.
-fn open_beneath(root: &File, rel: &Path) -> std::io::Result<File> {
+const FLAGS: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+/// `openat2(root, rel, FLAGS, RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS)`, or
+/// [`open_checked`] where `openat2` is refused.
+fn open_beneath(root: &File, dir: &Path, rel: &Path) -> std::io::Result<File> {
+    match openat2(root, rel) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            open_checked(root, dir, rel)
+        }
+        r => r,
+    }
+}
+
+/// Opens `dir/rel` by its resolved name (no last link followed), then checks
+/// that the kernel's name of what it opened is beneath `dir` (`EXDEV` if not).
+fn open_checked(_root: &File, dir: &Path, rel: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let root = dir.canonicalize()?;
+    let file = root.join(rel).canonicalize()?;
+    if !file.starts_with(&root) {
+        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(&file)?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd()))?;
+    if !real.starts_with(&root) {
+        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    Ok(opened)
+}
+
+/// `openat2(root, rel, FLAGS, RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS)`.
+fn openat2(root: &File, rel: &Path) -> std::io::Result<File> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(rel.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `open_how` is plain data; zero is "no flags".
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+    how.flags = FLAGS as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: a valid directory descriptor, a NUL-terminated path and an
     // `open_how` of the size passed; the result is a new descriptor we own.
@@ -179,6 +226,16 @@ mod tests {
 
     #[test]
     fn resolves_inside_and_refuses_the_rest() {
+        resolves_inside_and_refuses_the_rest_with(open_beneath);
+    }
+
+    #[test]
+    fn resolves_the_same_where_openat2_is_refused() {
+        resolves_inside_and_refuses_the_rest_with(open_checked);
+    }
+
+    fn resolves_inside_and_refuses_the_rest_with(open: Opener) {
+        let resolve = |dir: &Path, p: &str| resolve_with(dir, p, open);
         let d = tempfile::tempdir().unwrap();
         let up = d.path().join("up");
         std::fs::create_dir_all(up.join("sub")).unwrap();
