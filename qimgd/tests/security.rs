@@ -142,7 +142,7 @@ fn tokens_die_with_their_user() {
     let Some(a) = Agentd::start() else { return };
     // Users through the CLI: add one, log in, remove it: its token dies.
     let qimgd = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qimgd"))
+        let mut child = Command::new(agent_bin())
             .arg("--config")
             .arg(a.dir.path().join("qimgd.toml"))
             .args(args)

@@ -5,10 +5,13 @@
 //! else it prints the `apt-get install` line and stops), before it builds anything.
 //!
 //! - `cargo xtask ci`: groups build, demo, test, qemu, fresh-root; then every gate
-//!   CI runs: rustfmt, clippy with warnings denied, all tests, both demos, a check
+//!   CI runs: rustfmt, clippy with warnings denied, all tests, the abuse suite
+//!   against a release agent, both demos, a check
 //!   of the fuzz targets, `fresh-root` (`QIMG_SKIP_FRESH_ROOT=1` skips it) and
 //!   `qemu-test` and `qemu-cluster --quick` (`QIMG_SKIP_QEMU=1` skips both), saying so
 //!   when skipped.
+//! - `cargo xtask abuse`: the agent's abuse suite against a release build of
+//!   `qimgd` (see `abuse.rs`).
 //! - `cargo xtask qemu-test [--shell] [--firmware prebuilt|debian]`: boots images built
 //!   with this project's tools on OVMF + systemd-boot under QEMU (see `qemu/mod.rs`).
 //! - `cargo xtask qemu-cluster [--quick | --only N,M…]`: three real nodes under
@@ -48,6 +51,7 @@
 //! - `cargo xtask deps [--install] [--run] [GROUP...]`: prints the list (what each
 //!   package is for, present or missing), installs it, runs its tools (`deps/`).
 
+mod abuse;
 mod bench;
 mod bench_agent;
 mod bench_cloud;
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => with(&[Build, Demo, Test, Qemu, FreshRoot], &ci::main),
         Some("bench") => with(&[Build, Demo, Bench], &|| bench::main(rest)),
+        Some("abuse") => with(&[Build, Test], &|| abuse::main(rest)),
         Some("qemu-test") => with(&[Build, Qemu], &|| qemu::main(rest)),
         Some("qemu-cluster") => with(&[Build, Qemu], &|| qemu::cluster(rest)),
         Some("demo") => with(&[Build, Demo], &|| demo_cluster::main(rest)),
@@ -89,7 +94,7 @@ fn main() -> ExitCode {
         Some("fresh-root") => with(&[FreshRoot], &|| fresh_root::main(rest)),
         Some("deps") => deps::main(rest),
         _ => Err(
-            "usage: cargo xtask ci | cargo xtask demo [--nodes N] [--dir DIR] | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade|cloud [--size MIB] [--level N] [--runs N] [--dir DIR] | cargo xtask fresh-root [--keep] | cargo xtask deps [--install] [--run] [GROUP...]"
+            "usage: cargo xtask ci | cargo xtask abuse | cargo xtask demo [--nodes N] [--dir DIR] | cargo xtask demo-upgrade [--dir DIR] | cargo xtask qemu-test [--shell] [--firmware prebuilt|debian] | cargo xtask bench bundle|firmware|upgrade|cloud [--size MIB] [--level N] [--runs N] [--dir DIR] | cargo xtask fresh-root [--keep] | cargo xtask deps [--install] [--run] [GROUP...]"
                 .to_owned(),
         ),
     };

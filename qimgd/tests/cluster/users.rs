@@ -5,7 +5,7 @@ use super::*;
 /// `qimgd --config <node's config> user ARGS`, the password (if any) on stdin.
 fn user_cli(a: &Agentd, args: &[&str], password: Option<&str>) -> std::process::Output {
     use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qimgd"))
+    let mut child = std::process::Command::new(agent_bin())
         .arg("--config")
         .arg(&a.config)
         .arg("user")
@@ -94,7 +94,7 @@ fn users_are_the_clusters_managed_on_any_node() {
 
 /// `qimgd --config <node's config> cluster rotate-token-key ARGS`.
 fn rotate_cli(a: &Agentd, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_qimgd"))
+    std::process::Command::new(agent_bin())
         .arg("--config")
         .arg(&a.config)
         .args(["cluster", "rotate-token-key", "--grace-secs", "1"])

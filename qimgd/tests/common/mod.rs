@@ -76,8 +76,16 @@ pub struct Agentd {
 
 /// Starts `qimgd serve` with `config`, stderr appended to `log`, and waits for its
 /// two HTTPS listening lines (at most [`START_LIMIT`]).
+/// The agent the tests run: `QIMG_AGENT_BIN` (`cargo xtask abuse` runs the
+/// security suite against a release build so), else this build's `qimgd`.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("QIMG_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_qimgd")))
+}
+
 fn launch(config: &Path, env: &[(String, String)], log: &Path) -> (Child, HashMap<IpAddr, u16>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qimgd"));
+    let mut cmd = Command::new(agent_bin());
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
