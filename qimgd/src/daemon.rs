@@ -211,6 +211,15 @@ pub async fn join(app: Shared) {
             };
             c.set_store(store.clone());
             crate::log("connected to the cluster's etcd");
+            // Said once: a node's certificate can write any key until the
+            // operator turns etcd's access control on.
+            match store.confined().await {
+                Ok(true) => {}
+                Ok(false) => crate::log(
+                    "WARNING: etcd's authentication is off: any node's certificate may write any key of the cluster; run `qimgd cluster secure-etcd --out DIR` where the CA key is",
+                ),
+                Err(e) => crate::log(&format!("etcd's access control could not be probed: {e}")),
+            }
             store
         }
     };

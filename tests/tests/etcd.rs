@@ -115,7 +115,11 @@ fn plan_compare_and_swap_and_one_coordinator() {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { plan_cas_and_election(&c.store(0).await).await });
+    rt.block_on(async {
+        let st = c.store(0).await;
+        assert!(!st.confined().await.unwrap(), "authentication is off here");
+        plan_cas_and_election(&st).await
+    });
 }
 
 /// Compare-and-swap of the plan and the reports, and one coordinator at a time.
@@ -541,6 +545,7 @@ fn a_stolen_node_key_cannot_write_another_nodes_keys() {
     rt.block_on(async {
         // Node 2's identity, as whoever holds its node.key.
         let thief = c.store(1).await;
+        assert!(thief.confined().await.unwrap(), "authentication is on");
         thief.report(2, &report(2)).await.unwrap();
         let lease = thief.lease(5).await.unwrap();
         thief.put_info(&info(2), lease).await.unwrap();

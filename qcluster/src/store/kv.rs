@@ -94,6 +94,26 @@ impl Watcher {
 }
 
 impl Store {
+    /// Whether etcd's access control confines this connection
+    /// (`crate::access`): a read outside every cluster's prefix is refused. A
+    /// node alone's store: true (nobody else reaches it).
+    pub async fn confined(&self) -> Result<bool, Error> {
+        let Kv::Etcd(c) = &self.kv else {
+            return Ok(true);
+        };
+        let op = "probing etcd's access control (reading the key /)";
+        let r = self
+            .call(c, op, |mut c| async move { c.get("/", None).await })
+            .await;
+        match r {
+            Ok(_) => Ok(false),
+            Err(Error::Etcd { source, .. }) if source.to_string().contains("permission denied") => {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// One key (noted in the mirror).
     pub(crate) async fn read(&self, op: &str, key: &str) -> Result<Option<Read>, Error> {
         let got = match &self.kv {

@@ -45,7 +45,8 @@ pub struct Store {
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// True for errors that another try may not have: a member that cannot be
-/// reached, or an election under way.
+/// reached, an election under way, or etcd's authentication changed under a
+/// request.
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
@@ -59,6 +60,10 @@ fn unreachable(e: &etcd_client::Error) -> bool {
                     "no leader",
                     "request timed out",
                     "too many requests",
+                    // Authentication changed between etcd's check of a request
+                    // and its apply (right after `secure-etcd`, a role granted):
+                    // etcd's own client tries again.
+                    "revision of auth store is old",
                 ]
                 .iter()
                 .any(|t| m.contains(t))
@@ -276,5 +281,39 @@ impl Store {
         };
         let value = Self::json(key, value)?;
         Ok(self.write(op, key, value, None, cond).await?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+
+    #[test]
+    fn what_is_tried_again_and_what_is_not() {
+        let status = |code: tonic::Code, m: &str| {
+            etcd_client::Error::GRpcStatus(tonic::Status::new(code, m.to_owned()))
+        };
+        let table = [
+            (tonic::Code::Unavailable, "connection refused", true),
+            (tonic::Code::Unknown, "etcdserver: leader changed", true),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+                true,
+            ),
+            (
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+                false,
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: requested lease not found",
+                false,
+            ),
+        ];
+        for (code, m, again) in table {
+            assert_eq!(unreachable(&status(code, m)), again, "{code:?} {m}");
+        }
     }
 }
