@@ -5,8 +5,7 @@
 //! else it prints the `apt-get install` line and stops), before it builds anything.
 //!
 //! - `cargo xtask ci`: groups build, demo, test, qemu, fresh-root; then every gate
-//!   CI runs: rustfmt, clippy with warnings denied, all tests, the abuse suite
-//!   against a release agent, both demos, a check
+//!   CI runs: rustfmt, clippy with warnings denied, all tests, both demos, a check
 //!   of the fuzz targets, `fresh-root` (`QIMG_SKIP_FRESH_ROOT=1` skips it) and
 //!   `qemu-test` and `qemu-cluster --quick` (`QIMG_SKIP_QEMU=1` skips both), saying so
 //!   when skipped.
