@@ -160,7 +160,7 @@ fn finalize_first_or_roll_back(
             "{n:?}"
         );
     }
-    let finished = journal.events("finished");
+    let finished = journal.wait_events("finished", 2, std::time::Duration::from_secs(10));
     assert_eq!(finished.len(), 2, "{:?}", journal.all());
     assert_eq!(finished[1]["QIMG_RESULT"], "rolled_back");
     assert_eq!(finished[1]["PRIORITY"], "6", "asked for: not a warning");
@@ -379,7 +379,7 @@ fn history_of_the_rolling_upgrade(qq: &dyn Fn(&[&str]) -> std::process::Output, 
         qapi::history::EventKind::Started.message_id()
     );
     assert_eq!(started[0]["QIMG_GENERATION"], "1");
-    let finished = journal.events("finished");
+    let finished = journal.wait_events("finished", 1, std::time::Duration::from_secs(10));
     assert_eq!(finished.len(), 1, "{:?}", journal.all());
     assert_eq!(finished[0]["QIMG_RESULT"], "upgraded");
     assert_eq!(finished[0]["PRIORITY"], "6");

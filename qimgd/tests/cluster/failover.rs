@@ -69,7 +69,8 @@ fn the_coordinator_killed_mid_upgrade_another_node_finishes_it() {
     assert_eq!(ups.len(), 1, "{h}");
     assert_eq!(ups[0]["nodes"].as_array().unwrap().len(), 3, "{h}");
     assert_eq!(journal.events("started").len(), 1, "{:?}", journal.all());
-    assert_eq!(journal.events("finished").len(), 1, "{:?}", journal.all());
+    let finished = journal.wait_events("finished", 1, Duration::from_secs(10));
+    assert_eq!(finished.len(), 1, "{:?}", journal.all());
 }
 
 #[test]

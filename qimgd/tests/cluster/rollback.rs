@@ -231,7 +231,7 @@ fn rollback_recorded(c: &Cluster, clients: &[Client], journal: &Journal, bad: u3
         node["steps"].as_array().unwrap().last().unwrap()["step"],
         "failed"
     );
-    let finished = journal.events("finished");
+    let finished = journal.wait_events("finished", 1, Duration::from_secs(10));
     assert_eq!(finished.len(), 1, "{:?}", journal.all());
     assert_eq!(finished[0]["QIMG_RESULT"], "rolled_back");
     assert_eq!(finished[0]["PRIORITY"], "4", "a warning");

@@ -511,6 +511,30 @@ impl Journal {
             .collect()
     }
 
+    /// [`Journal::events`] once there are at least `n` of `kind`, waiting at
+    /// most `limit`: a coordinator tells an event after it wrote the record
+    /// that holds it, so a reader of the record may be a moment ahead.
+    pub fn wait_events(
+        &self,
+        kind: &str,
+        n: usize,
+        limit: std::time::Duration,
+    ) -> Vec<HashMap<String, String>> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let got = self.events(kind);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} {kind:?} event(s) not told within {limit:?}: {:?}",
+                self.all()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Every entry received; one not in the journal's native protocol fails
     /// the test.
     pub fn all(&self) -> Vec<HashMap<String, String>> {
