@@ -536,11 +536,6 @@ impl PlanPhase {
         }
     }
 
-    /// True once the plan ended (committed, failed, rolled back).
-    pub fn ended(self) -> bool {
-        !self.is_active()
-    }
-
     /// True while the plan is under way (a new one may not start).
     pub fn is_active(self) -> bool {
         matches!(

@@ -133,7 +133,7 @@ pub fn advance(
             phase: plan.phase,
             at_ms: now_ms,
         });
-        if !plan.phase.ended() {
+        if plan.phase.is_active() {
             let mut e = event(
                 &r,
                 EventKind::Phase,
@@ -192,7 +192,7 @@ pub fn advance(
             ));
         }
     }
-    if plan.phase.ended() && r.result.is_none() {
+    if !plan.phase.is_active() && r.result.is_none() {
         let result = match plan.phase {
             PlanPhase::Committed => UpgradeResult::Upgraded,
             PlanPhase::RolledBack => UpgradeResult::RolledBack,

@@ -300,11 +300,7 @@ pub async fn rotate(
         .map_err(|_| Error::TokenKeys {
             problem: "the system random generator failed".into(),
         })?;
-    let id = edit(store, |doc| {
-        let (doc, id) = stage(doc, file_key, &new);
-        Ok((doc, id))
-    })
-    .await?;
+    let id = edit(store, |doc| Ok(stage(doc, file_key, &new))).await?;
     say(&format!(
         "key {id} added: every node accepts it; waiting {} s for every node to see it before it signs logins",
         grace.as_secs_f64()

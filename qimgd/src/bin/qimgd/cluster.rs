@@ -99,11 +99,9 @@ pub fn run(config: impl FnOnce() -> Result<qimgd::config::Config>, c: Command) -
             Ok(ExitCode::SUCCESS)
         }
         Command::SecureEtcd { out } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            let done = rt.block_on(qcluster::access::secure(&out, qimgd::cluster::ETCD_LIMIT))?;
+            let done = crate::block_on(async {
+                Ok(qcluster::access::secure(&out, qimgd::cluster::ETCD_LIMIT).await?)
+            })?;
             for u in done.users {
                 qutil::cli::out(&format!(
                     "etcd user {u:?}: its own keys and the shared ones\n"
@@ -170,20 +168,16 @@ fn rotate_token_key(
     } else {
         config.token_lifetime_secs
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let done = rt.block_on(async {
+    let done = crate::block_on(async {
         let store = qimgd::accounts::connect(dir).await?;
-        qimgd::token_keys::rotate(
+        Ok(qimgd::token_keys::rotate(
             &store,
             &file_key,
             retire_after,
             std::time::Duration::from_secs(grace_secs),
             |s| eprintln!("qimgd: {s}"),
         )
-        .await
+        .await?)
     })?;
     qutil::cli::out(&format!("token key {} signs new logins\n", done.id))?;
     for (id, at) in done.retiring {

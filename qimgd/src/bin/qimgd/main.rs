@@ -60,6 +60,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Runs `f` to its end on a runtime of this thread (the subcommands that talk
+/// to the cluster's etcd).
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
+}
+
 fn main() -> ExitCode {
     qutil::cli::main("qimgd", || run(Cli::parse()))
 }

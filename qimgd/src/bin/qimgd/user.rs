@@ -84,16 +84,12 @@ pub fn run(config: &qimgd::config::Config, c: Command) -> Result<ExitCode> {
     // In a cluster the users are the cluster's, in etcd; else the node's file.
     let (users, at) = match &config.cluster {
         Some(dir) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            let users = rt.block_on(async {
+            let users = crate::block_on(async {
                 let store = qimgd::accounts::connect(dir).await?;
                 if let Some(ch) = &change {
                     qimgd::accounts::edit_cluster_users(&store, |u| ch.apply(u)).await?;
                 }
-                qimgd::accounts::cluster_users(&store, true).await
+                Ok(qimgd::accounts::cluster_users(&store, true).await?)
             })?;
             (users, qimgd::accounts::IN_CLUSTER.to_owned())
         }
